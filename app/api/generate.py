@@ -1,0 +1,77 @@
+"""POST /v1/generate: a completion with per-token fields, stored as a record of prompt and completion."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.score import top_k
+from app.api.tokens import ChatMessage, TokenOut, check_length, input_ids, token_rows
+from app.auth import TenantDep
+from app.errors import ApiError
+from app.jobs import new_job_id, raise_for_outcome
+from app.services import ServicesDep
+from workers.protocol import GenerateJob, Sampling
+
+router = APIRouter(tags=["generation"])
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    max_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    stop: str | list[str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    record_id: str
+    model: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    tokens: list[TokenOut] = Field(description="the completion's tokens")
+
+
+def truncate_at_stop(text: str, stops: list[str]) -> str:
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+@router.post("/v1/generate", response_model=GenerateResponse)
+async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, object]:
+    settings = services.settings
+    k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    card = await services.catalog.card(body.model)
+    limit = min(settings.max_new_tokens, card.max_new_tokens)
+    if body.max_tokens > limit:
+        raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {limit}", "max_tokens")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if any(not s for s in stops):
+        raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+    codec = await services.catalog.codec(card)
+    ids = input_ids(codec, body.prompt, body.messages, True, settings.max_positions)
+    check_length(card, len(ids) + body.max_tokens, settings.max_positions)
+    sampling = Sampling(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                        seed=body.seed, stop=stops)
+    job = GenerateJob(job_id=new_job_id(), tenant=tenant, model=card.name, fingerprint=card.fingerprint,
+                      prompt_ids=ids, sampling=sampling)
+    outcome = raise_for_outcome(await services.jobs.run(job))
+    assert outcome.record_id is not None and outcome.completion_ids is not None
+    meta, stats = await services.store.require(tenant, outcome.record_id)
+    text = codec.decode(outcome.completion_ids)
+    if outcome.finish_reason == "stop":
+        text = truncate_at_stop(text, stops)
+    return {"record_id": outcome.record_id, "model": card.name, "text": text,
+            "finish_reason": outcome.finish_reason, "tokens": token_rows(meta, stats, codec, k, start=len(ids)),
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(outcome.completion_ids)}}

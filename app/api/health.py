@@ -1,0 +1,28 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from app.services import ServicesDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready when Redis answers and every configured model has a live worker."""
+    try:
+        await services.redis.ping()
+        workers = {name: await services.catalog.live_workers(name) for name in services.catalog.configured}
+    except RedisError as exc:
+        return JSONResponse({"ready": False, "redis": False, "error": str(exc)}, status_code=503)
+    ready = all(workers.values())
+    return JSONResponse({"ready": ready, "redis": True, "workers": workers}, status_code=200 if ready else 503)

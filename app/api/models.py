@@ -1,0 +1,50 @@
+"""GET /v1/models: configured and published models, with how each stores its distributions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from app.services import ServicesDep
+
+router = APIRouter(tags=["models"])
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "logprobe"
+    ready: bool
+    workers: int
+    backend: str | None = None
+    dtype: str | None = None
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    context_length: int | None = None
+    chat_template: bool | None = None
+    storage: str | None = None
+    hidden_dtype: str | None = None
+    lossy: bool | None = None
+    rebuild_max_abs_error: float | None = None
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelInfo]
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(services: ServicesDep) -> ModelList:
+    data = []
+    for name in await services.catalog.names():
+        card = await services.catalog.published_card(name)
+        workers = await services.catalog.live_workers(name)
+        info = ModelInfo(id=name, ready=card is not None and workers > 0, workers=workers)
+        if card is not None:
+            info = info.model_copy(update={
+                **card.model_dump(include={"backend", "dtype", "vocab_size", "hidden_size", "context_length",
+                                           "storage", "hidden_dtype", "lossy", "rebuild_max_abs_error"}),
+                "chat_template": card.chat_template is not None,
+            })
+        data.append(info)
+    return ModelList(data=data)

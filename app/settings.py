@@ -1,0 +1,37 @@
+"""Gateway settings (environment variables, prefix LOGPROBE_; REDIS_URL for Redis)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from workers.config import CommonSettings
+
+
+class Settings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # API keys: key -> tenant. Empty means auth is off and every caller is the tenant "public".
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    api_keys_file: Path | None = None
+
+    default_top_logprobs: int = 5
+    max_top_logprobs: int = 20  # the captured top-k
+    max_positions: int = Field(default=8192, ge=2)  # tokens per request, before any job exists
+    max_new_tokens: int = Field(default=1024, ge=1)
+    max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    job_timeout_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _merge_keys_file(self) -> Settings:
+        if self.api_keys_file is not None:
+            self.api_keys = {**self.api_keys, **json.loads(self.api_keys_file.read_text())}
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,51 @@
+"""What every backend offers the job runner, and the sampling rule they share."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from workers.capture import Unembedding
+from workers.protocol import ModelCard, Sampling
+
+
+class Backend(Protocol):
+    card: ModelCard
+    head: Unembedding
+
+    def hidden_states(self, token_ids: list[int]) -> torch.Tensor:
+        """Final hidden states [T, d] (after the final norm), in the model's dtype."""
+        ...
+
+    def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """The model's own float32 log-probabilities [T, V], computed its usual way (for the exactness probe)."""
+        ...
+
+    def generate(self, prompt_ids: list[int], sampling: Sampling) -> tuple[list[int], str]:
+        """Completion token ids and the finish reason ("stop" or "length")."""
+        ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def tokenizer_json(self) -> str:
+        """The tokenizer as `tokenizers` JSON, published for the gateway."""
+        ...
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """Greedy at temperature 0, else nucleus sampling (top_p) from softmax(logits / temperature)."""
+    if sampling.temperature == 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = (sorted_p.cumsum(0) - sorted_p) < sampling.top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def stop_hit(text: str, stops: list[str]) -> bool:
+    return any(s in text for s in stops)

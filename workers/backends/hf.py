@@ -1,0 +1,126 @@
+"""The transformers backend: the embedded CPU default and a GPU fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from workers.backends.base import sample_next, stop_hit
+from workers.capture import Unembedding
+from workers.config import ModelSpec
+from workers.models import safetensors_dir, served_fingerprint
+from workers.protocol import ModelCard, Sampling
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 2048  # longer inputs are prefilled in chunks through the KV cache, bounding attention memory
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFBackend:
+    """A causal LM loaded with transformers; hidden states come from its decoder, logits from its head."""
+
+    def __init__(self, spec: ModelSpec, data_dir: Path) -> None:
+        started = time.perf_counter()
+        folder, source_fp = safetensors_dir(spec, data_dir)
+        dtype = "auto" if spec.dtype == "auto" else DTYPES[spec.dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.decoder = self.model.base_model
+        out = self.model.get_output_embeddings()
+        config = self.model.config.get_text_config()
+        self.head = Unembedding(
+            weight=out.weight.detach(),
+            bias=None if getattr(out, "bias", None) is None else out.bias.detach(),
+            softcap=getattr(config, "final_logit_softcapping", None),
+        )
+        model_dtype = str(self.model.dtype).removeprefix("torch.")
+        self.spec = spec
+        self.card = ModelCard(
+            name=spec.name,
+            fingerprint=served_fingerprint(source_fp, spec, "hf", model_dtype),
+            backend="hf",
+            dtype=model_dtype,
+            vocab_size=self.head.vocab_size,
+            hidden_size=int(self.head.weight.shape[1]),
+            context_length=int(getattr(config, "max_position_embeddings", 2048)),
+            add_bos=self._adds_bos() if spec.add_bos is None else spec.add_bos,
+            bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_ids=self._eos_ids(),
+            chat_template=self.tokenizer.chat_template if isinstance(self.tokenizer.chat_template, str) else None,
+            special_tokens={
+                k: v for k, v in {"bos_token": self.tokenizer.bos_token, "eos_token": self.tokenizer.eos_token}.items()
+                if isinstance(v, str)
+            },
+            storage="hidden",
+            hidden_dtype=spec.lossy_hidden_dtype or model_dtype,
+            rebuild_max_abs_error=0.0,
+            lossy=spec.lossy_hidden_dtype is not None,
+            max_new_tokens=spec.max_new_tokens,
+        )
+        log.info("loaded %s (%s, %s) in %.1fs", spec.name, model_dtype, folder, time.perf_counter() - started)
+
+    def tokenizer_json(self) -> str:
+        return str(self.tokenizer.backend_tokenizer.to_str())
+
+    def _adds_bos(self) -> bool:
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and self.tokenizer("a").input_ids[:1] == [bos]
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, list):
+                ids.update(int(i) for i in source)
+        return sorted(ids)
+
+    def _forward(self, ids: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
+        """Decoder output [n, d] for ids [n], continuing `cache` when given; long inputs go in chunks."""
+        if cache is None and ids.shape[0] > PREFILL_CHUNK:
+            cache = DynamicCache(config=self.model.config)
+        if cache is None:
+            return self.decoder(input_ids=ids[None]).last_hidden_state[0]
+        parts = [
+            self.decoder(input_ids=ids[None, lo : lo + PREFILL_CHUNK], past_key_values=cache, use_cache=True)
+            .last_hidden_state[0]
+            for lo in range(0, ids.shape[0], PREFILL_CHUNK)
+        ]
+        return torch.cat(parts)
+
+    @torch.inference_mode()
+    def hidden_states(self, token_ids: list[int]) -> torch.Tensor:
+        return self._forward(torch.tensor(token_ids), None)
+
+    @torch.inference_mode()
+    def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        logits = self.model(input_ids=torch.tensor([token_ids])).logits[0]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], sampling: Sampling) -> tuple[list[int], str]:
+        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        generator = torch.Generator().manual_seed(seed)
+        eos = set(self.card.eos_token_ids)
+        cache = DynamicCache(config=self.model.config)
+        hidden = self._forward(torch.tensor(prompt_ids), cache)[-1:]
+        completion: list[int] = []
+        for _ in range(sampling.max_tokens):
+            token = sample_next(self.head.logits(hidden)[0], sampling, generator)
+            completion.append(token)
+            if token in eos or (sampling.stop and stop_hit(self.decode(completion), sampling.stop)):
+                return completion, "stop"
+            hidden = self._forward(torch.tensor([token]), cache)
+        return completion, "length"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text).input_ids)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))

@@ -1,0 +1,107 @@
+"""Per-position statistics of full next-token distributions, and the rebuild of full rows from hidden states.
+
+Logits are `W·h` (PILS, "Better Language Model Inversion by Compactly Representing Next-Token
+Distributions"): the final hidden state h plus the unembedding reproduce the whole row, so a record keeps h
+and the handful of statistics every single-model analysis needs. Rows are processed in chunks so the
+[positions, vocab] matrix is never materialised at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers.protocol import STAT_ARRAYS
+
+CHUNK_ROWS = 64  # rows per unembedding matmul
+STAT_ROWS = 8  # rows per statistics pass: 8 x 49,152 float32 rows stay in L2
+
+
+@dataclass(frozen=True)
+class Unembedding:
+    """The map from final hidden state to logits, exactly as the model applies it."""
+
+    weight: torch.Tensor  # [V, d], in the model's dtype
+    bias: torch.Tensor | None = None
+    softcap: float | None = None  # Gemma-2 style final logit soft-capping
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.weight.shape[0])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits for hidden states [n, d]; the matmul runs in the model's own dtype."""
+        out = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias).float()
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.logits(hidden), dim=-1)
+
+
+@torch.inference_mode()
+def row_statistics(logits: torch.Tensor, next_ids: torch.Tensor, topk: int) -> dict[str, torch.Tensor]:
+    """Statistics of rows of float32 logits [n, V] for the observed next tokens [n].
+
+    Written as few full passes over the rows as possible (log_softmax, compare, topk, exp and four dot
+    products); callers pass a few rows at a time so the working set stays in cache.
+    """
+    vocab = logits.shape[-1]
+    logp = torch.log_softmax(logits, dim=-1)
+    logz = logits[:, 0] - logp[:, 0]
+    chosen = logp.gather(1, next_ids[:, None])
+    rank = (logp > chosen).sum(dim=1, dtype=torch.int32) + 1
+    top = logp.topk(topk, dim=-1)
+    p = logp.exp()
+    entropy = -torch.linalg.vecdot(p, logp)
+    logp_m2 = torch.linalg.vecdot(p * logp, logp)
+    dev = p.sub_(1.0 / vocab)  # p - mean(p): the V probability values, centred
+    mu2 = torch.linalg.vecdot(dev, dev).double() / vocab
+    dev.square_()
+    mu4 = torch.linalg.vecdot(dev, dev).double() / vocab
+    kurtosis = (mu4 / mu2.square() - 3.0).float()
+    return {
+        "logprob": chosen[:, 0],
+        "rank": rank,
+        "entropy": entropy,
+        "logp_m2": logp_m2,
+        "kurtosis": kurtosis,
+        "logz": logz,
+        "topk_ids": top.indices.to(torch.int32),
+        "topk_logprobs": top.values,
+    }
+
+
+@torch.inference_mode()
+def capture_statistics(
+    hidden: torch.Tensor, token_ids: torch.Tensor, head: Unembedding, topk: int, chunk_rows: int = CHUNK_ROWS
+) -> dict[str, np.ndarray]:
+    """Statistics for positions 1..T-1 of a sequence: hidden [T-1, d] predicted tokens token_ids[1:]."""
+    targets = token_ids[1:].long()
+    if hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"{hidden.shape[0]} hidden states for {targets.shape[0]} predicted tokens")
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in STAT_ARRAYS}
+    for lo in range(0, targets.shape[0], chunk_rows):
+        hi = lo + chunk_rows
+        logits = head.logits(hidden[lo:hi])
+        for sub in range(0, logits.shape[0], STAT_ROWS):
+            stats = row_statistics(logits[sub : sub + STAT_ROWS], targets[lo + sub : lo + sub + STAT_ROWS], topk)
+            for name, value in stats.items():
+                parts[name].append(value)
+    empty = {name: (0,) if trailing is None else (0, topk) for name, (_, trailing) in STAT_ARRAYS.items()}
+    return {
+        name: (torch.cat(parts[name]).numpy() if parts[name] else np.zeros(empty[name])).astype(STAT_ARRAYS[name][0])
+        for name in STAT_ARRAYS
+    }
+
+
+@torch.inference_mode()
+def rebuild_rows(hidden: torch.Tensor, head: Unembedding, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """Full float32 log-probability rows [n, V] from stored hidden states [n, d]."""
+    out = np.empty((hidden.shape[0], head.vocab_size), dtype=np.float32)
+    for lo in range(0, hidden.shape[0], chunk_rows):
+        out[lo : lo + chunk_rows] = head.logprobs(hidden[lo : lo + chunk_rows]).numpy()
+    return out

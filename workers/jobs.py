@@ -1,0 +1,174 @@
+"""Running one job against a backend: capture and store records, generate, rebuild rows for export."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import redis
+import torch
+from safetensors.torch import load as st_load_torch
+from safetensors.torch import save as st_save_torch
+
+from workers.backends.base import Backend
+from workers.capture import capture_statistics, rebuild_rows
+from workers.probe import STORAGE_DTYPES
+from workers.protocol import (
+    CAPTURE_TOPK,
+    GenerateJob,
+    JobError,
+    JobOutcome,
+    ProtocolError,
+    RecordMeta,
+    RowsJob,
+    ScoreJob,
+    decode_meta,
+    encode_arrays,
+    export_key,
+    record_id,
+    record_key,
+)
+
+log = logging.getLogger(__name__)
+
+EXPORT_TTL_S = 120
+
+
+class JobFailed(Exception):
+    """A job that cannot be done as asked; becomes an error outcome the gateway turns into a 4xx."""
+
+    def __init__(self, code: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.error = JobError(code=code, message=message, status=status)
+
+
+class JobExecutor:
+    def __init__(self, client: redis.Redis, backends: dict[str, Backend], secret: bytes, record_ttl_s: int) -> None:
+        self.redis = client
+        self.backends = backends
+        self.secret = secret
+        self.record_ttl_s = record_ttl_s
+
+    def run(self, job: ScoreJob | GenerateJob | RowsJob) -> JobOutcome:
+        try:
+            backend = self._backend_for(job)
+            if isinstance(job, ScoreJob):
+                return self._score(job, backend)
+            if isinstance(job, GenerateJob):
+                return self._generate(job, backend)
+            return self._rows(job, backend)
+        except JobFailed as failed:
+            return JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
+
+    def _backend_for(self, job: ScoreJob | GenerateJob | RowsJob) -> Backend:
+        backend = self.backends.get(job.model)
+        if backend is None:
+            raise JobFailed("model_not_served", f"this worker does not serve {job.model!r}", 503)
+        if job.fingerprint != backend.card.fingerprint:
+            raise JobFailed("model_changed", f"{job.model!r} was reloaded with other weights; retry", 409)
+        return backend
+
+    def _check_ids(self, token_ids: list[int], backend: Backend) -> None:
+        card = backend.card
+        if len(token_ids) > card.context_length:
+            raise JobFailed("context_length_exceeded", f"{len(token_ids)} tokens > context {card.context_length}")
+        if min(token_ids) < 0 or max(token_ids) >= card.vocab_size:
+            raise JobFailed("invalid_token_ids", f"token ids must lie in [0, {card.vocab_size})")
+
+    # ------------------------------------------------------------ score
+
+    def _score(self, job: ScoreJob, backend: Backend) -> JobOutcome:
+        self._check_ids(job.token_ids, backend)
+        if not self.redis.exists(record_key(job.tenant, job.record_id)):  # another delivery may have done it
+            self._capture_and_store(job.tenant, job.record_id, job.token_ids, backend, kind="score",
+                                    n_prompt=job.n_prompt)
+        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+
+    def _capture_and_store(
+        self, tenant: str, rid: str, token_ids: list[int], backend: Backend, *, kind: str,
+        n_prompt: int | None = None, finish_reason: str | None = None,
+    ) -> None:
+        card = backend.card
+        hidden = backend.hidden_states(token_ids)[:-1]
+        stats = capture_statistics(hidden, torch.tensor(token_ids), backend.head, CAPTURE_TOPK)
+        if card.storage == "hidden":
+            payload = {"hidden": st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})}
+        else:
+            payload = {"rows": encode_arrays({"rows": rebuild_rows(hidden, backend.head)})}
+        meta = RecordMeta(
+            record_id=rid, tenant=tenant, model=card.name, fingerprint=card.fingerprint, kind=kind,  # type: ignore[arg-type]
+            token_ids=token_ids, n_prompt=n_prompt, finish_reason=finish_reason, storage=card.storage,
+            hidden_dtype=card.hidden_dtype, topk=CAPTURE_TOPK, vocab_size=card.vocab_size,
+            hidden_size=card.hidden_size,
+        )
+        key = record_key(tenant, rid)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload})
+        pipe.expire(key, self.record_ttl_s)
+        pipe.execute()
+
+    # ------------------------------------------------------------ generate
+
+    def _generate(self, job: GenerateJob, backend: Backend) -> JobOutcome:
+        card = backend.card
+        self._check_ids(job.prompt_ids, backend)
+        budget = min(job.sampling.max_tokens, card.max_new_tokens, card.context_length - len(job.prompt_ids))
+        if budget < 1:
+            raise JobFailed("context_length_exceeded", "no room left in the context for a completion")
+        sampling = job.sampling.model_copy(update={"max_tokens": budget})
+        completion, finish = backend.generate(job.prompt_ids, sampling)
+        full = job.prompt_ids + completion
+        n_prompt = len(job.prompt_ids)
+        rid = record_id(self.secret, job.tenant, card.fingerprint, full, {"kind": "generate", "n_prompt": n_prompt})
+        self._capture_and_store(job.tenant, rid, full, backend, kind="generate", n_prompt=n_prompt,
+                                finish_reason=finish)
+        return JobOutcome(job_id=job.job_id, ok=True, record_id=rid, completion_ids=completion, finish_reason=finish)
+
+    # ------------------------------------------------------------ rows
+
+    def _rows(self, job: RowsJob, backend: Backend) -> JobOutcome:
+        key = record_key(job.tenant, job.record_id)
+        raw_meta, hidden_blob, rows_blob = self.redis.hmget(key, ["meta", "hidden", "rows"])
+        if raw_meta is None:
+            raise JobFailed("record_not_found", "record not found or expired", 404)
+        try:
+            meta = decode_meta(raw_meta)
+        except ProtocolError as exc:
+            raise JobFailed("record_corrupt", str(exc), 500) from exc
+        n = len(meta.token_ids) - 1
+        if not 1 <= job.start < job.stop <= n + 1:
+            raise JobFailed("invalid_positions", f"positions must satisfy 1 <= start < stop <= {n + 1}")
+        rows = slice(job.start - 1, job.stop - 1)
+        if meta.storage == "rows":
+            out = self._stored_rows(rows_blob, n, meta.vocab_size)[rows]
+        else:
+            if meta.fingerprint != backend.card.fingerprint:
+                raise JobFailed("record_model_mismatch", "the record was made by other weights", 409)
+            out = rebuild_rows(self._stored_hidden(hidden_blob, n, meta)[rows], backend.head)
+        self.redis.set(export_key(job.job_id), encode_arrays({"logprobs": out}), ex=EXPORT_TTL_S)
+        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+
+    @staticmethod
+    def _stored_hidden(blob: bytes | None, positions: int, meta: RecordMeta) -> torch.Tensor:
+        try:
+            hidden = st_load_torch(blob or b"")["hidden"]
+        except Exception as exc:
+            raise JobFailed("record_corrupt", f"unreadable hidden states: {exc}", 500) from exc
+        expected = (positions, meta.hidden_size)
+        if tuple(hidden.shape) != expected or hidden.dtype != STORAGE_DTYPES[meta.hidden_dtype]:
+            raise JobFailed("record_corrupt", f"hidden states {hidden.dtype}{list(hidden.shape)}", 500)
+        if not torch.isfinite(hidden).all():
+            raise JobFailed("record_corrupt", "hidden states hold NaN or Inf", 500)
+        return hidden
+
+    @staticmethod
+    def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
+        from safetensors.numpy import load
+
+        try:
+            rows: np.ndarray = load(blob or b"")["rows"]
+        except Exception as exc:
+            raise JobFailed("record_corrupt", f"unreadable rows: {exc}", 500) from exc
+        if rows.shape != (positions, vocab) or rows.dtype != np.float32:
+            raise JobFailed("record_corrupt", f"rows {rows.dtype}{list(rows.shape)}", 500)
+        return rows

