@@ -33,7 +33,7 @@ def serve(
     settings = Settings()
     embedded = None
     if not settings.redis_url:
-        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        embedded = EmbeddedRedis(settings.data_dir / "redis" / str(port or settings.port))
         settings.redis_url = embedded.start()
         log.info("embedded Redis at %s", settings.redis_url)
     env = {**os.environ, "REDIS_URL": settings.redis_url}

@@ -9,6 +9,8 @@ from tokenizers import Tokenizer
 from app.chat_template import render_chat
 from workers.protocol import ModelCard
 
+CONTEXT_TOKENS = 4  # tokens decoded before the new ones, so decoders see the context they depend on
+
 
 class TextCodec:
     """Turns texts and chats into the token ids the model's worker would use, and ids back into text."""
@@ -39,8 +41,35 @@ class TextCodec:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def pieces(self) -> list[str]:
-        """The text of every token id on its own (special tokens included), built once."""
+        """The text of every token id as it reads after other text, built once (for alternatives).
+
+        Each id is decoded after an anchor token, so decoders that strip a leading space at the start
+        of a text (SentencePiece's) keep it; a token holding part of a UTF-8 character shows U+FFFD.
+        """
         if self._pieces is None:
-            self._pieces = self.tokenizer.decode_batch([[i] for i in range(self.card.vocab_size)],
-                                                       skip_special_tokens=False)
+            anchor = self.tokenizer.encode("a", add_special_tokens=False).ids[:1]
+            lead = len(self.tokenizer.decode(anchor, skip_special_tokens=False))
+            texts = self.tokenizer.decode_batch([[*anchor, i] for i in range(self.card.vocab_size)],
+                                                skip_special_tokens=False)
+            self._pieces = [t[lead:] for t in texts]
         return self._pieces
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """The text each token adds, so that the texts join to the decoded sequence exactly.
+
+        Incremental detokenization: a token that ends inside a UTF-8 character adds "" and the token that
+        completes the character carries it.
+        """
+        decode = self.tokenizer.decode
+        texts: list[str] = []
+        emitted = 0  # tokens before this index have had their text emitted
+        for t in range(len(ids)):
+            start = max(0, emitted - CONTEXT_TOKENS)
+            window = decode(ids[start : t + 1], skip_special_tokens=False)
+            if window.endswith("\ufffd") and t + 1 < len(ids):
+                texts.append("")
+                continue
+            prefix = decode(ids[start:emitted], skip_special_tokens=False) if emitted > start else ""
+            texts.append(window[len(prefix) :])
+            emitted = t + 1
+        return texts

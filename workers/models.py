@@ -106,6 +106,12 @@ def safetensors_dir(spec: ModelSpec, data_dir: Path) -> tuple[Path, str]:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / ".complete").write_text(fp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)  # a conversion that died half-way
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished the same conversion first
+        if not (target / ".complete").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return target, fp
