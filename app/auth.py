@@ -37,8 +37,12 @@ def current_tenant(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     tenant = ring.tenant_for(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
     if tenant is None:
-        raise ApiError(401, "invalid_api_key", "a valid API key is required (Authorization: Bearer <key>)",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "a valid API key is required (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return tenant
 
 

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from app.errors import ApiError
 from app.text import TextCodec
 from workers.config import ModelSpec
-from workers.protocol import ModelCard, alive_pattern, card_key, tokenizer_key
+from workers.protocol import ModelCard, alive_pattern, as_bytes, card_key, tokenizer_key
 
 CARD_TTL_S = 2.0
 
@@ -40,16 +40,26 @@ class ModelCatalog:
             return card
         if name not in self.configured:
             raise ApiError(404, "model_not_found", f"model {name!r} does not exist", "model")
-        raise ApiError(503, "model_unavailable", f"model {name!r} is not loaded yet; retry shortly", "model",
-                       headers={"Retry-After": "5"})
+        raise ApiError(
+            503,
+            "model_unavailable",
+            f"model {name!r} is not loaded yet; retry shortly",
+            "model",
+            headers={"Retry-After": "5"},
+        )
 
     async def codec(self, card: ModelCard) -> TextCodec:
         codec = self._codecs.get(card.fingerprint)
         if codec is None or codec.card != card:
-            raw = await self.redis.get(tokenizer_key(card.fingerprint))
+            raw = as_bytes(await self.redis.get(tokenizer_key(card.fingerprint)))
             if raw is None:
-                raise ApiError(503, "model_unavailable", f"the tokenizer of {card.name!r} is not published yet",
-                               "model", headers={"Retry-After": "5"})
+                raise ApiError(
+                    503,
+                    "model_unavailable",
+                    f"the tokenizer of {card.name!r} is not published yet",
+                    "model",
+                    headers={"Retry-After": "5"},
+                )
             codec = TextCodec(card, raw.decode())
             self._codecs[card.fingerprint] = codec
         return codec

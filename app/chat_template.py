@@ -21,8 +21,13 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -39,11 +44,13 @@ def _compile(template: str) -> jinja2.Template:
     return env.from_string(template)
 
 
-def render_chat(template: str, messages: list[dict[str, Any]], special_tokens: dict[str, str],
-                add_generation_prompt: bool) -> str:
+def render_chat(
+    template: str, messages: list[dict[str, Any]], special_tokens: dict[str, str], add_generation_prompt: bool
+) -> str:
     try:
-        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **special_tokens)
+        return _compile(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens
+        )
     except ChatTemplateError:
         raise
     except jinja2.TemplateError as exc:

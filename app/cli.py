@@ -39,8 +39,7 @@ def serve(
     env = {**os.environ, "REDIS_URL": settings.redis_url}
     children = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(workers)]
     try:
-        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                    log_level="info")
+        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)
@@ -64,3 +63,7 @@ def worker(model: Annotated[list[str] | None, typer.Option(help="serve only thes
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

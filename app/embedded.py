@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import subprocess
@@ -37,9 +38,27 @@ class EmbeddedRedis:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stop()  # a server left over from a killed run
         subprocess.run(
-            [str(redis_server_binary()), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--dir", str(self.folder), "--save", "", "--appendonly", "no", "--daemonize", "yes",
-             "--pidfile", str(self.pidfile), "--logfile", str(self.folder / "redis.log")],
+            [
+                str(redis_server_binary()),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.folder),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.folder / "redis.log"),
+            ],
             check=True,
         )
         client = redis.Redis(unix_socket_path=str(self.socket))
@@ -58,8 +77,6 @@ class EmbeddedRedis:
     def stop(self) -> None:
         if not self.socket.exists():
             return
-        try:
+        with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection as it goes
             redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # shutdown closes the connection as it goes
         self.socket.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from workers.protocol import (
     JobOutcome,
     RowsJob,
     ScoreJob,
+    as_bytes,
     encode_job,
     inflight_key,
     job_outcome_key,
@@ -104,7 +105,7 @@ class JobQueue:
             key = inflight_key(job.tenant, job.record_id)
             claimed = await self.redis.set(key, job.job_id, nx=True, ex=int(self.timeout_s) + 60)
             if not claimed:
-                running = await self.redis.get(key)
+                running = as_bytes(await self.redis.get(key))
                 if running is not None:
                     return await self.wait(running.decode())
         await self.submit(job)
@@ -147,6 +148,9 @@ def raise_for_outcome(outcome: JobOutcome) -> JobOutcome:
     if not outcome.ok:
         error = outcome.error
         status = error.status if error else 500
-        raise ApiError(424 if status >= 500 else status, error.code if error else "job_failed",
-                       error.message if error else "the job failed")
+        raise ApiError(
+            424 if status >= 500 else status,
+            error.code if error else "job_failed",
+            error.message if error else "the job failed",
+        )
     return outcome

@@ -32,8 +32,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.jobs.stop()
             await services.redis.aclose()
 
-    app = FastAPI(title="logprobe", version="0.1.0", lifespan=lifespan,
-                  description="Full next-token distributions of language models, kept compactly and analysed.")
+    app = FastAPI(
+        title="logprobe",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Full next-token distributions of language models, kept compactly and analysed.",
+    )
     install_error_handlers(app)
 
     @app.middleware("http")

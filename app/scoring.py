@@ -14,7 +14,8 @@ async def ensure_scored(services: Services, tenant: str, card: ModelCard, ids: l
     rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
     if await services.store.exists(tenant, rid):
         return rid, True
-    job = ScoreJob(job_id=new_job_id(), tenant=tenant, model=card.name, fingerprint=card.fingerprint,
-                   record_id=rid, token_ids=ids)
+    job = ScoreJob(
+        job_id=new_job_id(), tenant=tenant, model=card.name, fingerprint=card.fingerprint, record_id=rid, token_ids=ids
+    )
     raise_for_outcome(await services.jobs.run(job))
     return rid, False

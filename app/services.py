@@ -13,7 +13,7 @@ from app.catalog import ModelCatalog
 from app.jobs import JobQueue
 from app.settings import Settings
 from app.store import RecordStore
-from workers.protocol import SECRET_KEY, new_secret
+from workers.protocol import SECRET_KEY, as_bytes, new_secret
 
 
 @dataclass
@@ -31,9 +31,14 @@ class Services:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (logprobe serve starts an embedded Redis for you)")
         redis = Redis.from_url(settings.redis_url, health_check_interval=30)
-        return cls(settings=settings, redis=redis, catalog=ModelCatalog(redis, settings.models),
-                   jobs=JobQueue(redis, settings.job_timeout_s), store=RecordStore(redis),
-                   keys=KeyRing(settings.api_keys))
+        return cls(
+            settings=settings,
+            redis=redis,
+            catalog=ModelCatalog(redis, settings.models),
+            jobs=JobQueue(redis, settings.job_timeout_s),
+            store=RecordStore(redis),
+            keys=KeyRing(settings.api_keys),
+        )
 
     async def secret(self) -> bytes:
         """The deployment's HMAC secret: from settings, else the one kept in Redis (made by whoever came first)."""
@@ -42,7 +47,7 @@ class Services:
                 self._secret = self.settings.secret.encode()
             else:
                 await self.redis.set(SECRET_KEY, new_secret(), nx=True)
-                self._secret = bytes(await self.redis.get(SECRET_KEY) or b"")
+                self._secret = as_bytes(await self.redis.get(SECRET_KEY)) or b""
         return self._secret
 
 

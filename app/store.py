@@ -8,7 +8,15 @@ import numpy as np
 from redis.asyncio import Redis
 
 from app.errors import ApiError
-from workers.protocol import ProtocolError, RecordMeta, decode_meta, decode_stats, export_key, record_key
+from workers.protocol import (
+    ProtocolError,
+    RecordMeta,
+    as_bytes,
+    decode_meta,
+    decode_stats,
+    export_key,
+    record_key,
+)
 
 log = logging.getLogger("app.store")
 
@@ -21,12 +29,13 @@ class RecordStore:
         return bool(await self.redis.exists(record_key(tenant, record_id)))
 
     async def meta(self, tenant: str, record_id: str) -> RecordMeta:
-        raw = await self.redis.hget(record_key(tenant, record_id), "meta")  # type: ignore[misc]
-        return self._meta(raw, record_id)
+        raw = await self.redis.hget(record_key(tenant, record_id), "meta")
+        return self._meta(as_bytes(raw), record_id)
 
     async def read(self, tenant: str, record_id: str) -> tuple[RecordMeta, dict[str, np.ndarray]] | None:
         """Metadata and per-position statistics, or None when the record is gone (expired or evicted)."""
-        raw_meta, raw_stats = await self.redis.hmget(record_key(tenant, record_id), ["meta", "stats"])  # type: ignore[misc]
+        replies = await self.redis.hmget(record_key(tenant, record_id), ["meta", "stats"])
+        raw_meta, raw_stats = map(as_bytes, replies)
         if raw_meta is None or raw_stats is None:
             return None
         meta = self._meta(raw_meta, record_id)

@@ -49,8 +49,9 @@ class TextCodec:
         if self._pieces is None:
             anchor = self.tokenizer.encode("a", add_special_tokens=False).ids[:1]
             lead = len(self.tokenizer.decode(anchor, skip_special_tokens=False))
-            texts = self.tokenizer.decode_batch([[*anchor, i] for i in range(self.card.vocab_size)],
-                                                skip_special_tokens=False)
+            texts = self.tokenizer.decode_batch(
+                [[*anchor, i] for i in range(self.card.vocab_size)], skip_special_tokens=False
+            )
             self._pieces = [t[lead:] for t in texts]
         return self._pieces
 

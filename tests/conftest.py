@@ -56,8 +56,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def service_env(redis_url: str) -> dict[str, str]:
-    return {**os.environ, "REDIS_URL": redis_url, "LOGPROBE_DATA_DIR": str(DATA_DIR),
-            "LOGPROBE_API_KEYS": json.dumps(KEYS), "LOGPROBE_WORKER_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "LOGPROBE_DATA_DIR": str(DATA_DIR),
+        "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_WORKER_THREADS": "2",
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 def _spawn(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
@@ -79,8 +85,21 @@ def service(service_env: dict[str, str]) -> Iterator[str]:
     """The gateway on a free port and one worker started on its own (`python -m workers`)."""
     port = free_port()
     worker = _spawn([sys.executable, "-m", "workers"], service_env, "worker.log")
-    gateway = _spawn([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-                      "--port", str(port)], service_env, "gateway.log")
+    gateway = _spawn(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        service_env,
+        "gateway.log",
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base_url, [worker, gateway])

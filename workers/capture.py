@@ -50,10 +50,11 @@ def row_statistics(logits: torch.Tensor, next_ids: torch.Tensor, topk: int) -> d
     products); callers pass a few rows at a time so the working set stays in cache.
     """
     vocab = logits.shape[-1]
+    # Rank on the raw logits: subtracting logsumexp in float32 could merge near-ties.
+    rank = (logits > logits.gather(1, next_ids[:, None])).sum(dim=1, dtype=torch.int32) + 1
     logp = torch.log_softmax(logits, dim=-1)
     logz = logits[:, 0] - logp[:, 0]
     chosen = logp.gather(1, next_ids[:, None])
-    rank = (logp > chosen).sum(dim=1, dtype=torch.int32) + 1
     top = logp.topk(topk, dim=-1)
     p = logp.exp()
     entropy = -torch.linalg.vecdot(p, logp)

@@ -45,9 +45,7 @@ PACKAGED_MODELS: dict[str, ModelSpec] = {
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOGPROBE_", env_file=".env", extra="ignore")
 
-    redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "LOGPROBE_REDIS_URL")
-    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "LOGPROBE_REDIS_URL"))
     data_dir: Path = Path.home() / ".cache" / "logprobe"
     # Model names (packaged) or full specs as JSON; a models file (JSON list of specs) adds more.
     models: Annotated[list[ModelSpec], NoDecode] = Field(default_factory=lambda: [PACKAGED_MODELS[DEFAULT_MODEL]])

@@ -22,6 +22,7 @@ from workers.protocol import (
     RecordMeta,
     RowsJob,
     ScoreJob,
+    as_bytes,
     decode_meta,
     encode_arrays,
     export_key,
@@ -80,13 +81,21 @@ class JobExecutor:
     def _score(self, job: ScoreJob, backend: Backend) -> JobOutcome:
         self._check_ids(job.token_ids, backend)
         if not self.redis.exists(record_key(job.tenant, job.record_id)):  # another delivery may have done it
-            self._capture_and_store(job.tenant, job.record_id, job.token_ids, backend, kind="score",
-                                    n_prompt=job.n_prompt)
+            self._capture_and_store(
+                job.tenant, job.record_id, job.token_ids, backend, kind="score", n_prompt=job.n_prompt
+            )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
     def _capture_and_store(
-        self, tenant: str, rid: str, token_ids: list[int], backend: Backend, *, kind: str,
-        n_prompt: int | None = None, finish_reason: str | None = None,
+        self,
+        tenant: str,
+        rid: str,
+        token_ids: list[int],
+        backend: Backend,
+        *,
+        kind: str,
+        n_prompt: int | None = None,
+        finish_reason: str | None = None,
     ) -> None:
         card = backend.card
         hidden = backend.hidden_states(token_ids)[:-1]
@@ -96,14 +105,24 @@ class JobExecutor:
         else:
             payload = {"rows": encode_arrays({"rows": rebuild_rows(hidden, backend.head)})}
         meta = RecordMeta(
-            record_id=rid, tenant=tenant, model=card.name, fingerprint=card.fingerprint, kind=kind,  # type: ignore[arg-type]
-            token_ids=token_ids, n_prompt=n_prompt, finish_reason=finish_reason, storage=card.storage,
-            hidden_dtype=card.hidden_dtype, topk=CAPTURE_TOPK, vocab_size=card.vocab_size,
+            record_id=rid,
+            tenant=tenant,
+            model=card.name,
+            fingerprint=card.fingerprint,
+            kind=kind,  # type: ignore[arg-type]
+            token_ids=token_ids,
+            n_prompt=n_prompt,
+            finish_reason=finish_reason,
+            storage=card.storage,
+            hidden_dtype=card.hidden_dtype,
+            topk=CAPTURE_TOPK,
+            vocab_size=card.vocab_size,
             hidden_size=card.hidden_size,
         )
         key = record_key(tenant, rid)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload})
+        fields: dict[str, bytes | str] = {"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload}
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self.record_ttl_s)
         pipe.execute()
 
@@ -120,15 +139,16 @@ class JobExecutor:
         full = job.prompt_ids + completion
         n_prompt = len(job.prompt_ids)
         rid = record_id(self.secret, job.tenant, card.fingerprint, full, {"kind": "generate", "n_prompt": n_prompt})
-        self._capture_and_store(job.tenant, rid, full, backend, kind="generate", n_prompt=n_prompt,
-                                finish_reason=finish)
+        self._capture_and_store(
+            job.tenant, rid, full, backend, kind="generate", n_prompt=n_prompt, finish_reason=finish
+        )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=rid, completion_ids=completion, finish_reason=finish)
 
     # ------------------------------------------------------------ rows
 
     def _rows(self, job: RowsJob, backend: Backend) -> JobOutcome:
         key = record_key(job.tenant, job.record_id)
-        raw_meta, hidden_blob, rows_blob = self.redis.hmget(key, ["meta", "hidden", "rows"])
+        raw_meta, hidden_blob, rows_blob = map(as_bytes, self.redis.hmget(key, ["meta", "hidden", "rows"]))
         if raw_meta is None:
             raise JobFailed("record_not_found", "record not found or expired", 404)
         try:

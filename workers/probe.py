@@ -37,8 +37,10 @@ def verify_rebuild(backend: Backend, token_ids: list[int]) -> None:
         log.warning("%s: hidden states rebuild with error %.2e; storing full rows", card.name, exact_error)
         card.storage, card.hidden_dtype, card.lossy, card.rebuild_max_abs_error = "rows", "float32", False, 0.0
         return
-    card.rebuild_max_abs_error = (
-        rebuild_error(backend, token_ids, card.hidden_dtype) if card.lossy else exact_error
+    card.rebuild_max_abs_error = rebuild_error(backend, token_ids, card.hidden_dtype) if card.lossy else exact_error
+    log.info(
+        "%s: rebuild from %s hidden states, max |Δ logprob| %.2e",
+        card.name,
+        card.hidden_dtype,
+        card.rebuild_max_abs_error,
     )
-    log.info("%s: rebuild from %s hidden states, max |Δ logprob| %.2e", card.name, card.hidden_dtype,
-             card.rebuild_max_abs_error)

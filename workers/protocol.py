@@ -73,6 +73,15 @@ def export_key(job_id: str) -> str:
     return f"lp:export:{job_id}"
 
 
+def as_bytes(value: object) -> bytes | None:
+    """A Redis reply as bytes (clients run with decode_responses=False); None stays None."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise ProtocolError(f"unexpected Redis reply of type {type(value).__name__}")
+
+
 # ---------------------------------------------------------------- ids
 
 
@@ -179,7 +188,9 @@ def decode_job(fields: dict[bytes, bytes] | dict[str, str]) -> ScoreJob | Genera
         raise ProtocolError(f"unexpected stream fields {sorted(raw)}")
     body = raw["job"]
     try:
-        return _JobEnvelope.model_validate_json(b'{"job":' + (body if isinstance(body, bytes) else body.encode()) + b"}").job
+        return _JobEnvelope.model_validate_json(
+            b'{"job":' + (body if isinstance(body, bytes) else body.encode()) + b"}"
+        ).job
     except ValidationError as exc:
         raise ProtocolError(f"invalid job: {exc.errors()[:3]}") from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import threading
 import time
 import uuid
 from types import FrameType
+from typing import Any
 
 import redis
 import torch
@@ -30,6 +32,7 @@ from workers.protocol import (
     ProtocolError,
     ScoreJob,
     alive_key,
+    as_bytes,
     card_key,
     decode_job,
     inflight_key,
@@ -72,7 +75,7 @@ class Worker:
             secret = settings.secret.encode()
         else:
             self.redis.set(SECRET_KEY, new_secret(), nx=True)
-            secret = bytes(self.redis.get(SECRET_KEY) or b"")
+            secret = as_bytes(self.redis.get(SECRET_KEY)) or b""
         self.executor = JobExecutor(self.redis, self.backends, secret, settings.record_ttl_s)
         self.streams = {jobs_stream(name): ">" for name in self.backends}
 
@@ -100,10 +103,8 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
 
     def _retire(self) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.redis.delete(*(alive_key(name, self.id) for name in self.backends))
-        except redis.RedisError:
-            pass
 
     # ------------------------------------------------------------ consuming
 
@@ -118,7 +119,7 @@ class Worker:
                 if time.monotonic() - last_reclaim > RECLAIM_EVERY_S:
                     last_reclaim = time.monotonic()
                     self._reclaim()
-                batch = self.redis.xreadgroup(CONSUMER_GROUP, self.id, self.streams, count=1, block=1000)  # type: ignore[arg-type]
+                batch: Any = self.redis.xreadgroup(CONSUMER_GROUP, self.id, self.streams, count=1, block=1000)  # type: ignore[arg-type]
                 for stream, entries in batch or []:
                     for entry_id, fields in entries:
                         self._handle(stream.decode(), entry_id, fields)
@@ -151,8 +152,9 @@ class Worker:
             job = decode_job(fields)
         except ProtocolError as exc:
             log.warning("rejected stream entry %s on %s: %s", entry_id, stream, exc)
-            self.redis.xadd(DEAD_LETTER_STREAM, {"stream": stream, "entry": entry_id, "reason": str(exc)[:500]},
-                            maxlen=10000)
+            self.redis.xadd(
+                DEAD_LETTER_STREAM, {"stream": stream, "entry": entry_id, "reason": str(exc)[:500]}, maxlen=10000
+            )
             self.redis.xack(stream, CONSUMER_GROUP, entry_id)
             return
         started = time.perf_counter()
@@ -160,8 +162,9 @@ class Worker:
             outcome = self.executor.run(job)
         except Exception as exc:  # a bug or resource failure: report it, keep serving
             log.exception("job %s failed", job.job_id)
-            outcome = JobOutcome(job_id=job.job_id, ok=False,
-                                 error=JobError(code="worker_error", message=type(exc).__name__, status=500))
+            outcome = JobOutcome(
+                job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)
+            )
         outcome.worker = self.id
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
@@ -170,8 +173,13 @@ class Worker:
         pipe.publish(DONE_CHANNEL, job.job_id)
         pipe.xack(stream, CONSUMER_GROUP, entry_id)
         pipe.execute()
-        log.info("job %s %s %s in %.3fs", job.job_id, job.kind, "ok" if outcome.ok else outcome.error,
-                 time.perf_counter() - started)
+        log.info(
+            "job %s %s %s in %.3fs",
+            job.job_id,
+            job.kind,
+            "ok" if outcome.ok else outcome.error,
+            time.perf_counter() - started,
+        )
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self.stopping.set()

@@ -62,16 +62,28 @@ async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantD
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, body.prompt, body.messages, True, settings.max_positions)
     check_length(card, len(ids) + body.max_tokens, settings.max_positions)
-    sampling = Sampling(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                        seed=body.seed, stop=stops)
-    job = GenerateJob(job_id=new_job_id(), tenant=tenant, model=card.name, fingerprint=card.fingerprint,
-                      prompt_ids=ids, sampling=sampling)
+    sampling = Sampling(
+        max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
+    )
+    job = GenerateJob(
+        job_id=new_job_id(),
+        tenant=tenant,
+        model=card.name,
+        fingerprint=card.fingerprint,
+        prompt_ids=ids,
+        sampling=sampling,
+    )
     outcome = raise_for_outcome(await services.jobs.run(job))
     assert outcome.record_id is not None and outcome.completion_ids is not None
     meta, stats = await services.store.require(tenant, outcome.record_id)
     text = codec.decode(outcome.completion_ids)
     if outcome.finish_reason == "stop":
         text = truncate_at_stop(text, stops)
-    return {"record_id": outcome.record_id, "model": card.name, "text": text,
-            "finish_reason": outcome.finish_reason, "tokens": token_rows(meta, stats, codec, k, start=len(ids)),
-            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(outcome.completion_ids)}}
+    return {
+        "record_id": outcome.record_id,
+        "model": card.name,
+        "text": text,
+        "finish_reason": outcome.finish_reason,
+        "tokens": token_rows(meta, stats, codec, k, start=len(ids)),
+        "usage": {"prompt_tokens": len(ids), "completion_tokens": len(outcome.completion_ids)},
+    }

@@ -41,10 +41,23 @@ async def list_models(services: ServicesDep) -> ModelList:
         workers = await services.catalog.live_workers(name)
         info = ModelInfo(id=name, ready=card is not None and workers > 0, workers=workers)
         if card is not None:
-            info = info.model_copy(update={
-                **card.model_dump(include={"backend", "dtype", "vocab_size", "hidden_size", "context_length",
-                                           "storage", "hidden_dtype", "lossy", "rebuild_max_abs_error"}),
-                "chat_template": card.chat_template is not None,
-            })
+            info = info.model_copy(
+                update={
+                    **card.model_dump(
+                        include={
+                            "backend",
+                            "dtype",
+                            "vocab_size",
+                            "hidden_size",
+                            "context_length",
+                            "storage",
+                            "hidden_dtype",
+                            "lossy",
+                            "rebuild_max_abs_error",
+                        }
+                    ),
+                    "chat_template": card.chat_template is not None,
+                }
+            )
         data.append(info)
     return ModelList(data=data)

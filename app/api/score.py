@@ -47,5 +47,10 @@ async def score(body: ScoreRequest, services: ServicesDep, tenant: TenantDep) ->
     ids = input_ids(codec, body.text, body.messages, body.add_generation_prompt, settings.max_positions)
     rid, cached = await ensure_scored(services, tenant, card, ids)
     meta, stats = await services.store.require(tenant, rid)
-    return {"record_id": rid, "model": card.name, "cached": cached, "n_tokens": len(ids),
-            "tokens": token_rows(meta, stats, codec, k)}
+    return {
+        "record_id": rid,
+        "model": card.name,
+        "cached": cached,
+        "n_tokens": len(ids),
+        "tokens": token_rows(meta, stats, codec, k),
+    }

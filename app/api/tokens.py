@@ -34,8 +34,13 @@ class TokenOut(BaseModel):
     top_logprobs: list[TopLogprob] | None
 
 
-def input_ids(codec: TextCodec, text: str | None, messages: list[ChatMessage] | None,
-              add_generation_prompt: bool, max_positions: int) -> list[int]:
+def input_ids(
+    codec: TextCodec,
+    text: str | None,
+    messages: list[ChatMessage] | None,
+    add_generation_prompt: bool,
+    max_positions: int,
+) -> list[int]:
     """Token ids for a text or a chat, with the errors users can act on."""
     if (text is None) == (messages is None):
         raise ApiError(422, "missing_input", "give exactly one of `text` (or `prompt`) and `messages`")
@@ -49,8 +54,9 @@ def input_ids(codec: TextCodec, text: str | None, messages: list[ChatMessage] | 
         except LookupError as exc:
             raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
         except ChatTemplateError as exc:
-            raise ApiError(422, "chat_template_error", f"the chat template refused the messages: {exc}",
-                           "messages") from exc
+            raise ApiError(
+                422, "chat_template_error", f"the chat template refused the messages: {exc}", "messages"
+            ) from exc
     check_length(codec.card, len(ids), max_positions)
     if not ids:
         raise ApiError(422, "empty_text", "the input has no tokens")
@@ -60,12 +66,12 @@ def input_ids(codec: TextCodec, text: str | None, messages: list[ChatMessage] | 
 def check_length(card: ModelCard, n: int, max_positions: int) -> None:
     limit = min(card.context_length, max_positions)
     if n > limit:
-        raise ApiError(422, "context_length_exceeded",
-                       f"{n} tokens exceed the limit of {limit} for {card.name!r}")
+        raise ApiError(422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}")
 
 
-def token_rows(meta: RecordMeta, stats: dict[str, np.ndarray], codec: TextCodec, top_k: int,
-               start: int = 0) -> list[dict[str, Any]]:
+def token_rows(
+    meta: RecordMeta, stats: dict[str, np.ndarray], codec: TextCodec, top_k: int, start: int = 0
+) -> list[dict[str, Any]]:
     """Per-token fields for tokens start..T-1; row t-1 of the statistics predicted token t."""
     pieces = codec.pieces()
     ids = meta.token_ids
@@ -76,12 +82,21 @@ def token_rows(meta: RecordMeta, stats: dict[str, np.ndarray], codec: TextCodec,
     rows: list[dict[str, Any]] = []
     for t in range(start, len(ids)):
         if t == 0:
-            rows.append({"id": ids[0], "text": texts[0], "logprob": None, "rank": None, "entropy": None,
-                         "top_logprobs": None})
+            rows.append(
+                {"id": ids[0], "text": texts[0], "logprob": None, "rank": None, "entropy": None, "top_logprobs": None}
+            )
             continue
         r = t - 1
-        rows.append({
-            "id": ids[t], "text": texts[t], "logprob": logprob[r], "rank": rank[r], "entropy": entropy[r],
-            "top_logprobs": [{"id": i, "text": pieces[i], "logprob": v} for i, v in zip(top_ids[r], top_lp[r], strict=True)],
-        })
+        rows.append(
+            {
+                "id": ids[t],
+                "text": texts[t],
+                "logprob": logprob[r],
+                "rank": rank[r],
+                "entropy": entropy[r],
+                "top_logprobs": [
+                    {"id": i, "text": pieces[i], "logprob": v} for i, v in zip(top_ids[r], top_lp[r], strict=True)
+                ],
+            }
+        )
     return rows

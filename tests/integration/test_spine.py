@@ -74,10 +74,15 @@ def test_full_rows_rebuild_exactly(alpha: httpx.Client, hf_smollm2: tuple[Any, A
 
 
 def test_greedy_chat_generation_says_paris(alpha: httpx.Client) -> None:
-    response = alpha.post("/v1/generate", json={
-        "model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "temperature": 0, "max_tokens": 24,
-    })
+    response = alpha.post(
+        "/v1/generate",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "temperature": 0,
+            "max_tokens": 24,
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert "Paris" in body["text"]
@@ -89,12 +94,18 @@ def test_greedy_chat_generation_says_paris(alpha: httpx.Client) -> None:
     assert record["kind"] == "generate"
     assert record["n_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
     assert record["n_prompt"] == body["usage"]["prompt_tokens"]
-    assert record["tokens"][record["n_prompt"]:] == body["tokens"]
+    assert record["tokens"][record["n_prompt"] :] == body["tokens"]
 
 
 def test_seeded_sampling_is_reproducible(alpha: httpx.Client) -> None:
-    request = {"model": MODEL, "prompt": "Once upon a time", "temperature": 1.0, "top_p": 0.9, "seed": 1234,
-               "max_tokens": 12}
+    request = {
+        "model": MODEL,
+        "prompt": "Once upon a time",
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "seed": 1234,
+        "max_tokens": 12,
+    }
     first = alpha.post("/v1/generate", json=request).json()
     second = alpha.post("/v1/generate", json=request).json()
     assert first["text"] == second["text"] and first["record_id"] == second["record_id"]
@@ -103,8 +114,10 @@ def test_seeded_sampling_is_reproducible(alpha: httpx.Client) -> None:
 
 
 def test_stop_strings_end_the_completion(alpha: httpx.Client) -> None:
-    body = alpha.post("/v1/generate", json={"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "temperature": 0,
-                                            "max_tokens": 30, "stop": [" 8"]}).json()
+    body = alpha.post(
+        "/v1/generate",
+        json={"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "temperature": 0, "max_tokens": 30, "stop": [" 8"]},
+    ).json()
     assert body["finish_reason"] == "stop"
     assert " 8" not in body["text"] and body["text"].startswith(" 6, 7,")
 
@@ -121,8 +134,11 @@ def test_repeat_request_is_cached_without_a_job(alpha: httpx.Client, redis_clien
 
 def test_chat_scoring_uses_the_chat_template(alpha: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
     _, tokenizer = hf_smollm2
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
-                {"role": "assistant", "content": "Hello."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."},
+    ]
     body = score(alpha, messages=messages)
     expected = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     assert [t["id"] for t in body["tokens"]] == list(expected)
@@ -143,8 +159,9 @@ def test_api_key_required(service: str) -> None:
     assert httpx.get(f"{service}/healthz").status_code == 200
     response = httpx.post(f"{service}/v1/score", json={"model": MODEL, "text": "x"})
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
-    wrong = httpx.post(f"{service}/v1/score", json={"model": MODEL, "text": "x"},
-                       headers={"Authorization": "Bearer nope"})
+    wrong = httpx.post(
+        f"{service}/v1/score", json={"model": MODEL, "text": "x"}, headers={"Authorization": "Bearer nope"}
+    )
     assert wrong.status_code == 401
 
 
@@ -154,8 +171,12 @@ def test_api_key_required(service: str) -> None:
         ("/v1/score", {"model": "no-such-model", "text": "x"}, 404, "model_not_found"),
         ("/v1/score", {"model": MODEL, "text": ""}, 422, "empty_text"),
         ("/v1/score", {"model": MODEL}, 422, "missing_input"),
-        ("/v1/score", {"model": MODEL, "text": "a", "messages": [{"role": "user", "content": "b"}]}, 422,
-         "missing_input"),
+        (
+            "/v1/score",
+            {"model": MODEL, "text": "a", "messages": [{"role": "user", "content": "b"}]},
+            422,
+            "missing_input",
+        ),
         ("/v1/score", {"model": MODEL, "text": "word " * 9000}, 422, "context_length_exceeded"),
         ("/v1/score", {"model": MODEL, "text": "x", "top_logprobs": 21}, 422, "top_logprobs_too_large"),
         ("/v1/score", {"model": MODEL, "text": "x", "unknown_field": 1}, 422, "invalid_request"),
@@ -164,8 +185,9 @@ def test_api_key_required(service: str) -> None:
         ("/v1/generate", {"model": MODEL, "prompt": "x", "stop": [""]}, 422, "invalid_stop"),
     ],
 )
-def test_bad_input_gets_a_clear_error(alpha: httpx.Client, path: str, body: dict[str, Any], status: int,
-                                      code: str) -> None:
+def test_bad_input_gets_a_clear_error(
+    alpha: httpx.Client, path: str, body: dict[str, Any], status: int, code: str
+) -> None:
     response = alpha.post(path, json=body)
     assert response.status_code == status, response.text
     error = response.json()["error"]

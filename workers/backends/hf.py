@@ -54,7 +54,8 @@ class HFBackend:
             eos_token_ids=self._eos_ids(),
             chat_template=self.tokenizer.chat_template if isinstance(self.tokenizer.chat_template, str) else None,
             special_tokens={
-                k: v for k, v in {"bos_token": self.tokenizer.bos_token, "eos_token": self.tokenizer.eos_token}.items()
+                k: v
+                for k, v in {"bos_token": self.tokenizer.bos_token, "eos_token": self.tokenizer.eos_token}.items()
                 if isinstance(v, str)
             },
             storage="hidden",
@@ -86,10 +87,12 @@ class HFBackend:
         if cache is None and ids.shape[0] > PREFILL_CHUNK:
             cache = DynamicCache(config=self.model.config)
         if cache is None:
-            return self.decoder(input_ids=ids[None]).last_hidden_state[0]
+            hidden: torch.Tensor = self.decoder(input_ids=ids[None]).last_hidden_state[0]
+            return hidden
         parts = [
-            self.decoder(input_ids=ids[None, lo : lo + PREFILL_CHUNK], past_key_values=cache, use_cache=True)
-            .last_hidden_state[0]
+            self.decoder(
+                input_ids=ids[None, lo : lo + PREFILL_CHUNK], past_key_values=cache, use_cache=True
+            ).last_hidden_state[0]
             for lo in range(0, ids.shape[0], PREFILL_CHUNK)
         ]
         return torch.cat(parts)

@@ -1,0 +1,42 @@
+"""The README's first command: `logprobe serve` starts Redis, a worker and the gateway; Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ARTIFACTS, DATA_DIR, MODEL, ROOT, free_port, wait_ready
+
+
+def test_serve_runs_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LOGPROBE_REDIS_URL", "LOGPROBE_API_KEYS")}
+    env.update({"LOGPROBE_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)})
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, [proc])
+            body = httpx.post(
+                f"{base}/v1/score", json={"model": MODEL, "text": "Embedded default works."}, timeout=120
+            ).json()
+            assert body["tokens"][1]["logprob"] < 0
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0
+    socket = DATA_DIR / "redis" / str(port) / "redis.sock"
+    assert not socket.exists()
+    leftovers = subprocess.run(["pgrep", "-f", f"redis/{port}/redis"], capture_output=True, text=True).stdout
+    assert leftovers.strip() == ""

@@ -1,0 +1,88 @@
+"""The contract: jobs and records are validated on read; hostile or broken entries are rejected."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from workers.protocol import (
+    STAT_ARRAYS,
+    ProtocolError,
+    ScoreJob,
+    decode_job,
+    decode_meta,
+    decode_stats,
+    encode_arrays,
+    encode_job,
+    record_id,
+)
+
+
+def stats(n: int, k: int) -> dict[str, np.ndarray]:
+    return {
+        name: np.zeros((n,) if trailing is None else (n, k), dtype=dtype)
+        for name, (dtype, trailing) in STAT_ARRAYS.items()
+    }
+
+
+def test_job_round_trip() -> None:
+    job = ScoreJob(job_id="j", tenant="t", model="m", fingerprint="f", record_id="r", token_ids=[1, 2, 3])
+    fields = {k.encode(): v.encode() for k, v in encode_job(job).items()}
+    assert decode_job(fields) == job
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"job": pickle.dumps({"kind": "score"})},
+        {b"job": b'{"kind": "score"}'},
+        {b"job": b'{"kind": "exec", "job_id": "x"}'},
+        {b"job": b"[]"},
+        {b"other": b"{}"},
+        {
+            b"job": b'{"kind":"score","job_id":"j","tenant":"t","model":"m","fingerprint":"f","record_id":"r",'
+            b'"token_ids":[1],"extra":"field"}'
+        },
+    ],
+)
+def test_hostile_or_broken_jobs_are_rejected(fields: dict[bytes, bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        decode_job(fields)
+
+
+def test_stats_blob_validation() -> None:
+    good = stats(4, 3)
+    assert set(decode_stats(encode_arrays(good), 4, 3)) == set(STAT_ARRAYS)
+    blob = encode_arrays(good)
+    with pytest.raises(ProtocolError):
+        decode_stats(blob[: len(blob) // 2], 4, 3)  # truncated
+    with pytest.raises(ProtocolError):
+        decode_stats(encode_arrays(good), 5, 3)  # wrong shape
+    with pytest.raises(ProtocolError):
+        decode_stats(pickle.dumps(good), 4, 3)
+    nan = stats(4, 3)
+    nan["entropy"][1] = np.nan
+    with pytest.raises(ProtocolError, match="NaN"):
+        decode_stats(encode_arrays(nan), 4, 3)
+    wrong_type = stats(4, 3)
+    wrong_type["rank"] = wrong_type["rank"].astype(np.float32)
+    with pytest.raises(ProtocolError):
+        decode_stats(encode_arrays(wrong_type), 4, 3)
+    with pytest.raises(ProtocolError):
+        decode_meta(b'{"record_id": 3}')
+
+
+def test_record_ids_depend_on_everything_that_defines_a_record() -> None:
+    base = record_id(b"s", "alpha", "fp", [1, 2, 3], {"kind": "score"})
+    assert base == record_id(b"s", "alpha", "fp", [1, 2, 3], {"kind": "score"})
+    assert len(base) == 32 and int(base, 16) >= 0
+    variants = [
+        record_id(b"other", "alpha", "fp", [1, 2, 3], {"kind": "score"}),
+        record_id(b"s", "beta", "fp", [1, 2, 3], {"kind": "score"}),
+        record_id(b"s", "alpha", "fp2", [1, 2, 3], {"kind": "score"}),
+        record_id(b"s", "alpha", "fp", [1, 2, 4], {"kind": "score"}),
+        record_id(b"s", "alpha", "fp", [1, 2, 3], {"kind": "generate", "n_prompt": 2}),
+    ]
+    assert base not in variants and len(set(variants)) == len(variants)
