@@ -15,6 +15,7 @@ from workers.capture import capture_statistics, rebuild_rows
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
+    MAX_BLOB_BYTES,
     GenerateJob,
     JobError,
     JobOutcome,
@@ -158,6 +159,8 @@ class JobExecutor:
         n = len(meta.token_ids) - 1
         if not 1 <= job.start < job.stop <= n + 1:
             raise JobFailed("invalid_positions", f"positions must satisfy 1 <= start < stop <= {n + 1}")
+        if (job.stop - job.start) * 4 * meta.vocab_size > MAX_BLOB_BYTES:
+            raise JobFailed("export_too_large", "too many positions for one export; page with start/stop")
         rows = slice(job.start - 1, job.stop - 1)
         if meta.storage == "rows":
             out = self._stored_rows(rows_blob, n, meta.vocab_size)[rows]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ARTIFACTS, DATA_DIR, MODEL, ROOT, free_port, wait_ready
+from app.local_service import ROOT, free_port, wait_ready
+from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 
 
 def test_serve_runs_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> None:
