@@ -33,7 +33,7 @@ def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
                 return

@@ -34,7 +34,8 @@ def main() -> None:
     def encode(text: str) -> list[int]:
         return list(tokenizer(text).input_ids)
 
-    print(f"{'tokens':>6s} {'bare forward':>13s} {'/v1/score':>10s} {'ratio':>6s} {'cached':>8s}   (median of {args.reps})")
+    header = f"{'tokens':>6s} {'bare forward':>13s} {'/v1/score':>10s} {'ratio':>6s} {'cached':>8s}"
+    print(f"{header}   (median of {args.reps})")
     with LocalService(env={"LOGPROBE_WORKER_THREADS": "2"}) as service, httpx.Client(timeout=600) as client:
         for n_tokens in (100, 1000):
             bare, e2e, cached = [], [], []

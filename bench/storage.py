@@ -33,8 +33,10 @@ def main() -> None:
     data_dir = CommonSettings().data_dir
     server = EmbeddedRedis(Path(tempfile.mkdtemp()) / "redis")
     client = redis.Redis.from_url(server.start())
-    print(f"{'model':24s} {'V':>8s} {'d':>5s} {'positions':>9s} {'bytes/pos':>10s} {'f32 row':>10s} "
-          f"{'smaller':>8s} {'V/d':>6s} {'max|Δ| rebuilt vs model':>24s}")
+    print(
+        f"{'model':24s} {'V':>8s} {'d':>5s} {'positions':>9s} {'bytes/pos':>10s} {'f32 row':>10s} "
+        f"{'smaller':>8s} {'V/d':>6s} {'max|Δ| rebuilt vs model':>24s}"
+    )
     try:
         for name in ("smollm2-135m-instruct", "gemma-3-270m"):
             backend = HFBackend(PACKAGED_MODELS[name], data_dir)
@@ -57,8 +59,10 @@ def main() -> None:
                 executor.run(RowsJob(job_id="x", start=start, stop=stop, **common))
                 rows = torch.from_numpy(load(client.get(export_key("x")))["logprobs"])
                 error = max(error, float((rows - reference[start - 1 : stop - 1]).abs().max()))
-            print(f"{name:24s} {card.vocab_size:8d} {card.hidden_size:5d} {positions:9d} {per_position:10.0f} "
-                  f"{row:10d} {row / per_position:7.1f}x {card.vocab_size / card.hidden_size:5.0f}x {error:24.2e}")
+            print(
+                f"{name:24s} {card.vocab_size:8d} {card.hidden_size:5d} {positions:9d} {per_position:10.0f} "
+                f"{row:10d} {row / per_position:7.1f}x {card.vocab_size / card.hidden_size:5.0f}x {error:24.2e}"
+            )
             del backend, executor
     finally:
         server.stop()

@@ -8,6 +8,7 @@ and the handful of statistics every single-model analysis needs. Rows are proces
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,18 +88,32 @@ def capture_statistics(
     hidden: torch.Tensor, token_ids: torch.Tensor, head: Unembedding, topk: int, chunk_rows: int | None = None
 ) -> dict[str, np.ndarray]:
     """Statistics for positions 1..T-1 of a sequence: hidden [T-1, d] predicted tokens token_ids[1:]."""
-    chunk_rows = chunk_rows or chunk_rows_for(head.vocab_size)
+    rows = chunk_rows or chunk_rows_for(head.vocab_size)
+    chunks = (head.logits(hidden[lo : lo + rows]) for lo in range(0, hidden.shape[0], rows))
+    return _statistics(chunks, hidden.shape[0], token_ids, topk)
+
+
+@torch.inference_mode()
+def logits_statistics(logits: torch.Tensor, token_ids: torch.Tensor, topk: int) -> dict[str, np.ndarray]:
+    """The same statistics from rows the model produced itself, [T-1, V] (for models kept as full rows)."""
+    return _statistics(iter([logits.float()]), logits.shape[0], token_ids, topk)
+
+
+def _statistics(
+    chunks: Iterator[torch.Tensor], n_rows: int, token_ids: torch.Tensor, topk: int
+) -> dict[str, np.ndarray]:
     targets = token_ids[1:].long()
-    if hidden.shape[0] != targets.shape[0]:
-        raise ValueError(f"{hidden.shape[0]} hidden states for {targets.shape[0]} predicted tokens")
+    if n_rows != targets.shape[0]:
+        raise ValueError(f"{n_rows} hidden states for {targets.shape[0]} predicted tokens")
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in STAT_ARRAYS}
-    for lo in range(0, targets.shape[0], chunk_rows):
-        hi = lo + chunk_rows
-        logits = head.logits(hidden[lo:hi])
+    done = 0
+    for logits in chunks:
         for sub in range(0, logits.shape[0], STAT_ROWS):
-            stats = row_statistics(logits[sub : sub + STAT_ROWS], targets[lo + sub : lo + sub + STAT_ROWS], topk)
+            lo = done + sub
+            stats = row_statistics(logits[sub : sub + STAT_ROWS], targets[lo : lo + STAT_ROWS], topk)
             for name, value in stats.items():
                 parts[name].append(value)
+        done += logits.shape[0]
     empty = {name: (0,) if trailing is None else (0, topk) for name, (_, trailing) in STAT_ARRAYS.items()}
     return {
         name: (torch.cat(parts[name]).numpy() if parts[name] else np.zeros(empty[name])).astype(STAT_ARRAYS[name][0])

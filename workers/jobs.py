@@ -11,7 +11,7 @@ from safetensors.torch import load as st_load_torch
 from safetensors.torch import save as st_save_torch
 
 from workers.backends.base import Backend
-from workers.capture import capture_statistics, rebuild_rows
+from workers.capture import capture_statistics, logits_statistics, rebuild_rows
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
@@ -99,12 +99,15 @@ class JobExecutor:
         finish_reason: str | None = None,
     ) -> None:
         card = backend.card
-        hidden = backend.hidden_states(token_ids)[:-1]
-        stats = capture_statistics(hidden, torch.tensor(token_ids), backend.head, CAPTURE_TOPK)
+        ids = torch.tensor(token_ids)
         if card.storage == "hidden":
+            hidden = backend.hidden_states(token_ids)[:-1]
+            stats = capture_statistics(hidden, ids, backend.head, CAPTURE_TOPK)
             payload = {"hidden": st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})}
-        else:
-            payload = {"rows": encode_arrays({"rows": rebuild_rows(hidden, backend.head)})}
+        else:  # logits are not W·h for this model: keep its own rows, and take the statistics from them
+            rows = backend.reference_logprobs(token_ids)[:-1]
+            stats = logits_statistics(rows, ids, CAPTURE_TOPK)
+            payload = {"rows": encode_arrays({"rows": rows.numpy()})}
         meta = RecordMeta(
             record_id=rid,
             tenant=tenant,
