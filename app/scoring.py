@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from app.api.tokens import ChatMessage, input_ids
+from app.errors import ApiError
 from app.jobs import new_job_id, raise_for_outcome
 from app.services import Services
-from workers.protocol import ModelCard, ScoreJob, record_id
+from app.text import TextCodec
+from workers.protocol import ModelCard, RecordMeta, ScoreJob, record_id
 
 SCORE_OPTIONS = {"kind": "score"}
 
@@ -19,3 +24,32 @@ async def ensure_scored(services: Services, tenant: str, card: ModelCard, ids: l
     )
     raise_for_outcome(await services.jobs.run(job))
     return rid, False
+
+
+async def record_for(
+    services: Services,
+    tenant: str,
+    *,
+    model: str | None,
+    record_id: str | None,
+    text: str | None,
+    messages: list[ChatMessage] | None,
+    add_generation_prompt: bool = False,
+) -> tuple[RecordMeta, dict[str, np.ndarray], TextCodec, bool]:
+    """The record an analysis runs on: a stored one by id, or the one for a text or chat (scored if needed)."""
+    if record_id is not None:
+        if text is not None or messages is not None:
+            raise ApiError(422, "missing_input", "give a `record_id` or a text, not both", "record_id")
+        meta, stats = await services.store.require(tenant, record_id)
+        if model is not None and model != meta.model:
+            raise ApiError(422, "model_mismatch", f"record {record_id!r} was made by {meta.model!r}", "model")
+        card = await services.catalog.card(meta.model)
+        return meta, stats, await services.catalog.codec(card), True
+    if model is None:
+        raise ApiError(422, "missing_input", "give a `record_id`, or a `model` with a `text` or `messages`", "model")
+    card = await services.catalog.card(model)
+    codec = await services.catalog.codec(card)
+    ids = input_ids(codec, text, messages, add_generation_prompt, services.settings.max_positions)
+    rid, cached = await ensure_scored(services, tenant, card, ids)
+    meta, stats = await services.store.require(tenant, rid)
+    return meta, stats, codec, cached

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from app.auth import KeyRing
 from app.catalog import ModelCatalog
+from app.frequencies import FrequencyTables
 from app.jobs import JobQueue
 from app.settings import Settings
 from app.store import RecordStore
@@ -24,6 +25,7 @@ class Services:
     jobs: JobQueue
     store: RecordStore
     keys: KeyRing
+    frequencies: FrequencyTables
     _secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
@@ -38,6 +40,7 @@ class Services:
             jobs=JobQueue(redis, settings.job_timeout_s),
             store=RecordStore(redis),
             keys=KeyRing(settings.api_keys),
+            frequencies=FrequencyTables(redis),
         )
 
     async def secret(self) -> bytes:

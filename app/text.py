@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -18,6 +19,7 @@ class TextCodec:
     def __init__(self, card: ModelCard, tokenizer_json: str) -> None:
         self.card = card
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer_id = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
         self._pieces: list[str] | None = None
 
     def encode(self, text: str) -> list[int]:

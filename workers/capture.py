@@ -47,7 +47,7 @@ class Unembedding:
 
 @torch.inference_mode()
 def row_statistics(logits: torch.Tensor, next_ids: torch.Tensor, topk: int) -> dict[str, torch.Tensor]:
-    """Statistics of rows of float32 logits [n, V] for the observed next tokens [n].
+    """Statistics of rows of logits [n, V] for the observed next tokens [n], in the logits' dtype.
 
     Written as few full passes over the rows as possible (log_softmax, compare, topk, exp and four dot
     products); callers pass a few rows at a time so the working set stays in cache.
@@ -66,7 +66,7 @@ def row_statistics(logits: torch.Tensor, next_ids: torch.Tensor, topk: int) -> d
     mu2 = torch.linalg.vecdot(dev, dev).double() / vocab
     dev.square_()
     mu4 = torch.linalg.vecdot(dev, dev).double() / vocab
-    kurtosis = (mu4 / mu2.square() - 3.0).float()
+    kurtosis = (mu4 / mu2.square() - 3.0).to(logits.dtype)
     return {
         "logprob": chosen[:, 0],
         "rank": rank,

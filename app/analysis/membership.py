@@ -1,0 +1,55 @@
+"""Pretraining-data (membership) detection: was this text in the model's training data?
+
+Min-K% Prob (Shi et al. 2024, "Detecting Pretraining Data from Large Language Models"), Min-K%++ (Zhang et al.
+2024) and DC-PDD ("Pretraining Data Detection for Large Language Models: A Divergence-based Calibration
+Method", Zhang et al. 2024). All three point the same way: higher means more likely a member.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.analysis.base import Context, Param, lowest_fraction_mean, method
+
+MEMBER = "more likely in the training data"
+K = Param("k", 0.2, "fraction of lowest-scoring tokens averaged", 0.0001, 1.0)
+
+
+@method("min_k", ("membership",), "sequence", MEMBER, ("logprob",), params=(K,))
+def min_k(ctx: Context) -> float:
+    """Min-K% Prob: mean of the lowest k fraction of log p(x_t)."""
+    return lowest_fraction_mean(ctx.data.logprob, ctx.params["k"])
+
+
+@method("min_k_zscore", ("membership",), "token", MEMBER, ("logprob", "entropy", "logp_m2"))
+def min_k_zscore(ctx: Context) -> np.ndarray:
+    """Min-K%++'s per-token score (log p(x_t) - mu_t) / sigma_t, with mu_t = sum p log p and
+    sigma_t^2 = sum p (log p)^2 - mu_t^2."""
+    d = ctx.data
+    return np.asarray((d.logprob - d.logp_mean) / np.sqrt(d.logp_var))
+
+
+@method("min_k_plus_plus", ("membership",), "sequence", MEMBER, ("logprob", "entropy", "logp_m2"), params=(K,))
+def min_k_plus_plus(ctx: Context) -> float:
+    """Min-K%++: mean of the lowest k fraction of the per-token z-scores (log p(x_t) - mu_t) / sigma_t."""
+    return lowest_fraction_mean(np.asarray(min_k_zscore(ctx)), ctx.params["k"])
+
+
+@method(
+    "dc_pdd",
+    ("membership",),
+    "sequence",
+    MEMBER,
+    ("logprob",),
+    params=(Param("a", 0.01, "cap on each token's calibrated score", 1e-9, 1e9),),
+    requires=("frequencies",),
+)
+def dc_pdd(ctx: Context) -> float:
+    """DC-PDD: mean over first occurrences of each token of min(p(x_t) * log(1 / f(x_t)), a), where f is the
+    token's frequency in a reference corpus with add-one smoothing."""
+    assert ctx.frequencies is not None
+    d = ctx.data
+    _, first = np.unique(d.token_ids, return_index=True)
+    first.sort()
+    calibrated = np.exp(d.logprob[first]) * -np.log(ctx.frequencies[d.token_ids[first]])
+    return float(np.mean(np.minimum(calibrated, ctx.params["a"])))

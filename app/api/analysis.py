@@ -1,0 +1,212 @@
+"""POST /v1/analysis/{uncertainty,detect,membership}: methods over a record's distributions, on demand.
+GET /v1/analysis/methods lists them; /v1/frequency-tables holds the reference tables DC-PDD needs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.analysis import REGISTRY
+from app.analysis.base import Family, Positions
+from app.analysis.run import AnalysisError, resolve_params, run_methods, select_methods
+from app.api.tokens import ChatMessage
+from app.auth import TenantDep
+from app.errors import ApiError
+from app.frequencies import DEFAULT_TABLE
+from app.scoring import record_for
+from app.services import ServicesDep
+from workers.protocol import RecordMeta
+
+router = APIRouter(tags=["analysis"])
+
+SpanName = Literal["all", "prompt", "completion"]
+
+
+class SpanRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(ge=1, description="first position")
+    stop: int = Field(ge=2, description="one past the last position")
+
+
+class AnalysisRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    record_id: str | None = None
+    text: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    span: SpanName | SpanRange | list[int] = Field(
+        default="all", description="all, prompt, completion (generated records), {start, stop}, or positions"
+    )
+    methods: list[str] | None = Field(default=None, description="default: every method of the family")
+    params: dict[str, dict[str, float]] = Field(default_factory=dict, description="per method, e.g. {min_k: {k: 0.1}}")
+    frequency_table: str = Field(default=DEFAULT_TABLE, description="reference token frequencies for dc_pdd")
+
+
+class TokenValues(BaseModel):
+    position: int
+    id: int
+    text: str
+    values: dict[str, float | None]
+
+
+class AnalysisResponse(BaseModel):
+    record_id: str
+    model: str
+    cached: bool
+    family: str
+    n_positions: int
+    methods: list[str]
+    tokens: list[TokenValues]
+    sequence: dict[str, float | None]
+    details: dict[str, list[float]]
+
+
+def span_positions(span: SpanName | SpanRange | list[int], meta: RecordMeta) -> np.ndarray:
+    """Positions t (1 <= t < T) that a span names; position t is the distribution that predicted token t."""
+    n_tokens = len(meta.token_ids)
+    if isinstance(span, SpanRange):
+        if not span.start < span.stop <= n_tokens:
+            raise ApiError(422, "invalid_span", f"span must satisfy 1 <= start < stop <= {n_tokens}", "span")
+        return np.arange(span.start, span.stop)
+    if isinstance(span, list):
+        positions = np.asarray(span, dtype=np.int64)
+        if positions.size == 0 or positions.min() < 1 or positions.max() >= n_tokens:
+            raise ApiError(422, "invalid_span", f"positions must lie in [1, {n_tokens - 1}]", "span")
+        return positions
+    if span == "all":
+        positions = np.arange(1, n_tokens)
+    elif meta.n_prompt is None:
+        raise ApiError(422, "invalid_span", f"span {span!r} needs a generated record (prompt and completion)", "span")
+    else:
+        positions = np.arange(1, meta.n_prompt) if span == "prompt" else np.arange(meta.n_prompt, n_tokens)
+    if positions.size == 0:
+        raise ApiError(422, "empty_span", f"span {span!r} holds no predicted positions", "span")
+    return positions
+
+
+async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, tenant: str) -> dict[str, Any]:
+    try:
+        methods = select_methods(family, body.methods)
+        params = resolve_params(methods, body.params)
+    except AnalysisError as exc:
+        raise ApiError(422, exc.code, str(exc), exc.param) from exc
+    meta, stats, codec, cached = await record_for(
+        services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
+    )
+    positions = span_positions(body.span, meta)
+    frequencies = None
+    if any("frequencies" in m.requires for m in methods):
+        frequencies = await services.frequencies.probabilities(tenant, codec, body.frequency_table)
+    result = run_methods(methods, Positions.select(meta, stats, positions), params, frequencies)
+    texts = codec.token_texts(meta.token_ids)
+    token_values = {
+        name: [v if np.isfinite(v) else None for v in values.tolist()] for name, values in result.tokens.items()
+    }
+    tokens = (
+        [
+            {
+                "position": t,
+                "id": meta.token_ids[t],
+                "text": texts[t],
+                "values": {name: values[i] for name, values in token_values.items()},
+            }
+            for i, t in enumerate(positions.tolist())
+        ]
+        if result.tokens
+        else []
+    )
+    return {
+        "record_id": meta.record_id,
+        "model": meta.model,
+        "cached": cached,
+        "family": family,
+        "n_positions": int(positions.size),
+        "methods": [m.name for m in methods],
+        "tokens": tokens,
+        "sequence": result.sequence,
+        "details": result.details,
+    }
+
+
+@router.post("/v1/analysis/uncertainty", response_model=AnalysisResponse)
+async def uncertainty(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+    """Token logprob, rank, entropy, margin and kurtosis; sequence mean probabilities, perplexity, entropy."""
+    return await analyse("uncertainty", body, services, tenant)
+
+
+@router.post("/v1/analysis/detect", response_model=AnalysisResponse)
+async def detect(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+    """Machine-written text detection scores."""
+    return await analyse("detect", body, services, tenant)
+
+
+@router.post("/v1/analysis/membership", response_model=AnalysisResponse)
+async def membership(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+    """Pretraining-data detection scores: Min-K%, Min-K%++, DC-PDD."""
+    return await analyse("membership", body, services, tenant)
+
+
+class ParamInfo(BaseModel):
+    name: str
+    default: float
+    min: float
+    max: float
+    description: str
+
+
+class MethodInfo(BaseModel):
+    name: str
+    families: list[str]
+    level: str
+    description: str
+    higher_means: str
+    needs: list[str]
+    requires: list[str]
+    params: list[ParamInfo]
+
+
+@router.get("/v1/analysis/methods", response_model=list[MethodInfo])
+async def list_methods() -> list[MethodInfo]:
+    return [
+        MethodInfo(
+            name=m.name,
+            families=list(m.families),
+            level=m.level,
+            description=m.description,
+            higher_means=m.higher_means,
+            needs=list(m.needs),
+            requires=list(m.requires),
+            params=[
+                ParamInfo(name=p.name, default=p.default, min=p.low, max=p.high, description=p.description)
+                for p in m.params
+            ],
+        )
+        for m in REGISTRY.methods.values()
+    ]
+
+
+class FrequencyTableRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    texts: list[str] = Field(min_length=1, max_length=100_000)
+
+
+class FrequencyTableInfo(BaseModel):
+    name: str
+    model: str
+    texts: int
+    tokens: int
+    distinct_tokens: int
+
+
+@router.put("/v1/frequency-tables/{name}", response_model=FrequencyTableInfo)
+async def put_frequency_table(
+    name: Annotated[str, Path(max_length=64)], body: FrequencyTableRequest, services: ServicesDep, tenant: TenantDep
+) -> dict[str, int | str]:
+    """Count a corpus with the model's tokenizer and keep the table under `name` (for dc_pdd)."""
+    card = await services.catalog.card(body.model)
+    codec = await services.catalog.codec(card)
+    return await services.frequencies.build(tenant, codec, name, body.texts)

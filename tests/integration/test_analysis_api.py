@@ -1,0 +1,98 @@
+"""Analyses over real records through the real service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import MODEL
+
+TEXT = (
+    "The committee met on Tuesday to discuss the budget for the new library. After a long debate, "
+    "the members agreed to fund the project in two stages, starting next spring."
+)
+
+
+def post(client: httpx.Client, family: str, **body: Any) -> dict[str, Any]:
+    response = client.post(f"/v1/analysis/{family}", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_uncertainty_agrees_with_the_scored_tokens(alpha: httpx.Client) -> None:
+    scored = alpha.post("/v1/score", json={"model": MODEL, "text": TEXT}).json()
+    body = post(alpha, "uncertainty", record_id=scored["record_id"], params={"entropy_trend": {"block_size": 4}})
+    assert body["cached"] is True and body["n_positions"] == scored["n_tokens"] - 1
+    for token, scored_token in zip(body["tokens"], scored["tokens"][1:], strict=True):
+        assert token["id"] == scored_token["id"] and token["text"] == scored_token["text"]
+        assert token["values"]["logprob"] == pytest.approx(scored_token["logprob"], abs=1e-6)
+        assert token["values"]["entropy"] == pytest.approx(scored_token["entropy"], abs=1e-5)
+        assert token["values"]["rank"] == scored_token["rank"]
+    logprobs = np.array([t["logprob"] for t in scored["tokens"][1:]])
+    seq = body["sequence"]
+    assert seq["perplexity"] == pytest.approx(np.exp(-logprobs.mean()), rel=1e-5)
+    assert seq["geometric_mean_prob"] == pytest.approx(1 / seq["perplexity"], rel=1e-6)
+    assert len(body["details"]["entropy_trend.blocks"]) == -(-body["n_positions"] // 4)
+
+
+def test_text_input_spans_and_method_choice(alpha: httpx.Client) -> None:
+    body = post(
+        alpha, "detect", model=MODEL, text=TEXT, methods=["log_likelihood", "gltr"], span={"start": 5, "stop": 9}
+    )
+    assert body["methods"] == ["log_likelihood", "gltr"] and body["n_positions"] == 4 and body["tokens"] == []
+    assert sum(v for k, v in body["sequence"].items() if k.startswith("gltr.")) == pytest.approx(1.0)
+    generated = alpha.post(
+        "/v1/generate", json={"model": MODEL, "prompt": "Count: 1, 2, 3,", "temperature": 0, "max_tokens": 6}
+    ).json()
+    completion = post(alpha, "uncertainty", record_id=generated["record_id"], span="completion", methods=["logprob"])
+    assert [t["values"]["logprob"] for t in completion["tokens"]] == pytest.approx(
+        [t["logprob"] for t in generated["tokens"]], abs=1e-6
+    )
+    prompt = post(alpha, "uncertainty", record_id=generated["record_id"], span="prompt", methods=["logprob"])
+    assert prompt["n_positions"] == generated["usage"]["prompt_tokens"] - 1
+
+
+def test_membership_with_default_and_custom_frequency_tables(alpha: httpx.Client, beta: httpx.Client) -> None:
+    default = post(alpha, "membership", model=MODEL, text=TEXT)
+    assert set(default["sequence"]) == {"min_k", "min_k_plus_plus", "dc_pdd"}
+    assert 0 < default["sequence"]["dc_pdd"] <= 0.01
+    table = alpha.put("/v1/frequency-tables/library", json={"model": MODEL, "texts": [TEXT, "The library opened."]})
+    assert table.status_code == 200 and table.json()["texts"] == 2
+    custom = post(alpha, "membership", model=MODEL, text=TEXT, methods=["dc_pdd"], frequency_table="library")
+    assert custom["sequence"]["dc_pdd"] != default["sequence"]["dc_pdd"]
+    missing = beta.post("/v1/analysis/membership", json={"model": MODEL, "text": TEXT, "frequency_table": "library"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "frequency_table_not_found"
+
+
+def test_methods_are_listed(alpha: httpx.Client) -> None:
+    methods = {m["name"]: m for m in alpha.get("/v1/analysis/methods").json()}
+    assert {"entropy", "fast_detectgpt", "min_k_plus_plus", "dc_pdd"} <= set(methods)
+    assert methods["min_k"]["params"][0]["name"] == "k" and "Min-K%" in methods["min_k"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("family", "body", "status", "code"),
+    [
+        ("uncertainty", {"model": MODEL, "text": TEXT, "methods": ["nope"]}, 422, "unknown_method"),
+        ("membership", {"model": MODEL, "text": TEXT, "params": {"min_k": {"k": 5}}}, 422, "invalid_params"),
+        ("uncertainty", {"model": MODEL, "text": TEXT, "span": "completion"}, 422, "invalid_span"),
+        ("uncertainty", {"model": MODEL, "text": TEXT, "span": [0]}, 422, "invalid_span"),
+        ("uncertainty", {"model": MODEL, "text": TEXT, "span": {"start": 3, "stop": 999}}, 422, "invalid_span"),
+        ("uncertainty", {"text": TEXT}, 422, "missing_input"),
+        ("uncertainty", {"record_id": "0" * 32}, 404, "record_not_found"),
+        ("detect", {"model": "no-such-model", "text": TEXT}, 404, "model_not_found"),
+    ],
+)
+def test_analysis_errors(alpha: httpx.Client, family: str, body: dict[str, Any], status: int, code: str) -> None:
+    response = alpha.post(f"/v1/analysis/{family}", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_other_tenants_records_are_not_found(alpha: httpx.Client, beta: httpx.Client) -> None:
+    rid = alpha.post("/v1/score", json={"model": MODEL, "text": "Tenant-private analysis."}).json()["record_id"]
+    response = beta.post("/v1/analysis/uncertainty", json={"record_id": rid})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "record_not_found"

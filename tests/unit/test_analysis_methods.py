@@ -1,0 +1,134 @@
+"""Every analysis method against an independent float64 reference computed from full distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+import torch
+
+from app.analysis import REGISTRY
+from app.analysis.base import Positions
+from app.analysis.run import resolve_params, run_methods, select_methods
+from workers.capture import row_statistics
+from workers.protocol import RecordMeta
+
+V = 3000
+TOL = 1e-6
+
+
+def make_case(
+    seed: int, n_tokens: int = 97, scale: float = 3.0
+) -> tuple[RecordMeta, dict[str, np.ndarray], np.ndarray]:
+    """Random logits for positions 1..T-1, tokens partly sampled from them (so ranks vary), their statistics
+    computed the way the worker computes them (in float64 here), and the full log-probability rows."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n_tokens - 1, V)) * scale
+    logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    sampled = np.array([rng.choice(V, p=np.exp(row)) for row in logp])
+    uniform = rng.integers(0, V, n_tokens - 1)
+    targets = np.where(rng.random(n_tokens - 1) < 0.7, sampled, uniform)
+    targets[10:20] = targets[:10]  # repeated tokens, for DC-PDD's first-occurrence rule
+    token_ids = np.concatenate([[int(rng.integers(0, V))], targets])
+    stats = {k: v.numpy() for k, v in row_statistics(torch.from_numpy(logits), torch.from_numpy(targets), 20).items()}
+    meta = RecordMeta(
+        record_id="r",
+        tenant="t",
+        model="m",
+        fingerprint="f",
+        kind="score",
+        token_ids=token_ids.tolist(),
+        storage="hidden",
+        hidden_dtype="float64",
+        topk=20,
+        vocab_size=V,
+        hidden_size=1,
+    )
+    return meta, stats, logp
+
+
+def reference(logp: np.ndarray, token_ids: np.ndarray, positions: np.ndarray, freq: np.ndarray) -> dict[str, object]:
+    rows = logp[positions - 1]
+    x = token_ids[positions]
+    p = np.exp(rows)
+    lp = rows[np.arange(len(x)), x]
+    rank = np.array([1 + np.count_nonzero(row > row[t]) for row, t in zip(rows, x, strict=True)])
+    ent = scipy.stats.entropy(p, axis=1)
+    probs_sorted = -np.sort(-p, axis=1)
+    mu = (p * rows).sum(axis=1)
+    var = (p * rows**2).sum(axis=1) - mu**2
+    n = len(x)
+    k = int(n * 0.2)
+    blocks = [ent[i : i + 8].mean() for i in range(0, n, 8)]
+    seen: list[int] = []
+    firsts = []
+    for i, t in enumerate(x):
+        if t not in seen:
+            seen.append(int(t))
+            firsts.append(i)
+    ce = np.exp(lp[firsts]) * np.log(1 / freq[x[firsts]])
+    ce[ce > 0.01] = 0.01
+    return {
+        "logprob": lp,
+        "rank": rank,
+        "entropy": ent,
+        "margin": probs_sorted[:, 0] - probs_sorted[:, 1],
+        "kurtosis": scipy.stats.kurtosis(p, axis=1, fisher=True),
+        "geometric_mean_prob": np.exp(lp.mean()),
+        "arithmetic_mean_prob": np.exp(lp).mean(),
+        "mean_kurtosis": scipy.stats.kurtosis(p, axis=1).mean(),
+        "perplexity": np.exp(-lp.mean()),
+        "mean_entropy": ent.mean(),
+        "max_entropy": ent.max(),
+        "entropy_trend.slope": scipy.stats.linregress(np.arange(len(blocks)), blocks).slope,
+        "log_likelihood": lp.mean(),
+        "log_rank": -np.log(rank).mean(),
+        "lrr": -lp.sum() / np.log(rank).sum(),
+        "gltr.top10": np.mean(rank <= 10),
+        "gltr.top100": np.mean((rank > 10) & (rank <= 100)),
+        "gltr.top1000": np.mean((rank > 100) & (rank <= 1000)),
+        "gltr.rest": np.mean(rank > 1000),
+        "fast_detectgpt": (lp.sum() - mu.sum()) / np.sqrt(var.sum()),
+        "min_k": np.sort(lp)[:k].mean(),
+        "min_k_zscore": (lp - mu) / np.sqrt(var),
+        "min_k_plus_plus": np.sort((lp - mu) / np.sqrt(var))[:k].mean(),
+        "dc_pdd": ce.mean(),
+    }
+
+
+@pytest.mark.parametrize("family", ["uncertainty", "detect", "membership"])
+@pytest.mark.parametrize(("seed", "scale"), [(0, 0.5), (1, 3.0), (2, 8.0)])
+def test_methods_match_float64_references(family: str, seed: int, scale: float) -> None:
+    meta, stats, logp = make_case(seed, scale=scale)
+    freq = np.random.default_rng(seed).dirichlet(np.ones(V))
+    positions = np.arange(3, len(meta.token_ids))  # a span that skips the first positions
+    methods = select_methods(family, None)  # type: ignore[arg-type]
+    params = resolve_params(methods, {"entropy_trend": {"block_size": 8}} if family == "uncertainty" else {})
+    result = run_methods(methods, Positions.select(meta, stats, positions), params, freq)
+    ref = reference(logp, np.asarray(meta.token_ids), positions, freq)
+    for name, values in result.tokens.items():
+        np.testing.assert_allclose(values, ref[name], rtol=TOL, atol=TOL, err_msg=name)  # type: ignore[arg-type]
+    for name, value in result.sequence.items():
+        assert value == pytest.approx(ref[name], rel=TOL, abs=TOL), name
+    assert set(result.tokens) | set(result.sequence) <= set(ref)
+
+
+def test_every_method_is_covered_and_documented() -> None:
+    meta, stats, logp = make_case(5)
+    for m in REGISTRY.methods.values():
+        assert m.description and m.higher_means and m.families, m.name
+    covered = {
+        name.split(".")[0] for name in reference(logp, np.asarray(meta.token_ids), np.arange(1, 40), np.full(V, 1 / V))
+    }
+    assert set(REGISTRY.methods) <= covered | {"entropy_trend"}
+
+
+def test_parameters_are_checked() -> None:
+    methods = select_methods("membership", ["min_k"])
+    assert resolve_params(methods, {"min_k": {"k": 0.5}}) == {"min_k": {"k": 0.5}}
+    for bad in ({"min_k": {"k": 2.0}}, {"min_k": {"q": 0.1}}, {"dc_pdd": {"a": 1.0}}):
+        with pytest.raises(ValueError):
+            resolve_params(methods, bad)
+    with pytest.raises(ValueError, match="unknown"):
+        select_methods("detect", ["min_k"])
