@@ -115,7 +115,7 @@ def test_methods_match_float64_references(family: str, seed: int, scale: float) 
 
 
 def test_every_method_is_covered_and_documented() -> None:
-    meta, stats, logp = make_case(5)
+    meta, _stats, logp = make_case(5)
     for m in REGISTRY.methods.values():
         assert m.description and m.higher_means and m.families, m.name
     covered = {
