@@ -19,9 +19,8 @@ from app.errors import ApiError
 from workers.protocol import (
     CONSUMER_GROUP,
     DONE_CHANNEL,
-    GenerateJob,
+    AnyJob,
     JobOutcome,
-    RowsJob,
     ScoreJob,
     as_bytes,
     encode_job,
@@ -93,13 +92,13 @@ class JobQueue:
                 raise
         self._groups.add(stream)
 
-    async def submit(self, job: ScoreJob | GenerateJob | RowsJob) -> str:
+    async def submit(self, job: AnyJob) -> str:
         stream = jobs_stream(job.model)
         await self._ensure_group(stream)
         await self.redis.xadd(stream, encode_job(job), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
         return job.job_id
 
-    async def run(self, job: ScoreJob | GenerateJob | RowsJob) -> JobOutcome:
+    async def run(self, job: AnyJob) -> JobOutcome:
         """Submit and wait; for score jobs an identical job already in flight is joined instead."""
         if isinstance(job, ScoreJob):
             key = inflight_key(job.tenant, job.record_id)

@@ -34,8 +34,9 @@ def main() -> None:
             times = []
             for i in range(args.requests + 3):
                 started = time.perf_counter()
-                response = client.post(f"{service.base_url}/v1/analysis/{family}",
-                                       json={"record_id": scored["record_id"]})
+                response = client.post(
+                    f"{service.base_url}/v1/analysis/{family}", json={"record_id": scored["record_id"]}
+                )
                 elapsed = time.perf_counter() - started
                 response.raise_for_status()
                 if i >= 3:

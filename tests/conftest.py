@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,61 @@ def hf_smollm2() -> tuple[Any, Any]:
     folder, _ = safetensors_dir(PACKAGED_MODELS[MODEL], DATA_DIR)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     return model, AutoTokenizer.from_pretrained(folder)
+
+
+SMALL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "vocab_size": 49152,
+}
+
+
+def _save_with_smollm2_tokenizer(folder: Path, model: Any) -> str:
+    from workers.config import PACKAGED_MODELS
+    from workers.models import safetensors_dir
+
+    tokenizer_dir, _ = safetensors_dir(PACKAGED_MODELS[MODEL], DATA_DIR)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny random models that share SmolLM2's tokenizer, saved as local HF folders: a Llama, a Gemma-2 with
+    final-logit soft-capping, and a Cohere whose logits are scaled (so they are not W·h)."""
+    import torch
+    from transformers import (
+        CohereConfig,
+        CohereForCausalLM,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    gemma2 = Gemma2Config(**SMALL, head_dim=16, final_logit_softcapping=5.0, sliding_window=16)
+    return {
+        "tiny-llama": _save_with_smollm2_tokenizer(root / "llama", LlamaForCausalLM(LlamaConfig(**SMALL))),
+        "tiny-gemma2": _save_with_smollm2_tokenizer(root / "gemma2", Gemma2ForCausalLM(gemma2)),
+        "tiny-cohere": _save_with_smollm2_tokenizer(
+            root / "cohere", CohereForCausalLM(CohereConfig(**SMALL, logit_scale=0.5))
+        ),
+    }
+
+
+def hf_logprobs(path: str | Path, ids: list[int]) -> Any:
+    """float64 log-probabilities [T, V] from transformers' own forward pass of the model in `path`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.inference_mode():
+        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1).numpy()

@@ -129,3 +129,27 @@ def rebuild_rows(hidden: torch.Tensor, head: Unembedding) -> np.ndarray:
     for lo in range(0, hidden.shape[0], chunk_rows):
         out[lo : lo + chunk_rows] = head.logprobs(hidden[lo : lo + chunk_rows]).numpy()
     return out
+
+
+@torch.inference_mode()
+def cross_statistics(logp: torch.Tensor, logq: torch.Tensor) -> dict[str, np.ndarray]:
+    """Statistics of two aligned sets of log-probability rows [n, V] (see protocol.CROSS_ARRAYS), in float64."""
+    lp, lq = logp.double(), logq.double()
+    p, q = lp.exp(), lq.exp()
+    log_m = torch.log(0.5 * (p + q))
+    kl_pq = torch.linalg.vecdot(p, lp - lq)
+    kl_qp = torch.linalg.vecdot(q, lq - lp)
+    js = 0.5 * (torch.linalg.vecdot(p, lp - log_m) + torch.linalg.vecdot(q, lq - log_m))
+    p_top, q_top = lp.argmax(dim=-1, keepdim=True), lq.argmax(dim=-1, keepdim=True)
+    out = {
+        "kl_pq": kl_pq,
+        "kl_qp": kl_qp,
+        "js": js,
+        "q_logp_mean": torch.linalg.vecdot(q, lp),
+        "q_logp_m2": torch.linalg.vecdot(q, lp * lp),
+        "p_logq_mean": torch.linalg.vecdot(p, lq),
+        "p_logq_m2": torch.linalg.vecdot(p, lq * lq),
+        "rank_ptop_in_q": ((lq > lq.gather(1, p_top)).sum(dim=1) + 1).double(),
+        "rank_qtop_in_p": ((lp > lp.gather(1, q_top)).sum(dim=1) + 1).double(),
+    }
+    return {name: value.numpy() for name, value in out.items()}

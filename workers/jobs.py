@@ -7,15 +7,26 @@ import logging
 import numpy as np
 import redis
 import torch
+from safetensors.numpy import load as st_load_numpy
 from safetensors.torch import load as st_load_torch
 from safetensors.torch import save as st_save_torch
 
 from workers.backends.base import Backend
-from workers.capture import capture_statistics, logits_statistics, rebuild_rows
+from workers.capture import (
+    Unembedding,
+    capture_statistics,
+    chunk_rows_for,
+    cross_statistics,
+    logits_statistics,
+    rebuild_rows,
+)
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
+    CROSS_ARRAYS,
     MAX_BLOB_BYTES,
+    AnyJob,
+    CrossJob,
     GenerateJob,
     JobError,
     JobOutcome,
@@ -24,6 +35,7 @@ from workers.protocol import (
     RowsJob,
     ScoreJob,
     as_bytes,
+    cross_key,
     decode_meta,
     encode_arrays,
     export_key,
@@ -51,9 +63,11 @@ class JobExecutor:
         self.secret = secret
         self.record_ttl_s = record_ttl_s
 
-    def run(self, job: ScoreJob | GenerateJob | RowsJob) -> JobOutcome:
+    def run(self, job: AnyJob) -> JobOutcome:
         try:
-            backend = self._backend_for(job)
+            if isinstance(job, CrossJob):
+                return self._cross(job)
+            backend = self._backend_for(job.model, job.fingerprint)
             if isinstance(job, ScoreJob):
                 return self._score(job, backend)
             if isinstance(job, GenerateJob):
@@ -62,12 +76,12 @@ class JobExecutor:
         except JobFailed as failed:
             return JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
 
-    def _backend_for(self, job: ScoreJob | GenerateJob | RowsJob) -> Backend:
-        backend = self.backends.get(job.model)
+    def _backend_for(self, model: str, fingerprint: str) -> Backend:
+        backend = self.backends.get(model)
         if backend is None:
-            raise JobFailed("model_not_served", f"this worker does not serve {job.model!r}", 503)
-        if job.fingerprint != backend.card.fingerprint:
-            raise JobFailed("model_changed", f"{job.model!r} was reloaded with other weights; retry", 409)
+            raise JobFailed("model_not_served", f"this worker does not serve {model!r}", 503)
+        if fingerprint != backend.card.fingerprint:
+            raise JobFailed("model_changed", f"{model!r} was reloaded with other weights; retry", 409)
         return backend
 
     def _check_ids(self, token_ids: list[int], backend: Backend) -> None:
@@ -148,10 +162,10 @@ class JobExecutor:
         )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=rid, completion_ids=completion, finish_reason=finish)
 
-    # ------------------------------------------------------------ rows
+    # ------------------------------------------------------------ rows and cross statistics
 
-    def _rows(self, job: RowsJob, backend: Backend) -> JobOutcome:
-        key = record_key(job.tenant, job.record_id)
+    def _stored(self, tenant: str, rid: str, backend: Backend) -> StoredRecord:
+        key = record_key(tenant, rid)
         raw_meta, hidden_blob, rows_blob = map(as_bytes, self.redis.hmget(key, ["meta", "hidden", "rows"]))
         if raw_meta is None:
             raise JobFailed("record_not_found", "record not found or expired", 404)
@@ -160,41 +174,89 @@ class JobExecutor:
         except ProtocolError as exc:
             raise JobFailed("record_corrupt", str(exc), 500) from exc
         n = len(meta.token_ids) - 1
+        if meta.storage == "rows":
+            return StoredRecord(meta, rows=_stored_rows(rows_blob, n, meta.vocab_size))
+        if meta.fingerprint != backend.card.fingerprint:
+            raise JobFailed("record_model_mismatch", "the record was made by other weights", 409)
+        return StoredRecord(meta, hidden=_stored_hidden(hidden_blob, n, meta), head=backend.head)
+
+    def _rows(self, job: RowsJob, backend: Backend) -> JobOutcome:
+        record = self._stored(job.tenant, job.record_id, backend)
+        n = len(record.meta.token_ids) - 1
         if not 1 <= job.start < job.stop <= n + 1:
             raise JobFailed("invalid_positions", f"positions must satisfy 1 <= start < stop <= {n + 1}")
-        if (job.stop - job.start) * 4 * meta.vocab_size > MAX_BLOB_BYTES:
+        if (job.stop - job.start) * 4 * record.meta.vocab_size > MAX_BLOB_BYTES:
             raise JobFailed("export_too_large", "too many positions for one export; page with start/stop")
-        rows = slice(job.start - 1, job.stop - 1)
-        if meta.storage == "rows":
-            out = self._stored_rows(rows_blob, n, meta.vocab_size)[rows]
-        else:
-            if meta.fingerprint != backend.card.fingerprint:
-                raise JobFailed("record_model_mismatch", "the record was made by other weights", 409)
-            out = rebuild_rows(self._stored_hidden(hidden_blob, n, meta)[rows], backend.head)
+        out = record.logprobs(np.arange(job.start - 1, job.stop - 1))
         self.redis.set(export_key(job.job_id), encode_arrays({"logprobs": out}), ex=EXPORT_TTL_S)
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
-    @staticmethod
-    def _stored_hidden(blob: bytes | None, positions: int, meta: RecordMeta) -> torch.Tensor:
-        try:
-            hidden = st_load_torch(blob or b"")["hidden"]
-        except Exception as exc:
-            raise JobFailed("record_corrupt", f"unreadable hidden states: {exc}", 500) from exc
-        expected = (positions, meta.hidden_size)
-        if tuple(hidden.shape) != expected or hidden.dtype != STORAGE_DTYPES[meta.hidden_dtype]:
-            raise JobFailed("record_corrupt", f"hidden states {hidden.dtype}{list(hidden.shape)}", 500)
-        if not torch.isfinite(hidden).all():
-            raise JobFailed("record_corrupt", "hidden states hold NaN or Inf", 500)
-        return hidden
+    def _cross(self, job: CrossJob) -> JobOutcome:
+        sides = []
+        for side in (job.p, job.q):
+            backend = self._backend_for(side.model, side.fingerprint)
+            record = self._stored(job.tenant, side.record_id, backend)
+            rows = np.asarray(side.positions) - 1
+            if rows.min() < 0 or rows.max() >= len(record.meta.token_ids) - 1:
+                raise JobFailed("invalid_positions", f"positions of {side.record_id} out of range")
+            sides.append((record, rows))
+        (p, p_rows), (q, q_rows) = sides
+        if len(p_rows) != len(q_rows):
+            raise JobFailed("invalid_positions", "both sides need the same number of positions")
+        if p.meta.vocab_size != q.meta.vocab_size:
+            raise JobFailed("tokenizer_mismatch", "the two models do not share a vocabulary")
+        step = max(1, chunk_rows_for(p.meta.vocab_size) // 2)
+        parts = [
+            cross_statistics(
+                torch.from_numpy(p.logprobs(p_rows[lo : lo + step])),
+                torch.from_numpy(q.logprobs(q_rows[lo : lo + step])),
+            )
+            for lo in range(0, len(p_rows), step)
+        ]
+        arrays = {name: np.concatenate([part[name] for part in parts]) for name in CROSS_ARRAYS}
+        self.redis.set(cross_key(job.tenant, job.cross_id), encode_arrays(arrays), ex=self.record_ttl_s)
+        return JobOutcome(job_id=job.job_id, ok=True)
 
-    @staticmethod
-    def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
-        from safetensors.numpy import load
 
-        try:
-            rows: np.ndarray = load(blob or b"")["rows"]
-        except Exception as exc:
-            raise JobFailed("record_corrupt", f"unreadable rows: {exc}", 500) from exc
-        if rows.shape != (positions, vocab) or rows.dtype != np.float32:
-            raise JobFailed("record_corrupt", f"rows {rows.dtype}{list(rows.shape)}", 500)
-        return rows
+class StoredRecord:
+    """A record read back from Redis, able to give full log-probability rows for any of its positions."""
+
+    def __init__(
+        self,
+        meta: RecordMeta,
+        *,
+        hidden: torch.Tensor | None = None,
+        rows: np.ndarray | None = None,
+        head: Unembedding | None = None,
+    ) -> None:
+        self.meta, self.hidden, self.rows, self.head = meta, hidden, rows, head
+
+    def logprobs(self, index: np.ndarray) -> np.ndarray:
+        """float32 rows [len(index), V]; row i of the record is position i+1."""
+        if self.rows is not None:
+            return np.asarray(self.rows[index])
+        assert self.hidden is not None and self.head is not None
+        return rebuild_rows(self.hidden[torch.from_numpy(index)], self.head)
+
+
+def _stored_hidden(blob: bytes | None, positions: int, meta: RecordMeta) -> torch.Tensor:
+    try:
+        hidden = st_load_torch(blob or b"")["hidden"]
+    except Exception as exc:
+        raise JobFailed("record_corrupt", f"unreadable hidden states: {exc}", 500) from exc
+    expected = (positions, meta.hidden_size)
+    if tuple(hidden.shape) != expected or hidden.dtype != STORAGE_DTYPES[meta.hidden_dtype]:
+        raise JobFailed("record_corrupt", f"hidden states {hidden.dtype}{list(hidden.shape)}", 500)
+    if not torch.isfinite(hidden).all():
+        raise JobFailed("record_corrupt", "hidden states hold NaN or Inf", 500)
+    return hidden
+
+
+def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
+    try:
+        rows: np.ndarray = st_load_numpy(blob or b"")["rows"]
+    except Exception as exc:
+        raise JobFailed("record_corrupt", f"unreadable rows: {exc}", 500) from exc
+    if rows.shape != (positions, vocab) or rows.dtype != np.float32:
+        raise JobFailed("record_corrupt", f"rows {rows.dtype}{list(rows.shape)}", 500)
+    return rows

@@ -38,7 +38,17 @@ class ProtocolError(ValueError):
 
 
 def jobs_stream(model: str) -> str:
+    """The stream of a model's jobs; cross jobs between two models use the stream of their pair_name."""
     return f"lp:jobs:{model}"
+
+
+def pair_name(model_a: str, model_b: str) -> str:
+    """Workers that host both models consume the pair's stream; a model paired with itself is the model."""
+    return model_a if model_a == model_b else "|".join(sorted((model_a, model_b)))
+
+
+def cross_key(tenant: str, cross_id: str) -> str:
+    return f"lp:cross:{tenant}:{cross_id}"
 
 
 def job_outcome_key(job_id: str) -> str:
@@ -170,18 +180,68 @@ class RowsJob(_JobBase):
     stop: int = Field(ge=2)
 
 
-Job = Annotated[ScoreJob | GenerateJob | RowsJob, Field(discriminator="kind")]
+class CrossSide(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    record_id: str
+    model: str
+    fingerprint: str
+    positions: list[int] = Field(min_length=1)
+
+
+class CrossJob(_JobBase):
+    """Statistics that need two full distributions at once (KL, cross-entropy, ranks across models), for
+    aligned positions of two records over the same vocabulary: p from one side, q from the other."""
+
+    kind: Literal["cross"] = "cross"
+    cross_id: str
+    p: CrossSide
+    q: CrossSide
+
+
+def cross_id(p: CrossSide, q: CrossSide) -> str:
+    body = json.dumps([p.record_id, p.positions, q.record_id, q.positions]).encode()
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+# Per aligned position: name -> meaning. All float64.
+CROSS_ARRAYS = {
+    "kl_pq": "KL(p || q)",
+    "kl_qp": "KL(q || p)",
+    "js": "Jensen-Shannon divergence (nats)",
+    "q_logp_mean": "sum_v q(v) log p(v)",
+    "q_logp_m2": "sum_v q(v) (log p(v))^2",
+    "p_logq_mean": "sum_v p(v) log q(v)",
+    "p_logq_m2": "sum_v p(v) (log q(v))^2",
+    "rank_ptop_in_q": "rank under q of p's most likely token",
+    "rank_qtop_in_p": "rank under p of q's most likely token",
+}
+
+
+def decode_cross(blob: bytes, positions: int) -> dict[str, np.ndarray]:
+    try:
+        arrays = st_load(blob)
+    except Exception as exc:
+        raise ProtocolError(f"unreadable cross statistics: {exc}") from exc
+    if set(arrays) != set(CROSS_ARRAYS) or any(
+        a.shape != (positions,) or a.dtype != np.float64 or not np.isfinite(a).all() for a in arrays.values()
+    ):
+        raise ProtocolError("cross statistics failed validation")
+    return arrays
+
+
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob
+Job = Annotated[AnyJob, Field(discriminator="kind")]
 
 
 class _JobEnvelope(BaseModel):
     job: Job
 
 
-def encode_job(job: ScoreJob | GenerateJob | RowsJob) -> dict[str, str]:
+def encode_job(job: AnyJob) -> dict[str, str]:
     return {"job": job.model_dump_json()}
 
 
-def decode_job(fields: dict[bytes, bytes] | dict[str, str]) -> ScoreJob | GenerateJob | RowsJob:
+def decode_job(fields: dict[bytes, bytes] | dict[str, str]) -> AnyJob:
     """Parse a stream entry; anything but one JSON job of a known kind is a ProtocolError."""
     raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
     if set(raw) != {"job"}:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -39,6 +40,7 @@ from workers.protocol import (
     job_outcome_key,
     jobs_stream,
     new_secret,
+    pair_name,
     tokenizer_key,
 )
 
@@ -77,7 +79,10 @@ class Worker:
             self.redis.set(SECRET_KEY, new_secret(), nx=True)
             secret = as_bytes(self.redis.get(SECRET_KEY)) or b""
         self.executor = JobExecutor(self.redis, self.backends, secret, settings.record_ttl_s)
-        self.streams = {jobs_stream(name): ">" for name in self.backends}
+        names = sorted(self.backends)
+        # Each model's own stream, and one per pair of hosted models for statistics that need both.
+        self.queues = names + [pair_name(a, b) for a, b in itertools.combinations(names, 2)]
+        self.streams = {jobs_stream(queue): ">" for queue in self.queues}
 
     # ------------------------------------------------------------ registration
 
@@ -87,7 +92,8 @@ class Worker:
             self.redis.set(card_key(name), card.model_dump_json())
             if not self.redis.exists(tokenizer_key(card.fingerprint)):
                 self.redis.set(tokenizer_key(card.fingerprint), backend.tokenizer_json())
-            self.redis.set(alive_key(name, self.id), self.id, ex=ALIVE_TTL_S)
+        for queue in self.queues:
+            self.redis.set(alive_key(queue, self.id), self.id, ex=ALIVE_TTL_S)
         for stream in self.streams:
             try:
                 self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
@@ -104,7 +110,7 @@ class Worker:
 
     def _retire(self) -> None:
         with contextlib.suppress(redis.RedisError):
-            self.redis.delete(*(alive_key(name, self.id) for name in self.backends))
+            self.redis.delete(*(alive_key(queue, self.id) for queue in self.queues))
 
     # ------------------------------------------------------------ consuming
 

@@ -77,9 +77,16 @@ class Positions:
 
 @dataclass(frozen=True)
 class Context:
+    """What a method sees. `data` is the model under study (p); with a second model or context, `reference`
+    holds the other side's statistics (q) at the same aligned positions and `cross` the statistics that need
+    both distributions at once (protocol.CROSS_ARRAYS)."""
+
     data: Positions
     params: dict[str, float]
     frequencies: np.ndarray | None = None  # reference token frequencies (DC-PDD), smoothed to probabilities
+    reference: Positions | None = None
+    cross: dict[str, np.ndarray] | None = None
+    turns: list[tuple[int, int]] | None = None  # [start, stop) indexes into the positions, one per chat turn
 
 
 @dataclass(frozen=True)

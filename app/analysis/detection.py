@@ -50,8 +50,28 @@ def gltr(ctx: Context) -> dict[str, float]:
 
 @method("fast_detectgpt", ("detect",), "sequence", MACHINE, ("logprob", "entropy", "logp_m2"))
 def fast_detectgpt(ctx: Context) -> float:
-    """Fast-DetectGPT's analytic sampling discrepancy with the scoring model as its own reference (Bao et al.
-    2024): (sum_t log p(x_t) - sum_t mu_t) / sqrt(sum_t sigma_t^2), mu_t = sum_v p log p,
-    sigma_t^2 = sum_v p (log p)^2 - mu_t^2."""
+    """Fast-DetectGPT's analytic sampling discrepancy (Bao et al. 2024), scorer p = `model`, reference q =
+    `reference_model` (or the scorer itself): (sum_t log p(x_t) - sum_t mu_t) / sqrt(sum_t sigma_t^2) with
+    mu_t = sum_v q(v) log p(v) and sigma_t^2 = sum_v q(v) (log p(v))^2 - mu_t^2."""
     d = ctx.data
-    return float((np.sum(d.logprob) - np.sum(d.logp_mean)) / np.sqrt(np.sum(d.logp_var)))
+    if ctx.cross is None:
+        mu, var = d.logp_mean, d.logp_var
+    else:
+        mu = ctx.cross["q_logp_mean"]
+        var = ctx.cross["q_logp_m2"] - mu**2
+    return float((np.sum(d.logprob) - np.sum(mu)) / np.sqrt(np.sum(var)))
+
+
+@method(
+    "binoculars",
+    ("detect",),
+    "sequence",
+    "more likely human-written (machine text scores low)",
+    ("logprob",),
+    requires=("cross",),
+)
+def binoculars(ctx: Context) -> float:
+    """Binoculars (Hans et al. 2024): log PPL of the performer p = `model` over the cross-perplexity
+    X-PPL = mean_t -sum_v q(v) log p(v) with the observer q = `reference_model`."""
+    assert ctx.cross is not None
+    return float(-np.mean(ctx.data.logprob) / -np.mean(ctx.cross["q_logp_mean"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.analysis.base import REGISTRY, Context, Family, Method, Positions
+from app.analysis.base import REGISTRY, Context, Family, Method
 
 
 class AnalysisError(ValueError):
@@ -25,16 +26,35 @@ class AnalysisResult:
     details: dict[str, list[float]] = field(default_factory=dict)
 
 
-def select_methods(family: Family, names: Sequence[str] | None) -> list[Method]:
-    available = {m.name: m for m in REGISTRY.family(family)}
+ALWAYS_AVAILABLE = frozenset({"frequencies"})
+
+
+def select_methods(
+    family: Family, names: Sequence[str] | None, inputs: frozenset[str] = ALWAYS_AVAILABLE
+) -> list[Method]:
+    """The named methods (default: those of the family that the request's inputs allow, e.g. a reference
+    model for "cross"); a named method whose inputs are missing is an error."""
+    family_methods = {m.name: m for m in REGISTRY.family(family)}
     if names is None:
-        return list(available.values())
-    unknown = [n for n in names if n not in available]
+        chosen = [m for m in family_methods.values() if set(m.requires) <= inputs]
+        if not chosen:
+            raise AnalysisError("reference_required", f"{family} needs a `reference_model` or a `context`")
+        return chosen
+    unknown = [n for n in names if n not in family_methods]
     if unknown:
         raise AnalysisError(
-            "unknown_method", f"unknown {family} methods {unknown}; available: {sorted(available)}", "methods"
+            "unknown_method", f"unknown {family} methods {unknown}; available: {sorted(family_methods)}", "methods"
         )
-    return [available[n] for n in dict.fromkeys(names)]
+    chosen = [family_methods[n] for n in dict.fromkeys(names)]
+    for m in chosen:
+        missing = set(m.requires) - inputs
+        if missing:
+            raise AnalysisError(
+                "reference_required",
+                f"{m.name} needs {sorted(missing)}: give a `reference_model` (or a `context`; `messages` for turns)",
+                "methods",
+            )
+    return chosen
 
 
 def resolve_params(methods: list[Method], given: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -52,13 +72,12 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def run_methods(
-    methods: list[Method], data: Positions, params: dict[str, dict[str, float]], frequencies: np.ndarray | None = None
-) -> AnalysisResult:
+def run_methods(methods: list[Method], context: Context, params: dict[str, dict[str, float]]) -> AnalysisResult:
+    """Run each method on the shared context with its own parameters."""
     result = AnalysisResult()
     with np.errstate(all="ignore"):
         for m in methods:
-            value = m.compute(Context(data=data, params=params[m.name], frequencies=frequencies))
+            value = m.compute(dataclasses.replace(context, params=params[m.name]))
             if m.level == "token":
                 result.tokens[m.name] = np.asarray(value, dtype=np.float64)
             elif isinstance(value, dict):

@@ -3,6 +3,7 @@ GET /v1/analysis/methods lists them; /v1/frequency-tables holds the reference ta
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -10,12 +11,14 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.analysis import REGISTRY
-from app.analysis.base import Family, Positions
-from app.analysis.run import AnalysisError, resolve_params, run_methods, select_methods
+from app.analysis.base import Context, Family, Positions
+from app.analysis.run import ALWAYS_AVAILABLE, AnalysisError, resolve_params, run_methods, select_methods
 from app.api.tokens import ChatMessage
 from app.auth import TenantDep
+from app.cross import cross_statistics
 from app.errors import ApiError
 from app.frequencies import DEFAULT_TABLE
+from app.pairs import context_pair, model_pair
 from app.scoring import record_for
 from app.services import ServicesDep
 from workers.protocol import RecordMeta
@@ -23,6 +26,7 @@ from workers.protocol import RecordMeta
 router = APIRouter(tags=["analysis"])
 
 SpanName = Literal["all", "prompt", "completion"]
+PAIRED_FAMILIES = ("compare", "detect")
 
 
 class SpanRange(BaseModel):
@@ -43,6 +47,10 @@ class AnalysisRequest(BaseModel):
     methods: list[str] | None = Field(default=None, description="default: every method of the family")
     params: dict[str, dict[str, float]] = Field(default_factory=dict, description="per method, e.g. {min_k: {k: 0.1}}")
     frequency_table: str = Field(default=DEFAULT_TABLE, description="reference token frequencies for dc_pdd")
+    reference_model: str | None = Field(
+        default=None, description="compare/detect: the second model (reference, observer or base), same tokenizer"
+    )
+    context: str | None = Field(default=None, description="compare: the model with this context before the text")
 
 
 class TokenValues(BaseModel):
@@ -55,6 +63,8 @@ class TokenValues(BaseModel):
 class AnalysisResponse(BaseModel):
     record_id: str
     model: str
+    reference_record_id: str | None = None
+    reference_model: str | None = None
     cached: bool
     family: str
     n_positions: int
@@ -87,21 +97,63 @@ def span_positions(span: SpanName | SpanRange | list[int], meta: RecordMeta) -> 
     return positions
 
 
+def _inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
+    inputs = set(ALWAYS_AVAILABLE)
+    if body.reference_model is not None or body.context is not None:
+        if family not in PAIRED_FAMILIES or (body.context is not None and family != "compare"):
+            raise ApiError(422, "invalid_request", f"{family} takes no reference model or context", "reference_model")
+        if body.reference_model is not None and body.context is not None:
+            raise ApiError(422, "invalid_request", "give a `reference_model` or a `context`, not both", "context")
+        if body.record_id is not None:
+            raise ApiError(
+                422, "invalid_request", "paired analyses take a text or messages, not a record_id", "record_id"
+            )
+        inputs |= {"cross", "reference"}
+        if body.messages is not None and body.reference_model is not None:
+            inputs.add("turns")
+    return frozenset(inputs)
+
+
 async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, tenant: str) -> dict[str, Any]:
     try:
-        methods = select_methods(family, body.methods)
+        methods = select_methods(family, body.methods, _inputs(family, body))
         params = resolve_params(methods, body.params)
     except AnalysisError as exc:
         raise ApiError(422, exc.code, str(exc), exc.param) from exc
-    meta, stats, codec, cached = await record_for(
-        services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
-    )
-    positions = span_positions(body.span, meta)
-    frequencies = None
+    pair = None
+    if body.reference_model is not None:
+        if body.model is None:
+            raise ApiError(422, "missing_input", "a paired analysis needs a `model`", "model")
+        pair = await model_pair(services, tenant, body.model, body.reference_model, body.text, body.messages)
+    elif body.context is not None:
+        if body.model is None:
+            raise ApiError(422, "missing_input", "a paired analysis needs a `model`", "model")
+        pair = await context_pair(services, tenant, body.model, body.context, body.text)
+    if pair is None:
+        meta, stats, codec, cached = await record_for(
+            services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
+        )
+        shown, positions = meta, span_positions(body.span, meta)
+        context = Context(Positions.select(meta, stats, positions), {})
+    else:
+        meta, codec, cached, shown = pair.p.meta, pair.codec, pair.p.cached and pair.q.cached, pair.q.meta
+        positions = span_positions(body.span, shown)
+        p_positions = pair.p_positions(positions)
+        cross = None
+        if any("cross" in m.requires for m in methods) or family == "detect":
+            cross = await cross_statistics(services, tenant, meta, p_positions, pair.q.meta, positions)
+        context = Context(
+            Positions.select(meta, pair.p.stats, p_positions),
+            {},
+            reference=Positions.select(pair.q.meta, pair.q.stats, positions),
+            cross=cross,
+            turns=pair.turns(positions),
+        )
     if any("frequencies" in m.requires for m in methods):
         frequencies = await services.frequencies.probabilities(tenant, codec, body.frequency_table)
-    result = run_methods(methods, Positions.select(meta, stats, positions), params, frequencies)
-    texts = codec.token_texts(meta.token_ids)
+        context = dataclasses.replace(context, frequencies=frequencies)
+    result = run_methods(methods, context, params)
+    texts = codec.token_texts(shown.token_ids)
     token_values = {
         name: [v if np.isfinite(v) else None for v in values.tolist()] for name, values in result.tokens.items()
     }
@@ -109,7 +161,7 @@ async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, 
         [
             {
                 "position": t,
-                "id": meta.token_ids[t],
+                "id": shown.token_ids[t],
                 "text": texts[t],
                 "values": {name: values[i] for name, values in token_values.items()},
             }
@@ -121,6 +173,8 @@ async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, 
     return {
         "record_id": meta.record_id,
         "model": meta.model,
+        "reference_record_id": None if pair is None else pair.q.meta.record_id,
+        "reference_model": None if pair is None else pair.q.meta.model,
         "cached": cached,
         "family": family,
         "n_positions": int(positions.size),
@@ -141,6 +195,13 @@ async def uncertainty(body: AnalysisRequest, services: ServicesDep, tenant: Tena
 async def detect(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
     """Machine-written text detection scores."""
     return await analyse("detect", body, services, tenant)
+
+
+@router.post("/v1/analysis/compare", response_model=AnalysisResponse)
+async def compare(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+    """Two models (`reference_model`) or one model with and without a `context`, on the same text: per-token
+    KL, reverse KL, JS, URIAL shift, CK-PLUG confidence gain; drift per turn for a conversation."""
+    return await analyse("compare", body, services, tenant)
 
 
 @router.post("/v1/analysis/membership", response_model=AnalysisResponse)

@@ -5,64 +5,17 @@ logit soft-capping), opt-in lossy float16, and the full-rows fallback for a mode
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load as st_load
-from transformers import (
-    AutoModelForCausalLM,
-    CohereConfig,
-    CohereForCausalLM,
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
 
 from app.local_service import LocalService
-from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
-from workers.config import PACKAGED_MODELS
-from workers.models import safetensors_dir
+from tests.conftest import ARTIFACTS, DATA_DIR, hf_logprobs
 
 TEXT = "Tiny random models still give every position a full distribution."
-SMALL = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-    "vocab_size": 49152,
-}
-
-
-def build(folder: Path, model: Any, tokenizer_dir: Path) -> str:
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokenizer_dir / name, folder / name)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    torch.manual_seed(0)
-    tokenizer_dir, _ = safetensors_dir(PACKAGED_MODELS[MODEL], DATA_DIR)
-    root = tmp_path_factory.mktemp("tiny")
-    return {
-        "tiny-llama": build(root / "llama", LlamaForCausalLM(LlamaConfig(**SMALL)), tokenizer_dir),
-        "tiny-gemma2": build(
-            root / "gemma2",
-            Gemma2ForCausalLM(Gemma2Config(**SMALL, head_dim=16, final_logit_softcapping=5.0, sliding_window=16)),
-            tokenizer_dir,
-        ),
-        "tiny-cohere": build(root / "cohere", CohereForCausalLM(CohereConfig(**SMALL, logit_scale=0.5)), tokenizer_dir),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +27,6 @@ def tiny_service(tiny_models: dict[str, str]) -> Iterator[str]:
     env = {"LOGPROBE_MODELS": json.dumps(specs), "LOGPROBE_DATA_DIR": str(DATA_DIR), "LOGPROBE_WORKER_THREADS": "2"}
     with LocalService(env=env, log_dir=ARTIFACTS / "tiny") as service:
         yield service.base_url
-
-
-def model_logprobs(path: str, ids: list[int]) -> np.ndarray:
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    with torch.inference_mode():
-        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1).numpy()
 
 
 @pytest.mark.parametrize(
@@ -100,7 +47,7 @@ def test_rows_rebuild_the_models_own_logprobs(
         body = client.post("/v1/score", json={"model": name, "text": TEXT}).json()
         ids = [t["id"] for t in body["tokens"]]
         rows = st_load(client.get(f"/v1/records/{body['record_id']}/logprobs").content)["logprobs"]
-    reference = model_logprobs(tiny_models[path_of], ids)[:-1]
+    reference = hf_logprobs(tiny_models[path_of], ids)[:-1]
     logprobs = np.array([t["logprob"] for t in body["tokens"][1:]])
     assert np.abs(logprobs - reference[np.arange(len(ids) - 1), ids[1:]]).max() <= 1e-4  # captured exactly
     error = float(np.abs(rows - reference).max())

@@ -9,9 +9,9 @@ import scipy.stats
 import torch
 
 from app.analysis import REGISTRY
-from app.analysis.base import Positions
+from app.analysis.base import Context, Positions
 from app.analysis.run import resolve_params, run_methods, select_methods
-from workers.capture import row_statistics
+from workers.capture import cross_statistics, row_statistics
 from workers.protocol import RecordMeta
 
 V = 3000
@@ -105,7 +105,7 @@ def test_methods_match_float64_references(family: str, seed: int, scale: float) 
     positions = np.arange(3, len(meta.token_ids))  # a span that skips the first positions
     methods = select_methods(family, None)  # type: ignore[arg-type]
     params = resolve_params(methods, {"entropy_trend": {"block_size": 8}} if family == "uncertainty" else {})
-    result = run_methods(methods, Positions.select(meta, stats, positions), params, freq)
+    result = run_methods(methods, Context(Positions.select(meta, stats, positions), {}, freq), params)
     ref = reference(logp, np.asarray(meta.token_ids), positions, freq)
     for name, values in result.tokens.items():
         np.testing.assert_allclose(values, ref[name], rtol=TOL, atol=TOL, err_msg=name)  # type: ignore[arg-type]
@@ -114,14 +114,78 @@ def test_methods_match_float64_references(family: str, seed: int, scale: float) 
     assert set(result.tokens) | set(result.sequence) <= set(ref)
 
 
+def pair_reference(
+    logp: np.ndarray, logq: np.ndarray, x: np.ndarray, turns: list[tuple[int, int]]
+) -> dict[str, object]:
+    """Two-distribution methods straight from the definitions: p is the model under study, q the reference."""
+    p, q = np.exp(logp), np.exp(logq)
+    lp_x = logp[np.arange(len(x)), x]
+    m = (p + q) / 2
+    kl_pq = (p * (logp - logq)).sum(axis=1)
+    js = 0.5 * (p * np.log(p / m)).sum(axis=1) + 0.5 * (q * np.log(q / m)).sum(axis=1)
+    shift = np.array([1 + np.count_nonzero(lq > lq[np.argmax(lp)]) for lp, lq in zip(logp, logq, strict=True)])
+    mu = (q * logp).sum(axis=1)
+    var = (q * logp**2).sum(axis=1) - mu**2
+    gain = scipy.stats.entropy(q, axis=1) - scipy.stats.entropy(p, axis=1)
+    return {
+        "kl": kl_pq,
+        "reverse_kl": (q * (logq - logp)).sum(axis=1),
+        "js": js,
+        "mean_kl": kl_pq.mean(),
+        "mean_js": js.mean(),
+        "shift_rank": shift,
+        "urial_shift.unshifted": np.mean(shift == 1),
+        "urial_shift.marginal": np.mean((shift == 2) | (shift == 3)),
+        "urial_shift.shifted": np.mean(shift > 3),
+        "confidence_gain": gain,
+        "mean_confidence_gain": gain.mean(),
+        "drift.mean": np.mean([kl_pq[a:b].mean() for a, b in turns]),
+        "fast_detectgpt": (lp_x.sum() - mu.sum()) / np.sqrt(var.sum()),
+        "binoculars": -lp_x.mean() / -mu.mean(),
+    }
+
+
+@pytest.mark.parametrize(("seed", "scale_q"), [(0, 0.7), (1, 3.0), (2, 6.0)])
+def test_two_distribution_methods_match_float64_references(seed: int, scale_q: float) -> None:
+    meta, stats_p, logp = make_case(seed, scale=3.0)
+    rng = np.random.default_rng(seed + 1000)
+    logits_q = logp * (scale_q / 3.0) + rng.standard_normal(logp.shape) * 0.5  # correlated with p: every shift class
+    logq = logits_q - scipy.special.logsumexp(logits_q, axis=1, keepdims=True)
+    stats_q = {
+        k: v.numpy()
+        for k, v in row_statistics(torch.from_numpy(logq.copy()), torch.tensor(meta.token_ids[1:]), 20).items()
+    }
+    positions = np.arange(2, len(meta.token_ids))
+    rows = positions - 1
+    cross = cross_statistics(torch.from_numpy(logp[rows]), torch.from_numpy(logq[rows]))
+    turns = [(0, 30), (30, 31), (31, len(positions))]
+    context = Context(
+        Positions.select(meta, stats_p, positions),
+        {},
+        reference=Positions.select(meta, stats_q, positions),
+        cross=cross,
+        turns=turns,
+    )
+    inputs = frozenset({"cross", "reference", "turns", "frequencies"})
+    ref = pair_reference(logp[rows], logq[rows], np.asarray(meta.token_ids)[positions], turns)
+    for family, names in (("compare", None), ("detect", ["fast_detectgpt", "binoculars"])):
+        methods = select_methods(family, names, inputs)  # type: ignore[arg-type]
+        result = run_methods(methods, context, resolve_params(methods, {}))
+        for name, values in result.tokens.items():
+            np.testing.assert_allclose(values, ref[name], rtol=TOL, atol=TOL, err_msg=name)  # type: ignore[arg-type]
+        for name, value in result.sequence.items():
+            assert value == pytest.approx(ref[name], rel=TOL, abs=TOL), name
+    assert 0 < ref["urial_shift.unshifted"] < 1  # type: ignore[operator]
+
+
 def test_every_method_is_covered_and_documented() -> None:
     meta, _stats, logp = make_case(5)
     for m in REGISTRY.methods.values():
         assert m.description and m.higher_means and m.families, m.name
-    covered = {
-        name.split(".")[0] for name in reference(logp, np.asarray(meta.token_ids), np.arange(1, 40), np.full(V, 1 / V))
-    }
-    assert set(REGISTRY.methods) <= covered | {"entropy_trend"}
+    x = np.asarray(meta.token_ids)
+    names = set(reference(logp, x, np.arange(1, 40), np.full(V, 1 / V)))
+    names |= set(pair_reference(logp, logp, x[1:], [(0, 1)]))
+    assert set(REGISTRY.methods) <= {name.split(".")[0] for name in names} | {"entropy_trend"}
 
 
 def test_parameters_are_checked() -> None:
