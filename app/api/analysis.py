@@ -15,6 +15,7 @@ from app.analysis.base import Context, Family, Positions
 from app.analysis.run import ALWAYS_AVAILABLE, AnalysisError, resolve_params, run_methods, select_methods
 from app.api.tokens import ChatMessage
 from app.auth import TenantDep
+from app.calibrations import calibration_id, decisions, load_calibration
 from app.cross import cross_statistics
 from app.errors import ApiError
 from app.frequencies import DEFAULT_TABLE
@@ -60,6 +61,13 @@ class TokenValues(BaseModel):
     values: dict[str, float | None]
 
 
+class Decision(BaseModel):
+    machine: bool
+    sign: float
+    threshold: float
+    target_fpr: float
+
+
 class AnalysisResponse(BaseModel):
     record_id: str
     model: str
@@ -72,6 +80,9 @@ class AnalysisResponse(BaseModel):
     tokens: list[TokenValues]
     sequence: dict[str, float | None]
     details: dict[str, list[float]]
+    decisions: dict[str, Decision] | None = Field(
+        default=None, description="detect: per calibrated method, whether the text is judged machine-written"
+    )
 
 
 def span_positions(span: SpanName | SpanRange | list[int], meta: RecordMeta) -> np.ndarray:
@@ -193,8 +204,12 @@ async def uncertainty(body: AnalysisRequest, services: ServicesDep, tenant: Tena
 
 @router.post("/v1/analysis/detect", response_model=AnalysisResponse)
 async def detect(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
-    """Machine-written text detection scores."""
-    return await analyse("detect", body, services, tenant)
+    """Machine-written text detection scores, with calibrated decisions where a calibration exists."""
+    result = await analyse("detect", body, services, tenant)
+    calibration = await load_calibration(services, tenant, calibration_id(result["model"], body.reference_model))
+    if calibration is not None:
+        result["decisions"] = decisions(calibration, result["sequence"])
+    return result
 
 
 @router.post("/v1/analysis/compare", response_model=AnalysisResponse)
