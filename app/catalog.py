@@ -68,5 +68,6 @@ class ModelCatalog:
         return len([k async for k in self.redis.scan_iter(match=alive_pattern(name), count=100)])
 
     async def names(self) -> list[str]:
-        published = [k.decode().removeprefix("lp:card:") async for k in self.redis.scan_iter(match="lp:card:*")]
+        prefix = card_key("")
+        published = [k.decode().removeprefix(prefix) async for k in self.redis.scan_iter(match=card_key("*"))]
         return sorted(set(self.configured) | set(published))

@@ -16,7 +16,7 @@ from workers.protocol import (
     cross_id,
     cross_key,
     decode_cross,
-    pair_name,
+    group_name,
 )
 
 
@@ -39,7 +39,7 @@ async def cross_statistics(
     cid = cross_id(side_p, side_q)
     raw = as_bytes(await services.redis.get(cross_key(tenant, cid)))
     if raw is None:
-        queue = pair_name(p.model, q.model)
+        queue = group_name([p.model, q.model])
         if not await services.catalog.live_workers(queue):
             raise ApiError(
                 503,

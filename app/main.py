@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from app.api import analysis, calibrations, generate, health, models, records, score, web
+from app.api import analysis, calibrations, decode, generate, health, models, records, score, web
 from app.errors import install_error_handlers
 from app.services import Services
 from app.settings import Settings, get_settings
@@ -47,6 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["X-Request-Id"] = rid[:128]
         return response
 
-    for module in (health, models, score, generate, records, analysis, calibrations, web):
+    for module in (health, models, score, generate, records, analysis, calibrations, decode, web):
         app.include_router(module.router)
     return app

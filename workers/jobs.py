@@ -20,12 +20,14 @@ from workers.capture import (
     logits_statistics,
     rebuild_rows,
 )
+from workers.decoding import Decoded, View, decode
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
     CROSS_ARRAYS,
     MAX_BLOB_BYTES,
     AnyJob,
+    ContrastJob,
     CrossJob,
     GenerateJob,
     JobError,
@@ -33,6 +35,7 @@ from workers.protocol import (
     ProtocolError,
     RecordMeta,
     RowsJob,
+    Sampling,
     ScoreJob,
     as_bytes,
     cross_key,
@@ -41,11 +44,14 @@ from workers.protocol import (
     export_key,
     record_id,
     record_key,
+    steps_channel,
+    steps_key,
 )
 
 log = logging.getLogger(__name__)
 
 EXPORT_TTL_S = 120
+STEPS_TTL_S = 3600
 
 
 class JobFailed(Exception):
@@ -67,6 +73,8 @@ class JobExecutor:
         try:
             if isinstance(job, CrossJob):
                 return self._cross(job)
+            if isinstance(job, ContrastJob):
+                return self._contrast(job)
             backend = self._backend_for(job.model, job.fingerprint)
             if isinstance(job, ScoreJob):
                 return self._score(job, backend)
@@ -147,20 +155,72 @@ class JobExecutor:
     # ------------------------------------------------------------ generate
 
     def _generate(self, job: GenerateJob, backend: Backend) -> JobOutcome:
-        card = backend.card
         self._check_ids(job.prompt_ids, backend)
-        budget = min(job.sampling.max_tokens, card.max_new_tokens, card.context_length - len(job.prompt_ids))
+        sampling = job.sampling.model_copy(
+            update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])}
+        )
+        decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)
+        rid = self._store_completion(job.tenant, backend, job.prompt_ids, decoded)
+        return JobOutcome(
+            job_id=job.job_id,
+            ok=True,
+            record_id=rid,
+            completion_ids=decoded.completion,
+            finish_reason=decoded.finish_reason,
+        )
+
+    def _contrast(self, job: ContrastJob) -> JobOutcome:
+        views = []
+        for spec in job.views:
+            backend = self._backend_for(spec.model, spec.fingerprint)
+            self._check_ids(spec.prefix_ids, backend)
+            views.append(View(backend, spec.prefix_ids, spec.weight, spec.temperature))
+        if len({view.backend.card.vocab_size for view in views}) != 1:
+            raise JobFailed("tokenizer_mismatch", "the views' models do not share a vocabulary")
+        if job.record_view >= len(views) or (job.plausibility is not None and job.plausibility.view >= len(views)):
+            raise JobFailed("invalid_view", "record_view and plausibility.view must name one of the views")
+        budget = self._budget(job.sampling, [(view.backend, view.prefix_ids) for view in views])
+        channel = steps_channel(job.job_id)
+        decoded = decode(
+            views,
+            job.sampling.model_copy(update={"max_tokens": budget}),
+            plausibility=job.plausibility,
+            topk=job.topk,
+            detokenize=views[0].backend.decode,
+            on_step=lambda step: self.redis.publish(channel, step.model_dump_json()),
+        )
+        shown = views[job.record_view]
+        rid = self._store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded)
+        steps = "[" + ",".join(step.model_dump_json() for step in decoded.steps) + "]"
+        self.redis.set(steps_key(job.job_id), steps, ex=STEPS_TTL_S)
+        return JobOutcome(
+            job_id=job.job_id,
+            ok=True,
+            record_id=rid,
+            completion_ids=decoded.completion,
+            finish_reason=decoded.finish_reason,
+        )
+
+    @staticmethod
+    def _budget(sampling: Sampling, prefixes: list[tuple[Backend, list[int]]]) -> int:
+        """max_tokens, bounded by every model's limit and the room left in its context."""
+        budget = min(
+            [sampling.max_tokens]
+            + [min(b.card.max_new_tokens, b.card.context_length - len(ids)) for b, ids in prefixes]
+        )
         if budget < 1:
             raise JobFailed("context_length_exceeded", "no room left in the context for a completion")
-        sampling = job.sampling.model_copy(update={"max_tokens": budget})
-        completion, finish = backend.generate(job.prompt_ids, sampling)
-        full = job.prompt_ids + completion
-        n_prompt = len(job.prompt_ids)
-        rid = record_id(self.secret, job.tenant, card.fingerprint, full, {"kind": "generate", "n_prompt": n_prompt})
+        return budget
+
+    def _store_completion(self, tenant: str, backend: Backend, prefix: list[int], decoded: Decoded) -> str:
+        """Capture and store the record of prefix + completion under the backend's model; its id."""
+        full = prefix + decoded.completion
+        options = {"kind": "generate", "n_prompt": len(prefix)}
+        rid = record_id(self.secret, tenant, backend.card.fingerprint, full, options)
         self._capture_and_store(
-            job.tenant, rid, full, backend, kind="generate", n_prompt=n_prompt, finish_reason=finish
+            tenant, rid, full, backend, kind="generate", n_prompt=len(prefix), finish_reason=decoded.finish_reason
         )
-        return JobOutcome(job_id=job.job_id, ok=True, record_id=rid, completion_ids=completion, finish_reason=finish)
+        return rid
 
     # ------------------------------------------------------------ rows and cross statistics
 

@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -38,13 +39,16 @@ class ProtocolError(ValueError):
 
 
 def jobs_stream(model: str) -> str:
-    """The stream of a model's jobs; cross jobs between two models use the stream of their pair_name."""
+    """The stream of a model's jobs; jobs that need several models use the stream of their group_name."""
     return f"lp:jobs:{model}"
 
 
-def pair_name(model_a: str, model_b: str) -> str:
-    """Workers that host both models consume the pair's stream; a model paired with itself is the model."""
-    return model_a if model_a == model_b else "|".join(sorted((model_a, model_b)))
+MAX_GROUP = 3  # workers consume the streams of every group of up to this many of their models
+
+
+def group_name(models: Iterable[str]) -> str:
+    """Workers that host all these models consume the group's stream; a group of one is the model itself."""
+    return "|".join(sorted(set(models)))
 
 
 def cross_key(tenant: str, cross_id: str) -> str:
@@ -229,7 +233,55 @@ def decode_cross(blob: bytes, positions: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob
+class DecodeView(BaseModel):
+    """One view of a contrastive decoding job: a model reading its own prefix, weighted in the combination."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    fingerprint: str
+    prefix_ids: list[int] = Field(min_length=1)
+    weight: float
+    temperature: float = Field(default=1.0, gt=0.0)
+
+
+class Plausibility(BaseModel):
+    """Contrastive decoding's cut: keep tokens whose probability under `view` is >= alpha * its maximum."""
+
+    model_config = ConfigDict(extra="forbid")
+    view: int = Field(ge=0)
+    alpha: float = Field(gt=0.0, le=1.0)
+
+
+class ContrastJob(_JobBase):
+    """Sample from log_softmax(sum_i w_i log p_i(y | prefix_i, y_<t)), each view with its own KV cache."""
+
+    kind: Literal["contrast"] = "contrast"
+    views: list[DecodeView] = Field(min_length=1, max_length=16)
+    sampling: Sampling
+    plausibility: Plausibility | None = None
+    topk: int = Field(default=5, ge=0, le=100)
+    record_view: int = Field(default=0, ge=0)
+
+
+def steps_key(job_id: str) -> str:
+    """Where a contrastive job leaves its per-step details (JSON list)."""
+    return f"lp:steps:{job_id}"
+
+
+def steps_channel(job_id: str) -> str:
+    """Where a contrastive job publishes each step as it is taken (for streaming)."""
+    return f"lp:stream:{job_id}"
+
+
+class DecodeStep(BaseModel):
+    token: int
+    top_ids: list[int]
+    top_logprobs: list[float]
+    view_logprobs: list[float]
+    view_ranks: list[int]
+
+
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob
 Job = Annotated[AnyJob, Field(discriminator="kind")]
 
 

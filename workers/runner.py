@@ -27,6 +27,7 @@ from workers.protocol import (
     CONSUMER_GROUP,
     DEAD_LETTER_STREAM,
     DONE_CHANNEL,
+    MAX_GROUP,
     SECRET_KEY,
     JobError,
     JobOutcome,
@@ -36,11 +37,11 @@ from workers.protocol import (
     as_bytes,
     card_key,
     decode_job,
+    group_name,
     inflight_key,
     job_outcome_key,
     jobs_stream,
     new_secret,
-    pair_name,
     tokenizer_key,
 )
 
@@ -80,8 +81,12 @@ class Worker:
             secret = as_bytes(self.redis.get(SECRET_KEY)) or b""
         self.executor = JobExecutor(self.redis, self.backends, secret, settings.record_ttl_s)
         names = sorted(self.backends)
-        # Each model's own stream, and one per pair of hosted models for statistics that need both.
-        self.queues = names + [pair_name(a, b) for a, b in itertools.combinations(names, 2)]
+        # Each model's own stream, and one per group of hosted models for jobs that need several at once.
+        self.queues = [
+            group_name(group)
+            for size in range(1, min(MAX_GROUP, len(names)) + 1)
+            for group in itertools.combinations(names, size)
+        ]
         self.streams = {jobs_stream(queue): ">" for queue in self.queues}
 
     # ------------------------------------------------------------ registration

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -22,8 +22,12 @@ class Backend(Protocol):
         """The model's own float32 log-probabilities [T, V], computed its usual way (for the exactness probe)."""
         ...
 
-    def generate(self, prompt_ids: list[int], sampling: Sampling) -> tuple[list[int], str]:
-        """Completion token ids and the finish reason ("stop" or "length")."""
+    def new_cache(self) -> Any:
+        """An empty KV cache for one decoding stream."""
+        ...
+
+    def next_logits(self, token_ids: list[int], cache: Any) -> torch.Tensor:
+        """Feed token_ids through the model, extending `cache`; the float32 logits [V] after the last one."""
         ...
 
     def decode(self, token_ids: list[int]) -> str: ...

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from workers.backends.base import sample_next, stop_hit
 from workers.capture import Unembedding
 from workers.config import ModelSpec
 from workers.models import safetensors_dir, served_fingerprint
-from workers.protocol import ModelCard, Sampling
+from workers.protocol import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +104,12 @@ class HFBackend:
         logits = self.model(input_ids=torch.tensor([token_ids])).logits[0]
         return torch.log_softmax(logits.float(), dim=-1)
 
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], sampling: Sampling) -> tuple[list[int], str]:
-        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        generator = torch.Generator().manual_seed(seed)
-        eos = set(self.card.eos_token_ids)
-        cache = DynamicCache(config=self.model.config)
-        hidden = self._forward(torch.tensor(prompt_ids), cache)[-1:]
-        completion: list[int] = []
-        for _ in range(sampling.max_tokens):
-            token = sample_next(self.head.logits(hidden)[0], sampling, generator)
-            completion.append(token)
-            if token in eos or (sampling.stop and stop_hit(self.decode(completion), sampling.stop)):
-                return completion, "stop"
-            hidden = self._forward(torch.tensor([token]), cache)
-        return completion, "length"
+    def next_logits(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
+        return self.head.logits(self._forward(torch.tensor(token_ids), cache)[-1:])[0]
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)

@@ -1,0 +1,308 @@
+"""POST /v1/decode/contrastive: sampling from a weighted combination of several views' next-token
+distributions (Emulated Disalignment, contrastive decoding, context-aware decoding, proxy-tuning, prompt
+contrast), with per-step details; `stream: true` sends the steps as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.generate import Usage, truncate_at_stop
+from app.api.score import top_k
+from app.api.tokens import check_length
+from app.auth import TenantDep
+from app.errors import ApiError
+from app.jobs import new_job_id, raise_for_outcome
+from app.services import Services, ServicesDep
+from app.text import TextCodec
+from workers.protocol import (
+    ContrastJob,
+    DecodeStep,
+    DecodeView,
+    JobOutcome,
+    Plausibility,
+    Sampling,
+    as_bytes,
+    group_name,
+    steps_channel,
+    steps_key,
+)
+
+router = APIRouter(tags=["decoding"])
+MAX_VIEWS = 8
+
+
+class ViewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    template: Literal["raw", "chat"] = "chat"
+    system: str | None = None
+    context: str | None = Field(default=None, description="text placed before the prompt")
+    weight: float = Field(default=1.0, ge=-100, le=100)
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0, description="this view's own temperature")
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Literal["ed", "cd", "cad", "proxy", "prompt_contrast"]
+    model: str | None = Field(default=None, description="cad, prompt_contrast")
+    base: str | None = Field(default=None, description="ed (pre-trained model), proxy (large base)")
+    aligned: str | None = Field(default=None, description="ed (its aligned version)")
+    expert: str | None = Field(default=None, description="cd")
+    amateur: str | None = Field(default=None, description="cd")
+    tuned: str | None = Field(default=None, description="proxy (small tuned model)")
+    small_base: str | None = Field(default=None, description="proxy (small base model)")
+    context: str | None = Field(default=None, description="cad")
+    system: str | None = None
+    alpha: float | None = Field(default=None, ge=0.0, le=100.0)
+    lambda_: float | None = Field(default=None, alias="lambda", ge=-100.0, le=100.0)
+    amateur_temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1)
+    views: list[ViewIn] | None = Field(default=None, min_length=1)
+    preset: Preset | None = None
+    plausibility: Plausibility | None = None
+    record_view: int = Field(default=0, ge=0, description="the view whose model's record is stored")
+    max_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    stop: str | list[str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0)
+    stream: bool = False
+
+
+class TopToken(BaseModel):
+    id: int
+    text: str
+    logprob: float
+
+
+class ViewScore(BaseModel):
+    logprob: float
+    rank: int
+
+
+class StepOut(BaseModel):
+    id: int
+    text: str
+    top_logprobs: list[TopToken]
+    views: list[ViewScore]
+
+
+class DecodeResponse(BaseModel):
+    record_id: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    views: list[ViewIn]
+    steps: list[StepOut]
+
+
+def _need(value: str | None, preset: str, field: str) -> str:
+    if not value:
+        raise ApiError(422, "invalid_preset", f"preset {preset!r} needs `{field}`", f"preset.{field}")
+    return value
+
+
+def expand(preset: Preset) -> tuple[list[ViewIn], Plausibility | None]:
+    """A preset as views (GUIDE §4): weights, templates and the plausibility cut."""
+    name, system = preset.name, preset.system
+    if name == "ed":  # (1 + a) log p_base(raw) - a log p_aligned(chat); the reference code uses a = 0.3 for Llama-2
+        a = 0.3 if preset.alpha is None else preset.alpha
+        return [
+            ViewIn(model=_need(preset.base, name, "base"), template="raw", weight=1 + a),
+            ViewIn(model=_need(preset.aligned, name, "aligned"), template="chat", system=system, weight=-a),
+        ], None
+    if name == "cd":  # log p_expert - log p_amateur among tokens with p_expert >= a * max p_expert
+        a = 0.1 if preset.alpha is None else preset.alpha
+        return [
+            ViewIn(model=_need(preset.expert, name, "expert"), system=system, weight=1.0),
+            ViewIn(
+                model=_need(preset.amateur, name, "amateur"),
+                system=system,
+                weight=-1.0,
+                temperature=preset.amateur_temperature,
+            ),
+        ], Plausibility(view=0, alpha=max(a, 1e-12))
+    if name == "cad":  # (1 + a) log p(y | c, x) - a log p(y | x)
+        a = 0.5 if preset.alpha is None else preset.alpha
+        model = _need(preset.model, name, "model")
+        return [
+            ViewIn(model=model, system=system, context=_need(preset.context, name, "context"), weight=1 + a),
+            ViewIn(model=model, system=system, weight=-a),
+        ], None
+    if name == "proxy":  # log p_large + l (log p_small_tuned - log p_small_base)
+        lam = 1.0 if preset.lambda_ is None else preset.lambda_
+        return [
+            ViewIn(model=_need(preset.base, name, "base"), template="raw", weight=1.0),
+            ViewIn(model=_need(preset.tuned, name, "tuned"), template="chat", system=system, weight=lam),
+            ViewIn(model=_need(preset.small_base, name, "small_base"), template="raw", weight=-lam),
+        ], None
+    a = 0.5 if preset.alpha is None else preset.alpha  # prompt contrast: the chat prompt against the bare one
+    model = _need(preset.model, name, "model")
+    return [
+        ViewIn(model=model, template="chat", system=system, weight=1 + a),
+        ViewIn(model=model, template="raw", weight=-a),
+    ], None
+
+
+def view_prefix(codec: TextCodec, view: ViewIn, prompt: str) -> list[int]:
+    body = prompt if view.context is None else f"{view.context}\n\n{prompt}"
+    if view.template == "raw":
+        return codec.encode(body if view.system is None else f"{view.system}\n\n{body}")
+    messages = ([{"role": "system", "content": view.system}] if view.system else []) + [
+        {"role": "user", "content": body}
+    ]
+    try:
+        return codec.encode_chat(messages, add_generation_prompt=True)
+    except LookupError as exc:
+        raise ApiError(
+            422, "no_chat_template", f"{view.model!r} has no chat template; use template raw", "views"
+        ) from exc
+
+
+async def build_job(
+    body: DecodeRequest, services: Services, tenant: str
+) -> tuple[ContrastJob, list[ViewIn], TextCodec, list[str]]:
+    if (body.views is None) == (body.preset is None):
+        raise ApiError(422, "missing_input", "give exactly one of `views` and `preset`", "views")
+    views, plausibility = expand(body.preset) if body.preset is not None else (body.views or [], body.plausibility)
+    if len(views) > MAX_VIEWS:
+        raise ApiError(422, "too_many_views", f"at most {MAX_VIEWS} views", "views")
+    if body.record_view >= len(views) or (plausibility is not None and plausibility.view >= len(views)):
+        raise ApiError(422, "invalid_view", "record_view and plausibility.view must name one of the views", "views")
+    settings = services.settings
+    if body.max_tokens > settings.max_new_tokens:
+        raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {settings.max_new_tokens}", "max_tokens")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if any(not s for s in stops):
+        raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+    decode_views, codecs = [], []
+    for view in views:
+        card = await services.catalog.card(view.model)
+        codec = await services.catalog.codec(card)
+        ids = view_prefix(codec, view, body.prompt)
+        check_length(card, len(ids) + body.max_tokens, settings.max_positions)
+        codecs.append(codec)
+        decode_views.append(
+            DecodeView(
+                model=card.name,
+                fingerprint=card.fingerprint,
+                prefix_ids=ids,
+                weight=view.weight,
+                temperature=view.temperature,
+            )
+        )
+    if len({(c.tokenizer_id, c.card.vocab_size) for c in codecs}) != 1:
+        raise ApiError(422, "tokenizer_mismatch", "every view's model must share one tokenizer", "views")
+    group = group_name(v.model for v in decode_views)
+    if not await services.catalog.live_workers(group):
+        raise ApiError(
+            503,
+            "group_unavailable",
+            f"no worker hosts all of {sorted(set(v.model for v in views))}",
+            "views",
+            headers={"Retry-After": "5"},
+        )
+    k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    sampling = Sampling(
+        max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
+    )
+    job = ContrastJob(
+        job_id=new_job_id(),
+        tenant=tenant,
+        model=group,
+        fingerprint="|".join(v.fingerprint for v in decode_views),
+        views=decode_views,
+        sampling=sampling,
+        plausibility=plausibility,
+        topk=k,
+        record_view=body.record_view,
+    )
+    return job, views, codecs[0], stops
+
+
+def step_out(step: DecodeStep, codec: TextCodec) -> dict[str, Any]:
+    pieces = codec.pieces()
+    return {
+        "id": step.token,
+        "text": pieces[step.token],
+        "top_logprobs": [
+            {"id": i, "text": pieces[i], "logprob": v} for i, v in zip(step.top_ids, step.top_logprobs, strict=True)
+        ],
+        "views": [{"logprob": lp, "rank": r} for lp, r in zip(step.view_logprobs, step.view_ranks, strict=True)],
+    }
+
+
+def summary(
+    outcome: JobOutcome, codec: TextCodec, stops: list[str], views: list[ViewIn], prompt_tokens: int
+) -> dict[str, Any]:
+    completion = outcome.completion_ids or []
+    text = codec.decode(completion)
+    if outcome.finish_reason == "stop":
+        text = truncate_at_stop(text, stops)
+    return {
+        "record_id": outcome.record_id,
+        "text": text,
+        "finish_reason": outcome.finish_reason,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(completion)},
+        "views": [v.model_dump() for v in views],
+    }
+
+
+@router.post("/v1/decode/contrastive", response_model=DecodeResponse)
+async def contrastive(body: DecodeRequest, services: ServicesDep, tenant: TenantDep) -> Any:
+    job, views, codec, stops = await build_job(body, services, tenant)
+    usage_prompt = len(job.views[job.record_view].prefix_ids)
+    if body.stream:
+        return StreamingResponse(
+            stream_steps(job, views, codec, stops, services, usage_prompt), media_type="text/event-stream"
+        )
+    outcome = raise_for_outcome(await services.jobs.run(job))
+    raw = as_bytes(await services.redis.get(steps_key(job.job_id))) or b"[]"
+    steps = [step_out(DecodeStep.model_validate(s), codec) for s in json.loads(raw)]
+    return {**summary(outcome, codec, stops, views, usage_prompt), "steps": steps}
+
+
+async def stream_steps(
+    job: ContrastJob, views: list[ViewIn], codec: TextCodec, stops: list[str], services: Services, usage_prompt: int
+) -> AsyncIterator[bytes]:
+    """Each step as an `event: step`, then `event: done` with the summary (or `event: error`)."""
+    async with services.redis.pubsub() as pubsub:
+        await pubsub.subscribe(steps_channel(job.job_id))
+        await services.jobs.submit(job)
+        waiter = asyncio.create_task(services.jobs.wait(job.job_id))
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None:
+                    step = DecodeStep.model_validate_json(message["data"])
+                    yield format_sse_event(data_str=json.dumps(step_out(step, codec)), event="step")
+                elif waiter.done():
+                    break
+            outcome = waiter.result()
+            if not outcome.ok:
+                error = outcome.error
+                yield format_sse_event(
+                    data_str=json.dumps({"error": error.model_dump() if error else {}}), event="error"
+                )
+                return
+            result = summary(outcome, codec, stops, views, usage_prompt)
+            yield format_sse_event(data_str=json.dumps(result), event="done")
+        except ApiError as exc:
+            yield format_sse_event(
+                data_str=json.dumps({"error": {"code": exc.code, "message": exc.message}}), event="error"
+            )
+        finally:
+            waiter.cancel()

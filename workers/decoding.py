@@ -1,0 +1,108 @@
+"""One decoding loop for plain generation and for contrastive decoding over several views.
+
+Each view is a model reading its own prefix, with its own KV cache, so a step costs one single-token forward
+per view and never a re-prefill. The next token is drawn from
+
+    log_softmax( sum_i w_i * log_softmax(logits_i / tau_i) )
+
+optionally restricted to the tokens a chosen view finds plausible (p >= alpha * max p). With one view of
+weight 1 this is ordinary sampling. The presets are Emulated Disalignment (Zhou et al. 2024,
+"Emulated Disalignment: Safety Alignment for Large Language Models May Backfire!"), contrastive decoding
+(Li et al. 2023), context-aware decoding (Shi et al. 2024), proxy-tuning (Liu et al. 2024) and prompt
+contrast (USCD's lame prompt, Wang et al. 2024); the gateway expands them into views.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workers.backends.base import Backend, sample_next, stop_hit
+from workers.protocol import DecodeStep, Plausibility, Sampling
+
+
+@dataclass
+class View:
+    backend: Backend
+    prefix_ids: list[int]
+    weight: float = 1.0
+    temperature: float = 1.0
+
+
+@dataclass
+class Decoded:
+    completion: list[int]
+    finish_reason: str
+    steps: list[DecodeStep]
+
+
+def combine(view_logprobs: list[torch.Tensor], weights: list[float], plausibility: Plausibility | None) -> torch.Tensor:
+    """The combined next-token log-distribution (float64) from each view's log-probabilities."""
+    score = torch.zeros_like(view_logprobs[0])
+    for logp, weight in zip(view_logprobs, weights, strict=True):
+        if weight != 0.0:
+            score.add_(logp, alpha=weight)
+    if plausibility is not None:
+        anchor = view_logprobs[plausibility.view]
+        score.masked_fill_(anchor < math.log(plausibility.alpha) + anchor.max(), -math.inf)
+    return torch.log_softmax(score, dim=-1)
+
+
+def _rank(logp: torch.Tensor, token: int) -> int:
+    return int((logp > logp[token]).sum()) + 1
+
+
+@torch.inference_mode()
+def decode(
+    views: list[View],
+    sampling: Sampling,
+    *,
+    plausibility: Plausibility | None = None,
+    topk: int = 0,
+    eos_ids: set[int] | None = None,
+    detokenize: Callable[[list[int]], str] | None = None,
+    on_step: Callable[[DecodeStep], Any] | None = None,
+) -> Decoded:
+    """Run the loop until max_tokens, an end-of-sequence token of the first view, or a stop string."""
+    seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    generator = torch.Generator().manual_seed(seed)
+    caches = [view.backend.new_cache() for view in views]
+    logits = [view.backend.next_logits(view.prefix_ids, cache) for view, cache in zip(views, caches, strict=True)]
+    eos = eos_ids if eos_ids is not None else set(views[0].backend.card.eos_token_ids)
+    completion: list[int] = []
+    steps: list[DecodeStep] = []
+    weights = [view.weight for view in views]
+    for _ in range(sampling.max_tokens):
+        view_logprobs = [
+            torch.log_softmax(raw.double() / view.temperature, dim=-1) for raw, view in zip(logits, views, strict=True)
+        ]
+        combined = combine(view_logprobs, weights, plausibility)
+        token = sample_next(combined, sampling, generator)
+        top = combined.topk(min(topk, combined.shape[0])) if topk else None
+        finite = (
+            []
+            if top is None
+            else [(i, v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if math.isfinite(v)]
+        )
+        step = DecodeStep(
+            token=token,
+            top_ids=[i for i, _ in finite],
+            top_logprobs=[v for _, v in finite],
+            view_logprobs=[float(lp[token]) for lp in view_logprobs],
+            view_ranks=[_rank(lp, token) for lp in view_logprobs],
+        )
+        steps.append(step)
+        completion.append(token)
+        if on_step is not None:
+            on_step(step)
+        if token in eos:
+            return Decoded(completion, "stop", steps)
+        if sampling.stop and detokenize is not None and stop_hit(detokenize(completion), sampling.stop):
+            return Decoded(completion, "stop", steps)
+        logits = [view.backend.next_logits([token], cache) for view, cache in zip(views, caches, strict=True)]
+    return Decoded(completion, "length", steps)
