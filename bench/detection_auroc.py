@@ -35,8 +35,17 @@ def build_dev_set(client: httpx.Client, n: int) -> list[dict[str, str]]:
         opening = " ".join(words[:OPENING_WORDS])
         rows.append({"id": i, "source": "human", "text": " ".join(words[:PASSAGE_WORDS])})
         for writer in WRITERS:
-            body = client.post("/v1/generate", json={"model": writer, "prompt": opening, "max_tokens": 110,
-                                                     "temperature": 0.8, "top_p": 0.95, "seed": i}).json()
+            body = client.post(
+                "/v1/generate",
+                json={
+                    "model": writer,
+                    "prompt": opening,
+                    "max_tokens": 110,
+                    "temperature": 0.8,
+                    "top_p": 0.95,
+                    "seed": i,
+                },
+            ).json()
             text = (opening + body["text"]).split()
             rows.append({"id": i, "source": writer, "text": " ".join(text[:PASSAGE_WORDS])})
         print(f"  built {i + 1}/{n}", flush=True)
@@ -52,17 +61,24 @@ def main() -> None:
     args = parser.parse_args()
     env = {"LOGPROBE_MODELS": ",".join(WRITERS), "LOGPROBE_WORKER_THREADS": "2"}
     with LocalService(env=env) as service, httpx.Client(base_url=service.base_url, timeout=600) as client:
-        rows = build_dev_set(client, args.n) if args.rebuild or not DEV_SET.exists() else [
-            json.loads(line) for line in DEV_SET.read_text().splitlines()]
+        rows = (
+            build_dev_set(client, args.n)
+            if args.rebuild or not DEV_SET.exists()
+            else [json.loads(line) for line in DEV_SET.read_text().splitlines()]
+        )
         scores: dict[str, list[dict[str, float | None]]] = {}
         for row in rows:
             body = client.post("/v1/analysis/detect", json={"model": SCORER, "text": row["text"]}).json()
             scores.setdefault(row["source"], []).append(body["sequence"])
     methods = list(scores["human"][0])
-    print(f"dev set: {len(scores['human'])} human passages and as many from each writer "
-          f"({PASSAGE_WORDS} words; writers sample at T=0.8, top-p 0.95); scorer {SCORER}")
-    print(f"{'method':16s} " + " ".join(f"{'vs ' + w[:12]:>16s}" for w in WRITERS) + "   (AUROC, machine positive;"
-          " <0.5: machine scores lower)")
+    print(
+        f"dev set: {len(scores['human'])} human passages and as many from each writer "
+        f"({PASSAGE_WORDS} words; writers sample at T=0.8, top-p 0.95); scorer {SCORER}"
+    )
+    print(
+        f"{'method':16s} " + " ".join(f"{'vs ' + w[:12]:>16s}" for w in WRITERS) + "   (AUROC, machine positive;"
+        " <0.5: machine scores lower)"
+    )
     for method in methods:
         human = np.array([s[method] for s in scores["human"]], dtype=float)
         cells = []
