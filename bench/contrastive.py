@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import httpx
 import torch
@@ -57,17 +58,20 @@ def main() -> None:
     )["input_ids"]
     prefixes, weights = [list(chat), backend.encode(PROMPT)], [1 + ALPHA, -ALPHA]
     forward_time = 0.0
-    original = backend.next_logits
+    start, step = backend.start, backend.step
 
-    def timed_next_logits(ids: list[int], cache: DynamicCache) -> torch.Tensor:
-        nonlocal forward_time
-        started = time.perf_counter()
-        try:
-            return original(ids, cache)
-        finally:
-            forward_time += time.perf_counter() - started
+    def timed(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def run(*args: object) -> torch.Tensor:
+            nonlocal forward_time
+            began = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                forward_time += time.perf_counter() - began
 
-    backend.next_logits = timed_next_logits  # type: ignore[method-assign]
+        return run
+
+    backend.start, backend.step = timed(start), timed(step)  # type: ignore[method-assign]
     sampling = Sampling(max_tokens=args.tokens, temperature=0.0, top_p=1.0)
     views = [View(backend, p, w) for p, w in zip(prefixes, weights, strict=True)]
     ref_t, ours_t, overhead = [], [], []

@@ -71,8 +71,18 @@ def decode(
     """Run the loop until max_tokens, an end-of-sequence token of the first view, or a stop string."""
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     generator = torch.Generator().manual_seed(seed)
-    caches = [view.backend.new_cache() for view in views]
-    logits = [view.backend.next_logits(view.prefix_ids, cache) for view, cache in zip(views, caches, strict=True)]
+    # The views of one model decode as one batch: one forward per model per step.
+    groups: dict[int, list[int]] = {}
+    for i, view in enumerate(views):
+        groups.setdefault(id(view.backend), []).append(i)
+    streams = []
+    logits: list[torch.Tensor] = [torch.empty(0)] * len(views)
+    for members in groups.values():
+        backend = views[members[0]].backend
+        state, first = backend.start([views[i].prefix_ids for i in members])
+        streams.append((backend, state, members))
+        for row, i in enumerate(members):
+            logits[i] = first[row]
     eos = eos_ids if eos_ids is not None else set(views[0].backend.card.eos_token_ids)
     completion: list[int] = []
     steps: list[DecodeStep] = []
@@ -104,5 +114,8 @@ def decode(
             return Decoded(completion, "stop", steps)
         if sampling.stop and detokenize is not None and stop_hit(detokenize(completion), sampling.stop):
             return Decoded(completion, "stop", steps)
-        logits = [view.backend.next_logits([token], cache) for view, cache in zip(views, caches, strict=True)]
+        for backend, state, members in streams:
+            following = backend.step(state, [token] * len(members))
+            for row, i in enumerate(members):
+                logits[i] = following[row]
     return Decoded(completion, "length", steps)

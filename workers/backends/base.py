@@ -22,12 +22,13 @@ class Backend(Protocol):
         """The model's own float32 log-probabilities [T, V], computed its usual way (for the exactness probe)."""
         ...
 
-    def new_cache(self) -> Any:
-        """An empty KV cache for one decoding stream."""
+    def start(self, prefixes: list[list[int]]) -> tuple[Any, torch.Tensor]:
+        """Prefill one decoding stream per prefix, batched into one forward; a state holding their KV caches,
+        and the float32 logits [B, V] after each prefix."""
         ...
 
-    def next_logits(self, token_ids: list[int], cache: Any) -> torch.Tensor:
-        """Feed token_ids through the model, extending `cache`; the float32 logits [V] after the last one."""
+    def step(self, state: Any, tokens: list[int]) -> torch.Tensor:
+        """Feed one token to each stream of `state` in one forward; the float32 logits [B, V] after it."""
         ...
 
     def decode(self, token_ids: list[int]) -> str: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 2048  # longer inputs are prefilled in chunks through the KV cache, bounding attention memory
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Streams:
+    """Decoding streams of one model: a shared KV cache, and for a padded batch its mask and next positions."""
+
+    cache: DynamicCache
+    mask: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
 
 
 class HFBackend:
@@ -104,12 +114,42 @@ class HFBackend:
         logits = self.model(input_ids=torch.tensor([token_ids])).logits[0]
         return torch.log_softmax(logits.float(), dim=-1)
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+    @torch.inference_mode()
+    def start(self, prefixes: list[list[int]]) -> tuple[Streams, torch.Tensor]:
+        cache = DynamicCache(config=self.model.config)
+        if len(prefixes) == 1:  # no padding, no mask: the same computation as scoring
+            return Streams(cache), self.head.logits(self._forward(torch.tensor(prefixes[0]), cache)[-1:])
+        # Several prefixes: left-pad into one batch; the mask hides the padding, positions skip it.
+        width = max(len(p) for p in prefixes)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        for lo in range(0, width, PREFILL_CHUNK):
+            hi = lo + PREFILL_CHUNK
+            hidden = self.decoder(
+                input_ids=ids[:, lo:hi],
+                attention_mask=mask[:, :hi],
+                position_ids=positions[:, lo:hi],
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]
+        return Streams(cache, mask, mask.sum(-1)), self.head.logits(hidden)
 
     @torch.inference_mode()
-    def next_logits(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
-        return self.head.logits(self._forward(torch.tensor(token_ids), cache)[-1:])[0]
+    def step(self, state: Streams, tokens: list[int]) -> torch.Tensor:
+        if state.mask is None or state.positions is None:
+            return self.head.logits(self._forward(torch.tensor(tokens), state.cache)[-1:])
+        state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+        hidden = self.decoder(
+            input_ids=torch.tensor(tokens)[:, None],
+            attention_mask=state.mask,
+            position_ids=state.positions[:, None],
+            past_key_values=state.cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1]
+        state.positions = state.positions + 1
+        return self.head.logits(hidden)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)
