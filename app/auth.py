@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import ApiError
+from app.limits import charge
 
 PUBLIC_TENANT = "public"
 
@@ -30,7 +31,7 @@ class KeyRing:
         return found
 
 
-def current_tenant(request: Request) -> str:
+def authenticate(request: Request) -> str:
     ring: KeyRing = request.app.state.keys
     if not ring.enabled:
         return PUBLIC_TENANT
@@ -43,6 +44,16 @@ def current_tenant(request: Request) -> str:
             "a valid API key is required (Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return tenant
+
+
+async def current_tenant(request: Request) -> str:
+    """The caller's tenant; one request counted against its per-minute limit (once per request)."""
+    if not hasattr(request.state, "tenant"):
+        request.state.tenant = authenticate(request)
+        services = request.app.state.services
+        await charge(services.redis, request.state.tenant, "requests", 1, services.settings.rate_limit_rpm)
+    tenant: str = request.state.tenant
     return tenant
 
 

@@ -31,7 +31,10 @@ from workers.protocol import (
 
 log = logging.getLogger("app.jobs")
 
-STREAM_MAXLEN = 100_000
+ADD_IF_ROOM = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return nil end
+return redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+"""
 RECHECK_S = 2.0  # how often a waiter re-reads the outcome key in case a notification was lost
 
 
@@ -40,12 +43,14 @@ def new_job_id() -> str:
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, timeout_s: float) -> None:
+    def __init__(self, redis: Redis, timeout_s: float, max_depth: int) -> None:
         self.redis = redis
         self.timeout_s = timeout_s
+        self.max_depth = max_depth
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
+        self._add_if_room = redis.register_script(ADD_IF_ROOM)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -95,7 +100,16 @@ class JobQueue:
     async def submit(self, job: AnyJob) -> str:
         stream = jobs_stream(job.model)
         await self._ensure_group(stream)
-        await self.redis.xadd(stream, encode_job(job), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        # Workers delete finished entries, so the stream's length is the number of waiting and running jobs;
+        # the check and the add are one script, so concurrent requests cannot overshoot the limit together.
+        added = await self._add_if_room(keys=[stream], args=[self.max_depth, encode_job(job)["job"]])
+        if added is None:
+            raise ApiError(
+                429,
+                "queue_full",
+                f"{job.model!r} has {self.max_depth} jobs waiting; retry shortly",
+                headers={"Retry-After": "2"},
+            )
         return job.job_id
 
     async def run(self, job: AnyJob) -> JobOutcome:

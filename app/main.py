@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from app.api import analysis, calibrations, decode, generate, health, models, records, score, web
 from app.errors import install_error_handlers
+from app.limits import BodyLimit
 from app.services import Services
 from app.settings import Settings, get_settings
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Full next-token distributions of language models, kept compactly and analysed.",
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

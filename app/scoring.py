@@ -7,6 +7,7 @@ import numpy as np
 from app.api.tokens import ChatMessage, input_ids
 from app.errors import ApiError
 from app.jobs import new_job_id, raise_for_outcome
+from app.limits import charge
 from app.services import Services
 from app.text import TextCodec
 from workers.protocol import ModelCard, RecordMeta, ScoreJob, record_id
@@ -16,6 +17,7 @@ SCORE_OPTIONS = {"kind": "score"}
 
 async def ensure_scored(services: Services, tenant: str, card: ModelCard, ids: list[int]) -> tuple[str, bool]:
     """The record id for these tokens and whether it was already cached (no job was created then)."""
+    await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
     rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
     if await services.store.exists(tenant, rid):
         return rid, True

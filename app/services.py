@@ -37,7 +37,7 @@ class Services:
             settings=settings,
             redis=redis,
             catalog=ModelCatalog(redis, settings.models),
-            jobs=JobQueue(redis, settings.job_timeout_s),
+            jobs=JobQueue(redis, settings.job_timeout_s, settings.max_queue_depth),
             store=RecordStore(redis),
             keys=KeyRing(settings.api_keys),
             frequencies=FrequencyTables(redis),

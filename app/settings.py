@@ -24,6 +24,12 @@ class Settings(CommonSettings):
     max_new_tokens: int = Field(default=1024, ge=1)
     max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     job_timeout_s: float = Field(default=300.0, gt=0)
+    max_queue_depth: int = Field(default=256, ge=1)  # per model: beyond it new jobs get 429
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies get 413
+    rate_limit_rpm: int = Field(default=0, ge=0)  # requests per minute per tenant (0: no limit)
+    rate_limit_tpm: int = Field(default=0, ge=0)  # tokens scored or generated per minute per tenant (0: no limit)
+    # Full distributions leak hidden prompts (PILS): a deployment may refuse raw export and keep the analyses.
+    allow_export: bool = True
 
     @model_validator(mode="after")
     def _merge_keys_file(self) -> Settings:

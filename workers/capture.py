@@ -80,7 +80,8 @@ def row_statistics(logits: torch.Tensor, next_ids: torch.Tensor, topk: int) -> d
 
 
 def chunk_rows_for(vocab_size: int) -> int:
-    return max(STAT_ROWS, LOGITS_BUDGET // vocab_size)
+    """Rows per unembedding matmul: within the logits budget, a multiple of the statistics pass."""
+    return max(STAT_ROWS, LOGITS_BUDGET // vocab_size // STAT_ROWS * STAT_ROWS)
 
 
 @torch.inference_mode()
@@ -109,8 +110,8 @@ def _statistics(
     done = 0
     for logits in chunks:
         for sub in range(0, logits.shape[0], STAT_ROWS):
-            lo = done + sub
-            stats = row_statistics(logits[sub : sub + STAT_ROWS], targets[lo : lo + STAT_ROWS], topk)
+            rows = logits[sub : sub + STAT_ROWS]
+            stats = row_statistics(rows, targets[done + sub : done + sub + rows.shape[0]], topk)
             for name, value in stats.items():
                 parts[name].append(value)
         done += logits.shape[0]

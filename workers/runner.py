@@ -29,6 +29,7 @@ from workers.protocol import (
     DONE_CHANNEL,
     MAX_GROUP,
     SECRET_KEY,
+    AnyJob,
     JobError,
     JobOutcome,
     ProtocolError,
@@ -50,12 +51,13 @@ log = logging.getLogger("workers")
 HEARTBEAT_S = 5.0
 ALIVE_TTL_S = 15
 OUTCOME_TTL_S = 3600
-RECLAIM_EVERY_S = 10.0
 
 
 class WorkerSettings(CommonSettings):
     worker_threads: int = max(1, os.cpu_count() or 1)
     visibility_timeout_s: int = 300  # a job pending this long on a silent consumer is reclaimed
+    reclaim_every_s: float = 10.0
+    max_deliveries: int = 3  # then the job goes to the dead-letter stream
 
 
 class Worker:
@@ -127,7 +129,7 @@ class Worker:
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                if time.monotonic() - last_reclaim > RECLAIM_EVERY_S:
+                if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
                     last_reclaim = time.monotonic()
                     self._reclaim()
                 batch: Any = self.redis.xreadgroup(CONSUMER_GROUP, self.id, self.streams, count=1, block=1000)  # type: ignore[arg-type]
@@ -147,16 +149,46 @@ class Worker:
         log.info("worker %s stopped", self.id)
 
     def _reclaim(self) -> None:
-        """Take over jobs left pending by consumers that went silent (e.g. a killed worker)."""
+        """Take over jobs left pending by consumers that went silent (e.g. a killed worker); a job delivered
+        max_deliveries times without finishing goes to the dead-letter stream and its client gets an error."""
         idle_ms = self.settings.visibility_timeout_s * 1000
         for stream in self.streams:
-            _, entries, *_ = self.redis.xautoclaim(stream, CONSUMER_GROUP, self.id, idle_ms, "0-0", count=8)
-            for entry_id, fields in entries:
-                if fields:  # an entry deleted from the stream comes back without fields
-                    log.info("reclaimed %s from %s", entry_id, stream)
-                    self._handle(stream, entry_id, fields)
-                else:
-                    self.redis.xack(stream, CONSUMER_GROUP, entry_id)
+            pending: Any = self.redis.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=16, idle=idle_ms)
+            for entry in pending:
+                entry_id = entry["message_id"]
+                if entry["times_delivered"] >= self.settings.max_deliveries:
+                    self._dead_letter(stream, entry_id, entry["times_delivered"])
+                    continue
+                claimed: Any = self.redis.xclaim(stream, CONSUMER_GROUP, self.id, idle_ms, [entry_id])
+                for claimed_id, fields in claimed:
+                    if fields:  # an entry deleted from the stream comes back without fields
+                        log.info("reclaimed %s from %s (delivery %d)", claimed_id, stream, entry["times_delivered"] + 1)
+                        self._handle(stream, claimed_id, fields)
+                    else:
+                        self.redis.xack(stream, CONSUMER_GROUP, claimed_id)
+
+    def _dead_letter(self, stream: str, entry_id: bytes, deliveries: int) -> None:
+        found: Any = self.redis.xrange(stream, entry_id, entry_id)
+        fields = found[0][1] if found else {}
+        reason = f"delivered {deliveries} times without finishing"
+        log.error("job entry %s on %s: %s; dead-lettered", entry_id, stream, reason)
+        self.redis.xadd(
+            DEAD_LETTER_STREAM,
+            {
+                "stream": stream,
+                "entry": entry_id,
+                "reason": reason,
+                **({"job": fields[b"job"]} if b"job" in fields else {}),
+            },
+            maxlen=10000,
+        )
+        try:
+            job = decode_job(fields)
+        except ProtocolError:
+            self._settle(stream, entry_id)
+            return
+        error = JobError(code="job_failed", message=f"the job failed on {deliveries} deliveries", status=500)
+        self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
 
     def _handle(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
@@ -166,7 +198,7 @@ class Worker:
             self.redis.xadd(
                 DEAD_LETTER_STREAM, {"stream": stream, "entry": entry_id, "reason": str(exc)[:500]}, maxlen=10000
             )
-            self.redis.xack(stream, CONSUMER_GROUP, entry_id)
+            self._settle(stream, entry_id)
             return
         started = time.perf_counter()
         try:
@@ -176,14 +208,7 @@ class Worker:
             outcome = JobOutcome(
                 job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)
             )
-        outcome.worker = self.id
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
-        if isinstance(job, ScoreJob):
-            pipe.delete(inflight_key(job.tenant, job.record_id))
-        pipe.publish(DONE_CHANNEL, job.job_id)
-        pipe.xack(stream, CONSUMER_GROUP, entry_id)
-        pipe.execute()
+        self._settle(stream, entry_id, job, outcome)
         log.info(
             "job %s %s %s in %.3fs",
             job.job_id,
@@ -191,6 +216,22 @@ class Worker:
             "ok" if outcome.ok else outcome.error,
             time.perf_counter() - started,
         )
+
+    def _settle(
+        self, stream: str, entry_id: bytes, job: AnyJob | None = None, outcome: JobOutcome | None = None
+    ) -> None:
+        """Publish the outcome (if any), then acknowledge and delete the entry, in one transaction: the stream
+        only ever holds jobs that are waiting or running, so its length is the queue depth."""
+        pipe = self.redis.pipeline(transaction=True)
+        if job is not None and outcome is not None:
+            outcome.worker = self.id
+            pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
+            if isinstance(job, ScoreJob):
+                pipe.delete(inflight_key(job.tenant, job.record_id))
+            pipe.publish(DONE_CHANNEL, job.job_id)
+        pipe.xack(stream, CONSUMER_GROUP, entry_id)
+        pipe.xdel(stream, entry_id)
+        pipe.execute()
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self.stopping.set()

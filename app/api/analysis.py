@@ -7,14 +7,14 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.analysis import REGISTRY
 from app.analysis.base import Context, Family, Positions
 from app.analysis.run import ALWAYS_AVAILABLE, AnalysisError, resolve_params, run_methods, select_methods
 from app.api.tokens import ChatMessage
-from app.auth import TenantDep
+from app.auth import TenantDep, current_tenant
 from app.calibrations import calibration_id, decisions, load_calibration
 from app.cross import cross_statistics
 from app.errors import ApiError
@@ -244,7 +244,7 @@ class MethodInfo(BaseModel):
     params: list[ParamInfo]
 
 
-@router.get("/v1/analysis/methods", response_model=list[MethodInfo])
+@router.get("/v1/analysis/methods", response_model=list[MethodInfo], dependencies=[Depends(current_tenant)])
 async def list_methods() -> list[MethodInfo]:
     return [
         MethodInfo(

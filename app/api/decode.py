@@ -20,6 +20,7 @@ from app.api.tokens import check_length
 from app.auth import TenantDep
 from app.errors import ApiError
 from app.jobs import new_job_id, raise_for_outcome
+from app.limits import charge
 from app.services import Services, ServicesDep
 from app.text import TextCodec
 from workers.protocol import (
@@ -216,6 +217,8 @@ async def build_job(
             headers={"Retry-After": "5"},
         )
     k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    tokens = sum(len(v.prefix_ids) for v in decode_views) + body.max_tokens * len(decode_views)
+    await charge(services.redis, tenant, "tokens", tokens, settings.rate_limit_tpm)
     sampling = Sampling(
         max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
     )

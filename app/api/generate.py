@@ -10,6 +10,7 @@ from app.api.tokens import ChatMessage, TokenOut, check_length, input_ids, token
 from app.auth import TenantDep
 from app.errors import ApiError
 from app.jobs import new_job_id, raise_for_outcome
+from app.limits import charge
 from app.services import ServicesDep
 from workers.protocol import GenerateJob, Sampling
 
@@ -62,6 +63,7 @@ async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantD
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, body.prompt, body.messages, True, settings.max_positions)
     check_length(card, len(ids) + body.max_tokens, settings.max_positions)
+    await charge(services.redis, tenant, "tokens", len(ids) + body.max_tokens, settings.rate_limit_tpm)
     sampling = Sampling(
         max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
     )

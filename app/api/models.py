@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from app.auth import current_tenant
 from app.services import ServicesDep
 
 router = APIRouter(tags=["models"])
@@ -33,7 +34,7 @@ class ModelList(BaseModel):
     data: list[ModelInfo]
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, dependencies=[Depends(current_tenant)])
 async def list_models(services: ServicesDep) -> ModelList:
     data = []
     for name in await services.catalog.names():

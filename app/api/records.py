@@ -80,6 +80,10 @@ async def get_logprobs(
     start: Annotated[int, Query(ge=1, description="first position (the distribution that predicted token start)")] = 1,
     stop: Annotated[int | None, Query(ge=2, description="one past the last position; default: the end")] = None,
 ) -> Response:
+    if not services.settings.allow_export:
+        raise ApiError(
+            403, "export_disabled", "this deployment does not export full distributions; the analyses remain available"
+        )
     meta = await services.store.meta(tenant, record_id)
     n_tokens = len(meta.token_ids)
     stop = n_tokens if stop is None else stop

@@ -125,11 +125,11 @@ def test_stop_strings_end_the_completion(alpha: httpx.Client) -> None:
 def test_repeat_request_is_cached_without_a_job(alpha: httpx.Client, redis_client: redis.Redis) -> None:
     text = "A repeated request is answered from the cache."
     first = score(alpha, text=text)
-    jobs_before = redis_client.xlen(jobs_stream(MODEL))
+    last_job = redis_client.xinfo_stream(jobs_stream(MODEL))["last-generated-id"]  # moves with every job added
     second = score(alpha, text=text)
     assert first["cached"] is False and second["cached"] is True
     assert second["record_id"] == first["record_id"] and second["tokens"] == first["tokens"]
-    assert redis_client.xlen(jobs_stream(MODEL)) == jobs_before
+    assert redis_client.xinfo_stream(jobs_stream(MODEL))["last-generated-id"] == last_job
 
 
 def test_chat_scoring_uses_the_chat_template(alpha: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
@@ -213,3 +213,20 @@ def test_models_health_and_readiness(alpha: httpx.Client) -> None:
     assert alpha.get("/readyz").json() == {"ready": True, "redis": True, "workers": {MODEL: 1}}
     assert alpha.get("/healthz").json() == {"status": "ok"}
     assert alpha.get("/v1/models", headers={"X-Request-Id": "abc"}).headers["X-Request-Id"] == "abc"
+
+
+def test_a_long_text_crosses_every_chunk_boundary(alpha: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
+    """Over 2,048 tokens: the prefill goes in chunks through the KV cache and the unembedding in several
+    matmuls; the statistics still match transformers' single forward pass."""
+    from bench.texts import text_of_tokens
+
+    _, tokenizer = hf_smollm2
+    text = text_of_tokens(2300, lambda t: tokenizer(t).input_ids)
+    body = score(alpha, text=text, top_logprobs=1)
+    ids = [t["id"] for t in body["tokens"]]
+    assert len(ids) > 2048
+    ref = reference_logprobs(hf_smollm2, ids)
+    got = np.array([t["logprob"] for t in body["tokens"][1:]])
+    assert np.abs(got - ref[np.arange(len(ids) - 1), ids[1:]]).max() <= 1e-3
+    ranks = np.array([t["rank"] for t in body["tokens"][1:]])
+    assert (ranks == 1).mean() > 0.5  # a repetitive text: mostly predicted

@@ -64,10 +64,10 @@ def test_capture_over_chunks_equals_one_pass() -> None:
     head = Unembedding(torch.from_numpy(rng.standard_normal((300, 16)).astype(np.float32)))
     hidden = torch.from_numpy(rng.standard_normal((41, 16)).astype(np.float32))
     ids = torch.from_numpy(rng.integers(0, 300, 42))
-    chunked = capture_statistics(hidden, ids, head, 5, chunk_rows=8)
+    chunked = capture_statistics(hidden, ids, head, 5, chunk_rows=13)  # chunks that split the 8-row passes
     whole = capture_statistics(hidden, ids, head, 5, chunk_rows=1000)
-    for name in chunked:
-        np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-6, atol=1e-6)
+    for name in chunked:  # float32 matmuls of other shapes round differently: a few ulps
+        np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-5, atol=1e-5)
     logits = (hidden.double() @ head.weight.double().T).numpy()
     ref = reference(logits.astype(np.float32), ids[1:].numpy(), 5)
     np.testing.assert_allclose(chunked["logprob"], ref["logprob"], atol=1e-4)
