@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from app.api import analysis, calibrations, decode, generate, health, models, records, score, web
-from app.errors import install_error_handlers
+from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import BodyLimit
 from app.services import Services
 from app.settings import Settings, get_settings
@@ -50,5 +50,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     for module in (health, models, score, generate, records, analysis, calibrations, decode, web):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
