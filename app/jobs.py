@@ -122,18 +122,30 @@ class JobQueue:
                 if running is not None:
                     return await self.wait(running.decode())
         await self.submit(job)
-        return await self.wait(job.job_id)
+        return await self.wait(job.job_id, resubmit=job)
 
-    async def wait(self, job_id: str) -> JobOutcome:
+    async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
+        """The job's outcome, woken by the done channel and re-read every RECHECK_S. If Redis went away
+        meanwhile, `resubmit` is added again once it is back: a Redis that restarted without persistence has
+        lost the entry, and a duplicate is harmless (scores are idempotent, a worker finds the record)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._waiters.setdefault(job_id, []).append(future)
         deadline = loop.time() + self.timeout_s
+        outage = False
         try:
             while True:
-                outcome = await self._read_outcome(job_id)
-                if outcome is not None:
-                    return outcome
+                try:
+                    raw = await self.redis.get(job_outcome_key(job_id))
+                    if raw is not None:
+                        return JobOutcome.model_validate_json(raw)
+                    if outage and resubmit is not None:
+                        log.warning("re-submitting job %s after a Redis outage", job_id)
+                        self._groups.clear()
+                        await self.submit(resubmit)
+                    outage = False
+                except RedisConnectionError:
+                    outage = True  # keep waiting through the outage; the deadline still holds
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise ApiError(504, "job_timeout", f"no worker finished the job within {self.timeout_s:.0f}s")
@@ -148,13 +160,6 @@ class JobQueue:
             waiting.remove(future)
             if not waiting:
                 self._waiters.pop(job_id, None)
-
-    async def _read_outcome(self, job_id: str) -> JobOutcome | None:
-        try:
-            raw = await self.redis.get(job_outcome_key(job_id))
-        except RedisConnectionError:
-            return None  # keep waiting through a Redis blip; the deadline still holds
-        return None if raw is None else JobOutcome.model_validate_json(raw)
 
 
 def raise_for_outcome(outcome: JobOutcome) -> JobOutcome:
