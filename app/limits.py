@@ -76,3 +76,29 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, "body_too_large", f"request bodies are limited to {self.limit} bytes")
         await response(scope, receive, send)
+
+
+class InflightLimit:
+    """ASGI middleware: at most `limit` requests in the gateway at once (health checks exempt); beyond it a 429
+    `overloaded` with Retry-After, so overload turns into refusals instead of ever longer queues."""
+
+    EXEMPT = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            response = error_response(
+                429, "overloaded", f"the gateway is handling {self.limit} requests; retry", headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from app.api import analysis, calibrations, decode, generate, health, models, records, score, web
 from app.errors import ERROR_RESPONSES, install_error_handlers
-from app.limits import BodyLimit
+from app.limits import BodyLimit, InflightLimit
 from app.services import Services
 from app.settings import Settings, get_settings
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(InflightLimit, limit=settings.max_inflight)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
