@@ -160,14 +160,7 @@ class JobExecutor:
             update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])}
         )
         decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)
-        rid = self._store_completion(job.tenant, backend, job.prompt_ids, decoded)
-        return JobOutcome(
-            job_id=job.job_id,
-            ok=True,
-            record_id=rid,
-            completion_ids=decoded.completion,
-            finish_reason=decoded.finish_reason,
-        )
+        return self._completed(job, self._store_completion(job.tenant, backend, job.prompt_ids, decoded), decoded)
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:
         views = []
@@ -193,6 +186,10 @@ class JobExecutor:
         rid = self._store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded)
         steps = "[" + ",".join(step.model_dump_json() for step in decoded.steps) + "]"
         self.redis.set(steps_key(job.job_id), steps, ex=STEPS_TTL_S)
+        return self._completed(job, rid, decoded)
+
+    @staticmethod
+    def _completed(job: GenerateJob | ContrastJob, rid: str, decoded: Decoded) -> JobOutcome:
         return JobOutcome(
             job_id=job.job_id,
             ok=True,

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.generate import Usage, truncate_at_stop
+from app.api.generate import SamplingRequest, Usage, truncate_at_stop
 from app.api.score import top_k
 from app.api.tokens import check_length
 from app.auth import TenantDep
@@ -29,7 +29,6 @@ from workers.protocol import (
     DecodeView,
     JobOutcome,
     Plausibility,
-    Sampling,
     as_bytes,
     group_name,
     steps_channel,
@@ -67,19 +66,12 @@ class Preset(BaseModel):
     amateur_temperature: float = Field(default=1.0, gt=0.0, le=100.0)
 
 
-class DecodeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DecodeRequest(SamplingRequest):
     prompt: str = Field(min_length=1)
     views: list[ViewIn] | None = Field(default=None, min_length=1)
     preset: Preset | None = None
     plausibility: Plausibility | None = None
     record_view: int = Field(default=0, ge=0, description="the view whose model's record is stored")
-    max_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
-    stop: str | list[str] | None = None
-    top_logprobs: int | None = Field(default=None, ge=0)
     stream: bool = False
 
 
@@ -184,11 +176,8 @@ async def build_job(
     if body.record_view >= len(views) or (plausibility is not None and plausibility.view >= len(views)):
         raise ApiError(422, "invalid_view", "record_view and plausibility.view must name one of the views", "views")
     settings = services.settings
-    if body.max_tokens > settings.max_new_tokens:
-        raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {settings.max_new_tokens}", "max_tokens")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if any(not s for s in stops):
-        raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+    sampling = body.sampling(settings.max_new_tokens)
+    stops = sampling.stop
     decode_views, codecs = [], []
     for view in views:
         card = await services.catalog.card(view.model)
@@ -219,9 +208,6 @@ async def build_job(
     k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
     tokens = sum(len(v.prefix_ids) for v in decode_views) + body.max_tokens * len(decode_views)
     await charge(services.redis, tenant, "tokens", tokens, settings.rate_limit_tpm)
-    sampling = Sampling(
-        max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
-    )
     job = ContrastJob(
         job_id=new_job_id(),
         tenant=tenant,

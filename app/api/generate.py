@@ -17,17 +17,33 @@ from workers.protocol import GenerateJob, Sampling
 router = APIRouter(tags=["generation"])
 
 
-class GenerateRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """The sampling fields that /v1/generate and /v1/decode/contrastive share."""
+
     model_config = ConfigDict(extra="forbid")
-    model: str
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     max_tokens: int = Field(default=64, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=10.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     stop: str | list[str] | None = None
     top_logprobs: int | None = Field(default=None, ge=0)
+
+    def sampling(self, max_new_tokens: int) -> Sampling:
+        """The job's sampling parameters; 422 for max_tokens over the limit or an empty stop string."""
+        if self.max_tokens > max_new_tokens:
+            raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {max_new_tokens}", "max_tokens")
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if any(not s for s in stops):
+            raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+        return Sampling(
+            max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=stops
+        )
+
+
+class GenerateRequest(SamplingRequest):
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
 
 
 class Usage(BaseModel):
@@ -54,19 +70,12 @@ async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantD
     settings = services.settings
     k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
     card = await services.catalog.card(body.model)
-    limit = min(settings.max_new_tokens, card.max_new_tokens)
-    if body.max_tokens > limit:
-        raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {limit}", "max_tokens")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if any(not s for s in stops):
-        raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+    sampling = body.sampling(min(settings.max_new_tokens, card.max_new_tokens))
+    stops = sampling.stop
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, body.prompt, body.messages, True, settings.max_positions)
     check_length(card, len(ids) + body.max_tokens, settings.max_positions)
     await charge(services.redis, tenant, "tokens", len(ids) + body.max_tokens, settings.rate_limit_tpm)
-    sampling = Sampling(
-        max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
-    )
     job = GenerateJob(
         job_id=new_job_id(),
         tenant=tenant,
