@@ -22,6 +22,7 @@ from app.frequencies import DEFAULT_TABLE
 from app.pairs import context_pair, model_pair
 from app.scoring import record_for
 from app.services import ServicesDep
+from app.text import TextCodec
 from workers.protocol import RecordMeta
 
 router = APIRouter(tags=["analysis"])
@@ -164,23 +165,6 @@ async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, 
         frequencies = await services.frequencies.probabilities(tenant, codec, body.frequency_table)
         context = dataclasses.replace(context, frequencies=frequencies)
     result = run_methods(methods, context, params)
-    texts = codec.token_texts(shown.token_ids)
-    token_values = {
-        name: [v if np.isfinite(v) else None for v in values.tolist()] for name, values in result.tokens.items()
-    }
-    tokens = (
-        [
-            {
-                "position": t,
-                "id": shown.token_ids[t],
-                "text": texts[t],
-                "values": {name: values[i] for name, values in token_values.items()},
-            }
-            for i, t in enumerate(positions.tolist())
-        ]
-        if result.tokens
-        else []
-    )
     return {
         "record_id": meta.record_id,
         "model": meta.model,
@@ -190,10 +174,27 @@ async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, 
         "family": family,
         "n_positions": int(positions.size),
         "methods": [m.name for m in methods],
-        "tokens": tokens,
+        "tokens": token_values(result.tokens, shown.token_ids, positions, codec) if result.tokens else [],
         "sequence": result.sequence,
         "details": result.details,
     }
+
+
+def token_values(
+    values: dict[str, np.ndarray], token_ids: list[int], positions: np.ndarray, codec: TextCodec
+) -> list[dict[str, Any]]:
+    """Per-token answers: position, token, its text, and each token-level method's value (null if undefined)."""
+    texts = codec.token_texts(token_ids)
+    columns = {name: [v if np.isfinite(v) else None for v in column.tolist()] for name, column in values.items()}
+    return [
+        {
+            "position": t,
+            "id": token_ids[t],
+            "text": texts[t],
+            "values": {name: column[i] for name, column in columns.items()},
+        }
+        for i, t in enumerate(positions.tolist())
+    ]
 
 
 @router.post("/v1/analysis/uncertainty", response_model=AnalysisResponse)
