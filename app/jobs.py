@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from app import metrics
 from app.errors import ApiError
 from workers.protocol import (
     CONSUMER_GROUP,
@@ -121,8 +123,11 @@ class JobQueue:
                 running = as_bytes(await self.redis.get(key))
                 if running is not None:
                     return await self.wait(running.decode())
+        started = time.perf_counter()
         await self.submit(job)
-        return await self.wait(job.job_id, resubmit=job)
+        outcome = await self.wait(job.job_id, resubmit=job)
+        metrics.JOBS.labels(job.model, job.kind, str(outcome.ok).lower()).observe(time.perf_counter() - started)
+        return outcome
 
     async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
         """The job's outcome, woken by the done channel and re-read every RECHECK_S. If Redis went away
@@ -138,7 +143,9 @@ class JobQueue:
                 try:
                     raw = await self.redis.get(job_outcome_key(job_id))
                     if raw is not None:
-                        return JobOutcome.model_validate_json(raw)
+                        outcome = JobOutcome.model_validate_json(raw)
+                        metrics.TOKENS.labels("generated").inc(len(outcome.completion_ids or ()))
+                        return outcome
                     if outage and resubmit is not None:
                         log.warning("re-submitting job %s after a Redis outage", job_id)
                         self._groups.clear()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
+from app import logs, metrics
 from app.api import analysis, calibrations, decode, generate, health, models, records, score, web
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import BodyLimit, InflightLimit
@@ -20,6 +22,7 @@ log = logging.getLogger("app")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    logs.configure(settings.json_logs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,11 +47,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(InflightLimit, limit=settings.max_inflight)
 
     @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = rid[:128]
-        return response
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Request id (echoed in X-Request-Id and in every log line), latency metric, one access log line."""
+        rid = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:128]
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.REQUESTS.labels(request.method, template, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+            logs.log_request(request.method, request.url.path, response.status_code, started)
+            response.headers["X-Request-Id"] = rid
+            return response
+        finally:
+            logs.request_id.reset(token)
 
     for module in (health, models, score, generate, records, analysis, calibrations, decode, web):
         app.include_router(module.router, responses=ERROR_RESPONSES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from app import metrics
 from app.api.tokens import ChatMessage, input_ids
 from app.errors import ApiError
 from app.jobs import new_job_id, raise_for_outcome
@@ -20,11 +21,14 @@ async def ensure_scored(services: Services, tenant: str, card: ModelCard, ids: l
     await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
     rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
     if await services.store.exists(tenant, rid):
+        metrics.CACHE.labels("hit").inc()
         return rid, True
+    metrics.CACHE.labels("miss").inc()
     job = ScoreJob(
         job_id=new_job_id(), tenant=tenant, model=card.name, fingerprint=card.fingerprint, record_id=rid, token_ids=ids
     )
     raise_for_outcome(await services.jobs.run(job))
+    metrics.TOKENS.labels("scored").inc(len(ids))
     return rid, False
 
 

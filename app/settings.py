@@ -31,6 +31,7 @@ class Settings(CommonSettings):
     rate_limit_tpm: int = Field(default=0, ge=0)  # tokens scored or generated per minute per tenant (0: no limit)
     # Full distributions leak hidden prompts (PILS): a deployment may refuse raw export and keep the analyses.
     allow_export: bool = True
+    json_logs: bool = True  # the gateway's logs as JSON lines with the request id
 
     @model_validator(mode="after")
     def _merge_keys_file(self) -> Settings:

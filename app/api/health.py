@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.services import ServicesDep
 
 router = APIRouter(tags=["health"])
@@ -14,6 +16,16 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(services: ServicesDep) -> Response:
+    """Prometheus text format; no API key needed (scrapers sit on the deployment's network)."""
+    try:
+        body = await metrics.render(services.catalog)
+    except RedisError:
+        body = generate_latest(metrics.REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/readyz")

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the gateway: request latency by route, job latency and queue depth per model, cache
+hits, tokens scored and generated, live workers. Queue depth and workers are read from Redis at scrape time."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from app.catalog import ModelCatalog
+from workers.protocol import jobs_stream
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Histogram(
+    "logprobe_request_seconds",
+    "HTTP request latency by route",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+JOBS = Histogram(
+    "logprobe_job_seconds",
+    "Time from submitting a job to its outcome",
+    ["model", "kind", "ok"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CACHE = Counter(
+    "logprobe_cache_lookups", "Record lookups by result (hit: no job needed)", ["result"], registry=REGISTRY
+)
+TOKENS = Counter("logprobe_tokens", "Tokens scored (new records) and generated", ["kind"], registry=REGISTRY)
+QUEUE = Gauge("logprobe_queue_depth", "Jobs waiting or running per model", ["model"], registry=REGISTRY)
+WORKERS = Gauge("logprobe_workers", "Live workers per model", ["model"], registry=REGISTRY)
+
+
+async def render(catalog: ModelCatalog) -> bytes:
+    for name in await catalog.names():
+        QUEUE.labels(model=name).set(await catalog.redis.xlen(jobs_stream(name)))
+        WORKERS.labels(model=name).set(await catalog.live_workers(name))
+    return generate_latest(REGISTRY)
