@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from app import logs, metrics
-from app.api import analysis, calibrations, decode, generate, health, models, records, score, web
+from app.api import analysis, calibrations, decode, generate, health, models, openai_compat, records, score, web
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import BodyLimit, InflightLimit
 from app.services import Services
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             logs.request_id.reset(token)
 
-    for module in (health, models, score, generate, records, analysis, calibrations, decode, web):
+    for module in (health, models, score, generate, records, analysis, calibrations, decode, openai_compat, web):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
