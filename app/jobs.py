@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,6 +23,8 @@ from workers.protocol import (
     CONSUMER_GROUP,
     DONE_CHANNEL,
     AnyJob,
+    ContrastJob,
+    DecodeStep,
     JobOutcome,
     ScoreJob,
     as_bytes,
@@ -29,6 +32,7 @@ from workers.protocol import (
     inflight_key,
     job_outcome_key,
     jobs_stream,
+    steps_channel,
 )
 
 log = logging.getLogger("app.jobs")
@@ -128,6 +132,23 @@ class JobQueue:
         outcome = await self.wait(job.job_id, resubmit=job)
         metrics.JOBS.labels(job.model, job.kind, str(outcome.ok).lower()).observe(time.perf_counter() - started)
         return outcome
+
+    async def stream(self, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
+        """Submit a decoding job and yield each step as the worker takes it, then the outcome."""
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(steps_channel(job.job_id))  # before submitting: no step is missed
+            await self.submit(job)
+            waiter = asyncio.create_task(self.wait(job.job_id))
+            try:
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is not None:
+                        yield DecodeStep.model_validate_json(message["data"])
+                    elif waiter.done():
+                        break
+                yield waiter.result()
+            finally:
+                waiter.cancel()
 
     async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
         """The job's outcome, woken by the done channel and re-read every RECHECK_S. If Redis went away

@@ -4,7 +4,6 @@ contrast), with per-step details; `stream: true` sends the steps as server-sent 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -31,7 +30,6 @@ from workers.protocol import (
     Plausibility,
     as_bytes,
     group_name,
-    steps_channel,
     steps_key,
 )
 
@@ -268,30 +266,17 @@ async def stream_steps(
     job: ContrastJob, views: list[ViewIn], codec: TextCodec, stops: list[str], services: Services, usage_prompt: int
 ) -> AsyncIterator[bytes]:
     """Each step as an `event: step`, then `event: done` with the summary (or `event: error`)."""
-    async with services.redis.pubsub() as pubsub:
-        await pubsub.subscribe(steps_channel(job.job_id))
-        await services.jobs.submit(job)
-        waiter = asyncio.create_task(services.jobs.wait(job.job_id))
-        try:
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                if message is not None:
-                    step = DecodeStep.model_validate_json(message["data"])
-                    yield format_sse_event(data_str=json.dumps(step_out(step, codec)), event="step")
-                elif waiter.done():
-                    break
-            outcome = waiter.result()
-            if not outcome.ok:
-                error = outcome.error
-                yield format_sse_event(
-                    data_str=json.dumps({"error": error.model_dump() if error else {}}), event="error"
-                )
-                return
-            result = summary(outcome, codec, stops, views, usage_prompt)
-            yield format_sse_event(data_str=json.dumps(result), event="done")
-        except ApiError as exc:
-            yield format_sse_event(
-                data_str=json.dumps({"error": {"code": exc.code, "message": exc.message}}), event="error"
-            )
-        finally:
-            waiter.cancel()
+    try:
+        async for item in services.jobs.stream(job):
+            if isinstance(item, DecodeStep):
+                yield format_sse_event(data_str=json.dumps(step_out(item, codec)), event="step")
+            elif not item.ok:
+                error = item.error.model_dump() if item.error else {}
+                yield format_sse_event(data_str=json.dumps({"error": error}), event="error")
+            else:
+                result = summary(item, codec, stops, views, usage_prompt)
+                yield format_sse_event(data_str=json.dumps(result), event="done")
+    except ApiError as exc:
+        yield format_sse_event(
+            data_str=json.dumps({"error": {"code": exc.code, "message": exc.message}}), event="error"
+        )

@@ -6,7 +6,6 @@ so a client can go on to /v1/analysis/*; `logprobs` / `top_logprobs` may go up t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +31,6 @@ from workers.protocol import (
     JobOutcome,
     Sampling,
     as_bytes,
-    steps_channel,
     steps_key,
 )
 
@@ -241,24 +239,6 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream")
 
 
-async def _steps(services: Services, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
-    """Each step as the worker takes it, then the outcome."""
-    async with services.redis.pubsub() as pubsub:
-        await pubsub.subscribe(steps_channel(job.job_id))
-        await services.jobs.submit(job)
-        waiter = asyncio.create_task(services.jobs.wait(job.job_id))
-        try:
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                if message is not None:
-                    yield DecodeStep.model_validate_json(message["data"])
-                elif waiter.done():
-                    break
-            yield waiter.result()
-        finally:
-            waiter.cancel()
-
-
 class _Detokenizer:
     """Text deltas from growing token ids, holding back incomplete characters and anything past a stop."""
 
@@ -288,7 +268,7 @@ async def _chat_chunks(
 
     yield chunk({"role": "assistant", "content": ""})
     detokenizer = _Detokenizer(codec, job.sampling.stop)
-    async for item in _steps(services, job):
+    async for item in services.jobs.stream(job):
         if isinstance(item, DecodeStep):
             logprobs = {"content": [_chat_logprob(codec, item, body.top_logprobs or 0)]} if body.logprobs else None
             yield chunk({"content": detokenizer.push(item.token)}, logprobs=logprobs)
@@ -321,7 +301,7 @@ async def _completion_chunks(
         }
 
     detokenizer = _Detokenizer(codec, stops)
-    async for item in _steps(services, job):
+    async for item in services.jobs.stream(job):
         if isinstance(item, DecodeStep):
             yield chunk(detokenizer.push(item.token))
         elif not item.ok:
