@@ -61,6 +61,107 @@ def worker(model: Annotated[list[str] | None, typer.Option(help="serve only thes
     worker_main([arg for name in model or [] for arg in ("--model", name)])
 
 
+# ------------------------------------------------------------------ batch verbs over JSONL
+
+UrlOpt = Annotated[str, typer.Option(envvar="LOGPROBE_URL", help="the service")]
+KeyOpt = Annotated[str | None, typer.Option(envvar="LOGPROBE_API_KEY", help="API key")]
+InputArg = Annotated[str, typer.Argument(help="JSONL file of requests, or - for stdin")]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="JSONL file for the answers, or - for stdout")]
+ModelOpt = Annotated[str, typer.Option(help="model for lines that name none")]
+ConcurrencyOpt = Annotated[int, typer.Option(min=1, max=64, help="requests in flight")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _run_jsonl(
+    path: str, source: str, output: str, url: str, api_key: str | None, model: str | None, concurrency: int
+) -> None:
+    """POST each JSONL line to `path`; write one JSONL answer per line, in order, errors included."""
+    import contextlib
+    import json
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from app.client import Client, LogprobeError
+
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    requests = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if model is not None:
+        requests = [{"model": model, **r} for r in requests]
+    with contextlib.ExitStack() as stack:
+        sink = sys.stdout if output == "-" else stack.enter_context(open(output, "w", encoding="utf-8"))
+        client = stack.enter_context(Client(url, api_key))
+        pool = stack.enter_context(ThreadPoolExecutor(concurrency))
+        progress = stack.enter_context(Progress(console=Console(stderr=True)))
+        task = progress.add_task(path, total=len(requests))
+
+        def call(request: dict[str, object]) -> dict[str, object]:
+            try:
+                answer: dict[str, object] = client.post(path, request)
+            except LogprobeError as exc:
+                answer = {"error": {"status": exc.status, "code": exc.code, "message": exc.message}}
+            progress.advance(task)
+            return answer
+
+        for i, answer in enumerate(pool.map(call, requests)):
+            sink.write(json.dumps({"line": i, **answer}) + "\n")
+
+
+@app.command()
+def score(
+    source: InputArg = "-",
+    output: OutputOpt = "-",
+    model: ModelOpt = "smollm2-135m-instruct",
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    concurrency: ConcurrencyOpt = 4,
+) -> None:
+    """Score texts: each line {"text": ...} or {"messages": [...]} (and optionally "model", "top_logprobs")."""
+    _run_jsonl("/v1/score", source, output, url, api_key, model, concurrency)
+
+
+@app.command()
+def generate(
+    source: InputArg = "-",
+    output: OutputOpt = "-",
+    model: ModelOpt = "smollm2-135m-instruct",
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    concurrency: ConcurrencyOpt = 2,
+) -> None:
+    """Generate: each line {"prompt": ...} or {"messages": [...]} with sampling fields."""
+    _run_jsonl("/v1/generate", source, output, url, api_key, model, concurrency)
+
+
+@app.command()
+def analyze(
+    family: Annotated[str, typer.Argument(help="uncertainty, detect, membership or compare")],
+    source: InputArg = "-",
+    output: OutputOpt = "-",
+    model: ModelOpt = "smollm2-135m-instruct",
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    concurrency: ConcurrencyOpt = 4,
+) -> None:
+    """Analyse: each line an analysis request ({"text": ...} or {"record_id": ...}, methods, params, span)."""
+    _run_jsonl(f"/v1/analysis/{family}", source, output, url, api_key, model, concurrency)
+
+
+@app.command()
+def decode(
+    source: InputArg = "-",
+    output: OutputOpt = "-",
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    concurrency: ConcurrencyOpt = 1,
+) -> None:
+    """Contrastive decoding: each line {"prompt": ..., "preset": {...}} or with "views"."""
+    _run_jsonl("/v1/decode/contrastive", source, output, url, api_key, None, concurrency)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,69 @@
+"""The Python client (sync and async) and the CLI's JSONL verbs against the running service."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.client import AsyncClient, Client, LogprobeError
+from app.local_service import ROOT
+from tests.conftest import MODEL
+
+
+def test_sync_client_covers_score_records_rows_analyses_and_errors(service: str) -> None:
+    with Client(service, api_key="key-alpha") as lp:
+        assert any(m.id == MODEL and m.ready for m in lp.models().data)
+        scored = lp.score(MODEL, text="A client reads numpy rows.", top_logprobs=2)
+        assert scored.tokens[1].logprob is not None and len(scored.tokens[1].top_logprobs or []) == 2
+        rows = lp.logprobs(scored.record_id, start=1, stop=3)
+        assert rows.shape == (2, 49152) and rows.dtype == np.float32
+        assert rows[0, scored.tokens[1].id] == pytest.approx(scored.tokens[1].logprob, abs=1e-5)
+        assert lp.record(scored.record_id).n_tokens == scored.n_tokens
+        analysis = lp.analyze("uncertainty", record_id=scored.record_id, methods=["perplexity"])
+        assert analysis.sequence["perplexity"] is not None and analysis.sequence["perplexity"] > 1
+        generated = lp.generate(MODEL, prompt="Hello", max_tokens=3, temperature=0)
+        assert generated.usage.completion_tokens == len(generated.tokens)
+        with pytest.raises(LogprobeError) as err:
+            lp.score("no-such-model", text="x")
+        assert err.value.status == 404 and err.value.code == "model_not_found"
+
+
+async def test_async_client(service: str) -> None:
+    async with AsyncClient(service, api_key="key-alpha") as lp:
+        scored = await lp.score(MODEL, text="An async client.")
+        rows = await lp.logprobs(scored.record_id)
+        assert rows.shape == (scored.n_tokens - 1, 49152)
+        decoded = await lp.decode(
+            "Name a colour.", preset={"name": "prompt_contrast", "model": MODEL}, max_tokens=3, temperature=0
+        )
+        assert len(decoded.steps) >= 1
+
+
+def test_cli_scores_a_jsonl_file_of_100_texts(service: str, tmp_path: Path) -> None:
+    source = tmp_path / "texts.jsonl"
+    texts = [f"Line number {i} of the batch says something small." for i in range(99)]
+    source.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in texts) + json.dumps({"text": "", "model": MODEL}) + "\n"
+    )  # one bad line among them
+    output = tmp_path / "scores.jsonl"
+    env = {**os.environ, "LOGPROBE_URL": service, "LOGPROBE_API_KEY": "key-alpha", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "score", str(source), "-o", str(output), "--concurrency", "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [a["line"] for a in answers] == list(range(100))
+    for text, answer in zip(texts, answers, strict=False):
+        assert "".join(t["text"] for t in answer["tokens"]) == text and answer["model"] == MODEL
+    assert answers[-1]["error"]["code"] == "empty_text"
+    assert "100%" in done.stderr or "/v1/score" in done.stderr  # the progress bar went to stderr
