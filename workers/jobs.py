@@ -316,4 +316,6 @@ def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
         raise JobFailed("record_corrupt", f"unreadable rows: {exc}", 500) from exc
     if rows.shape != (positions, vocab) or rows.dtype != np.float32:
         raise JobFailed("record_corrupt", f"rows {rows.dtype}{list(rows.shape)}", 500)
+    if not np.isfinite(rows).all():
+        raise JobFailed("record_corrupt", "rows hold NaN or Inf", 500)
     return rows
