@@ -17,6 +17,14 @@ from workers.protocol import GenerateJob, Sampling
 router = APIRouter(tags=["generation"])
 
 
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    """A request's `stop` as a list; 422 for an empty stop string."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not s for s in stops):
+        raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+    return stops
+
+
 class SamplingRequest(BaseModel):
     """The sampling fields that /v1/generate and /v1/decode/contrastive share."""
 
@@ -32,9 +40,7 @@ class SamplingRequest(BaseModel):
         """The job's sampling parameters; 422 for max_tokens over the limit or an empty stop string."""
         if self.max_tokens > max_new_tokens:
             raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {max_new_tokens}", "max_tokens")
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if any(not s for s in stops):
-            raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+        stops = stop_list(self.stop)
         return Sampling(
             max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=stops
         )

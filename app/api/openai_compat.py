@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.generate import truncate_at_stop
+from app.api.generate import stop_list, truncate_at_stop
 from app.api.tokens import ChatMessage, check_length, input_ids
 from app.auth import TenantDep
 from app.errors import ApiError
@@ -63,28 +63,20 @@ class ChatCompletionRequest(_Common):
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP)
 
 
-def _stops(stop: str | list[str] | None) -> list[str]:
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not s for s in stops):
-        raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
-    return stops
-
-
 async def _job(
-    services: Services, tenant: str, body: _Common, ids: list[int], max_tokens: int, topk: int
-) -> tuple[ContrastJob, TextCodec]:
-    card = await services.catalog.card(body.model)
-    codec = await services.catalog.codec(card)
+    services: Services, tenant: str, body: _Common, codec: TextCodec, ids: list[int], max_tokens: int, topk: int
+) -> ContrastJob:
+    card = codec.card
     limit = min(services.settings.max_new_tokens, card.max_new_tokens)
     if max_tokens > limit:
         raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {limit}", "max_tokens")
     check_length(card, len(ids) + max_tokens, services.settings.max_positions)
     await charge(services.redis, tenant, "tokens", len(ids) + max_tokens, services.settings.rate_limit_tpm)
     sampling = Sampling(
-        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=_stops(body.stop)
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop_list(body.stop)
     )
     view = DecodeView(model=card.name, fingerprint=card.fingerprint, prefix_ids=ids, weight=1.0)
-    job = ContrastJob(
+    return ContrastJob(
         job_id=new_job_id(),
         tenant=tenant,
         model=card.name,
@@ -93,7 +85,6 @@ async def _job(
         sampling=sampling,
         topk=topk,
     )
-    return job, codec
 
 
 async def _finished(services: Services, job: ContrastJob) -> tuple[JobOutcome, list[DecodeStep]]:
@@ -135,7 +126,7 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, prompts[0], None, False, services.settings.max_positions)
     k = body.logprobs or 0
-    job, codec = await _job(services, tenant, body, ids, body.max_tokens or 16, k)
+    job = await _job(services, tenant, body, codec, ids, body.max_tokens or 16, k)
     created, cid = int(time.time()), f"cmpl-{job.job_id}"
     stops = job.sampling.stop
     if body.stream:
@@ -202,7 +193,7 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep, t
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, None, body.messages, True, services.settings.max_positions)
     k = body.top_logprobs or 0
-    job, codec = await _job(services, tenant, body, ids, body.max_completion_tokens or body.max_tokens or 256, k)
+    job = await _job(services, tenant, body, codec, ids, body.max_completion_tokens or body.max_tokens or 256, k)
     created, cid = int(time.time()), f"chatcmpl-{job.job_id}"
     if body.stream:
         return _sse(_chat_chunks(services, job, codec, body, cid, created))
