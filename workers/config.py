@@ -27,6 +27,8 @@ class ModelSpec(BaseModel):
     add_bos: bool | None = None  # None: the tokenizer's own rule
     lossy_hidden_dtype: Literal["float16", "bfloat16"] | None = None  # opt-in lossy storage
     max_new_tokens: int = Field(default=1024, ge=1)
+    # Extra vLLM engine arguments (max_model_len, tensor_parallel_size, gpu_memory_utilization, ...).
+    engine: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> ModelSpec:

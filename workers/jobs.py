@@ -11,7 +11,7 @@ from safetensors.numpy import load as st_load_numpy
 from safetensors.torch import load as st_load_torch
 from safetensors.torch import save as st_save_torch
 
-from workers.backends.base import Backend
+from workers.backends.base import Backend, NativeSampler
 from workers.capture import (
     Unembedding,
     capture_statistics,
@@ -159,7 +159,11 @@ class JobExecutor:
         sampling = job.sampling.model_copy(
             update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])}
         )
-        decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)
+        if isinstance(backend, NativeSampler):  # the engine's own sampler; the record is captured as usual
+            completion, finish_reason = backend.sample(job.prompt_ids, sampling, backend.card.eos_token_ids)
+            decoded = Decoded(completion, finish_reason, steps=[])
+        else:
+            decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)
         return self._completed(job, self._store_completion(job.tenant, backend, job.prompt_ids, decoded), decoded)
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:

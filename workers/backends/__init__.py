@@ -13,4 +13,8 @@ def load_backend(spec: ModelSpec, data_dir: Path) -> Backend:
         from workers.backends.hf import HFBackend
 
         return HFBackend(spec, data_dir)
+    if spec.backend == "vllm":
+        from workers.backends.vllm import VLLMBackend
+
+        return VLLMBackend(spec, data_dir)
     raise NotImplementedError(f"backend {spec.backend!r} is not available in this build")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -37,6 +37,15 @@ class Backend(Protocol):
 
     def tokenizer_json(self) -> str:
         """The tokenizer as `tokenizers` JSON, published for the gateway."""
+        ...
+
+
+@runtime_checkable
+class NativeSampler(Protocol):
+    """A backend whose engine samples by itself (vLLM), used for plain generation instead of our loop."""
+
+    def sample(self, prompt_ids: list[int], sampling: Sampling, eos_ids: list[int]) -> tuple[list[int], str]:
+        """Completion ids (ending with the eos or stop token when one ended it) and "stop" or "length"."""
         ...
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from workers.backends.cards import build_card
 from workers.capture import Unembedding
 from workers.config import ModelSpec
 from workers.models import safetensors_dir, served_fingerprint
-from workers.protocol import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -49,46 +49,20 @@ class HFBackend:
         )
         model_dtype = str(self.model.dtype).removeprefix("torch.")
         self.spec = spec
-        self.card = ModelCard(
-            name=spec.name,
-            fingerprint=served_fingerprint(source_fp, spec, "hf", model_dtype),
+        self.card = build_card(
+            spec,
+            self.tokenizer,
+            self.head,
             backend="hf",
             dtype=model_dtype,
-            vocab_size=self.head.vocab_size,
-            hidden_size=int(self.head.weight.shape[1]),
+            fingerprint=served_fingerprint(source_fp, spec, "hf", model_dtype),
             context_length=int(getattr(config, "max_position_embeddings", 2048)),
-            add_bos=self._adds_bos() if spec.add_bos is None else spec.add_bos,
-            bos_token_id=self.tokenizer.bos_token_id,
-            eos_token_ids=self._eos_ids(),
-            chat_template=self.tokenizer.chat_template if isinstance(self.tokenizer.chat_template, str) else None,
-            special_tokens={
-                k: v
-                for k, v in {"bos_token": self.tokenizer.bos_token, "eos_token": self.tokenizer.eos_token}.items()
-                if isinstance(v, str)
-            },
-            storage="hidden",
-            hidden_dtype=spec.lossy_hidden_dtype or model_dtype,
-            rebuild_max_abs_error=0.0,
-            lossy=spec.lossy_hidden_dtype is not None,
-            max_new_tokens=spec.max_new_tokens,
+            generation_eos=self.model.generation_config.eos_token_id,
         )
         log.info("loaded %s (%s, %s) in %.1fs", spec.name, model_dtype, folder, time.perf_counter() - started)
 
     def tokenizer_json(self) -> str:
         return str(self.tokenizer.backend_tokenizer.to_str())
-
-    def _adds_bos(self) -> bool:
-        bos = self.tokenizer.bos_token_id
-        return bos is not None and self.tokenizer("a").input_ids[:1] == [bos]
-
-    def _eos_ids(self) -> list[int]:
-        ids: set[int] = set()
-        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if isinstance(source, int):
-                ids.add(source)
-            elif isinstance(source, list):
-                ids.update(int(i) for i in source)
-        return sorted(ids)
 
     def _forward(self, ids: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
         """Decoder output [n, d] for ids [n], continuing `cache` when given; long inputs go in chunks."""

