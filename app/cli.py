@@ -61,6 +61,26 @@ def worker(model: Annotated[list[str] | None, typer.Option(help="serve only thes
     worker_main([arg for name in model or [] for arg in ("--model", name)])
 
 
+@app.command("worker-alive")
+def worker_alive() -> None:
+    """Exit 0 when a worker on this host has announced its models in Redis (a container health check)."""
+    import socket
+
+    import redis
+
+    from workers.config import CommonSettings
+    from workers.protocol import alive_on_host
+
+    settings = CommonSettings()
+    if not settings.redis_url:
+        raise typer.Exit(2)
+    try:
+        alive = alive_on_host(redis.Redis.from_url(settings.redis_url, socket_timeout=3), socket.gethostname())
+    except redis.RedisError:
+        alive = False
+    raise typer.Exit(0 if alive else 1)
+
+
 # ------------------------------------------------------------------ batch verbs over JSONL
 
 UrlOpt = Annotated[str, typer.Option(envvar="LOGPROBE_URL", help="the service")]

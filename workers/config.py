@@ -27,7 +27,8 @@ class ModelSpec(BaseModel):
     add_bos: bool | None = None  # None: the tokenizer's own rule
     lossy_hidden_dtype: Literal["float16", "bfloat16"] | None = None  # opt-in lossy storage
     max_new_tokens: int = Field(default=1024, ge=1)
-    # Extra vLLM engine arguments (max_model_len, tensor_parallel_size, gpu_memory_utilization, ...).
+    # Extra vLLM engine arguments (max_model_len, tensor_parallel_size, ...). gpu_memory_utilization is this
+    # model's share of the device, split between its two engines; the shares of one GPU's models must add up to < 1.
     engine: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -83,6 +83,11 @@ def alive_pattern(model: str) -> str:
     return f"lp:alive:{model}:*"
 
 
+def alive_on_host(client: Any, host: str) -> bool:
+    """Whether a worker of `host` (a container's hostname) has announced a model within its alive TTL."""
+    return next(iter(client.scan_iter(match=alive_key("*", f"{host}-*"), count=1000)), None) is not None
+
+
 def export_key(job_id: str) -> str:
     return f"lp:export:{job_id}"
 

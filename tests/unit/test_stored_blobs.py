@@ -59,7 +59,7 @@ def test_bad_hidden_blobs_are_refused(blob: bytes) -> None:
     [
         st_save_numpy({"rows": np.zeros((3, 9), dtype=np.float32)}),
         st_save_numpy({"rows": np.zeros((3, 10), dtype=np.float64)}),
-    st_save_numpy({"rows": np.full((3, 10), np.nan, dtype=np.float32)}),
+        st_save_numpy({"rows": np.full((3, 10), np.nan, dtype=np.float32)}),
         pickle.dumps(np.zeros((3, 10))),
     ],
 )

