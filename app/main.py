@@ -11,7 +11,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from app import logs, metrics
-from app.api import analysis, calibrations, decode, generate, health, models, openai_compat, records, score, web
+from app.api import (
+    analysis,
+    batches,
+    calibrations,
+    decode,
+    generate,
+    health,
+    models,
+    openai_compat,
+    records,
+    score,
+    web,
+)
+from app.batches import BatchRunner
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import BodyLimit, InflightLimit
 from app.services import Services
@@ -29,10 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = Services.build(settings)
         app.state.services = services
         app.state.keys = services.keys
+        runner = BatchRunner(services, settings.batch_concurrency, settings.record_ttl_s)
         await services.jobs.start()
+        await runner.start()
         try:
             yield
         finally:
+            await runner.stop()
             await services.jobs.stop()
             await services.redis.aclose()
 
@@ -65,6 +81,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             logs.request_id.reset(token)
 
-    for module in (health, models, score, generate, records, analysis, calibrations, decode, openai_compat, web):
+    for module in (
+        health,
+        models,
+        score,
+        generate,
+        records,
+        analysis,
+        calibrations,
+        decode,
+        openai_compat,
+        batches,
+        web,
+    ):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app

@@ -29,6 +29,8 @@ class Settings(CommonSettings):
     max_inflight: int = Field(default=64, ge=1)  # requests in this gateway at once; beyond it 429 overloaded
     rate_limit_rpm: int = Field(default=0, ge=0)  # requests per minute per tenant (0: no limit)
     rate_limit_tpm: int = Field(default=0, ge=0)  # tokens scored or generated per minute per tenant (0: no limit)
+    max_batch_inputs: int = Field(default=10_000, ge=1)  # inputs per POST /v1/batches
+    batch_concurrency: int = Field(default=8, ge=1)  # inputs of one batch in flight in this gateway
     # Full distributions leak hidden prompts (PILS): a deployment may refuse raw export and keep the analyses.
     allow_export: bool = True
     json_logs: bool = True  # the gateway's logs as JSON lines with the request id

@@ -109,7 +109,7 @@ def span_positions(span: SpanName | SpanRange | list[int], meta: RecordMeta) -> 
     return positions
 
 
-def _inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
+def analysis_inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
     inputs = set(ALWAYS_AVAILABLE)
     if body.reference_model is not None or body.context is not None:
         if family not in PAIRED_FAMILIES or (body.context is not None and family != "compare"):
@@ -128,7 +128,7 @@ def _inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
 
 async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, tenant: str) -> dict[str, Any]:
     try:
-        methods = select_methods(family, body.methods, _inputs(family, body))
+        methods = select_methods(family, body.methods, analysis_inputs(family, body))
         params = resolve_params(methods, body.params)
     except AnalysisError as exc:
         raise ApiError(422, exc.code, str(exc), exc.param) from exc

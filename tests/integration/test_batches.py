@@ -1,0 +1,178 @@
+"""Batches end to end: texts scored by the worker, analysed, with progress, JSONL results, tenancy and resume."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from app.batches import batch_key, create_batch
+from tests.conftest import MODEL
+
+TEXTS = [
+    "The committee met in Geneva to discuss the railway.",
+    "Fishermen mended their nets by the sea wall.",
+    "A narrow-gauge line was built, with three tunnels and a viaduct.",
+    "The keeper climbed ninety-one steps every evening.",
+]
+ANALYSES = [
+    {"family": "uncertainty", "methods": ["mean_entropy", "perplexity"]},
+    {"family": "detect", "methods": ["log_likelihood", "log_rank"]},
+]
+
+
+def wait_finished(client: httpx.Client, batch_id: str, timeout_s: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/batches/{batch_id}").json()
+        assert status["completed"] + status["failed"] <= status["total"]
+        if status["status"] in ("completed", "cancelled"):
+            return status  # type: ignore[no-any-return]
+        time.sleep(0.3)
+    raise TimeoutError(batch_id)
+
+
+def lines(client: httpx.Client, batch_id: str) -> list[dict[str, Any]]:
+    response = client.get(f"/v1/batches/{batch_id}/results")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def test_a_batch_runs_every_analysis_on_every_input(alpha: httpx.Client) -> None:
+    salt = uuid.uuid4().hex[:8]
+    inputs: list[dict[str, Any]] = [{"text": f"{t} ({salt})", "custom_id": f"t{i}"} for i, t in enumerate(TEXTS)]
+    inputs.append({"messages": [{"role": "user", "content": f"Say hello ({salt})"}], "custom_id": "chat"})
+    inputs.append({"text": "word " * 9000, "custom_id": "too-long"})  # fails alone, the batch goes on
+    created = alpha.post("/v1/batches", json={"model": MODEL, "inputs": inputs, "analyses": ANALYSES})
+    assert created.status_code == 200, created.text
+    batch = created.json()
+    assert batch["status"] in ("queued", "in_progress") and batch["total"] == 6
+    assert batch["analyses"] == ["uncertainty", "detect"] and batch["finished_at"] is None
+
+    done = wait_finished(alpha, batch["id"])
+    assert (done["status"], done["completed"], done["failed"]) == ("completed", 5, 1)
+    assert done["finished_at"] >= done["created_at"]
+    results = lines(alpha, batch["id"])
+    assert [r["index"] for r in results] == list(range(6))
+    assert [r["custom_id"] for r in results] == [i["custom_id"] for i in inputs]
+    assert results[-1]["error"]["code"] == "context_length_exceeded" and results[-1]["results"] is None
+    for item, line in zip(inputs[:4], results[:4], strict=True):
+        # the same numbers and the same record as the single-request endpoints
+        direct = alpha.post(
+            "/v1/analysis/uncertainty", json={"model": MODEL, "text": item["text"], "methods": ANALYSES[0]["methods"]}
+        ).json()
+        assert line["record_id"] == direct["record_id"]
+        assert line["results"]["uncertainty"]["sequence"] == pytest.approx(direct["sequence"], rel=1e-9)
+        assert "tokens" not in line["results"]["uncertainty"]
+        assert set(line["results"]["detect"]["sequence"]) == {"log_likelihood", "log_rank"}
+        assert line["error"] is None
+    assert results[4]["results"]["uncertainty"]["n_positions"] > 5  # the chat was templated and scored
+
+
+def test_results_wait_for_the_batch_and_scoring_only_batches_return_records(alpha: httpx.Client) -> None:
+    salt = uuid.uuid4().hex[:8]
+    inputs = [{"text": f"{t} {salt} {i}"} for i, t in enumerate(TEXTS * 2)]
+    batch = alpha.post("/v1/batches", json={"model": MODEL, "inputs": inputs, "include_tokens": True}).json()
+    early = alpha.get(f"/v1/batches/{batch['id']}/results")
+    assert early.status_code == 409 and early.json()["error"]["code"] == "batch_not_finished"
+    assert early.headers["Retry-After"]
+    wait_finished(alpha, batch["id"])
+    results = lines(alpha, batch["id"])
+    assert len(results) == 8 and all(r["record_id"] and r["results"] == {} for r in results)
+    record = alpha.get(f"/v1/records/{results[3]['record_id']}").json()
+    assert "".join(t["text"] for t in record["tokens"]) == inputs[3]["text"]
+
+
+def test_batches_belong_to_their_tenant(alpha: httpx.Client, beta: httpx.Client) -> None:
+    batch = alpha.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": "hello there"}]}).json()
+    for method, path in (
+        ("GET", f"/v1/batches/{batch['id']}"),
+        ("GET", f"/v1/batches/{batch['id']}/results"),
+        ("POST", f"/v1/batches/{batch['id']}/cancel"),
+    ):
+        response = beta.request(method, path)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "batch_not_found"
+    wait_finished(alpha, batch["id"])
+    assert beta.get(f"/v1/batches/{batch['id']}/results").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"model": "no-such-model", "inputs": [{"text": "x"}]}, 404, "model_not_found"),
+        (
+            {"model": MODEL, "inputs": [{"text": "x"}], "analyses": [{"family": "uncertainty", "methods": ["nope"]}]},
+            422,
+            "unknown_method",
+        ),
+        (
+            {
+                "model": MODEL,
+                "inputs": [{"text": "x"}],
+                "analyses": [{"family": "uncertainty", "reference_model": MODEL}],
+            },
+            422,
+            "invalid_request",
+        ),
+        (
+            {"model": MODEL, "inputs": [{"text": "x", "messages": [{"role": "user", "content": "y"}]}]},
+            422,
+            "invalid_request",
+        ),
+        ({"model": MODEL, "inputs": []}, 422, "invalid_request"),
+        ({"model": MODEL, "inputs": [{"text": "x"}] * 10_001}, 422, "batch_too_large"),
+    ],
+)
+def test_bad_batches_are_refused_before_anything_runs(
+    alpha: httpx.Client, body: dict[str, Any], status: int, code: str
+) -> None:
+    response = alpha.post("/v1/batches", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert alpha.get("/v1/batches/batch_" + "0" * 24).status_code == 404
+
+
+def test_cancel_stops_a_batch(alpha: httpx.Client) -> None:
+    salt = uuid.uuid4().hex[:8]
+    inputs = [{"text": f"{TEXTS[i % 4]} {salt} number {i}"} for i in range(40)]
+    batch = alpha.post("/v1/batches", json={"model": MODEL, "inputs": inputs}).json()
+    cancelled = alpha.post(f"/v1/batches/{batch['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    time.sleep(1.0)  # inputs in flight at the cancel finish; no new one starts
+    after = alpha.get(f"/v1/batches/{batch['id']}").json()
+    assert after["status"] == "cancelled" and after["completed"] < 40
+    assert len(lines(alpha, batch["id"])) == after["completed"] + after["failed"]
+    again = alpha.post(f"/v1/batches/{batch['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "batch_finished"
+
+
+async def test_a_batch_whose_gateway_died_is_resumed_without_redoing_inputs(
+    alpha: httpx.Client, redis_url: str
+) -> None:
+    """A dead gateway leaves a lease that lapses and one finished line; the live gateway finishes the rest."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        salt = uuid.uuid4().hex[:8]
+        spec = {"model": MODEL, "analyses": [], "include_tokens": False}
+        inputs = [{"text": f"{t} {salt}"} for t in TEXTS]
+        batch_id = await create_batch(client, "alpha", spec, inputs)
+        name = f"alpha\x1f{batch_id}"
+        await client.set(f"lp:batch-lease:{name}", "a-dead-gateway", ex=3)
+        marker = {"index": 0, "custom_id": None, "record_id": "from-before", "results": {}, "error": None}
+        await client.hset(batch_key("alpha", batch_id, "results"), "0", json.dumps(marker))
+        await client.hset(batch_key("alpha", batch_id), "status", "in_progress")
+        time.sleep(1.5)
+        assert alpha.get(f"/v1/batches/{batch_id}").json()["completed"] == 1  # the lease still holds
+        done = wait_finished(alpha, batch_id, timeout_s=120)
+        assert (done["status"], done["completed"]) == ("completed", 4)
+        results = lines(alpha, batch_id)
+        assert results[0]["record_id"] == "from-before"  # not redone
+        assert all(r["record_id"] and r["record_id"] != "from-before" for r in results[1:])
+    finally:
+        await client.aclose()
