@@ -1,7 +1,9 @@
 """Python client for logprobe, sync (`Client`) and async (`AsyncClient`), over httpx.
 
-Answers come back as the service's own response models; full distributions as numpy arrays [positions, V].
-Errors raise `LogprobeError` with the service's status and machine-readable code.
+Answers come back as the service's own response models; full distributions as numpy arrays [positions, V];
+batch results as a list of dicts (one per input). The OpenAI-compatible endpoints answer plain dicts: for
+typed OpenAI objects, point the official `openai` package at the service. Errors raise `LogprobeError` with
+the service's status and machine-readable code.
 
     from app.client import Client
     with Client("http://127.0.0.1:8000", api_key=None) as lp:
@@ -11,20 +13,31 @@ Errors raise `LogprobeError` with the service's status and machine-readable code
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 import numpy as np
+from pydantic import BaseModel, TypeAdapter
 from safetensors.numpy import load as st_load
 
-from app.api.analysis import AnalysisResponse
+from app.api.analysis import AnalysisResponse, FrequencyTableInfo, MethodInfo
+from app.api.batches import Batch
 from app.api.decode import DecodeResponse
 from app.api.generate import GenerateResponse
 from app.api.models import ModelList
 from app.api.records import RecordResponse
 from app.api.score import ScoreResponse
+from app.calibrations import Calibration
 
 Family = Literal["uncertainty", "detect", "membership", "compare"]
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+FINISHED = ("completed", "cancelled")
 
 
 class LogprobeError(Exception):
@@ -47,31 +60,131 @@ def _clean(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def _rows(content: bytes) -> np.ndarray:
-    rows: np.ndarray = st_load(content)["logprobs"]
+def _model(kind: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda response: kind.model_validate(response.json())
+
+
+def _rows(response: httpx.Response) -> np.ndarray:
+    rows: np.ndarray = st_load(response.content)["logprobs"]
     return rows
 
 
-class _Requests:
-    """What each call sends, shared by the sync and async clients."""
+def _jsonl(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in response.text.splitlines() if line]
+
+
+@dataclass
+class Call(Generic[T]):
+    """One request, and how its answer is read: the same for the sync and async clients."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    json: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Calls:
+    """Every endpoint, as a Call."""
+
+    @staticmethod
+    def post(path: str, body: dict[str, Any]) -> Call[Any]:
+        return Call("POST", path, lambda r: r.json(), body)
+
+    @staticmethod
+    def models() -> Call[ModelList]:
+        return Call("GET", "/v1/models", _model(ModelList))
+
+    @staticmethod
+    def ready() -> Call[bool]:
+        return Call("GET", "/readyz", lambda r: r.status_code == 200)
 
     @staticmethod
     def score(
-        model: str, text: str | None, messages: list[dict[str, Any]] | None, top_logprobs: int | None
-    ) -> dict[str, Any]:
-        return _clean({"model": model, "text": text, "messages": messages, "top_logprobs": top_logprobs})
+        model: str, text: str | None, messages: list[dict[str, Any]] | None, top: int | None
+    ) -> Call[ScoreResponse]:
+        body = _clean({"model": model, "text": text, "messages": messages, "top_logprobs": top})
+        return Call("POST", "/v1/score", _model(ScoreResponse), body)
 
     @staticmethod
-    def analyze(family: Family, **body: Any) -> tuple[str, dict[str, Any]]:
-        return f"/v1/analysis/{family}", _clean(body)
+    def generate(
+        model: str, prompt: str | None, messages: list[dict[str, Any]] | None, **sampling: Any
+    ) -> Call[GenerateResponse]:
+        body = _clean({"model": model, "prompt": prompt, "messages": messages, **sampling})
+        return Call("POST", "/v1/generate", _model(GenerateResponse), body)
+
+    @staticmethod
+    def record(record_id: str, top_logprobs: int | None) -> Call[RecordResponse]:
+        return Call(
+            "GET", f"/v1/records/{record_id}", _model(RecordResponse), None, _clean({"top_logprobs": top_logprobs})
+        )
+
+    @staticmethod
+    def logprobs(record_id: str, start: int, stop: int | None) -> Call[np.ndarray]:
+        return Call("GET", f"/v1/records/{record_id}/logprobs", _rows, None, _clean({"start": start, "stop": stop}))
+
+    @staticmethod
+    def analyze(family: Family, body: dict[str, Any]) -> Call[AnalysisResponse]:
+        return Call("POST", f"/v1/analysis/{family}", _model(AnalysisResponse), _clean(body))
+
+    @staticmethod
+    def methods() -> Call[list[MethodInfo]]:
+        adapter = TypeAdapter(list[MethodInfo])
+        return Call("GET", "/v1/analysis/methods", lambda r: adapter.validate_python(r.json()))
+
+    @staticmethod
+    def frequency_table(name: str, model: str, texts: list[str]) -> Call[FrequencyTableInfo]:
+        body = {"model": model, "texts": texts}
+        return Call("PUT", f"/v1/frequency-tables/{name}", _model(FrequencyTableInfo), body)
+
+    @staticmethod
+    def calibrate(model: str, texts: list[dict[str, str]], **options: Any) -> Call[Calibration]:
+        return Call(
+            "POST", "/v1/calibrations", _model(Calibration), _clean({"model": model, "texts": texts, **options})
+        )
+
+    @staticmethod
+    def calibration(calibration_id: str) -> Call[Calibration]:
+        return Call("GET", f"/v1/calibrations/{calibration_id}", _model(Calibration))
+
+    @staticmethod
+    def decode(prompt: str, body: dict[str, Any]) -> Call[DecodeResponse]:
+        return Call("POST", "/v1/decode/contrastive", _model(DecodeResponse), _clean({"prompt": prompt, **body}))
+
+    @staticmethod
+    def completions(body: dict[str, Any]) -> Call[dict[str, Any]]:
+        return Call("POST", "/v1/completions", lambda r: r.json(), body)
+
+    @staticmethod
+    def chat_completions(body: dict[str, Any]) -> Call[dict[str, Any]]:
+        return Call("POST", "/v1/chat/completions", lambda r: r.json(), body)
+
+    @staticmethod
+    def create_batch(model: str, inputs: list[dict[str, Any]], **options: Any) -> Call[Batch]:
+        return Call("POST", "/v1/batches", _model(Batch), _clean({"model": model, "inputs": inputs, **options}))
+
+    @staticmethod
+    def batch(batch_id: str) -> Call[Batch]:
+        return Call("GET", f"/v1/batches/{batch_id}", _model(Batch))
+
+    @staticmethod
+    def cancel_batch(batch_id: str) -> Call[Batch]:
+        return Call("POST", f"/v1/batches/{batch_id}/cancel", _model(Batch))
+
+    @staticmethod
+    def batch_results(batch_id: str) -> Call[list[dict[str, Any]]]:
+        return Call("GET", f"/v1/batches/{batch_id}/results", _jsonl)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 class Client:
     def __init__(
         self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 300.0
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -82,12 +195,19 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
+    def send(self, call: Call[T]) -> T:
+        response = self.http.request(call.method, call.path, json=call.json, params=call.params)
+        return call.parse(response if call.path == "/readyz" else _check(response))
+
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST a JSON body to any endpoint; the JSON answer (LogprobeError for an error envelope)."""
-        return _check(self.http.post(path, json=body)).json()
+        return self.send(Calls.post(path, body))
+
+    def ready(self) -> bool:
+        return self.send(Calls.ready())
 
     def models(self) -> ModelList:
-        return ModelList.model_validate(_check(self.http.get("/v1/models")).json())
+        return self.send(Calls.models())
 
     def score(
         self,
@@ -96,39 +216,72 @@ class Client:
         messages: list[dict[str, Any]] | None = None,
         top_logprobs: int | None = None,
     ) -> ScoreResponse:
-        return ScoreResponse.model_validate(
-            self.post("/v1/score", _Requests.score(model, text, messages, top_logprobs))
-        )
+        return self.send(Calls.score(model, text, messages, top_logprobs))
 
     def generate(
         self, model: str, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **sampling: Any
     ) -> GenerateResponse:
-        body = _clean({"model": model, "prompt": prompt, "messages": messages, **sampling})
-        return GenerateResponse.model_validate(self.post("/v1/generate", body))
+        return self.send(Calls.generate(model, prompt, messages, **sampling))
 
     def record(self, record_id: str, top_logprobs: int | None = None) -> RecordResponse:
-        params = _clean({"top_logprobs": top_logprobs})
-        return RecordResponse.model_validate(_check(self.http.get(f"/v1/records/{record_id}", params=params)).json())
+        return self.send(Calls.record(record_id, top_logprobs))
 
     def logprobs(self, record_id: str, start: int = 1, stop: int | None = None) -> np.ndarray:
         """Full log-probability rows [stop - start, V]; row i is the distribution that predicted token start+i."""
-        params = _clean({"start": start, "stop": stop})
-        return _rows(_check(self.http.get(f"/v1/records/{record_id}/logprobs", params=params)).content)
+        return self.send(Calls.logprobs(record_id, start, stop))
 
     def analyze(self, family: Family, **body: Any) -> AnalysisResponse:
-        path, payload = _Requests.analyze(family, **body)
-        return AnalysisResponse.model_validate(self.post(path, payload))
+        return self.send(Calls.analyze(family, body))
+
+    def methods(self) -> list[MethodInfo]:
+        return self.send(Calls.methods())
+
+    def put_frequency_table(self, name: str, model: str, texts: list[str]) -> FrequencyTableInfo:
+        return self.send(Calls.frequency_table(name, model, texts))
+
+    def calibrate(self, model: str, texts: list[dict[str, str]], **options: Any) -> Calibration:
+        """Fit detection thresholds from texts labelled {"text", "label": "human" | "machine"}."""
+        return self.send(Calls.calibrate(model, texts, **options))
+
+    def calibration(self, calibration_id: str) -> Calibration:
+        return self.send(Calls.calibration(calibration_id))
 
     def decode(self, prompt: str, **body: Any) -> DecodeResponse:
-        return DecodeResponse.model_validate(self.post("/v1/decode/contrastive", _clean({"prompt": prompt, **body})))
+        return self.send(Calls.decode(prompt, body))
+
+    def completions(self, **body: Any) -> dict[str, Any]:
+        return self.send(Calls.completions(body))
+
+    def chat_completions(self, **body: Any) -> dict[str, Any]:
+        return self.send(Calls.chat_completions(body))
+
+    def create_batch(self, model: str, inputs: list[dict[str, Any]], **options: Any) -> Batch:
+        return self.send(Calls.create_batch(model, inputs, **options))
+
+    def batch(self, batch_id: str) -> Batch:
+        return self.send(Calls.batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return self.send(Calls.cancel_batch(batch_id))
+
+    def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
+        return self.send(Calls.batch_results(batch_id))
+
+    def wait_batch(self, batch_id: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Batch:
+        """Poll until the batch is completed or cancelled."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (status := self.batch(batch_id)).status not in FINISHED:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} is still {status.status}")
+            time.sleep(poll_s)
+        return status
 
 
 class AsyncClient:
     def __init__(
         self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 300.0
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        self.http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -139,11 +292,18 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def send(self, call: Call[T]) -> T:
+        response = await self.http.request(call.method, call.path, json=call.json, params=call.params)
+        return call.parse(response if call.path == "/readyz" else _check(response))
+
     async def post(self, path: str, body: dict[str, Any]) -> Any:
-        return _check(await self.http.post(path, json=body)).json()
+        return await self.send(Calls.post(path, body))
+
+    async def ready(self) -> bool:
+        return await self.send(Calls.ready())
 
     async def models(self) -> ModelList:
-        return ModelList.model_validate(_check(await self.http.get("/v1/models")).json())
+        return await self.send(Calls.models())
 
     async def score(
         self,
@@ -152,28 +312,59 @@ class AsyncClient:
         messages: list[dict[str, Any]] | None = None,
         top_logprobs: int | None = None,
     ) -> ScoreResponse:
-        body = _Requests.score(model, text, messages, top_logprobs)
-        return ScoreResponse.model_validate(await self.post("/v1/score", body))
+        return await self.send(Calls.score(model, text, messages, top_logprobs))
 
     async def generate(
         self, model: str, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **sampling: Any
     ) -> GenerateResponse:
-        body = _clean({"model": model, "prompt": prompt, "messages": messages, **sampling})
-        return GenerateResponse.model_validate(await self.post("/v1/generate", body))
+        return await self.send(Calls.generate(model, prompt, messages, **sampling))
 
     async def record(self, record_id: str, top_logprobs: int | None = None) -> RecordResponse:
-        params = _clean({"top_logprobs": top_logprobs})
-        response = await self.http.get(f"/v1/records/{record_id}", params=params)
-        return RecordResponse.model_validate(_check(response).json())
+        return await self.send(Calls.record(record_id, top_logprobs))
 
     async def logprobs(self, record_id: str, start: int = 1, stop: int | None = None) -> np.ndarray:
-        params = _clean({"start": start, "stop": stop})
-        return _rows(_check(await self.http.get(f"/v1/records/{record_id}/logprobs", params=params)).content)
+        return await self.send(Calls.logprobs(record_id, start, stop))
 
     async def analyze(self, family: Family, **body: Any) -> AnalysisResponse:
-        path, payload = _Requests.analyze(family, **body)
-        return AnalysisResponse.model_validate(await self.post(path, payload))
+        return await self.send(Calls.analyze(family, body))
+
+    async def methods(self) -> list[MethodInfo]:
+        return await self.send(Calls.methods())
+
+    async def put_frequency_table(self, name: str, model: str, texts: list[str]) -> FrequencyTableInfo:
+        return await self.send(Calls.frequency_table(name, model, texts))
+
+    async def calibrate(self, model: str, texts: list[dict[str, str]], **options: Any) -> Calibration:
+        return await self.send(Calls.calibrate(model, texts, **options))
+
+    async def calibration(self, calibration_id: str) -> Calibration:
+        return await self.send(Calls.calibration(calibration_id))
 
     async def decode(self, prompt: str, **body: Any) -> DecodeResponse:
-        payload = _clean({"prompt": prompt, **body})
-        return DecodeResponse.model_validate(await self.post("/v1/decode/contrastive", payload))
+        return await self.send(Calls.decode(prompt, body))
+
+    async def completions(self, **body: Any) -> dict[str, Any]:
+        return await self.send(Calls.completions(body))
+
+    async def chat_completions(self, **body: Any) -> dict[str, Any]:
+        return await self.send(Calls.chat_completions(body))
+
+    async def create_batch(self, model: str, inputs: list[dict[str, Any]], **options: Any) -> Batch:
+        return await self.send(Calls.create_batch(model, inputs, **options))
+
+    async def batch(self, batch_id: str) -> Batch:
+        return await self.send(Calls.batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        return await self.send(Calls.cancel_batch(batch_id))
+
+    async def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
+        return await self.send(Calls.batch_results(batch_id))
+
+    async def wait_batch(self, batch_id: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Batch:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (status := await self.batch(batch_id)).status not in FINISHED:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} is still {status.status}")
+            await asyncio.sleep(poll_s)
+        return status

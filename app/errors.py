@@ -55,6 +55,10 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
 
 
+class ClientGone(Exception):
+    """The client of the request waiting on a job disconnected; the job was cancelled if it had not started."""
+
+
 def error_response(
     status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -81,6 +85,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
 
     app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(499, "client_closed_request", "the client went away; its job was cancelled")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,14 +11,15 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from app import metrics
-from app.errors import ApiError
+from app.errors import ApiError, ClientGone
 from workers.protocol import (
     CONSUMER_GROUP,
     DONE_CHANNEL,
@@ -28,6 +29,7 @@ from workers.protocol import (
     JobOutcome,
     ScoreJob,
     as_bytes,
+    cancel_key,
     encode_job,
     inflight_key,
     job_outcome_key,
@@ -42,6 +44,9 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return nil end
 return redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 """
 RECHECK_S = 2.0  # how often a waiter re-reads the outcome key in case a notification was lost
+PROBE_S = 0.5  # how often a waiter with a client asks whether that client is still connected
+# Whether the current request's client has gone away (set per request by the app; None outside requests).
+client_gone: ContextVar[Callable[[], Awaitable[bool]] | None] = ContextVar("client_gone", default=None)
 
 
 def new_job_id() -> str:
@@ -126,7 +131,10 @@ class JobQueue:
             if not claimed:
                 running = as_bytes(await self.redis.get(key))
                 if running is not None:
-                    return await self.wait(running.decode())
+                    outcome = await self.wait(running.decode())
+                    if not _cancelled(outcome):
+                        return outcome
+                    await self.redis.set(key, job.job_id, ex=int(self.timeout_s) + 60)  # its client left: run ours
         started = time.perf_counter()
         await self.submit(job)
         outcome = await self.wait(job.job_id, resubmit=job)
@@ -159,6 +167,7 @@ class JobQueue:
         self._waiters.setdefault(job_id, []).append(future)
         deadline = loop.time() + self.timeout_s
         outage = False
+        gone = client_gone.get()
         try:
             while True:
                 try:
@@ -174,6 +183,9 @@ class JobQueue:
                     outage = False
                 except RedisConnectionError:
                     outage = True  # keep waiting through the outage; the deadline still holds
+                if gone is not None and await gone():
+                    await self._cancel(job_id, resubmit)
+                    raise ClientGone(job_id)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise ApiError(504, "job_timeout", f"no worker finished the job within {self.timeout_s:.0f}s")
@@ -182,12 +194,26 @@ class JobQueue:
                     future = loop.create_future()
                     self._waiters[job_id].append(future)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), min(RECHECK_S, remaining))
+                    await asyncio.wait_for(asyncio.shield(future), min(PROBE_S if gone else RECHECK_S, remaining))
         finally:
             waiting = self._waiters.get(job_id, [])
             waiting.remove(future)
             if not waiting:
                 self._waiters.pop(job_id, None)
+
+    async def _cancel(self, job_id: str, job: AnyJob | None) -> None:
+        """Mark the job cancelled (a worker that has not started it skips it) and free its inflight key, so
+        that an identical request later runs its own job; a request that had joined it re-submits."""
+        metrics.CANCELLED.inc()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(cancel_key(job_id), 1, ex=int(self.timeout_s) + 60)
+        if isinstance(job, ScoreJob):
+            pipe.delete(inflight_key(job.tenant, job.record_id))
+        await pipe.execute()
+
+
+def _cancelled(outcome: JobOutcome) -> bool:
+    return not outcome.ok and outcome.error is not None and outcome.error.code == "cancelled"
 
 
 def raise_for_outcome(outcome: JobOutcome) -> JobOutcome:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 
-from app import logs, metrics
+from app import logs
 from app.api import (
     analysis,
     batches,
@@ -26,7 +24,9 @@ from app.api import (
 )
 from app.batches import BatchRunner
 from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.jobs import client_gone
 from app.limits import BodyLimit, InflightLimit
+from app.observe import Observe
 from app.services import Services
 from app.settings import Settings, get_settings
 
@@ -52,34 +52,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.jobs.stop()
             await services.redis.aclose()
 
+    async def watch_client(request: Request) -> None:
+        """Let jobs waited on in this request see whether its client is still there."""
+        client_gone.set(request.is_disconnected)
+
     app = FastAPI(
         title="logprobe",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(watch_client)],
         description="Full next-token distributions of language models, kept compactly and analysed.",
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(InflightLimit, limit=settings.max_inflight)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Request id (echoed in X-Request-Id and in every log line), latency metric, one access log line."""
-        rid = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:128]
-        token = logs.request_id.set(rid)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-            route = request.scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            metrics.REQUESTS.labels(request.method, template, str(response.status_code)).observe(
-                time.perf_counter() - started
-            )
-            logs.log_request(request.method, request.url.path, response.status_code, started)
-            response.headers["X-Request-Id"] = rid
-            return response
-        finally:
-            logs.request_id.reset(token)
+    app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
 
     for module in (
         health,

@@ -29,6 +29,7 @@ CACHE = Counter(
     "logprobe_cache_lookups", "Record lookups by result (hit: no job needed)", ["result"], registry=REGISTRY
 )
 TOKENS = Counter("logprobe_tokens", "Tokens scored (new records) and generated", ["kind"], registry=REGISTRY)
+CANCELLED = Counter("logprobe_jobs_cancelled", "Jobs cancelled because their client went away", registry=REGISTRY)
 QUEUE = Gauge("logprobe_queue_depth", "Jobs waiting or running per model", ["model"], registry=REGISTRY)
 WORKERS = Gauge("logprobe_workers", "Live workers per model", ["model"], registry=REGISTRY)
 

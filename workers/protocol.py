@@ -59,6 +59,11 @@ def job_outcome_key(job_id: str) -> str:
     return f"lp:job:{job_id}"
 
 
+def cancel_key(job_id: str) -> str:
+    """Set by the gateway when a job's client went away; a worker that has not started the job skips it."""
+    return f"lp:cancel:{job_id}"
+
+
 def inflight_key(tenant: str, record_id: str) -> str:
     return f"lp:inflight:{tenant}:{record_id}"
 

@@ -36,6 +36,7 @@ from workers.protocol import (
     ScoreJob,
     alive_key,
     as_bytes,
+    cancel_key,
     card_key,
     decode_job,
     group_name,
@@ -199,6 +200,11 @@ class Worker:
                 DEAD_LETTER_STREAM, {"stream": stream, "entry": entry_id, "reason": str(exc)[:500]}, maxlen=10000
             )
             self._settle(stream, entry_id)
+            return
+        if self.redis.exists(cancel_key(job.job_id)):
+            log.info("job %s skipped: its client went away before it started", job.job_id)
+            error = JobError(code="cancelled", message="the client went away before the job started", status=499)
+            self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
             return
         started = time.perf_counter()
         try:

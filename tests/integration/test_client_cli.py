@@ -45,6 +45,45 @@ async def test_async_client(service: str) -> None:
         assert len(decoded.steps) >= 1
 
 
+def test_sync_client_covers_batches_calibrations_tables_methods_and_openai(service: str) -> None:
+    with Client(service, api_key="key-alpha") as lp:
+        assert lp.ready()
+        assert any(m.name == "min_k" for m in lp.methods())
+        batch = lp.create_batch(
+            MODEL,
+            [{"text": "A batch from the client.", "custom_id": "a"}, {"text": "And a second one.", "custom_id": "b"}],
+            analyses=[{"family": "uncertainty", "methods": ["perplexity"]}],
+        )
+        done = lp.wait_batch(batch.id, poll_s=0.2, timeout_s=120)
+        assert (done.status, done.completed, done.failed) == ("completed", 2, 0)
+        lines = lp.batch_results(batch.id)
+        assert [line["custom_id"] for line in lines] == ["a", "b"]
+        assert lines[0]["results"]["uncertainty"]["sequence"]["perplexity"] > 1
+        with pytest.raises(LogprobeError) as err:
+            lp.cancel_batch(batch.id)
+        assert err.value.code == "batch_finished"
+        table = lp.put_frequency_table("client-table", MODEL, ["the cat sat", "the dog ran"])
+        assert table.texts == 2 and table.tokens > 4
+        labelled = [{"text": f"Human note number {i}, scribbled fast.", "label": "human"} for i in range(2)] + [
+            {"text": f"As an AI language model, I can help with item {i}.", "label": "machine"} for i in range(2)
+        ]
+        calibration = lp.calibrate(MODEL, labelled, methods=["log_likelihood"])
+        assert lp.calibration(calibration.calibration_id).methods.keys() == {"log_likelihood"}
+        completion = lp.completions(model=MODEL, prompt="The capital of France is", max_tokens=2, logprobs=2)
+        assert len(completion["choices"][0]["logprobs"]["tokens"]) == 2
+        chat = lp.chat_completions(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert chat["choices"][0]["message"]["role"] == "assistant"
+
+
+async def test_async_client_batches(service: str) -> None:
+    async with AsyncClient(service, api_key="key-alpha") as lp:
+        assert await lp.ready()
+        batch = await lp.create_batch(MODEL, [{"text": "An async batch."}])
+        assert (await lp.wait_batch(batch.id, poll_s=0.2, timeout_s=120)).completed == 1
+        (line,) = await lp.batch_results(batch.id)
+        assert line["record_id"] and (await lp.record(line["record_id"])).n_tokens > 2
+
+
 def test_cli_scores_a_jsonl_file_of_100_texts(service: str, tmp_path: Path) -> None:
     source = tmp_path / "texts.jsonl"
     texts = [f"Line number {i} of the batch says something small." for i in range(99)]
