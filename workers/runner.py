@@ -56,7 +56,9 @@ OUTCOME_TTL_S = 3600
 
 class WorkerSettings(CommonSettings):
     worker_threads: int = max(1, os.cpu_count() or 1)
-    visibility_timeout_s: int = 300  # a job pending this long on a silent consumer is reclaimed
+    # A job whose worker has been silent this long is reclaimed by another; a live worker keeps its running job
+    # fresh from the heartbeat, so long jobs are never taken over. Well under the gateway's job timeout (300 s).
+    visibility_timeout_s: int = 60
     reclaim_every_s: float = 10.0
     max_deliveries: int = 3  # then the job goes to the dead-letter stream
 
@@ -69,6 +71,7 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.stopping = threading.Event()
+        self.running: tuple[str, bytes] | None = None  # the stream entry being worked on
         specs = [m for m in settings.models if not model_names or m.name in model_names]
         if not specs:
             raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
@@ -110,11 +113,20 @@ class Worker:
                     raise
 
     def _heartbeat(self) -> None:
-        while not self.stopping.wait(HEARTBEAT_S):
+        beat = min(HEARTBEAT_S, self.settings.visibility_timeout_s / 3)  # refreshes well inside the timeout
+        while not self.stopping.wait(beat):
             try:
                 self._announce()
+                self._hold_running()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    def _hold_running(self) -> None:
+        """Reset the idle time of the entry being worked on: XCLAIM by its own consumer with JUSTID leaves the
+        delivery count alone, so only a silent (dead or stopped) worker's jobs reach the visibility timeout."""
+        running = self.running
+        if running is not None:
+            self.redis.xclaim(running[0], CONSUMER_GROUP, self.id, 0, [running[1]], justid=True)
 
     def _retire(self) -> None:
         with contextlib.suppress(redis.RedisError):
@@ -207,6 +219,7 @@ class Worker:
             self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
             return
         started = time.perf_counter()
+        self.running = (stream, entry_id)
         try:
             outcome = self.executor.run(job)
         except Exception as exc:  # a bug or resource failure: report it, keep serving
@@ -214,6 +227,8 @@ class Worker:
             outcome = JobOutcome(
                 job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)
             )
+        finally:
+            self.running = None
         self._settle(stream, entry_id, job, outcome)
         log.info(
             "job %s %s %s in %.3fs",

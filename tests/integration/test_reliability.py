@@ -29,7 +29,7 @@ from workers.protocol import (
     jobs_stream,
 )
 
-KEYS = {"key-alpha": "alpha", "key-gamma": "gamma", "key-delta": "delta"}
+KEYS = {"key-alpha": "alpha", "key-gamma": "gamma", "key-delta": "delta", "key-omega": "omega"}
 DEPTH = 6
 
 
@@ -85,6 +85,24 @@ def test_a_killed_worker_loses_no_job(strict: LocalService) -> None:
             assert c.get(f"/v1/records/{rid}").status_code == 200
     assert victim.wait(5) == -signal.SIGKILL
     strict.start_worker()  # back to two workers for the tests below
+
+
+def test_a_long_job_on_a_live_worker_is_not_taken_over(strict: LocalService) -> None:
+    """A job running longer than the visibility timeout (4 s here) stays with its worker, which keeps the
+    entry fresh from its heartbeat: no other worker reclaims and repeats it."""
+    logs = [ARTIFACTS / "strict" / f"worker{i}.log" for i in range(len(strict.workers))]
+
+    def reclaims() -> int:
+        return sum(path.read_text().count("reclaimed") for path in logs if path.exists())
+
+    before = reclaims()
+    (long_text,) = texts(1, 2000, "long")  # ~2,400 tokens: several seconds on one thread
+    started = time.monotonic()
+    with client(strict, "key-omega") as c:
+        response = c.post("/v1/score", json={"model": MODEL, "text": long_text})
+    assert response.status_code == 200, response.text
+    assert time.monotonic() - started > 4 + 1  # longer than the visibility timeout and a reclaim round
+    assert reclaims() == before
 
 
 def test_a_poison_job_is_dead_lettered_and_its_client_gets_an_error(strict: LocalService) -> None:
