@@ -21,8 +21,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
     workers: Annotated[int, typer.Option(help="worker processes to start beside the gateway")] = 1,
+    gateway_workers: Annotated[
+        int, typer.Option(min=1, envvar="LOGPROBE_GATEWAY_WORKERS", help="gateway processes sharing the port")
+    ] = 1,
 ) -> None:
     """Run the gateway; with no REDIS_URL, also a private Redis; and `workers` CPU worker processes."""
+    import shutil
+    import tempfile
+
     import uvicorn
 
     from app.embedded import EmbeddedRedis
@@ -38,9 +44,20 @@ def serve(
         log.info("embedded Redis at %s", settings.redis_url)
     env = {**os.environ, "REDIS_URL": settings.redis_url}
     children = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(workers)]
+    host, port = host or settings.host, port or settings.port
+    metrics_dir = None
     try:
-        uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+        if gateway_workers == 1:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        else:  # each process builds its app from the environment; their metrics meet in one folder
+            metrics_dir = tempfile.mkdtemp(prefix="logprobe-metrics-")
+            os.environ.update({"REDIS_URL": settings.redis_url, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+            uvicorn.run(
+                "app.main:create_app", factory=True, workers=gateway_workers, host=host, port=port, log_level="info"
+            )
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         for child in children:
             child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 15

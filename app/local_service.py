@@ -44,7 +44,9 @@ def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
 
 
 class LocalService:
-    def __init__(self, env: dict[str, str] | None = None, log_dir: Path | None = None, workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, log_dir: Path | None = None, workers: int = 1, gateways: int = 1
+    ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="logprobe-"))
         self.log_dir = log_dir or self.tmp
         self.redis = EmbeddedRedis(self.tmp / "redis")
@@ -52,6 +54,7 @@ class LocalService:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
         self.n_workers = workers
+        self.n_gateways = gateways
         self.workers: list[subprocess.Popen[bytes]] = []
         self.gateway: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
@@ -69,6 +72,9 @@ class LocalService:
     def start(self) -> LocalService:
         url = self.redis.start()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env, "REDIS_URL": url}
+        if self.n_gateways > 1:  # uvicorn worker processes; their metrics meet in one folder
+            (self.tmp / "metrics").mkdir()
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.tmp / "metrics")
         for _ in range(self.n_workers):
             self.start_worker()
         self.gateway = self._spawn(
@@ -84,6 +90,8 @@ class LocalService:
                 str(self.port),
                 "--log-level",
                 "warning",
+                "--workers",
+                str(self.n_gateways),
             ],
             "gateway.log",
         )

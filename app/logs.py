@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextvars import ContextVar
 
@@ -18,6 +19,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": request_id.get(),
+            "pid": os.getpid(),  # which gateway process, when several share the port
         }
         line.update(getattr(record, "fields", {}))
         if record.exc_info:

@@ -1,9 +1,15 @@
 """Prometheus metrics of the gateway: request latency by route, job latency and queue depth per model, cache
-hits, tokens scored and generated, live workers. Queue depth and workers are read from Redis at scrape time."""
+hits, tokens scored and generated, live workers. Queue depth and workers are read from Redis at scrape time.
+
+With several gateway processes (`logprobe serve --gateway-workers N`), PROMETHEUS_MULTIPROC_DIR is set before
+they start: each process writes its values there and a scrape of any of them adds them all up."""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.catalog import ModelCatalog
 from workers.protocol import jobs_stream
@@ -30,12 +36,25 @@ CACHE = Counter(
 )
 TOKENS = Counter("logprobe_tokens", "Tokens scored (new records) and generated", ["kind"], registry=REGISTRY)
 CANCELLED = Counter("logprobe_jobs_cancelled", "Jobs cancelled because their client went away", registry=REGISTRY)
-QUEUE = Gauge("logprobe_queue_depth", "Jobs waiting or running per model", ["model"], registry=REGISTRY)
-WORKERS = Gauge("logprobe_workers", "Live workers per model", ["model"], registry=REGISTRY)
+# Read from Redis by whichever process is scraped: in multiprocess mode the most recent reading wins.
+QUEUE = Gauge(
+    "logprobe_queue_depth",
+    "Jobs waiting or running per model",
+    ["model"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+WORKERS = Gauge(
+    "logprobe_workers", "Live workers per model", ["model"], registry=REGISTRY, multiprocess_mode="mostrecent"
+)
 
 
 async def render(catalog: ModelCatalog) -> bytes:
     for name in await catalog.names():
         QUEUE.labels(model=name).set(await catalog.redis.xlen(jobs_stream(name)))
         WORKERS.labels(model=name).set(await catalog.live_workers(name))
-    return generate_latest(REGISTRY)
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY)
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return generate_latest(merged)

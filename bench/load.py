@@ -1,6 +1,6 @@
 """Load from a second process on loopback (bounded in count and time): the highest request rate at which p99
 stays under 1 s, for cached analyses and for new scoring jobs, and what 3x that rate does (429s from the
-bounded queue, no 5xx, worker memory). Usage: python -m bench.load [--seconds 8]
+bounded queue, no 5xx, worker memory). Usage: python -m bench.load [--seconds 8] [--gateways 1]
 """
 
 from __future__ import annotations
@@ -108,11 +108,15 @@ def sweep(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes (uvicorn workers)")
     args = parser.parse_args()
     env = {"LOGPROBE_WORKER_THREADS": "2", "LOGPROBE_MAX_QUEUE_DEPTH": "8"}
-    with LocalService(env=env) as service, httpx.Client(base_url=service.base_url, timeout=120) as client:
+    with (
+        LocalService(env=env, gateways=args.gateways) as service,
+        httpx.Client(base_url=service.base_url, timeout=120) as client,
+    ):
         worker_pid = service.workers[0].pid
-        print(f"worker RSS at start: {rss_mb(worker_pid):.0f} MB; queue depth limit 8")
+        print(f"worker RSS at start: {rss_mb(worker_pid):.0f} MB; queue depth limit 8; {args.gateways} gateway(s)")
         record = client.post("/v1/score", json={"model": MODEL, "text": " ".join(texts(1, "cached")[0].split() * 15)})
         rid = record.json()["record_id"]
         print(f"cached record: {record.json()['n_tokens']} tokens")
