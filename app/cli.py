@@ -48,12 +48,20 @@ def serve(
     metrics_dir = None
     try:
         if gateway_workers == 1:
-            uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+            uvicorn.run(
+                create_app(settings), host=host, port=port, log_level="info", timeout_keep_alive=settings.keep_alive_s
+            )
         else:  # each process builds its app from the environment; their metrics meet in one folder
             metrics_dir = tempfile.mkdtemp(prefix="logprobe-metrics-")
             os.environ.update({"REDIS_URL": settings.redis_url, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
             uvicorn.run(
-                "app.main:create_app", factory=True, workers=gateway_workers, host=host, port=port, log_level="info"
+                "app.main:create_app",
+                factory=True,
+                workers=gateway_workers,
+                host=host,
+                port=port,
+                log_level="info",
+                timeout_keep_alive=settings.keep_alive_s,
             )
     finally:
         if metrics_dir is not None:
@@ -197,6 +205,65 @@ def decode(
 ) -> None:
     """Contrastive decoding: each line {"prompt": ..., "preset": {...}} or with "views"."""
     _run_jsonl("/v1/decode/contrastive", source, output, url, api_key, None, concurrency)
+
+
+@app.command()
+def batch(
+    source: InputArg = "-",
+    output: OutputOpt = "-",
+    analysis: Annotated[
+        list[str] | None,
+        typer.Option(help='an analysis per input: a family ("detect"), family:method,method, or a JSON object'),
+    ] = None,
+    model: ModelOpt = "smollm2-135m-instruct",
+    url: UrlOpt = DEFAULT_URL,
+    api_key: KeyOpt = None,
+    poll: Annotated[float, typer.Option(min=0.1, help="seconds between progress checks")] = 1.0,
+) -> None:
+    """Run a server-side batch (POST /v1/batches): each line {"text": ...} or {"messages": [...]}, optionally
+    "custom_id"; waits with a progress bar, then writes the batch's JSONL results."""
+    import contextlib
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from app.client import Client, LogprobeError
+
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    inputs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(Client(url, api_key))
+        try:
+            created = client.create_batch(model, inputs, analyses=[_analysis_spec(a) for a in analysis or []])
+        except LogprobeError as exc:
+            typer.echo(f"batch refused: {exc.status} {exc.code}: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+        progress = stack.enter_context(Progress(console=Console(stderr=True)))
+        task = progress.add_task(f"batch {created.id}", total=created.total)
+        while (status := client.batch(created.id)).status not in ("completed", "cancelled"):
+            progress.update(task, completed=status.completed + status.failed)
+            time.sleep(poll)
+        progress.update(task, completed=status.completed + status.failed)
+        sink = sys.stdout if output == "-" else stack.enter_context(open(output, "w", encoding="utf-8"))
+        for line in client.batch_results(created.id):
+            sink.write(json.dumps(line) + "\n")
+    if status.status == "cancelled":
+        raise typer.Exit(1)
+
+
+def _analysis_spec(spec: str) -> dict[str, object]:
+    """`detect`, `detect:fast_detectgpt,log_rank` or a JSON object, as one entry of a batch's `analyses`."""
+    import json
+
+    if spec.lstrip().startswith("{"):
+        parsed: dict[str, object] = json.loads(spec)
+        return parsed
+    family, _, methods = spec.partition(":")
+    return {"family": family, **({"methods": methods.split(",")} if methods else {})}
 
 
 def main() -> None:

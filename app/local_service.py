@@ -18,6 +18,7 @@ from types import TracebackType
 import httpx
 
 from app.embedded import EmbeddedRedis
+from app.settings import KEEP_ALIVE_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +93,8 @@ class LocalService:
                 "warning",
                 "--workers",
                 str(self.n_gateways),
+                "--timeout-keep-alive",
+                str(KEEP_ALIVE_S),
             ],
             "gateway.log",
         )

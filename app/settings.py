@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 
 from workers.config import CommonSettings
 
+KEEP_ALIVE_S = 75
+
 
 class Settings(CommonSettings):
     host: str = "127.0.0.1"
@@ -26,6 +28,9 @@ class Settings(CommonSettings):
     job_timeout_s: float = Field(default=300.0, gt=0)
     max_queue_depth: int = Field(default=256, ge=1)  # per model: beyond it new jobs get 429
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies get 413
+    # Idle keep-alive connections stay open this long: longer than clients' own pool expiry (httpx 5 s, load
+    # balancers 60 s), so a client never reuses a connection the server is closing at that moment.
+    keep_alive_s: int = Field(default=KEEP_ALIVE_S, ge=1)
     max_inflight: int = Field(default=64, ge=1)  # requests in this gateway at once; beyond it 429 overloaded
     rate_limit_rpm: int = Field(default=0, ge=0)  # requests per minute per tenant (0: no limit)
     rate_limit_tpm: int = Field(default=0, ge=0)  # tokens scored or generated per minute per tenant (0: no limit)

@@ -106,3 +106,39 @@ def test_cli_scores_a_jsonl_file_of_100_texts(service: str, tmp_path: Path) -> N
         assert "".join(t["text"] for t in answer["tokens"]) == text and answer["model"] == MODEL
     assert answers[-1]["error"]["code"] == "empty_text"
     assert "100%" in done.stderr or "/v1/score" in done.stderr  # the progress bar went to stderr
+
+
+def test_cli_batch_runs_analyses_server_side_and_writes_the_results(service: str, tmp_path: Path) -> None:
+    source = tmp_path / "inputs.jsonl"
+    texts = [f"The ferry to island {i} leaves at dawn when the sea is calm." for i in range(12)]
+    source.write_text("".join(json.dumps({"text": t, "custom_id": f"c{i}"}) + "\n" for i, t in enumerate(texts)))
+    output = tmp_path / "results.jsonl"
+    analyses = ["--analysis", "uncertainty:mean_entropy,perplexity"]
+    analyses += ["--analysis", json.dumps({"family": "detect", "methods": ["log_rank"]})]
+    env = {**os.environ, "LOGPROBE_URL": service, "LOGPROBE_API_KEY": "key-alpha", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "batch", str(source), "-o", str(output), "--poll", "0.2", *analyses],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines] == [f"c{i}" for i in range(12)]
+    with Client(service, api_key="key-alpha") as lp:
+        for text, line in zip(texts, lines, strict=True):
+            direct = lp.analyze("uncertainty", model=MODEL, text=text, methods=["mean_entropy", "perplexity"])
+            assert line["record_id"] == direct.record_id and line["error"] is None
+            assert line["results"]["uncertainty"]["sequence"] == pytest.approx(direct.sequence, rel=1e-9)
+            assert set(line["results"]["detect"]["sequence"]) == {"log_rank"}
+    assert "batch" in done.stderr  # the progress bar went to stderr
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "app.cli", "batch", str(source), "--analysis", "uncertainty:no_such_method"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "422" in bad.stderr
