@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -11,6 +12,7 @@ from app.chat_template import render_chat
 from workers.protocol import ModelCard
 
 CONTEXT_TOKENS = 4  # tokens decoded before the new ones, so decoders see the context they depend on
+TEXTS_CACHED = 256  # token-text lists kept per tokenizer
 
 
 class TextCodec:
@@ -21,6 +23,8 @@ class TextCodec:
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.tokenizer_id = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
         self._pieces: list[str] | None = None
+        # analyses of a cached record ask for the same token texts again and again
+        self._texts = lru_cache(maxsize=TEXTS_CACHED)(self._token_texts)
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=True).ids
@@ -58,11 +62,20 @@ class TextCodec:
         return self._pieces
 
     def token_texts(self, ids: list[int]) -> list[str]:
+        return list(self._texts(tuple(ids)))
+
+    def _token_texts(self, key: tuple[int, ...]) -> tuple[str, ...]:
         """The text each token adds, so that the texts join to the decoded sequence exactly.
 
         Incremental detokenization: a token that ends inside a UTF-8 character adds "" and the token that
         completes the character carries it.
         """
+        ids = list(key)
+        starts = [max(0, t - CONTEXT_TOKENS) for t in range(len(ids))]
+        windows = self.tokenizer.decode_batch([ids[s : t + 1] for t, s in enumerate(starts)], skip_special_tokens=False)
+        if not any(w.endswith("\ufffd") for w in windows[:-1]):  # every token completes its text: one batched pass
+            prefixes = self.tokenizer.decode_batch([ids[s:t] for t, s in enumerate(starts)], skip_special_tokens=False)
+            return tuple(w[len(p) :] for w, p in zip(windows, prefixes, strict=True))
         decode = self.tokenizer.decode
         texts: list[str] = []
         emitted = 0  # tokens before this index have had their text emitted
@@ -75,4 +88,4 @@ class TextCodec:
             prefix = decode(ids[start:emitted], skip_special_tokens=False) if emitted > start else ""
             texts.append(window[len(prefix) :])
             emitted = t + 1
-        return texts
+        return tuple(texts)

@@ -7,12 +7,13 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.analysis import REGISTRY
 from app.analysis.base import Context, Family, Positions
 from app.analysis.run import ALWAYS_AVAILABLE, AnalysisError, resolve_params, run_methods, select_methods
+from app.api.prebuilt import json_answer
 from app.api.tokens import ChatMessage
 from app.auth import TenantDep, current_tenant
 from app.calibrations import calibration_id, decisions, load_calibration
@@ -177,6 +178,7 @@ async def analyse(family: Family, body: AnalysisRequest, services: ServicesDep, 
         "tokens": token_values(result.tokens, shown.token_ids, positions, codec) if result.tokens else [],
         "sequence": result.sequence,
         "details": result.details,
+        "decisions": None,
     }
 
 
@@ -185,7 +187,7 @@ def token_values(
 ) -> list[dict[str, Any]]:
     """Per-token answers: position, token, its text, and each token-level method's value (null if undefined)."""
     texts = codec.token_texts(token_ids)
-    columns = {name: [v if np.isfinite(v) else None for v in column.tolist()] for name, column in values.items()}
+    columns = {name: finite_or_none(column) for name, column in values.items()}
     return [
         {
             "position": t,
@@ -197,33 +199,40 @@ def token_values(
     ]
 
 
+def finite_or_none(column: np.ndarray) -> list[float | None]:
+    values: list[float | None] = column.tolist()
+    for i in np.flatnonzero(~np.isfinite(column)).tolist():
+        values[i] = None
+    return values
+
+
 @router.post("/v1/analysis/uncertainty", response_model=AnalysisResponse)
-async def uncertainty(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+async def uncertainty(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> Response:
     """Token logprob, rank, entropy, margin and kurtosis; sequence mean probabilities, perplexity, entropy."""
-    return await analyse("uncertainty", body, services, tenant)
+    return json_answer(await analyse("uncertainty", body, services, tenant))
 
 
 @router.post("/v1/analysis/detect", response_model=AnalysisResponse)
-async def detect(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+async def detect(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> Response:
     """Machine-written text detection scores, with calibrated decisions where a calibration exists."""
     result = await analyse("detect", body, services, tenant)
     calibration = await load_calibration(services, tenant, calibration_id(result["model"], body.reference_model))
     if calibration is not None:
         result["decisions"] = decisions(calibration, result["sequence"])
-    return result
+    return json_answer(result)
 
 
 @router.post("/v1/analysis/compare", response_model=AnalysisResponse)
-async def compare(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+async def compare(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> Response:
     """Two models (`reference_model`) or one model with and without a `context`, on the same text: per-token
     KL, reverse KL, JS, URIAL shift, CK-PLUG confidence gain; drift per turn for a conversation."""
-    return await analyse("compare", body, services, tenant)
+    return json_answer(await analyse("compare", body, services, tenant))
 
 
 @router.post("/v1/analysis/membership", response_model=AnalysisResponse)
-async def membership(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+async def membership(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> Response:
     """Pretraining-data detection scores: Min-K%, Min-K%++, DC-PDD."""
-    return await analyse("membership", body, services, tenant)
+    return json_answer(await analyse("membership", body, services, tenant))
 
 
 class ParamInfo(BaseModel):
