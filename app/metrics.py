@@ -32,7 +32,10 @@ JOBS = Histogram(
     registry=REGISTRY,
 )
 CACHE = Counter(
-    "logprobe_cache_lookups", "Record lookups by result (hit: no job needed)", ["result"], registry=REGISTRY
+    "logprobe_cache_lookups",
+    "Record lookups by result (hit: no job needed; lost: evicted between the check and the read, scored again)",
+    ["result"],
+    registry=REGISTRY,
 )
 TOKENS = Counter("logprobe_tokens", "Tokens scored (new records) and generated", ["kind"], registry=REGISTRY)
 CANCELLED = Counter("logprobe_jobs_cancelled", "Jobs cancelled because their client went away", registry=REGISTRY)

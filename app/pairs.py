@@ -10,7 +10,7 @@ import numpy as np
 
 from app.api.tokens import ChatMessage, check_length, input_ids
 from app.errors import ApiError
-from app.scoring import ensure_scored
+from app.scoring import scored_record
 from app.services import Services
 from app.text import TextCodec
 from workers.protocol import RecordMeta
@@ -47,9 +47,7 @@ class Pair:
 
 async def _scored(services: Services, tenant: str, model: str, ids: list[int]) -> Side:
     card = await services.catalog.card(model)
-    rid, cached = await ensure_scored(services, tenant, card, ids)
-    meta, stats = await services.store.require(tenant, rid)
-    return Side(meta, stats, cached)
+    return Side(*await scored_record(services, tenant, card, ids))
 
 
 async def model_pair(

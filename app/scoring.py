@@ -16,9 +16,12 @@ from workers.protocol import ModelCard, RecordMeta, ScoreJob, record_id
 SCORE_OPTIONS = {"kind": "score"}
 
 
-async def ensure_scored(services: Services, tenant: str, card: ModelCard, ids: list[int]) -> tuple[str, bool]:
+async def ensure_scored(
+    services: Services, tenant: str, card: ModelCard, ids: list[int], charged: bool = False
+) -> tuple[str, bool]:
     """The record id for these tokens and whether it was already cached (no job was created then)."""
-    await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
+    if not charged:
+        await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
     rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
     if await services.store.exists(tenant, rid):
         metrics.CACHE.labels("hit").inc()
@@ -30,6 +33,28 @@ async def ensure_scored(services: Services, tenant: str, card: ModelCard, ids: l
     raise_for_outcome(await services.jobs.run(job))
     metrics.TOKENS.labels("scored").inc(len(ids))
     return rid, False
+
+
+async def scored_record(
+    services: Services, tenant: str, card: ModelCard, ids: list[int]
+) -> tuple[RecordMeta, dict[str, np.ndarray], bool]:
+    """The record for these tokens, scored if needed, and whether it was cached. A record that Redis evicts (or
+    expires) between the check and the read is scored once more; a whole record is read or none (one HMGET)."""
+    rid, cached = await ensure_scored(services, tenant, card, ids)
+    found = await services.store.read(tenant, rid)
+    if found is None:
+        metrics.CACHE.labels("lost").inc()
+        rid, cached = await ensure_scored(services, tenant, card, ids, charged=True)
+        found = await services.store.read(tenant, rid)
+    if found is None:
+        raise ApiError(
+            503,
+            "record_evicted",
+            "Redis evicted the record as soon as it was written (it is short of memory); retry",
+            headers={"Retry-After": "5"},
+        )
+    meta, stats = found
+    return meta, stats, cached
 
 
 async def record_for(
@@ -56,6 +81,5 @@ async def record_for(
     card = await services.catalog.card(model)
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, text, messages, add_generation_prompt, services.settings.max_positions)
-    rid, cached = await ensure_scored(services, tenant, card, ids)
-    meta, stats = await services.store.require(tenant, rid)
+    meta, stats, cached = await scored_record(services, tenant, card, ids)
     return meta, stats, codec, cached

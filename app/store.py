@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from app.errors import ApiError
 from workers.protocol import (
+    RECORD_CORE_FIELDS,
     ProtocolError,
     RecordMeta,
     as_bytes,
@@ -26,7 +27,11 @@ class RecordStore:
         self.redis = redis
 
     async def exists(self, tenant: str, record_id: str) -> bool:
-        return bool(await self.redis.exists(record_key(tenant, record_id)))
+        """Whether the whole record is there (an incomplete hash counts as absent)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for field in RECORD_CORE_FIELDS:
+            pipe.hexists(record_key(tenant, record_id), field)
+        return all(await pipe.execute())
 
     async def meta(self, tenant: str, record_id: str) -> RecordMeta:
         raw = await self.redis.hget(record_key(tenant, record_id), "meta")

@@ -26,6 +26,7 @@ from workers.protocol import (
     CAPTURE_TOPK,
     CROSS_ARRAYS,
     MAX_BLOB_BYTES,
+    RECORD_CORE_FIELDS,
     AnyJob,
     ContrastJob,
     CrossJob,
@@ -103,11 +104,18 @@ class JobExecutor:
 
     def _score(self, job: ScoreJob, backend: Backend) -> JobOutcome:
         self._check_ids(job.token_ids, backend)
-        if not self.redis.exists(record_key(job.tenant, job.record_id)):  # another delivery may have done it
+        if not self._complete(job.tenant, job.record_id):  # another delivery may have done it
             self._capture_and_store(
                 job.tenant, job.record_id, job.token_ids, backend, kind="score", n_prompt=job.n_prompt
             )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+
+    def _complete(self, tenant: str, rid: str) -> bool:
+        """Whether the whole record is stored (an incomplete hash is scored again and overwritten)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for field in RECORD_CORE_FIELDS:
+            pipe.hexists(record_key(tenant, rid), field)
+        return all(pipe.execute())
 
     def _capture_and_store(
         self,

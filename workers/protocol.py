@@ -72,6 +72,10 @@ def record_key(tenant: str, record_id: str) -> str:
     return f"lp:rec:{tenant}:{record_id}"
 
 
+# A record hash lacking any of these is incomplete (damaged, or hand-edited): treated as absent and scored again.
+RECORD_CORE_FIELDS = ("meta", "stats")
+
+
 def card_key(model: str) -> str:
     return f"lp:card:{model}"
 

@@ -21,7 +21,7 @@ from app.auth import TenantDep
 from app.errors import ApiError
 from app.jobs import new_job_id, raise_for_outcome
 from app.limits import charge
-from app.scoring import ensure_scored
+from app.scoring import scored_record
 from app.services import Services, ServicesDep
 from app.text import TextCodec
 from workers.protocol import (
@@ -172,8 +172,7 @@ async def _prompt_logprobs(
     services: Services, tenant: str, codec: TextCodec, ids: list[int], k: int
 ) -> tuple[list[str], list[float | None], list[dict[str, float] | None]]:
     """The prompt's own tokens with their logprobs (the first has none), from its stored record."""
-    rid, _ = await ensure_scored(services, tenant, codec.card, ids)
-    _, stats = await services.store.require(tenant, rid)
+    _, stats, _ = await scored_record(services, tenant, codec.card, ids)
     pieces = codec.pieces()
     texts = codec.token_texts(ids)
     logprobs: list[float | None] = [None, *stats["logprob"].tolist()]

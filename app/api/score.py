@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.tokens import ChatMessage, TokenOut, input_ids, token_rows
 from app.auth import TenantDep
 from app.errors import ApiError
-from app.scoring import ensure_scored
+from app.scoring import scored_record
 from app.services import ServicesDep
 
 router = APIRouter(tags=["scoring"])
@@ -45,10 +45,9 @@ async def score(body: ScoreRequest, services: ServicesDep, tenant: TenantDep) ->
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, body.text, body.messages, body.add_generation_prompt, settings.max_positions)
-    rid, cached = await ensure_scored(services, tenant, card, ids)
-    meta, stats = await services.store.require(tenant, rid)
+    meta, stats, cached = await scored_record(services, tenant, card, ids)
     return {
-        "record_id": rid,
+        "record_id": meta.record_id,
         "model": card.name,
         "cached": cached,
         "n_tokens": len(ids),
