@@ -1,7 +1,8 @@
 """Python client for logprobe, sync (`Client`) and async (`AsyncClient`), over httpx.
 
 Answers come back as the service's own response models; full distributions as numpy arrays [positions, V];
-batch results as a list of dicts (one per input). The OpenAI-compatible endpoints answer plain dicts: for
+batch results as a list of dicts (one per input); streams as iterators of `ServerEvent`s (decoding) or of
+OpenAI chunk dicts. The OpenAI-compatible endpoints answer plain dicts: for
 typed OpenAI objects, point the official `openai` package at the service. Errors raise `LogprobeError` with
 the service's status and machine-readable code.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -71,6 +72,40 @@ def _rows(response: httpx.Response) -> np.ndarray:
 
 def _jsonl(response: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in response.text.splitlines() if line]
+
+
+@dataclass
+class ServerEvent:
+    """One server-sent event: its name (`step`, `done`, `error` for decoding; `message` for OpenAI chunks)."""
+
+    event: str
+    data: Any
+
+
+class SseParser:
+    """Server-sent events from lines, as they arrive; OpenAI's `data: [DONE]` ends the stream."""
+
+    def __init__(self) -> None:
+        self.event, self.done = "message", False
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> list[ServerEvent]:
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
+        elif line.startswith("data:"):
+            self.data.append(line[5:].strip())
+        elif not line and self.data:
+            text, name = "\n".join(self.data), self.event
+            self.event, self.data = "message", []
+            if text == "[DONE]":
+                self.done = True
+                return []
+            return [ServerEvent(name, json.loads(text))]
+        return []
+
+
+def _stream_body(body: dict[str, Any]) -> dict[str, Any]:
+    return {**_clean(body), "stream": True}
 
 
 @dataclass
@@ -255,6 +290,29 @@ class Client:
     def chat_completions(self, **body: Any) -> dict[str, Any]:
         return self.send(Calls.chat_completions(body))
 
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[ServerEvent]:
+        """POST with `stream: true`; the server-sent events as they arrive."""
+        with self.http.stream("POST", path, json=_stream_body(body)) as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            parser = SseParser()
+            for line in response.iter_lines():
+                yield from parser.feed(line)
+                if parser.done:
+                    return
+
+    def decode_stream(self, prompt: str, **body: Any) -> Iterator[ServerEvent]:
+        """Contrastive decoding step by step: `step` events, then `done` (the whole answer) or `error`."""
+        return self.stream("/v1/decode/contrastive", {"prompt": prompt, **body})
+
+    def completions_stream(self, **body: Any) -> Iterator[dict[str, Any]]:
+        """OpenAI completion chunks (plain dicts) until [DONE]."""
+        return (event.data for event in self.stream("/v1/completions", body))
+
+    def chat_completions_stream(self, **body: Any) -> Iterator[dict[str, Any]]:
+        return (event.data for event in self.stream("/v1/chat/completions", body))
+
     def create_batch(self, model: str, inputs: list[dict[str, Any]], **options: Any) -> Batch:
         return self.send(Calls.create_batch(model, inputs, **options))
 
@@ -348,6 +406,30 @@ class AsyncClient:
 
     async def chat_completions(self, **body: Any) -> dict[str, Any]:
         return await self.send(Calls.chat_completions(body))
+
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[ServerEvent]:
+        """POST with `stream: true`; the server-sent events as they arrive."""
+        async with self.http.stream("POST", path, json=_stream_body(body)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _check(response)
+            parser = SseParser()
+            async for line in response.aiter_lines():
+                for event in parser.feed(line):
+                    yield event
+                if parser.done:
+                    return
+
+    def decode_stream(self, prompt: str, **body: Any) -> AsyncIterator[ServerEvent]:
+        return self.stream("/v1/decode/contrastive", {"prompt": prompt, **body})
+
+    async def completions_stream(self, **body: Any) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.stream("/v1/completions", body):
+            yield event.data
+
+    async def chat_completions_stream(self, **body: Any) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.stream("/v1/chat/completions", body):
+            yield event.data
 
     async def create_batch(self, model: str, inputs: list[dict[str, Any]], **options: Any) -> Batch:
         return await self.send(Calls.create_batch(model, inputs, **options))

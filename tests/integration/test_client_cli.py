@@ -142,3 +142,35 @@ def test_cli_batch_runs_analyses_server_side_and_writes_the_results(service: str
         timeout=120,
     )
     assert bad.returncode == 1 and "422" in bad.stderr
+
+
+DECODE = {"preset": {"name": "prompt_contrast", "model": MODEL, "alpha": 0.5}, "max_tokens": 6, "temperature": 0}
+
+
+def test_sync_client_streams_decoding_and_completions(service: str) -> None:
+    with Client(service, api_key="key-alpha") as lp:
+        whole = lp.decode("Name a colour.", **DECODE)
+        events = list(lp.decode_stream("Name a colour.", **DECODE))
+        assert [e.event for e in events] == ["step"] * len(whole.steps) + ["done"]
+        assert [e.data["id"] for e in events[:-1]] == [s.id for s in whole.steps]
+        assert events[-1].data["text"] == whole.text and events[-1].data["record_id"] == whole.record_id
+
+        body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
+        chunks = list(lp.completions_stream(**body))
+        assert "".join(c["choices"][0]["text"] for c in chunks) == lp.completions(**body)["choices"][0]["text"]
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}
+        deltas = [c["choices"][0]["delta"].get("content") or "" for c in lp.chat_completions_stream(**chat)]
+        assert "".join(deltas) == lp.chat_completions(**chat)["choices"][0]["message"]["content"]
+        with pytest.raises(LogprobeError) as err:
+            list(lp.decode_stream("Name a colour.", preset={"name": "ed", "base": MODEL}))
+        assert err.value.status == 422 and err.value.code == "invalid_preset"
+
+
+async def test_async_client_streams(service: str) -> None:
+    async with AsyncClient(service, api_key="key-alpha") as lp:
+        whole = await lp.decode("Name a colour.", **DECODE)
+        events = [e async for e in lp.decode_stream("Name a colour.", **DECODE)]
+        assert [e.event for e in events][-1] == "done" and events[-1].data["text"] == whole.text
+        body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
+        text = "".join([c["choices"][0]["text"] async for c in lp.completions_stream(**body)])
+        assert text == (await lp.completions(**body))["choices"][0]["text"]
