@@ -84,6 +84,14 @@ async def test_async_client_batches(service: str) -> None:
         assert line["record_id"] and (await lp.record(line["record_id"])).n_tokens > 2
 
 
+def cli(service: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`logprobe ARGS` as a user runs it, against the service as tenant alpha."""
+    env = {**os.environ, "LOGPROBE_URL": service, "LOGPROBE_API_KEY": "key-alpha", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
 def test_cli_scores_a_jsonl_file_of_100_texts(service: str, tmp_path: Path) -> None:
     source = tmp_path / "texts.jsonl"
     texts = [f"Line number {i} of the batch says something small." for i in range(99)]
@@ -91,14 +99,7 @@ def test_cli_scores_a_jsonl_file_of_100_texts(service: str, tmp_path: Path) -> N
         "".join(json.dumps({"text": t}) + "\n" for t in texts) + json.dumps({"text": "", "model": MODEL}) + "\n"
     )  # one bad line among them
     output = tmp_path / "scores.jsonl"
-    env = {**os.environ, "LOGPROBE_URL": service, "LOGPROBE_API_KEY": "key-alpha", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "score", str(source), "-o", str(output), "--concurrency", "4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = cli(service, "score", str(source), "-o", str(output), "--concurrency", "4")
     assert done.returncode == 0, done.stderr
     answers = [json.loads(line) for line in output.read_text().splitlines()]
     assert [a["line"] for a in answers] == list(range(100))
@@ -115,14 +116,7 @@ def test_cli_batch_runs_analyses_server_side_and_writes_the_results(service: str
     output = tmp_path / "results.jsonl"
     analyses = ["--analysis", "uncertainty:mean_entropy,perplexity"]
     analyses += ["--analysis", json.dumps({"family": "detect", "methods": ["log_rank"]})]
-    env = {**os.environ, "LOGPROBE_URL": service, "LOGPROBE_API_KEY": "key-alpha", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "batch", str(source), "-o", str(output), "--poll", "0.2", *analyses],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = cli(service, "batch", str(source), "-o", str(output), "--poll", "0.2", *analyses)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [line["custom_id"] for line in lines] == [f"c{i}" for i in range(12)]
@@ -134,13 +128,7 @@ def test_cli_batch_runs_analyses_server_side_and_writes_the_results(service: str
             assert set(line["results"]["detect"]["sequence"]) == {"log_rank"}
     assert "batch" in done.stderr  # the progress bar went to stderr
 
-    bad = subprocess.run(
-        [sys.executable, "-m", "app.cli", "batch", str(source), "--analysis", "uncertainty:no_such_method"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = cli(service, "batch", str(source), "--analysis", "uncertainty:no_such_method")
     assert bad.returncode == 1 and "422" in bad.stderr
 
 
