@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from app import metrics
 from app.errors import ApiError, ClientGone
+from app.limits import parked
 from workers.protocol import (
     CONSUMER_GROUP,
     DONE_CHANNEL,
@@ -145,18 +147,23 @@ class JobQueue:
         """Submit a decoding job and yield each step as the worker takes it, then the outcome."""
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(steps_channel(job.job_id))  # before submitting: no step is missed
-            await self.submit(job)
-            waiter = asyncio.create_task(self.wait(job.job_id))
-            try:
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                    if message is not None:
-                        yield DecodeStep.model_validate_json(message["data"])
-                    elif waiter.done():
-                        break
-                yield waiter.result()
-            finally:
-                waiter.cancel()
+            with parked():  # relaying a worker's steps: not busy in this process
+                async for item in self._relay(pubsub, job):
+                    yield item
+
+    async def _relay(self, pubsub: PubSub, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
+        await self.submit(job)
+        waiter = asyncio.create_task(self.wait(job.job_id))
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None:
+                    yield DecodeStep.model_validate_json(message["data"])
+                elif waiter.done():
+                    break
+            yield waiter.result()
+        finally:
+            waiter.cancel()
 
     async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
         """The job's outcome, woken by the done channel and re-read every RECHECK_S. If Redis went away
@@ -169,32 +176,33 @@ class JobQueue:
         outage = False
         gone = client_gone.get()
         try:
-            while True:
-                try:
-                    raw = await self.redis.get(job_outcome_key(job_id))
-                    if raw is not None:
-                        outcome = JobOutcome.model_validate_json(raw)
-                        metrics.TOKENS.labels("generated").inc(len(outcome.completion_ids or ()))
-                        return outcome
-                    if outage and resubmit is not None:
-                        log.warning("re-submitting job %s after a Redis outage", job_id)
-                        self._groups.clear()
-                        await self.submit(resubmit)
-                    outage = False
-                except RedisConnectionError:
-                    outage = True  # keep waiting through the outage; the deadline still holds
-                if gone is not None and await gone():
-                    await self._cancel(job_id, resubmit)
-                    raise ClientGone(job_id)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise ApiError(504, "job_timeout", f"no worker finished the job within {self.timeout_s:.0f}s")
-                if future.done():  # woken, but the outcome was not readable: wait for the next notice
-                    self._waiters[job_id].remove(future)
-                    future = loop.create_future()
-                    self._waiters[job_id].append(future)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), min(PROBE_S if gone else RECHECK_S, remaining))
+            with parked():  # waiting on a worker: not busy in this process
+                while True:
+                    try:
+                        raw = await self.redis.get(job_outcome_key(job_id))
+                        if raw is not None:
+                            outcome = JobOutcome.model_validate_json(raw)
+                            metrics.TOKENS.labels("generated").inc(len(outcome.completion_ids or ()))
+                            return outcome
+                        if outage and resubmit is not None:
+                            log.warning("re-submitting job %s after a Redis outage", job_id)
+                            self._groups.clear()
+                            await self.submit(resubmit)
+                        outage = False
+                    except RedisConnectionError:
+                        outage = True  # keep waiting through the outage; the deadline still holds
+                    if gone is not None and await gone():
+                        await self._cancel(job_id, resubmit)
+                        raise ClientGone(job_id)
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise ApiError(504, "job_timeout", f"no worker finished the job within {self.timeout_s:.0f}s")
+                    if future.done():  # woken, but the outcome was not readable: wait for the next notice
+                        self._waiters[job_id].remove(future)
+                        future = loop.create_future()
+                        self._waiters[job_id].append(future)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(future), min(PROBE_S if gone else RECHECK_S, remaining))
         finally:
             waiting = self._waiters.get(job_id, [])
             waiting.remove(future)

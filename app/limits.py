@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,27 +82,66 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+@dataclass
+class Ticket:
+    """A request admitted by InflightLimit; `parked` counts the waits on workers it is in right now."""
+
+    limiter: InflightLimit
+    parked: int = 0
+
+
+admitted: ContextVar[Ticket | None] = ContextVar("admitted", default=None)
+
+
+@contextlib.contextmanager
+def parked() -> Iterator[None]:
+    """While a request waits on a worker it costs this process nothing, so it does not count as busy."""
+    ticket = admitted.get()
+    if ticket is not None:
+        ticket.parked += 1
+        if ticket.parked == 1:
+            ticket.limiter.busy -= 1
+    try:
+        yield
+    finally:
+        if ticket is not None:
+            ticket.parked -= 1
+            if ticket.parked == 0:
+                ticket.limiter.busy += 1
+
+
 class InflightLimit:
-    """ASGI middleware: at most `limit` requests in the gateway at once (health checks exempt); beyond it a 429
-    `overloaded` with Retry-After, so overload turns into refusals instead of ever longer queues."""
+    """ASGI middleware: at most `limit` requests in this gateway process at once, and at most `busy_limit` of them
+    working here rather than waiting on a worker (health checks exempt); beyond either a 429 `overloaded` with
+    Retry-After, so overload turns into quick refusals instead of ever longer queues.
+
+    Waiting requests cost the event loop nothing, so `limit` can be generous. Working ones (analyses, answers
+    being built) share one core: a few at a time answer fast, many at a time all answer late (BENCHMARKS.md).
+    """
 
     EXEMPT = ("/healthz", "/readyz", "/metrics")
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit, self.active = app, limit, 0
+    def __init__(self, app: ASGIApp, limit: int, busy_limit: int) -> None:
+        self.app, self.limit, self.busy_limit = app, limit, busy_limit
+        self.active = self.busy = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
             await self.app(scope, receive, send)
             return
-        if self.active >= self.limit:
+        if self.active >= self.limit or self.busy >= self.busy_limit:
+            working = f"{self.busy} requests at work" if self.busy >= self.busy_limit else f"{self.active} requests"
             response = error_response(
-                429, "overloaded", f"the gateway is handling {self.limit} requests; retry", headers={"Retry-After": "1"}
+                429, "overloaded", f"the gateway is handling {working}; retry", headers={"Retry-After": "1"}
             )
             await response(scope, receive, send)
             return
         self.active += 1
+        self.busy += 1
+        token = admitted.set(Ticket(self))
         try:
             await self.app(scope, receive, send)
         finally:
+            admitted.reset(token)
             self.active -= 1
+            self.busy -= 1

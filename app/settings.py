@@ -31,7 +31,10 @@ class Settings(CommonSettings):
     # Idle keep-alive connections stay open this long: longer than clients' own pool expiry (httpx 5 s, load
     # balancers 60 s), so a client never reuses a connection the server is closing at that moment.
     keep_alive_s: int = Field(default=KEEP_ALIVE_S, ge=1)
-    max_inflight: int = Field(default=64, ge=1)  # requests in this gateway at once; beyond it 429 overloaded
+    # Per gateway process, beyond either a 429 `overloaded`: requests at once (waiting on workers included), and
+    # requests working in the process at once (those waiting on a worker do not count).
+    max_inflight: int = Field(default=256, ge=1)
+    max_busy: int = Field(default=32, ge=1)
     rate_limit_rpm: int = Field(default=0, ge=0)  # requests per minute per tenant (0: no limit)
     rate_limit_tpm: int = Field(default=0, ge=0)  # tokens scored or generated per minute per tenant (0: no limit)
     max_batch_inputs: int = Field(default=10_000, ge=1)  # inputs per POST /v1/batches

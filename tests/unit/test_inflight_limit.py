@@ -1,0 +1,60 @@
+"""The gateway's admission limits, on a real event loop and real ASGI: requests working in the process are
+capped, requests waiting on a worker (parked) are not, and every refusal is a 429 `overloaded`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app.limits import InflightLimit, parked
+
+
+def limited_app(limit: int, busy_limit: int) -> tuple[Starlette, asyncio.Event]:
+    release = asyncio.Event()
+
+    async def work(request: Request) -> JSONResponse:  # holds its place while "working"
+        await release.wait()
+        return JSONResponse({"ok": True})
+
+    async def wait(request: Request) -> JSONResponse:  # as JobQueue.wait does while a worker runs the job
+        with parked():
+            await release.wait()
+        return JSONResponse({"ok": True})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/work", work), Route("/wait", wait), Route("/healthz", health)])
+    app.add_middleware(InflightLimit, limit=limit, busy_limit=busy_limit)
+    return app, release
+
+
+async def test_working_requests_are_capped_and_waiting_ones_are_not() -> None:
+    app, release = limited_app(limit=5, busy_limit=2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gateway") as client:
+        waiting = [asyncio.create_task(client.get("/wait")) for _ in range(3)]
+        working = [asyncio.create_task(client.get("/work")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        busy = await client.get("/work")  # 2 working: the busy cap
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "overloaded" and "2 requests at work" in busy.json()["error"]["message"]
+        assert (await client.get("/healthz")).status_code == 200  # health checks are exempt
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*waiting, *working)] == [200] * 5
+
+
+async def test_the_cap_on_all_requests_counts_waiting_ones() -> None:
+    app, release = limited_app(limit=3, busy_limit=2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gateway") as client:
+        waiting = [asyncio.create_task(client.get("/wait")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        full = await client.get("/work")
+        assert full.status_code == 429 and "3 requests" in full.json()["error"]["message"]
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*waiting)] == [200] * 3
+        assert (await client.get("/work")).status_code == 200  # every place given back
