@@ -88,6 +88,7 @@ class Ticket:
 
     limiter: InflightLimit
     parked: int = 0
+    done: bool = False  # answered: a wait that ends later gives nothing back
 
 
 admitted: ContextVar[Ticket | None] = ContextVar("admitted", default=None)
@@ -106,7 +107,7 @@ def parked() -> Iterator[None]:
     finally:
         if ticket is not None:
             ticket.parked -= 1
-            if ticket.parked == 0:
+            if ticket.parked == 0 and not ticket.done:
                 ticket.limiter.busy += 1
 
 
@@ -138,10 +139,13 @@ class InflightLimit:
             return
         self.active += 1
         self.busy += 1
-        token = admitted.set(Ticket(self))
+        ticket = Ticket(self)
+        token = admitted.set(ticket)
         try:
             await self.app(scope, receive, send)
         finally:
             admitted.reset(token)
+            ticket.done = True
             self.active -= 1
-            self.busy -= 1
+            if ticket.parked == 0:
+                self.busy -= 1

@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from app.limits import InflightLimit, parked
 
@@ -58,3 +59,24 @@ async def test_the_cap_on_all_requests_counts_waiting_ones() -> None:
         release.set()
         assert [r.status_code for r in await asyncio.gather(*waiting)] == [200] * 3
         assert (await client.get("/work")).status_code == 200  # every place given back
+
+
+async def test_a_request_answered_while_still_parked_gives_its_place_back_once() -> None:
+    release, waits = asyncio.Event(), []
+
+    async def wait_beyond_answer() -> None:  # as a stream's waiter task, which may end after the answer
+        with parked():
+            await release.wait()
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        waits.append(asyncio.create_task(wait_beyond_answer()))  # the task copies the request's context
+        await asyncio.sleep(0)
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    limiter = InflightLimit(inner, limit=5, busy_limit=2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(limiter), base_url="http://gateway") as client:
+        assert [(await client.get("/x")).status_code for _ in range(3)] == [200] * 3
+        assert (limiter.active, limiter.busy) == (0, 0)
+        release.set()
+        await asyncio.gather(*waits)
+        assert (limiter.active, limiter.busy) == (0, 0)
