@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 
 
 @dataclass(frozen=True)
@@ -22,9 +21,10 @@ class Fit:
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties counting half."""
-    ranks = scipy.stats.rankdata(np.concatenate([positive, negative]))
-    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
-    return float(u / (len(positive) * len(negative)))
+    ordered = np.sort(negative)
+    below = np.searchsorted(ordered, positive, side="left")  # negatives under each positive
+    tied = np.searchsorted(ordered, positive, side="right") - below
+    return float((below + 0.5 * tied).sum() / (len(positive) * len(negative)))
 
 
 def fit_threshold(human: np.ndarray, machine: np.ndarray, target_fpr: float) -> Fit:
