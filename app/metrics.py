@@ -33,7 +33,7 @@ JOBS = Histogram(
 )
 CACHE = Counter(
     "logprobe_cache_lookups",
-    "Record lookups by result (hit: no job needed; lost: evicted between the check and the read, scored again)",
+    "Record lookups by result (hit: no job needed; lost: evicted between its scoring and its reading, scored again)",
     ["result"],
     registry=REGISTRY,
 )

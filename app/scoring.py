@@ -16,45 +16,41 @@ from workers.protocol import ModelCard, RecordMeta, ScoreJob, record_id
 SCORE_OPTIONS = {"kind": "score"}
 
 
-async def ensure_scored(
-    services: Services, tenant: str, card: ModelCard, ids: list[int], charged: bool = False
-) -> tuple[str, bool]:
-    """The record id for these tokens and whether it was already cached (no job was created then)."""
-    if not charged:
-        await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
-    rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
-    if await services.store.exists(tenant, rid):
-        metrics.CACHE.labels("hit").inc()
-        return rid, True
-    metrics.CACHE.labels("miss").inc()
-    job = ScoreJob(
-        job_id=new_job_id(), tenant=tenant, model=card.name, fingerprint=card.fingerprint, record_id=rid, token_ids=ids
-    )
-    raise_for_outcome(await services.jobs.run(job))
-    metrics.TOKENS.labels("scored").inc(len(ids))
-    return rid, False
+SCORING_TRIES = 2  # a record evicted between its writing and its reading is scored once more
 
 
 async def scored_record(
     services: Services, tenant: str, card: ModelCard, ids: list[int]
 ) -> tuple[RecordMeta, dict[str, np.ndarray], bool]:
-    """The record for these tokens, scored if needed, and whether it was cached. A record that Redis evicts (or
-    expires) between the check and the read is scored once more; a whole record is read or none (one HMGET)."""
-    rid, cached = await ensure_scored(services, tenant, card, ids)
+    """The record for these tokens, scored if needed, and whether it was cached. A whole record is read or none
+    (one HMGET): one that Redis evicted or expired, or that lacks a part, is scored again."""
+    await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
+    rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
     found = await services.store.read(tenant, rid)
-    if found is None:
-        metrics.CACHE.labels("lost").inc()
-        rid, cached = await ensure_scored(services, tenant, card, ids, charged=True)
-        found = await services.store.read(tenant, rid)
-    if found is None:
-        raise ApiError(
-            503,
-            "record_evicted",
-            "Redis evicted the record as soon as it was written (it is short of memory); retry",
-            headers={"Retry-After": "5"},
+    metrics.CACHE.labels("miss" if found is None else "hit").inc()
+    if found is not None:
+        return *found, True
+    for _ in range(SCORING_TRIES):
+        job = ScoreJob(
+            job_id=new_job_id(),
+            tenant=tenant,
+            model=card.name,
+            fingerprint=card.fingerprint,
+            record_id=rid,
+            token_ids=ids,
         )
-    meta, stats = found
-    return meta, stats, cached
+        raise_for_outcome(await services.jobs.run(job))
+        metrics.TOKENS.labels("scored").inc(len(ids))
+        found = await services.store.read(tenant, rid)
+        if found is not None:
+            return *found, False
+        metrics.CACHE.labels("lost").inc()
+    raise ApiError(
+        503,
+        "record_evicted",
+        "Redis evicted the record as soon as it was written (it is short of memory); retry",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def record_for(

@@ -9,7 +9,6 @@ from redis.asyncio import Redis
 
 from app.errors import ApiError
 from workers.protocol import (
-    RECORD_CORE_FIELDS,
     ProtocolError,
     RecordMeta,
     as_bytes,
@@ -26,19 +25,12 @@ class RecordStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def exists(self, tenant: str, record_id: str) -> bool:
-        """Whether the whole record is there (an incomplete hash counts as absent)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for field in RECORD_CORE_FIELDS:
-            pipe.hexists(record_key(tenant, record_id), field)
-        return all(await pipe.execute())
-
     async def meta(self, tenant: str, record_id: str) -> RecordMeta:
         raw = await self.redis.hget(record_key(tenant, record_id), "meta")
         return self._meta(as_bytes(raw), record_id)
 
     async def read(self, tenant: str, record_id: str) -> tuple[RecordMeta, dict[str, np.ndarray]] | None:
-        """Metadata and per-position statistics, or None when the record is gone (expired or evicted)."""
+        """Metadata and per-position statistics, or None when the record is gone (expired, evicted) or lacks either."""
         replies = await self.redis.hmget(record_key(tenant, record_id), ["meta", "stats"])
         raw_meta, raw_stats = map(as_bytes, replies)
         if raw_meta is None or raw_stats is None:
