@@ -72,6 +72,14 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def finite_values_or_none(values: np.ndarray) -> list[float | None]:
+    """finite_or_none over an array, vectorised: an answer carries thousands of per-token values."""
+    out: list[float | None] = values.tolist()
+    for i in np.flatnonzero(~np.isfinite(values)).tolist():
+        out[i] = None
+    return out
+
+
 def run_methods(methods: list[Method], context: Context, params: dict[str, dict[str, float]]) -> AnalysisResult:
     """Run each method on the shared context with its own parameters."""
     result = AnalysisResult()

@@ -12,7 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.analysis import REGISTRY
 from app.analysis.base import Context, Family, Positions
-from app.analysis.run import ALWAYS_AVAILABLE, AnalysisError, resolve_params, run_methods, select_methods
+from app.analysis.run import (
+    ALWAYS_AVAILABLE,
+    AnalysisError,
+    finite_values_or_none,
+    resolve_params,
+    run_methods,
+    select_methods,
+)
 from app.api.prebuilt import json_answer
 from app.api.tokens import ChatMessage
 from app.auth import TenantDep, current_tenant
@@ -187,7 +194,7 @@ def token_values(
 ) -> list[dict[str, Any]]:
     """Per-token answers: position, token, its text, and each token-level method's value (null if undefined)."""
     texts = codec.token_texts(token_ids)
-    columns = {name: finite_or_none(column) for name, column in values.items()}
+    columns = {name: finite_values_or_none(column) for name, column in values.items()}
     return [
         {
             "position": t,
@@ -197,13 +204,6 @@ def token_values(
         }
         for i, t in enumerate(positions.tolist())
     ]
-
-
-def finite_or_none(column: np.ndarray) -> list[float | None]:
-    values: list[float | None] = column.tolist()
-    for i in np.flatnonzero(~np.isfinite(column)).tolist():
-        values[i] = None
-    return values
 
 
 @router.post("/v1/analysis/uncertainty", response_model=AnalysisResponse)

@@ -196,3 +196,11 @@ def test_parameters_are_checked() -> None:
             resolve_params(methods, bad)
     with pytest.raises(ValueError, match="unknown"):
         select_methods("detect", ["min_k"])
+
+
+def test_finite_values_or_none_is_finite_or_none_on_every_value() -> None:
+    from app.analysis.run import finite_or_none, finite_values_or_none
+
+    values = np.array([0.5, np.nan, -np.inf, 3.0, np.inf, -1e308, 0.0])
+    assert finite_values_or_none(values) == [finite_or_none(v) for v in values.tolist()]
+    assert finite_values_or_none(values) == [0.5, None, None, 3.0, None, -1e308, 0.0]
