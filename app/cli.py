@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -121,23 +124,18 @@ def _run_jsonl(
     path: str, source: str, output: str, url: str, api_key: str | None, model: str | None, concurrency: int
 ) -> None:
     """POST each JSONL line to `path`; write one JSONL answer per line, in order, errors included."""
-    import contextlib
-    import json
-    import sys
     from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
 
     from rich.console import Console
     from rich.progress import Progress
 
     from app.client import Client, LogprobeError
 
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    requests = [json.loads(line) for line in text.splitlines() if line.strip()]
+    requests = _read_jsonl(source)
     if model is not None:
         requests = [{"model": model, **r} for r in requests]
     with contextlib.ExitStack() as stack:
-        sink = sys.stdout if output == "-" else stack.enter_context(open(output, "w", encoding="utf-8"))
+        sink = _sink(stack, output)
         client = stack.enter_context(Client(url, api_key))
         pool = stack.enter_context(ThreadPoolExecutor(concurrency))
         progress = stack.enter_context(Progress(console=Console(stderr=True)))
@@ -222,19 +220,12 @@ def batch(
 ) -> None:
     """Run a server-side batch (POST /v1/batches): each line {"text": ...} or {"messages": [...]}, optionally
     "custom_id"; waits with a progress bar, then writes the batch's JSONL results."""
-    import contextlib
-    import json
-    import sys
-    import time
-    from pathlib import Path
-
     from rich.console import Console
     from rich.progress import Progress
 
     from app.client import Client, LogprobeError
 
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    inputs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    inputs = _read_jsonl(source)
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(Client(url, api_key))
         try:
@@ -244,21 +235,29 @@ def batch(
             raise typer.Exit(1) from exc
         progress = stack.enter_context(Progress(console=Console(stderr=True)))
         task = progress.add_task(f"batch {created.id}", total=created.total)
-        while (status := client.batch(created.id)).status not in ("completed", "cancelled"):
-            progress.update(task, completed=status.completed + status.failed)
-            time.sleep(poll)
-        progress.update(task, completed=status.completed + status.failed)
-        sink = sys.stdout if output == "-" else stack.enter_context(open(output, "w", encoding="utf-8"))
+        status = client.wait_batch(
+            created.id, poll_s=poll, on_status=lambda s: progress.update(task, completed=s.completed + s.failed)
+        )
+        sink = _sink(stack, output)
         for line in client.batch_results(created.id):
             sink.write(json.dumps(line) + "\n")
     if status.status == "cancelled":
         raise typer.Exit(1)
 
 
+def _read_jsonl(source: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, or of stdin for `-` (blank lines skipped)."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _sink(stack: contextlib.ExitStack, output: str) -> TextIO:
+    """Where answers go: stdout for `-`, else the file (closed with the stack)."""
+    return sys.stdout if output == "-" else stack.enter_context(open(output, "w", encoding="utf-8"))
+
+
 def _analysis_spec(spec: str) -> dict[str, object]:
     """`detect`, `detect:fast_detectgpt,log_rank` or a JSON object, as one entry of a batch's `analyses`."""
-    import json
-
     if spec.lstrip().startswith("{"):
         parsed: dict[str, object] = json.loads(spec)
         return parsed

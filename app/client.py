@@ -325,14 +325,24 @@ class Client:
     def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
         return self.send(Calls.batch_results(batch_id))
 
-    def wait_batch(self, batch_id: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Batch:
-        """Poll until the batch is completed or cancelled."""
+    def wait_batch(
+        self,
+        batch_id: str,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+        on_status: Callable[[Batch], object] | None = None,
+    ) -> Batch:
+        """Poll until the batch is completed or cancelled; `on_status` sees every status read (a progress bar)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while (status := self.batch(batch_id)).status not in FINISHED:
+        while True:
+            status = self.batch(batch_id)
+            if on_status is not None:
+                on_status(status)
+            if status.status in FINISHED:
+                return status
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} is still {status.status}")
             time.sleep(poll_s)
-        return status
 
 
 class AsyncClient:
@@ -443,10 +453,20 @@ class AsyncClient:
     async def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
         return await self.send(Calls.batch_results(batch_id))
 
-    async def wait_batch(self, batch_id: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Batch:
+    async def wait_batch(
+        self,
+        batch_id: str,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+        on_status: Callable[[Batch], object] | None = None,
+    ) -> Batch:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while (status := await self.batch(batch_id)).status not in FINISHED:
+        while True:
+            status = await self.batch(batch_id)
+            if on_status is not None:
+                on_status(status)
+            if status.status in FINISHED:
+                return status
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} is still {status.status}")
             await asyncio.sleep(poll_s)
-        return status
