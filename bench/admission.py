@@ -12,7 +12,7 @@ import json
 
 import httpx
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from bench.load import MODEL, step, texts
 
 CAPS = [("16", "256"), ("32", "256"), ("64", "64")]  # (LOGPROBE_MAX_BUSY, LOGPROBE_MAX_INFLIGHT)

@@ -11,7 +11,7 @@ import httpx
 import redis
 from tokenizers import Tokenizer
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from bench.texts import text_of_tokens
 from workers.protocol import ModelCard, card_key, tokenizer_key
 

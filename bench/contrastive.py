@@ -16,7 +16,7 @@ import httpx
 import torch
 from transformers import DynamicCache
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings
 from workers.decoding import View, decode

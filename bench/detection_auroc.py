@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from app import corpus
 from app.analysis.calibration import auroc
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
+from app.serving import corpus
 
 SCORER = "smollm2-135m-instruct"
 WRITERS = ("smollm2-135m-instruct", "gemma-3-270m")

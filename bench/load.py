@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 
 MODEL = "smollm2-135m-instruct"
 WORDS = [

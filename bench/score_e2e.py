@@ -14,7 +14,7 @@ import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from bench.texts import text_of_tokens
 from workers.config import PACKAGED_MODELS, CommonSettings
 from workers.models import safetensors_dir

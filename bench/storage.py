@@ -14,7 +14,7 @@ import redis
 import torch
 from safetensors.numpy import load
 
-from app.embedded import EmbeddedRedis
+from app.launcher.embedded import EmbeddedRedis
 from bench.texts import text_of_tokens
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings

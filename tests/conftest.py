@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from app.local_service import ROOT, LocalService
+from app.launcher.local_service import ROOT, LocalService
 
 MODEL = "smollm2-135m-instruct"
 KEYS = {"key-alpha": "alpha", "key-beta": "beta"}

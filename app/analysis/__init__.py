@@ -1,4 +1,7 @@
-"""On-demand analyses over cached records; importing this package registers every family's methods."""
+"""On-demand analyses over cached records; importing this package registers every family's methods.
+
+Pure numpy over the statistics a record keeps (`workers.protocol.RecordMeta` and its arrays): one module per
+family, one registry (`base`), the runner (`run`), calibration thresholds. Imports nothing else from `app`."""
 
 from app.analysis import comparison, detection, membership, uncertainty
 from app.analysis.base import REGISTRY, Context, Method, Positions

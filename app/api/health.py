@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from app import metrics
-from app.services import ServicesDep
+from app.api.deps import ServicesDep
+from app.platform import metrics
 
 router = APIRouter(tags=["health"])
 

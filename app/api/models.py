@@ -3,35 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
 
-from app.auth import current_tenant
-from app.services import ServicesDep
+from app.api.deps import ServicesDep, current_tenant
+from app.schemas.models import ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
-
-
-class ModelInfo(BaseModel):
-    id: str
-    object: str = "model"
-    owned_by: str = "logprobe"
-    ready: bool
-    workers: int
-    backend: str | None = None
-    dtype: str | None = None
-    vocab_size: int | None = None
-    hidden_size: int | None = None
-    context_length: int | None = None
-    chat_template: bool | None = None
-    storage: str | None = None
-    hidden_dtype: str | None = None
-    lossy: bool | None = None
-    rebuild_max_abs_error: float | None = None
-
-
-class ModelList(BaseModel):
-    object: str = "list"
-    data: list[ModelInfo]
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(current_tenant)])

@@ -5,31 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel
 
-from app.api.score import top_k
-from app.api.tokens import TokenOut, token_rows
-from app.auth import TenantDep
-from app.errors import ApiError
-from app.jobs import new_job_id, raise_for_outcome
-from app.services import ServicesDep
+from app.api.deps import ServicesDep, TenantDep
+from app.platform.errors import ApiError
+from app.schemas.score import RecordResponse
+from app.serving.inputs import top_k
+from app.serving.jobs import new_job_id, raise_for_outcome
+from app.serving.tokens import token_rows
 from workers.protocol import RowsJob
 
 router = APIRouter(tags=["records"])
-
-
-class RecordResponse(BaseModel):
-    record_id: str
-    model: str
-    kind: str
-    n_tokens: int
-    n_prompt: int | None
-    finish_reason: str | None
-    created_at: float
-    storage: str
-    hidden_dtype: str
-    vocab_size: int
-    tokens: list[TokenOut]
 
 
 @router.get("/v1/records/{record_id}", response_model=RecordResponse)

@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.tokens import ChatMessage, TokenOut, input_ids, token_rows
-from app.auth import TenantDep
-from app.errors import ApiError
-from app.scoring import scored_record
-from app.services import ServicesDep
+from app.api.deps import ServicesDep, TenantDep
+from app.schemas.score import ScoreRequest, ScoreResponse
+from app.serving.inputs import input_ids, top_k
+from app.serving.scoring import scored_record
+from app.serving.tokens import token_rows
 
 router = APIRouter(tags=["scoring"])
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    text: str | None = None
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
-    add_generation_prompt: bool = Field(default=False, description="end a chat with the assistant's turn opener")
-    top_logprobs: int | None = Field(default=None, ge=0, description="alternatives per token (default 5, max 20)")
-
-
-class ScoreResponse(BaseModel):
-    record_id: str
-    model: str
-    cached: bool
-    n_tokens: int
-    tokens: list[TokenOut]
-
-
-def top_k(requested: int | None, default: int, limit: int) -> int:
-    k = default if requested is None else requested
-    if k > limit:
-        raise ApiError(422, "top_logprobs_too_large", f"top_logprobs is at most {limit}", "top_logprobs")
-    return k
 
 
 @router.post("/v1/score", response_model=ScoreResponse)

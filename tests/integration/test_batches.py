@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from app.batches import batch_key, create_batch
+from app.batches.store import batch_key, create_batch
 from tests.conftest import MODEL
 
 TEXTS = [

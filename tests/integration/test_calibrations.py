@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app import corpus
+from app.serving import corpus
 from tests.conftest import MODEL
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.client import AsyncClient, Client, LogprobeError
-from app.local_service import ROOT
+from app.launcher.local_service import ROOT
 from tests.conftest import MODEL
 
 
@@ -88,7 +88,7 @@ def cli(service: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`logprobe ARGS` as a user runs it, against the service as tenant alpha."""
     env = {**os.environ, "LOGPROBE_URL": service, "LOGPROBE_API_KEY": "key-alpha", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "app.launcher.cli", *args], env=env, capture_output=True, text=True, timeout=600
     )
 
 

@@ -16,7 +16,7 @@ import scipy.special
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL, SMALL, _save_with_smollm2_tokenizer
 
 PROMPT = "Write one sentence about rivers."

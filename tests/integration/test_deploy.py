@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from app.local_service import ROOT
+from app.launcher.local_service import ROOT
 from workers.config import CommonSettings, ModelSpec
 from workers.protocol import alive_key, alive_on_host
 
@@ -108,7 +108,7 @@ def test_dockerfile_builds_on_the_vllm_version_ci_tests() -> None:
 def test_compose_commands_exist_in_the_cli(name: str) -> None:
     from typer.testing import CliRunner
 
-    from app.cli import app
+    from app.launcher.cli import app
 
     command = SERVICES[name]["command"]
     result = CliRunner().invoke(app, [command[0], "--help"])
@@ -122,7 +122,7 @@ def test_worker_health_check_sees_this_hosts_worker(redis_url: str, redis_client
     assert not alive_on_host(redis_client, "container-7f3a")
     redis_client.set(alive_key("some-model", "container-7f3a-12-abcdef"), "x", ex=5)
     assert alive_on_host(redis_client, "container-7f3a")
-    cli = [sys.executable, "-m", "app.cli", "worker-alive"]
+    cli = [sys.executable, "-m", "app.launcher.cli", "worker-alive"]
     assert subprocess.run(cli, env={"REDIS_URL": redis_url, "PATH": ""}, cwd=ROOT, check=False).returncode == 0
     gone = subprocess.run(cli, env={"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": ""}, cwd=ROOT, check=False)
     assert gone.returncode == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from app.local_service import ROOT, free_port, wait_ready
+from app.launcher.local_service import ROOT, free_port, wait_ready
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 
 
@@ -21,7 +21,7 @@ def test_serve_runs_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> No
     ARTIFACTS.mkdir(exist_ok=True)
     with (ARTIFACTS / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app.launcher.cli", "serve", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR
 
 CASES_PER_OPERATION = 180

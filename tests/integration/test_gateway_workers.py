@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from app.local_service import ROOT, free_port, wait_ready
+from app.launcher.local_service import ROOT, free_port, wait_ready
 from tests.conftest import KEYS, MODEL
 
 REQUESTS = 40
@@ -31,7 +31,18 @@ def test_two_gateway_processes_share_the_port_and_their_metrics(redis_url: str, 
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "0", "--gateway-workers", "2"],
+            [
+                sys.executable,
+                "-m",
+                "app.launcher.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                "0",
+                "--gateway-workers",
+                "2",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

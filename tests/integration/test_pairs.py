@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL, hf_logprobs
 from workers.config import PACKAGED_MODELS
 from workers.models import safetensors_dir

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR
 
 

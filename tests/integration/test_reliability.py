@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from bench.texts import text_of_tokens
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 from workers.protocol import (

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load as st_load
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR, hf_logprobs
 
 TEXT = "Tiny random models still give every position a full distribution."

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from app.chat_template import ChatTemplateError
-from app.text import TextCodec
+from app.serving.chat_template import ChatTemplateError
+from app.serving.text import TextCodec
 from workers.protocol import ModelCard
 
 TEXTS = [

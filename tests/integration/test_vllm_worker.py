@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import load as st_load
 
-from app.local_service import LocalService
+from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 from tests.integration.test_spine import TEXT, reference_logprobs
 

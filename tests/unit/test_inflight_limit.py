@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.limits import InflightLimit, parked
+from app.platform.limits import InflightLimit, parked
 
 
 def limited_app(limit: int, busy_limit: int) -> tuple[Starlette, asyncio.Event]:

@@ -13,8 +13,9 @@ IMPORT_NAMES = {"pyyaml": "yaml", "types-pyyaml": "yaml"}  # distributions whose
 
 def dev_only_modules() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime = {_name(d) for d in project["dependencies"]}
-    dev = {_name(d) for d in project["optional-dependencies"]["dev"]} - runtime
+    extras = project["optional-dependencies"]
+    runtime = {_name(d) for d in [*project["dependencies"], *extras["gateway"], *extras["hf"]]}
+    dev = {_name(d) for d in extras["dev"]} - runtime
     return {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in dev}
 
 

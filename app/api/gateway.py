@@ -1,0 +1,88 @@
+"""The FastAPI gateway app: routers, middleware, error handlers and the services' lifetime. It never loads a model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+
+from app.api import (
+    analysis,
+    batches,
+    calibrations,
+    decode,
+    frequency_tables,
+    generate,
+    health,
+    models,
+    openai_compat,
+    records,
+    score,
+    web,
+)
+from app.batches.runner import BatchRunner
+from app.platform import logs
+from app.platform.errors import ERROR_RESPONSES, install_error_handlers
+from app.platform.limits import BodyLimit, InflightLimit
+from app.platform.observe import Observe
+from app.platform.settings import Settings, get_settings
+from app.serving.jobs import client_gone
+from app.serving.services import Services
+
+log = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logs.configure(settings.json_logs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings)
+        app.state.services = services
+        app.state.keys = services.keys
+        runner = BatchRunner(services, settings.batch_concurrency, settings.record_ttl_s)
+        await services.jobs.start()
+        await runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+            await services.jobs.stop()
+            await services.redis.aclose()
+
+    async def watch_client(request: Request) -> None:
+        """Let jobs waited on in this request see whether its client is still there."""
+        client_gone.set(request.is_disconnected)
+
+    app = FastAPI(
+        title="logprobe",
+        version="0.1.0",
+        lifespan=lifespan,
+        dependencies=[Depends(watch_client)],
+        description="Full next-token distributions of language models, kept compactly and analysed.",
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(InflightLimit, limit=settings.max_inflight, busy_limit=settings.max_busy)
+
+    app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
+
+    for module in (
+        health,
+        models,
+        score,
+        generate,
+        records,
+        analysis,
+        calibrations,
+        frequency_tables,
+        decode,
+        openai_compat,
+        batches,
+        web,
+    ):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    return app

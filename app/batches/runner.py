@@ -1,0 +1,181 @@
+"""Batches: many texts, each scored by the workers and then analysed, with progress and JSONL results.
+
+A batch lives in Redis under its tenant: a hash (spec, status, times), a list of inputs, a hash of result
+lines by input index and a set of the failed indices. Every gateway runs a BatchRunner; a batch is driven by
+whichever runner holds its lease, which it renews while working. If that gateway dies, the lease lapses and
+another runner resumes the batch from the inputs without a result line, so every input gets exactly one line.
+Scoring goes through the same job streams as any request, so backpressure (queue_full, rate limits) makes a
+batch wait and retry rather than fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+
+import redis.exceptions
+from redis.asyncio import Redis
+
+from app.batches.store import ACTIVE, FINISHED, batch_key, finish_batch
+from app.platform.errors import ApiError
+from app.schemas.analysis import AnalysisRequest
+from app.serving.analyses import analyse
+from app.serving.scoring import record_for
+from app.serving.services import Services
+from workers.protocol import as_bytes
+
+log = logging.getLogger("app.batches.runner")
+
+LEASE_S = 30
+SWEEP_S = 2.0
+RETRY_CODES = {"queue_full", "rate_limited", "overloaded", "redis_unavailable", "job_timeout"}
+RETRY_AFTER_S = 2.0
+
+
+class BatchRunner:
+    """Drives the active batches this gateway holds a lease on, a few inputs at a time."""
+
+    def __init__(self, services: Services, concurrency: int, ttl_s: int) -> None:
+        self.services = services
+        self.redis: Redis = services.redis
+        self.concurrency = concurrency
+        self.ttl_s = ttl_s
+        self.owner = uuid.uuid4().hex
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="batch-sweeper")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._sweeper, *self._running.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                for member in await self.redis.smembers(ACTIVE):
+                    name = (as_bytes(member) or b"").decode()
+                    if name not in self._running and await self._take_lease(name):
+                        task = asyncio.create_task(self._drive(name), name=f"batch-{name}")
+                        self._running[name] = task
+                        task.add_done_callback(lambda _, n=name: self._running.pop(n, None))  # type: ignore[misc]
+            except Exception:  # Redis away: try again at the next sweep
+                log.warning("batch sweep failed", exc_info=True)
+            await asyncio.sleep(SWEEP_S)
+
+    async def _take_lease(self, name: str) -> bool:
+        lease = f"lp:batch-lease:{name}"
+        taken = await self.redis.set(lease, self.owner, nx=True, ex=LEASE_S)
+        return bool(taken) or (await self.redis.get(lease)) == self.owner.encode()
+
+    async def _renew(self, name: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            await self.redis.set(f"lp:batch-lease:{name}", self.owner, xx=True, ex=LEASE_S)
+
+    async def _drive(self, name: str) -> None:
+        renew = asyncio.create_task(self._renew(name))
+        try:
+            await self._drive_inputs(name)
+        except Exception:  # Redis away or a bug: the lease lapses and a sweep resumes the batch
+            log.exception("batch %s interrupted", name)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await self.redis.delete(f"lp:batch-lease:{name}")
+
+    async def _drive_inputs(self, name: str) -> None:
+        tenant, batch_id = name.split("\x1f", 1)
+        fields = await self.redis.hgetall(batch_key(tenant, batch_id))
+        if not fields:  # expired or removed
+            await self.redis.srem(ACTIVE, name)
+            return
+        if (as_bytes(fields[b"status"]) or b"").decode() in FINISHED:
+            await self.redis.srem(ACTIVE, name)
+            return
+        spec = json.loads(fields[b"spec"])
+        await self.redis.hset(batch_key(tenant, batch_id), "status", "in_progress")
+        done = {int(i) for i in await self.redis.hkeys(batch_key(tenant, batch_id, "results"))}
+        inputs = await self.redis.lrange(batch_key(tenant, batch_id, "inputs"), 0, -1)
+        todo = [i for i in range(len(inputs)) if i not in done]
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in todo:
+            queue.put_nowait(index)
+
+        async def worker() -> None:
+            while not queue.empty():
+                index = queue.get_nowait()
+                if await self._cancelled(tenant, batch_id):
+                    return
+                line, failed = await self._run_one(tenant, spec, index, json.loads(inputs[index]))
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hset(batch_key(tenant, batch_id, "results"), str(index), json.dumps(line))
+                if failed:
+                    pipe.sadd(batch_key(tenant, batch_id, "failed"), str(index))
+                await pipe.execute()
+
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, max(1, len(todo))))))
+        if not await self._cancelled(tenant, batch_id):
+            await finish_batch(self.redis, tenant, batch_id, "completed", self.ttl_s)
+            log.info("batch %s completed (%d inputs)", batch_id, len(inputs))
+
+    async def _cancelled(self, tenant: str, batch_id: str) -> bool:
+        status = await self.redis.hget(batch_key(tenant, batch_id), "status")
+        return status is None or as_bytes(status) == b"cancelled"
+
+    async def _run_one(
+        self, tenant: str, spec: dict[str, Any], index: int, item: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """One input's result line, and whether it failed; retried while the service pushes back."""
+        line: dict[str, Any] = {"index": index, "custom_id": item.get("custom_id")}
+        source = {k: item[k] for k in ("text", "messages") if item.get(k) is not None}
+        while True:
+            try:
+                results: dict[str, Any] = {}
+                record_id = None
+                if not spec["analyses"]:  # scoring only
+                    body = AnalysisRequest.model_validate({"model": spec["model"], **source})
+                    meta, *_ = await record_for(
+                        self.services, tenant, model=body.model, record_id=None, text=body.text, messages=body.messages
+                    )
+                    record_id = meta.record_id
+                for analysis in spec["analyses"]:
+                    options = {k: v for k, v in analysis.items() if k != "family"}
+                    body = AnalysisRequest.model_validate({"model": spec["model"], **source, **options})
+                    answer = await analyse(analysis["family"], body, self.services, tenant)
+                    record_id = record_id or answer["record_id"]
+                    if not spec.get("include_tokens"):
+                        answer.pop("tokens")
+                    results[analysis["family"]] = answer
+                return {**line, "record_id": record_id, "results": results, "error": None}, False
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                await asyncio.sleep(RETRY_AFTER_S)
+            except ApiError as exc:
+                if exc.code in RETRY_CODES:
+                    await asyncio.sleep(RETRY_AFTER_S)
+                    continue
+                return {
+                    **line,
+                    "record_id": None,
+                    "results": None,
+                    "error": {"code": exc.code, "message": exc.message},
+                }, True
+            except Exception as exc:  # a bad input must not stop the batch
+                log.exception("batch input %d failed", index)
+                return {
+                    **line,
+                    "record_id": None,
+                    "results": None,
+                    "error": {"code": "internal", "message": str(exc)},
+                }, True

@@ -1,0 +1,38 @@
+"""A batch request checked as a whole (models, methods, parameters) before any input runs, then stored."""
+
+from __future__ import annotations
+
+from app.analysis.run import AnalysisError, resolve_params, select_methods
+from app.batches.store import create_batch
+from app.platform.errors import ApiError
+from app.schemas.analysis import AnalysisRequest
+from app.schemas.batches import BatchRequest
+from app.serving.analyses import analysis_inputs
+from app.serving.services import Services
+
+
+async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> str:
+    """Store a valid batch and return its id; 422 for anything one of its inputs would fail on."""
+    limit = services.settings.max_batch_inputs
+    if len(body.inputs) > limit:
+        raise ApiError(422, "batch_too_large", f"a batch holds at most {limit} inputs", "inputs")
+    await services.catalog.card(body.model)  # unknown models fail now, not once per input
+    for i, analysis in enumerate(body.analyses):
+        options = analysis.model_dump(exclude={"family"})
+        if analysis.reference_model is not None:
+            await services.catalog.card(analysis.reference_model)
+        try:
+            request = AnalysisRequest.model_validate({"model": body.model, "text": "x", **options})
+            resolve_params(
+                select_methods(analysis.family, analysis.methods, analysis_inputs(analysis.family, request)),
+                analysis.params,
+            )
+        except AnalysisError as exc:
+            raise ApiError(422, exc.code, f"analyses[{i}]: {exc}", exc.param) from exc
+    spec = {
+        "model": body.model,
+        "analyses": [a.model_dump(mode="json") for a in body.analyses],
+        "include_tokens": body.include_tokens,
+    }
+    inputs = [item.model_dump(mode="json", exclude_none=True) for item in body.inputs]
+    return await create_batch(services.redis, tenant, spec, inputs)

@@ -1,0 +1,122 @@
+"""A whole deployment on this machine, as separate processes: for tests and benchmarks.
+
+A private Redis, worker processes (`python -m workers`) and the gateway (uvicorn) on a free port; the same
+processes `logprobe serve` runs, but each one observable and stoppable on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from app.launcher.embedded import EmbeddedRedis
+from app.platform.settings import KEEP_ALIVE_S
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{base_url} not ready after {timeout_s}s")
+
+
+class LocalService:
+    def __init__(
+        self, env: dict[str, str] | None = None, log_dir: Path | None = None, workers: int = 1, gateways: int = 1
+    ) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="logprobe-"))
+        self.log_dir = log_dir or self.tmp
+        self.redis = EmbeddedRedis(self.tmp / "redis")
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env or {}
+        self.n_workers = workers
+        self.n_gateways = gateways
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / log_name).open("ab") as log:
+            return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        worker = self._spawn([sys.executable, "-m", "workers"], f"worker{len(self.workers)}.log")
+        self.workers.append(worker)
+        return worker
+
+    def start(self) -> LocalService:
+        url = self.redis.start()
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env, "REDIS_URL": url}
+        if self.n_gateways > 1:  # uvicorn worker processes; their metrics meet in one folder
+            (self.tmp / "metrics").mkdir()
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.tmp / "metrics")
+        for _ in range(self.n_workers):
+            self.start_worker()
+        self.gateway = self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.api.gateway:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--workers",
+                str(self.n_gateways),
+                "--timeout-keep-alive",
+                str(KEEP_ALIVE_S),
+            ],
+            "gateway.log",
+        )
+        wait_ready(self.base_url, [self.gateway, *self.workers])
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def stop(self) -> None:
+        for proc in [*([self.gateway] if self.gateway else []), *self.workers]:
+            proc.terminate()
+        for proc in [*([self.gateway] if self.gateway else []), *self.workers]:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.redis.stop()
+
+    def __enter__(self) -> LocalService:
+        return self.start()
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.stop()

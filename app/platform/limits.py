@@ -1,0 +1,151 @@
+"""Per-tenant rate limits (requests and tokens per minute), counted in Redis so every gateway shares them."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.platform.errors import ApiError, error_response
+
+WINDOW_S = 60
+
+
+async def charge(redis: Redis, tenant: str, what: str, amount: int, limit: int) -> None:
+    """Count `amount` against this minute's budget; over `limit`, a 429 that says when the window resets."""
+    if limit <= 0 or amount <= 0:
+        return
+    now = time.time()
+    key = f"lp:rate:{tenant}:{what}:{int(now // WINDOW_S)}"
+    pipe = redis.pipeline(transaction=True)
+    pipe.incrby(key, amount)
+    pipe.expire(key, 2 * WINDOW_S)
+    used, _ = await pipe.execute()
+    if int(used) > limit:
+        retry = max(1, math.ceil(WINDOW_S - now % WINDOW_S))
+        raise ApiError(
+            429,
+            f"{what}_rate_limited",
+            f"over {limit} {what} per minute for this key; retry in {retry}s",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, by its Content-Length or, for a chunked body, once
+    more than that has arrived (a chunked body is buffered, up to the limit, before the route sees it)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, scope["method"] in ("POST", "PUT", "PATCH")
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, "body_too_large", f"request bodies are limited to {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+@dataclass
+class Ticket:
+    """A request admitted by InflightLimit; `parked` counts the waits on workers it is in right now."""
+
+    limiter: InflightLimit
+    parked: int = 0
+    done: bool = False  # answered: a wait that ends later gives nothing back
+
+
+admitted: ContextVar[Ticket | None] = ContextVar("admitted", default=None)
+
+
+@contextlib.contextmanager
+def parked() -> Iterator[None]:
+    """While a request waits on a worker it costs this process nothing, so it does not count as busy."""
+    ticket = admitted.get()
+    if ticket is not None:
+        ticket.parked += 1
+        if ticket.parked == 1:
+            ticket.limiter.busy -= 1
+    try:
+        yield
+    finally:
+        if ticket is not None:
+            ticket.parked -= 1
+            if ticket.parked == 0 and not ticket.done:
+                ticket.limiter.busy += 1
+
+
+class InflightLimit:
+    """ASGI middleware: at most `limit` requests in this gateway process at once, and at most `busy_limit` of them
+    working here rather than waiting on a worker (health checks exempt); beyond either a 429 `overloaded` with
+    Retry-After, so overload turns into quick refusals instead of ever longer queues.
+
+    Waiting requests cost the event loop nothing, so `limit` can be generous. Working ones (analyses, answers
+    being built) share one core: a few at a time answer fast, many at a time all answer late (BENCHMARKS.md).
+    """
+
+    EXEMPT = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, limit: int, busy_limit: int) -> None:
+        self.app, self.limit, self.busy_limit = app, limit, busy_limit
+        self.active = self.busy = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit or self.busy >= self.busy_limit:
+            working = f"{self.busy} requests at work" if self.busy >= self.busy_limit else f"{self.active} requests"
+            response = error_response(
+                429, "overloaded", f"the gateway is handling {working}; retry", headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.active += 1
+        self.busy += 1
+        ticket = Ticket(self)
+        token = admitted.set(ticket)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admitted.reset(token)
+            ticket.done = True
+            self.active -= 1
+            if ticket.parked == 0:
+                self.busy -= 1

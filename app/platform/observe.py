@@ -1,0 +1,45 @@
+"""ASGI middleware: a request id (echoed in X-Request-Id and in every log line), the latency metric by route,
+and one access log line per request.
+
+Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's disconnect from the routes
+(they poll it to cancel jobs whose client went away).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.platform import logs, metrics
+
+
+class Observe:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = (given or uuid.uuid4().hex)[:128]
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route
+            metrics.REQUESTS.labels(scope["method"], template, str(status)).observe(time.perf_counter() - started)
+            logs.log_request(scope["method"], scope["path"], status, started)
+            logs.request_id.reset(token)

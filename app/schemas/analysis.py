@@ -1,0 +1,101 @@
+"""POST /v1/analysis/{family}, GET /v1/analysis/methods and PUT /v1/frequency-tables/{name}."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.tokens import ChatMessage
+
+Family = Literal["uncertainty", "detect", "membership", "compare"]
+SpanName = Literal["all", "prompt", "completion"]
+DEFAULT_TABLE = "default"  # the frequency table counted from text that ships in packages
+
+
+class SpanRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(ge=1, description="first position")
+    stop: int = Field(ge=2, description="one past the last position")
+
+
+class AnalysisRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    record_id: str | None = None
+    text: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    span: SpanName | SpanRange | list[int] = Field(
+        default="all", description="all, prompt, completion (generated records), {start, stop}, or positions"
+    )
+    methods: list[str] | None = Field(default=None, description="default: every method of the family")
+    params: dict[str, dict[str, float]] = Field(default_factory=dict, description="per method, e.g. {min_k: {k: 0.1}}")
+    frequency_table: str = Field(default=DEFAULT_TABLE, description="reference token frequencies for dc_pdd")
+    reference_model: str | None = Field(
+        default=None, description="compare/detect: the second model (reference, observer or base), same tokenizer"
+    )
+    context: str | None = Field(default=None, description="compare: the model with this context before the text")
+
+
+class TokenValues(BaseModel):
+    position: int
+    id: int
+    text: str
+    values: dict[str, float | None]
+
+
+class Decision(BaseModel):
+    machine: bool
+    sign: float
+    threshold: float
+    target_fpr: float
+
+
+class AnalysisResponse(BaseModel):
+    record_id: str
+    model: str
+    reference_record_id: str | None = None
+    reference_model: str | None = None
+    cached: bool
+    family: str
+    n_positions: int
+    methods: list[str]
+    tokens: list[TokenValues]
+    sequence: dict[str, float | None]
+    details: dict[str, list[float]]
+    decisions: dict[str, Decision] | None = Field(
+        default=None, description="detect: per calibrated method, whether the text is judged machine-written"
+    )
+
+
+class ParamInfo(BaseModel):
+    name: str
+    default: float
+    min: float
+    max: float
+    description: str
+
+
+class MethodInfo(BaseModel):
+    name: str
+    families: list[str]
+    level: str
+    description: str
+    higher_means: str
+    needs: list[str]
+    requires: list[str]
+    params: list[ParamInfo]
+
+
+class FrequencyTableRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    texts: list[str] = Field(min_length=1, max_length=100_000)
+
+
+class FrequencyTableInfo(BaseModel):
+    name: str
+    model: str
+    texts: int
+    tokens: int
+    distinct_tokens: int

@@ -1,0 +1,57 @@
+"""POST /v1/batches and the batch object."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.analysis import DEFAULT_TABLE, Family, SpanName, SpanRange
+from app.schemas.tokens import ChatMessage
+
+
+class BatchInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    custom_id: str | None = Field(default=None, max_length=256, description="echoed in the input's result line")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BatchInput:
+        if (self.text is None) == (self.messages is None):
+            raise ValueError("give exactly one of `text` or `messages`")
+        return self
+
+
+class BatchAnalysis(BaseModel):
+    """One analysis to run on every input; the fields mean what they mean in /v1/analysis/{family}."""
+
+    model_config = ConfigDict(extra="forbid")
+    family: Family
+    methods: list[str] | None = None
+    params: dict[str, dict[str, float]] = Field(default_factory=dict)
+    span: SpanName | SpanRange | list[int] = "all"
+    frequency_table: str = DEFAULT_TABLE
+    reference_model: str | None = None
+    context: str | None = None
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    inputs: list[BatchInput] = Field(min_length=1)
+    analyses: list[BatchAnalysis] = Field(default_factory=list, max_length=8, description="none: scoring only")
+    include_tokens: bool = Field(default=False, description="per-token values in the result lines")
+
+
+class Batch(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    status: Literal["queued", "in_progress", "completed", "cancelled"]
+    model: str
+    analyses: list[str]
+    total: int
+    completed: int = Field(description="inputs with a result")
+    failed: int = Field(description="inputs whose line carries an error")
+    created_at: int
+    finished_at: int | None

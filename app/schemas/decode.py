@@ -1,0 +1,81 @@
+"""POST /v1/decode/contrastive."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.generate import SamplingRequest
+from app.schemas.tokens import Usage
+
+
+class ViewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    template: Literal["raw", "chat"] = "chat"
+    system: str | None = None
+    context: str | None = Field(default=None, description="text placed before the prompt")
+    weight: float = Field(default=1.0, ge=-100, le=100)
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0, description="this view's own temperature")
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Literal["ed", "cd", "cad", "proxy", "prompt_contrast"]
+    model: str | None = Field(default=None, description="cad, prompt_contrast")
+    base: str | None = Field(default=None, description="ed (pre-trained model), proxy (large base)")
+    aligned: str | None = Field(default=None, description="ed (its aligned version)")
+    expert: str | None = Field(default=None, description="cd")
+    amateur: str | None = Field(default=None, description="cd")
+    tuned: str | None = Field(default=None, description="proxy (small tuned model)")
+    small_base: str | None = Field(default=None, description="proxy (small base model)")
+    context: str | None = Field(default=None, description="cad")
+    system: str | None = None
+    alpha: float | None = Field(default=None, ge=0.0, le=100.0)
+    lambda_: float | None = Field(default=None, alias="lambda", ge=-100.0, le=100.0)
+    amateur_temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+
+
+class PlausibilityIn(BaseModel):
+    """Contrastive decoding's cut: keep tokens whose probability under `view` is >= alpha * its maximum."""
+
+    model_config = ConfigDict(extra="forbid")
+    view: int = Field(ge=0)
+    alpha: float = Field(gt=0.0, le=1.0)
+
+
+class DecodeRequest(SamplingRequest):
+    prompt: str = Field(min_length=1)
+    views: list[ViewIn] | None = Field(default=None, min_length=1)
+    preset: Preset | None = None
+    plausibility: PlausibilityIn | None = None
+    record_view: int = Field(default=0, ge=0, description="the view whose model's record is stored")
+    stream: bool = False
+
+
+class TopToken(BaseModel):
+    id: int
+    text: str
+    logprob: float
+
+
+class ViewScore(BaseModel):
+    logprob: float
+    rank: int
+
+
+class StepOut(BaseModel):
+    id: int
+    text: str
+    top_logprobs: list[TopToken]
+    views: list[ViewScore]
+
+
+class DecodeResponse(BaseModel):
+    record_id: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    views: list[ViewIn]
+    steps: list[StepOut]

@@ -1,0 +1,28 @@
+"""GET /v1/models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "logprobe"
+    ready: bool
+    workers: int
+    backend: str | None = None
+    dtype: str | None = None
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    context_length: int | None = None
+    chat_template: bool | None = None
+    storage: str | None = None
+    hidden_dtype: str | None = None
+    lossy: bool | None = None
+    rebuild_max_abs_error: float | None = None
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelInfo]

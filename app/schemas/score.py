@@ -1,0 +1,38 @@
+"""POST /v1/score and GET /v1/records/{id}."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.tokens import ChatMessage, TokenOut
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    text: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_generation_prompt: bool = Field(default=False, description="end a chat with the assistant's turn opener")
+    top_logprobs: int | None = Field(default=None, ge=0, description="alternatives per token (default 5, max 20)")
+
+
+class ScoreResponse(BaseModel):
+    record_id: str
+    model: str
+    cached: bool
+    n_tokens: int
+    tokens: list[TokenOut]
+
+
+class RecordResponse(BaseModel):
+    record_id: str
+    model: str
+    kind: str
+    n_tokens: int
+    n_prompt: int | None
+    finish_reason: str | None
+    created_at: float
+    storage: str
+    hidden_dtype: str
+    vocab_size: int
+    tokens: list[TokenOut]

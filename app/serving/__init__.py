@@ -1,0 +1,8 @@
+"""The request path, below HTTP: jobs submitted to the workers' streams (`jobs`), records read from Redis
+(`store`, `scoring`), the model catalog and tokenization (`catalog`, `text`, `chat_template`, `inputs`),
+two-record pairs and cross statistics (`pairs`, `cross`), analyses over records (`analyses`), calibrations,
+frequency tables, contrastive and OpenAI-shaped decoding jobs.
+
+May import `app.analysis`, `app.schemas`, `app.platform` and `workers.protocol` / `workers.config`; never
+`app.api`, `app.batches` or `app.launcher`. No FastAPI here.
+"""

@@ -1,0 +1,169 @@
+"""Contrastive decoding requests as worker jobs: presets expanded to views (ED, CD, CAD, proxy-tuning, prompt
+contrast), each view's prefix tokenized, and the steps and summary of the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.platform.errors import ApiError
+from app.platform.limits import charge
+from app.schemas.decode import DecodeRequest, Preset, ViewIn
+from app.serving.inputs import check_length, sampling_of, top_k, truncate_at_stop
+from app.serving.jobs import new_job_id
+from app.serving.services import Services
+from app.serving.text import TextCodec
+from workers.protocol import ContrastJob, DecodeStep, DecodeView, JobOutcome, Plausibility, group_name
+
+MAX_VIEWS = 8
+
+
+def _need(value: str | None, preset: str, field: str) -> str:
+    if not value:
+        raise ApiError(422, "invalid_preset", f"preset {preset!r} needs `{field}`", f"preset.{field}")
+    return value
+
+
+def expand(preset: Preset) -> tuple[list[ViewIn], Plausibility | None]:
+    """A preset as views (GUIDE §4): weights, templates and the plausibility cut."""
+    name, system = preset.name, preset.system
+    if name == "ed":  # (1 + a) log p_base(raw) - a log p_aligned(chat); the reference code uses a = 0.3 for Llama-2
+        a = 0.3 if preset.alpha is None else preset.alpha
+        return [
+            ViewIn(model=_need(preset.base, name, "base"), template="raw", weight=1 + a),
+            ViewIn(model=_need(preset.aligned, name, "aligned"), template="chat", system=system, weight=-a),
+        ], None
+    if name == "cd":  # log p_expert - log p_amateur among tokens with p_expert >= a * max p_expert
+        a = 0.1 if preset.alpha is None else preset.alpha
+        return [
+            ViewIn(model=_need(preset.expert, name, "expert"), system=system, weight=1.0),
+            ViewIn(
+                model=_need(preset.amateur, name, "amateur"),
+                system=system,
+                weight=-1.0,
+                temperature=preset.amateur_temperature,
+            ),
+        ], Plausibility(view=0, alpha=max(a, 1e-12))
+    if name == "cad":  # (1 + a) log p(y | c, x) - a log p(y | x)
+        a = 0.5 if preset.alpha is None else preset.alpha
+        model = _need(preset.model, name, "model")
+        return [
+            ViewIn(model=model, system=system, context=_need(preset.context, name, "context"), weight=1 + a),
+            ViewIn(model=model, system=system, weight=-a),
+        ], None
+    if name == "proxy":  # log p_large + l (log p_small_tuned - log p_small_base)
+        lam = 1.0 if preset.lambda_ is None else preset.lambda_
+        return [
+            ViewIn(model=_need(preset.base, name, "base"), template="raw", weight=1.0),
+            ViewIn(model=_need(preset.tuned, name, "tuned"), template="chat", system=system, weight=lam),
+            ViewIn(model=_need(preset.small_base, name, "small_base"), template="raw", weight=-lam),
+        ], None
+    a = 0.5 if preset.alpha is None else preset.alpha  # prompt contrast: the chat prompt against the bare one
+    model = _need(preset.model, name, "model")
+    return [
+        ViewIn(model=model, template="chat", system=system, weight=1 + a),
+        ViewIn(model=model, template="raw", weight=-a),
+    ], None
+
+
+def view_prefix(codec: TextCodec, view: ViewIn, prompt: str) -> list[int]:
+    body = prompt if view.context is None else f"{view.context}\n\n{prompt}"
+    if view.template == "raw":
+        return codec.encode(body if view.system is None else f"{view.system}\n\n{body}")
+    messages = ([{"role": "system", "content": view.system}] if view.system else []) + [
+        {"role": "user", "content": body}
+    ]
+    try:
+        return codec.encode_chat(messages, add_generation_prompt=True)
+    except LookupError as exc:
+        raise ApiError(
+            422, "no_chat_template", f"{view.model!r} has no chat template; use template raw", "views"
+        ) from exc
+
+
+async def build_job(
+    body: DecodeRequest, services: Services, tenant: str
+) -> tuple[ContrastJob, list[ViewIn], TextCodec, list[str]]:
+    if (body.views is None) == (body.preset is None):
+        raise ApiError(422, "missing_input", "give exactly one of `views` and `preset`", "views")
+    if body.preset is not None:
+        views, plausibility = expand(body.preset)
+    else:
+        cut = body.plausibility
+        views, plausibility = body.views or [], None if cut is None else Plausibility(view=cut.view, alpha=cut.alpha)
+    if len(views) > MAX_VIEWS:
+        raise ApiError(422, "too_many_views", f"at most {MAX_VIEWS} views", "views")
+    if body.record_view >= len(views) or (plausibility is not None and plausibility.view >= len(views)):
+        raise ApiError(422, "invalid_view", "record_view and plausibility.view must name one of the views", "views")
+    settings = services.settings
+    sampling = sampling_of(body, settings.max_new_tokens)
+    stops = sampling.stop
+    decode_views, codecs = [], []
+    for view in views:
+        card = await services.catalog.card(view.model)
+        codec = await services.catalog.codec(card)
+        ids = view_prefix(codec, view, body.prompt)
+        check_length(card, len(ids) + body.max_tokens, settings.max_positions)
+        codecs.append(codec)
+        decode_views.append(
+            DecodeView(
+                model=card.name,
+                fingerprint=card.fingerprint,
+                prefix_ids=ids,
+                weight=view.weight,
+                temperature=view.temperature,
+            )
+        )
+    if len({(c.tokenizer_id, c.card.vocab_size) for c in codecs}) != 1:
+        raise ApiError(422, "tokenizer_mismatch", "every view's model must share one tokenizer", "views")
+    group = group_name(v.model for v in decode_views)
+    if not await services.catalog.live_workers(group):
+        raise ApiError(
+            503,
+            "group_unavailable",
+            f"no worker hosts all of {sorted(set(v.model for v in views))}",
+            "views",
+            headers={"Retry-After": "5"},
+        )
+    k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    tokens = sum(len(v.prefix_ids) for v in decode_views) + body.max_tokens * len(decode_views)
+    await charge(services.redis, tenant, "tokens", tokens, settings.rate_limit_tpm)
+    job = ContrastJob(
+        job_id=new_job_id(),
+        tenant=tenant,
+        model=group,
+        fingerprint="|".join(v.fingerprint for v in decode_views),
+        views=decode_views,
+        sampling=sampling,
+        plausibility=plausibility,
+        topk=k,
+        record_view=body.record_view,
+    )
+    return job, views, codecs[0], stops
+
+
+def step_out(step: DecodeStep, codec: TextCodec) -> dict[str, Any]:
+    pieces = codec.pieces()
+    return {
+        "id": step.token,
+        "text": pieces[step.token],
+        "top_logprobs": [
+            {"id": i, "text": pieces[i], "logprob": v} for i, v in zip(step.top_ids, step.top_logprobs, strict=True)
+        ],
+        "views": [{"logprob": lp, "rank": r} for lp, r in zip(step.view_logprobs, step.view_ranks, strict=True)],
+    }
+
+
+def summary(
+    outcome: JobOutcome, codec: TextCodec, stops: list[str], views: list[ViewIn], prompt_tokens: int
+) -> dict[str, Any]:
+    completion = outcome.completion_ids or []
+    text = codec.decode(completion)
+    if outcome.finish_reason == "stop":
+        text = truncate_at_stop(text, stops)
+    return {
+        "record_id": outcome.record_id,
+        "text": text,
+        "finish_reason": outcome.finish_reason,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(completion)},
+        "views": [v.model_dump() for v in views],
+    }

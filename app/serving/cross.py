@@ -1,0 +1,67 @@
+"""Statistics that need two full distributions at once, from the worker that hosts both models; cached."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.platform.errors import ApiError
+from app.serving.jobs import new_job_id, raise_for_outcome
+from app.serving.services import Services
+from workers.protocol import (
+    CrossJob,
+    CrossSide,
+    ProtocolError,
+    RecordMeta,
+    as_bytes,
+    cross_id,
+    cross_key,
+    decode_cross,
+    group_name,
+)
+
+
+async def cross_statistics(
+    services: Services, tenant: str, p: RecordMeta, p_positions: np.ndarray, q: RecordMeta, q_positions: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Aligned per-position KL, JS, cross moments and cross ranks between record p and record q."""
+    sides = []
+    for meta, positions in ((p, p_positions), (q, q_positions)):
+        card = await services.catalog.card(meta.model)
+        sides.append(
+            CrossSide(
+                record_id=meta.record_id,
+                model=meta.model,
+                fingerprint=card.fingerprint,
+                positions=[int(t) for t in positions],
+            )
+        )
+    side_p, side_q = sides
+    cid = cross_id(side_p, side_q)
+    raw = as_bytes(await services.redis.get(cross_key(tenant, cid)))
+    if raw is None:
+        queue = group_name([p.model, q.model])
+        if not await services.catalog.live_workers(queue):
+            raise ApiError(
+                503,
+                "pair_unavailable",
+                f"no worker hosts both {p.model!r} and {q.model!r}; start one that serves both models",
+                "reference_model",
+                headers={"Retry-After": "5"},
+            )
+        job = CrossJob(
+            job_id=new_job_id(),
+            tenant=tenant,
+            model=queue,
+            fingerprint=f"{side_p.fingerprint}|{side_q.fingerprint}",
+            cross_id=cid,
+            p=side_p,
+            q=side_q,
+        )
+        raise_for_outcome(await services.jobs.run(job))
+        raw = as_bytes(await services.redis.get(cross_key(tenant, cid)))
+        if raw is None:
+            raise ApiError(504, "cross_expired", "the cross statistics expired before they were read; retry")
+    try:
+        return decode_cross(raw, len(p_positions))
+    except ProtocolError as exc:
+        raise ApiError(500, "cross_corrupt", "stored cross statistics failed validation") from exc

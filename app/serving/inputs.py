@@ -1,0 +1,78 @@
+"""The input rules every route shares: token ids of a text or chat, length limits, top-k, stops, sampling."""
+
+from __future__ import annotations
+
+from app.platform.errors import ApiError
+from app.schemas.generate import SamplingRequest
+from app.schemas.tokens import ChatMessage
+from app.serving.chat_template import ChatTemplateError
+from app.serving.text import TextCodec
+from workers.protocol import ModelCard, Sampling
+
+
+def input_ids(
+    codec: TextCodec,
+    text: str | None,
+    messages: list[ChatMessage] | None,
+    add_generation_prompt: bool,
+    max_positions: int,
+) -> list[int]:
+    """Token ids for a text or a chat, with the errors users can act on."""
+    if (text is None) == (messages is None):
+        raise ApiError(422, "missing_input", "give exactly one of `text` (or `prompt`) and `messages`")
+    if text is not None:
+        if not text:
+            raise ApiError(422, "empty_text", "the text is empty", "text")
+        ids = codec.encode(text)
+    else:
+        try:
+            ids = codec.encode_chat([m.model_dump() for m in messages or []], add_generation_prompt)
+        except LookupError as exc:
+            raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
+        except ChatTemplateError as exc:
+            raise ApiError(
+                422, "chat_template_error", f"the chat template refused the messages: {exc}", "messages"
+            ) from exc
+    check_length(codec.card, len(ids), max_positions)
+    if not ids:
+        raise ApiError(422, "empty_text", "the input has no tokens")
+    return ids
+
+
+def check_length(card: ModelCard, n: int, max_positions: int) -> None:
+    limit = min(card.context_length, max_positions)
+    if n > limit:
+        raise ApiError(422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}")
+
+
+def top_k(requested: int | None, default: int, limit: int) -> int:
+    k = default if requested is None else requested
+    if k > limit:
+        raise ApiError(422, "top_logprobs_too_large", f"top_logprobs is at most {limit}", "top_logprobs")
+    return k
+
+
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    """A request's `stop` as a list; 422 for an empty stop string."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not s for s in stops):
+        raise ApiError(422, "invalid_stop", "stop strings must not be empty", "stop")
+    return stops
+
+
+def truncate_at_stop(text: str, stops: list[str]) -> str:
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def sampling_of(body: SamplingRequest, max_new_tokens: int) -> Sampling:
+    """A request's sampling parameters for a job; 422 for max_tokens over the limit or an empty stop string."""
+    if body.max_tokens > max_new_tokens:
+        raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {max_new_tokens}", "max_tokens")
+    return Sampling(
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=stop_list(body.stop),
+    )

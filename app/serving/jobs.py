@@ -1,0 +1,236 @@
+"""Submitting jobs to the workers' streams and waiting for their outcomes without polling.
+
+One pub/sub connection per gateway process listens on DONE_CHANNEL and wakes the waiters of each job;
+the outcome itself is read from its key, which also covers a notification lost while reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from app.platform import metrics
+from app.platform.errors import ApiError, ClientGone
+from app.platform.limits import parked
+from workers.protocol import (
+    CONSUMER_GROUP,
+    DONE_CHANNEL,
+    AnyJob,
+    ContrastJob,
+    DecodeStep,
+    JobOutcome,
+    ScoreJob,
+    as_bytes,
+    cancel_key,
+    encode_job,
+    inflight_key,
+    job_outcome_key,
+    jobs_stream,
+    steps_channel,
+)
+
+log = logging.getLogger("app.serving.jobs")
+
+ADD_IF_ROOM = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return nil end
+return redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+"""
+RECHECK_S = 2.0  # how often a waiter re-reads the outcome key in case a notification was lost
+PROBE_S = 0.5  # how often a waiter with a client asks whether that client is still connected
+# Whether the current request's client has gone away (set per request by the app; None outside requests).
+client_gone: ContextVar[Callable[[], Awaitable[bool]] | None] = ContextVar("client_gone", default=None)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, timeout_s: float, max_depth: int) -> None:
+        self.redis = redis
+        self.timeout_s = timeout_s
+        self.max_depth = max_depth
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._groups: set[str] = set()
+        self._add_if_room = redis.register_script(ADD_IF_ROOM)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="job-replies")
+
+    async def stop(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(DONE_CHANNEL)
+                    backoff = 0.2
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake(message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: waiters fall back to re-reading outcome keys
+                log.warning("reply listener lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _wake(self, job_id: str) -> None:
+        for future in self._waiters.get(job_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    # ------------------------------------------------------------ submitting
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def submit(self, job: AnyJob) -> str:
+        stream = jobs_stream(job.model)
+        await self._ensure_group(stream)
+        # Workers delete finished entries, so the stream's length is the number of waiting and running jobs;
+        # the check and the add are one script, so concurrent requests cannot overshoot the limit together.
+        added = await self._add_if_room(keys=[stream], args=[self.max_depth, encode_job(job)["job"]])
+        if added is None:
+            raise ApiError(
+                429,
+                "queue_full",
+                f"{job.model!r} has {self.max_depth} jobs waiting; retry shortly",
+                headers={"Retry-After": "2"},
+            )
+        return job.job_id
+
+    async def run(self, job: AnyJob) -> JobOutcome:
+        """Submit and wait; for score jobs an identical job already in flight is joined instead."""
+        if isinstance(job, ScoreJob):
+            key = inflight_key(job.tenant, job.record_id)
+            claimed = await self.redis.set(key, job.job_id, nx=True, ex=int(self.timeout_s) + 60)
+            if not claimed:
+                running = as_bytes(await self.redis.get(key))
+                if running is not None:
+                    outcome = await self.wait(running.decode())
+                    if not _cancelled(outcome):
+                        return outcome
+                    await self.redis.set(key, job.job_id, ex=int(self.timeout_s) + 60)  # its client left: run ours
+        started = time.perf_counter()
+        await self.submit(job)
+        outcome = await self.wait(job.job_id, resubmit=job)
+        metrics.JOBS.labels(job.model, job.kind, str(outcome.ok).lower()).observe(time.perf_counter() - started)
+        return outcome
+
+    async def stream(self, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
+        """Submit a decoding job and yield each step as the worker takes it, then the outcome."""
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(steps_channel(job.job_id))  # before submitting: no step is missed
+            with parked():  # relaying a worker's steps: not busy in this process
+                async for item in self._relay(pubsub, job):
+                    yield item
+
+    async def _relay(self, pubsub: PubSub, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
+        await self.submit(job)
+        waiter = asyncio.create_task(self.wait(job.job_id))
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None:
+                    yield DecodeStep.model_validate_json(message["data"])
+                elif waiter.done():
+                    break
+            yield waiter.result()
+        finally:
+            waiter.cancel()
+
+    async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
+        """The job's outcome, woken by the done channel and re-read every RECHECK_S. If Redis went away
+        meanwhile, `resubmit` is added again once it is back: a Redis that restarted without persistence has
+        lost the entry, and a duplicate is harmless (scores are idempotent, a worker finds the record)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters.setdefault(job_id, []).append(future)
+        deadline = loop.time() + self.timeout_s
+        outage = False
+        gone = client_gone.get()
+        try:
+            with parked():  # waiting on a worker: not busy in this process
+                while True:
+                    try:
+                        raw = await self.redis.get(job_outcome_key(job_id))
+                        if raw is not None:
+                            outcome = JobOutcome.model_validate_json(raw)
+                            metrics.TOKENS.labels("generated").inc(len(outcome.completion_ids or ()))
+                            return outcome
+                        if outage and resubmit is not None:
+                            log.warning("re-submitting job %s after a Redis outage", job_id)
+                            self._groups.clear()
+                            await self.submit(resubmit)
+                        outage = False
+                    except RedisConnectionError:
+                        outage = True  # keep waiting through the outage; the deadline still holds
+                    if gone is not None and await gone():
+                        await self._cancel(job_id, resubmit)
+                        raise ClientGone(job_id)
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise ApiError(504, "job_timeout", f"no worker finished the job within {self.timeout_s:.0f}s")
+                    if future.done():  # woken, but the outcome was not readable: wait for the next notice
+                        self._waiters[job_id].remove(future)
+                        future = loop.create_future()
+                        self._waiters[job_id].append(future)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(future), min(PROBE_S if gone else RECHECK_S, remaining))
+        finally:
+            waiting = self._waiters.get(job_id, [])
+            waiting.remove(future)
+            if not waiting:
+                self._waiters.pop(job_id, None)
+
+    async def _cancel(self, job_id: str, job: AnyJob | None) -> None:
+        """Mark the job cancelled (a worker that has not started it skips it) and free its inflight key, so
+        that an identical request later runs its own job; a request that had joined it re-submits."""
+        metrics.CANCELLED.inc()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(cancel_key(job_id), 1, ex=int(self.timeout_s) + 60)
+        if isinstance(job, ScoreJob):
+            pipe.delete(inflight_key(job.tenant, job.record_id))
+        await pipe.execute()
+
+
+def _cancelled(outcome: JobOutcome) -> bool:
+    return not outcome.ok and outcome.error is not None and outcome.error.code == "cancelled"
+
+
+def raise_for_outcome(outcome: JobOutcome) -> JobOutcome:
+    if not outcome.ok:
+        error = outcome.error
+        status = error.status if error else 500
+        raise ApiError(
+            424 if status >= 500 else status,
+            error.code if error else "job_failed",
+            error.message if error else "the job failed",
+        )
+    return outcome

@@ -1,0 +1,52 @@
+"""The gateway's shared services, built once per app (routes reach them through `app.api.deps.ServicesDep`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from app.platform.auth import KeyRing
+from app.platform.settings import Settings
+from app.serving.catalog import ModelCatalog
+from app.serving.frequencies import FrequencyTables
+from app.serving.jobs import JobQueue
+from app.serving.store import RecordStore
+from workers.protocol import SECRET_KEY, as_bytes, new_secret
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    catalog: ModelCatalog
+    jobs: JobQueue
+    store: RecordStore
+    keys: KeyRing
+    frequencies: FrequencyTables
+    _secret: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        if not settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set (logprobe serve starts an embedded Redis for you)")
+        redis = Redis.from_url(settings.redis_url, health_check_interval=30)
+        return cls(
+            settings=settings,
+            redis=redis,
+            catalog=ModelCatalog(redis, settings.models),
+            jobs=JobQueue(redis, settings.job_timeout_s, settings.max_queue_depth),
+            store=RecordStore(redis),
+            keys=KeyRing(settings.api_keys),
+            frequencies=FrequencyTables(redis),
+        )
+
+    async def secret(self) -> bytes:
+        """The deployment's HMAC secret: from settings, else the one kept in Redis (made by whoever came first)."""
+        if self._secret is None:
+            if self.settings.secret:
+                self._secret = self.settings.secret.encode()
+            else:
+                await self.redis.set(SECRET_KEY, new_secret(), nx=True)
+                self._secret = as_bytes(await self.redis.get(SECRET_KEY)) or b""
+        return self._secret

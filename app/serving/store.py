@@ -1,0 +1,66 @@
+"""Reading records from Redis, validated on the way in."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from redis.asyncio import Redis
+
+from app.platform.errors import ApiError
+from workers.protocol import (
+    ProtocolError,
+    RecordMeta,
+    as_bytes,
+    decode_meta,
+    decode_stats,
+    export_key,
+    record_key,
+)
+
+log = logging.getLogger("app.serving.store")
+
+
+class RecordStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def meta(self, tenant: str, record_id: str) -> RecordMeta:
+        raw = await self.redis.hget(record_key(tenant, record_id), "meta")
+        return self._meta(as_bytes(raw), record_id)
+
+    async def read(self, tenant: str, record_id: str) -> tuple[RecordMeta, dict[str, np.ndarray]] | None:
+        """Metadata and per-position statistics, or None when the record is gone (expired, evicted) or lacks either."""
+        replies = await self.redis.hmget(record_key(tenant, record_id), ["meta", "stats"])
+        raw_meta, raw_stats = map(as_bytes, replies)
+        if raw_meta is None or raw_stats is None:
+            return None
+        meta = self._meta(raw_meta, record_id)
+        try:
+            return meta, decode_stats(raw_stats, len(meta.token_ids) - 1, meta.topk)
+        except ProtocolError as exc:
+            log.error("record %s rejected: %s", record_id, exc)
+            raise ApiError(500, "record_corrupt", "the stored record failed validation") from exc
+
+    async def require(self, tenant: str, record_id: str) -> tuple[RecordMeta, dict[str, np.ndarray]]:
+        found = await self.read(tenant, record_id)
+        if found is None:
+            raise ApiError(404, "record_not_found", f"record {record_id!r} not found", "record_id")
+        return found
+
+    async def take_export(self, job_id: str) -> bytes | None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(export_key(job_id))
+        pipe.delete(export_key(job_id))
+        blob, _ = await pipe.execute()
+        return blob  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _meta(raw: bytes | None, record_id: str) -> RecordMeta:
+        if raw is None:
+            raise ApiError(404, "record_not_found", f"record {record_id!r} not found", "record_id")
+        try:
+            return decode_meta(raw)
+        except ProtocolError as exc:
+            log.error("record %s rejected: %s", record_id, exc)
+            raise ApiError(500, "record_corrupt", "the stored record failed validation") from exc

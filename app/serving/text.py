@@ -1,0 +1,91 @@
+"""Tokenization in the gateway, from the tokenizer a worker published: ids, chats, token texts."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from app.serving.chat_template import render_chat
+from workers.protocol import ModelCard
+
+CONTEXT_TOKENS = 4  # tokens decoded before the new ones, so decoders see the context they depend on
+TEXTS_CACHED = 256  # token-text lists kept per tokenizer
+
+
+class TextCodec:
+    """Turns texts and chats into the token ids the model's worker would use, and ids back into text."""
+
+    def __init__(self, card: ModelCard, tokenizer_json: str) -> None:
+        self.card = card
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer_id = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
+        self._pieces: list[str] | None = None
+        # analyses of a cached record ask for the same token texts again and again
+        self._texts = lru_cache(maxsize=TEXTS_CACHED)(self._token_texts)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=True).ids
+        bos = self.card.bos_token_id
+        if self.card.add_bos and bos is not None and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        return ids
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        if not self.card.chat_template:
+            raise LookupError(f"model {self.card.name!r} has no chat template")
+        return render_chat(self.card.chat_template, messages, self.card.special_tokens, add_generation_prompt)
+
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
+        """As transformers' apply_chat_template: the template adds any special tokens itself."""
+        rendered = self.render_chat(messages, add_generation_prompt)
+        return list(self.tokenizer.encode(rendered, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def pieces(self) -> list[str]:
+        """The text of every token id as it reads after other text, built once (for alternatives).
+
+        Each id is decoded after an anchor token, so decoders that strip a leading space at the start
+        of a text (SentencePiece's) keep it; a token holding part of a UTF-8 character shows U+FFFD.
+        """
+        if self._pieces is None:
+            anchor = self.tokenizer.encode("a", add_special_tokens=False).ids[:1]
+            lead = len(self.tokenizer.decode(anchor, skip_special_tokens=False))
+            texts = self.tokenizer.decode_batch(
+                [[*anchor, i] for i in range(self.card.vocab_size)], skip_special_tokens=False
+            )
+            self._pieces = [t[lead:] for t in texts]
+        return self._pieces
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        return list(self._texts(tuple(ids)))
+
+    def _token_texts(self, key: tuple[int, ...]) -> tuple[str, ...]:
+        """The text each token adds, so that the texts join to the decoded sequence exactly.
+
+        Incremental detokenization: a token that ends inside a UTF-8 character adds "" and the token that
+        completes the character carries it.
+        """
+        ids = list(key)
+        starts = [max(0, t - CONTEXT_TOKENS) for t in range(len(ids))]
+        windows = self.tokenizer.decode_batch([ids[s : t + 1] for t, s in enumerate(starts)], skip_special_tokens=False)
+        if not any(w.endswith("\ufffd") for w in windows[:-1]):  # every token completes its text: one batched pass
+            prefixes = self.tokenizer.decode_batch([ids[s:t] for t, s in enumerate(starts)], skip_special_tokens=False)
+            return tuple(w[len(p) :] for w, p in zip(windows, prefixes, strict=True))
+        decode = self.tokenizer.decode
+        texts: list[str] = []
+        emitted = 0  # tokens before this index have had their text emitted
+        for t in range(len(ids)):
+            start = max(0, emitted - CONTEXT_TOKENS)
+            window = decode(ids[start : t + 1], skip_special_tokens=False)
+            if window.endswith("\ufffd") and t + 1 < len(ids):
+                texts.append("")
+                continue
+            prefix = decode(ids[start:emitted], skip_special_tokens=False) if emitted > start else ""
+            texts.append(window[len(prefix) :])
+            emitted = t + 1
+        return tuple(texts)

@@ -1,0 +1,101 @@
+"""Imports run one way through the layers (app/__init__.py draws them): a route module is imported by no one
+below it, the client and the schemas need nothing of the gateway, and the workers import nothing from `app`.
+
+Every import statement counts, also those inside functions and under TYPE_CHECKING."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# What each part of the tree may import, besides itself (third-party packages are another test's business).
+ALLOWED: dict[str, set[str]] = {
+    "app.schemas": set(),
+    "app.client": {"app.schemas"},
+    "app.platform": {"workers.config", "workers.protocol"},
+    "app.analysis": {"app.schemas", "workers.protocol"},
+    "app.serving": {"app.analysis", "app.schemas", "app.platform", "workers.config", "workers.protocol"},
+    "app.batches": {"app.serving", "app.analysis", "app.schemas", "app.platform", "workers.protocol"},
+    "app.api": {"app.batches", "app.serving", "app.analysis", "app.schemas", "app.platform", "workers.protocol"},
+    "app.launcher": {"app", "workers"},
+    "workers": {"workers"},
+}
+# Third-party packages that the client and the schemas must never import (a plain install lacks them).
+GATEWAY_ONLY = {"fastapi", "starlette", "uvicorn", "redis", "safetensors", "tokenizers", "jinja2", "torch"}
+
+
+def part_of(module: str) -> str:
+    """The layer a module belongs to: the longest key of ALLOWED that is a prefix of it."""
+    matches = [p for p in ALLOWED if module == p or module.startswith(p + ".")]
+    assert matches, f"{module} belongs to no layer: add its folder to ALLOWED and app/__init__.py"
+    return max(matches, key=len)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names if node.module == "app"]
+    return found
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted([*(ROOT / "app").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def allowed(source: str, target: str) -> bool:
+    if target == "app":  # `from app import x` is judged by x (imports() adds app.x)
+        return True
+    mine = part_of(source)
+    return any(target == p or target.startswith(p + ".") for p in {mine, *ALLOWED[mine]})
+
+
+def test_imports_run_one_way() -> None:
+    offenders = []
+    for name, path in modules().items():
+        if name == "app":
+            continue
+        for line, target in imports(path):
+            if target.split(".")[0] in ("app", "workers") and not allowed(name, target):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} {part_of(name)} imports {target}")
+    assert offenders == []
+
+
+def test_client_and_schemas_need_nothing_of_the_gateway() -> None:
+    offenders = []
+    for name, path in modules().items():
+        if name != "app" and part_of(name) in ("app.client", "app.schemas"):
+            offenders += [
+                f"{path.relative_to(ROOT)}:{line} {target}"
+                for line, target in imports(path)
+                if target.split(".")[0] in GATEWAY_ONLY
+            ]
+    assert offenders == []
+
+
+def test_the_checker_sees_a_wrong_way_import(tmp_path: Path) -> None:
+    """A service that imports a route module, even inside a function, is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from app.api.analysis import analyse\n")
+    (line, target), *_ = imports(bad)
+    assert (line, target) == (2, "app.api.analysis")
+    assert not allowed("app.batches.runner", target)
+    assert not allowed("workers.runner", "app.platform.settings")
+    assert not allowed("app.client", "app.serving.text")
+    assert allowed("app.api.score", "app.serving.inputs")
+
+
+def test_every_folder_says_what_lives_there_and_what_it_may_import() -> None:
+    for folder in sorted(p.parent for p in (ROOT / "app").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
+        assert doc, f"{folder.relative_to(ROOT)}/__init__.py has no docstring"
+        assert "import" in doc.lower(), f"{folder.relative_to(ROOT)}/__init__.py does not say what it may import"
