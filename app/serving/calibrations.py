@@ -35,6 +35,31 @@ async def load_calibration(services: Services, tenant: str, cid: str) -> Calibra
     return None if raw is None else Calibration.model_validate_json(raw)
 
 
+async def detect_decisions(
+    services: Services,
+    tenant: str,
+    calibration_id: str | None,
+    model: str,
+    reference_model: str | None,
+    sequence: dict[str, Any],
+) -> dict[str, dict[str, Any]] | None:
+    """The decisions of the calibration a detect request names (None when it names none)."""
+    if calibration_id is None:
+        return None
+    calibration = await load_calibration(services, tenant, calibration_id)
+    if calibration is None:
+        raise ApiError(404, "calibration_not_found", f"calibration {calibration_id!r} not found", "calibration_id")
+    if calibration.model != model or calibration.reference_model != reference_model:
+        raise ApiError(
+            422,
+            "calibration_mismatch",
+            f"calibration {calibration_id!r} was fitted for model {calibration.model!r} and reference model "
+            f"{calibration.reference_model!r}, not {model!r} and {reference_model!r}",
+            "calibration_id",
+        )
+    return decisions(calibration, sequence)
+
+
 def decisions(calibration: Calibration, sequence: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per calibrated method: the score, the threshold and whether the text is judged machine-written."""
     out = {}
