@@ -57,6 +57,33 @@ def _rank(logp: torch.Tensor, token: int) -> int:
     return int((logp > logp[token]).sum()) + 1
 
 
+def tokens_before_stop(completion: list[int], detokenize: Callable[[list[int]], str], stops: list[str]) -> int:
+    """How many tokens of `completion` lie wholly before the first stop string in its text.
+
+    A completion that hit a stop reports, counts and stores only these: its text then ends where its tokens do
+    (a token in which a stop string begins is dropped with the stop)."""
+    text = detokenize(completion)
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if not cuts:
+        return len(completion)
+    end = min(cuts)
+    keep = len(completion)
+    while keep > 0 and len(detokenize(completion[:keep])) > end:
+        keep -= 1
+    return keep
+
+
+def _settled(completion: list[int], detokenize: Callable[[list[int]], str], stops: list[str]) -> int:
+    """How many tokens no later stop string can take back: those before a tail of the text that could still
+    grow into a stop (vLLM holds back the same tail before it streams)."""
+    text = detokenize(completion)
+    pending = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    keep = len(completion)
+    while keep > 0 and len(detokenize(completion[:keep])) > len(text) - pending:
+        keep -= 1
+    return keep
+
+
 @torch.inference_mode()
 def decode(
     views: list[View],
@@ -68,7 +95,10 @@ def decode(
     detokenize: Callable[[list[int]], str] | None = None,
     on_step: Callable[[DecodeStep], Any] | None = None,
 ) -> Decoded:
-    """Run the loop until max_tokens, an end-of-sequence token of the first view, or a stop string."""
+    """Run the loop until max_tokens, an end-of-sequence token of the first view, or a stop string.
+
+    With stop strings, a step reaches `on_step` only once no stop can take it back, and a completion that hit a
+    stop ends before it (`tokens_before_stop`): streamed steps, the answer's steps and its tokens all agree."""
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     generator = torch.Generator().manual_seed(seed)
     # The views of one model decode as one batch: one forward per model per step.
@@ -87,6 +117,16 @@ def decode(
     completion: list[int] = []
     steps: list[DecodeStep] = []
     weights = [view.weight for view in views]
+    stops = sampling.stop if detokenize is not None else []
+    sent = 0
+
+    def emit(upto: int) -> None:
+        nonlocal sent
+        if on_step is not None:
+            for step in steps[sent:upto]:
+                on_step(step)
+        sent = max(sent, upto)
+
     for _ in range(sampling.max_tokens):
         view_logprobs = [
             torch.log_softmax(raw.double() / view.temperature, dim=-1) for raw, view in zip(logits, views, strict=True)
@@ -108,14 +148,20 @@ def decode(
         )
         steps.append(step)
         completion.append(token)
-        if on_step is not None:
-            on_step(step)
+        if stops and detokenize is not None:
+            if stop_hit(detokenize(completion), stops):
+                keep = tokens_before_stop(completion, detokenize, stops)
+                emit(keep)
+                return Decoded(completion[:keep], "stop", steps[:keep])
+            emit(_settled(completion, detokenize, stops))
+        else:
+            emit(len(steps))
         if token in eos:
-            return Decoded(completion, "stop", steps)
-        if sampling.stop and detokenize is not None and stop_hit(detokenize(completion), sampling.stop):
+            emit(len(steps))
             return Decoded(completion, "stop", steps)
         for backend, state, members in streams:
             following = backend.step(state, [token] * len(members))
             for row, i in enumerate(members):
                 logits[i] = following[row]
+    emit(len(steps))
     return Decoded(completion, "length", steps)

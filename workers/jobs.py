@@ -20,7 +20,7 @@ from workers.capture import (
     logits_statistics,
     rebuild_rows,
 )
-from workers.decoding import Decoded, View, decode
+from workers.decoding import Decoded, View, decode, tokens_before_stop
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
@@ -169,6 +169,8 @@ class JobExecutor:
         )
         if isinstance(backend, NativeSampler):  # the engine's own sampler; the record is captured as usual
             completion, finish_reason = backend.sample(job.prompt_ids, sampling, backend.card.eos_token_ids)
+            if finish_reason == "stop" and sampling.stop:  # the engine keeps the token that completed the stop
+                completion = completion[: tokens_before_stop(completion, backend.decode, sampling.stop)]
             decoded = Decoded(completion, finish_reason, steps=[])
         else:
             decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)

@@ -39,7 +39,7 @@ def test_a_client_that_hangs_up_cancels_its_unstarted_job(service: str, alpha: h
         )
         time.sleep(1.0)  # the job is queued behind the long one
     busy.join()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a bound, not a speed check
     while cancelled_total(service) == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert cancelled_total(service) == before + 1
