@@ -1,14 +1,14 @@
-"""POST /v1/calibrations: fit a detection threshold per method for a model (and reference model) at a target
-false-positive rate from labelled texts; detect answers then carry calibrated decisions."""
+"""Calibrations: POST /v1/calibrations fits a detection threshold per method for a model (and reference model) at
+a target false-positive rate from labelled texts; GET lists them (newest first), GET/DELETE /v1/calibrations/{id}.
+A detect request that names a calibration's id gets its decisions."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.deps import ServicesDep, TenantDep
-from app.platform.errors import ApiError
-from app.schemas.calibrations import Calibration, CalibrationRequest
-from app.serving.calibrations import fit_calibration, load_calibration
+from app.schemas.calibrations import Calibration, CalibrationList, CalibrationRequest
+from app.serving.calibrations import delete_calibration, fit_calibration, get_calibration, list_calibrations
 
 router = APIRouter(tags=["calibrations"])
 
@@ -18,9 +18,17 @@ async def create_calibration(body: CalibrationRequest, services: ServicesDep, te
     return await fit_calibration(services, tenant, body)
 
 
+@router.get("/v1/calibrations", response_model=CalibrationList)
+async def list_all(services: ServicesDep, tenant: TenantDep) -> CalibrationList:
+    return CalibrationList(data=await list_calibrations(services, tenant))
+
+
 @router.get("/v1/calibrations/{calibration_id}", response_model=Calibration)
-async def get_calibration(calibration_id: str, services: ServicesDep, tenant: TenantDep) -> Calibration:
-    found = await load_calibration(services, tenant, calibration_id)
-    if found is None:
-        raise ApiError(404, "calibration_not_found", f"calibration {calibration_id!r} not found", "calibration_id")
-    return found
+async def get_one(calibration_id: str, services: ServicesDep, tenant: TenantDep) -> Calibration:
+    return await get_calibration(services, tenant, calibration_id)
+
+
+@router.delete("/v1/calibrations/{calibration_id}", status_code=204)
+async def delete(calibration_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    await delete_calibration(services, tenant, calibration_id)
+    return Response(status_code=204)

@@ -33,9 +33,15 @@ class MethodFit(BaseModel):
 
 
 class Calibration(BaseModel):
-    calibration_id: str
+    calibration_id: str = Field(description="name it in a detect request's `calibration_id` to get decisions")
     model: str
     reference_model: str | None
     target_fpr: float
     created_at: float
+    expires_at: int | None = Field(default=None, description="unix time the calibration is deleted at")
     methods: dict[str, MethodFit]
+
+
+class CalibrationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Calibration] = Field(description="newest first")

@@ -1,11 +1,12 @@
-"""Detection calibrations: fitted from labelled texts, stored per tenant, model and reference model, and the
-decisions they give."""
+"""Detection calibrations: fitted from labelled texts, stored per tenant under a random id (with a lifetime and
+a per-tenant quota), listed, deleted, and the decisions they give to a detect request that names one."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import secrets
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from app.analysis.calibration import fit_threshold
 from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest
 from app.schemas.calibrations import Calibration, CalibrationRequest, MethodFit
+from app.serving import quotas
 from app.serving.analyses import analyse
 from app.serving.services import Services
 from workers.protocol import as_bytes
@@ -23,16 +25,55 @@ CONCURRENCY = 4  # texts scored and analysed at once while fitting
 
 
 def calibration_id(model: str, reference_model: str | None) -> str:
+    """The id calibrations had before they got random ones; none is stored under it any more (kept for imports)."""
     return hashlib.sha256(json.dumps([model, reference_model]).encode()).hexdigest()[:24]
+
+
+def new_calibration_id() -> str:
+    return "cal_" + secrets.token_hex(12)
 
 
 def calibration_key(tenant: str, cid: str) -> str:
     return f"lp:calib:{tenant}:{cid}"
 
 
+def index_key(tenant: str) -> str:
+    return f"lp:calib-index:{tenant}"
+
+
+def not_found(cid: str) -> ApiError:
+    return ApiError(404, "calibration_not_found", f"calibration {cid!r} not found", "calibration_id")
+
+
 async def load_calibration(services: Services, tenant: str, cid: str) -> Calibration | None:
     raw = as_bytes(await services.redis.get(calibration_key(tenant, cid)))
     return None if raw is None else Calibration.model_validate_json(raw)
+
+
+async def get_calibration(services: Services, tenant: str, cid: str) -> Calibration:
+    found = await load_calibration(services, tenant, cid)
+    if found is None:
+        raise not_found(cid)
+    return found
+
+
+async def list_calibrations(services: Services, tenant: str) -> list[Calibration]:
+    """The tenant's calibrations, newest first."""
+    live = await quotas.live_entries(services.redis, index_key(tenant), lambda c: calibration_key(tenant, c))
+    if not live:
+        return []
+    raws = await services.redis.mget([calibration_key(tenant, cid) for cid in live])
+    found = [Calibration.model_validate_json(raw) for raw in raws if raw is not None]
+    return sorted(found, key=lambda c: c.created_at, reverse=True)
+
+
+async def delete_calibration(services: Services, tenant: str, cid: str) -> None:
+    pipe = services.redis.pipeline(transaction=True)
+    pipe.delete(calibration_key(tenant, cid))
+    pipe.hdel(index_key(tenant), cid)
+    removed, _ = await pipe.execute()
+    if not removed:
+        raise not_found(cid)
 
 
 async def detect_decisions(
@@ -46,9 +87,7 @@ async def detect_decisions(
     """The decisions of the calibration a detect request names (None when it names none)."""
     if calibration_id is None:
         return None
-    calibration = await load_calibration(services, tenant, calibration_id)
-    if calibration is None:
-        raise ApiError(404, "calibration_not_found", f"calibration {calibration_id!r} not found", "calibration_id")
+    calibration = await get_calibration(services, tenant, calibration_id)
     if calibration.model != model or calibration.reference_model != reference_model:
         raise ApiError(
             422,
@@ -80,6 +119,8 @@ async def fit_calibration(services: Services, tenant: str, body: CalibrationRequ
     labels = np.array([t.label == "machine" for t in body.texts])
     if labels.sum() < 2 or (~labels).sum() < 2:
         raise ApiError(422, "too_few_labels", "give at least two human and two machine texts", "texts")
+    limit, index = quotas.MAX_CALIBRATIONS_PER_TENANT, index_key(tenant)
+    await quotas.check_room(services.redis, index, limit, "calibrations", lambda c: calibration_key(tenant, c))
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def scores(text: str) -> dict[str, float | None]:
@@ -100,12 +141,28 @@ async def fit_calibration(services: Services, tenant: str, body: CalibrationRequ
             continue  # undefined on too many of these texts
         fits[name] = MethodFit(**fit.__dict__)
     calibration = Calibration(
-        calibration_id=calibration_id(body.model, body.reference_model),
+        calibration_id=new_calibration_id(),
         model=body.model,
         reference_model=body.reference_model,
         target_fpr=body.target_fpr,
         created_at=time.time(),
+        expires_at=quotas.expires_at(),
         methods=fits,
     )
-    await services.redis.set(calibration_key(tenant, calibration.calibration_id), calibration.model_dump_json())
+    key = calibration_key(tenant, calibration.calibration_id)
+    await services.redis.set(key, calibration.model_dump_json(), ex=quotas.OBJECT_TTL_S)
+    entry = {"model": calibration.model, "created_at": calibration.created_at}
+    try:
+        await quotas.claim(
+            services.redis,
+            index,
+            calibration.calibration_id,
+            entry,
+            limit,
+            "calibrations",
+            lambda c: calibration_key(tenant, c),
+        )
+    except ApiError:
+        await services.redis.delete(key)
+        raise
     return calibration
