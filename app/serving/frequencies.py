@@ -1,10 +1,14 @@
 """Reference token-frequency tables (for DC-PDD), per tokenizer: a default one counted from text that ships
-in packages, and tables that tenants count from their own corpora."""
+in packages, and tables that tenants count from their own corpora (with a lifetime, a per-tenant quota and an
+index per tenant for listing)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
@@ -12,7 +16,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from app.platform.errors import ApiError
-from app.serving import corpus
+from app.serving import corpus, quotas
 from app.serving.text import TextCodec
 from workers.protocol import as_bytes
 
@@ -23,6 +27,24 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def table_key(tenant: str, tokenizer_id: str, name: str) -> str:
     owner = "_packaged" if name == DEFAULT_TABLE else tenant
     return f"lp:freq:{owner}:{tokenizer_id}:{name}"
+
+
+def index_key(tenant: str) -> str:
+    return f"lp:freq-index:{tenant}"
+
+
+def entry_name(tokenizer_id: str, name: str) -> str:
+    return f"{tokenizer_id}:{name}"
+
+
+def key_of(tenant: str) -> Callable[[str], str]:
+    """The table key of an index entry's name."""
+    return lambda entry: table_key(tenant, *entry.split(":", 1))
+
+
+def not_found(name: str, model: str | None = None) -> ApiError:
+    where = f" for {model!r}" if model else ""
+    return ApiError(404, "frequency_table_not_found", f"no frequency table {name!r}{where}", "frequency_table")
 
 
 def count_tokens(codec: TextCodec, texts: list[str]) -> np.ndarray:
@@ -44,7 +66,8 @@ class FrequencyTables:
         self.redis = redis
         self._lock = asyncio.Lock()
 
-    async def build(self, tenant: str, codec: TextCodec, name: str, texts: list[str]) -> dict[str, int | str]:
+    async def build(self, tenant: str, codec: TextCodec, name: str, texts: list[str]) -> dict[str, Any]:
+        """Count `texts` and keep the table (replacing one of the same name and tokenizer) for OBJECT_TTL_S."""
         if not NAME_PATTERN.match(name) or name == DEFAULT_TABLE:
             raise ApiError(
                 422,
@@ -52,15 +75,50 @@ class FrequencyTables:
                 f"table names match {NAME_PATTERN.pattern} and are not {DEFAULT_TABLE!r}",
                 "name",
             )
+        limit, index, entry = quotas.MAX_TABLES_PER_TENANT, index_key(tenant), entry_name(codec.tokenizer_id, name)
+        if not await self.redis.hexists(index, entry):
+            await quotas.check_room(self.redis, index, limit, "frequency_tables", key_of(tenant))
         counts = await asyncio.to_thread(count_tokens, codec, texts)
-        await self.redis.set(table_key(tenant, codec.tokenizer_id, name), st_save({"counts": counts}))
-        return {
+        info = {
             "name": name,
             "model": codec.card.name,
             "texts": len(texts),
             "tokens": int(counts.sum()),
             "distinct_tokens": int((counts > 0).sum()),
+            "tokenizer_id": codec.tokenizer_id,
+            "packaged": False,
+            "created_at": int(time.time()),
+            "expires_at": quotas.expires_at(),
         }
+        key = table_key(tenant, codec.tokenizer_id, name)
+        await self.redis.set(key, st_save({"counts": counts}), ex=quotas.OBJECT_TTL_S)
+        try:
+            await quotas.claim(self.redis, index, entry, info, limit, "frequency_tables", key_of(tenant))
+        except ApiError:
+            await self.redis.delete(key)
+            raise
+        return info
+
+    async def tables(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's tables, newest first."""
+        live = await quotas.live_entries(self.redis, index_key(tenant), key_of(tenant))
+        return sorted(live.values(), key=lambda t: (-t["created_at"], t["name"]))
+
+    async def named(self, tenant: str, name: str, tokenizer_id: str | None = None) -> list[dict[str, Any]]:
+        """The tenant's tables called `name` (one per tokenizer), or only the one for `tokenizer_id`."""
+        found = [t for t in await self.tables(tenant) if t["name"] == name]
+        return [t for t in found if tokenizer_id is None or t["tokenizer_id"] == tokenizer_id]
+
+    async def delete(self, tenant: str, name: str, tokenizer_id: str | None = None) -> int:
+        """Delete the tables called `name` (for one tokenizer, or all); how many there were."""
+        found = await self.named(tenant, name, tokenizer_id)
+        if found:
+            pipe = self.redis.pipeline(transaction=True)
+            for table in found:
+                pipe.delete(table_key(tenant, table["tokenizer_id"], name))
+                pipe.hdel(index_key(tenant), entry_name(table["tokenizer_id"], name))
+            await pipe.execute()
+        return len(found)
 
     async def probabilities(self, tenant: str, codec: TextCodec, name: str) -> np.ndarray:
         key = table_key(tenant, codec.tokenizer_id, name)
@@ -73,12 +131,7 @@ class FrequencyTables:
                     raw = st_save({"counts": counts})
                     await self.redis.set(key, raw)
         if raw is None:
-            raise ApiError(
-                404,
-                "frequency_table_not_found",
-                f"no frequency table {name!r} for {codec.card.name!r}",
-                "frequency_table",
-            )
+            raise not_found(name, codec.card.name)
         counts = st_load(raw)["counts"]
         if counts.shape != (codec.card.vocab_size,) or counts.dtype != np.int64 or (counts < 0).any():
             raise ApiError(500, "frequency_table_corrupt", "the stored frequency table failed validation")
