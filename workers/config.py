@@ -28,7 +28,8 @@ class ModelSpec(BaseModel):
     lossy_hidden_dtype: Literal["float16", "bfloat16"] | None = None  # opt-in lossy storage
     max_new_tokens: int = Field(default=1024, ge=1)
     # Extra vLLM engine arguments (max_model_len, tensor_parallel_size, ...). gpu_memory_utilization is this
-    # model's share of the device, split between its two engines; the shares of one GPU's models must add up to < 1.
+    # model's share of the GPU, split between its two engines (the shares of one GPU's models add up to < 1);
+    # kv_cache_memory_bytes, the model's KV cache in bytes, split the same way (the default on the CPU: 1 GiB).
     engine: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

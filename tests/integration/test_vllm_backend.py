@@ -27,8 +27,8 @@ if not os.environ.get("LOGPROBE_REQUIRE_VLLM"):
 
 pytestmark = pytest.mark.slow
 
-# Small engines: the test machine also runs the shared service and transformers references.
-ENGINE = {"max_model_len": 4096, "gpu_memory_utilization": 0.25}
+# Small engines with a fixed KV budget: what the suite loaded before does not change what they get.
+ENGINE = {"max_model_len": 4096, "kv_cache_memory_bytes": 512 << 20}
 TEXT = (
     "Whether the railway should reach the mountain villages was argued for a decade. The engineers said the "
     "gradient was too steep; the villagers said winter made the roads impassable and the doctors too far away. "
@@ -126,3 +126,13 @@ def test_half_precision_state_rebuilds_the_engines_own_output_exactly(vllm_fp32:
         assert rebuild_error(backend, ids, "bfloat16") == 0.0
     finally:
         backend.close()
+
+
+def test_cpu_engines_get_a_fixed_kv_budget_not_a_share_of_free_memory(vllm_fp32: Any) -> None:
+    """The two engines split the spec's KV bytes 40/60, whatever the suite loaded before them."""
+    scoring = vllm_fp32.scorer.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes
+    generating = vllm_fp32.generator.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes
+    assert (scoring, generating) == (
+        int(ENGINE["kv_cache_memory_bytes"] * 0.4),
+        ENGINE["kv_cache_memory_bytes"] - int(ENGINE["kv_cache_memory_bytes"] * 0.4),
+    )

@@ -13,6 +13,12 @@ Why two engines: the generate runner does not return hidden states and the pooli
 The pooling engine gets the smaller share (SCORING_SHARE): it keeps KV cache only for the prompts of one
 scoring batch, while the generate engine keeps many long decodes alive.
 
+Memory: on a GPU, `gpu_memory_utilization` is the model's share of the device. On the CPU, vLLM reads the same
+number as a share of the node's RAM and subtracts what the process already holds, so an engine that starts after
+other models were loaded can find a negative budget and fail; CPU engines therefore get a fixed KV-cache size in
+bytes (`kv_cache_memory_bytes`, default CPU_KV_CACHE_BYTES per model), which does not depend on what else runs.
+Either way a spec's `engine` may set `kv_cache_memory_bytes` for the model, split between its engines.
+
 Contrastive decoding needs every view's full distribution at each step, which vLLM's sampler does not
 expose; its streams re-read prefix + completion through the pooling engine at each step, so a step costs
 one prefill of the stream rather than one token (vLLM's `logprobs=-1` would cost a V-entry dict instead).
@@ -43,7 +49,8 @@ from workers.protocol import Sampling
 log = logging.getLogger(__name__)
 
 SCORING_SHARE = 0.4  # of the worker's memory share, for the pooling engine; the rest for generation
-DEFAULT_MEMORY_SHARE = {"cuda": 0.85, "cpu": 0.4}  # on CPU, vLLM reads it as a share of RAM
+DEFAULT_GPU_SHARE = 0.85  # of the device, for one model's two engines
+CPU_KV_CACHE_BYTES = 1 << 30  # per model on the CPU, both engines: a fixed budget, not a share of free RAM
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
@@ -69,6 +76,19 @@ def unembedding_from_files(folder: Path, config: Any, dtype: torch.dtype) -> Une
     )
 
 
+def engine_memory(engine: dict[str, Any], device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The memory arguments of the scoring and the generate engine, taken out of `engine` (see the module doc)."""
+    share = float(engine.pop("gpu_memory_utilization", DEFAULT_GPU_SHARE))
+    kv_bytes = engine.pop("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES if device == "cpu" else None)
+    if kv_bytes is None:
+        return (
+            {"gpu_memory_utilization": share * SCORING_SHARE},
+            {"gpu_memory_utilization": share * (1 - SCORING_SHARE)},
+        )
+    scoring = int(int(kv_bytes) * SCORING_SHARE)
+    return {"kv_cache_memory_bytes": scoring}, {"kv_cache_memory_bytes": int(kv_bytes) - scoring}
+
+
 class VLLMBackend:
     """A causal LM served by vLLM: hidden states from a pooling engine, sampling from a generate engine."""
 
@@ -83,19 +103,19 @@ class VLLMBackend:
             "seed": 0,
             **spec.engine,
         }
-        share = float(engine.pop("gpu_memory_utilization", DEFAULT_MEMORY_SHARE[device]))
+        scoring, generating = engine_memory(engine, device)
         self.scorer = LLM(
             model=str(folder),
             runner="pooling",
             convert="embed",
             pooler_config=PoolerConfig(task="token_embed", tok_pooling_type="ALL", use_activation=False),
-            gpu_memory_utilization=share * SCORING_SHARE,
+            **scoring,
             **engine,
         )
         self.generator = LLM(
             model=str(folder),
-            gpu_memory_utilization=share * (1 - SCORING_SHARE),
             max_logprobs=-1,  # only the load-time probe asks for whole rows
+            **generating,
             **engine,
         )
         dtype = self.scorer.model_config.dtype  # resolved by the engine: a torch dtype
