@@ -166,20 +166,41 @@ def test_seeded_sampling_is_reproducible_and_streams(trio_service: httpx.Client)
     assert record["kind"] == "generate" and record["model"] == "tiny-base"
 
 
-def test_prompt_contrast_on_the_packaged_model(alpha: httpx.Client) -> None:
-    """The embedded default's preset: SmolLM2 with its chat template against the bare prompt."""
+def test_prompt_contrast_on_the_packaged_model(alpha: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
+    """The embedded default's preset: SmolLM2 with its chat template against the bare prompt, every greedy step
+    checked against transformers' own logits: (1 + a) log p(chat) - a log p(raw), in float64."""
+    a, prompt = 0.5, "Name a colour."
     body = alpha.post(
         "/v1/decode/contrastive",
         json={
-            "prompt": "Name a colour.",
-            "preset": {"name": "prompt_contrast", "model": MODEL, "alpha": 0.5},
+            "prompt": prompt,
+            "preset": {"name": "prompt_contrast", "model": MODEL, "alpha": a},
             "max_tokens": 8,
             "temperature": 0,
+            "top_logprobs": 3,
         },
     ).json()
-    assert len(body["steps"]) > 0 and body["text"] is not None
     assert [v["template"] for v in body["views"]] == ["chat", "raw"]
-    assert all(len(step["views"]) == 2 for step in body["steps"])
+    assert len(body["steps"]) > 0
+    model, tokenizer = hf_smollm2
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
+    )
+    raw = tokenizer(prompt).input_ids
+    done: list[int] = []
+    for step in body["steps"]:
+        with torch.inference_mode():
+            views = [
+                torch.log_softmax(model(input_ids=torch.tensor([prefix + done])).logits[0, -1].double(), -1)
+                for prefix in (list(chat), list(raw))
+            ]
+        combined = torch.log_softmax((1 + a) * views[0] - a * views[1], -1)
+        assert step["id"] == int(combined.argmax())
+        assert step["top_logprobs"][0]["logprob"] == pytest.approx(float(combined.max()), abs=1e-4)
+        for got, logp in zip(step["views"], views, strict=True):
+            assert got["logprob"] == pytest.approx(float(logp[step["id"]]), abs=1e-4)
+            assert got["rank"] == int((logp > logp[step["id"]]).sum()) + 1
+        done.append(step["id"])
 
 
 @pytest.mark.parametrize(
