@@ -1,18 +1,19 @@
-"""POST /v1/batches: many texts and the analyses to run on each; GET /v1/batches/{id} for progress,
-GET /v1/batches/{id}/results for the JSONL lines (one per input, in input order), POST .../cancel."""
+"""POST /v1/batches: many texts and the analyses to run on each; GET /v1/batches lists the tenant's (newest first);
+GET /v1/batches/{id} for progress, GET /v1/batches/{id}/results for the JSONL lines (one per input, in input
+order), POST .../cancel, DELETE /v1/batches/{id} (stops it and removes it with its results)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServicesDep, TenantDep
-from app.batches.store import batch_status, cancel_batch, result_lines
+from app.batches.store import batch_status, cancel_batch, delete_batch, list_batches, result_lines
 from app.batches.submit import submit_batch
 from app.platform.errors import ApiError
-from app.schemas.batches import Batch, BatchRequest
+from app.schemas.batches import Batch, BatchList, BatchRequest
 
 router = APIRouter(tags=["batches"])
 BatchId = Annotated[str, Path(pattern=r"^batch_[0-9a-f]{24}$")]
@@ -24,6 +25,14 @@ async def create(body: BatchRequest, services: ServicesDep, tenant: TenantDep) -
     return Batch.model_validate(await batch_status(services.redis, tenant, batch_id))
 
 
+@router.get("/v1/batches", response_model=BatchList)
+async def list_all(
+    services: ServicesDep, tenant: TenantDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> BatchList:
+    found, more = await list_batches(services.redis, tenant, limit)
+    return BatchList(data=[Batch.model_validate(b) for b in found], has_more=more)
+
+
 @router.get("/v1/batches/{batch_id}", response_model=Batch)
 async def get(batch_id: BatchId, services: ServicesDep, tenant: TenantDep) -> Batch:
     return Batch.model_validate(await batch_status(services.redis, tenant, batch_id))
@@ -33,6 +42,12 @@ async def get(batch_id: BatchId, services: ServicesDep, tenant: TenantDep) -> Ba
 async def cancel(batch_id: BatchId, services: ServicesDep, tenant: TenantDep) -> Batch:
     await cancel_batch(services.redis, tenant, batch_id, services.settings.record_ttl_s)
     return Batch.model_validate(await batch_status(services.redis, tenant, batch_id))
+
+
+@router.delete("/v1/batches/{batch_id}", status_code=204)
+async def delete(batch_id: BatchId, services: ServicesDep, tenant: TenantDep) -> Response:
+    await delete_batch(services.redis, tenant, batch_id)
+    return Response(status_code=204)
 
 
 @router.get(

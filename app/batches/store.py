@@ -1,5 +1,10 @@
 """Batches in Redis: a hash (spec, status, times), a list of inputs, a hash of result lines by input index and a
-set of the failed indices, all under the tenant; plus the set of batches not finished yet."""
+set of the failed indices, all under the tenant; plus the set of batches not finished yet, and per tenant an
+index of its batches (a sorted set by creation time) and a hash of its unfinished ones (the quota).
+
+An unfinished batch lives at most OBJECT_TTL_S, a finished one the record TTL. A line is written, and a batch
+finished, only while the batch is still running (one script each), so a cancelled or deleted batch never moves.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,41 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.platform.errors import ApiError
+from app.serving import quotas
 from workers.protocol import as_bytes
 
 ACTIVE = "lp:batches:active"  # members "tenant\x1fid": batches not finished yet
 FINISHED = ("completed", "cancelled")
+PARTS = ("", "inputs", "results", "failed")
+
+_RUNNING = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s or s == 'completed' or s == 'cancelled' then return 0 end
+"""
+# KEYS: batch, results, failed. ARGV: index, line, failed (1/0).
+_WRITE_LINE = (
+    _RUNNING
+    + """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[3], ARGV[1]) else redis.call('SREM', KEYS[3], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) redis.call('PEXPIRE', KEYS[3], ttl) end
+return 1
+"""
+)
+# KEYS: batch, inputs, results, failed, ACTIVE, the tenant's unfinished. ARGV: status, now, ttl, member, id.
+_FINISH = (
+    _RUNNING
+    + """
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+redis.call('SREM', KEYS[5], ARGV[4])
+redis.call('HDEL', KEYS[6], ARGV[5])
+return 1
+"""
+)
+# KEYS: batch. Queued or in progress: in progress.
+_START = _RUNNING + "redis.call('HSET', KEYS[1], 'status', 'in_progress') return 1"
 
 
 def new_batch_id() -> str:
@@ -26,15 +62,45 @@ def batch_key(tenant: str, batch_id: str, part: str = "") -> str:
     return f"lp:batch:{tenant}:{batch_id}" + (f":{part}" if part else "")
 
 
-async def create_batch(redis: Redis, tenant: str, spec: dict[str, Any], inputs: list[dict[str, Any]]) -> str:
-    """Store a new batch and mark it active; a runner picks it up within SWEEP_S."""
-    batch_id = new_batch_id()
+def index_key(tenant: str) -> str:
+    return f"lp:batch-index:{tenant}"
+
+
+def unfinished_key(tenant: str) -> str:
+    return f"lp:batch-unfinished:{tenant}"
+
+
+def not_found(batch_id: str) -> ApiError:
+    return ApiError(404, "batch_not_found", f"no batch {batch_id!r}", "batch_id")
+
+
+async def create_batch(
+    redis: Redis, tenant: str, spec: dict[str, Any], inputs: list[dict[str, Any]], finished_ttl_s: int = 0
+) -> str:
+    """Store a new batch (429 `quota_exceeded` when the tenant has too many unfinished) and mark it active; a
+    runner picks it up within SWEEP_S."""
+    batch_id, now, ttl = new_batch_id(), int(time.time()), quotas.OBJECT_TTL_S
     pipe = redis.pipeline(transaction=True)
     pipe.hset(
         batch_key(tenant, batch_id),
-        mapping={"spec": json.dumps(spec), "status": "queued", "total": len(inputs), "created_at": int(time.time())},
+        mapping={"spec": json.dumps(spec), "status": "queued", "total": len(inputs), "created_at": now},
     )
     pipe.rpush(batch_key(tenant, batch_id, "inputs"), *(json.dumps(item) for item in inputs))
+    for part in ("", "inputs"):
+        pipe.expire(batch_key(tenant, batch_id, part), ttl)
+    await pipe.execute()
+    limit = quotas.MAX_ACTIVE_BATCHES_PER_TENANT
+    try:
+        await quotas.claim(
+            redis, unfinished_key(tenant), batch_id, {"created_at": now}, limit, "unfinished_batches",
+            lambda b: batch_key(tenant, b), ttl,
+        )  # fmt: skip
+    except ApiError:
+        await redis.delete(*(batch_key(tenant, batch_id, part) for part in PARTS))
+        raise
+    pipe = redis.pipeline(transaction=True)
+    pipe.zadd(index_key(tenant), {batch_id: now})
+    pipe.expire(index_key(tenant), ttl + finished_ttl_s)
     pipe.sadd(ACTIVE, f"{tenant}\x1f{batch_id}")
     await pipe.execute()
     return batch_id
@@ -42,50 +108,127 @@ async def create_batch(redis: Redis, tenant: str, spec: dict[str, Any], inputs: 
 
 async def batch_status(redis: Redis, tenant: str, batch_id: str) -> dict[str, Any]:
     """The batch object (404 for an unknown id or another tenant's)."""
+    found = await statuses(redis, tenant, [batch_id])
+    if not found:
+        raise not_found(batch_id)
+    return found[0]
+
+
+async def statuses(redis: Redis, tenant: str, batch_ids: list[str]) -> list[dict[str, Any]]:
+    """The batch objects of those ids that still exist, in order."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(batch_key(tenant, batch_id))
-    pipe.hlen(batch_key(tenant, batch_id, "results"))
-    pipe.scard(batch_key(tenant, batch_id, "failed"))
-    fields, done, failed = await pipe.execute()
-    if not fields:
-        raise ApiError(404, "batch_not_found", f"no batch {batch_id!r}", "batch_id")
+    for batch_id in batch_ids:
+        pipe.hgetall(batch_key(tenant, batch_id))
+        pipe.hlen(batch_key(tenant, batch_id, "results"))
+        pipe.scard(batch_key(tenant, batch_id, "failed"))
+        pipe.ttl(batch_key(tenant, batch_id))
+    replies = await pipe.execute()
+    out = []
+    for i, batch_id in enumerate(batch_ids):
+        fields, done, failed, ttl = replies[4 * i : 4 * i + 4]
+        if fields:
+            out.append(_status(batch_id, fields, int(done), int(failed), int(ttl)))
+    return out
+
+
+def _status(batch_id: str, fields: dict[bytes, bytes], done: int, failed: int, ttl: int) -> dict[str, Any]:
     values = {k.decode(): v.decode() for k, v in fields.items()}
-    spec = json.loads(values["spec"])
+    spec, total = json.loads(values["spec"]), int(values["total"])
     return {
         "id": batch_id,
         "object": "batch",
         "status": values["status"],
         "model": spec["model"],
         "analyses": [a["family"] for a in spec["analyses"]],
-        "total": int(values["total"]),
-        "completed": int(done) - int(failed),
-        "failed": int(failed),
+        "total": total,
+        "completed": done - failed,
+        "failed": failed,
+        "cancelled": total - done if values["status"] == "cancelled" else 0,
         "created_at": int(values["created_at"]),
         "finished_at": int(values["finished_at"]) if "finished_at" in values else None,
+        "expires_at": int(time.time()) + ttl if ttl > 0 else None,
     }
+
+
+async def list_batches(redis: Redis, tenant: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """The tenant's batches, newest first, at most `limit`, and whether there are more; ids that expired are
+    dropped from the index on the way."""
+    found: list[dict[str, Any]] = []
+    start = 0
+    while len(found) <= limit:
+        ids = [(as_bytes(b) or b"").decode() for b in await redis.zrevrange(index_key(tenant), start, start + limit)]
+        if not ids:
+            break
+        page = await statuses(redis, tenant, ids)
+        gone = set(ids) - {b["id"] for b in page}
+        if gone:
+            await redis.zrem(index_key(tenant), *gone)
+        found += page
+        start += len(ids) - len(gone)
+    return found[:limit], len(found) > limit
+
+
+async def start_batch(redis: Redis, tenant: str, batch_id: str) -> bool:
+    """Mark a queued batch in progress; False when it is finished or gone."""
+    return bool(await redis.register_script(_START)(keys=[batch_key(tenant, batch_id)]))
+
+
+async def write_line(redis: Redis, tenant: str, batch_id: str, index: int, line: dict[str, Any], failed: bool) -> bool:
+    """Keep an input's result line, unless the batch was cancelled or deleted meanwhile."""
+    keys = [batch_key(tenant, batch_id, part) for part in ("", "results", "failed")]
+    args = [str(index), json.dumps(line), "1" if failed else "0"]
+    return bool(await redis.register_script(_WRITE_LINE)(keys=keys, args=args))
+
+
+async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, ttl_s: int) -> bool:
+    """Mark a running batch `status` (completed or cancelled) and give its keys the finished lifetime; False
+    when it had finished already or is gone."""
+    keys = [batch_key(tenant, batch_id, part) for part in PARTS] + [ACTIVE, unfinished_key(tenant)]
+    args: list[str | int] = [status, int(time.time()), ttl_s, f"{tenant}\x1f{batch_id}", batch_id]
+    return bool(await redis.register_script(_FINISH)(keys=keys, args=args))
+
+
+async def forget_batch(redis: Redis, tenant: str, batch_id: str) -> None:
+    """Drop a batch that expired or was deleted from the indexes."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.srem(ACTIVE, f"{tenant}\x1f{batch_id}")
+    pipe.hdel(unfinished_key(tenant), batch_id)
+    pipe.zrem(index_key(tenant), batch_id)
+    await pipe.execute()
 
 
 async def cancel_batch(redis: Redis, tenant: str, batch_id: str, ttl_s: int) -> None:
     status = await batch_status(redis, tenant, batch_id)
-    if status["status"] in FINISHED:
+    if status["status"] in FINISHED or not await finish_batch(redis, tenant, batch_id, "cancelled", ttl_s):
+        status = await batch_status(redis, tenant, batch_id)
         raise ApiError(409, "batch_finished", f"batch {batch_id!r} is already {status['status']}", "batch_id")
-    await finish_batch(redis, tenant, batch_id, "cancelled", ttl_s)
+
+
+async def delete_batch(redis: Redis, tenant: str, batch_id: str) -> None:
+    """Stop the batch if it runs (no line is written after this) and remove it with its inputs and results."""
+    removed = await redis.delete(*(batch_key(tenant, batch_id, part) for part in PARTS))
+    await forget_batch(redis, tenant, batch_id)
+    if not removed:
+        raise not_found(batch_id)
 
 
 async def result_lines(redis: Redis, tenant: str, batch_id: str, total: int, chunk: int = 500) -> AsyncIterator[bytes]:
-    """The result lines in input order, read a chunk at a time."""
+    """The result lines in input order, read a chunk at a time; in a cancelled batch an input that never ran
+    gets a line with the error `cancelled`."""
     key = batch_key(tenant, batch_id, "results")
     for lo in range(0, total, chunk):
-        fields = [str(i) for i in range(lo, min(total, lo + chunk))]
-        for line in await redis.hmget(key, fields):
-            if line is not None:
-                yield (as_bytes(line) or b"") + b"\n"
+        hi = min(total, lo + chunk)
+        lines = await redis.hmget(key, [str(i) for i in range(lo, hi)])
+        inputs: list[Any] = []
+        if None in lines:
+            inputs = await redis.lrange(batch_key(tenant, batch_id, "inputs"), lo, hi - 1)
+        for i, line in enumerate(lines):
+            if line is None:
+                item = json.loads(inputs[i]) if i < len(inputs) else {}
+                line = json.dumps(cancelled_line(lo + i, item.get("custom_id")))
+            yield (as_bytes(line) or b"") + b"\n"
 
 
-async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, ttl_s: int) -> None:
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(batch_key(tenant, batch_id), mapping={"status": status, "finished_at": int(time.time())})
-    for part in ("", "inputs", "results", "failed"):
-        pipe.expire(batch_key(tenant, batch_id, part), ttl_s)
-    pipe.srem(ACTIVE, f"{tenant}\x1f{batch_id}")
-    await pipe.execute()
+def cancelled_line(index: int, custom_id: str | None) -> dict[str, Any]:
+    error = {"code": "cancelled", "message": "the batch was cancelled before this input ran"}
+    return {"index": index, "custom_id": custom_id, "record_id": None, "results": None, "error": error}

@@ -27,13 +27,14 @@ import numpy as np
 from pydantic import BaseModel, TypeAdapter
 
 from app.client.safetensors import load_array
-from app.schemas.analysis import AnalysisResponse, FrequencyTableInfo, MethodInfo
-from app.schemas.batches import Batch
-from app.schemas.calibrations import Calibration
+from app.schemas.analysis import AnalysisResponse, MethodInfo
+from app.schemas.batches import Batch, BatchList
+from app.schemas.calibrations import Calibration, CalibrationList
 from app.schemas.decode import DecodeResponse
 from app.schemas.generate import GenerateResponse
 from app.schemas.models import ModelList
 from app.schemas.score import RecordResponse, ScoreResponse
+from app.schemas.tables import FrequencyTable, FrequencyTableList, StoredFrequencyTable
 
 Family = Literal["uncertainty", "detect", "membership", "compare"]
 T = TypeVar("T")
@@ -67,6 +68,10 @@ def _model(kind: type[M]) -> Callable[[httpx.Response], M]:
 
 def _rows(response: httpx.Response) -> np.ndarray:
     return load_array(response.content, "logprobs")
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
 
 
 def _jsonl(response: httpx.Response) -> list[dict[str, Any]]:
@@ -167,9 +172,21 @@ class Calls:
         return Call("GET", "/v1/analysis/methods", lambda r: adapter.validate_python(r.json()))
 
     @staticmethod
-    def frequency_table(name: str, model: str, texts: list[str]) -> Call[FrequencyTableInfo]:
+    def put_frequency_table(name: str, model: str, texts: list[str]) -> Call[StoredFrequencyTable]:
         body = {"model": model, "texts": texts}
-        return Call("PUT", f"/v1/frequency-tables/{name}", _model(FrequencyTableInfo), body)
+        return Call("PUT", f"/v1/frequency-tables/{name}", _model(StoredFrequencyTable), body)
+
+    @staticmethod
+    def frequency_tables() -> Call[FrequencyTableList]:
+        return Call("GET", "/v1/frequency-tables", _model(FrequencyTableList))
+
+    @staticmethod
+    def frequency_table(name: str, model: str | None) -> Call[FrequencyTable]:
+        return Call("GET", f"/v1/frequency-tables/{name}", _model(FrequencyTable), None, _clean({"model": model}))
+
+    @staticmethod
+    def delete_frequency_table(name: str, model: str | None) -> Call[None]:
+        return Call("DELETE", f"/v1/frequency-tables/{name}", _nothing, None, _clean({"model": model}))
 
     @staticmethod
     def calibrate(model: str, texts: list[dict[str, str]], **options: Any) -> Call[Calibration]:
@@ -180,6 +197,14 @@ class Calls:
     @staticmethod
     def calibration(calibration_id: str) -> Call[Calibration]:
         return Call("GET", f"/v1/calibrations/{calibration_id}", _model(Calibration))
+
+    @staticmethod
+    def calibrations() -> Call[CalibrationList]:
+        return Call("GET", "/v1/calibrations", _model(CalibrationList))
+
+    @staticmethod
+    def delete_calibration(calibration_id: str) -> Call[None]:
+        return Call("DELETE", f"/v1/calibrations/{calibration_id}", _nothing)
 
     @staticmethod
     def decode(prompt: str, body: dict[str, Any]) -> Call[DecodeResponse]:
@@ -202,8 +227,16 @@ class Calls:
         return Call("GET", f"/v1/batches/{batch_id}", _model(Batch))
 
     @staticmethod
+    def batches(limit: int) -> Call[BatchList]:
+        return Call("GET", "/v1/batches", _model(BatchList), None, {"limit": limit})
+
+    @staticmethod
     def cancel_batch(batch_id: str) -> Call[Batch]:
         return Call("POST", f"/v1/batches/{batch_id}/cancel", _model(Batch))
+
+    @staticmethod
+    def delete_batch(batch_id: str) -> Call[None]:
+        return Call("DELETE", f"/v1/batches/{batch_id}", _nothing)
 
     @staticmethod
     def batch_results(batch_id: str) -> Call[list[dict[str, Any]]]:
@@ -270,8 +303,19 @@ class Client:
     def methods(self) -> list[MethodInfo]:
         return self.send(Calls.methods())
 
-    def put_frequency_table(self, name: str, model: str, texts: list[str]) -> FrequencyTableInfo:
-        return self.send(Calls.frequency_table(name, model, texts))
+    def put_frequency_table(self, name: str, model: str, texts: list[str]) -> StoredFrequencyTable:
+        return self.send(Calls.put_frequency_table(name, model, texts))
+
+    def frequency_tables(self) -> FrequencyTableList:
+        """The packaged `default` table, then this key's tables, newest first."""
+        return self.send(Calls.frequency_tables())
+
+    def frequency_table(self, name: str, model: str | None = None) -> FrequencyTable:
+        return self.send(Calls.frequency_table(name, model))
+
+    def delete_frequency_table(self, name: str, model: str | None = None) -> None:
+        """Delete the tables called `name` (only `model`'s tokenizer's, if given)."""
+        self.send(Calls.delete_frequency_table(name, model))
 
     def calibrate(self, model: str, texts: list[dict[str, str]], **options: Any) -> Calibration:
         """Fit detection thresholds from texts labelled {"text", "label": "human" | "machine"}."""
@@ -279,6 +323,13 @@ class Client:
 
     def calibration(self, calibration_id: str) -> Calibration:
         return self.send(Calls.calibration(calibration_id))
+
+    def calibrations(self) -> CalibrationList:
+        """This key's calibrations, newest first."""
+        return self.send(Calls.calibrations())
+
+    def delete_calibration(self, calibration_id: str) -> None:
+        self.send(Calls.delete_calibration(calibration_id))
 
     def decode(self, prompt: str, **body: Any) -> DecodeResponse:
         return self.send(Calls.decode(prompt, body))
@@ -318,8 +369,16 @@ class Client:
     def batch(self, batch_id: str) -> Batch:
         return self.send(Calls.batch(batch_id))
 
+    def batches(self, limit: int = 20) -> BatchList:
+        """This key's batches, newest first."""
+        return self.send(Calls.batches(limit))
+
     def cancel_batch(self, batch_id: str) -> Batch:
         return self.send(Calls.cancel_batch(batch_id))
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Stop the batch if it runs and remove it with its results."""
+        self.send(Calls.delete_batch(batch_id))
 
     def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
         return self.send(Calls.batch_results(batch_id))
@@ -398,14 +457,29 @@ class AsyncClient:
     async def methods(self) -> list[MethodInfo]:
         return await self.send(Calls.methods())
 
-    async def put_frequency_table(self, name: str, model: str, texts: list[str]) -> FrequencyTableInfo:
-        return await self.send(Calls.frequency_table(name, model, texts))
+    async def put_frequency_table(self, name: str, model: str, texts: list[str]) -> StoredFrequencyTable:
+        return await self.send(Calls.put_frequency_table(name, model, texts))
+
+    async def frequency_tables(self) -> FrequencyTableList:
+        return await self.send(Calls.frequency_tables())
+
+    async def frequency_table(self, name: str, model: str | None = None) -> FrequencyTable:
+        return await self.send(Calls.frequency_table(name, model))
+
+    async def delete_frequency_table(self, name: str, model: str | None = None) -> None:
+        await self.send(Calls.delete_frequency_table(name, model))
 
     async def calibrate(self, model: str, texts: list[dict[str, str]], **options: Any) -> Calibration:
         return await self.send(Calls.calibrate(model, texts, **options))
 
     async def calibration(self, calibration_id: str) -> Calibration:
         return await self.send(Calls.calibration(calibration_id))
+
+    async def calibrations(self) -> CalibrationList:
+        return await self.send(Calls.calibrations())
+
+    async def delete_calibration(self, calibration_id: str) -> None:
+        await self.send(Calls.delete_calibration(calibration_id))
 
     async def decode(self, prompt: str, **body: Any) -> DecodeResponse:
         return await self.send(Calls.decode(prompt, body))
@@ -446,8 +520,14 @@ class AsyncClient:
     async def batch(self, batch_id: str) -> Batch:
         return await self.send(Calls.batch(batch_id))
 
+    async def batches(self, limit: int = 20) -> BatchList:
+        return await self.send(Calls.batches(limit))
+
     async def cancel_batch(self, batch_id: str) -> Batch:
         return await self.send(Calls.cancel_batch(batch_id))
+
+    async def delete_batch(self, batch_id: str) -> None:
+        await self.send(Calls.delete_batch(batch_id))
 
     async def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
         return await self.send(Calls.batch_results(batch_id))

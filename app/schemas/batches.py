@@ -53,5 +53,13 @@ class Batch(BaseModel):
     total: int
     completed: int = Field(description="inputs with a result")
     failed: int = Field(description="inputs whose line carries an error")
+    cancelled: int = Field(default=0, description="inputs not run because the batch was cancelled")
     created_at: int
     finished_at: int | None
+    expires_at: int | None = Field(default=None, description="unix time the batch and its results are deleted at")
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Batch] = Field(description="newest first")
+    has_more: bool
