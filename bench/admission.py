@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=320.0, help="the sustainable rate; 3x it is also run")
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    print(f"{'busy/all':>9s} {'rate/s':>7s} {'p50':>8s} {'p99':>8s}  statuses")
+    print(f"{'busy/all':>9s} {'rate/s':>7s} {'p50 200':>8s} {'p99 200':>8s} {'p99 429':>8s}  statuses")
     for busy, inflight in CAPS:
         env = {"LOGPROBE_WORKER_THREADS": "2", "LOGPROBE_MAX_BUSY": busy, "LOGPROBE_MAX_INFLIGHT": inflight}
         with (
@@ -36,7 +36,8 @@ def main() -> None:
                 result = step(service.base_url, "/v1/analysis/uncertainty", rate, args.seconds, [{"record_id": rid}])
                 print(
                     f"{busy + '/' + inflight:>9s} {rate:7.0f} {result['p50'] * 1000:6.0f}ms "  # type: ignore[operator]
-                    f"{result['p99'] * 1000:6.0f}ms  {json.dumps(result['statuses'])}"  # type: ignore[operator]
+                    f"{result['p99'] * 1000:6.0f}ms {result['refused_p99'] * 1000:6.0f}ms "  # type: ignore[operator]
+                    f" {json.dumps(result['statuses'])}"
                 )
 
 

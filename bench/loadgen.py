@@ -1,5 +1,5 @@
 """Open-loop load from its own process: requests at a fixed rate for a fixed time, whatever the answers take.
-Prints one JSON line: latencies (s) and status codes. Used by bench/load.py.
+Prints one JSON line: each request's latency (s) and status, in the order sent. Used by bench/load.py.
 
 aiohttp (C HTTP parser) rather than httpx: at a few hundred requests a second of 200 kB answers a pure-Python
 client on the same two cores becomes the bottleneck and its own queueing would be measured as latency.
@@ -18,8 +18,7 @@ import aiohttp
 
 
 async def run(url: str, path: str, rate: float, seconds: float, bodies: list[dict[str, object]]) -> dict[str, object]:
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
+    answers: list[tuple[float, str]] = []
     payloads = [json.dumps(body).encode() for body in bodies]
     connector = aiohttp.TCPConnector(limit=512)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -34,8 +33,7 @@ async def run(url: str, path: str, rate: float, seconds: float, bodies: list[dic
                     code = str(response.status)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 code = type(exc).__name__
-            latencies.append(time.perf_counter() - started)
-            statuses[code] = statuses.get(code, 0) + 1
+            answers.append((time.perf_counter() - started, code))
 
         tasks = []
         start = time.perf_counter()
@@ -45,7 +43,7 @@ async def run(url: str, path: str, rate: float, seconds: float, bodies: list[dic
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(payloads[i % len(payloads)])))
         await asyncio.gather(*tasks)
-    return {"latencies": latencies, "statuses": statuses, "elapsed": time.perf_counter() - start}
+    return {"answers": answers, "elapsed": time.perf_counter() - start}
 
 
 def main() -> None:

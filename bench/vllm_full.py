@@ -10,6 +10,10 @@ Usage: python -m bench.vllm_full [--prompt-tokens 200] [--decode-tokens 128] [--
 
 vLLM's defaults detokenize every entry of a logprobs dict (the token texts its API returns); both that and
 `detokenize=False`, the fastest way to get vLLM's full rows, are measured.
+
+Every path runs the same number of times (`--reps`), interleaved round by round, so both sides see the same
+machine; each line prints the median and the spread (min-max), and each ratio the median and spread of the
+per-round ratios.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
@@ -33,14 +38,26 @@ from workers.protocol import Sampling
 MODEL = "smollm2-135m-instruct"
 
 
-def timed(fn: Callable[[], Any], reps: int) -> tuple[float, Any]:
-    """Best wall time of `reps` calls (these machines are noisy), and the last result."""
-    best, result = float("inf"), None
+def rounds(paths: dict[str, Callable[[], Any]], reps: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Wall times of every path, `reps` rounds with each path once per round; and each path's last result."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    results: dict[str, Any] = {}
     for _ in range(reps):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, result
+        for name, fn in paths.items():
+            started = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: np.array(t) for name, t in times.items()}, results
+
+
+def line(label: str, t: np.ndarray, units: int) -> str:
+    med = float(np.median(t))
+    return f"  {label:42s} {med * 1e3:9.1f} ms [{t.min() * 1e3:.0f}-{t.max() * 1e3:.0f}]  {units / med:9.1f} tok/s"
+
+
+def ratio(slow: np.ndarray, fast: np.ndarray) -> str:
+    per_round = slow / fast
+    return f"{np.median(per_round):.1f}x [{per_round.min():.1f}-{per_round.max():.1f}]"
 
 
 def our_record(backend: VLLMBackend, ids: list[int]) -> dict[str, torch.Tensor]:
@@ -87,44 +104,56 @@ def main() -> None:
     for fn in (lambda: our_record(backend, ids), lambda: vllm_prompt_logprobs(backend, ids, 20)):
         fn()  # warm both paths once
 
-    t_record, _ = timed(lambda: our_record(backend, ids), args.reps)
-    t_rows, _ = timed(lambda: our_rows(backend, ids), args.reps)
-    t_top20, _ = timed(lambda: vllm_prompt_logprobs(backend, ids, 20), args.reps)
-    t_full, out = timed(lambda: vllm_prompt_logprobs(backend, ids, -1), 1)
-    t_full_text, _ = timed(lambda: vllm_prompt_logprobs(backend, ids, -1, detokenize=True), 1)
+    t, out = rounds(
+        {
+            "record": lambda: our_record(backend, ids),
+            "rows": lambda: our_rows(backend, ids),
+            "top20": lambda: vllm_prompt_logprobs(backend, ids, 20),
+            "full": lambda: vllm_prompt_logprobs(backend, ids, -1),
+            "full_text": lambda: vllm_prompt_logprobs(backend, ids, -1, detokenize=True),
+        },
+        args.reps,
+    )
     # Same numbers? vLLM's dict rows against our rebuilt rows, at every position and over the whole vocabulary.
-    rows = our_rows(backend, ids)
+    rows = out["rows"]
     gap = max(
         abs(float(rows[t - 1][token]) - lp.logprob)
-        for t, entry in enumerate(out.prompt_logprobs[1:], start=1)
+        for t, entry in enumerate(out["full"].prompt_logprobs[1:], start=1)
         for token, lp in entry.items()
     )
-    print("\nprompt scoring, full distribution at every position")
-    print(f"  ours: hidden states + record statistics  {t_record * 1e3:9.1f} ms  {n / t_record:9.1f} tok/s")
-    print(f"  ours: hidden states + full float32 rows  {t_rows * 1e3:9.1f} ms  {n / t_rows:9.1f} tok/s")
-    print(f"  vLLM prompt_logprobs=20 (top-20 only)    {t_top20 * 1e3:9.1f} ms  {n / t_top20:9.1f} tok/s")
-    print(f"  vLLM prompt_logprobs=-1, detokenize=False {t_full * 1e3:8.1f} ms  {n / t_full:9.1f} tok/s")
-    print(f"  vLLM prompt_logprobs=-1 (default: texts) {t_full_text * 1e3:9.1f} ms  {n / t_full_text:9.1f} tok/s")
+    print(f"\nprompt scoring, full distribution at every position (median [min-max] of {args.reps} rounds)")
+    print(line("ours: hidden states + record statistics", t["record"], n))
+    print(line("ours: hidden states + full float32 rows", t["rows"], n))
+    print(line("vLLM prompt_logprobs=20 (top-20 only)", t["top20"], n))
+    print(line("vLLM prompt_logprobs=-1, detokenize=False", t["full"], n))
+    print(line("vLLM prompt_logprobs=-1 (default: texts)", t["full_text"], n))
     print(
-        f"  ratio prompt_logprobs=-1 / ours (record): {t_full / t_record:.1f}x (no texts), "
-        f"{t_full_text / t_record:.1f}x (texts);  against our full rows: {t_full / t_rows:.1f}x (no texts)"
+        f"  prompt_logprobs=-1 / ours (record): {ratio(t['full'], t['record'])} (no texts), "
+        f"{ratio(t['full_text'], t['record'])} (texts); top-20 / ours: {ratio(t['top20'], t['record'])}"
     )
     print(f"  max |Δ logprob| ours vs vLLM's rows, all positions and tokens: {gap:.2e}")
 
     k = args.decode_tokens
-    t_plain, plain = timed(lambda: vllm_decode(backend, ids, k, None), args.reps)
-    t_ours, (ours, _) = timed(lambda: our_decode(backend, ids, k), args.reps)
-    t_pass, _ = timed(lambda: our_record(backend, ids + ours), args.reps)
-    t_minus1, minus1 = timed(lambda: vllm_decode(backend, ids, k, -1), 1)
-    t_minus1_text, _ = timed(lambda: vllm_decode(backend, ids, k, -1, detokenize=True), 1)
-    print(f"\ndecode of {k} tokens after the {n}-token prompt, greedy")
-    print(f"  vLLM, no logprobs (floor)                {t_plain * 1e3:9.1f} ms  {k / t_plain:9.1f} tok/s")
-    print(f"  ours: vLLM sampler + full distributions  {t_ours * 1e3:9.1f} ms  {k / t_ours:9.1f} tok/s")
-    print(f"    of which the record pass ({n + k} positions, prompt included) {t_pass * 1e3:.1f} ms")
-    print(f"  vLLM logprobs=-1, detokenize=False       {t_minus1 * 1e3:9.1f} ms  {k / t_minus1:9.1f} tok/s")
-    print(f"  vLLM logprobs=-1 (default: token texts)  {t_minus1_text * 1e3:9.1f} ms  {k / t_minus1_text:9.1f} tok/s")
-    print(f"  ratio logprobs=-1 / ours: {t_minus1 / t_ours:.1f}x (no texts), {t_minus1_text / t_ours:.1f}x (texts)")
-    print(f"  ours / floor: {t_ours / t_plain:.2f}x;  same tokens: {ours == plain == minus1}")
+    t, out = rounds(
+        {
+            "plain": lambda: vllm_decode(backend, ids, k, None),
+            "ours": lambda: our_decode(backend, ids, k),
+            "minus1": lambda: vllm_decode(backend, ids, k, -1),
+            "minus1_text": lambda: vllm_decode(backend, ids, k, -1, detokenize=True),
+        },
+        args.reps,
+    )
+    ours = out["ours"][0]
+    print(f"\ndecode of {k} tokens after the {n}-token prompt, greedy (median [min-max] of {args.reps} rounds)")
+    print(line("vLLM, no logprobs (floor)", t["plain"], k))
+    print(line("ours: vLLM sampler + full distributions", t["ours"], k))
+    print(line("vLLM logprobs=-1, detokenize=False", t["minus1"], k))
+    print(line("vLLM logprobs=-1 (default: token texts)", t["minus1_text"], k))
+    print(
+        f"  logprobs=-1 / ours: {ratio(t['minus1'], t['ours'])} (no texts), "
+        f"{ratio(t['minus1_text'], t['ours'])} (texts); ours / floor: {ratio(t['ours'], t['plain'])}"
+    )
+    print(f"  same tokens: {ours == out['plain'] == out['minus1'] == out['minus1_text']}")
     backend.close()
 
 

@@ -5,7 +5,7 @@ A worker holds two vLLM engines over the same weights, each with its share of th
 - a pooling engine (`runner="pooling"`, task `token_embed`, pooling `ALL`, no activation) returns the final
   hidden state of every position; the unembedding turns them into full rows (PILS). vLLM's own
   full-vocabulary path (`prompt_logprobs=-1`) builds a Python dict of V entries per position and runs about
-  240x slower (GUIDE §5). Scoring and the records of every job come from this engine.
+  100x slower or worse (bench/vllm_full.py, BENCHMARKS.md). Scoring and the records of every job come from this engine.
 - a generate engine serves plain generation with vLLM's own sampler (seeds, top-p, stop strings, batching
   of concurrent decodes); its record is then captured by the pooling engine over prompt + completion.
 
