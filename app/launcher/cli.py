@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -110,6 +111,10 @@ def worker_alive() -> None:
 
 
 # ------------------------------------------------------------------ batch verbs over JSONL
+#
+# Every non-blank input line gets one output line, in order: its answer, or {"line": n, "error": {...}} (a line
+# that is not a JSON object, or one the service refused). Exit codes: 0 every line answered, 1 some line failed
+# (or the batch was refused or cancelled), 2 the input could not be read or the service not reached.
 
 UrlOpt = Annotated[str, typer.Option(envvar="LOGPROBE_URL", help="the service")]
 KeyOpt = Annotated[str | None, typer.Option(envvar="LOGPROBE_API_KEY", help="API key")]
@@ -118,39 +123,93 @@ OutputOpt = Annotated[str, typer.Option("--output", "-o", help="JSONL file for t
 ModelOpt = Annotated[str, typer.Option(help="model for lines that name none")]
 ConcurrencyOpt = Annotated[int, typer.Option(min=1, max=64, help="requests in flight")]
 DEFAULT_URL = "http://127.0.0.1:8000"
+BATCH_FIELDS = {"text", "messages", "custom_id"}
+
+
+class LineError(Exception):
+    """One input line that cannot be sent: becomes that line's error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+Line = dict[str, Any] | LineError
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"logprobe: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _one_line_errors(url: str) -> Iterator[None]:
+    """An unreachable service or an unreadable file: one line on stderr and exit code 2, no traceback."""
+    import httpx
+
+    from app.client import LogprobeError
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise _fail(f"cannot reach {url}: {exc or type(exc).__name__}", 2) from None
+    except OSError as exc:
+        raise _fail(str(exc), 2) from None
+    except LogprobeError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _error(index: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"line": index, **extra, "error": {"code": code, "message": message}}
 
 
 def _run_jsonl(
     path: str, source: str, output: str, url: str, api_key: str | None, model: str | None, concurrency: int
 ) -> None:
-    """POST each JSONL line to `path`; write one JSONL answer per line, in order, errors included."""
+    """POST each JSONL line to `path`; write one JSONL answer per line, in order, errors included. A line's
+    `custom_id` is not sent: it is echoed in its answer."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import httpx
     from rich.console import Console
     from rich.progress import Progress
 
     from app.client import Client, LogprobeError
 
-    requests = _read_jsonl(source)
-    if model is not None:
-        requests = [{"model": model, **r} for r in requests]
-    with contextlib.ExitStack() as stack:
-        sink = _sink(stack, output)
+    failed = False
+    with _one_line_errors(url), contextlib.ExitStack() as stack:
+        requests = _read_jsonl(source)
         client = stack.enter_context(Client(url, api_key))
+        client.http.get("/healthz")  # unreachable: one line and exit 2 before anything is written
+        sink = _sink(stack, output)
         pool = stack.enter_context(ThreadPoolExecutor(concurrency))
         progress = stack.enter_context(Progress(console=Console(stderr=True)))
         task = progress.add_task(path, total=len(requests))
 
-        def call(request: dict[str, object]) -> dict[str, object]:
+        def call(item: tuple[int, Line]) -> dict[str, Any]:
+            index, request = item
             try:
-                answer: dict[str, object] = client.post(path, request)
-            except LogprobeError as exc:
-                answer = {"error": {"status": exc.status, "code": exc.code, "message": exc.message}}
-            progress.advance(task)
-            return answer
+                if isinstance(request, LineError):
+                    return _error(index, request.code, request.message)
+                body = {k: v for k, v in request.items() if k != "custom_id"}
+                echo = {"custom_id": request["custom_id"]} if "custom_id" in request else {}
+                if model is not None:
+                    body = {"model": model, **body}
+                try:
+                    return {"line": index, **echo, **client.post(path, body)}
+                except LogprobeError as exc:
+                    error = {"status": exc.status, "code": exc.code, "message": exc.message}
+                except httpx.TransportError as exc:
+                    error = {"code": "connection_error", "message": str(exc) or type(exc).__name__}
+                return {"line": index, **echo, "error": error}
+            finally:
+                progress.advance(task)
 
-        for i, answer in enumerate(pool.map(call, requests)):
-            sink.write(json.dumps({"line": i, **answer}) + "\n")
+        for answer in pool.map(call, enumerate(requests)):
+            failed |= answer.get("error") is not None
+            sink.write(json.dumps(answer) + "\n")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -162,7 +221,8 @@ def score(
     api_key: KeyOpt = None,
     concurrency: ConcurrencyOpt = 4,
 ) -> None:
-    """Score texts: each line {"text": ...} or {"messages": [...]} (and optionally "model", "top_logprobs")."""
+    """Score texts: each line {"text": ...} or {"messages": [...]} (and optionally "model", "top_logprobs",
+    "custom_id")."""
     _run_jsonl("/v1/score", source, output, url, api_key, model, concurrency)
 
 
@@ -218,37 +278,92 @@ def batch(
     api_key: KeyOpt = None,
     poll: Annotated[float, typer.Option(min=0.1, help="seconds between progress checks")] = 1.0,
 ) -> None:
-    """Run a server-side batch (POST /v1/batches): each line {"text": ...} or {"messages": [...]}, optionally
-    "custom_id"; waits with a progress bar, then writes the batch's JSONL results."""
+    """Run server-side batches (POST /v1/batches): each line {"text": ...} or {"messages": [...]}, optionally
+    "custom_id" and "model" (one batch per model); waits with a progress bar, then writes one result line per
+    input line, in order (`index` is the input line's). Lines the batches cannot take get an error line."""
     from rich.console import Console
     from rich.progress import Progress
 
     from app.client import Client, LogprobeError
 
-    inputs = _read_jsonl(source)
-    with contextlib.ExitStack() as stack:
+    with _one_line_errors(url), contextlib.ExitStack() as stack:
+        lines = _read_jsonl(source)
+        analyses = [_analysis_spec(a) for a in analysis or []]
         client = stack.enter_context(Client(url, api_key))
-        try:
-            created = client.create_batch(model, inputs, analyses=[_analysis_spec(a) for a in analysis or []])
-        except LogprobeError as exc:
-            typer.echo(f"batch refused: {exc.status} {exc.code}: {exc.message}", err=True)
-            raise typer.Exit(1) from exc
+        client.http.get("/healthz")
+        out: dict[int, dict[str, Any]] = {}
+        groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for index, line in enumerate(lines):
+            try:
+                item = _batch_input(line)
+                groups.setdefault(item.pop("model", None) or model, []).append((index, item))
+            except LineError as exc:
+                out[index] = _batch_line(index, None, {"code": exc.code, "message": exc.message})
+        created = []
+        for name, members in groups.items():
+            try:
+                created.append((client.create_batch(name, [item for _, item in members], analyses=analyses), members))
+            except LogprobeError as exc:
+                typer.echo(f"batch refused: {exc.status} {exc.code}: {exc.message}", err=True)
+                error = {"status": exc.status, "code": exc.code, "message": exc.message}
+                out.update({i: _batch_line(i, item.get("custom_id"), error) for i, item in members})
         progress = stack.enter_context(Progress(console=Console(stderr=True)))
-        task = progress.add_task(f"batch {created.id}", total=created.total)
-        status = client.wait_batch(
-            created.id, poll_s=poll, on_status=lambda s: progress.update(task, completed=s.completed + s.failed)
-        )
+        done: dict[str, int] = {}
+        task = progress.add_task("batch " + ", ".join(b.id for b, _ in created), total=sum(b.total for b, _ in created))
+
+        def seen(status: Any) -> None:
+            done[status.id] = status.completed + status.failed + status.cancelled
+            progress.update(task, completed=sum(done.values()))
+
+        cancelled = False
+        for batch_, members in created:
+            cancelled |= client.wait_batch(batch_.id, poll_s=poll, on_status=seen).status == "cancelled"
+            for result in client.batch_results(batch_.id):
+                index = members[result["index"]][0]
+                out[index] = {"line": index, **result, "index": index}
         sink = _sink(stack, output)
-        for line in client.batch_results(created.id):
-            sink.write(json.dumps(line) + "\n")
-    if status.status == "cancelled":
+        for index in range(len(lines)):
+            sink.write(json.dumps(out[index]) + "\n")
+    if cancelled or any(line.get("error") is not None for line in out.values()):
         raise typer.Exit(1)
 
 
-def _read_jsonl(source: str) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file, or of stdin for `-` (blank lines skipped)."""
+def _batch_input(line: Line) -> dict[str, Any]:
+    """A JSONL line as one input of a batch (with its `model`, if it names one), or the LineError it is."""
+    from pydantic import ValidationError
+
+    from app.schemas.batches import BatchInput
+
+    if isinstance(line, LineError):
+        raise line
+    if line.get("top_logprobs") is not None:
+        raise LineError("unsupported_field", "batches answer analyses, not top_logprobs: use `logprobe score`")
+    extra = set(line) - BATCH_FIELDS - {"model", "top_logprobs"}
+    if extra:
+        raise LineError("invalid_request", f"unknown fields for a batch input: {', '.join(sorted(extra))}")
+    try:
+        BatchInput.model_validate({k: v for k, v in line.items() if k in BATCH_FIELDS})
+    except ValidationError as exc:
+        raise LineError("invalid_request", "; ".join(e["msg"] for e in exc.errors())) from None
+    return {k: v for k, v in line.items() if k in BATCH_FIELDS or k == "model"}
+
+
+def _batch_line(index: int, custom_id: Any, error: dict[str, Any]) -> dict[str, Any]:
+    return {"line": index, "index": index, "custom_id": custom_id, "record_id": None, "results": None, "error": error}
+
+
+def _read_jsonl(source: str) -> list[Line]:
+    """Each non-blank line of a JSONL file (or of stdin for `-`): its JSON object, or a LineError."""
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [_parse_line(line) for line in text.splitlines() if line.strip()]
+
+
+def _parse_line(line: str) -> Line:
+    try:
+        parsed = json.loads(line)
+    except ValueError as exc:
+        return LineError("invalid_json", f"not JSON: {exc}")
+    return parsed if isinstance(parsed, dict) else LineError("invalid_json", "not a JSON object")
 
 
 def _sink(stack: contextlib.ExitStack, output: str) -> TextIO:
@@ -259,7 +374,12 @@ def _sink(stack: contextlib.ExitStack, output: str) -> TextIO:
 def _analysis_spec(spec: str) -> dict[str, object]:
     """`detect`, `detect:fast_detectgpt,log_rank` or a JSON object, as one entry of a batch's `analyses`."""
     if spec.lstrip().startswith("{"):
-        parsed: dict[str, object] = json.loads(spec)
+        try:
+            parsed = json.loads(spec)
+        except ValueError as exc:
+            raise _fail(f"--analysis {spec!r} is not JSON: {exc}", 2) from None
+        if not isinstance(parsed, dict):
+            raise _fail(f"--analysis {spec!r} is not a JSON object", 2)
         return parsed
     family, _, methods = spec.partition(":")
     return {"family": family, **({"methods": methods.split(",")} if methods else {})}

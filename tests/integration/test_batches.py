@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from app.batches.store import batch_key, create_batch
@@ -95,6 +96,7 @@ def test_batches_belong_to_their_tenant(alpha: httpx.Client, beta: httpx.Client)
         ("GET", f"/v1/batches/{batch['id']}"),
         ("GET", f"/v1/batches/{batch['id']}/results"),
         ("POST", f"/v1/batches/{batch['id']}/cancel"),
+        ("DELETE", f"/v1/batches/{batch['id']}"),
     ):
         response = beta.request(method, path)
         assert response.status_code == 404 and response.json()["error"]["code"] == "batch_not_found"
@@ -138,18 +140,58 @@ def test_bad_batches_are_refused_before_anything_runs(
     assert alpha.get("/v1/batches/batch_" + "0" * 24).status_code == 404
 
 
-def test_cancel_stops_a_batch(alpha: httpx.Client) -> None:
+def test_a_cancelled_batch_stops_counting_and_gives_every_input_a_line(alpha: httpx.Client) -> None:
     salt = uuid.uuid4().hex[:8]
-    inputs = [{"text": f"{TEXTS[i % 4]} {salt} number {i}"} for i in range(40)]
+    inputs = [{"text": f"{TEXTS[i % 4]} {salt} number {i}", "custom_id": f"n{i}"} for i in range(40)]
     batch = alpha.post("/v1/batches", json={"model": MODEL, "inputs": inputs}).json()
     cancelled = alpha.post(f"/v1/batches/{batch['id']}/cancel")
-    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    time.sleep(1.0)  # inputs in flight at the cancel finish; no new one starts
+    assert cancelled.status_code == 200, cancelled.text
+    at_cancel = cancelled.json()
+    assert at_cancel["status"] == "cancelled" and at_cancel["finished_at"] is not None
+    time.sleep(1.5)  # inputs in flight at the cancel finish now: their lines are not kept
     after = alpha.get(f"/v1/batches/{batch['id']}").json()
-    assert after["status"] == "cancelled" and after["completed"] < 40
-    assert len(lines(alpha, batch["id"])) == after["completed"] + after["failed"]
+    for field in ("status", "completed", "failed", "cancelled"):
+        assert after[field] == at_cancel[field]
+    assert after["completed"] + after["failed"] + after["cancelled"] == 40 and after["cancelled"] > 0
+    results = lines(alpha, batch["id"])
+    assert [r["index"] for r in results] == list(range(40))
+    assert [r["custom_id"] for r in results] == [f"n{i}" for i in range(40)]
+    skipped = [r for r in results if r["error"] and r["error"]["code"] == "cancelled"]
+    assert len(skipped) == after["cancelled"]
+    assert all(r["record_id"] is None and r["results"] is None for r in skipped)
+    assert sum(1 for r in results if r["error"] is None) == after["completed"]
     again = alpha.post(f"/v1/batches/{batch['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "batch_finished"
+
+
+def test_batches_are_listed_newest_first_and_deleted(
+    alpha: httpx.Client, beta: httpx.Client, redis_client: redis.Redis
+) -> None:
+    salt = uuid.uuid4().hex[:8]
+    first = alpha.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": f"First {salt}."}]}).json()
+    wait_finished(alpha, first["id"])
+    many = [{"text": f"{TEXTS[i % 4]} {salt} {i}"} for i in range(30)]
+    second = alpha.post("/v1/batches", json={"model": MODEL, "inputs": many}).json()
+    listed = alpha.get("/v1/batches", params={"limit": 2}).json()
+    assert [b["id"] for b in listed["data"]] == [second["id"], first["id"]]
+    assert listed["data"][1]["status"] == "completed" and listed["data"][1]["expires_at"] > first["created_at"]
+    assert all(b["id"] not in (first["id"], second["id"]) for b in beta.get("/v1/batches").json()["data"])
+    one = alpha.get("/v1/batches", params={"limit": 1}).json()
+    assert [b["id"] for b in one["data"]] == [second["id"]] and one["has_more"] is True
+    bad = alpha.get("/v1/batches", params={"limit": 0})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+    assert beta.delete(f"/v1/batches/{second['id']}").status_code == 404
+    assert alpha.delete(f"/v1/batches/{second['id']}").status_code == 204  # running: stopped and removed
+    for path in (f"/v1/batches/{second['id']}", f"/v1/batches/{second['id']}/results"):
+        assert alpha.get(path).json()["error"]["code"] == "batch_not_found"
+    time.sleep(1.5)  # inputs that were in flight finish and find the batch gone: nothing comes back
+    assert alpha.get(f"/v1/batches/{second['id']}").status_code == 404
+    assert redis_client.exists(*(batch_key("alpha", second["id"], p) for p in ("", "inputs", "results", "failed"))) == 0
+    assert alpha.delete(f"/v1/batches/{first['id']}").status_code == 204
+    assert alpha.delete(f"/v1/batches/{first['id']}").status_code == 404
+    ids = [b["id"] for b in alpha.get("/v1/batches", params={"limit": 100}).json()["data"]]
+    assert first["id"] not in ids and second["id"] not in ids
 
 
 async def test_a_batch_whose_gateway_died_is_resumed_without_redoing_inputs(
