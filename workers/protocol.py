@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -33,6 +34,23 @@ MAX_BLOB_BYTES = 512 * 1024 * 1024
 
 class ProtocolError(ValueError):
     """A stream entry, record or blob that does not follow the contract; it is rejected, never run."""
+
+
+# Names that become parts of Redis keys: a tenant never holds ":" (tenant "a" asking for id "b:X" must not reach
+# tenant "a:b"), and record ids are what record_id() makes.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+RECORD_ID_PATTERN = r"^[0-9a-f]{32}$"
+MAX_JOB_POSITIONS = 1 << 16  # positions one job may name (a record holds at most the context length)
+TenantName = Annotated[str, Field(pattern=TENANT_PATTERN)]
+RecordId = Annotated[str, Field(pattern=RECORD_ID_PATTERN)]
+
+
+def valid_tenant(tenant: str) -> bool:
+    return re.fullmatch(TENANT_PATTERN[1:-1], tenant) is not None
+
+
+def valid_record_id(record_id: str) -> bool:
+    return re.fullmatch(RECORD_ID_PATTERN[1:-1], record_id) is not None
 
 
 # ---------------------------------------------------------------- keys
@@ -69,6 +87,8 @@ def inflight_key(tenant: str, record_id: str) -> str:
 
 
 def record_key(tenant: str, record_id: str) -> str:
+    if not (valid_tenant(tenant) and valid_record_id(record_id)):
+        raise ProtocolError(f"not a tenant and record id: {tenant!r}, {record_id!r}")
     return f"lp:rec:{tenant}:{record_id}"
 
 
@@ -170,7 +190,7 @@ class _JobBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: Literal[1] = 1
     job_id: str
-    tenant: str
+    tenant: TenantName
     model: str
     fingerprint: str
     enqueued_at: float = Field(default_factory=time.time)
@@ -178,7 +198,7 @@ class _JobBase(BaseModel):
 
 class ScoreJob(_JobBase):
     kind: Literal["score"] = "score"
-    record_id: str
+    record_id: RecordId
     token_ids: list[int] = Field(min_length=1)
     n_prompt: int | None = None
 
@@ -193,17 +213,17 @@ class RowsJob(_JobBase):
     """Rebuild full log-probability rows for positions [start, stop) of a stored record."""
 
     kind: Literal["rows"] = "rows"
-    record_id: str
+    record_id: RecordId
     start: int = Field(ge=1)
     stop: int = Field(ge=2)
 
 
 class CrossSide(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    record_id: str
+    record_id: RecordId
     model: str
     fingerprint: str
-    positions: list[int] = Field(min_length=1)
+    positions: list[int] = Field(min_length=1, max_length=MAX_JOB_POSITIONS)
 
 
 class CrossJob(_JobBase):

@@ -16,6 +16,7 @@ from workers.protocol import (
     decode_stats,
     export_key,
     record_key,
+    valid_record_id,
 )
 
 log = logging.getLogger("app.serving.store")
@@ -26,11 +27,13 @@ class RecordStore:
         self.redis = redis
 
     async def meta(self, tenant: str, record_id: str) -> RecordMeta:
+        _check_id(record_id)
         raw = await self.redis.hget(record_key(tenant, record_id), "meta")
         return self._meta(as_bytes(raw), record_id)
 
     async def read(self, tenant: str, record_id: str) -> tuple[RecordMeta, dict[str, np.ndarray]] | None:
         """Metadata and per-position statistics, or None when the record is gone (expired, evicted) or lacks either."""
+        _check_id(record_id)
         replies = await self.redis.hmget(record_key(tenant, record_id), ["meta", "stats"])
         raw_meta, raw_stats = map(as_bytes, replies)
         if raw_meta is None or raw_stats is None:
@@ -64,3 +67,9 @@ class RecordStore:
         except ProtocolError as exc:
             log.error("record %s rejected: %s", record_id, exc)
             raise ApiError(500, "record_corrupt", "the stored record failed validation") from exc
+
+
+def _check_id(record_id: str) -> None:
+    """An id that no record can have is not found (and never becomes part of a key)."""
+    if not valid_record_id(record_id):
+        raise ApiError(404, "record_not_found", f"record {record_id!r} not found", "record_id")

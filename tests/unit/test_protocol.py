@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from workers.protocol import (
+    MAX_JOB_POSITIONS,
     STAT_ARRAYS,
+    CrossSide,
     ProtocolError,
     ScoreJob,
     decode_job,
@@ -17,6 +19,7 @@ from workers.protocol import (
     encode_arrays,
     encode_job,
     record_id,
+    record_key,
 )
 
 
@@ -28,7 +31,7 @@ def stats(n: int, k: int) -> dict[str, np.ndarray]:
 
 
 def test_job_round_trip() -> None:
-    job = ScoreJob(job_id="j", tenant="t", model="m", fingerprint="f", record_id="r", token_ids=[1, 2, 3])
+    job = ScoreJob(job_id="j", tenant="t", model="m", fingerprint="f", record_id="0" * 32, token_ids=[1, 2, 3])
     fields = {k.encode(): v.encode() for k, v in encode_job(job).items()}
     assert decode_job(fields) == job
 
@@ -86,3 +89,22 @@ def test_record_ids_depend_on_everything_that_defines_a_record() -> None:
         record_id(b"s", "alpha", "fp", [1, 2, 3], {"kind": "generate", "n_prompt": 2}),
     ]
     assert base not in variants and len(set(variants)) == len(variants)
+
+
+def test_keys_cannot_reach_another_tenant() -> None:
+    """Tenant `a` asking for id `b:X` must not reach tenant `a:b`'s record X: neither name may hold a colon."""
+    rid = "0123456789abcdef" * 2
+    assert record_key("alpha", rid) == f"lp:rec:alpha:{rid}"
+    for tenant, asked in [("a", f"b:{rid}"), ("a:b", rid), ("", rid), ("alpha", rid.upper()), ("alpha", rid[:-1])]:
+        with pytest.raises(ProtocolError):
+            record_key(tenant, asked)
+
+
+def test_jobs_with_a_bad_tenant_or_record_id_or_too_many_positions_are_refused() -> None:
+    good = ScoreJob(job_id="j", tenant="alpha", model="m", fingerprint="f", record_id="0" * 32, token_ids=[1])
+    for update in ({"tenant": "a:b"}, {"record_id": "b:" + "0" * 30}):
+        with pytest.raises(ProtocolError):
+            decode_job(encode_job(good.model_copy(update=update)))
+    CrossSide(record_id="0" * 32, model="m", fingerprint="f", positions=list(range(1, MAX_JOB_POSITIONS + 1)))
+    with pytest.raises(ValueError, match="at most"):
+        CrossSide(record_id="0" * 32, model="m", fingerprint="f", positions=list(range(MAX_JOB_POSITIONS + 1)))
