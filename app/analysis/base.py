@@ -1,12 +1,14 @@
 """Analysis methods: one class of thing, one flat registry (LM-Polygraph's habit).
 
 Each method declares its name, the families it belongs to, its level (a value per token or one per sequence),
-the per-position statistics it needs, its parameters, and which way its score points. Methods are pure numpy
-in float64 over the statistics a record already holds, so they run in the gateway on cached records.
+the per-position statistics it needs, its parameters, the paper it comes from, which way its score points, and
+why its value can be undefined (null). Methods are pure numpy in float64 over the statistics a record already
+holds, so they run in the gateway on cached records. A method returns NaN where its value is undefined.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,7 +19,15 @@ from workers.protocol import RecordMeta
 
 Level = Literal["token", "sequence"]
 Family = Literal["uncertainty", "detect", "membership", "compare"]
+ParamKind = Literal["int", "float"]
 Value = np.ndarray | float | dict[str, float] | dict[str, float | list[float]]
+
+# A variance computed as E[x^2] - E[x]^2 from float32 statistics carries rounding of about 1e-6 E[x^2] (the
+# moments are sums over the whole vocabulary): below VAR_RTOL E[x^2] it cannot be told from 0.
+VAR_RTOL = 1e-5
+VAR_ATOL = 1e-12
+UNIFORM_RTOL = 1e-5  # an entropy within this fraction of log V is log V: the distribution is uniform
+NOT_FINITE = "the value is not a finite number on this input"
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,23 @@ class Param:
     description: str
     low: float
     high: float
+    kind: ParamKind = "float"
+
+    def resolve(self, given: Any, method: str) -> float:
+        """The value to run with (an int for integer parameters); ValueError if it is out of range."""
+        value = float(given)
+        if self.kind == "int":
+            if not value.is_integer():
+                raise ValueError(f"{method}.{self.name} must be an integer")
+            value = int(value)
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{method}.{self.name} must lie in [{self.low:g}, {self.high:g}]")
+        return value
+
+
+def variance_is_zero(var: Any, second_moment: Any) -> Any:
+    """Where a variance E[x^2] - E[x]^2 (a float or an array) is 0 within the rounding of its float32 moments."""
+    return np.asarray(var) <= VAR_RTOL * np.abs(np.asarray(second_moment)) + VAR_ATOL
 
 
 @dataclass(frozen=True)
@@ -41,6 +68,7 @@ class Positions:
     logp_m2: np.ndarray  # sum p (log p)^2
     kurtosis: np.ndarray
     top_logprobs: np.ndarray  # [n, k], descending
+    vocab_size: int = 0
 
     @classmethod
     def select(cls, meta: RecordMeta, stats: dict[str, np.ndarray], positions: np.ndarray) -> Positions:
@@ -58,6 +86,7 @@ class Positions:
             logp_m2=f64["logp_m2"],
             kurtosis=f64["kurtosis"],
             top_logprobs=f64["topk_logprobs"],
+            vocab_size=meta.vocab_size,
         )
 
     @property
@@ -68,6 +97,11 @@ class Positions:
     def logp_mean(self) -> np.ndarray:
         """mu_t = E_p[log p] = -H_t."""
         return -self.entropy
+
+    @property
+    def uniform(self) -> np.ndarray:
+        """Where the distribution is uniform: its entropy is log V within the rounding of float32 sums."""
+        return np.asarray(self.entropy >= np.log(self.vocab_size) * (1.0 - UNIFORM_RTOL))
 
     @property
     def logp_var(self) -> np.ndarray:
@@ -94,24 +128,22 @@ class Method:
     name: str
     families: tuple[Family, ...]
     level: Level
-    description: str  # with the paper it comes from
+    description: str  # one paragraph
+    paper: str  # title, authors and year, arXiv id where there is one
     higher_means: str
     compute: Callable[[Context], Value]
     needs: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
     requires: tuple[str, ...] = ()  # inputs beyond the record, e.g. "frequencies"
+    integer: bool = False  # token values are integers (ranks)
+    undefined: str = NOT_FINITE  # why a value can be null
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, float]:
         known = {p.name: p for p in self.params}
         unknown = set(given) - set(known)
         if unknown:
             raise ValueError(f"{self.name}: unknown parameters {sorted(unknown)}; known: {sorted(known)}")
-        values = {p.name: float(given.get(p.name, p.default)) for p in self.params}
-        for name, value in values.items():
-            p = known[name]
-            if not p.low <= value <= p.high:
-                raise ValueError(f"{self.name}.{name} must lie in [{p.low}, {p.high}]")
-        return values
+        return {p.name: p.resolve(given.get(p.name, p.default), self.name) for p in self.params}
 
 
 @dataclass
@@ -131,14 +163,23 @@ class Registry:
 REGISTRY = Registry()
 
 
+def paragraph(doc: str | None) -> str:
+    """A docstring as one paragraph: dedented, its lines joined by single spaces."""
+    return " ".join(inspect.cleandoc(doc or "").split())
+
+
 def method(
     name: str,
     families: tuple[Family, ...],
     level: Level,
     higher_means: str,
     needs: tuple[str, ...],
+    *,
+    paper: str,
     params: tuple[Param, ...] = (),
     requires: tuple[str, ...] = (),
+    integer: bool = False,
+    undefined: str = NOT_FINITE,
 ) -> Callable[[Callable[[Context], Value]], Callable[[Context], Value]]:
     """Register a function as a method; its docstring is the method's description."""
 
@@ -148,12 +189,15 @@ def method(
                 name=name,
                 families=families,
                 level=level,
-                description=(fn.__doc__ or "").strip(),
+                description=paragraph(fn.__doc__),
+                paper=paper,
                 higher_means=higher_means,
                 compute=fn,
                 needs=needs,
                 params=params,
                 requires=requires,
+                integer=integer,
+                undefined=undefined,
             )
         )
         return fn

@@ -15,49 +15,71 @@ from app.analysis.base import Context, method
 APART = "p and q disagree more"
 CROSS = ("cross",)
 
+KL = "On Information and Sufficiency (Kullback and Leibler 1951)"
+JS = "Divergence Measures Based on the Shannon Entropy (Lin 1991)"
+URIAL = (
+    "The Unlocking Spell on Base LLMs: Rethinking Alignment via In-Context Learning (Lin et al. 2024), arXiv:2312.01552"
+)
+CK_PLUG = (
+    "Parameters vs. Context: Fine-Grained Control of Knowledge Reliance in Language Models (Bi et al. 2025), "
+    "arXiv:2503.15888"
+)
+DRIFT = "Drift No More? Context Equilibria in Multi-Turn LLM Interactions (Dongre et al. 2025), arXiv:2510.07777"
+
 
 def _cross(ctx: Context, name: str) -> np.ndarray:
     assert ctx.cross is not None
     return ctx.cross[name]
 
 
-@method("kl", ("compare",), "token", APART, (), requires=CROSS)
+@method("kl", ("compare",), "token", APART, (), paper=KL, requires=CROSS)
 def kl(ctx: Context) -> np.ndarray:
     """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) at each position."""
     return _cross(ctx, "kl_pq")
 
 
-@method("reverse_kl", ("compare",), "token", APART, (), requires=CROSS)
+@method("reverse_kl", ("compare",), "token", APART, (), paper=KL, requires=CROSS)
 def reverse_kl(ctx: Context) -> np.ndarray:
     """KL(q || p)."""
     return _cross(ctx, "kl_qp")
 
 
-@method("js", ("compare",), "token", APART, (), requires=CROSS)
+@method("js", ("compare",), "token", APART, (), paper=JS, requires=CROSS)
 def js(ctx: Context) -> np.ndarray:
     """Jensen-Shannon divergence (nats): (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2."""
     return _cross(ctx, "js")
 
 
-@method("mean_kl", ("compare",), "sequence", APART, (), requires=CROSS)
+@method("mean_kl", ("compare",), "sequence", APART, (), paper=KL, requires=CROSS)
 def mean_kl(ctx: Context) -> float:
     """Mean over positions of KL(p || q)."""
     return float(np.mean(_cross(ctx, "kl_pq")))
 
 
-@method("mean_js", ("compare",), "sequence", APART, (), requires=CROSS)
+@method("mean_js", ("compare",), "sequence", APART, (), paper=JS, requires=CROSS)
 def mean_js(ctx: Context) -> float:
     """Mean over positions of the Jensen-Shannon divergence."""
     return float(np.mean(_cross(ctx, "js")))
 
 
-@method("shift_rank", ("compare",), "token", "p's choice is more foreign to q", (), requires=CROSS)
+@method(
+    "shift_rank",
+    ("compare",),
+    "token",
+    "p's choice is more foreign to q",
+    (),
+    paper=URIAL,
+    requires=CROSS,
+    integer=True,
+)
 def shift_rank(ctx: Context) -> np.ndarray:
     """URIAL token shift: the rank under q (the base model) of p's (the aligned model's) most likely token."""
     return _cross(ctx, "rank_ptop_in_q")
 
 
-@method("urial_shift", ("compare",), "sequence", "the share of positions in that class", (), requires=CROSS)
+@method(
+    "urial_shift", ("compare",), "sequence", "the share of positions in that class", (), paper=URIAL, requires=CROSS
+)
 def urial_shift(ctx: Context) -> dict[str, float]:
     """URIAL's classes of token shift: unshifted (rank 1 under the base model), marginal (rank 2-3),
     shifted (beyond)."""
@@ -75,6 +97,7 @@ def urial_shift(ctx: Context) -> dict[str, float]:
     "token",
     "the context made the model more confident",
     ("entropy",),
+    paper=CK_PLUG,
     requires=("reference",),
 )
 def confidence_gain(ctx: Context) -> np.ndarray:
@@ -89,6 +112,7 @@ def confidence_gain(ctx: Context) -> np.ndarray:
     "sequence",
     "the context made the model more confident",
     ("entropy",),
+    paper=CK_PLUG,
     requires=("reference",),
 )
 def mean_confidence_gain(ctx: Context) -> float:
@@ -102,11 +126,15 @@ def mean_confidence_gain(ctx: Context) -> float:
     "sequence",
     "the test model drifts further from the reference",
     (),
+    paper=DRIFT,
     requires=("cross", "turns"),
+    undefined="no chat turn holds a position of the span",
 )
 def drift(ctx: Context) -> dict[str, float | list[float]]:
-    """Per-turn drift: the mean KL(p_test || p_ref) over each chat turn's tokens; `mean` averages the turns
-    that hold positions, `per_turn` lists them (null-free: turns without positions are left out)."""
+    """Per-turn drift: the mean KL(p_test || p_ref) over each chat message's tokens (a message's turn runs from
+    the end of the previous message's rendering to the end of its own, so the template's default system prompt
+    belongs to the first turn); `mean` averages the turns that hold positions, `per_turn` lists them
+    (null-free: turns without positions are left out)."""
     assert ctx.turns is not None
     kl_pq = _cross(ctx, "kl_pq")
     per_turn = [float(np.mean(kl_pq[a:b])) for a, b in ctx.turns if b > a]

@@ -9,30 +9,66 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.analysis.base import Context, Param, lowest_fraction_mean, method
+from app.analysis.base import Context, Param, lowest_fraction_mean, method, variance_is_zero
 
 MEMBER = "more likely in the training data"
 K = Param("k", 0.2, "fraction of lowest-scoring tokens averaged", 0.0001, 1.0)
 
+MIN_K = "Detecting Pretraining Data from Large Language Models (Shi et al. 2024), arXiv:2310.16789"
+MIN_K_PLUS_PLUS = (
+    "Min-K%++: Improved Baseline for Detecting Pre-Training Data from Large Language Models (Zhang et al. 2024), "
+    "arXiv:2404.02936"
+)
+DC_PDD = (
+    "Pretraining Data Detection for Large Language Models: A Divergence-based Calibration Method "
+    "(Zhang et al. 2024), arXiv:2409.14781"
+)
+FLAT = (
+    "sigma_t is 0 (within rounding): log p is the same for every token the distribution gives mass to "
+    "(a point mass, or flat over its support)"
+)
 
-@method("min_k", ("membership",), "sequence", MEMBER, ("logprob",), params=(K,))
+
+@method("min_k", ("membership",), "sequence", MEMBER, ("logprob",), paper=MIN_K, params=(K,))
 def min_k(ctx: Context) -> float:
     """Min-K% Prob: mean of the lowest k fraction of log p(x_t)."""
     return lowest_fraction_mean(ctx.data.logprob, ctx.params["k"])
 
 
-@method("min_k_zscore", ("membership",), "token", MEMBER, ("logprob", "entropy", "logp_m2"))
+@method(
+    "min_k_zscore",
+    ("membership",),
+    "token",
+    MEMBER,
+    ("logprob", "entropy", "logp_m2"),
+    paper=MIN_K_PLUS_PLUS,
+    undefined=FLAT,
+)
 def min_k_zscore(ctx: Context) -> np.ndarray:
     """Min-K%++'s per-token score (log p(x_t) - mu_t) / sigma_t, with mu_t = sum p log p and
     sigma_t^2 = sum p (log p)^2 - mu_t^2."""
     d = ctx.data
-    return np.asarray((d.logprob - d.logp_mean) / np.sqrt(d.logp_var))
+    var = d.logp_var
+    z = (d.logprob - d.logp_mean) / np.sqrt(var)
+    return np.asarray(np.where(variance_is_zero(var, d.logp_m2), np.nan, z))
 
 
-@method("min_k_plus_plus", ("membership",), "sequence", MEMBER, ("logprob", "entropy", "logp_m2"), params=(K,))
+@method(
+    "min_k_plus_plus",
+    ("membership",),
+    "sequence",
+    MEMBER,
+    ("logprob", "entropy", "logp_m2"),
+    paper=MIN_K_PLUS_PLUS,
+    params=(K,),
+    undefined=f"at every position {FLAT}",
+)
 def min_k_plus_plus(ctx: Context) -> float:
-    """Min-K%++: mean of the lowest k fraction of the per-token z-scores (log p(x_t) - mu_t) / sigma_t."""
-    return lowest_fraction_mean(np.asarray(min_k_zscore(ctx)), ctx.params["k"])
+    """Min-K%++: mean of the lowest k fraction of the per-token z-scores (log p(x_t) - mu_t) / sigma_t, over
+    the positions where sigma_t is not 0."""
+    z = np.asarray(min_k_zscore(ctx))
+    z = z[np.isfinite(z)]
+    return lowest_fraction_mean(z, ctx.params["k"]) if z.size else float("nan")
 
 
 @method(
@@ -41,6 +77,7 @@ def min_k_plus_plus(ctx: Context) -> float:
     "sequence",
     MEMBER,
     ("logprob",),
+    paper=DC_PDD,
     params=(Param("a", 0.01, "cap on each token's calibrated score", 1e-9, 1e9),),
     requires=("frequencies",),
 )

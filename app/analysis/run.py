@@ -21,12 +21,40 @@ class AnalysisError(ValueError):
 
 @dataclass
 class AnalysisResult:
-    tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)  # int64 for integer methods, else float64
     sequence: dict[str, float | None] = field(default_factory=dict)
     details: dict[str, list[float]] = field(default_factory=dict)
+    undefined: dict[str, str] = field(default_factory=dict)  # why a value (or some token values) is null
 
 
 ALWAYS_AVAILABLE = frozenset({"frequencies"})
+# Markers of what a request gave, beside the inputs methods require; they only shape error messages.
+GAVE_CONTEXT = "gave:context"
+GAVE_MESSAGES = "gave:messages"
+
+
+def missing_inputs(method: Method, family: Family, inputs: frozenset[str]) -> AnalysisError | None:
+    """The one error for a method whose inputs the request lacks: it asks for what is missing, never for what
+    was given, and names that field."""
+    missing = set(method.requires) - inputs
+    if not missing:
+        return None
+    name = f"`{method.name}`"
+    if missing & {"cross", "reference"}:
+        if "turns" in method.requires and GAVE_MESSAGES not in inputs:
+            message = f"{name} compares two models turn by turn over a chat: give a `reference_model` and `messages`"
+        elif "turns" in method.requires or family != "compare":
+            message = f"{name} needs a `reference_model`: the second model it compares with"
+        else:
+            message = f"{name} needs a second distribution: give a `reference_model` or a `context`"
+        return AnalysisError("reference_required", message, "reference_model")
+    if "turns" in missing and GAVE_CONTEXT in inputs:
+        message = f"{name} compares two models turn by turn over `messages`: give a `reference_model`, not a `context`"
+        return AnalysisError("reference_required", message, "context")
+    if "turns" in missing:
+        message = f"{name} needs `messages`: its turns are the chat's messages, and a text or a record has none"
+        return AnalysisError("reference_required", message, "messages")
+    return AnalysisError("reference_required", f"{name} needs {sorted(missing)}", "methods")
 
 
 def select_methods(
@@ -38,7 +66,9 @@ def select_methods(
     if names is None:
         chosen = [m for m in family_methods.values() if set(m.requires) <= inputs]
         if not chosen:
-            raise AnalysisError("reference_required", f"{family} needs a `reference_model` or a `context`")
+            raise AnalysisError(
+                "reference_required", f"{family} needs a `reference_model` or a `context`", "reference_model"
+            )
         return chosen
     unknown = [n for n in names if n not in family_methods]
     if unknown:
@@ -47,13 +77,9 @@ def select_methods(
         )
     chosen = [family_methods[n] for n in dict.fromkeys(names)]
     for m in chosen:
-        missing = set(m.requires) - inputs
-        if missing:
-            raise AnalysisError(
-                "reference_required",
-                f"{m.name} needs {sorted(missing)}: give a `reference_model` (or a `context`; `messages` for turns)",
-                "methods",
-            )
+        error = missing_inputs(m, family, inputs)
+        if error is not None:
+            raise error
     return chosen
 
 
@@ -72,28 +98,40 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def finite_values_or_none(values: np.ndarray) -> list[float | None]:
-    """finite_or_none over an array, vectorised: an answer carries thousands of per-token values."""
-    out: list[float | None] = values.tolist()
-    for i in np.flatnonzero(~np.isfinite(values)).tolist():
-        out[i] = None
+def finite_values_or_none(values: np.ndarray) -> list[Any]:
+    """finite_or_none over an array, vectorised: an answer carries thousands of per-token values (integer
+    arrays give Python ints)."""
+    out: list[Any] = values.tolist()
+    if values.dtype.kind == "f":
+        for i in np.flatnonzero(~np.isfinite(values)).tolist():
+            out[i] = None
     return out
 
 
+def _sequence_value(result: AnalysisResult, m: Method, key: str, value: float) -> None:
+    result.sequence[key] = finite_or_none(value)
+    if result.sequence[key] is None:
+        result.undefined[key] = m.undefined
+
+
 def run_methods(methods: list[Method], context: Context, params: dict[str, dict[str, float]]) -> AnalysisResult:
-    """Run each method on the shared context with its own parameters."""
+    """Run each method on the shared context with its own parameters; every null gets its reason."""
     result = AnalysisResult()
     with np.errstate(all="ignore"):
         for m in methods:
             value = m.compute(dataclasses.replace(context, params=params[m.name]))
             if m.level == "token":
-                result.tokens[m.name] = np.asarray(value, dtype=np.float64)
+                column = np.asarray(value, dtype=np.float64)
+                bad = int(np.count_nonzero(~np.isfinite(column)))
+                if bad:
+                    result.undefined[m.name] = f"null at {bad} of {column.size} positions: {m.undefined}"
+                result.tokens[m.name] = column.astype(np.int64) if m.integer and not bad else column
             elif isinstance(value, dict):
                 for key, v in value.items():
                     if isinstance(v, list):
                         result.details[f"{m.name}.{key}"] = v
                     else:
-                        result.sequence[f"{m.name}.{key}"] = finite_or_none(float(v))
+                        _sequence_value(result, m, f"{m.name}.{key}", float(v))
             else:
-                result.sequence[m.name] = finite_or_none(float(value))
+                _sequence_value(result, m, m.name, float(value))
     return result

@@ -15,9 +15,13 @@ from app.schemas.analysis import (
     ParamInfo,
 )
 from app.serving.analyses import analyse
-from app.serving.calibrations import calibration_id, decisions, load_calibration
+from app.serving.calibrations import detect_decisions
 
 router = APIRouter(tags=["analysis"])
+
+
+def number(value: float, kind: str) -> int | float:
+    return int(value) if kind == "int" else float(value)
 
 
 @router.post("/v1/analysis/uncertainty", response_model=AnalysisResponse)
@@ -28,11 +32,11 @@ async def uncertainty(body: AnalysisRequest, services: ServicesDep, tenant: Tena
 
 @router.post("/v1/analysis/detect", response_model=AnalysisResponse)
 async def detect(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> Response:
-    """Machine-written text detection scores, with calibrated decisions where a calibration exists."""
+    """Machine-written text detection scores, with the decisions of the calibration the request names."""
     result = await analyse("detect", body, services, tenant)
-    calibration = await load_calibration(services, tenant, calibration_id(result["model"], body.reference_model))
-    if calibration is not None:
-        result["decisions"] = decisions(calibration, result["sequence"])
+    result["decisions"] = await detect_decisions(
+        services, tenant, body.calibration_id, result["model"], body.reference_model, result["sequence"]
+    )
     return json_answer(result)
 
 
@@ -51,17 +55,26 @@ async def membership(body: AnalysisRequest, services: ServicesDep, tenant: Tenan
 
 @router.get("/v1/analysis/methods", response_model=list[MethodInfo], dependencies=[Depends(current_tenant)])
 async def list_methods() -> list[MethodInfo]:
+    """Every method with its paper, parameters (integers where the parameter is one) and direction."""
     return [
         MethodInfo(
             name=m.name,
             families=list(m.families),
             level=m.level,
             description=m.description,
+            paper=m.paper,
             higher_means=m.higher_means,
             needs=list(m.needs),
             requires=list(m.requires),
             params=[
-                ParamInfo(name=p.name, default=p.default, min=p.low, max=p.high, description=p.description)
+                ParamInfo(
+                    name=p.name,
+                    type=p.kind,
+                    default=number(p.default, p.kind),
+                    min=number(p.low, p.kind),
+                    max=number(p.high, p.kind),
+                    description=p.description,
+                )
                 for p in m.params
             ],
         )

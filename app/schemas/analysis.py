@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.schemas.tokens import ChatMessage
 
 Family = Literal["uncertainty", "detect", "membership", "compare"]
-SpanName = Literal["all", "prompt", "completion"]
+SpanName = Literal["all", "prompt", "completion", "last_turn"]
 DEFAULT_TABLE = "default"  # the frequency table counted from text that ships in packages
 
 
@@ -26,7 +26,10 @@ class AnalysisRequest(BaseModel):
     text: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     span: SpanName | SpanRange | list[int] = Field(
-        default="all", description="all, prompt, completion (generated records), {start, stop}, or positions"
+        default="all",
+        description="all; prompt or completion (generated records, or messages ending with an assistant turn); "
+        "last_turn (messages ending with an assistant turn: its reply tokens through the end-of-turn token); "
+        "{start, stop}; or a list of distinct positions",
     )
     methods: list[str] | None = Field(default=None, description="default: every method of the family")
     params: dict[str, dict[str, float]] = Field(default_factory=dict, description="per method, e.g. {min_k: {k: 0.1}}")
@@ -34,14 +37,19 @@ class AnalysisRequest(BaseModel):
     reference_model: str | None = Field(
         default=None, description="compare/detect: the second model (reference, observer or base), same tokenizer"
     )
-    context: str | None = Field(default=None, description="compare: the model with this context before the text")
+    context: str | None = Field(
+        default=None, description="compare: the model with this context before the text (or the record's tokens)"
+    )
+    calibration_id: str | None = Field(
+        default=None, description="detect: the calibration whose thresholds give `decisions`"
+    )
 
 
 class TokenValues(BaseModel):
     position: int
     id: int
     text: str
-    values: dict[str, float | None]
+    values: dict[str, int | float | None] = Field(description="per method; integers for ranks, null if undefined")
 
 
 class Decision(BaseModel):
@@ -66,13 +74,18 @@ class AnalysisResponse(BaseModel):
     decisions: dict[str, Decision] | None = Field(
         default=None, description="detect: per calibrated method, whether the text is judged machine-written"
     )
+    undefined: dict[str, str] = Field(
+        default_factory=dict,
+        description="why a value is null: per sequence value, and per token method with nulls at some positions",
+    )
 
 
 class ParamInfo(BaseModel):
     name: str
-    default: float
-    min: float
-    max: float
+    type: Literal["int", "float"]
+    default: int | float
+    min: int | float
+    max: int | float
     description: str
 
 
@@ -81,6 +94,7 @@ class MethodInfo(BaseModel):
     families: list[str]
     level: str
     description: str
+    paper: str = Field(description="the paper the method comes from: title, authors, year, arXiv id")
     higher_means: str
     needs: list[str]
     requires: list[str]

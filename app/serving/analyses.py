@@ -6,6 +6,7 @@ The routes and the batch runner both call `analyse`; the methods themselves are 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,8 @@ import numpy as np
 from app.analysis.base import Context, Family, Positions
 from app.analysis.run import (
     ALWAYS_AVAILABLE,
+    GAVE_CONTEXT,
+    GAVE_MESSAGES,
     AnalysisError,
     finite_values_or_none,
     resolve_params,
@@ -22,7 +25,7 @@ from app.analysis.run import (
 from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest, SpanName, SpanRange
 from app.serving.cross import cross_statistics
-from app.serving.pairs import context_pair, model_pair
+from app.serving.pairs import Pair, chat_reply, context_pair, model_pair
 from app.serving.scoring import record_for
 from app.serving.services import Services
 from app.serving.text import TextCodec
@@ -31,44 +34,104 @@ from workers.protocol import RecordMeta
 PAIRED_FAMILIES = ("compare", "detect")
 
 
-def span_positions(span: SpanName | SpanRange | list[int], meta: RecordMeta) -> np.ndarray:
-    """Positions t (1 <= t < T) that a span names; position t is the distribution that predicted token t."""
+def _list_positions(span: list[int], n_tokens: int) -> np.ndarray:
+    """Distinct positions in [1, T-1]: so never more than T-1 of them (checked first, before any other work)."""
+    if len(span) > n_tokens - 1:
+        raise ApiError(
+            422,
+            "invalid_span",
+            f"a span lists at most {n_tokens - 1} positions: each position of this record (1 to {n_tokens - 1}) once",
+            "span",
+        )
+    if not span or min(span) < 1 or max(span) >= n_tokens:
+        raise ApiError(422, "invalid_span", f"positions must lie in [1, {n_tokens - 1}]", "span")
+    if len(set(span)) != len(span):
+        repeated = next(t for t, count in Counter(span).items() if count > 1)
+        raise ApiError(422, "invalid_span", f"position {repeated} appears more than once in the span", "span")
+    return np.asarray(span, dtype=np.int64)
+
+
+def span_positions(
+    span: SpanName | SpanRange | list[int], meta: RecordMeta, reply: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Positions t (1 <= t < T) that a span names; position t is the distribution that predicted token t.
+    `reply` is where the last assistant turn's reply lies when the input was a chat ending with one."""
     n_tokens = len(meta.token_ids)
     if isinstance(span, SpanRange):
         if not span.start < span.stop <= n_tokens:
             raise ApiError(422, "invalid_span", f"span must satisfy 1 <= start < stop <= {n_tokens}", "span")
         return np.arange(span.start, span.stop)
     if isinstance(span, list):
-        positions = np.asarray(span, dtype=np.int64)
-        if positions.size == 0 or positions.min() < 1 or positions.max() >= n_tokens:
-            raise ApiError(422, "invalid_span", f"positions must lie in [1, {n_tokens - 1}]", "span")
-        return positions
+        return _list_positions(span, n_tokens)
     if span == "all":
         positions = np.arange(1, n_tokens)
-    elif meta.n_prompt is None:
-        raise ApiError(422, "invalid_span", f"span {span!r} needs a generated record (prompt and completion)", "span")
-    else:
+    elif span == "last_turn":
+        if reply is None:
+            raise ApiError(
+                422, "invalid_span", "span 'last_turn' needs `messages` that end with an assistant turn", "span"
+            )
+        positions = np.arange(max(1, reply[0]), reply[1])
+    elif meta.n_prompt is not None:
         positions = np.arange(1, meta.n_prompt) if span == "prompt" else np.arange(meta.n_prompt, n_tokens)
+    elif reply is not None:
+        positions = np.arange(1, reply[0]) if span == "prompt" else np.arange(max(1, reply[0]), reply[1])
+    else:
+        raise ApiError(
+            422,
+            "invalid_span",
+            f"span {span!r} needs a generated record (prompt and completion) or `messages` that end with an "
+            "assistant turn",
+            "span",
+        )
     if positions.size == 0:
         raise ApiError(422, "empty_span", f"span {span!r} holds no predicted positions", "span")
     return positions
 
 
 def analysis_inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
+    """What the request makes available to methods (and markers of what it gave, for error messages)."""
     inputs = set(ALWAYS_AVAILABLE)
-    if body.reference_model is not None or body.context is not None:
-        if family not in PAIRED_FAMILIES or (body.context is not None and family != "compare"):
-            raise ApiError(422, "invalid_request", f"{family} takes no reference model or context", "reference_model")
-        if body.reference_model is not None and body.context is not None:
+    if body.messages is not None:
+        inputs.add(GAVE_MESSAGES)
+    if body.context is not None:
+        inputs.add(GAVE_CONTEXT)
+        if family != "compare":
+            raise ApiError(422, "invalid_request", f"{family} takes no `context`", "context")
+    if body.reference_model is not None:
+        if family not in PAIRED_FAMILIES:
+            raise ApiError(422, "invalid_request", f"{family} takes no `reference_model`", "reference_model")
+        if body.context is not None:
             raise ApiError(422, "invalid_request", "give a `reference_model` or a `context`, not both", "context")
-        if body.record_id is not None:
-            raise ApiError(
-                422, "invalid_request", "paired analyses take a text or messages, not a record_id", "record_id"
-            )
+    if body.reference_model is not None or body.context is not None:
         inputs |= {"cross", "reference"}
         if body.messages is not None and body.reference_model is not None:
             inputs.add("turns")
     return frozenset(inputs)
+
+
+async def _pair(body: AnalysisRequest, services: Services, tenant: str) -> Pair | None:
+    if body.reference_model is not None:
+        return await model_pair(
+            services, tenant, body.model, body.reference_model, body.text, body.messages, body.record_id
+        )
+    if body.context is not None:
+        if body.messages is not None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "a `context` comparison takes a `text` or a `record_id`, not `messages`",
+                "messages",
+            )
+        return await context_pair(services, tenant, body.model, body.context, body.text, body.record_id)
+    return None
+
+
+def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> tuple[int, int] | None:
+    """The last assistant turn's reply, when the span needs it."""
+    named = body.span == "last_turn" or (body.span in ("prompt", "completion") and shown.n_prompt is None)
+    if not named or body.messages is None:
+        return None
+    return chat_reply(codec, body.messages, shown.token_ids)
 
 
 async def analyse(family: Family, body: AnalysisRequest, services: Services, tenant: str) -> dict[str, Any]:
@@ -77,24 +140,16 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         params = resolve_params(methods, body.params)
     except AnalysisError as exc:
         raise ApiError(422, exc.code, str(exc), exc.param) from exc
-    pair = None
-    if body.reference_model is not None:
-        if body.model is None:
-            raise ApiError(422, "missing_input", "a paired analysis needs a `model`", "model")
-        pair = await model_pair(services, tenant, body.model, body.reference_model, body.text, body.messages)
-    elif body.context is not None:
-        if body.model is None:
-            raise ApiError(422, "missing_input", "a paired analysis needs a `model`", "model")
-        pair = await context_pair(services, tenant, body.model, body.context, body.text)
+    pair = await _pair(body, services, tenant)
     if pair is None:
         meta, stats, codec, cached = await record_for(
             services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
         )
-        shown, positions = meta, span_positions(body.span, meta)
+        shown, positions = meta, span_positions(body.span, meta, _reply(body, meta, codec))
         context = Context(Positions.select(meta, stats, positions), {})
     else:
-        meta, codec, cached, shown = pair.p.meta, pair.codec, pair.p.cached and pair.q.cached, pair.q.meta
-        positions = span_positions(body.span, shown)
+        meta, codec, cached, shown = pair.p.meta, pair.codec, pair.p.cached and pair.q.cached, pair.shown
+        positions = span_positions(body.span, shown, _reply(body, shown, codec))
         p_positions = pair.p_positions(positions)
         cross = None
         if any("cross" in m.requires for m in methods) or family == "detect":
@@ -123,6 +178,7 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         "sequence": result.sequence,
         "details": result.details,
         "decisions": None,
+        "undefined": result.undefined,
     }
 
 

@@ -20,12 +20,24 @@ from workers.protocol import (
 )
 
 
+def check_positions(meta: RecordMeta, positions: np.ndarray) -> None:
+    """What a worker is asked for is bounded by the record: distinct positions in [1, T-1], so at most T-1."""
+    n_tokens = len(meta.token_ids)
+    if positions.size == 0 or positions.size > n_tokens - 1:
+        raise ApiError(422, "invalid_span", f"between 1 and {n_tokens - 1} positions of {meta.record_id}", "span")
+    if positions.min() < 1 or positions.max() >= n_tokens or np.unique(positions).size != positions.size:
+        raise ApiError(422, "invalid_span", f"positions must be distinct and lie in [1, {n_tokens - 1}]", "span")
+
+
 async def cross_statistics(
     services: Services, tenant: str, p: RecordMeta, p_positions: np.ndarray, q: RecordMeta, q_positions: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Aligned per-position KL, JS, cross moments and cross ranks between record p and record q."""
+    if p_positions.shape != q_positions.shape:
+        raise ValueError("both sides need the same number of positions")
     sides = []
     for meta, positions in ((p, p_positions), (q, q_positions)):
+        check_positions(meta, positions)
         card = await services.catalog.card(meta.model)
         sides.append(
             CrossSide(

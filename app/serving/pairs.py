@@ -1,17 +1,20 @@
 """Two records aligned position by position: two models on the same tokens, or one model with and without a
-context before the text. p is the side under study, q the reference."""
+context before the text. p is the side under study, q the reference. Also where a chat's turns lie in its
+tokens (drift's turns, the `last_turn` span)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from app.platform.errors import ApiError
 from app.schemas.tokens import ChatMessage
+from app.serving.chat_template import ChatTemplateError
 from app.serving.inputs import check_length, input_ids
-from app.serving.scoring import scored_record
+from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
 from workers.protocol import RecordMeta
@@ -30,6 +33,7 @@ class Pair:
     q: Side
     codec: TextCodec
     offset: int  # p position = q position + offset
+    shown: RecordMeta  # the record whose positions a span names (q's positions), with its prompt length if any
     message_ends: list[int] | None = None  # token index where each chat message ends (two-model chats)
 
     def p_positions(self, q_positions: np.ndarray) -> np.ndarray:
@@ -46,20 +50,67 @@ class Pair:
         ]
 
 
+def _chat_ids(codec: TextCodec, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
+    try:
+        return codec.encode_chat(messages, add_generation_prompt)
+    except (LookupError, ChatTemplateError) as exc:
+        raise ApiError(
+            422, "chat_template_error", f"the chat template refused part of the chat: {exc}", "messages"
+        ) from exc
+
+
+def message_ends(codec: TextCodec, messages: list[ChatMessage]) -> list[int]:
+    """The token index where each message ends: the length of the chat rendered up to and including it."""
+    dumped = [m.model_dump() for m in messages]
+    return [len(_chat_ids(codec, dumped[: i + 1], False)) for i in range(len(dumped))]
+
+
+def chat_reply(codec: TextCodec, messages: list[ChatMessage], ids: list[int]) -> tuple[int, int] | None:
+    """[start, stop) token indexes of the last assistant turn's reply, None unless the chat ends with one.
+
+    The reply starts where the chat rendered with that turn emptied stops agreeing with `ids` (after the
+    template's header) and ends with the last end-of-turn token (what a generation would produce), so the
+    template's trailing text after it is not part of the reply."""
+    if messages[-1].role != "assistant":
+        return None
+    dumped = [m.model_dump() for m in messages]
+    emptied = _chat_ids(codec, [*dumped[:-1], {**dumped[-1], "content": ""}], False)
+    n = min(len(emptied), len(ids))
+    differ = np.flatnonzero(np.asarray(emptied[:n]) != np.asarray(ids[:n]))
+    start = int(differ[0]) if differ.size else n
+    eos = set(codec.card.eos_token_ids)
+    ends = [i for i in range(start, len(ids)) if ids[i] in eos]
+    return start, (ends[-1] + 1 if ends else len(ids))
+
+
 async def _scored(services: Services, tenant: str, model: str, ids: list[int]) -> Side:
     card = await services.catalog.card(model)
     return Side(*await scored_record(services, tenant, card, ids))
 
 
+async def _given(services: Services, tenant: str, model: str | None, record_id: str, **inputs: Any) -> Side:
+    """A stored record as one side of a pair (with the same checks as a single-record analysis)."""
+    meta, stats, _, _ = await record_for(services, tenant, model=model, record_id=record_id, **inputs)
+    return Side(meta, stats, True)
+
+
 async def model_pair(
     services: Services,
     tenant: str,
-    model: str,
+    model: str | None,
     reference_model: str,
     text: str | None,
     messages: list[ChatMessage] | None,
+    record_id: str | None = None,
 ) -> Pair:
-    """The same tokens under two models; they must share a tokenizer, so that positions mean the same."""
+    """The same tokens under two models (a text's, a chat's, or a stored record's); they must share a tokenizer,
+    so that positions mean the same."""
+    given = None
+    if record_id is not None:
+        given = await _given(services, tenant, model, record_id, text=text, messages=messages)
+        model = given.meta.model
+    elif model is None:
+        raise ApiError(422, "missing_input", "a paired analysis needs a `model` (or a `record_id`)", "model")
     codecs = []
     for name in (model, reference_model):
         codecs.append(await services.catalog.codec(await services.catalog.card(name)))
@@ -73,31 +124,56 @@ async def model_pair(
             "reference_model",
         )
     limit = services.settings.max_positions
-    ids = input_ids(codec_p, text, messages, False, limit)
-    if input_ids(codec_q, text, messages, False, limit) != ids:
-        raise ApiError(422, "tokenizer_mismatch", "the two models' chat templates give different tokens", "messages")
-    check_length(codec_q.card, len(ids), limit)
-    p, q = await asyncio.gather(_scored(services, tenant, model, ids), _scored(services, tenant, reference_model, ids))
-    ends = None
-    if messages is not None:
-        ends = [
-            len(codec_p.encode_chat([m.model_dump() for m in messages[: i + 1]], False)) for i in range(len(messages))
-        ]
-    return Pair(p=p, q=q, codec=codec_p, offset=0, message_ends=ends)
+    if given is not None:
+        ids = given.meta.token_ids
+        check_length(codec_q.card, len(ids), limit)
+        p, q = given, await _scored(services, tenant, reference_model, ids)
+    else:
+        ids = input_ids(codec_p, text, messages, False, limit)
+        if input_ids(codec_q, text, messages, False, limit) != ids:
+            raise ApiError(
+                422, "tokenizer_mismatch", "the two models' chat templates give different tokens", "messages"
+            )
+        check_length(codec_q.card, len(ids), limit)
+        p, q = await asyncio.gather(
+            _scored(services, tenant, model, ids), _scored(services, tenant, reference_model, ids)
+        )
+    ends = None if messages is None else message_ends(codec_p, messages)
+    return Pair(p=p, q=q, codec=codec_p, offset=0, shown=p.meta, message_ends=ends)
 
 
-async def context_pair(services: Services, tenant: str, model: str, context: str, text: str | None) -> Pair:
-    """The text's tokens under one model, after the context (p) and on their own (q)."""
-    if text is None:
-        raise ApiError(422, "missing_input", "a `context` comparison needs a `text`", "text")
+async def context_pair(
+    services: Services,
+    tenant: str,
+    model: str | None,
+    context: str,
+    text: str | None,
+    record_id: str | None = None,
+) -> Pair:
+    """The text's (or a stored record's) tokens under one model, after the context (p) and on their own (q)."""
     if not context:
         raise ApiError(422, "empty_text", "the context is empty", "context")
-    codec = await services.catalog.codec(await services.catalog.card(model))
     limit = services.settings.max_positions
-    alone = input_ids(codec, text, None, False, limit)
+    if record_id is not None:
+        q = await _given(services, tenant, model, record_id, text=text, messages=None)
+        codec = await services.catalog.codec(await services.catalog.card(q.meta.model))
+        alone = q.meta.token_ids
+    elif text is None:
+        raise ApiError(422, "missing_input", "a `context` comparison needs a `text` or a `record_id`", "text")
+    elif model is None:
+        raise ApiError(422, "missing_input", "a paired analysis needs a `model` (or a `record_id`)", "model")
+    else:
+        codec = await services.catalog.codec(await services.catalog.card(model))
+        alone = input_ids(codec, text, None, False, limit)
     bos = 1 if codec.card.add_bos and alone[:1] == [codec.card.bos_token_id] else 0
     context_ids = codec.encode(context)
     with_context = context_ids + alone[bos:]
     check_length(codec.card, len(with_context), limit)
-    p, q = await asyncio.gather(_scored(services, tenant, model, with_context), _scored(services, tenant, model, alone))
-    return Pair(p=p, q=q, codec=codec, offset=len(context_ids) - bos)
+    name = codec.card.name
+    if record_id is not None:
+        p = await _scored(services, tenant, name, with_context)
+    else:
+        p, q = await asyncio.gather(
+            _scored(services, tenant, name, with_context), _scored(services, tenant, name, alone)
+        )
+    return Pair(p=p, q=q, codec=codec, offset=len(context_ids) - bos, shown=q.meta)
