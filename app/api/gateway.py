@@ -24,6 +24,7 @@ from app.api import (
 )
 from app.batches.runner import BatchRunner
 from app.platform import logs
+from app.platform.bodies import JsonBodyCheck
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
 from app.platform.limits import BodyLimit, InflightLimit
 from app.platform.observe import Observe
@@ -36,6 +37,7 @@ log = logging.getLogger("app")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_access()  # no API keys and no explicit anonymous access: refuse to start
     logs.configure(settings.json_logs)
 
     @asynccontextmanager
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Full next-token distributions of language models, kept compactly and analysed.",
     )
     install_error_handlers(app)
+    app.add_middleware(JsonBodyCheck)  # unencodable text, non-finite numbers: 422 before any route
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(InflightLimit, limit=settings.max_inflight, busy_limit=settings.max_busy)
 

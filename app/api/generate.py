@@ -18,7 +18,7 @@ router = APIRouter(tags=["generation"])
 @router.post("/v1/generate", response_model=GenerateResponse)
 async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, object]:
     settings = services.settings
-    k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    k = top_k(body.top_logprobs, settings, settings.max_top_logprobs)
     card = await services.catalog.card(body.model)
     sampling = sampling_of(body, min(settings.max_new_tokens, card.max_new_tokens))
     stops = sampling.stop

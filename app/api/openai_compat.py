@@ -2,7 +2,8 @@
 `logprobs`/`top_logprobs`, `echo` with prompt logprobs, and streaming as server-sent events ending in [DONE].
 
 Extensions, additive fields only: every answer carries `record_id`, the stored record of prompt and completion,
-so a client can go on to /v1/analysis/*; `logprobs` / `top_logprobs` may go up to 100 (OpenAI: 5 / 20)."""
+so a client can go on to /v1/analysis/*; `logprobs` / `top_logprobs` may go up to 100 (OpenAI: 5 / 20), within the
+export policy (`top_k`: 5 on a deployment without export)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError
-from app.schemas.openai import ChatCompletionRequest, CompletionRequest
+from app.schemas.openai import MAX_TOP, ChatCompletionRequest, CompletionRequest
 from app.serving.completions import (
     Detokenizer,
     chat_logprob,
@@ -26,7 +27,7 @@ from app.serving.completions import (
     prompt_logprobs,
     usage,
 )
-from app.serving.inputs import input_ids
+from app.serving.inputs import input_ids, top_k
 from app.serving.services import Services
 from app.serving.text import TextCodec
 from workers.protocol import ContrastJob, DecodeStep
@@ -45,7 +46,7 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, prompts[0], None, False, services.settings.max_positions)
-    k = body.logprobs or 0
+    k = top_k(body.logprobs, services.settings, MAX_TOP, default=0, param="logprobs")
     job = await completion_job(services, tenant, body, codec, ids, body.max_tokens or 16, k)
     created, cid = int(time.time()), f"cmpl-{job.job_id}"
     stops = job.sampling.stop
@@ -93,16 +94,18 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, services: ServicesDep, tenant: TenantDep) -> Any:
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(422, "logprobs_required", "top_logprobs needs logprobs: true", "top_logprobs")
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, None, body.messages, True, services.settings.max_positions)
-    k = body.top_logprobs or 0
+    k = top_k(body.top_logprobs, services.settings, MAX_TOP, default=0) if body.logprobs else 0
     job = await completion_job(
         services, tenant, body, codec, ids, body.max_completion_tokens or body.max_tokens or 256, k
     )
     created, cid = int(time.time()), f"chatcmpl-{job.job_id}"
     if body.stream:
-        return _sse(_chat_chunks(services, job, codec, body, cid, created))
+        return _sse(_chat_chunks(services, job, codec, body, cid, created, k))
     outcome, steps = await finished_steps(services, job)
     completion = outcome.completion_ids or []
     logprobs = {"content": [chat_logprob(codec, s, k) for s in steps]} if body.logprobs else None
@@ -137,7 +140,7 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 
 
 async def _chat_chunks(
-    services: Services, job: ContrastJob, codec: TextCodec, body: ChatCompletionRequest, cid: str, created: int
+    services: Services, job: ContrastJob, codec: TextCodec, body: ChatCompletionRequest, cid: str, created: int, k: int
 ) -> AsyncIterator[dict[str, Any]]:
     def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
         return {
@@ -152,7 +155,7 @@ async def _chat_chunks(
     detokenizer = Detokenizer(codec, job.sampling.stop)
     async for item in services.jobs.stream(job):
         if isinstance(item, DecodeStep):
-            logprobs = {"content": [chat_logprob(codec, item, body.top_logprobs or 0)]} if body.logprobs else None
+            logprobs = {"content": [chat_logprob(codec, item, k)]} if body.logprobs else None
             yield chunk({"content": detokenizer.push(item.token)}, logprobs=logprobs)
         elif not item.ok:
             yield {"error": item.error.model_dump() if item.error else {"code": "job_failed"}}

@@ -25,7 +25,7 @@ async def get_record(
     top_logprobs: Annotated[int | None, Query(ge=0)] = None,
 ) -> dict[str, object]:
     settings = services.settings
-    k = top_k(top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    k = top_k(top_logprobs, settings, settings.max_top_logprobs)
     meta, stats = await services.store.require(tenant, record_id)
     card = await services.catalog.card(meta.model)
     codec = await services.catalog.codec(card)

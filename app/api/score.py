@@ -16,7 +16,7 @@ router = APIRouter(tags=["scoring"])
 @router.post("/v1/score", response_model=ScoreResponse)
 async def score(body: ScoreRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, object]:
     settings = services.settings
-    k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    k = top_k(body.top_logprobs, settings, settings.max_top_logprobs)
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, body.text, body.messages, body.add_generation_prompt, settings.max_positions)

@@ -1,7 +1,8 @@
 """A whole deployment on this machine, as separate processes: for tests and benchmarks.
 
 A private Redis, worker processes (`python -m workers`) and the gateway (uvicorn) on a free port; the same
-processes `logprobe serve` runs, but each one observable and stoppable on its own.
+processes `logprobe serve` runs, but each one observable and stoppable on its own. Given no API keys, the
+gateway lets anonymous callers in (LOGPROBE_ALLOW_ANONYMOUS), as `logprobe serve` does on a loopback address.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from app.launcher.embedded import EmbeddedRedis
 from app.platform.settings import KEEP_ALIVE_S
 
 ROOT = Path(__file__).resolve().parents[2]
+KEY_SETTINGS = ("LOGPROBE_API_KEYS", "LOGPROBE_API_KEYS_FILE")
 
 
 def free_port() -> int:
@@ -73,6 +75,9 @@ class LocalService:
     def start(self) -> LocalService:
         url = self.redis.start()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env, "REDIS_URL": url}
+        # no keys: anonymous callers, and the gateway binds 127.0.0.1, so only this machine's
+        if all(self.env.get(k, "") in ("", "{}") for k in KEY_SETTINGS):
+            self.env.setdefault("LOGPROBE_ALLOW_ANONYMOUS", "true")
         if self.n_gateways > 1:  # uvicorn worker processes; their metrics meet in one folder
             (self.tmp / "metrics").mkdir()
             self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.tmp / "metrics")

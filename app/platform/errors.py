@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.platform.validation import MAX_PROBLEMS, not_found, problems
+
 log = logging.getLogger("app")
 
 ERROR_TYPES = {
@@ -19,6 +21,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
@@ -59,24 +62,39 @@ class ClientGone(Exception):
     """The client of the request waiting on a job disconnected; the job was cancelled if it had not started."""
 
 
+def error_type(status: int) -> str:
+    """The envelope's `type`: a client's mistake for any 4xx, the service's own failure for any 5xx."""
+    return ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "server_error")
+
+
 def error_response(
     status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {
-        "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
-    }
+    body = {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def internal_error(request_id: str) -> JSONResponse:
+    """The answer to an unexpected failure: a 500 in the envelope, naming the request for its log lines."""
+    return error_response(
+        500, "internal_error", f"the service failed unexpectedly; request id {request_id} names it in the logs"
+    )
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+    errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(400, "malformed_json", "the request body is not valid JSON")
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5])
-    return error_response(422, "invalid_request", message, ".".join(loc) or None)
+    missing = not_found(errors)
+    if missing is not None:
+        code, message, param = missing
+        return error_response(404, code, message, param)
+    found = problems(errors, exc.body)[:MAX_PROBLEMS]
+    if not found:
+        return error_response(422, "invalid_request", "the request is invalid")
+    message = "; ".join(p.text() for p in found)
+    return error_response(422, found[0].code, message, found[0].param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -92,8 +110,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        route = f"{request.method} {request.url.path}"
+        allowed = (exc.headers or {}).get("Allow", "")
+        code, message = {
+            404: ("not_found", f"no route {route}"),
+            405: ("method_not_allowed", f"{route} is not allowed; this path takes {allowed}"),
+        }.get(exc.status_code, ("http_error", str(exc.detail)))
+        return error_response(exc.status_code, code, message, headers=dict(exc.headers) if exc.headers else None)
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)

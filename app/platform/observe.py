@@ -1,5 +1,7 @@
 """ASGI middleware: a request id (echoed in X-Request-Id and in every log line), the latency metric by route,
-and one access log line per request.
+one access log line per request, and the last word on unexpected errors: a 500 in the error envelope, with the
+request id, logged with its traceback, and the connection kept (an exception that reached the server would make
+it drop the keep-alive connection; once an answer has begun there is nothing else to do).
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's disconnect from the routes
 (they poll it to cancel jobs whose client went away).
@@ -7,12 +9,16 @@ Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's di
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.platform import logs, metrics
+from app.platform.errors import internal_error
+
+log = logging.getLogger("app")
 
 
 class Observe:
@@ -27,17 +33,22 @@ class Observe:
         rid = (given or uuid.uuid4().hex)[:128]
         token = logs.request_id.set(rid)
         started = time.perf_counter()
-        status = 500
+        status, started_answer = 500, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_answer
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_answer = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+            if started_answer:
+                raise
+            await internal_error(rid)(scope, receive, send_with_id)
         finally:
             template = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route
             metrics.REQUESTS.labels(scope["method"], template, str(status)).observe(time.perf_counter() - started)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,14 +13,19 @@ from pydantic import Field, model_validator
 from workers.config import CommonSettings
 
 KEEP_ALIVE_S = 75
+OPEN_TOP_LOGPROBS = 100  # alternatives per token at most, export on (the OpenAI routes' extension; OpenAI: 20)
+CLOSED_TOP_LOGPROBS = 5  # export off: as many as OpenAI's original completions API gave
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class Settings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = 8000
-    # API keys: key -> tenant. Empty means auth is off and every caller is the tenant "public".
+    # API keys: key -> tenant. Empty means auth is off and every caller is the tenant "public", which the gateway
+    # allows only when `allow_anonymous` says so (`logprobe serve` on a loopback address turns it on by itself).
     api_keys: dict[str, str] = Field(default_factory=dict)
     api_keys_file: Path | None = None
+    allow_anonymous: bool = False
 
     default_top_logprobs: int = 5
     max_top_logprobs: int = 20  # the captured top-k
@@ -41,6 +48,9 @@ class Settings(CommonSettings):
     batch_concurrency: int = Field(default=8, ge=1)  # inputs of one batch in flight in this gateway
     # Full distributions leak hidden prompts (PILS): a deployment may refuse raw export and keep the analyses.
     allow_export: bool = True
+    # Alternatives per token any answer may carry (every route, OpenAI's too): by default OPEN_TOP_LOGPROBS with
+    # export on and CLOSED_TOP_LOGPROBS with it off. `top_alternatives()` is the policy.
+    max_top_logprobs_out: int | None = Field(default=None, ge=0)
     json_logs: bool = True  # the gateway's logs as JSON lines with the request id
 
     @model_validator(mode="after")
@@ -48,6 +58,45 @@ class Settings(CommonSettings):
         if self.api_keys_file is not None:
             self.api_keys = {**self.api_keys, **json.loads(self.api_keys_file.read_text())}
         return self
+
+    def top_alternatives(self) -> int:
+        """How many alternatives per token may leave the service, on any route."""
+        if self.max_top_logprobs_out is not None:
+            return self.max_top_logprobs_out
+        return OPEN_TOP_LOGPROBS if self.allow_export else CLOSED_TOP_LOGPROBS
+
+    def check_access(self) -> None:
+        """Production defaults are closed: no API keys and no explicit anonymous access refuses to start."""
+        if not self.api_keys and not self.allow_anonymous:
+            raise SystemExit(CLOSED_MESSAGE)
+
+
+CLOSED_MESSAGE = (
+    "logprobe: refusing to start the gateway without API keys: set LOGPROBE_API_KEYS (or LOGPROBE_API_KEYS_FILE), "
+    "or LOGPROBE_ALLOW_ANONYMOUS=true to let anyone who reaches it in as the tenant 'public'"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the gateway to this machine."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_on_loopback(settings: Settings, host: str) -> None:
+    """`logprobe serve`'s quick start: with no API keys on a loopback address, anonymous access is on (here and,
+    for gateway processes that read the environment, in LOGPROBE_ALLOW_ANONYMOUS). On any other address with no
+    keys and no explicit LOGPROBE_ALLOW_ANONYMOUS, exit with one line that says what to set."""
+    if settings.api_keys or settings.allow_anonymous:
+        return
+    if not is_loopback(host):
+        raise SystemExit(f"{CLOSED_MESSAGE} (binding {host}, not a loopback address)")
+    settings.allow_anonymous = True
+    os.environ["LOGPROBE_ALLOW_ANONYMOUS"] = "true"
 
 
 @lru_cache

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from app.schemas.generate import SamplingRequest
 from app.schemas.tokens import Usage
@@ -16,8 +17,15 @@ class ViewIn(BaseModel):
     template: Literal["raw", "chat"] = "chat"
     system: str | None = None
     context: str | None = Field(default=None, description="text placed before the prompt")
-    weight: float = Field(default=1.0, ge=-100, le=100)
-    temperature: float = Field(default=1.0, gt=0.0, le=100.0, description="this view's own temperature")
+    weight: float = Field(default=1.0, ge=-100, le=100, strict=True, description="not 0: a view that counts")
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0, strict=True, description="this view's own temperature")
+
+    @field_validator("weight")
+    @classmethod
+    def _counts(cls, weight: float) -> float:
+        if weight == 0:
+            raise PydanticCustomError("zero_weight", "must not be 0: a view with weight 0 changes nothing")
+        return weight
 
 
 class Preset(BaseModel):
@@ -32,17 +40,17 @@ class Preset(BaseModel):
     small_base: str | None = Field(default=None, description="proxy (small base model)")
     context: str | None = Field(default=None, description="cad")
     system: str | None = None
-    alpha: float | None = Field(default=None, ge=0.0, le=100.0)
-    lambda_: float | None = Field(default=None, alias="lambda", ge=-100.0, le=100.0)
-    amateur_temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+    alpha: float | None = Field(default=None, ge=0.0, le=100.0, strict=True)
+    lambda_: float | None = Field(default=None, alias="lambda", ge=-100.0, le=100.0, strict=True)
+    amateur_temperature: float = Field(default=1.0, gt=0.0, le=100.0, strict=True)
 
 
 class PlausibilityIn(BaseModel):
     """Contrastive decoding's cut: keep tokens whose probability under `view` is >= alpha * its maximum."""
 
     model_config = ConfigDict(extra="forbid")
-    view: int = Field(ge=0)
-    alpha: float = Field(gt=0.0, le=1.0)
+    view: int = Field(ge=0, strict=True)
+    alpha: float = Field(gt=0.0, le=1.0, strict=True)
 
 
 class DecodeRequest(SamplingRequest):
@@ -50,8 +58,8 @@ class DecodeRequest(SamplingRequest):
     views: list[ViewIn] | None = Field(default=None, min_length=1)
     preset: Preset | None = None
     plausibility: PlausibilityIn | None = None
-    record_view: int = Field(default=0, ge=0, description="the view whose model's record is stored")
-    stream: bool = False
+    record_view: int = Field(default=0, ge=0, strict=True, description="the view whose model's record is stored")
+    stream: bool = Field(default=False, strict=True)
 
 
 class TopToken(BaseModel):

@@ -8,15 +8,16 @@ from app.schemas.tokens import ChatMessage, TokenOut, Usage
 
 
 class SamplingRequest(BaseModel):
-    """The sampling fields that /v1/generate and /v1/decode/contrastive share."""
+    """The sampling fields that /v1/generate and /v1/decode/contrastive share. Numbers are strict: `"5"` or
+    `true` is no integer."""
 
     model_config = ConfigDict(extra="forbid")
-    max_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    max_tokens: int = Field(default=64, ge=1, strict=True)
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0, strict=True)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, strict=True)
+    seed: int | None = Field(default=None, ge=0, lt=2**63, strict=True)
     stop: str | list[str] | None = None
-    top_logprobs: int | None = Field(default=None, ge=0)
+    top_logprobs: int | None = Field(default=None, ge=0, strict=True)
 
 
 class GenerateRequest(SamplingRequest):

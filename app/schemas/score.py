@@ -12,8 +12,12 @@ class ScoreRequest(BaseModel):
     model: str
     text: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
-    add_generation_prompt: bool = Field(default=False, description="end a chat with the assistant's turn opener")
-    top_logprobs: int | None = Field(default=None, ge=0, description="alternatives per token (default 5, max 20)")
+    add_generation_prompt: bool = Field(
+        default=False, strict=True, description="end a chat with the assistant's turn opener"
+    )
+    top_logprobs: int | None = Field(
+        default=None, ge=0, strict=True, description="alternatives per token (default 5, max 20; 5 without export)"
+    )
 
 
 class ScoreResponse(BaseModel):

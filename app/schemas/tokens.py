@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic_core import PydanticCustomError
+
+Role = Literal["system", "user", "assistant", "tool", "developer"]  # the OpenAI API's roles
+ROLES = ", ".join(get_args(Role))
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str = Field(min_length=1, max_length=64)
+    role: Role = Field(description=f"one of {ROLES}")
     content: str
+
+    @field_validator("role", mode="wrap")
+    @classmethod
+    def _known_role(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> str:
+        try:
+            role: str = handler(value)
+        except ValidationError:
+            raise PydanticCustomError("invalid_role", "must be one of {roles}", {"roles": ROLES}) from None
+        return role
 
 
 class TopLogprob(BaseModel):

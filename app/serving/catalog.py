@@ -33,18 +33,19 @@ class ModelCatalog:
         self._cards[name] = (now, card)
         return card
 
-    async def card(self, name: str) -> ModelCard:
-        """The model's card, 404 for a model nobody serves, 503 while its worker is still starting."""
+    async def card(self, name: str, param: str = "model") -> ModelCard:
+        """The model's card, 404 for a model nobody serves, 503 while its worker is still starting; `param` is the
+        request field that named it (`reference_model`, `views.1.model`…)."""
         card = await self.published_card(name)
         if card is not None:
             return card
         if name not in self.configured:
-            raise ApiError(404, "model_not_found", f"model {name!r} does not exist", "model")
+            raise ApiError(404, "model_not_found", f"model {name!r} does not exist", param)
         raise ApiError(
             503,
             "model_unavailable",
             f"model {name!r} is not loaded yet; retry shortly",
-            "model",
+            param,
             headers={"Retry-After": "5"},
         )
 

@@ -23,9 +23,20 @@ def _need(value: str | None, preset: str, field: str) -> str:
     return value
 
 
+PRESET_MODELS = ("model", "base", "aligned", "expert", "amateur", "tuned", "small_base")
+
+
 def expand(preset: Preset) -> tuple[list[ViewIn], Plausibility | None]:
     """A preset as views (GUIDE §4): weights, templates and the plausibility cut."""
     name, system = preset.name, preset.system
+    if name != "cd" and preset.alpha == 0:  # cd's alpha is its plausibility cut; elsewhere it is a view's weight
+        raise ApiError(
+            422, "invalid_preset", f"preset {name!r} needs alpha > 0: 0 leaves a view weight 0", "preset.alpha"
+        )
+    if name == "proxy" and preset.lambda_ == 0:
+        raise ApiError(
+            422, "invalid_preset", "preset 'proxy' needs lambda != 0: 0 leaves views weight 0", "preset.lambda"
+        )
     if name == "ed":  # (1 + a) log p_base(raw) - a log p_aligned(chat); the reference code uses a = 0.3 for Llama-2
         a = 0.3 if preset.alpha is None else preset.alpha
         return [
@@ -98,8 +109,8 @@ async def build_job(
     sampling = sampling_of(body, settings.max_new_tokens)
     stops = sampling.stop
     decode_views, codecs = [], []
-    for view in views:
-        card = await services.catalog.card(view.model)
+    for i, view in enumerate(views):
+        card = await services.catalog.card(view.model, _model_param(body.preset, view.model, i))
         codec = await services.catalog.codec(card)
         ids = view_prefix(codec, view, body.prompt)
         check_length(card, len(ids) + body.max_tokens, settings.max_positions)
@@ -124,7 +135,7 @@ async def build_job(
             "views",
             headers={"Retry-After": "5"},
         )
-    k = top_k(body.top_logprobs, settings.default_top_logprobs, settings.max_top_logprobs)
+    k = top_k(body.top_logprobs, settings, settings.max_top_logprobs)
     tokens = sum(len(v.prefix_ids) for v in decode_views) + body.max_tokens * len(decode_views)
     await charge(services.redis, tenant, "tokens", tokens, settings.rate_limit_tpm)
     job = ContrastJob(
@@ -139,6 +150,13 @@ async def build_job(
         record_view=body.record_view,
     )
     return job, views, codecs[0], stops
+
+
+def _model_param(preset: Preset | None, model: str, view: int) -> str:
+    """The request field that named a view's model: `views.1.model`, or the preset's own (`preset.aligned`)."""
+    if preset is None:
+        return f"views.{view}.model"
+    return "preset." + next((f for f in PRESET_MODELS if getattr(preset, f) == model), "model")
 
 
 def step_out(step: DecodeStep, codec: TextCodec) -> dict[str, Any]:

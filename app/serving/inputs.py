@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.platform.errors import ApiError
+from app.platform.settings import Settings
 from app.schemas.generate import SamplingRequest
 from app.schemas.tokens import ChatMessage
 from app.serving.chat_template import ChatTemplateError
@@ -45,11 +46,20 @@ def check_length(card: ModelCard, n: int, max_positions: int) -> None:
         raise ApiError(422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}")
 
 
-def top_k(requested: int | None, default: int, limit: int) -> int:
-    k = default if requested is None else requested
-    if k > limit:
-        raise ApiError(422, "top_logprobs_too_large", f"top_logprobs is at most {limit}", "top_logprobs")
-    return k
+def top_k(
+    requested: int | None, settings: Settings, cap: int, default: int | None = None, param: str = "top_logprobs"
+) -> int:
+    """Alternatives per token for an answer: the one place that applies the export policy
+    (`Settings.top_alternatives`, 5 with export off) on top of the route's own `cap`. A request for more is a 422;
+    no request gets the default (`default_top_logprobs`), within the limit."""
+    policy = settings.top_alternatives()
+    limit = min(cap, policy)
+    if requested is None:
+        return min(settings.default_top_logprobs if default is None else default, limit)
+    if requested > limit:
+        why = "" if policy >= cap else " on this deployment" + ("" if settings.allow_export else " (no export)")
+        raise ApiError(422, "top_logprobs_too_large", f"{param} is at most {limit}{why}", param)
+    return requested
 
 
 def stop_list(stop: str | list[str] | None) -> list[str]:

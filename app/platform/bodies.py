@@ -1,0 +1,106 @@
+"""ASGI middleware: JSON bodies whose values no route can use are refused before any route sees them.
+
+- A string holding a lone surrogate (`"\\ud800"` is valid JSON escape syntax, but no UTF-8 text): tokenizers,
+  Redis and JSON answers cannot encode it. 422 `invalid_text`, `param` the path of the string (or key).
+- NaN and ±Infinity (Python's JSON reader takes them, strict JSON has no such numbers): 422 `invalid_request`,
+  "must be a finite number", whatever bound the field has.
+
+A byte scan finds bodies that may hold either (an escape of a surrogate, or the words NaN / Infinity); only those
+are parsed here, and only the ones that really hold one are walked for its path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.platform.errors import error_response
+from app.platform.validation import Path, Problem
+
+SUSPECT = re.compile(rb"\\u[dD][89a-fA-F]|NaN|Infinity")
+METHODS = ("POST", "PUT", "PATCH")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def first_problem(value: Any, path: Path = ()) -> Problem | None:
+    """The first unencodable string or non-finite number in a decoded JSON value, depth first."""
+    if isinstance(value, str):
+        return None if _encodable(value) else _bad_text(path)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else Problem(path, "must be a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _encodable(key):
+                return _bad_text((*path, key.encode("utf-8", "backslashreplace").decode()))
+            found = first_problem(item, (*path, key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = first_problem(item, (*path, i))
+            if found is not None:
+                return found
+    return None
+
+
+def _bad_text(path: Path) -> Problem:
+    return Problem(
+        path,
+        "holds a lone surrogate (a \\ud800-\\udfff escape without its pair), which has no UTF-8 form",
+        "invalid_text",
+    )
+
+
+def body_problem(body: bytes) -> Problem | None:
+    """What is wrong with a JSON body here, if anything (a body that is not JSON is left to the route)."""
+    if not SUSPECT.search(body):
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None  # the route answers malformed_json
+    return first_problem(value)
+
+
+class JsonBodyCheck:
+    """Reads a request's body, refuses it (422) if `body_problem` finds something, else replays it to the app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in METHODS:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+        problem = body_problem(body)
+        if problem is not None:
+            await error_response(422, problem.code, problem.text(), problem.param)(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
