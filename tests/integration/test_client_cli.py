@@ -62,13 +62,30 @@ def test_sync_client_covers_batches_calibrations_tables_methods_and_openai(servi
         with pytest.raises(LogprobeError) as err:
             lp.cancel_batch(batch.id)
         assert err.value.code == "batch_finished"
+        assert lp.batches(limit=1).data[0].id == batch.id
+        lp.delete_batch(batch.id)
+        assert batch.id not in {b.id for b in lp.batches(limit=100).data}
+
         table = lp.put_frequency_table("client-table", MODEL, ["the cat sat", "the dog ran"])
-        assert table.texts == 2 and table.tokens > 4
+        assert table.texts == 2 and table.tokens > 4 and table.expires_at > table.created_at
+        listed = lp.frequency_tables().data
+        assert listed[0].name == "default" and listed[0].packaged
+        assert lp.frequency_table("client-table", model=MODEL).tokens == table.tokens
+        lp.delete_frequency_table("client-table")
+        with pytest.raises(LogprobeError) as err:
+            lp.frequency_table("client-table")
+        assert err.value.status == 404 and err.value.code == "frequency_table_not_found"
+
         labelled = [{"text": f"Human note number {i}, scribbled fast.", "label": "human"} for i in range(2)] + [
             {"text": f"As an AI language model, I can help with item {i}.", "label": "machine"} for i in range(2)
         ]
         calibration = lp.calibrate(MODEL, labelled, methods=["log_likelihood"])
         assert lp.calibration(calibration.calibration_id).methods.keys() == {"log_likelihood"}
+        assert lp.calibrations().data[0].calibration_id == calibration.calibration_id
+        lp.delete_calibration(calibration.calibration_id)
+        with pytest.raises(LogprobeError) as err:
+            lp.calibration(calibration.calibration_id)
+        assert err.value.code == "calibration_not_found"
         completion = lp.completions(model=MODEL, prompt="The capital of France is", max_tokens=2, logprobs=2)
         assert len(completion["choices"][0]["logprobs"]["tokens"]) == 2
         chat = lp.chat_completions(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
@@ -82,6 +99,13 @@ async def test_async_client_batches(service: str) -> None:
         assert (await lp.wait_batch(batch.id, poll_s=0.2, timeout_s=120)).completed == 1
         (line,) = await lp.batch_results(batch.id)
         assert line["record_id"] and (await lp.record(line["record_id"])).n_tokens > 2
+        assert (await lp.batches(limit=1)).data[0].id == batch.id
+        await lp.delete_batch(batch.id)
+        with pytest.raises(LogprobeError) as err:
+            await lp.batch(batch.id)
+        assert err.value.code == "batch_not_found"
+        assert (await lp.frequency_tables()).data[0].packaged
+        assert isinstance((await lp.calibrations()).data, list)
 
 
 def cli(service: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -94,19 +118,48 @@ def cli(service: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_scores_a_jsonl_file_of_100_texts(service: str, tmp_path: Path) -> None:
     source = tmp_path / "texts.jsonl"
-    texts = [f"Line number {i} of the batch says something small." for i in range(99)]
+    texts = [f"Line number {i} of the batch says something small." for i in range(97)]
     source.write_text(
-        "".join(json.dumps({"text": t}) + "\n" for t in texts) + json.dumps({"text": "", "model": MODEL}) + "\n"
-    )  # one bad line among them
+        "".join(json.dumps({"text": t, "custom_id": f"s{i}"}) + "\n" for i, t in enumerate(texts))
+        + "{not json at all\n"
+        + "[1, 2]\n\n"
+        + json.dumps({"text": "", "model": MODEL, "custom_id": "empty"})
+        + "\n"
+    )  # three bad lines among them, and a blank one (skipped)
     output = tmp_path / "scores.jsonl"
     done = cli(service, "score", str(source), "-o", str(output), "--concurrency", "4")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # some lines failed; every line still has its answer
+    assert "Traceback" not in done.stderr
     answers = [json.loads(line) for line in output.read_text().splitlines()]
     assert [a["line"] for a in answers] == list(range(100))
-    for text, answer in zip(texts, answers, strict=False):
+    for i, (text, answer) in enumerate(zip(texts, answers, strict=False)):
         assert "".join(t["text"] for t in answer["tokens"]) == text and answer["model"] == MODEL
-    assert answers[-1]["error"]["code"] == "empty_text"
+        assert answer["custom_id"] == f"s{i}"
+    assert [a["error"]["code"] for a in answers[97:]] == ["invalid_json", "invalid_json", "empty_text"]
+    assert answers[-1]["custom_id"] == "empty" and "tokens" not in answers[-1]
     assert "100%" in done.stderr or "/v1/score" in done.stderr  # the progress bar went to stderr
+
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(json.dumps({"text": texts[0]}) + "\n")
+    assert cli(service, "score", str(clean)).returncode == 0
+
+
+def test_cli_says_in_one_line_when_the_service_or_the_file_is_not_there(tmp_path: Path) -> None:
+    source = tmp_path / "texts.jsonl"
+    source.write_text(json.dumps({"text": "Nobody listens."}) + "\n")
+    env = {"LOGPROBE_URL": "http://127.0.0.1:9"}  # the discard port: nothing answers
+    for verb in (["score", str(source)], ["batch", str(source)], ["score", str(tmp_path / "missing.jsonl")]):
+        done = subprocess.run(
+            [sys.executable, "-m", "app.launcher.cli", *verb],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, (verb, done.stderr)
+        assert "Traceback" not in done.stderr and done.stdout == ""
+        (message,) = done.stderr.strip().splitlines()
+        assert message.startswith("logprobe: ")
 
 
 def test_cli_batch_runs_analyses_server_side_and_writes_the_results(service: str, tmp_path: Path) -> None:
@@ -129,7 +182,34 @@ def test_cli_batch_runs_analyses_server_side_and_writes_the_results(service: str
     assert "batch" in done.stderr  # the progress bar went to stderr
 
     bad = cli(service, "batch", str(source), "--analysis", "uncertainty:no_such_method")
-    assert bad.returncode == 1 and "422" in bad.stderr
+    assert bad.returncode == 1 and "422" in bad.stderr and "Traceback" not in bad.stderr
+    assert {json.loads(line)["error"]["code"] for line in bad.stdout.splitlines()} == {"unknown_method"}
+
+
+def test_cli_batch_takes_score_lines_and_answers_every_line_in_order(service: str, tmp_path: Path) -> None:
+    """Lines written for `logprobe score` (model, custom_id) run as batches, one per model; a line a batch cannot
+    take gets its error in its place and the others still run."""
+    source = tmp_path / "mixed.jsonl"
+    rows: list[str] = [
+        json.dumps({"text": "A plain line.", "custom_id": "plain"}),
+        json.dumps({"text": "A line that names the model.", "model": MODEL, "custom_id": "named"}),
+        "this is not json",
+        json.dumps({"text": "Wants alternatives.", "top_logprobs": 3}),
+        json.dumps({"text": "Another model.", "model": "no-such-model", "custom_id": "ghost"}),
+        json.dumps({"text": "x", "messages": [{"role": "user", "content": "y"}]}),
+        json.dumps({"messages": [{"role": "user", "content": "Hello there"}], "custom_id": "chat"}),
+    ]
+    source.write_text("\n".join(rows) + "\n")
+    output = tmp_path / "out.jsonl"
+    done = cli(service, "batch", str(source), "-o", str(output), "--poll", "0.2", "--analysis", "uncertainty")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["line"] for line in lines] == list(range(7)) and [line["index"] for line in lines] == list(range(7))
+    codes = [line["error"]["code"] if line["error"] else None for line in lines]
+    assert codes == [None, None, "invalid_json", "unsupported_field", "model_not_found", "invalid_request", None]
+    assert [lines[i]["custom_id"] for i in (0, 1, 4, 6)] == ["plain", "named", "ghost", "chat"]
+    for i in (0, 1, 6):
+        assert lines[i]["record_id"] and lines[i]["results"]["uncertainty"]["sequence"]["perplexity"] > 1
 
 
 DECODE = {"preset": {"name": "prompt_contrast", "model": MODEL, "alpha": 0.5}, "max_tokens": 6, "temperature": 0}
