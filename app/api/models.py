@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 
 from app.api.deps import ServicesDep, current_tenant
 from app.schemas.models import ModelInfo, ModelList
+from app.serving.inputs import top_limit
 
 router = APIRouter(tags=["models"])
 
@@ -13,10 +14,11 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(current_tenant)])
 async def list_models(services: ServicesDep) -> ModelList:
     data = []
+    top = top_limit(services.settings, services.settings.max_top_logprobs)
     for name in await services.catalog.names():
         card = await services.catalog.published_card(name)
         workers = await services.catalog.live_workers(name)
-        info = ModelInfo(id=name, ready=card is not None and workers > 0, workers=workers)
+        info = ModelInfo(id=name, ready=card is not None and workers > 0, workers=workers, max_top_logprobs=top)
         if card is not None:
             info = info.model_copy(
                 update={

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelInfo(BaseModel):
@@ -21,6 +21,9 @@ class ModelInfo(BaseModel):
     hidden_dtype: str | None = None
     lossy: bool | None = None
     rebuild_max_abs_error: float | None = None
+    max_top_logprobs: int | None = Field(
+        default=None, description="alternatives per token that /v1/score, /v1/generate and records give at most"
+    )
 
 
 class ModelList(BaseModel):

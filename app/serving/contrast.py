@@ -27,52 +27,47 @@ PRESET_MODELS = ("model", "base", "aligned", "expert", "amateur", "tuned", "smal
 
 
 def expand(preset: Preset) -> tuple[list[ViewIn], Plausibility | None]:
-    """A preset as views (GUIDE §4): weights, templates and the plausibility cut."""
+    """A preset as views (GUIDE §4): weights, templates and the plausibility cut. A view whose weight comes out 0
+    (alpha or lambda 0) changes nothing and is left out: ED with alpha 0 is the base model alone."""
+    specs, plausibility = _preset_views(preset)
+    return [ViewIn(**spec) for spec in specs if spec["weight"] != 0], plausibility
+
+
+def _preset_views(preset: Preset) -> tuple[list[dict[str, Any]], Plausibility | None]:
     name, system = preset.name, preset.system
-    if name != "cd" and preset.alpha == 0:  # cd's alpha is its plausibility cut; elsewhere it is a view's weight
-        raise ApiError(
-            422, "invalid_preset", f"preset {name!r} needs alpha > 0: 0 leaves a view weight 0", "preset.alpha"
-        )
-    if name == "proxy" and preset.lambda_ == 0:
-        raise ApiError(
-            422, "invalid_preset", "preset 'proxy' needs lambda != 0: 0 leaves views weight 0", "preset.lambda"
-        )
     if name == "ed":  # (1 + a) log p_base(raw) - a log p_aligned(chat); the reference code uses a = 0.3 for Llama-2
         a = 0.3 if preset.alpha is None else preset.alpha
         return [
-            ViewIn(model=_need(preset.base, name, "base"), template="raw", weight=1 + a),
-            ViewIn(model=_need(preset.aligned, name, "aligned"), template="chat", system=system, weight=-a),
+            {"model": _need(preset.base, name, "base"), "template": "raw", "weight": 1 + a},
+            {"model": _need(preset.aligned, name, "aligned"), "template": "chat", "system": system, "weight": -a},
         ], None
     if name == "cd":  # log p_expert - log p_amateur among tokens with p_expert >= a * max p_expert
         a = 0.1 if preset.alpha is None else preset.alpha
+        amateur = _need(preset.amateur, name, "amateur")
         return [
-            ViewIn(model=_need(preset.expert, name, "expert"), system=system, weight=1.0),
-            ViewIn(
-                model=_need(preset.amateur, name, "amateur"),
-                system=system,
-                weight=-1.0,
-                temperature=preset.amateur_temperature,
-            ),
+            {"model": _need(preset.expert, name, "expert"), "system": system, "weight": 1.0},
+            {"model": amateur, "system": system, "weight": -1.0, "temperature": preset.amateur_temperature},
         ], Plausibility(view=0, alpha=max(a, 1e-12))
     if name == "cad":  # (1 + a) log p(y | c, x) - a log p(y | x)
         a = 0.5 if preset.alpha is None else preset.alpha
         model = _need(preset.model, name, "model")
+        context = _need(preset.context, name, "context")
         return [
-            ViewIn(model=model, system=system, context=_need(preset.context, name, "context"), weight=1 + a),
-            ViewIn(model=model, system=system, weight=-a),
+            {"model": model, "system": system, "context": context, "weight": 1 + a},
+            {"model": model, "system": system, "weight": -a},
         ], None
     if name == "proxy":  # log p_large + l (log p_small_tuned - log p_small_base)
         lam = 1.0 if preset.lambda_ is None else preset.lambda_
         return [
-            ViewIn(model=_need(preset.base, name, "base"), template="raw", weight=1.0),
-            ViewIn(model=_need(preset.tuned, name, "tuned"), template="chat", system=system, weight=lam),
-            ViewIn(model=_need(preset.small_base, name, "small_base"), template="raw", weight=-lam),
+            {"model": _need(preset.base, name, "base"), "template": "raw", "weight": 1.0},
+            {"model": _need(preset.tuned, name, "tuned"), "template": "chat", "system": system, "weight": lam},
+            {"model": _need(preset.small_base, name, "small_base"), "template": "raw", "weight": -lam},
         ], None
     a = 0.5 if preset.alpha is None else preset.alpha  # prompt contrast: the chat prompt against the bare one
     model = _need(preset.model, name, "model")
     return [
-        ViewIn(model=model, template="chat", system=system, weight=1 + a),
-        ViewIn(model=model, template="raw", weight=-a),
+        {"model": model, "template": "chat", "system": system, "weight": 1 + a},
+        {"model": model, "template": "raw", "weight": -a},
     ], None
 
 

@@ -46,18 +46,22 @@ def check_length(card: ModelCard, n: int, max_positions: int) -> None:
         raise ApiError(422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}")
 
 
+def top_limit(settings: Settings, cap: int) -> int:
+    """The most alternatives per token a route with its own `cap` gives under the export policy."""
+    return min(cap, settings.top_alternatives())
+
+
 def top_k(
     requested: int | None, settings: Settings, cap: int, default: int | None = None, param: str = "top_logprobs"
 ) -> int:
     """Alternatives per token for an answer: the one place that applies the export policy
     (`Settings.top_alternatives`, 5 with export off) on top of the route's own `cap`. A request for more is a 422;
     no request gets the default (`default_top_logprobs`), within the limit."""
-    policy = settings.top_alternatives()
-    limit = min(cap, policy)
+    limit = top_limit(settings, cap)
     if requested is None:
         return min(settings.default_top_logprobs if default is None else default, limit)
     if requested > limit:
-        why = "" if policy >= cap else " on this deployment" + ("" if settings.allow_export else " (no export)")
+        why = "" if limit == cap else " on this deployment" + ("" if settings.allow_export else " (no export)")
         raise ApiError(422, "top_logprobs_too_large", f"{param} is at most {limit}{why}", param)
     return requested
 
