@@ -4,8 +4,6 @@ a per-tenant quota), listed, deleted, and the decisions they give to a detect re
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import secrets
 import time
 from typing import Any
@@ -22,11 +20,6 @@ from app.serving.services import Services
 from workers.protocol import as_bytes
 
 CONCURRENCY = 4  # texts scored and analysed at once while fitting
-
-
-def calibration_id(model: str, reference_model: str | None) -> str:
-    """The id calibrations had before they got random ones; none is stored under it any more (kept for imports)."""
-    return hashlib.sha256(json.dumps([model, reference_model]).encode()).hexdigest()[:24]
 
 
 def new_calibration_id() -> str:

@@ -46,14 +46,41 @@ def test_calibration_fits_and_detect_decides(
     assert fits["log_likelihood"]["sign"] == 1.0 and fits["log_likelihood"]["auroc"] > 0.8  # greedy text is likely
     assert alpha.get(f"/v1/calibrations/{calibration['calibration_id']}").json() == calibration
 
+    cid = calibration["calibration_id"]
+    assert cid.startswith("cal_") and calibration["expires_at"] > calibration["created_at"]
+
     machine = next(t["text"] for t in labelled if t["label"] == "machine")
-    detect = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": machine}).json()
+    plain = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": machine}).json()
+    assert plain["decisions"] is None  # a calibration changes only the answers that name it
+    detect = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": machine, "calibration_id": cid}).json()
     assert set(detect["decisions"]) == set(fits)
     decision = detect["decisions"]["log_likelihood"]
     assert decision["machine"] == (detect["sequence"]["log_likelihood"] > decision["threshold"])
+    by_record = {"record_id": detect["record_id"], "calibration_id": cid}
+    assert alpha.post("/v1/analysis/detect", json=by_record).json()["decisions"] == detect["decisions"]
+    mismatch = alpha.post(
+        "/v1/analysis/detect",
+        json={"model": MODEL, "reference_model": MODEL, "text": machine, "calibration_id": cid},
+    )
+    assert mismatch.status_code == 422, mismatch.text
+    assert mismatch.json()["error"]["code"] == "calibration_mismatch"
+    assert mismatch.json()["error"]["param"] == "calibration_id"
 
-    assert beta.get(f"/v1/calibrations/{calibration['calibration_id']}").status_code == 404
-    assert beta.post("/v1/analysis/detect", json={"model": MODEL, "text": machine}).json()["decisions"] is None
+    assert beta.get(f"/v1/calibrations/{cid}").status_code == 404
+    for_beta = beta.post("/v1/analysis/detect", json={"model": MODEL, "text": machine, "calibration_id": cid})
+    assert for_beta.status_code == 404 and for_beta.json()["error"]["code"] == "calibration_not_found"
+    assert beta.delete(f"/v1/calibrations/{cid}").status_code == 404
+
+    second = alpha.post("/v1/calibrations", json={"model": MODEL, "texts": labelled[:4], "methods": ["log_rank"]})
+    assert second.status_code == 200, second.text
+    listed = [c["calibration_id"] for c in alpha.get("/v1/calibrations").json()["data"]]
+    assert listed[:2] == [second.json()["calibration_id"], cid]  # newest first, two for the same model
+    assert cid not in [c["calibration_id"] for c in beta.get("/v1/calibrations").json()["data"]]
+    assert alpha.delete(f"/v1/calibrations/{cid}").status_code == 204
+    assert alpha.get(f"/v1/calibrations/{cid}").json()["error"]["code"] == "calibration_not_found"
+    gone = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": machine, "calibration_id": cid})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "calibration_not_found"
+    assert cid not in [c["calibration_id"] for c in alpha.get("/v1/calibrations").json()["data"]]
 
 
 def test_calibration_needs_both_labels(alpha: httpx.Client) -> None:
