@@ -1,0 +1,158 @@
+"""What tenants create has a lifetime and a quota, and a batch gives up on an input after a few tries: against a
+deployment of its own with low limits (one for the whole module: starting one costs a model load)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from app.batches.store import batch_key
+from app.launcher.local_service import LocalService
+from app.serving.calibrations import calibration_key
+from app.serving.frequencies import table_key
+from bench.texts import text_of_tokens
+from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
+
+KEYS = {"key-alpha": "alpha", "key-beta": "beta", "key-gamma": "gamma", "key-delta": "delta"}
+TTL_S = 3600
+ATTEMPTS = 3
+TPM = 400
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[LocalService]:
+    env = {
+        "LOGPROBE_DATA_DIR": str(DATA_DIR),
+        "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_WORKER_THREADS": "1",
+        "LOGPROBE_MAX_TABLES_PER_TENANT": "2",
+        "LOGPROBE_MAX_CALIBRATIONS_PER_TENANT": "1",
+        "LOGPROBE_MAX_ACTIVE_BATCHES_PER_TENANT": "2",
+        "LOGPROBE_OBJECT_TTL_S": str(TTL_S),
+        "LOGPROBE_BATCH_MAX_ATTEMPTS": str(ATTEMPTS),
+        "LOGPROBE_BATCH_RETRY_MAX_DELAY_S": "0.2",
+        "LOGPROBE_RATE_LIMIT_TPM": str(TPM),
+    }
+    with LocalService(env=env, log_dir=ARTIFACTS / "limited") as service:
+        yield service
+
+
+def client(service: LocalService, key: str) -> httpx.Client:
+    return httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def assert_quota(response: httpx.Response, param: str) -> None:
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("quota_exceeded", param)
+
+
+def assert_lifetime(r: redis.Redis, key: str) -> None:
+    assert 0 < r.ttl(key) <= TTL_S
+
+
+def test_frequency_tables_have_a_lifetime_and_a_quota(limited: LocalService) -> None:
+    r = redis.Redis.from_url(limited.redis_url)
+    corpus = {"model": MODEL, "texts": ["the cat sat on the mat", "a dog ran"]}
+    with client(limited, "key-alpha") as alpha, client(limited, "key-beta") as beta:
+        first = alpha.put("/v1/frequency-tables/first", json=corpus).json()
+        assert alpha.put("/v1/frequency-tables/second", json=corpus).status_code == 200
+        assert_quota(alpha.put("/v1/frequency-tables/third", json=corpus), "frequency_tables")
+        assert alpha.put("/v1/frequency-tables/first", json=corpus).status_code == 200  # replacing is not adding
+        assert beta.put("/v1/frequency-tables/third", json=corpus).status_code == 200  # another key's quota
+        assert_lifetime(r, table_key("alpha", first["tokenizer_id"], "first"))
+        assert first["expires_at"] - first["created_at"] == TTL_S
+
+        listed = alpha.get("/v1/frequency-tables").json()["data"]
+        assert [(t["name"], t["packaged"]) for t in listed] in (
+            [("default", True), ("first", False), ("second", False)],
+            [("default", True), ("second", False), ("first", False)],  # created in the same second
+        )
+        protected = alpha.delete("/v1/frequency-tables/default")
+        assert protected.status_code == 403 and protected.json()["error"]["code"] == "frequency_table_protected"
+
+        assert alpha.delete("/v1/frequency-tables/second").status_code == 204
+        assert alpha.put("/v1/frequency-tables/third", json=corpus).status_code == 200
+        r.delete(table_key("alpha", first["tokenizer_id"], "first"))  # as an eviction would
+        assert alpha.put("/v1/frequency-tables/fourth", json=corpus).status_code == 200
+        names = {t["name"] for t in alpha.get("/v1/frequency-tables").json()["data"]}
+        assert names == {"default", "third", "fourth"}
+
+
+def test_calibrations_have_a_lifetime_and_a_quota(limited: LocalService) -> None:
+    r = redis.Redis.from_url(limited.redis_url)
+    texts = [{"text": f"Note {i} jotted down by hand.", "label": "human"} for i in range(2)]
+    texts += [{"text": f"As an AI model I can help with {i}.", "label": "machine"} for i in range(2)]
+    body = {"model": MODEL, "texts": texts, "methods": ["log_likelihood"]}
+    with client(limited, "key-beta") as beta:
+        created = beta.post("/v1/calibrations", json=body)
+        assert created.status_code == 200, created.text
+        cid = created.json()["calibration_id"]
+        assert_lifetime(r, calibration_key("beta", cid))
+        assert_quota(beta.post("/v1/calibrations", json=body), "calibrations")
+        assert beta.delete(f"/v1/calibrations/{cid}").status_code == 204
+        again = beta.post("/v1/calibrations", json=body)
+        assert again.status_code == 200, again.text
+        assert [c["calibration_id"] for c in beta.get("/v1/calibrations").json()["data"]] == [
+            again.json()["calibration_id"]
+        ]
+
+
+def pause_workers(service: LocalService, sig: signal.Signals) -> None:
+    for worker in service.workers:
+        if worker.poll() is None:
+            os.kill(worker.pid, sig)
+
+
+def test_unfinished_batches_have_a_lifetime_and_a_quota(limited: LocalService) -> None:
+    r = redis.Redis.from_url(limited.redis_url)
+    salt = uuid.uuid4().hex[:8]
+    pause_workers(limited, signal.SIGSTOP)  # nothing finishes while the quota is checked
+    try:
+        with client(limited, "key-delta") as delta:
+            ids = []
+            for i in range(2):
+                created = delta.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": f"Wait {salt} {i}."}]})
+                assert created.status_code == 200, created.text
+                ids.append(created.json()["id"])
+            for part in ("", "inputs"):
+                assert_lifetime(r, batch_key("delta", ids[0], part))
+            assert_quota(
+                delta.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": "One too many."}]}),
+                "unfinished_batches",
+            )
+            assert delta.post(f"/v1/batches/{ids[0]}/cancel").json()["status"] == "cancelled"
+            third = delta.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": f"Room now {salt}."}]})
+            assert third.status_code == 200, third.text
+            for batch_id in (ids[1], third.json()["id"]):
+                assert delta.delete(f"/v1/batches/{batch_id}").status_code == 204
+            assert [b["id"] for b in delta.get("/v1/batches").json()["data"]] == [ids[0]]
+    finally:
+        pause_workers(limited, signal.SIGCONT)
+
+
+def test_a_batch_input_that_keeps_failing_is_given_up_after_a_few_tries(limited: LocalService) -> None:
+    """Over the tokens-per-minute budget every time: retried ATTEMPTS times, then its line says why."""
+    long_text = text_of_tokens(TPM + 100, lambda t: [0] * len(t.split()), salt=uuid.uuid4().hex[:8])
+    with client(limited, "key-gamma") as gamma:
+        batch = gamma.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": long_text, "custom_id": "big"}]})
+        assert batch.status_code == 200, batch.text
+        status: dict[str, Any] = {}
+        for _ in range(600):
+            status = gamma.get(f"/v1/batches/{batch.json()['id']}").json()
+            if status["status"] == "completed":
+                break
+            time.sleep(0.2)
+        assert (status["status"], status["completed"], status["failed"]) == ("completed", 0, 1)
+        (line,) = [json.loads(x) for x in gamma.get(f"/v1/batches/{status['id']}/results").text.splitlines()]
+        assert line["custom_id"] == "big" and line["error"]["code"] == "tokens_rate_limited"
+        assert line["error"]["attempts"] == ATTEMPTS
