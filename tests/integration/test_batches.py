@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -12,7 +13,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app.batches.runner import RETRY_CODES, retry_delay
 from app.batches.store import batch_key, create_batch
+from app.launcher.local_service import ROOT
 from tests.conftest import MODEL
 
 TEXTS = [
@@ -192,6 +195,21 @@ def test_batches_are_listed_newest_first_and_deleted(
     assert alpha.delete(f"/v1/batches/{first['id']}").status_code == 404
     ids = [b["id"] for b in alpha.get("/v1/batches", params={"limit": 100}).json()["data"]]
     assert first["id"] not in ids and second["id"] not in ids
+
+
+def test_batches_retry_codes_the_service_really_raises() -> None:
+    """Every code a batch retries is one some part of the service raises (the rate limits build theirs from the
+    budget's name), and the rate limits are among them."""
+    sources = "\n".join(p.read_text() for p in (ROOT / "app").rglob("*.py") if p.name != "runner.py")
+    charged = set(re.findall(r'charge\([^)]*?"(\w+)"', sources))
+    assert charged == {"requests", "tokens"}
+    for code in RETRY_CODES:
+        assert f'"{code}"' in sources or code.removesuffix("_rate_limited") in charged, code
+    assert {"requests_rate_limited", "tokens_rate_limited", "job_timeout", "queue_full"} <= RETRY_CODES
+    assert "rate_limited" not in RETRY_CODES
+    # doubling from 1 s, never below the service's Retry-After, never above the cap
+    assert [retry_delay(n, None, 30.0) for n in (1, 2, 3, 6, 7)] == [1.0, 2.0, 4.0, 30.0, 30.0]
+    assert retry_delay(1, 5.0, 30.0) == 5.0 and retry_delay(1, 60.0, 30.0) == 30.0
 
 
 async def test_a_batch_whose_gateway_died_is_resumed_without_redoing_inputs(
