@@ -69,16 +69,19 @@ def chat_reply(codec: TextCodec, messages: list[ChatMessage], ids: list[int]) ->
     """[start, stop) token indexes of the last assistant turn's reply, None unless the chat ends with one.
 
     The reply starts where the chat rendered with that turn emptied stops agreeing with `ids` (after the
-    template's header) and ends with the last end-of-turn token (what a generation would produce), so the
-    template's trailing text after it is not part of the reply."""
+    template's header; an empty reply starts at its end-of-turn token) and ends with the last end-of-turn
+    token (what a generation would produce), so the template's text after it is not part of the reply."""
     if messages[-1].role != "assistant":
         return None
+    eos = set(codec.card.eos_token_ids)
     dumped = [m.model_dump() for m in messages]
     emptied = _chat_ids(codec, [*dumped[:-1], {**dumped[-1], "content": ""}], False)
     n = min(len(emptied), len(ids))
     differ = np.flatnonzero(np.asarray(emptied[:n]) != np.asarray(ids[:n]))
     start = int(differ[0]) if differ.size else n
-    eos = set(codec.card.eos_token_ids)
+    closing = [i for i in range(len(emptied)) if emptied[i] in eos]
+    if not differ.size and closing:  # the reply is empty: only its end-of-turn token
+        start = closing[-1]
     ends = [i for i in range(start, len(ids)) if ids[i] in eos]
     return start, (ends[-1] + 1 if ends else len(ids))
 
