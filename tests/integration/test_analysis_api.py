@@ -30,7 +30,7 @@ def test_uncertainty_agrees_with_the_scored_tokens(alpha: httpx.Client) -> None:
         assert token["id"] == scored_token["id"] and token["text"] == scored_token["text"]
         assert token["values"]["logprob"] == pytest.approx(scored_token["logprob"], abs=1e-6)
         assert token["values"]["entropy"] == pytest.approx(scored_token["entropy"], abs=1e-5)
-        assert token["values"]["rank"] == scored_token["rank"]
+        assert token["values"]["rank"] == scored_token["rank"] and type(token["values"]["rank"]) is int
     logprobs = np.array([t["logprob"] for t in scored["tokens"][1:]])
     seq = body["sequence"]
     assert seq["perplexity"] == pytest.approx(np.exp(-logprobs.mean()), rel=1e-5)
@@ -68,9 +68,53 @@ def test_membership_with_default_and_custom_frequency_tables(alpha: httpx.Client
 
 
 def test_methods_are_listed(alpha: httpx.Client) -> None:
-    methods = {m["name"]: m for m in alpha.get("/v1/analysis/methods").json()}
+    listed = alpha.get("/v1/analysis/methods").json()
+    methods = {m["name"]: m for m in listed}
     assert {"entropy", "fast_detectgpt", "min_k_plus_plus", "dc_pdd"} <= set(methods)
     assert methods["min_k"]["params"][0]["name"] == "k" and "Min-K%" in methods["min_k"]["description"]
+    for m in listed:
+        assert m["paper"] and "\n" not in m["description"] and "  " not in m["description"], m["name"]
+    assert "arXiv:2310.16789" in methods["min_k"]["paper"] and "Binoculars" in methods["binoculars"]["paper"]
+    block = methods["entropy_trend"]["params"][0]
+    assert block["type"] == "int" and [type(block[k]) for k in ("default", "min", "max")] == [int, int, int]
+    assert (block["default"], block["min"]) == (16, 1)
+    k = methods["min_k"]["params"][0]
+    assert k["type"] == "float" and k["default"] == 0.2
+
+
+def test_integer_parameters_take_integers(alpha: httpx.Client) -> None:
+    body = post(
+        alpha,
+        "uncertainty",
+        model=MODEL,
+        text=TEXT,
+        methods=["entropy_trend"],
+        params={"entropy_trend": {"block_size": 5}},
+    )
+    assert len(body["details"]["entropy_trend.blocks"]) == -(-body["n_positions"] // 5)
+    response = alpha.post(
+        "/v1/analysis/uncertainty",
+        json={
+            "model": MODEL,
+            "text": TEXT,
+            "methods": ["entropy_trend"],
+            "params": {"entropy_trend": {"block_size": 2.5}},
+        },
+    )
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_params"
+    assert "entropy_trend.block_size must be an integer" in response.json()["error"]["message"]
+
+
+def test_span_lists_are_distinct_and_capped_by_the_record(alpha: httpx.Client) -> None:
+    body = post(alpha, "uncertainty", model=MODEL, text=TEXT, span=[4, 2, 1], methods=["logprob"])
+    assert [t["position"] for t in body["tokens"]] == [4, 2, 1]
+    repeated = alpha.post("/v1/analysis/uncertainty", json={"model": MODEL, "text": TEXT, "span": [2, 2, 1]})
+    assert repeated.status_code == 422 and repeated.json()["error"]["code"] == "invalid_span"
+    assert "position 2 appears more than once" in repeated.json()["error"]["message"]
+    n = len(alpha.post("/v1/score", json={"model": MODEL, "text": TEXT}).json()["tokens"])
+    too_many = alpha.post("/v1/analysis/uncertainty", json={"model": MODEL, "text": TEXT, "span": [1] * n})
+    assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "span"
+    assert f"at most {n - 1} positions" in too_many.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -80,6 +124,10 @@ def test_methods_are_listed(alpha: httpx.Client) -> None:
         ("membership", {"model": MODEL, "text": TEXT, "params": {"min_k": {"k": 5}}}, 422, "invalid_params"),
         ("uncertainty", {"model": MODEL, "text": TEXT, "span": "completion"}, 422, "invalid_span"),
         ("uncertainty", {"model": MODEL, "text": TEXT, "span": [0]}, 422, "invalid_span"),
+        ("uncertainty", {"model": MODEL, "text": TEXT, "span": [3, 2, 3]}, 422, "invalid_span"),
+        ("uncertainty", {"model": MODEL, "text": TEXT, "span": "last_turn"}, 422, "invalid_span"),
+        ("uncertainty", {"model": MODEL, "text": TEXT, "reference_model": MODEL}, 422, "invalid_request"),
+        ("membership", {"model": MODEL, "text": TEXT, "context": "c"}, 422, "invalid_request"),
         ("uncertainty", {"model": MODEL, "text": TEXT, "span": {"start": 3, "stop": 999}}, 422, "invalid_span"),
         ("uncertainty", {"text": TEXT}, 422, "missing_input"),
         ("uncertainty", {"record_id": "0" * 32}, 404, "record_not_found"),
