@@ -99,6 +99,7 @@ async def create_batch(
         await redis.delete(*(batch_key(tenant, batch_id, part) for part in PARTS))
         raise
     pipe = redis.pipeline(transaction=True)
+    pipe.zremrangebyscore(index_key(tenant), "-inf", now - ttl - finished_ttl_s)  # surely expired
     pipe.zadd(index_key(tenant), {batch_id: now})
     pipe.expire(index_key(tenant), ttl + finished_ttl_s)
     pipe.sadd(ACTIVE, f"{tenant}\x1f{batch_id}")
