@@ -123,3 +123,127 @@ def test_pair_errors(pair_service: httpx.Client, family: str, body: dict[str, An
     response = pair_service.post(f"/v1/analysis/{family}", json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
+
+
+def kl_rows(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
+    return (np.exp(logp) * (logp - logq)).sum(axis=1)  # type: ignore[no-any-return]
+
+
+def entropy_rows(logp: np.ndarray) -> np.ndarray:
+    return -(np.exp(logp) * logp).sum(axis=1)  # type: ignore[no-any-return]
+
+
+def test_paired_analyses_take_a_record_id(pair_service: httpx.Client, tiny_models: dict[str, str]) -> None:
+    generated = pair_service.post(
+        "/v1/generate", json={"model": MODEL, "prompt": "Count: 1, 2, 3,", "temperature": 0, "max_tokens": 8}
+    ).json()
+    rid, n_prompt = generated["record_id"], generated["usage"]["prompt_tokens"]
+    ids = [t["id"] for t in pair_service.get(f"/v1/records/{rid}").json()["tokens"]]
+    logp = hf_logprobs(smollm2_dir(), ids)[:-1]
+    logq = hf_logprobs(tiny_models["tiny-llama"], ids)[:-1]
+
+    body = analysis(pair_service, "compare", record_id=rid, reference_model="tiny-llama", span="completion")
+    assert body["record_id"] == rid and body["model"] == MODEL and body["reference_model"] == "tiny-llama"
+    assert [t["position"] for t in body["tokens"]] == list(range(n_prompt, len(ids)))
+    assert [t["id"] for t in body["tokens"]] == [t["id"] for t in generated["tokens"]]
+    kl = kl_rows(logp, logq)[n_prompt - 1 :]
+    np.testing.assert_allclose([t["values"]["kl"] for t in body["tokens"]], kl, rtol=TOL, atol=TOL)
+    prompt = analysis(pair_service, "compare", record_id=rid, reference_model="tiny-llama", span="prompt")
+    assert prompt["n_positions"] == n_prompt - 1 and prompt["reference_record_id"] == body["reference_record_id"]
+
+    detect = analysis(
+        pair_service, "detect", record_id=rid, reference_model="tiny-llama", methods=["fast_detectgpt", "binoculars"]
+    )
+    lp_x = logp[np.arange(len(ids) - 1), ids[1:]]
+    q = np.exp(logq)
+    mu = (q * logp).sum(axis=1)
+    var = (q * logp**2).sum(axis=1) - mu**2
+    assert detect["sequence"]["fast_detectgpt"] == pytest.approx((lp_x.sum() - mu.sum()) / np.sqrt(var.sum()), rel=TOL)
+    assert detect["sequence"]["binoculars"] == pytest.approx(-lp_x.mean() / -mu.mean(), rel=TOL)
+
+    context = "Counting goes up by one."
+    gained = analysis(pair_service, "compare", record_id=rid, context=context, span="completion")
+    ctx_ids = pair_service.post("/v1/score", json={"model": MODEL, "text": context}).json()["tokens"]
+    with_context = hf_logprobs(smollm2_dir(), [t["id"] for t in ctx_ids] + ids)[len(ctx_ids) : -1]
+    expected = (entropy_rows(logp) - entropy_rows(with_context))[n_prompt - 1 :]
+    np.testing.assert_allclose([t["values"]["confidence_gain"] for t in gained["tokens"]], expected, atol=1e-4)
+    assert gained["record_id"] != rid and gained["reference_record_id"] == rid  # q is the record on its own
+
+
+def test_openai_answers_record_ids_are_ready_for_paired_analyses(pair_service: httpx.Client) -> None:
+    answer = pair_service.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Name a river."}], "max_tokens": 6},
+    ).json()
+    body = analysis(
+        pair_service, "compare", record_id=answer["record_id"], reference_model="tiny-llama", span="completion"
+    )
+    assert body["n_positions"] == answer["usage"]["completion_tokens"]
+    assert all(t["values"]["kl"] > -1e-6 for t in body["tokens"])  # KL >= 0, up to float32 rounding
+
+
+def test_drift_turns_match_the_chat_templates_own_boundaries(
+    pair_service: httpx.Client, tiny_models: dict[str, str]
+) -> None:
+    from transformers import AutoTokenizer
+
+    messages = [
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "An apple."},
+        {"role": "user", "content": "Another one, please?"},
+        {"role": "assistant", "content": "A pear, ripe and sweet."},
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
+    ends = [len(tokenizer.apply_chat_template(messages[: i + 1], return_dict=False)) for i in range(len(messages))]
+    ids = tokenizer.apply_chat_template(messages, return_dict=False)
+    kl = kl_rows(hf_logprobs(smollm2_dir(), ids)[:-1], hf_logprobs(tiny_models["tiny-llama"], ids)[:-1])
+    starts = [1, *ends[:-1]]  # position 0 predicts nothing
+    per_turn = [kl[a - 1 : b - 1].mean() for a, b in zip(starts, ends, strict=True)]
+    assert all(b - a >= 3 for a, b in zip(starts, ends, strict=True))
+
+    body = analysis(
+        pair_service, "compare", model=MODEL, reference_model="tiny-llama", messages=messages, methods=["drift"]
+    )
+    np.testing.assert_allclose(body["details"]["drift.per_turn"], per_turn, rtol=TOL, atol=TOL)
+    assert body["sequence"]["drift.mean"] == pytest.approx(np.mean(per_turn), rel=TOL)
+
+    header = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=False)
+    last = analysis(
+        pair_service,
+        "compare",
+        model=MODEL,
+        reference_model="tiny-llama",
+        messages=messages,
+        methods=["kl"],
+        span="last_turn",
+    )
+    assert [t["position"] for t in last["tokens"]] == list(range(len(header), len(ids) - 1))  # <|im_end|>, not "\n"
+    np.testing.assert_allclose(
+        [t["values"]["kl"] for t in last["tokens"]], kl[len(header) - 1 : -1], rtol=TOL, atol=TOL
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "never_asks"),
+    [
+        ({"reference_model": "tiny-llama", "text": TEXT}, "messages", "reference_model"),
+        ({"messages": [{"role": "user", "content": "Hi"}]}, "reference_model", "messages"),
+        ({"context": "Before.", "text": TEXT}, "context", "give a `context`"),
+    ],
+)
+def test_the_drift_error_asks_for_what_is_missing(
+    pair_service: httpx.Client, body: dict[str, Any], param: str, never_asks: str
+) -> None:
+    response = pair_service.post("/v1/analysis/compare", json={"model": MODEL, "methods": ["drift"], **body})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("reference_required", param)
+    assert never_asks not in error["message"]
+
+
+def test_pair_spans_are_checked_before_any_cross_job(pair_service: httpx.Client) -> None:
+    for span in ([1, 2, 2], [1] * 10_000):
+        response = pair_service.post(
+            "/v1/analysis/compare", json={"model": MODEL, "reference_model": "tiny-llama", "text": TEXT, "span": span}
+        )
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_span"
