@@ -90,6 +90,19 @@ def test_workers_and_gateway_share_redis_and_the_secret() -> None:
         assert env["LOGPROBE_SECRET"].startswith("${LOGPROBE_SECRET:?")  # compose refuses to start without it
 
 
+def test_the_gateway_needs_api_keys_and_nothing_opens_it() -> None:
+    """Closed by default: compose refuses to start without keys (`${VAR:?message}`), and no service turns on
+    anonymous access; the workers never see the keys."""
+    gateway = SERVICES["gateway"]["environment"]
+    assert re.fullmatch(r"\$\{LOGPROBE_API_KEYS:\?[^}]+\}", gateway["LOGPROBE_API_KEYS"])
+    assert "--host" in SERVICES["gateway"]["command"] and SERVICES["gateway"]["ports"]  # published: keys needed
+    for name, service in SERVICES.items():
+        env = service.get("environment", {})
+        assert "LOGPROBE_ALLOW_ANONYMOUS" not in env, name
+        if name != "gateway":
+            assert "LOGPROBE_API_KEYS" not in env and "LOGPROBE_API_KEYS_FILE" not in env, name
+
+
 def test_interpolations_are_plain() -> None:
     """Compose's ${VAR:-default} ends at the first brace: no default may contain one."""
     text = (ROOT / "docker-compose.yml").read_text()

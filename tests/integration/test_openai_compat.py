@@ -98,3 +98,17 @@ def test_openai_error_envelope(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client.chat.completions.create(model="no-such-model", messages=QUESTION)  # type: ignore[arg-type]
     assert err.value.code == "model_not_found"
+
+
+def test_openai_refusals_arrive_as_the_package_s_errors(client: OpenAI) -> None:
+    import openai
+
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, top_logprobs=3, max_tokens=2)  # type: ignore[arg-type]
+    assert (err.value.code, err.value.param) == ("logprobs_required", "top_logprobs")
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "Hi"}])  # type: ignore[list-item]
+    assert (err.value.code, err.value.param) == ("invalid_role", "messages.0.role")
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.completions.create(model=MODEL, prompt="x", logprobs=101)
+    assert err.value.param == "logprobs"
