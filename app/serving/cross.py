@@ -8,6 +8,7 @@ from app.platform.errors import ApiError
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.services import Services
 from workers.protocol import (
+    MAX_JOB_POSITIONS,
     CrossJob,
     CrossSide,
     ProtocolError,
@@ -23,8 +24,9 @@ from workers.protocol import (
 def check_positions(meta: RecordMeta, positions: np.ndarray) -> None:
     """What a worker is asked for is bounded by the record: distinct positions in [1, T-1], so at most T-1."""
     n_tokens = len(meta.token_ids)
-    if positions.size == 0 or positions.size > n_tokens - 1:
-        raise ApiError(422, "invalid_span", f"between 1 and {n_tokens - 1} positions of {meta.record_id}", "span")
+    limit = min(n_tokens - 1, MAX_JOB_POSITIONS)
+    if positions.size == 0 or positions.size > limit:
+        raise ApiError(422, "invalid_span", f"a span of between 1 and {limit} positions of {meta.record_id}", "span")
     if positions.min() < 1 or positions.max() >= n_tokens or np.unique(positions).size != positions.size:
         raise ApiError(422, "invalid_span", f"positions must be distinct and lie in [1, {n_tokens - 1}]", "span")
 

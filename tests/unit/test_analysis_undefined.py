@@ -24,7 +24,7 @@ from app.schemas.analysis import SpanRange
 from app.serving.analyses import span_positions
 from app.serving.cross import check_positions
 from workers.capture import row_statistics
-from workers.protocol import RecordMeta
+from workers.protocol import MAX_JOB_POSITIONS, RecordMeta
 
 V = 500
 
@@ -213,3 +213,7 @@ def test_positions_sent_to_a_worker_are_bounded_by_the_record() -> None:
     for bad in (np.array([1, 1]), np.arange(0, 3), np.arange(1, 7), np.array([], dtype=np.int64)):
         with pytest.raises(ApiError):
             check_positions(meta, bad)
+    long = record(list(range(MAX_JOB_POSITIONS + 2)))  # longer than one job may name: refused here, with a reason
+    check_positions(long, np.arange(1, MAX_JOB_POSITIONS + 1))
+    with pytest.raises(ApiError, match=f"between 1 and {MAX_JOB_POSITIONS} positions"):
+        check_positions(long, np.arange(1, MAX_JOB_POSITIONS + 2))
