@@ -151,6 +151,9 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         meta, codec, cached, shown = pair.p.meta, pair.codec, pair.p.cached and pair.q.cached, pair.shown
         positions = span_positions(body.span, shown, _reply(body, shown, codec))
         p_positions = pair.p_positions(positions)
+        turns = pair.turns(positions)
+        if turns is None and any("turns" in m.requires for m in methods):
+            raise ApiError(422, "invalid_span", "`drift` goes turn by turn: list the span's positions in order", "span")
         cross = None
         if any("cross" in m.requires for m in methods) or family == "detect":
             cross = await cross_statistics(services, tenant, meta, p_positions, pair.q.meta, positions)
@@ -159,7 +162,7 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
             {},
             reference=Positions.select(pair.q.meta, pair.q.stats, positions),
             cross=cross,
-            turns=pair.turns(positions),
+            turns=turns,
         )
     if any("frequencies" in m.requires for m in methods):
         frequencies = await services.frequencies.probabilities(tenant, codec, body.frequency_table)

@@ -247,3 +247,7 @@ def test_pair_spans_are_checked_before_any_cross_job(pair_service: httpx.Client)
             "/v1/analysis/compare", json={"model": MODEL, "reference_model": "tiny-llama", "text": TEXT, "span": span}
         )
         assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_span"
+    chat = [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "An apple."}]
+    body = {"model": MODEL, "reference_model": "tiny-llama", "messages": chat, "methods": ["drift"], "span": [5, 3, 4]}
+    unordered = pair_service.post("/v1/analysis/compare", json=body)
+    assert unordered.status_code == 422 and unordered.json()["error"]["param"] == "span"
