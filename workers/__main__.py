@@ -1,5 +1,5 @@
 from workers.runner import main
 
-# Guarded: vLLM starts its engine processes by spawning, which imports this module again.
+# Guarded: vLLM starts its engine processes by spawning; see workers/lifecycle.py for what they import.
 if __name__ == "__main__":
     main()

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_TTL_S = 120
 STEPS_TTL_S = 3600
+BATCH_TOKENS = 8192  # padded tokens in one batched scoring forward
 
 
 class JobFailed(Exception):
@@ -84,6 +85,57 @@ class JobExecutor:
             return self._rows(job, backend)
         except JobFailed as failed:
             return JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
+
+    def run_scores(self, jobs: list[ScoreJob]) -> list[JobOutcome]:
+        """Scoring jobs read together: those of one model that need a forward share batched forwards (of at
+        most BATCH_TOKENS padded tokens, similar lengths together); each record is the one it would be alone.
+        A job that fails, fails alone; if a batched forward fails, its jobs run one at a time."""
+        outcomes: dict[int, JobOutcome] = {}
+        todo: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            try:
+                backend = self._backend_for(job.model, job.fingerprint)
+                self._check_ids(job.token_ids, backend)
+            except JobFailed as failed:
+                outcomes[i] = JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
+                continue
+            if self._complete(job.tenant, job.record_id):
+                outcomes[i] = JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+            elif backend.card.storage != "hidden":
+                outcomes[i] = self.run(job)
+            else:
+                todo.setdefault(job.model, []).append(i)
+        for model, indices in todo.items():
+            for group in _batches(sorted(indices, key=lambda i: len(jobs[i].token_ids)), jobs):
+                outcomes.update(self._score_group([jobs[i] for i in group], group, self.backends[model]))
+        return [outcomes[i] for i in range(len(jobs))]
+
+    def _score_group(self, group: list[ScoreJob], indices: list[int], backend: Backend) -> dict[int, JobOutcome]:
+        if len(group) == 1:
+            return {indices[0]: self.run(group[0])}
+        try:
+            hidden = backend.hidden_states_batch([job.token_ids for job in group])
+        except Exception:  # e.g. out of memory for the batch: each job alone, so a bad one fails alone
+            log.exception("a batched forward of %d jobs failed; running them one at a time", len(group))
+            return {i: self.run(job) for i, job in zip(indices, group, strict=True)}
+        outcomes = {}
+        for i, job, states in zip(indices, group, hidden, strict=True):
+            try:
+                self._capture_and_store(
+                    job.tenant,
+                    job.record_id,
+                    job.token_ids,
+                    backend,
+                    kind="score",
+                    n_prompt=job.n_prompt,
+                    hidden=states,
+                )
+                outcomes[i] = JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+            except Exception as exc:
+                log.exception("job %s failed", job.job_id)
+                error = JobError(code="worker_error", message=type(exc).__name__, status=500)
+                outcomes[i] = JobOutcome(job_id=job.job_id, ok=False, error=error)
+        return outcomes
 
     def _backend_for(self, model: str, fingerprint: str) -> Backend:
         backend = self.backends.get(model)
@@ -127,11 +179,14 @@ class JobExecutor:
         kind: str,
         n_prompt: int | None = None,
         finish_reason: str | None = None,
+        hidden: torch.Tensor | None = None,
     ) -> None:
+        """Capture the statistics of `token_ids` (from `hidden`, their hidden states, when given) and store the
+        record."""
         card = backend.card
         ids = torch.tensor(token_ids)
         if card.storage == "hidden":
-            hidden = backend.hidden_states(token_ids)[:-1]
+            hidden = (backend.hidden_states(token_ids) if hidden is None else hidden)[:-1]
             stats = capture_statistics(hidden, ids, backend.head, CAPTURE_TOPK)
             payload = {"hidden": st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})}
         else:  # logits are not W·h for this model: keep its own rows, and take the statistics from them
@@ -333,3 +388,15 @@ def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
     if not np.isfinite(rows).all():
         raise JobFailed("record_corrupt", "rows hold NaN or Inf", 500)
     return rows
+
+
+def _batches(order: list[int], jobs: list[ScoreJob]) -> list[list[int]]:
+    """Job indices, shortest first, cut into groups whose padded size stays within BATCH_TOKENS."""
+    groups: list[list[int]] = []
+    for i in order:
+        width = len(jobs[i].token_ids)  # the longest so far: the order is by length
+        if groups and width * (len(groups[-1]) + 1) <= BATCH_TOKENS:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

@@ -17,11 +17,13 @@ from typing import Any
 
 import redis
 import torch
+from pydantic import Field
 
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
 from workers.jobs import JobExecutor
+from workers.lifecycle import arm_children
 from workers.probe import PROBE_TEXT, verify_rebuild
 from workers.protocol import (
     CONSUMER_GROUP,
@@ -61,6 +63,9 @@ class WorkerSettings(CommonSettings):
     visibility_timeout_s: int = 60
     reclaim_every_s: float = 10.0
     max_deliveries: int = 3  # then the job goes to the dead-letter stream
+    # Stream entries taken per read: scoring jobs among them share batched forwards. Kept small, so that one busy
+    # worker does not hold jobs that an idle one could run.
+    worker_batch_jobs: int = Field(default=8, ge=1, le=256)
 
 
 class Worker:
@@ -71,7 +76,7 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.stopping = threading.Event()
-        self.running: tuple[str, bytes] | None = None  # the stream entry being worked on
+        self.running: list[tuple[str, bytes]] = []  # the stream entries being worked on
         specs = [m for m in settings.models if not model_names or m.name in model_names]
         if not specs:
             raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
@@ -124,9 +129,8 @@ class Worker:
     def _hold_running(self) -> None:
         """Reset the idle time of the entry being worked on: XCLAIM by its own consumer with JUSTID leaves the
         delivery count alone, so only a silent (dead or stopped) worker's jobs reach the visibility timeout."""
-        running = self.running
-        if running is not None:
-            self.redis.xclaim(running[0], CONSUMER_GROUP, self.id, 0, [running[1]], justid=True)
+        for stream, entry_id in list(self.running):
+            self.redis.xclaim(stream, CONSUMER_GROUP, self.id, 0, [entry_id], justid=True)
 
     def _retire(self) -> None:
         with contextlib.suppress(redis.RedisError):
@@ -145,10 +149,20 @@ class Worker:
                 if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
                     last_reclaim = time.monotonic()
                     self._reclaim()
-                batch: Any = self.redis.xreadgroup(CONSUMER_GROUP, self.id, self.streams, count=1, block=1000)  # type: ignore[arg-type]
-                for stream, entries in batch or []:
-                    for entry_id, fields in entries:
-                        self._handle(stream.decode(), entry_id, fields)
+                read: Any = self.redis.xreadgroup(
+                    CONSUMER_GROUP,
+                    self.id,
+                    self.streams,  # type: ignore[arg-type]
+                    count=self.settings.worker_batch_jobs,
+                    block=1000,
+                )
+                self._handle_many(
+                    [
+                        (stream.decode(), entry_id, fields)
+                        for stream, entries in read or []
+                        for entry_id, fields in entries
+                    ]
+                )
                 backoff = 0.5
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -167,6 +181,7 @@ class Worker:
         idle_ms = self.settings.visibility_timeout_s * 1000
         for stream in self.streams:
             pending: Any = self.redis.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=16, idle=idle_ms)
+            taken = []
             for entry in pending:
                 entry_id = entry["message_id"]
                 if entry["times_delivered"] >= self.settings.max_deliveries:
@@ -176,9 +191,10 @@ class Worker:
                 for claimed_id, fields in claimed:
                     if fields:  # an entry deleted from the stream comes back without fields
                         log.info("reclaimed %s from %s (delivery %d)", claimed_id, stream, entry["times_delivered"] + 1)
-                        self._handle(stream, claimed_id, fields)
+                        taken.append((stream, claimed_id, fields))
                     else:
                         self.redis.xack(stream, CONSUMER_GROUP, claimed_id)
+            self._handle_many(taken)
 
     def _dead_letter(self, stream: str, entry_id: bytes, deliveries: int) -> None:
         found: Any = self.redis.xrange(stream, entry_id, entry_id)
@@ -203,7 +219,24 @@ class Worker:
         error = JobError(code="job_failed", message=f"the job failed on {deliveries} deliveries", status=500)
         self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
 
-    def _handle(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
+        """Entries read together: rejected and cancelled ones settle at once, scoring jobs run as batches, the
+        rest one after another."""
+        scores: list[tuple[str, bytes, ScoreJob]] = []
+        others: list[tuple[str, bytes, AnyJob]] = []
+        for stream, entry_id, fields in entries:
+            job = self._accept(stream, entry_id, fields)
+            if isinstance(job, ScoreJob):
+                scores.append((stream, entry_id, job))
+            elif job is not None:
+                others.append((stream, entry_id, job))
+        if scores:
+            self._run([(s, e) for s, e, _ in scores], [j for _, _, j in scores], self.executor.run_scores)
+        for stream, entry_id, job in others:
+            self._run([(stream, entry_id)], [job], lambda jobs: [self.executor.run(jobs[0])])
+
+    def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> AnyJob | None:
+        """The entry's job, or None when it was rejected (dead-lettered) or cancelled (answered as such)."""
         try:
             job = decode_job(fields)
         except ProtocolError as exc:
@@ -212,31 +245,36 @@ class Worker:
                 DEAD_LETTER_STREAM, {"stream": stream, "entry": entry_id, "reason": str(exc)[:500]}, maxlen=10000
             )
             self._settle(stream, entry_id)
-            return
+            return None
         if self.redis.exists(cancel_key(job.job_id)):
             log.info("job %s skipped: its client went away before it started", job.job_id)
             error = JobError(code="cancelled", message="the client went away before the job started", status=499)
             self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
-            return
+            return None
+        return job
+
+    def _run(self, entries: list[tuple[str, bytes]], jobs: list[Any], execute: Any) -> None:
+        """Run jobs (held fresh by the heartbeat meanwhile) and settle each with its outcome."""
         started = time.perf_counter()
-        self.running = (stream, entry_id)
+        self.running = entries
         try:
-            outcome = self.executor.run(job)
+            outcomes: list[JobOutcome] = execute(jobs)
         except Exception as exc:  # a bug or resource failure: report it, keep serving
-            log.exception("job %s failed", job.job_id)
-            outcome = JobOutcome(
-                job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)
-            )
+            log.exception("jobs %s failed", [job.job_id for job in jobs])
+            error = JobError(code="worker_error", message=type(exc).__name__, status=500)
+            outcomes = [JobOutcome(job_id=job.job_id, ok=False, error=error) for job in jobs]
         finally:
-            self.running = None
-        self._settle(stream, entry_id, job, outcome)
-        log.info(
-            "job %s %s %s in %.3fs",
-            job.job_id,
-            job.kind,
-            "ok" if outcome.ok else outcome.error,
-            time.perf_counter() - started,
-        )
+            self.running = []
+        for (stream, entry_id), job, outcome in zip(entries, jobs, outcomes, strict=True):
+            self._settle(stream, entry_id, job, outcome)
+            log.info(
+                "job %s %s %s in %.3fs%s",
+                job.job_id,
+                job.kind,
+                "ok" if outcome.ok else outcome.error,
+                time.perf_counter() - started,
+                f" (batch of {len(jobs)})" if len(jobs) > 1 else "",
+            )
 
     def _settle(
         self, stream: str, entry_id: bytes, job: AnyJob | None = None, outcome: JobOutcome | None = None
@@ -257,6 +295,16 @@ class Worker:
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self.stopping.set()
 
+    def close(self) -> None:
+        """Shut down the backends' engines (vLLM's processes); their children die with them in any case."""
+        for name, backend in self.backends.items():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # one engine failing to stop must not keep the others running
+                    log.exception("closing %s failed", name)
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description="Run a logprobe worker.")
@@ -265,7 +313,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = WorkerSettings()
     torch.set_num_threads(settings.worker_threads)
+    arm_children()
     worker = Worker(settings, args.model)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
-    worker.serve()
+    try:
+        worker.serve()
+    finally:
+        worker.close()

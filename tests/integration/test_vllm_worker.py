@@ -3,9 +3,14 @@ the same jobs and records as the transformers worker, checked against transforme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,16 +33,20 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
+def vllm_service() -> Iterator[LocalService]:
+    """Two vLLM workers (the last tests stop them, one with SIGTERM and one with SIGKILL)."""
     env = {
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
         "LOGPROBE_MODELS": json.dumps([SPEC]),
-        "LOGPROBE_WORKER_THREADS": "2",
+        "LOGPROBE_WORKER_THREADS": "1",
     }
-    with (
-        LocalService(env=env, log_dir=ARTIFACTS / "vllm-service") as service,
-        httpx.Client(base_url=service.base_url, timeout=300) as client,
-    ):
+    with LocalService(env=env, log_dir=ARTIFACTS / "vllm-service", workers=2) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def client(vllm_service: LocalService) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=vllm_service.base_url, timeout=300) as client:
         yield client
 
 
@@ -78,17 +87,98 @@ def test_seeded_sampling_is_reproducible(client: httpx.Client) -> None:
     assert client.post("/v1/generate", json=request).json()["text"] == first["text"]
 
 
-def test_openai_completion_with_logprobs(client: httpx.Client) -> None:
+def test_openai_completion_logprobs_equal_transformers(client: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
+    prompt = "The capital of France is"
     response = client.post(
         "/v1/completions",
-        json={"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 3},
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 3, "echo": True},
     )
     assert response.status_code == 200, response.text
     logprobs = response.json()["choices"][0]["logprobs"]
-    assert len(logprobs["tokens"]) == 4 and all(len(top) == 3 for top in logprobs["top_logprobs"])
+    _, tokenizer = hf_smollm2
+    ids = tokenizer(prompt).input_ids
+    assert len(logprobs["tokens"]) == len(ids) + 4 and all(len(top) == 3 for top in logprobs["top_logprobs"][1:])
+    # The whole sequence (prompt + greedy completion) re-read by transformers gives the same logprobs.
+    record = client.get(f"/v1/records/{response.json()['record_id']}").json()
+    full = [t["id"] for t in record["tokens"]]
+    reference = reference_logprobs(hf_smollm2, full)
+    expected = [reference[t - 1, full[t]] for t in range(1, len(full))]
+    assert logprobs["token_logprobs"][0] is None
+    assert np.abs(np.array(logprobs["token_logprobs"][1:], dtype=np.float64) - expected).max() <= 1e-3
+    for t in range(len(ids), len(full)):  # greedy: every completion token is the reference's argmax
+        assert full[t] == int(reference[t - 1].argmax())
 
 
-def test_analyses_run_on_vllm_records(client: httpx.Client) -> None:
-    response = client.post("/v1/analysis/uncertainty", json={"model": MODEL, "text": TEXT})
+def test_analyses_on_vllm_records_equal_a_reference(client: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
+    response = client.post(
+        "/v1/analysis/uncertainty", json={"model": MODEL, "text": TEXT, "methods": ["perplexity", "entropy"]}
+    )
     assert response.status_code == 200, response.text
-    assert response.json()["record_id"]
+    body = response.json()
+    ids = [t["id"] for t in client.get(f"/v1/records/{body['record_id']}").json()["tokens"]]
+    reference = reference_logprobs(hf_smollm2, ids)[:-1]
+    chosen = reference[np.arange(len(ids) - 1), ids[1:]]
+    assert body["sequence"]["perplexity"] == pytest.approx(float(np.exp(-chosen.mean())), rel=1e-3)
+    entropy = -(np.exp(reference) * reference).sum(axis=1)
+    got = np.array([t["values"]["entropy"] for t in body["tokens"]], dtype=np.float64)
+    assert np.abs(got - entropy).max() <= 1e-3
+
+
+# ---------------------------------------------------------------- engines stop with their worker (last: they stop it)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process under `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def _busy(base_url: str) -> threading.Thread:
+    """A long scoring request in the background, so the worker is at work when it is stopped."""
+
+    def run() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{base_url}/v1/score", json={"model": MODEL, "text": TEXT * 12}, timeout=60)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    return thread
+
+
+def _wait_gone(pids: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds  # a bound on a hung shutdown, not a speed check
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return alive(pids)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_no_engine_process_outlives_its_worker(vllm_service: LocalService, how: signal.Signals) -> None:
+    worker = vllm_service.workers[0 if how == signal.SIGTERM else 1]
+    engines = descendants(worker.pid)
+    assert len(engines) >= 1  # vLLM's engine processes run under the worker
+    busy = _busy(vllm_service.base_url)
+    worker.send_signal(how)
+    worker.wait(timeout=180)
+    assert _wait_gone(engines, 60) == set()
+    busy.join(timeout=90)

@@ -18,6 +18,11 @@ class Backend(Protocol):
         """Final hidden states [T, d] (after the final norm), in the model's dtype."""
         ...
 
+    def hidden_states_batch(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """`hidden_states` of several sequences at once (one batched forward where the backend can), each
+        exactly as alone: padding never reaches a real position."""
+        ...
+
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """The model's own float32 log-probabilities [T, V], computed its usual way (for the exactness probe)."""
         ...

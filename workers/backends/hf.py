@@ -84,6 +84,19 @@ class HFBackend:
         return self._forward(torch.tensor(token_ids), None)
 
     @torch.inference_mode()
+    def hidden_states_batch(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """One right-padded forward: causal attention keeps every real position from seeing the padding after
+        it, and positions count from 0 as alone. Long sequences (chunked prefill) go alone."""
+        if len(sequences) == 1 or max(len(s) for s in sequences) > PREFILL_CHUNK:
+            return [self.hidden_states(s) for s in sequences]
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        hidden = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return [hidden[i, : len(s)] for i, s in enumerate(sequences)]
+
+    @torch.inference_mode()
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         logits = self.model(input_ids=torch.tensor([token_ids])).logits[0]
         return torch.log_softmax(logits.float(), dim=-1)

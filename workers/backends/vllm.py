@@ -158,6 +158,10 @@ class VLLMBackend:
     def hidden_states(self, token_ids: list[int]) -> torch.Tensor:
         return self._hidden_batch([token_ids])[0]
 
+    def hidden_states_batch(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """All sequences in one `encode` call: the engine schedules them as one batch."""
+        return self._hidden_batch(sequences)
+
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """vLLM's own rows through `prompt_logprobs=-1` (slow: a dict of V entries per position)."""
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=-1, logprobs=-1, detokenize=False)
