@@ -17,12 +17,15 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
     if len(body.inputs) > limit:
         raise ApiError(422, "batch_too_large", f"a batch holds at most {limit} inputs", "inputs")
     await services.catalog.card(body.model)  # unknown models fail now, not once per input
+    # Methods are checked on an input of the batch's kind: chat-only methods (drift) need every input a chat.
+    chats = all(item.messages is not None for item in body.inputs)
+    source = {"messages": [{"role": "user", "content": "x"}]} if chats else {"text": "x"}
     for i, analysis in enumerate(body.analyses):
         options = analysis.model_dump(exclude={"family"})
         if analysis.reference_model is not None:
             await services.catalog.card(analysis.reference_model)
         try:
-            request = AnalysisRequest.model_validate({"model": body.model, "text": "x", **options})
+            request = AnalysisRequest.model_validate({"model": body.model, **source, **options})
             resolve_params(
                 select_methods(analysis.family, analysis.methods, analysis_inputs(analysis.family, request)),
                 analysis.params,

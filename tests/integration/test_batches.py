@@ -236,3 +236,29 @@ async def test_a_batch_whose_gateway_died_is_resumed_without_redoing_inputs(
         assert all(r["record_id"] and r["record_id"] != "from-before" for r in results[1:])
     finally:
         await client.aclose()
+
+
+def test_a_batch_of_chats_takes_chat_only_methods(alpha: httpx.Client) -> None:
+    """drift needs every input to be a chat: a batch of chats is checked as one, and runs it per input."""
+    chat = [
+        {"role": "user", "content": "Name a river."},
+        {"role": "assistant", "content": "The Nile."},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "The Amazon."},
+    ]
+    body = {
+        "model": MODEL,
+        "inputs": [{"messages": chat, "custom_id": "c"}],
+        "analyses": [{"family": "compare", "methods": ["drift"], "reference_model": MODEL}],
+    }
+    created = alpha.post("/v1/batches", json=body)
+    assert created.status_code == 200, created.text
+    wait_finished(alpha, created.json()["id"])
+    (line,) = lines(alpha, created.json()["id"])
+    direct = alpha.post(
+        "/v1/analysis/compare", json={"model": MODEL, "messages": chat, "methods": ["drift"], "reference_model": MODEL}
+    ).json()
+    assert line["error"] is None
+    assert line["results"]["compare"]["sequence"] == direct["sequence"]
+    refused = alpha.post("/v1/batches", json={**body, "inputs": [*body["inputs"], {"text": "plain"}]})
+    assert refused.status_code == 422
