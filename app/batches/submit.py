@@ -23,7 +23,7 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
     for i, analysis in enumerate(body.analyses):
         options = analysis.model_dump(exclude={"family"})
         if analysis.reference_model is not None:
-            await services.catalog.card(analysis.reference_model)
+            await services.catalog.card(analysis.reference_model, f"analyses.{i}.reference_model")
         try:
             request = AnalysisRequest.model_validate({"model": body.model, **source, **options})
             resolve_params(

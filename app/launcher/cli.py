@@ -37,10 +37,11 @@ def serve(
 
     from app.api.gateway import create_app
     from app.launcher.embedded import EmbeddedRedis
-    from app.platform.settings import Settings
+    from app.platform.settings import Settings, open_on_loopback
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    open_on_loopback(settings, host or settings.host)  # no keys: anonymous on a loopback address only, else exit
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir / "redis" / str(port or settings.port))

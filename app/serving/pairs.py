@@ -115,8 +115,8 @@ async def model_pair(
     elif model is None:
         raise ApiError(422, "missing_input", "a paired analysis needs a `model` (or a `record_id`)", "model")
     codecs = []
-    for name in (model, reference_model):
-        codecs.append(await services.catalog.codec(await services.catalog.card(name)))
+    for name, param in ((model, "model"), (reference_model, "reference_model")):
+        codecs.append(await services.catalog.codec(await services.catalog.card(name, param)))
     codec_p, codec_q = codecs
     if codec_p.tokenizer_id != codec_q.tokenizer_id or codec_p.card.vocab_size != codec_q.card.vocab_size:
         raise ApiError(

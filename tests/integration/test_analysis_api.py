@@ -144,3 +144,23 @@ def test_other_tenants_records_are_not_found(alpha: httpx.Client, beta: httpx.Cl
     rid = alpha.post("/v1/score", json={"model": MODEL, "text": "Tenant-private analysis."}).json()["record_id"]
     response = beta.post("/v1/analysis/uncertainty", json={"record_id": rid})
     assert response.status_code == 404 and response.json()["error"]["code"] == "record_not_found"
+
+
+def test_an_unknown_reference_model_is_named_as_such(alpha: httpx.Client) -> None:
+    response = alpha.post(
+        "/v1/analysis/compare", json={"model": MODEL, "text": "Some text.", "reference_model": "no-such"}
+    )
+    assert response.status_code == 404
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (
+        "model_not_found",
+        "reference_model",
+    )
+    batch = alpha.post(
+        "/v1/batches",
+        json={
+            "model": MODEL,
+            "inputs": [{"text": "x"}],
+            "analyses": [{"family": "compare", "reference_model": "no-such"}],
+        },
+    )
+    assert batch.status_code == 404 and batch.json()["error"]["param"] == "analyses.0.reference_model"
