@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from workers.config import CommonSettings
+from workers.protocol import valid_tenant
 
 KEEP_ALIVE_S = 75
 OPEN_TOP_LOGPROBS = 100  # alternatives per token at most, export on (the OpenAI routes' extension; OpenAI: 20)
@@ -57,6 +58,9 @@ class Settings(CommonSettings):
     def _merge_keys_file(self) -> Settings:
         if self.api_keys_file is not None:
             self.api_keys = {**self.api_keys, **json.loads(self.api_keys_file.read_text())}
+        bad = sorted({tenant for tenant in self.api_keys.values() if not valid_tenant(tenant)})
+        if bad:  # a tenant name becomes part of Redis keys: "a:b" could reach tenant "a"'s neighbours
+            raise ValueError(f"tenant names are letters, digits, '.', '_' and '-' (at most 64): not {bad}")
         return self
 
     def top_alternatives(self) -> int:

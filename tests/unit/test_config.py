@@ -90,3 +90,12 @@ def test_one_export_policy_for_alternatives(monkeypatch: pytest.MonkeyPatch) -> 
     assert gateway_settings(monkeypatch, LOGPROBE_ALLOW_EXPORT="false").top_alternatives() == 5
     monkeypatch.setenv("LOGPROBE_MAX_TOP_LOGPROBS_OUT", "2")
     assert gateway_settings(monkeypatch).top_alternatives() == 2
+
+
+@pytest.mark.parametrize("tenant", ["a:b", "", "x" * 65, "tenant with spaces", "../etc"])
+def test_tenant_names_that_could_reach_other_keys_are_refused(monkeypatch: pytest.MonkeyPatch, tenant: str) -> None:
+    with pytest.raises(ValidationError, match="tenant names"):
+        gateway_settings(monkeypatch, LOGPROBE_API_KEYS=json.dumps({"key": tenant}))
+    assert gateway_settings(monkeypatch, LOGPROBE_API_KEYS='{"key": "team-a.prod_1"}').api_keys == {
+        "key": "team-a.prod_1"
+    }
