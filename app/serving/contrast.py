@@ -27,8 +27,9 @@ PRESET_MODELS = ("model", "base", "aligned", "expert", "amateur", "tuned", "smal
 
 
 def expand(preset: Preset) -> tuple[list[ViewIn], Plausibility | None]:
-    """A preset as views (GUIDE §4): weights, templates and the plausibility cut. A view whose weight comes out 0
-    (alpha or lambda 0) changes nothing and is left out: ED with alpha 0 is the base model alone."""
+    """A preset as views (the papers' formulas, named in workers/decoding.py): weights, templates and the
+    plausibility cut. A view whose weight comes out 0 (alpha or lambda 0) changes nothing and is left out: ED
+    with alpha 0 is the base model alone."""
     specs, plausibility = _preset_views(preset)
     return [ViewIn(**spec) for spec in specs if spec["weight"] != 0], plausibility
 
