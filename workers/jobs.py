@@ -190,7 +190,7 @@ class JobExecutor:
             stats = capture_statistics(hidden, ids, backend.head, CAPTURE_TOPK)
             payload = {"hidden": st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})}
         else:  # logits are not W·h for this model: keep its own rows, and take the statistics from them
-            rows = backend.reference_logprobs(token_ids)[:-1]
+            rows = backend.full_rows(token_ids)[:-1]
             stats = logits_statistics(rows, ids, CAPTURE_TOPK)
             payload = {"rows": encode_arrays({"rows": rows.numpy()})}
         meta = RecordMeta(

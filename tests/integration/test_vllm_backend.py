@@ -12,13 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import DATA_DIR, MODEL
 from workers.backends.hf import HFBackend
 from workers.capture import rebuild_rows
 from workers.config import ModelSpec
-from workers.decoding import View, decode
+from workers.decoding import View, decode, tokens_before_stop
 from workers.probe import PROBE_TEXT, rebuild_error, verify_rebuild
 from workers.protocol import Sampling
 
@@ -108,24 +107,15 @@ def test_seeds_are_honoured(vllm_fp32: Any) -> None:
 
 
 def test_stop_strings_end_generation_at_the_token_that_completes_them(vllm_fp32: Any, hf: HFBackend) -> None:
+    """vLLM's sampler stops on the token that completes the stop string; what a job keeps is what comes before
+    it (tokens_before_stop), the same as our own loop keeps."""
     prompt = hf.encode(PROMPT)
     stopped = GREEDY.model_copy(update={"stop": ["Paris"]})
-    ours, reason = vllm_fp32.sample(prompt, stopped, vllm_fp32.card.eos_token_ids)
+    engine, reason = vllm_fp32.sample(prompt, stopped, vllm_fp32.card.eos_token_ids)
     theirs = decode([View(hf, prompt)], stopped, detokenize=hf.decode)
-    assert (ours, reason) == (theirs.completion, theirs.finish_reason) == (ours, "stop")
-
-
-def test_half_precision_state_rebuilds_the_engines_own_output_exactly(vllm_fp32: Any) -> None:
-    vllm_fp32.close()  # one engine pair at a time on this machine
-    backend = _vllm("bfloat16")
-    try:
-        ids = backend.encode(PROBE_TEXT)[:24]
-        hidden = backend.hidden_states(ids)
-        assert hidden.dtype == torch.bfloat16
-        assert backend.card.hidden_dtype == "bfloat16"
-        assert rebuild_error(backend, ids, "bfloat16") == 0.0
-    finally:
-        backend.close()
+    assert "Paris" in hf.decode(engine) and "Paris" not in hf.decode(engine[:-1])
+    kept = engine[: tokens_before_stop(engine, hf.decode, ["Paris"])]
+    assert (kept, reason) == (theirs.completion, theirs.finish_reason) == (engine[:-1], "stop")
 
 
 def test_cpu_engines_get_a_fixed_kv_budget_not_a_share_of_free_memory(vllm_fp32: Any) -> None:
@@ -136,3 +126,24 @@ def test_cpu_engines_get_a_fixed_kv_budget_not_a_share_of_free_memory(vllm_fp32:
         int(ENGINE["kv_cache_memory_bytes"] * 0.4),
         ENGINE["kv_cache_memory_bytes"] - int(ENGINE["kv_cache_memory_bytes"] * 0.4),
     )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "auto"])
+def test_every_dtype_rebuilds_the_engines_own_output_exactly(vllm_fp32: Any, dtype: str) -> None:
+    """Both engines run one dtype (for "auto", the one vLLM picks for generation, as `vllm serve` would), the
+    load-time probe keeps hidden states, and the rows rebuilt from them equal the engine's own
+    `prompt_logprobs=-1` rows over the whole vocabulary."""
+    vllm_fp32.close()  # one engine pair at a time on this machine
+    backend = _vllm(dtype)
+    try:
+        engines = (backend.scorer.model_config.dtype, backend.generator.model_config.dtype)
+        assert engines[0] == engines[1] == backend.dtype
+        if dtype != "auto":
+            assert str(backend.dtype) == f"torch.{dtype}"
+        verify_rebuild(backend, backend.encode(PROBE_TEXT))
+        assert backend.card.storage == "hidden" and backend.card.hidden_dtype == str(backend.dtype)[6:]
+        ids = backend.encode(TEXT)
+        assert backend.hidden_states(ids).dtype == backend.dtype
+        assert rebuild_error(backend, ids, backend.card.hidden_dtype) == 0.0
+    finally:
+        backend.close()

@@ -27,6 +27,11 @@ class Backend(Protocol):
         """The model's own float32 log-probabilities [T, V], computed its usual way (for the exactness probe)."""
         ...
 
+    def full_rows(self, token_ids: list[int]) -> torch.Tensor:
+        """float32 log-probabilities [T, V] to store when hidden states do not rebuild them (storage "rows"),
+        computed on the worker's own device, never through a per-token dict."""
+        ...
+
     def start(self, prefixes: list[list[int]]) -> tuple[Any, torch.Tensor]:
         """Prefill one decoding stream per prefix, batched into one forward; a state holding their KV caches,
         and the float32 logits [B, V] after each prefix."""

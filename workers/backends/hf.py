@@ -101,6 +101,9 @@ class HFBackend:
         logits = self.model(input_ids=torch.tensor([token_ids])).logits[0]
         return torch.log_softmax(logits.float(), dim=-1)
 
+    def full_rows(self, token_ids: list[int]) -> torch.Tensor:
+        return self.reference_logprobs(token_ids)
+
     @torch.inference_mode()
     def start(self, prefixes: list[list[int]]) -> tuple[Streams, torch.Tensor]:
         cache = DynamicCache(config=self.model.config)

