@@ -16,9 +16,10 @@ import math
 import re
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.platform.errors import error_response
+from app.platform.limits import replay_body
 from app.platform.validation import Path, Problem
 
 SUSPECT = re.compile(rb"\\u[dD][89a-fA-F]|NaN|Infinity")
@@ -90,17 +91,9 @@ class JsonBodyCheck:
                 return  # the client went away
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
+        body = b"".join(chunks)
         problem = body_problem(body)
         if problem is not None:
             await error_response(422, problem.code, problem.text(), problem.param)(scope, receive, send)
             return
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
