@@ -218,18 +218,63 @@ class JobExecutor:
     # ------------------------------------------------------------ generate
 
     def _generate(self, job: GenerateJob, backend: Backend) -> JobOutcome:
-        self._check_ids(job.prompt_ids, backend)
-        sampling = job.sampling.model_copy(
-            update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])}
-        )
+        sampling = self._generation_budget(job, backend)
         if isinstance(backend, NativeSampler):  # the engine's own sampler; the record is captured as usual
-            completion, finish_reason = backend.sample(job.prompt_ids, sampling, backend.card.eos_token_ids)
-            if finish_reason == "stop" and sampling.stop:  # the engine keeps the token that completed the stop
-                completion = completion[: tokens_before_stop(completion, backend.decode, sampling.stop)]
-            decoded = Decoded(completion, finish_reason, steps=[])
+            ((completion, finish_reason),) = backend.sample_many(
+                [job.prompt_ids], [sampling], backend.card.eos_token_ids
+            )
+            decoded = _kept(completion, finish_reason, sampling, backend)
         else:
             decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)
         return self._completed(job, self._store_completion(job.tenant, backend, job.prompt_ids, decoded), decoded)
+
+    def _generation_budget(self, job: GenerateJob, backend: Backend) -> Sampling:
+        self._check_ids(job.prompt_ids, backend)
+        return job.sampling.model_copy(update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])})
+
+    def run_generates(self, jobs: list[GenerateJob]) -> list[JobOutcome]:
+        """Generation jobs read together: on an engine with its own sampler (vLLM) those of one model run as one
+        `generate` call, the engine's continuous batch, and their records are captured in one batched pass; on
+        the others, one after another. Each job samples (and stores) what it would alone."""
+        outcomes: dict[int, JobOutcome] = {}
+        native: dict[str, list[tuple[int, Sampling]]] = {}
+        for i, job in enumerate(jobs):
+            try:
+                backend = self._backend_for(job.model, job.fingerprint)
+                if isinstance(backend, NativeSampler):
+                    native.setdefault(job.model, []).append((i, self._generation_budget(job, backend)))
+                    continue
+            except JobFailed as failed:
+                outcomes[i] = JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
+                continue
+            outcomes[i] = self.run(job)
+        for model, todo in native.items():
+            outcomes.update(self._generate_together(jobs, todo, self.backends[model]))
+        return [outcomes[i] for i in range(len(jobs))]
+
+    def _generate_together(
+        self, jobs: list[GenerateJob], todo: list[tuple[int, Sampling]], backend: Backend
+    ) -> dict[int, JobOutcome]:
+        assert isinstance(backend, NativeSampler)
+        group = [jobs[i] for i, _ in todo]
+        try:
+            results = backend.sample_many(
+                [job.prompt_ids for job in group], [sampling for _, sampling in todo], backend.card.eos_token_ids
+            )
+        except Exception:  # each alone, so that a bad one fails alone
+            log.exception("a batch of %d generations failed; running them one at a time", len(group))
+            return {i: self.run(job) for (i, _), job in zip(todo, group, strict=True)}
+        decoded = [
+            _kept(completion, reason, sampling, backend)
+            for (completion, reason), (_, sampling) in zip(results, todo, strict=True)
+        ]
+        full = [job.prompt_ids + d.completion for job, d in zip(group, decoded, strict=True)]
+        hidden = backend.hidden_states_batch(full) if backend.card.storage == "hidden" else [None] * len(full)
+        outcomes = {}
+        for (i, _), job, d, states in zip(todo, group, decoded, hidden, strict=True):
+            rid = self._store_completion(job.tenant, backend, job.prompt_ids, d, hidden=states)
+            outcomes[i] = self._completed(job, rid, d)
+        return outcomes
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:
         views = []
@@ -278,13 +323,22 @@ class JobExecutor:
             raise JobFailed("context_length_exceeded", "no room left in the context for a completion")
         return budget
 
-    def _store_completion(self, tenant: str, backend: Backend, prefix: list[int], decoded: Decoded) -> str:
+    def _store_completion(
+        self, tenant: str, backend: Backend, prefix: list[int], decoded: Decoded, hidden: torch.Tensor | None = None
+    ) -> str:
         """Capture and store the record of prefix + completion under the backend's model; its id."""
         full = prefix + decoded.completion
         options = {"kind": "generate", "n_prompt": len(prefix)}
         rid = record_id(self.secret, tenant, backend.card.fingerprint, full, options)
         self._capture_and_store(
-            tenant, rid, full, backend, kind="generate", n_prompt=len(prefix), finish_reason=decoded.finish_reason
+            tenant,
+            rid,
+            full,
+            backend,
+            kind="generate",
+            n_prompt=len(prefix),
+            finish_reason=decoded.finish_reason,
+            hidden=hidden,
         )
         return rid
 
@@ -388,6 +442,13 @@ def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
     if not np.isfinite(rows).all():
         raise JobFailed("record_corrupt", "rows hold NaN or Inf", 500)
     return rows
+
+
+def _kept(completion: list[int], finish_reason: str, sampling: Sampling, backend: Backend) -> Decoded:
+    """An engine's completion as a job keeps it: the engine keeps the token that completed a stop string."""
+    if finish_reason == "stop" and sampling.stop:
+        completion = completion[: tokens_before_stop(completion, backend.decode, sampling.stop)]
+    return Decoded(completion, finish_reason, steps=[])
 
 
 def _batches(order: list[int], jobs: list[ScoreJob]) -> list[list[int]]:

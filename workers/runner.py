@@ -32,6 +32,7 @@ from workers.protocol import (
     MAX_GROUP,
     SECRET_KEY,
     AnyJob,
+    GenerateJob,
     JobError,
     JobOutcome,
     ProtocolError,
@@ -76,7 +77,7 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.stopping = threading.Event()
-        self.running: list[tuple[str, bytes]] = []  # the stream entries being worked on
+        self.running: list[tuple[str, bytes]] = []  # the stream entries taken and not yet settled
         specs = [m for m in settings.models if not model_names or m.name in model_names]
         if not specs:
             raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
@@ -127,7 +128,7 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
 
     def _hold_running(self) -> None:
-        """Reset the idle time of the entry being worked on: XCLAIM by its own consumer with JUSTID leaves the
+        """Reset the idle time of the entries taken: XCLAIM by their own consumer with JUSTID leaves the
         delivery count alone, so only a silent (dead or stopped) worker's jobs reach the visibility timeout."""
         for stream, entry_id in list(self.running):
             self.redis.xclaim(stream, CONSUMER_GROUP, self.id, 0, [entry_id], justid=True)
@@ -220,20 +221,30 @@ class Worker:
         self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
 
     def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
-        """Entries read together: rejected and cancelled ones settle at once, scoring jobs run as batches, the
-        rest one after another."""
+        """Entries read together: rejected and cancelled ones settle at once, scoring and generation jobs run as
+        batches (generation on engines with their own sampler), the rest one after another."""
         scores: list[tuple[str, bytes, ScoreJob]] = []
+        generates: list[tuple[str, bytes, GenerateJob]] = []
         others: list[tuple[str, bytes, AnyJob]] = []
         for stream, entry_id, fields in entries:
             job = self._accept(stream, entry_id, fields)
             if isinstance(job, ScoreJob):
                 scores.append((stream, entry_id, job))
+            elif isinstance(job, GenerateJob):
+                generates.append((stream, entry_id, job))
             elif job is not None:
                 others.append((stream, entry_id, job))
-        if scores:
-            self._run([(s, e) for s, e, _ in scores], [j for _, _, j in scores], self.executor.run_scores)
-        for stream, entry_id, job in others:
-            self._run([(stream, entry_id)], [job], lambda jobs: [self.executor.run(jobs[0])])
+        # Every entry of the read is held fresh by the heartbeat until the end, also those waiting their turn.
+        self.running = [(s, e) for s, e, _ in [*scores, *generates, *others]]
+        try:
+            if scores:
+                self._run([(s, e) for s, e, _ in scores], [j for _, _, j in scores], self.executor.run_scores)
+            if generates:
+                self._run([(s, e) for s, e, _ in generates], [j for _, _, j in generates], self.executor.run_generates)
+            for stream, entry_id, job in others:
+                self._run([(stream, entry_id)], [job], lambda jobs: [self.executor.run(jobs[0])])
+        finally:
+            self.running = []
 
     def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> AnyJob | None:
         """The entry's job, or None when it was rejected (dead-lettered) or cancelled (answered as such)."""
@@ -254,17 +265,14 @@ class Worker:
         return job
 
     def _run(self, entries: list[tuple[str, bytes]], jobs: list[Any], execute: Any) -> None:
-        """Run jobs (held fresh by the heartbeat meanwhile) and settle each with its outcome."""
+        """Run jobs and settle each with its outcome."""
         started = time.perf_counter()
-        self.running = entries
         try:
             outcomes: list[JobOutcome] = execute(jobs)
         except Exception as exc:  # a bug or resource failure: report it, keep serving
             log.exception("jobs %s failed", [job.job_id for job in jobs])
             error = JobError(code="worker_error", message=type(exc).__name__, status=500)
             outcomes = [JobOutcome(job_id=job.job_id, ok=False, error=error) for job in jobs]
-        finally:
-            self.running = []
         for (stream, entry_id), job, outcome in zip(entries, jobs, outcomes, strict=True):
             self._settle(stream, entry_id, job, outcome)
             log.info(

@@ -118,6 +118,22 @@ def test_stop_strings_end_generation_at_the_token_that_completes_them(vllm_fp32:
     assert (kept, reason) == (theirs.completion, theirs.finish_reason) == (engine[:-1], "stop")
 
 
+def test_generations_together_sample_what_each_samples_alone(vllm_fp32: Any, hf: HFBackend) -> None:
+    """One `generate` call for several jobs (the engine's own batch): greedy and seeded samples, and mixed
+    lengths, equal what each gives alone."""
+    prompts = [hf.encode(PROMPT), hf.encode("Once upon a time"), hf.encode("List three colours:")]
+    samplings = [
+        GREEDY,
+        Sampling(max_tokens=12, temperature=1.0, top_p=0.9, seed=7),
+        Sampling(max_tokens=5, temperature=0.7, top_p=1.0, seed=3),
+    ]
+    eos = vllm_fp32.card.eos_token_ids
+    together = vllm_fp32.sample_many(prompts, samplings, eos)
+    alone = [vllm_fp32.sample(p, s, eos) for p, s in zip(prompts, samplings, strict=True)]
+    assert together == alone
+    assert [len(c) for c, _ in together] != [len(together[0][0])] * 3  # mixed lengths finished apart
+
+
 def test_cpu_engines_get_a_fixed_kv_budget_not_a_share_of_free_memory(vllm_fp32: Any) -> None:
     """The two engines split the spec's KV bytes 40/60, whatever the suite loaded before them."""
     scoring = vllm_fp32.scorer.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,22 @@ def test_analyses_on_vllm_records_equal_a_reference(client: httpx.Client, hf_smo
     entropy = -(np.exp(reference) * reference).sum(axis=1)
     got = np.array([t["values"]["entropy"] for t in body["tokens"]], dtype=np.float64)
     assert np.abs(got - entropy).max() <= 1e-3
+
+
+def test_concurrent_generations_equal_sequential_ones(client: httpx.Client) -> None:
+    """Generations read together by a worker run as one engine batch; each answer and record is what the same
+    request gets alone."""
+    requests = [
+        {"model": MODEL, "prompt": f"Story {i}: once upon a time", "temperature": 1.0, "seed": i, "max_tokens": 8 + i}
+        for i in range(6)
+    ]
+    with ThreadPoolExecutor(6) as pool:
+        together = [r.json() for r in pool.map(lambda body: client.post("/v1/generate", json=body), requests)]
+    alone = [client.post("/v1/generate", json=body).json() for body in requests]
+    assert [a["text"] for a in together] == [a["text"] for a in alone]
+    assert [a["record_id"] for a in together] == [a["record_id"] for a in alone]
+    for a, b in zip(together, alone, strict=True):
+        assert [t["logprob"] for t in a["tokens"]] == pytest.approx([t["logprob"] for t in b["tokens"]], abs=1e-5)
 
 
 # ---------------------------------------------------------------- engines stop with their worker (last: they stop it)

@@ -58,6 +58,12 @@ class NativeSampler(Protocol):
         """Completion ids (ending with the eos or stop token when one ended it) and "stop" or "length"."""
         ...
 
+    def sample_many(
+        self, prompts: list[list[int]], samplings: list[Sampling], eos_ids: list[int]
+    ) -> list[tuple[list[int], str]]:
+        """`sample` for several prompts at once, in the engine's own batch; each as it would be alone."""
+        ...
+
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
     """Greedy at temperature 0, else nucleus sampling (top_p) from softmax(logits / temperature)."""

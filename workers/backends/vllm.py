@@ -202,17 +202,29 @@ class VLLMBackend:
     # ------------------------------------------------------------ plain generation
 
     def sample(self, prompt_ids: list[int], sampling: Sampling, eos_ids: list[int]) -> tuple[list[int], str]:
-        params = SamplingParams(
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-            stop=sampling.stop or None,
-            stop_token_ids=eos_ids,
-        )
-        out = self.generator.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0]
-        completion = out.outputs[0]
-        return list(completion.token_ids), FINISH_REASONS.get(str(completion.finish_reason), "stop")
+        return self.sample_many([prompt_ids], [sampling], eos_ids)[0]
+
+    def sample_many(
+        self, prompts: list[list[int]], samplings: list[Sampling], eos_ids: list[int]
+    ) -> list[tuple[list[int], str]]:
+        """Several generations in one `generate` call, each with its own parameters (and seed): the engine runs
+        them as one continuous batch, and each samples what it would alone."""
+        params = [
+            SamplingParams(
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed,
+                stop=sampling.stop or None,
+                stop_token_ids=eos_ids,
+            )
+            for sampling in samplings
+        ]
+        outs = self.generator.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
+        return [
+            (list(out.outputs[0].token_ids), FINISH_REASONS.get(str(out.outputs[0].finish_reason), "stop"))
+            for out in outs
+        ]
 
     # ------------------------------------------------------------ text
 
