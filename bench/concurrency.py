@@ -1,0 +1,181 @@
+"""Scoring under concurrency, side by side in one run: `/v1/score` (full distributions kept) on the vLLM backend
+against vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`, same model, same machine)
+answering `prompt_logprobs=1`; and `/v1/score` on the transformers backend against a bare batched transformers
+forward over the same texts.
+
+Both servers are up for the whole run and measured in turns (one at a time), each request a new text (no cache
+hits), at each concurrency: tokens scored per second over the wall time of the level.
+
+Usage: python -m bench.concurrency [--levels 1 4 16] [--tokens 100 1000] [--requests 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import httpx
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from app.launcher.local_service import ROOT, LocalService, free_port
+from bench.texts import text_of_tokens
+from workers.config import PACKAGED_MODELS, CommonSettings
+from workers.models import safetensors_dir
+
+MODEL = "smollm2-135m-instruct"
+KV_BYTES = 1 << 30
+
+
+async def level(send: Callable[[int], Awaitable[int]], n: int, concurrency: int) -> float:
+    """Tokens per second for n requests, at most `concurrency` at once."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> int:
+        async with gate:
+            return await send(i)
+
+    started = time.perf_counter()
+    tokens = await asyncio.gather(*(one(i) for i in range(n)))
+    return sum(tokens) / (time.perf_counter() - started)
+
+
+def start_vllm_server(folder: str, port: int, log: Any) -> subprocess.Popen[bytes]:
+    args = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        folder,
+        "--served-model-name",
+        MODEL,
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--max-model-len",
+        "4096",
+        "--kv-cache-memory-bytes",
+        str(KV_BYTES),
+        "--max-logprobs",
+        "20",
+    ]
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(url)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    folder, _ = safetensors_dir(PACKAGED_MODELS[MODEL], CommonSettings().data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text).input_ids)
+
+    texts = {
+        n: [text_of_tokens(n, encode, salt=f"r{r}-{i}") for r in range(len(args.levels)) for i in range(args.requests)]
+        for n in args.tokens
+    }
+    ids = {n: [encode(t) for t in ts] for n, ts in texts.items()}
+    spec = {"name": MODEL, "backend": "vllm", "engine": {"max_model_len": 4096, "kv_cache_memory_bytes": KV_BYTES}}
+    port = free_port()
+    (ROOT / "artifacts").mkdir(exist_ok=True)
+    with (
+        open(ROOT / "artifacts" / "vllm-serve.log", "ab") as serve_log,
+        LocalService(env={"LOGPROBE_MODELS": json.dumps([spec]), "LOGPROBE_WORKER_BATCH_JOBS": "16"}) as ours,
+        LocalService(env={"LOGPROBE_WORKER_THREADS": "2", "LOGPROBE_WORKER_BATCH_JOBS": "16"}) as ours_hf,
+    ):
+        server = start_vllm_server(str(folder), port, serve_log)
+        try:
+            wait_up(f"http://127.0.0.1:{port}/health", server)
+            card = httpx.get(f"{ours.base_url}/v1/models").json()["data"][0]
+            print(f"vLLM backend: dtype {card['dtype']}, storage {card['storage']}; vllm serve: the same folder")
+            async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
+                print(
+                    f"{'tokens':>6s} {'conc':>5s} {'ours vLLM':>10s} {'vllm serve':>11s} {'ratio':>6s}"
+                    f" {'ours hf':>8s} {'bare hf':>8s} {'ratio':>6s}   (tokens/s)"
+                )
+                for n in args.tokens:
+                    for r, c in enumerate(args.levels):
+                        batch = list(range(r * args.requests, (r + 1) * args.requests))
+                        scored = [{"model": MODEL, "text": texts[n][i]} for i in batch]
+                        prompts = [
+                            {"model": MODEL, "prompt": ids[n][i], "max_tokens": 1, "prompt_logprobs": 1} for i in batch
+                        ]
+                        vllm_url = f"http://127.0.0.1:{port}/v1/completions"
+                        ours_rate = await level(partial(score, client, ours.base_url, scored), args.requests, c)
+                        theirs_rate = await level(partial(complete, client, vllm_url, prompts), args.requests, c)
+                        hf_rate = await level(partial(score, client, ours_hf.base_url, scored), args.requests, c)
+                        bare_rate = bare_forward(folder, [ids[n][i] for i in batch], c)
+                        print(
+                            f"{n:6d} {c:5d} {ours_rate:10.0f} {theirs_rate:11.0f} {ours_rate / theirs_rate:5.2f}x"
+                            f" {hf_rate:8.0f} {bare_rate:8.0f} {hf_rate / bare_rate:5.2f}x",
+                            flush=True,
+                        )
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+async def score(client: httpx.AsyncClient, base: str, bodies: list[dict[str, Any]], i: int) -> int:
+    answer = await client.post(f"{base}/v1/score", json=bodies[i])
+    answer.raise_for_status()
+    return int(answer.json()["n_tokens"])
+
+
+async def complete(client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]], i: int) -> int:
+    """vLLM's server scoring a prompt: one new token, and the prompt's logprobs (top-1)."""
+    answer = await client.post(url, json=bodies[i])
+    answer.raise_for_status()
+    return len(bodies[i]["prompt"])
+
+
+_MODEL: Any = None
+
+
+def bare_forward(folder: Any, sequences: list[list[int]], batch: int) -> float:
+    """Tokens per second of transformers' own forward over the sequences, `batch` at a time (right-padded)."""
+    global _MODEL
+    if _MODEL is None:
+        torch.set_num_threads(2)
+        _MODEL = AutoModelForCausalLM.from_pretrained(folder).eval()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for lo in range(0, len(sequences), batch):
+            group = sequences[lo : lo + batch]
+            width = max(len(s) for s in group)
+            ids = torch.tensor([s + [0] * (width - len(s)) for s in group])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in group])
+            _MODEL(input_ids=ids, attention_mask=mask)
+    return sum(len(s) for s in sequences) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--requests", type=int, default=16)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
