@@ -64,13 +64,7 @@ def tokens_before_stop(completion: list[int], detokenize: Callable[[list[int]], 
     (a token in which a stop string begins is dropped with the stop)."""
     text = detokenize(completion)
     cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
-    if not cuts:
-        return len(completion)
-    end = min(cuts)
-    keep = len(completion)
-    while keep > 0 and len(detokenize(completion[:keep])) > end:
-        keep -= 1
-    return keep
+    return _tokens_within(completion, detokenize, min(cuts)) if cuts else len(completion)
 
 
 def _settled(completion: list[int], detokenize: Callable[[list[int]], str], stops: list[str]) -> int:
@@ -78,8 +72,13 @@ def _settled(completion: list[int], detokenize: Callable[[list[int]], str], stop
     grow into a stop (vLLM holds back the same tail before it streams)."""
     text = detokenize(completion)
     pending = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    return _tokens_within(completion, detokenize, len(text) - pending)
+
+
+def _tokens_within(completion: list[int], detokenize: Callable[[list[int]], str], chars: int) -> int:
+    """The longest prefix of `completion` whose text is at most `chars` characters long."""
     keep = len(completion)
-    while keep > 0 and len(detokenize(completion[:keep])) > len(text) - pending:
+    while keep > 0 and len(detokenize(completion[:keep])) > chars:
         keep -= 1
     return keep
 

@@ -220,9 +220,7 @@ class JobExecutor:
     def _generate(self, job: GenerateJob, backend: Backend) -> JobOutcome:
         sampling = self._generation_budget(job, backend)
         if isinstance(backend, NativeSampler):  # the engine's own sampler; the record is captured as usual
-            ((completion, finish_reason),) = backend.sample_many(
-                [job.prompt_ids], [sampling], backend.card.eos_token_ids
-            )
+            completion, finish_reason = backend.sample(job.prompt_ids, sampling, backend.card.eos_token_ids)
             decoded = _kept(completion, finish_reason, sampling, backend)
         else:
             decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)

@@ -45,12 +45,16 @@ TenantName = Annotated[str, Field(pattern=TENANT_PATTERN)]
 RecordId = Annotated[str, Field(pattern=RECORD_ID_PATTERN)]
 
 
+_TENANT = re.compile(TENANT_PATTERN)
+_RECORD_ID = re.compile(RECORD_ID_PATTERN)
+
+
 def valid_tenant(tenant: str) -> bool:
-    return re.fullmatch(TENANT_PATTERN[1:-1], tenant) is not None
+    return _TENANT.fullmatch(tenant) is not None
 
 
 def valid_record_id(record_id: str) -> bool:
-    return re.fullmatch(RECORD_ID_PATTERN[1:-1], record_id) is not None
+    return _RECORD_ID.fullmatch(record_id) is not None
 
 
 # ---------------------------------------------------------------- keys

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -264,7 +265,9 @@ class Worker:
             return None
         return job
 
-    def _run(self, entries: list[tuple[str, bytes]], jobs: list[Any], execute: Any) -> None:
+    def _run(
+        self, entries: list[tuple[str, bytes]], jobs: list[Any], execute: Callable[[list[Any]], list[JobOutcome]]
+    ) -> None:
         """Run jobs and settle each with its outcome."""
         started = time.perf_counter()
         try:
