@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import redis
@@ -118,24 +120,16 @@ class JobExecutor:
         except Exception:  # e.g. out of memory for the batch: each job alone, so a bad one fails alone
             log.exception("a batched forward of %d jobs failed; running them one at a time", len(group))
             return {i: self.run(job) for i, job in zip(indices, group, strict=True)}
-        outcomes = {}
-        for i, job, states in zip(indices, group, hidden, strict=True):
-            try:
-                self._capture_and_store(
-                    job.tenant,
-                    job.record_id,
-                    job.token_ids,
-                    backend,
-                    kind="score",
-                    n_prompt=job.n_prompt,
-                    hidden=states,
-                )
-                outcomes[i] = JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
-            except Exception as exc:
-                log.exception("job %s failed", job.job_id)
-                error = JobError(code="worker_error", message=type(exc).__name__, status=500)
-                outcomes[i] = JobOutcome(job_id=job.job_id, ok=False, error=error)
-        return outcomes
+        return {
+            i: _alone(job, partial(self._score_stored, job, backend, states))
+            for i, job, states in zip(indices, group, hidden, strict=True)
+        }
+
+    def _score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor) -> JobOutcome:
+        self._capture_and_store(
+            job.tenant, job.record_id, job.token_ids, backend, kind="score", n_prompt=job.n_prompt, hidden=hidden
+        )
+        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
     def _backend_for(self, model: str, fingerprint: str) -> Backend:
         backend = self.backends.get(model)
@@ -268,11 +262,16 @@ class JobExecutor:
         ]
         full = [job.prompt_ids + d.completion for job, d in zip(group, decoded, strict=True)]
         hidden = backend.hidden_states_batch(full) if backend.card.storage == "hidden" else [None] * len(full)
-        outcomes = {}
-        for (i, _), job, d, states in zip(todo, group, decoded, hidden, strict=True):
-            rid = self._store_completion(job.tenant, backend, job.prompt_ids, d, hidden=states)
-            outcomes[i] = self._completed(job, rid, d)
-        return outcomes
+        return {
+            i: _alone(job, partial(self._generation_stored, job, backend, d, states))
+            for (i, _), job, d, states in zip(todo, group, decoded, hidden, strict=True)
+        }
+
+    def _generation_stored(
+        self, job: GenerateJob, backend: Backend, decoded: Decoded, hidden: torch.Tensor | None
+    ) -> JobOutcome:
+        rid = self._store_completion(job.tenant, backend, job.prompt_ids, decoded, hidden=hidden)
+        return self._completed(job, rid, decoded)
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:
         views = []
@@ -440,6 +439,22 @@ def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
     if not np.isfinite(rows).all():
         raise JobFailed("record_corrupt", "rows hold NaN or Inf", 500)
     return rows
+
+
+def worker_error(job: AnyJob, exc: Exception) -> JobOutcome:
+    """The outcome of a job that failed on something other than its input (a bug, a resource)."""
+    return JobOutcome(
+        job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)
+    )
+
+
+def _alone(job: AnyJob, work: Callable[[], JobOutcome]) -> JobOutcome:
+    """One job's outcome inside a batch: an exception fails this job alone, not the batch."""
+    try:
+        return work()
+    except Exception as exc:
+        log.exception("job %s failed", job.job_id)
+        return worker_error(job, exc)
 
 
 def _kept(completion: list[int], finish_reason: str, sampling: Sampling, backend: Backend) -> Decoded:

@@ -23,7 +23,7 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
-from workers.jobs import JobExecutor
+from workers.jobs import JobExecutor, worker_error
 from workers.lifecycle import arm_children
 from workers.probe import PROBE_TEXT, verify_rebuild
 from workers.protocol import (
@@ -274,8 +274,7 @@ class Worker:
             outcomes: list[JobOutcome] = execute(jobs)
         except Exception as exc:  # a bug or resource failure: report it, keep serving
             log.exception("jobs %s failed", [job.job_id for job in jobs])
-            error = JobError(code="worker_error", message=type(exc).__name__, status=500)
-            outcomes = [JobOutcome(job_id=job.job_id, ok=False, error=error) for job in jobs]
+            outcomes = [worker_error(job, exc) for job in jobs]
         for (stream, entry_id), job, outcome in zip(entries, jobs, outcomes, strict=True):
             self._settle(stream, entry_id, job, outcome)
             log.info(
