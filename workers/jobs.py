@@ -13,7 +13,7 @@ from safetensors.numpy import load as st_load_numpy
 from safetensors.torch import load as st_load_torch
 from safetensors.torch import save as st_save_torch
 
-from workers.backends.base import Backend, NativeSampler
+from workers.backends.base import Backend
 from workers.capture import (
     Unembedding,
     capture_statistics,
@@ -23,6 +23,7 @@ from workers.capture import (
     rebuild_rows,
 )
 from workers.decoding import Decoded, View, decode, tokens_before_stop
+from workers.generations import Finished, GenerationPool, SteppedGenerations
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
@@ -72,6 +73,8 @@ class JobExecutor:
         self.backends = backends
         self.secret = secret
         self.record_ttl_s = record_ttl_s
+        self.pools: dict[str, GenerationPool] = {}  # each model's generations in flight
+        self.admitted: dict[str, tuple[GenerateJob, Sampling]] = {}  # by job id
 
     def run(self, job: AnyJob) -> JobOutcome:
         try:
@@ -212,60 +215,95 @@ class JobExecutor:
     # ------------------------------------------------------------ generate
 
     def _generate(self, job: GenerateJob, backend: Backend) -> JobOutcome:
-        sampling = self._generation_budget(job, backend)
-        if isinstance(backend, NativeSampler):  # the engine's own sampler; the record is captured as usual
-            completion, finish_reason = backend.sample(job.prompt_ids, sampling, backend.card.eos_token_ids)
-            decoded = _kept(completion, finish_reason, sampling, backend)
-        else:
-            decoded = decode([View(backend, job.prompt_ids)], sampling, detokenize=backend.decode)
-        return self._completed(job, self._store_completion(job.tenant, backend, job.prompt_ids, decoded), decoded)
+        return self.run_generates([job])[0]
 
     def _generation_budget(self, job: GenerateJob, backend: Backend) -> Sampling:
         self._check_ids(job.prompt_ids, backend)
         return job.sampling.model_copy(update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])})
 
-    def run_generates(self, jobs: list[GenerateJob]) -> list[JobOutcome]:
-        """Generation jobs read together: on an engine with its own sampler (vLLM) those of one model run as one
-        `generate` call, the engine's continuous batch, and their records are captured in one batched pass; on
-        the others, one after another. Each job samples (and stores) what it would alone."""
-        outcomes: dict[int, JobOutcome] = {}
-        native: dict[str, list[tuple[int, Sampling]]] = {}
-        for i, job in enumerate(jobs):
+    def _pool(self, model: str) -> GenerationPool:
+        pool = self.pools.get(model)
+        if pool is None:
+            backend = self.backends[model]
+            own = getattr(backend, "generations", None)  # an engine with its own scheduler (vLLM)
+            pool = own() if own is not None else SteppedGenerations(backend, backend)  # type: ignore[arg-type]
+            self.pools[model] = pool
+        return pool
+
+    def generating(self) -> int:
+        """Generations admitted and not yet finished."""
+        return len(self.admitted)
+
+    def admit(self, jobs: list[GenerateJob]) -> list[JobOutcome]:
+        """Hand generation jobs to their model's pool, where they join the running batch at its next step; the
+        outcomes of those refused at once (bad input)."""
+        refused = []
+        for job in jobs:
             try:
                 backend = self._backend_for(job.model, job.fingerprint)
-                if isinstance(backend, NativeSampler):
-                    native.setdefault(job.model, []).append((i, self._generation_budget(job, backend)))
-                    continue
+                sampling = self._generation_budget(job, backend)
+                self._pool(job.model).join(job.job_id, job.prompt_ids, sampling)
             except JobFailed as failed:
-                outcomes[i] = JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
+                refused.append(JobOutcome(job_id=job.job_id, ok=False, error=failed.error))
                 continue
-            outcomes[i] = self.run(job)
-        for model, todo in native.items():
-            outcomes.update(self._generate_together(jobs, todo, self.backends[model]))
-        return [outcomes[i] for i in range(len(jobs))]
+            except Exception as exc:  # the engine refused it: this job fails alone
+                log.exception("job %s could not join the generations of %s", job.job_id, job.model)
+                refused.append(worker_error(job, exc))
+                continue
+            self.admitted[job.job_id] = (job, sampling)
+        return refused
 
-    def _generate_together(
-        self, jobs: list[GenerateJob], todo: list[tuple[int, Sampling]], backend: Backend
-    ) -> dict[int, JobOutcome]:
-        assert isinstance(backend, NativeSampler)
-        group = [jobs[i] for i, _ in todo]
-        try:
-            results = backend.sample_many(
-                [job.prompt_ids for job in group], [sampling for _, sampling in todo], backend.card.eos_token_ids
-            )
-        except Exception:  # each alone, so that a bad one fails alone
-            log.exception("a batch of %d generations failed; running them one at a time", len(group))
-            return {i: self.run(job) for (i, _), job in zip(todo, group, strict=True)}
+    def advance(self) -> list[tuple[GenerateJob, JobOutcome]]:
+        """One step of every pool with work; the jobs that finished, their records stored. A pool that fails
+        fails the jobs it held (each gets a worker_error), and starts afresh."""
+        done: list[tuple[GenerateJob, JobOutcome]] = []
+        for model, pool in list(self.pools.items()):
+            if not len(pool):
+                continue
+            try:
+                finished = pool.advance()
+            except Exception as exc:
+                log.exception("the generations of %s failed", model)
+                del self.pools[model]
+                for key in pool.abandon():
+                    job, _ = self.admitted.pop(key)
+                    done.append((job, worker_error(job, exc)))
+                continue
+            done.extend(self._store_finished(finished, self.backends[model]))
+        return done
+
+    def run_generates(self, jobs: list[GenerateJob]) -> list[JobOutcome]:
+        """Run generation jobs to their end (with whatever else the pools hold); their outcomes, in order.
+        Other jobs that finish meanwhile are kept for the next `advance`."""
+        outcomes = {o.job_id: o for o in self.admit(jobs)}
+        while any(job.job_id not in outcomes for job in jobs):
+            for job, outcome in self.advance():
+                outcomes[job.job_id] = outcome
+        return [outcomes.pop(job.job_id) for job in jobs]
+
+    def _store_finished(self, finished: list[Finished], backend: Backend) -> list[tuple[GenerateJob, JobOutcome]]:
+        """Store the records of generations that ended together, their states captured in one batched pass."""
+        failed = [(f, self.admitted.pop(f.key)[0]) for f in finished if f.error is not None]
+        done = [(job, worker_error(job, f.error)) for f, job in failed if f.error is not None]
+        finished = [f for f in finished if f.error is None]
+        if not finished:
+            return done
+        jobs = [self.admitted.pop(f.key) for f in finished]
         decoded = [
-            _kept(completion, reason, sampling, backend)
-            for (completion, reason), (_, sampling) in zip(results, todo, strict=True)
+            _kept(f.completion, f.finish_reason, sampling, backend)
+            for f, (_, sampling) in zip(finished, jobs, strict=True)
         ]
-        full = [job.prompt_ids + d.completion for job, d in zip(group, decoded, strict=True)]
-        hidden = backend.hidden_states_batch(full) if backend.card.storage == "hidden" else [None] * len(full)
-        return {
-            i: _alone(job, partial(self._generation_stored, job, backend, d, states))
-            for (i, _), job, d, states in zip(todo, group, decoded, hidden, strict=True)
-        }
+        full = [job.prompt_ids + d.completion for (job, _), d in zip(jobs, decoded, strict=True)]
+        hidden: list[torch.Tensor | None] = [None] * len(full)
+        if backend.card.storage == "hidden":
+            try:
+                hidden = list(backend.hidden_states_batch(full))
+            except Exception:  # each captures its own, so that a bad one fails alone
+                log.exception("a batched capture of %d generations failed; capturing them one at a time", len(full))
+        return done + [
+            (job, _alone(job, partial(self._generation_stored, job, backend, d, states)))
+            for (job, _), d, states in zip(jobs, decoded, hidden, strict=True)
+        ]
 
     def _generation_stored(
         self, job: GenerateJob, backend: Backend, decoded: Decoded, hidden: torch.Tensor | None

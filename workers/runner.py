@@ -68,6 +68,11 @@ class WorkerSettings(CommonSettings):
     # Stream entries taken per read: scoring jobs among them share batched forwards. Kept small, so that one busy
     # worker does not hold jobs that an idle one could run.
     worker_batch_jobs: int = Field(default=8, ge=1, le=256)
+    # Generations decoding together (they join and leave the running batch at every step), bounded in number and
+    # in tokens (prompt + max_tokens each: what their KV caches may grow to). A generation larger than the token
+    # budget still runs, once nothing else is generating.
+    worker_max_sequences: int = Field(default=32, ge=1, le=1024)
+    worker_generation_tokens: int = Field(default=65536, ge=1)
 
 
 class Worker:
@@ -78,7 +83,11 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.stopping = threading.Event()
-        self.running: list[tuple[str, bytes]] = []  # the stream entries taken and not yet settled
+        self.done = threading.Event()  # set when serve() returns; the heartbeat holds jobs until then
+        self.held: dict[tuple[str, bytes], AnyJob] = {}  # the stream entries taken and not yet settled
+        self.held_lock = threading.Lock()
+        self.waiting: list[tuple[str, bytes, GenerateJob]] = []  # generations read, waiting for room in the batch
+        self.generating: dict[str, tuple[str, bytes, int]] = {}  # job id -> its entry and its token budget
         specs = [m for m in settings.models if not model_names or m.name in model_names]
         if not specs:
             raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
@@ -121,7 +130,7 @@ class Worker:
 
     def _heartbeat(self) -> None:
         beat = min(HEARTBEAT_S, self.settings.visibility_timeout_s / 3)  # refreshes well inside the timeout
-        while not self.stopping.wait(beat):
+        while not self.done.wait(beat):
             try:
                 self._announce()
                 self._hold_running()
@@ -131,7 +140,9 @@ class Worker:
     def _hold_running(self) -> None:
         """Reset the idle time of the entries taken: XCLAIM by their own consumer with JUSTID leaves the
         delivery count alone, so only a silent (dead or stopped) worker's jobs reach the visibility timeout."""
-        for stream, entry_id in list(self.running):
+        with self.held_lock:
+            held = list(self.held)
+        for stream, entry_id in held:
             self.redis.xclaim(stream, CONSUMER_GROUP, self.id, 0, [entry_id], justid=True)
 
     def _retire(self) -> None:
@@ -141,39 +152,50 @@ class Worker:
     # ------------------------------------------------------------ consuming
 
     def serve(self) -> None:
+        """Read jobs as they arrive and run them: scoring and other jobs at once, generations by joining the running
+        batch, which moves one step between reads. A stopping worker takes nothing new and finishes what it holds."""
         self._announce()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         log.info("worker %s serving %s", self.id, sorted(self.backends))
         last_reclaim = 0.0
         backoff = 0.5
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() or self.generating or self.waiting:
             try:
-                if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
-                    last_reclaim = time.monotonic()
-                    self._reclaim()
-                read: Any = self.redis.xreadgroup(
-                    CONSUMER_GROUP,
-                    self.id,
-                    self.streams,  # type: ignore[arg-type]
-                    count=self.settings.worker_batch_jobs,
-                    block=1000,
-                )
-                self._handle_many(
-                    [
-                        (stream.decode(), entry_id, fields)
-                        for stream, entries in read or []
-                        for entry_id, fields in entries
-                    ]
-                )
+                busy = bool(self.generating or self.waiting)
+                if not self.stopping.is_set():
+                    if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
+                        last_reclaim = time.monotonic()
+                        self._reclaim()
+                    room = self.settings.worker_max_sequences - len(self.generating) - len(self.waiting)
+                    if room > 0:
+                        read: Any = self.redis.xreadgroup(
+                            CONSUMER_GROUP,
+                            self.id,
+                            self.streams,  # type: ignore[arg-type]
+                            count=min(self.settings.worker_batch_jobs, room),
+                            block=None if busy else 1000,  # a running batch only looks for newcomers
+                        )
+                        self._handle_many(
+                            [
+                                (stream.decode(), entry_id, fields)
+                                for stream, entries in read or []
+                                for entry_id, fields in entries
+                            ]
+                        )
+                if self.generating or self.waiting:
+                    self._advance()
                 backoff = 0.5
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._announce()  # Redis lost its data (restart without persistence): recreate the groups
             except redis.ConnectionError as exc:
+                if self.stopping.is_set():  # what it held is reclaimed by others after the visibility timeout
+                    break
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+        self.done.set()
         self._retire()
         log.info("worker %s stopped", self.id)
 
@@ -222,30 +244,65 @@ class Worker:
         self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
 
     def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
-        """Entries read together: rejected and cancelled ones settle at once, scoring and generation jobs run as
-        batches (generation on engines with their own sampler), the rest one after another."""
+        """Entries read together: rejected and cancelled ones settle at once, scoring jobs run as batched forwards,
+        generations join the running batch (or wait for room in it), the rest run one after another."""
         scores: list[tuple[str, bytes, ScoreJob]] = []
-        generates: list[tuple[str, bytes, GenerateJob]] = []
         others: list[tuple[str, bytes, AnyJob]] = []
         for stream, entry_id, fields in entries:
             job = self._accept(stream, entry_id, fields)
+            if job is None:
+                continue
+            self._hold(stream, entry_id, job)  # held fresh by the heartbeat until settled
             if isinstance(job, ScoreJob):
                 scores.append((stream, entry_id, job))
             elif isinstance(job, GenerateJob):
-                generates.append((stream, entry_id, job))
-            elif job is not None:
+                self.waiting.append((stream, entry_id, job))
+            else:
                 others.append((stream, entry_id, job))
-        # Every entry of the read is held fresh by the heartbeat until the end, also those waiting their turn.
-        self.running = [(s, e) for s, e, _ in [*scores, *generates, *others]]
+        self._admit()
         try:
             if scores:
                 self._run([(s, e) for s, e, _ in scores], [j for _, _, j in scores], self.executor.run_scores)
-            if generates:
-                self._run([(s, e) for s, e, _ in generates], [j for _, _, j in generates], self.executor.run_generates)
             for stream, entry_id, job in others:
                 self._run([(stream, entry_id)], [job], lambda jobs: [self.executor.run(jobs[0])])
-        finally:
-            self.running = []
+        finally:  # none stays held after a failure: the visibility timeout hands it to another delivery
+            with self.held_lock:
+                for stream, entry_id, _ in [*scores, *others]:
+                    self.held.pop((stream, entry_id), None)
+
+    def _hold(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
+        with self.held_lock:
+            self.held[(stream, entry_id)] = job
+
+    def _admit(self) -> None:
+        """Move waiting generations into the running batch while they fit its token budget."""
+        used = sum(tokens for _, _, tokens in self.generating.values())
+        while self.waiting:
+            stream, entry_id, job = self.waiting[0]
+            tokens = len(job.prompt_ids) + job.sampling.max_tokens
+            if self.generating and used + tokens > self.settings.worker_generation_tokens:
+                return
+            self.waiting.pop(0)
+            used += tokens
+            self.generating[job.job_id] = (stream, entry_id, tokens)
+            try:
+                refused = self.executor.admit([job])
+            except Exception as exc:  # a bug: this job fails alone
+                log.exception("job %s could not be admitted", job.job_id)
+                refused = [worker_error(job, exc)]
+            for outcome in refused:
+                self._finish(job, outcome)
+
+    def _advance(self) -> None:
+        """One step of the running generations; settle those that ended, and let waiting ones in."""
+        for job, outcome in self.executor.advance():
+            self._finish(job, outcome)
+        self._admit()
+
+    def _finish(self, job: GenerateJob, outcome: JobOutcome) -> None:
+        stream, entry_id, _ = self.generating.pop(job.job_id)
+        self._settle(stream, entry_id, job, outcome)
+        log.info("job %s generate %s", job.job_id, "ok" if outcome.ok else outcome.error)
 
     def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> AnyJob | None:
         """The entry's job, or None when it was rejected (dead-lettered) or cancelled (answered as such)."""
@@ -300,7 +357,11 @@ class Worker:
             pipe.publish(DONE_CHANNEL, job.job_id)
         pipe.xack(stream, CONSUMER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
-        pipe.execute()
+        try:
+            pipe.execute()
+        finally:  # settled, or (Redis failed) left to the visibility timeout: another delivery will answer it
+            with self.held_lock:
+                self.held.pop((stream, entry_id), None)
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self.stopping.set()

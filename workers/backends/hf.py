@@ -6,9 +6,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from workers.backends.cards import build_card
 from workers.capture import Unembedding
@@ -23,11 +25,70 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class Streams:
-    """Decoding streams of one model: a shared KV cache, and for a padded batch its mask and next positions."""
+    """Decoding streams of one model: a shared KV cache, and for a padded batch its mask and next positions.
+
+    A padded batch is left-padded: every row's real tokens end at the last column, so the cache's columns, the
+    mask's and (for sliding-window layers) the window all line up from the right."""
 
     cache: DynamicCache
     mask: torch.Tensor | None = None
     positions: torch.Tensor | None = None
+
+    def padded(self) -> Streams:
+        """The same streams with a mask and positions (a lone unpadded stream gets an all-ones mask)."""
+        if self.mask is None or self.positions is None:
+            length = self.cache.get_seq_length()
+            return Streams(self.cache, torch.ones(1, length, dtype=torch.long), torch.tensor([length]))
+        return self
+
+
+def can_join(streams: Streams) -> bool:
+    """Whether rows can join and leave these streams: caches of plain and sliding-window attention layers."""
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in streams.cache.layers)
+
+
+def _stacked(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cached states [B, H, T, D] of two batches as one: the one with fewer columns is left-padded with zeros."""
+    width = max(x.shape[2], y.shape[2])
+    return torch.cat([torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) for t in (x, y)])
+
+
+def join_streams(a: Streams, b: Streams) -> Streams:
+    """One batch of the rows of `a` then those of `b`: the shorter side is left-padded (masked) to the longer."""
+    a, b = a.padded(), b.padded()
+    assert a.mask is not None and b.mask is not None and a.positions is not None and b.positions is not None
+    length = max(a.mask.shape[1], b.mask.shape[1])
+    layers: list[tuple[Any, Any]] = list(zip(a.cache.layers, b.cache.layers, strict=True))
+    for mine, theirs in layers:
+        mine.keys, mine.values = _stacked(mine.keys, theirs.keys), _stacked(mine.values, theirs.values)
+        if isinstance(mine, DynamicSlidingWindowLayer):
+            mine.cumulative_length = length
+    mask = torch.cat([_pad_mask(a.mask, length), _pad_mask(b.mask, length)])
+    return Streams(a.cache, mask, torch.cat([a.positions, b.positions]))
+
+
+def _pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros(mask.shape[0], length - mask.shape[1]), mask], dim=1)
+
+
+def keep_streams(streams: Streams, rows: list[int]) -> Streams:
+    """Only `rows` of the batch, and without the leading columns that are padding in every row left."""
+    s = streams.padded()
+    assert s.mask is not None and s.positions is not None
+    index = torch.tensor(rows, dtype=torch.long)
+    mask = s.mask[index]
+    used = mask.any(dim=0).nonzero()
+    drop = int(used[0]) if len(used) else mask.shape[1]
+    mask = mask[:, drop:]
+    length = mask.shape[1]
+    layers: list[Any] = list(s.cache.layers)
+    for layer in layers:
+        keys, values = layer.keys[index], layer.values[index]
+        keep = min(keys.shape[2], length)  # a sliding window keeps at most its last columns
+        layer.keys, layer.values = keys[:, :, keys.shape[2] - keep :], values[:, :, values.shape[2] - keep :]
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = length
+    return Streams(s.cache, mask, s.positions[index])
 
 
 class HFBackend:
@@ -140,6 +201,11 @@ class HFBackend:
         ).last_hidden_state[:, -1]
         state.positions = state.positions + 1
         return self.head.logits(hidden)
+
+    # Rows join and leave a running batch of streams (workers/generations.py).
+    can_join = staticmethod(can_join)
+    join_streams = staticmethod(join_streams)
+    keep_streams = staticmethod(keep_streams)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)

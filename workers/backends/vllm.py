@@ -26,9 +26,11 @@ one prefill of the stream rather than one token (vLLM's `logprobs=-1` would cost
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,12 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 from vllm import LLM, SamplingParams
 from vllm.config import PoolerConfig
 from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
 
 from workers.backends.cards import build_card
 from workers.capture import Unembedding
 from workers.config import ModelSpec
+from workers.generations import Finished
 from workers.models import safetensors_dir, served_fingerprint
 from workers.protocol import Sampling
 
@@ -209,22 +213,13 @@ class VLLMBackend:
     ) -> list[tuple[list[int], str]]:
         """Several generations in one `generate` call, each with its own parameters (and seed): the engine runs
         them as one continuous batch, and each samples what it would alone."""
-        params = [
-            SamplingParams(
-                max_tokens=sampling.max_tokens,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                seed=sampling.seed,
-                stop=sampling.stop or None,
-                stop_token_ids=eos_ids,
-            )
-            for sampling in samplings
-        ]
+        params = [sampling_params(sampling, eos_ids) for sampling in samplings]
         outs = self.generator.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
-        return [
-            (list(out.outputs[0].token_ids), FINISH_REASONS.get(str(out.outputs[0].finish_reason), "stop"))
-            for out in outs
-        ]
+        return [_completion(out) for out in outs]
+
+    def generations(self) -> EngineGenerations:
+        """A pool feeding the generate engine as jobs arrive (the worker's continuous batch)."""
+        return EngineGenerations(self.generator, self.card.eos_token_ids)
 
     # ------------------------------------------------------------ text
 
@@ -236,3 +231,60 @@ class VLLMBackend:
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+
+def sampling_params(sampling: Sampling, eos_ids: list[int]) -> SamplingParams:
+    """vLLM's parameters for a job's sampling (its stop strings, and the model's end-of-sequence ids)."""
+    return SamplingParams(
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+        stop=sampling.stop or None,
+        stop_token_ids=eos_ids,
+    )
+
+
+def _completion(out: Any) -> tuple[list[int], str]:
+    return list(out.outputs[0].token_ids), FINISH_REASONS.get(str(out.outputs[0].finish_reason), "stop")
+
+
+class EngineGenerations:
+    """Generations handed to the generate engine as they arrive: the engine's scheduler takes each into its
+    running batch at its next step (vLLM's continuous batching), and `advance` collects one step's results.
+
+    The engine core runs in its own process and keeps decoding between calls; while this pool has requests in
+    flight, nothing else may drive the same engine (`LLM.generate` would collect their outputs)."""
+
+    def __init__(self, engine: LLM, eos_ids: list[int]) -> None:
+        self.engine = engine
+        self.eos_ids = eos_ids
+        self.keys: dict[str, str] = {}  # our request id (vLLM's external id, which its outputs carry) -> key
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def join(self, key: str, prompt_ids: list[int], sampling: Sampling) -> None:
+        params = sampling_params(sampling, self.eos_ids)
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # as `LLM.generate` asks: one output, when it ends
+        request = f"pool-{uuid.uuid4().hex}"
+        self.engine.llm_engine.add_request(request, TokensPrompt(prompt_token_ids=prompt_ids), params)
+        self.keys[request] = key
+
+    def advance(self) -> list[Finished]:
+        """One engine step (it blocks until the engine has produced one); the generations that ended in it."""
+        if not self.keys:
+            return []
+        finished = []
+        for out in self.engine.llm_engine.step():
+            if out.finished and out.request_id in self.keys:
+                completion, reason = _completion(out)
+                finished.append(Finished(self.keys.pop(out.request_id), completion, reason))
+        return finished
+
+    def abandon(self) -> list[str]:
+        """Abort every request in flight (after a failure); the keys dropped."""
+        keys, self.keys = self.keys, {}
+        with contextlib.suppress(Exception):
+            self.engine.llm_engine.abort_request(list(keys))
+        return list(keys.values())

@@ -1,0 +1,158 @@
+"""Plain generations of one model decoding as one batch, step by step: sequences join and leave as they arrive
+and finish (continuous batching on our own loop, for backends that expose start/step, i.e. transformers).
+
+Each sequence samples exactly as it would alone (`decoding.decode` with one view): its own seeded generator, the
+same distribution from its own logits row, the same stop, end-of-sequence and length rules. Rows join through one
+batched prefill and leave without disturbing the others (`hf.join_streams`, `hf.keep_streams`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from workers.backends.base import Backend, sample_next, stop_hit
+from workers.decoding import combine, tokens_before_stop
+from workers.protocol import Sampling
+
+
+@dataclass
+class Finished:
+    """A generation that ended: its completion (cut before a stop string) and why it ended, or the error that
+    ended it alone (its prefill failed)."""
+
+    key: str
+    completion: list[int]
+    finish_reason: str
+    error: Exception | None = None
+
+
+class GenerationPool(Protocol):
+    """Generations of one model in flight; `advance` moves each one step and hands back those that ended."""
+
+    def join(self, key: str, prompt_ids: list[int], sampling: Sampling) -> None: ...
+
+    def advance(self) -> list[Finished]: ...
+
+    def abandon(self) -> list[str]:
+        """Drop every generation (after a failure); their keys."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class _Sequence:
+    key: str
+    sampling: Sampling
+    generator: torch.Generator
+    completion: list[int] = field(default_factory=list)
+
+
+class JoinableStreams(Protocol):
+    """A backend whose decoding streams (from `start`) can take in and let go of rows between steps."""
+
+    def can_join(self, streams: Any) -> bool: ...
+
+    def join_streams(self, a: Any, b: Any) -> Any: ...
+
+    def keep_streams(self, streams: Any, rows: list[int]) -> Any: ...
+
+
+class SteppedGenerations:
+    """The pool of a backend that decodes through `start`/`step` over joinable streams (transformers)."""
+
+    def __init__(self, backend: Backend, streams: JoinableStreams) -> None:
+        self.backend = backend
+        self.eos = set(backend.card.eos_token_ids)
+        self.ops = streams
+        self.rows: list[_Sequence] = []
+        self.streams: Any = None
+        self.logits: torch.Tensor | None = None  # [rows, V]: every row's next-token logits, ready to sample
+        self.waiting: list[tuple[_Sequence, list[int]]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.waiting)
+
+    def join(self, key: str, prompt_ids: list[int], sampling: Sampling) -> None:
+        """Queue a generation; it is prefilled (with the others that joined since the last step) at the next
+        `advance`."""
+        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.waiting.append((_Sequence(key, sampling, torch.Generator().manual_seed(seed)), list(prompt_ids)))
+
+    def _prefill_waiting(self) -> list[Finished]:
+        """Prefill the sequences waiting, as one batch, and add them to the running one (a cache that cannot
+        take in rows lets them wait until the running batch is done)."""
+        if self.streams is not None and not self.ops.can_join(self.streams):
+            return []
+        joining, self.waiting = self.waiting, []
+        try:
+            streams, logits = self.backend.start([prompt for _, prompt in joining])
+        except Exception as exc:  # e.g. out of memory: each alone, so that a bad one fails alone
+            if len(joining) == 1:
+                return [Finished(joining[0][0].key, [], "error", exc)]
+            failed = []
+            for one in joining:
+                self.waiting = [one]
+                failed.extend(self._prefill_waiting())
+            return failed
+        self._add(joining, streams, logits)
+        return []
+
+    def _add(self, joining: list[tuple[_Sequence, list[int]]], streams: Any, logits: torch.Tensor) -> None:
+        if self.streams is None:
+            self.streams, self.logits = streams, logits
+        else:
+            assert self.logits is not None
+            self.streams = self.ops.join_streams(self.streams, streams)
+            self.logits = torch.cat([self.logits, logits])
+        self.rows.extend(sequence for sequence, _ in joining)
+
+    def advance(self) -> list[Finished]:
+        """Sample one token for every sequence, hand back those that ended, and run one batched forward for the
+        rest."""
+        finished = self._prefill_waiting() if self.waiting else []
+        if not self.rows:
+            return finished
+        assert self.logits is not None
+        staying: list[int] = []
+        for row, sequence in enumerate(self.rows):
+            done = self._sample(sequence, self.logits[row])
+            if done is None:
+                staying.append(row)
+            else:
+                finished.append(done)
+        if not staying:
+            self.rows, self.streams, self.logits = [], None, None
+            return finished
+        tokens = [self.rows[row].completion[-1] for row in staying]
+        if len(staying) < len(self.rows):
+            self.streams = self.ops.keep_streams(self.streams, staying)
+            self.rows = [self.rows[row] for row in staying]
+        self.logits = self.backend.step(self.streams, tokens)
+        return finished
+
+    def _sample(self, sequence: _Sequence, logits: torch.Tensor) -> Finished | None:
+        """One step of `decoding.decode` for one view of weight 1: the same numbers, the same rules."""
+        sampling = sequence.sampling
+        combined = combine([torch.log_softmax(logits.double(), dim=-1)], [1.0], None)
+        token = sample_next(combined, sampling, sequence.generator)
+        sequence.completion.append(token)
+        completion = sequence.completion
+        if sampling.stop and stop_hit(self.backend.decode(completion), sampling.stop):
+            keep = tokens_before_stop(completion, self.backend.decode, sampling.stop)
+            return Finished(sequence.key, completion[:keep], "stop")
+        if token in self.eos:
+            return Finished(sequence.key, completion, "stop")
+        if len(completion) >= sampling.max_tokens:
+            return Finished(sequence.key, completion, "length")
+        return None
+
+    def abandon(self) -> list[str]:
+        """Drop every sequence (after a failure); the keys dropped."""
+        keys = [s.key for s in self.rows] + [s.key for s, _ in self.waiting]
+        self.rows, self.waiting, self.streams, self.logits = [], [], None, None
+        return keys
