@@ -1,12 +1,16 @@
-"""Scoring under concurrency, side by side in one run: `/v1/score` (full distributions kept) on the vLLM backend
-against vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`, same model, same machine)
-answering `prompt_logprobs=1`; and `/v1/score` on the transformers backend against a bare batched transformers
-forward over the same texts.
+"""Scoring and generation under concurrency, side by side in one run.
 
-Both servers are up for the whole run and measured in turns (one at a time), each request a new text (no cache
-hits), at each concurrency: tokens scored per second over the wall time of the level.
+Scoring: `/v1/score` (full distributions kept) on the vLLM backend against vLLM's own OpenAI server
+(`python -m vllm.entrypoints.openai.api_server`, same model, same machine) answering `prompt_logprobs=1`; and
+`/v1/score` on the transformers backend against a bare batched transformers forward over the same texts.
+Generation: `/v1/generate` (greedy, the whole record kept) on the vLLM backend against the same vLLM server
+generating with `logprobs=20`.
 
-Usage: python -m bench.concurrency [--levels 1 4 16] [--tokens 100 1000] [--requests 16]
+All servers are up for the whole run and measured in turns (one at a time), each request a new text (no cache
+hits); a level sends max(--requests, concurrency) requests: tokens scored (or generated) per second over its wall
+time.
+
+Usage: python -m bench.concurrency [--levels 1 4 16 64] [--tokens 100 1000] [--requests 16] [--generate 64]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from workers.models import safetensors_dir
 
 MODEL = "smollm2-135m-instruct"
 KV_BYTES = 1 << 30
+GENERATE_PROMPT = 100  # tokens of each generation's prompt
 
 
 async def level(send: Callable[[int], Awaitable[int]], n: int, concurrency: int) -> float:
@@ -91,9 +96,10 @@ async def main_async(args: argparse.Namespace) -> None:
     def encode(text: str) -> list[int]:
         return list(tokenizer(text).input_ids)
 
+    sizes = [max(args.requests, c) for c in args.levels]
     texts = {
-        n: [text_of_tokens(n, encode, salt=f"r{r}-{i}") for r in range(len(args.levels)) for i in range(args.requests)]
-        for n in args.tokens
+        n: [text_of_tokens(n, encode, salt=f"r{r}-{i}") for r in range(len(args.levels)) for i in range(sizes[r])]
+        for n in [*args.tokens, GENERATE_PROMPT]
     }
     ids = {n: [encode(t) for t in ts] for n, ts in texts.items()}
     spec = {"name": MODEL, "backend": "vllm", "engine": {"max_model_len": 4096, "kv_cache_memory_bytes": KV_BYTES}}
@@ -116,24 +122,49 @@ async def main_async(args: argparse.Namespace) -> None:
                 )
                 for n in args.tokens:
                     for r, c in enumerate(args.levels):
-                        batch = list(range(r * args.requests, (r + 1) * args.requests))
+                        batch = list(range(sum(sizes[:r]), sum(sizes[: r + 1])))
                         scored = [{"model": MODEL, "text": texts[n][i]} for i in batch]
                         prompts = [
                             {"model": MODEL, "prompt": ids[n][i], "max_tokens": 1, "prompt_logprobs": 1} for i in batch
                         ]
                         vllm_url = f"http://127.0.0.1:{port}/v1/completions"
-                        ours_rate = await level(partial(score, client, ours.base_url, scored), args.requests, c)
-                        theirs_rate = await level(partial(complete, client, vllm_url, prompts), args.requests, c)
-                        hf_rate = await level(partial(score, client, ours_hf.base_url, scored), args.requests, c)
+                        ours_rate = await level(partial(score, client, ours.base_url, scored), len(batch), c)
+                        theirs_rate = await level(partial(complete, client, vllm_url, prompts), len(batch), c)
+                        hf_rate = await level(partial(score, client, ours_hf.base_url, scored), len(batch), c)
                         bare_rate = bare_forward(folder, [ids[n][i] for i in batch], c)
                         print(
                             f"{n:6d} {c:5d} {ours_rate:10.0f} {theirs_rate:11.0f} {ours_rate / theirs_rate:5.2f}x"
                             f" {hf_rate:8.0f} {bare_rate:8.0f} {hf_rate / bare_rate:5.2f}x",
                             flush=True,
                         )
+                if args.generate:
+                    await generation(client, ours.base_url, f"http://127.0.0.1:{port}", texts, sizes, args)
         finally:
             server.terminate()
             server.wait(timeout=60)
+
+
+async def generation(
+    client: httpx.AsyncClient, ours: str, theirs: str, texts: dict[int, list[str]], sizes: list[int], args: Any
+) -> None:
+    """Greedy generation of up to --generate tokens after a ~100-token prompt: ours (the record kept) against vLLM's
+    server returning the top 20 logprobs of each generated token."""
+    print(f"{'new':>6s} {'conc':>5s} {'ours vLLM':>10s} {'vllm serve':>11s} {'ratio':>6s}   (generated tokens/s)")
+    for r, c in enumerate(args.levels):
+        batch = texts[GENERATE_PROMPT][sum(sizes[:r]) : sum(sizes[: r + 1])]
+        common = {"model": MODEL, "max_tokens": args.generate, "temperature": 0.0}
+        ours_bodies = [{**common, "prompt": t} for t in batch]
+        their_bodies = [{**common, "prompt": t, "logprobs": 20} for t in batch]
+        ours_rate = await level(partial(generated, client, f"{ours}/v1/generate", ours_bodies), len(batch), c)
+        theirs_rate = await level(partial(generated, client, f"{theirs}/v1/completions", their_bodies), len(batch), c)
+        ratio = ours_rate / theirs_rate
+        print(f"{args.generate:6d} {c:5d} {ours_rate:10.0f} {theirs_rate:11.0f} {ratio:5.2f}x", flush=True)
+
+
+async def generated(client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]], i: int) -> int:
+    answer = await client.post(url, json=bodies[i])
+    answer.raise_for_status()
+    return int(answer.json()["usage"]["completion_tokens"])
 
 
 async def score(client: httpx.AsyncClient, base: str, bodies: list[dict[str, Any]], i: int) -> int:
@@ -171,9 +202,10 @@ def bare_forward(folder: Any, sequences: list[list[int]], batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--tokens", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--generate", type=int, default=64, help="new tokens per generation (0: skip)")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -22,8 +21,9 @@ from workers.capture import (
     logits_statistics,
     rebuild_rows,
 )
-from workers.decoding import Decoded, View, decode, tokens_before_stop
-from workers.generations import Finished, GenerationPool, SteppedGenerations
+from workers.decoding import Decoded, View, decode
+from workers.in_flight import InFlight
+from workers.outcomes import JobFailed, alone, refused
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
@@ -34,7 +34,6 @@ from workers.protocol import (
     ContrastJob,
     CrossJob,
     GenerateJob,
-    JobError,
     JobOutcome,
     ProtocolError,
     RecordMeta,
@@ -59,22 +58,13 @@ STEPS_TTL_S = 3600
 BATCH_TOKENS = 8192  # padded tokens in one batched scoring forward
 
 
-class JobFailed(Exception):
-    """A job that cannot be done as asked; becomes an error outcome the gateway turns into a 4xx."""
-
-    def __init__(self, code: str, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.error = JobError(code=code, message=message, status=status)
-
-
 class JobExecutor:
     def __init__(self, client: redis.Redis, backends: dict[str, Backend], secret: bytes, record_ttl_s: int) -> None:
         self.redis = client
         self.backends = backends
         self.secret = secret
         self.record_ttl_s = record_ttl_s
-        self.pools: dict[str, GenerationPool] = {}  # each model's generations in flight
-        self.admitted: dict[str, tuple[GenerateJob, Sampling]] = {}  # by job id
+        self.in_flight = InFlight(self)  # generations, and scoring on engines with their own scheduler
 
     def run(self, job: AnyJob) -> JobOutcome:
         try:
@@ -82,14 +72,14 @@ class JobExecutor:
                 return self._cross(job)
             if isinstance(job, ContrastJob):
                 return self._contrast(job)
-            backend = self._backend_for(job.model, job.fingerprint)
+            backend = self.backend_for(job.model, job.fingerprint)
             if isinstance(job, ScoreJob):
                 return self._score(job, backend)
             if isinstance(job, GenerateJob):
-                return self._generate(job, backend)
+                return self.in_flight.run([job])[0]
             return self._rows(job, backend)
         except JobFailed as failed:
-            return JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
+            return refused(job, failed)
 
     def run_scores(self, jobs: list[ScoreJob]) -> list[JobOutcome]:
         """Scoring jobs read together: those of one model that need a forward share batched forwards (of at
@@ -99,12 +89,12 @@ class JobExecutor:
         todo: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             try:
-                backend = self._backend_for(job.model, job.fingerprint)
-                self._check_ids(job.token_ids, backend)
+                backend = self.backend_for(job.model, job.fingerprint)
+                self.check_ids(job.token_ids, backend)
             except JobFailed as failed:
-                outcomes[i] = JobOutcome(job_id=job.job_id, ok=False, error=failed.error)
+                outcomes[i] = refused(job, failed)
                 continue
-            if self._complete(job.tenant, job.record_id):
+            if self.complete(job.tenant, job.record_id):
                 outcomes[i] = JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
             elif backend.card.storage != "hidden":
                 outcomes[i] = self.run(job)
@@ -124,17 +114,17 @@ class JobExecutor:
             log.exception("a batched forward of %d jobs failed; running them one at a time", len(group))
             return {i: self.run(job) for i, job in zip(indices, group, strict=True)}
         return {
-            i: _alone(job, partial(self._score_stored, job, backend, states))
+            i: alone(job, partial(self.score_stored, job, backend, states))
             for i, job, states in zip(indices, group, hidden, strict=True)
         }
 
-    def _score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor) -> JobOutcome:
+    def score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor) -> JobOutcome:
         self._capture_and_store(
             job.tenant, job.record_id, job.token_ids, backend, kind="score", n_prompt=job.n_prompt, hidden=hidden
         )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
-    def _backend_for(self, model: str, fingerprint: str) -> Backend:
+    def backend_for(self, model: str, fingerprint: str) -> Backend:
         backend = self.backends.get(model)
         if backend is None:
             raise JobFailed("model_not_served", f"this worker does not serve {model!r}", 503)
@@ -142,7 +132,7 @@ class JobExecutor:
             raise JobFailed("model_changed", f"{model!r} was reloaded with other weights; retry", 409)
         return backend
 
-    def _check_ids(self, token_ids: list[int], backend: Backend) -> None:
+    def check_ids(self, token_ids: list[int], backend: Backend) -> None:
         card = backend.card
         if len(token_ids) > card.context_length:
             raise JobFailed("context_length_exceeded", f"{len(token_ids)} tokens > context {card.context_length}")
@@ -152,14 +142,14 @@ class JobExecutor:
     # ------------------------------------------------------------ score
 
     def _score(self, job: ScoreJob, backend: Backend) -> JobOutcome:
-        self._check_ids(job.token_ids, backend)
-        if not self._complete(job.tenant, job.record_id):  # another delivery may have done it
+        self.check_ids(job.token_ids, backend)
+        if not self.complete(job.tenant, job.record_id):  # another delivery may have done it
             self._capture_and_store(
                 job.tenant, job.record_id, job.token_ids, backend, kind="score", n_prompt=job.n_prompt
             )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
-    def _complete(self, tenant: str, rid: str) -> bool:
+    def complete(self, tenant: str, rid: str) -> bool:
         """Whether the whole record is stored (an incomplete hash is scored again and overwritten)."""
         pipe = self.redis.pipeline(transaction=False)
         for field in RECORD_CORE_FIELDS:
@@ -214,98 +204,12 @@ class JobExecutor:
 
     # ------------------------------------------------------------ generate
 
-    def _generate(self, job: GenerateJob, backend: Backend) -> JobOutcome:
-        return self.run_generates([job])[0]
-
-    def _generation_budget(self, job: GenerateJob, backend: Backend) -> Sampling:
-        self._check_ids(job.prompt_ids, backend)
+    def generation_budget(self, job: GenerateJob, backend: Backend) -> Sampling:
+        """The job's sampling with max_tokens bounded by the model's limits (a bad prompt raises JobFailed)."""
+        self.check_ids(job.prompt_ids, backend)
         return job.sampling.model_copy(update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])})
 
-    def _pool(self, model: str) -> GenerationPool:
-        pool = self.pools.get(model)
-        if pool is None:
-            backend = self.backends[model]
-            own = getattr(backend, "generations", None)  # an engine with its own scheduler (vLLM)
-            pool = own() if own is not None else SteppedGenerations(backend, backend)  # type: ignore[arg-type]
-            self.pools[model] = pool
-        return pool
-
-    def generating(self) -> int:
-        """Generations admitted and not yet finished."""
-        return len(self.admitted)
-
-    def admit(self, jobs: list[GenerateJob]) -> list[JobOutcome]:
-        """Hand generation jobs to their model's pool, where they join the running batch at its next step; the
-        outcomes of those refused at once (bad input)."""
-        refused = []
-        for job in jobs:
-            try:
-                backend = self._backend_for(job.model, job.fingerprint)
-                sampling = self._generation_budget(job, backend)
-                self._pool(job.model).join(job.job_id, job.prompt_ids, sampling)
-            except JobFailed as failed:
-                refused.append(JobOutcome(job_id=job.job_id, ok=False, error=failed.error))
-                continue
-            except Exception as exc:  # the engine refused it: this job fails alone
-                log.exception("job %s could not join the generations of %s", job.job_id, job.model)
-                refused.append(worker_error(job, exc))
-                continue
-            self.admitted[job.job_id] = (job, sampling)
-        return refused
-
-    def advance(self) -> list[tuple[GenerateJob, JobOutcome]]:
-        """One step of every pool with work; the jobs that finished, their records stored. A pool that fails
-        fails the jobs it held (each gets a worker_error), and starts afresh."""
-        done: list[tuple[GenerateJob, JobOutcome]] = []
-        for model, pool in list(self.pools.items()):
-            if not len(pool):
-                continue
-            try:
-                finished = pool.advance()
-            except Exception as exc:
-                log.exception("the generations of %s failed", model)
-                del self.pools[model]
-                for key in pool.abandon():
-                    job, _ = self.admitted.pop(key)
-                    done.append((job, worker_error(job, exc)))
-                continue
-            done.extend(self._store_finished(finished, self.backends[model]))
-        return done
-
-    def run_generates(self, jobs: list[GenerateJob]) -> list[JobOutcome]:
-        """Run generation jobs to their end (with whatever else the pools hold); their outcomes, in order.
-        Other jobs that finish meanwhile are kept for the next `advance`."""
-        outcomes = {o.job_id: o for o in self.admit(jobs)}
-        while any(job.job_id not in outcomes for job in jobs):
-            for job, outcome in self.advance():
-                outcomes[job.job_id] = outcome
-        return [outcomes.pop(job.job_id) for job in jobs]
-
-    def _store_finished(self, finished: list[Finished], backend: Backend) -> list[tuple[GenerateJob, JobOutcome]]:
-        """Store the records of generations that ended together, their states captured in one batched pass."""
-        failed = [(f, self.admitted.pop(f.key)[0]) for f in finished if f.error is not None]
-        done = [(job, worker_error(job, f.error)) for f, job in failed if f.error is not None]
-        finished = [f for f in finished if f.error is None]
-        if not finished:
-            return done
-        jobs = [self.admitted.pop(f.key) for f in finished]
-        decoded = [
-            _kept(f.completion, f.finish_reason, sampling, backend)
-            for f, (_, sampling) in zip(finished, jobs, strict=True)
-        ]
-        full = [job.prompt_ids + d.completion for (job, _), d in zip(jobs, decoded, strict=True)]
-        hidden: list[torch.Tensor | None] = [None] * len(full)
-        if backend.card.storage == "hidden":
-            try:
-                hidden = list(backend.hidden_states_batch(full))
-            except Exception:  # each captures its own, so that a bad one fails alone
-                log.exception("a batched capture of %d generations failed; capturing them one at a time", len(full))
-        return done + [
-            (job, _alone(job, partial(self._generation_stored, job, backend, d, states)))
-            for (job, _), d, states in zip(jobs, decoded, hidden, strict=True)
-        ]
-
-    def _generation_stored(
+    def generation_stored(
         self, job: GenerateJob, backend: Backend, decoded: Decoded, hidden: torch.Tensor | None
     ) -> JobOutcome:
         rid = self._store_completion(job.tenant, backend, job.prompt_ids, decoded, hidden=hidden)
@@ -314,8 +218,8 @@ class JobExecutor:
     def _contrast(self, job: ContrastJob) -> JobOutcome:
         views = []
         for spec in job.views:
-            backend = self._backend_for(spec.model, spec.fingerprint)
-            self._check_ids(spec.prefix_ids, backend)
+            backend = self.backend_for(spec.model, spec.fingerprint)
+            self.check_ids(spec.prefix_ids, backend)
             views.append(View(backend, spec.prefix_ids, spec.weight, spec.temperature))
         if len({view.backend.card.vocab_size for view in views}) != 1:
             raise JobFailed("tokenizer_mismatch", "the views' models do not share a vocabulary")
@@ -409,7 +313,7 @@ class JobExecutor:
     def _cross(self, job: CrossJob) -> JobOutcome:
         sides = []
         for side in (job.p, job.q):
-            backend = self._backend_for(side.model, side.fingerprint)
+            backend = self.backend_for(side.model, side.fingerprint)
             record = self._stored(job.tenant, side.record_id, backend)
             rows = np.asarray(side.positions) - 1
             if rows.min() < 0 or rows.max() >= len(record.meta.token_ids) - 1:
@@ -477,29 +381,6 @@ def _stored_rows(blob: bytes | None, positions: int, vocab: int) -> np.ndarray:
     if not np.isfinite(rows).all():
         raise JobFailed("record_corrupt", "rows hold NaN or Inf", 500)
     return rows
-
-
-def worker_error(job: AnyJob, exc: Exception) -> JobOutcome:
-    """The outcome of a job that failed on something other than its input (a bug, a resource)."""
-    return JobOutcome(
-        job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)
-    )
-
-
-def _alone(job: AnyJob, work: Callable[[], JobOutcome]) -> JobOutcome:
-    """One job's outcome inside a batch: an exception fails this job alone, not the batch."""
-    try:
-        return work()
-    except Exception as exc:
-        log.exception("job %s failed", job.job_id)
-        return worker_error(job, exc)
-
-
-def _kept(completion: list[int], finish_reason: str, sampling: Sampling, backend: Backend) -> Decoded:
-    """An engine's completion as a job keeps it: the engine keeps the token that completed a stop string."""
-    if finish_reason == "stop" and sampling.stop:
-        completion = completion[: tokens_before_stop(completion, backend.decode, sampling.stop)]
-    return Decoded(completion, finish_reason, steps=[])
 
 
 def _batches(order: list[int], jobs: list[ScoreJob]) -> list[list[int]]:

@@ -60,9 +60,16 @@ def valid_record_id(record_id: str) -> bool:
 # ---------------------------------------------------------------- keys
 
 
-def jobs_stream(model: str) -> str:
-    """The stream of a model's jobs; jobs that need several models use the stream of their group_name."""
-    return f"lp:jobs:{model}"
+BULK_LANE = "bulk"  # jobs submitted for batches; workers take interactive jobs first
+LANES = ("", BULK_LANE)
+
+
+def jobs_stream(model: str, lane: str = "") -> str:
+    """The stream of a model's jobs in a lane; jobs that need several models use the stream of their group_name.
+
+    Each model has two lanes: requests that a client waits on, and the bulk of batches. A worker reads both and
+    runs the interactive ones first, so one tenant's large batch never queues ahead of another's request."""
+    return f"lp:jobs:{model}" + (f":{lane}" if lane else "")
 
 
 MAX_GROUP = 3  # workers consume the streams of every group of up to this many of their models

@@ -23,13 +23,15 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
-from workers.jobs import JobExecutor, worker_error
+from workers.jobs import JobExecutor
 from workers.lifecycle import arm_children
+from workers.outcomes import worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
 from workers.protocol import (
     CONSUMER_GROUP,
     DEAD_LETTER_STREAM,
     DONE_CHANNEL,
+    LANES,
     MAX_GROUP,
     SECRET_KEY,
     AnyJob,
@@ -87,7 +89,7 @@ class Worker:
         self.held: dict[tuple[str, bytes], AnyJob] = {}  # the stream entries taken and not yet settled
         self.held_lock = threading.Lock()
         self.waiting: list[tuple[str, bytes, GenerateJob]] = []  # generations read, waiting for room in the batch
-        self.generating: dict[str, tuple[str, bytes, int]] = {}  # job id -> its entry and its token budget
+        self.in_flight: dict[str, tuple[str, bytes, int]] = {}  # job id -> its entry and its generation tokens
         specs = [m for m in settings.models if not model_names or m.name in model_names]
         if not specs:
             raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
@@ -109,7 +111,8 @@ class Worker:
             for size in range(1, min(MAX_GROUP, len(names)) + 1)
             for group in itertools.combinations(names, size)
         ]
-        self.streams = {jobs_stream(queue): ">" for queue in self.queues}
+        # Interactive lanes first: entries are handled in the order they are read.
+        self.streams = {jobs_stream(queue, lane): ">" for lane in LANES for queue in self.queues}
 
     # ------------------------------------------------------------ registration
 
@@ -159,14 +162,14 @@ class Worker:
         log.info("worker %s serving %s", self.id, sorted(self.backends))
         last_reclaim = 0.0
         backoff = 0.5
-        while not self.stopping.is_set() or self.generating or self.waiting:
+        while not self.stopping.is_set() or self.in_flight or self.waiting:
             try:
-                busy = bool(self.generating or self.waiting)
+                busy = bool(self.in_flight or self.waiting)
                 if not self.stopping.is_set():
                     if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
                         last_reclaim = time.monotonic()
                         self._reclaim()
-                    room = self.settings.worker_max_sequences - len(self.generating) - len(self.waiting)
+                    room = self.settings.worker_max_sequences - len(self.in_flight) - len(self.waiting)
                     if room > 0:
                         read: Any = self.redis.xreadgroup(
                             CONSUMER_GROUP,
@@ -182,7 +185,7 @@ class Worker:
                                 for entry_id, fields in entries
                             ]
                         )
-                if self.generating or self.waiting:
+                if self.in_flight or self.waiting:
                     self._advance()
                 backoff = 0.5
             except redis.ResponseError as exc:
@@ -259,15 +262,14 @@ class Worker:
                 self.waiting.append((stream, entry_id, job))
             else:
                 others.append((stream, entry_id, job))
-        self._admit()
         try:
-            if scores:
-                self._run([(s, e) for s, e, _ in scores], [j for _, _, j in scores], self.executor.run_scores)
+            self._take([(s, e, j, 0) for s, e, j in scores])  # scored at once, or joining the pooling engine's batch
+            self._admit()
             for stream, entry_id, job in others:
                 self._run([(stream, entry_id)], [job], lambda jobs: [self.executor.run(jobs[0])])
         finally:  # none stays held after a failure: the visibility timeout hands it to another delivery
             with self.held_lock:
-                for stream, entry_id, _ in [*scores, *others]:
+                for stream, entry_id, _ in others:
                     self.held.pop((stream, entry_id), None)
 
     def _hold(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
@@ -276,33 +278,44 @@ class Worker:
 
     def _admit(self) -> None:
         """Move waiting generations into the running batch while they fit its token budget."""
-        used = sum(tokens for _, _, tokens in self.generating.values())
+        used = sum(tokens for _, _, tokens in self.in_flight.values())
+        taken: list[tuple[str, bytes, ScoreJob | GenerateJob, int]] = []
         while self.waiting:
             stream, entry_id, job = self.waiting[0]
             tokens = len(job.prompt_ids) + job.sampling.max_tokens
-            if self.generating and used + tokens > self.settings.worker_generation_tokens:
-                return
+            if (self.in_flight or taken) and used + tokens > self.settings.worker_generation_tokens:
+                break
             self.waiting.pop(0)
             used += tokens
-            self.generating[job.job_id] = (stream, entry_id, tokens)
-            try:
-                refused = self.executor.admit([job])
-            except Exception as exc:  # a bug: this job fails alone
-                log.exception("job %s could not be admitted", job.job_id)
-                refused = [worker_error(job, exc)]
-            for outcome in refused:
-                self._finish(job, outcome)
+            taken.append((stream, entry_id, job, tokens))
+        self._take(taken)
+
+    def _take(self, taken: list[tuple[str, bytes, ScoreJob | GenerateJob, int]]) -> None:
+        """Hand jobs to the engines' running batches; settle those that ended at once."""
+        if not taken:
+            return
+        for stream, entry_id, one, tokens in taken:
+            self.in_flight[one.job_id] = (stream, entry_id, tokens)
+        jobs = [one for _, _, one, _ in taken]
+        done: list[tuple[AnyJob, JobOutcome]]
+        try:
+            done = self.executor.in_flight.admit(jobs)
+        except Exception as exc:  # a bug: these jobs fail, the worker goes on
+            log.exception("jobs %s could not be admitted", [one.job_id for one in jobs])
+            done = [(one, worker_error(one, exc)) for one in jobs]
+        for finished, outcome in done:
+            self._finish(finished, outcome)
 
     def _advance(self) -> None:
-        """One step of the running generations; settle those that ended, and let waiting ones in."""
-        for job, outcome in self.executor.advance():
+        """One step of the running batches; settle the jobs that ended, and let waiting ones in."""
+        for job, outcome in self.executor.in_flight.advance():
             self._finish(job, outcome)
         self._admit()
 
-    def _finish(self, job: GenerateJob, outcome: JobOutcome) -> None:
-        stream, entry_id, _ = self.generating.pop(job.job_id)
+    def _finish(self, job: AnyJob, outcome: JobOutcome) -> None:
+        stream, entry_id, _ = self.in_flight.pop(job.job_id)
         self._settle(stream, entry_id, job, outcome)
-        log.info("job %s generate %s", job.job_id, "ok" if outcome.ok else outcome.error)
+        log.info("job %s %s %s", job.job_id, job.kind, "ok" if outcome.ok else outcome.error)
 
     def _accept(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> AnyJob | None:
         """The entry's job, or None when it was rejected (dead-lettered) or cancelled (answered as such)."""
@@ -359,7 +372,9 @@ class Worker:
         pipe.xdel(stream, entry_id)
         try:
             pipe.execute()
-        finally:  # settled, or (Redis failed) left to the visibility timeout: another delivery will answer it
+        except redis.RedisError as exc:  # left pending: after the visibility timeout another delivery answers it
+            log.warning("job entry %s on %s not settled (%s); left for another delivery", entry_id, stream, exc)
+        finally:
             with self.held_lock:
                 self.held.pop((stream, entry_id), None)
 

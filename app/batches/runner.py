@@ -26,6 +26,7 @@ from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest
 from app.serving import quotas
 from app.serving.analyses import analyse
+from app.serving.jobs import BULK
 from app.serving.scoring import record_for
 from app.serving.services import Services
 from workers.protocol import as_bytes
@@ -137,6 +138,7 @@ class BatchRunner:
                 await self.redis.delete(f"lp:batch-lease:{name}")
 
     async def _drive_inputs(self, name: str) -> None:
+        BULK.set(True)  # this task's jobs (and its input tasks') take the bulk lane
         tenant, batch_id = name.split("\x1f", 1)
         fields = await self.redis.hgetall(batch_key(tenant, batch_id))
         if not fields:  # expired or deleted

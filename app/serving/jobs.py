@@ -23,6 +23,7 @@ from app.platform import metrics
 from app.platform.errors import ApiError, ClientGone
 from app.platform.limits import parked
 from workers.protocol import (
+    BULK_LANE,
     CONSUMER_GROUP,
     DONE_CHANNEL,
     AnyJob,
@@ -40,6 +41,9 @@ from workers.protocol import (
 )
 
 log = logging.getLogger("app.serving.jobs")
+
+# Set while a batch's inputs run: their jobs go to the bulk lane, behind requests that clients wait on.
+BULK: ContextVar[bool] = ContextVar("bulk_lane", default=False)
 
 ADD_IF_ROOM = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return nil end
@@ -111,7 +115,7 @@ class JobQueue:
         self._groups.add(stream)
 
     async def submit(self, job: AnyJob) -> str:
-        stream = jobs_stream(job.model)
+        stream = jobs_stream(job.model, BULK_LANE if BULK.get() else "")
         await self._ensure_group(stream)
         # Workers delete finished entries, so the stream's length is the number of waiting and running jobs;
         # the check and the add are one script, so concurrent requests cannot overshoot the limit together.

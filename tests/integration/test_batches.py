@@ -17,6 +17,7 @@ from app.batches.runner import RETRY_CODES, retry_delay
 from app.batches.store import batch_key, create_batch
 from app.launcher.local_service import ROOT
 from tests.conftest import MODEL
+from workers.protocol import BULK_LANE, jobs_stream
 
 TEXTS = [
     "The committee met in Geneva to discuss the railway.",
@@ -262,3 +263,25 @@ def test_a_batch_of_chats_takes_chat_only_methods(alpha: httpx.Client) -> None:
     assert line["results"]["compare"]["sequence"] == direct["sequence"]
     refused = alpha.post("/v1/batches", json={**body, "inputs": [*body["inputs"], {"text": "plain"}]})
     assert refused.status_code == 422
+
+
+def test_a_tenants_batches_do_not_queue_ahead_of_anothers_request(
+    alpha: httpx.Client, beta: httpx.Client, redis_client: redis.Redis
+) -> None:
+    salt = uuid.uuid4().hex[:8]
+    inputs = [[{"text": f"{salt} batch {b}, input {i}: " + TEXTS[i % 4] * 2} for i in range(16)] for b in range(5)]
+    batches = [alpha.post("/v1/batches", json={"model": MODEL, "inputs": one}).json()["id"] for one in inputs]
+    try:
+        deadline = time.monotonic() + 60  # a bound on a stuck gateway, not a speed check
+        while redis_client.xlen(jobs_stream(MODEL, BULK_LANE)) < 24 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert redis_client.xlen(jobs_stream(MODEL, BULK_LANE)) >= 24  # the batches' jobs wait in their lane
+        answer = beta.post("/v1/score", json={"model": MODEL, "text": f"{salt}: one request from another tenant."})
+        done = sum(alpha.get(f"/v1/batches/{b}").json()["completed"] for b in batches)
+    finally:
+        for b in batches:
+            alpha.post(f"/v1/batches/{b}/cancel")
+    assert answer.status_code == 200
+    # In one queue it would have waited for the >= 24 jobs read before it and every job ahead of it (40 in
+    # flight: 5 batches x 8); in its own lane it is taken at the next read.
+    assert done < 40

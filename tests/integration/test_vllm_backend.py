@@ -134,6 +134,31 @@ def test_generations_together_sample_what_each_samples_alone(vllm_fp32: Any, hf:
     assert [len(c) for c, _ in together] != [len(together[0][0])] * 3  # mixed lengths finished apart
 
 
+def test_generations_joining_the_running_engine_sample_what_each_samples_alone(vllm_fp32: Any, hf: HFBackend) -> None:
+    """The worker's pool: generations handed to the engine while others decode join its running batch, and
+    each samples what it samples alone."""
+    prompts = [hf.encode(PROMPT), hf.encode("Once upon a time"), hf.encode("List three colours:")]
+    samplings = [
+        Sampling(max_tokens=24, temperature=0.0, top_p=1.0),
+        Sampling(max_tokens=12, temperature=1.0, top_p=0.9, seed=7),
+        Sampling(max_tokens=5, temperature=0.7, top_p=1.0, seed=3, stop=[","]),
+    ]
+    eos = vllm_fp32.card.eos_token_ids
+    alone = [vllm_fp32.sample(p, s, eos) for p, s in zip(prompts, samplings, strict=True)]
+    pool = vllm_fp32.generations()
+    pool.join("0", prompts[0], samplings[0])
+    got: dict[str, Any] = {}
+    steps = 0
+    while len(got) < 3:
+        if steps == 3:  # the first is decoding: these join it
+            pool.join("1", prompts[1], samplings[1])
+            pool.join("2", prompts[2], samplings[2])
+        got.update((f.key, (f.completion, f.finish_reason)) for f in pool.advance())
+        steps += 1
+    assert [got[str(i)] for i in range(3)] == alone
+    assert len(pool) == 0
+
+
 def test_cpu_engines_get_a_fixed_kv_budget_not_a_share_of_free_memory(vllm_fp32: Any) -> None:
     """The two engines split the spec's KV bytes 40/60, whatever the suite loaded before them."""
     scoring = vllm_fp32.scorer.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes

@@ -1,5 +1,6 @@
-"""Scoring jobs read together run as batched forwards, and nothing changes for correctness: each record equals
-the one scored alone, a bad job fails alone, and a worker killed while holding a batch loses no job."""
+"""Jobs read together run together, and nothing changes for correctness: scoring jobs share batched forwards and
+each record equals the one scored alone; generations that join a running batch step by step sample what each
+samples alone; a bad job fails alone; a worker killed while holding a batch loses no job."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from workers.config import ModelSpec
 from workers.jobs import JobExecutor
 from workers.protocol import (
     CONSUMER_GROUP,
+    GenerateJob,
+    Sampling,
     ScoreJob,
     decode_meta,
     decode_stats,
@@ -103,30 +106,99 @@ def test_a_bad_job_in_a_batch_fails_alone(backend: HFBackend, redis_url: str) ->
     )
 
 
+def _generations(backend: HFBackend, tenant: str) -> list[GenerateJob]:
+    card = backend.card
+    samplings = [
+        Sampling(max_tokens=14, temperature=0.0, top_p=1.0),
+        Sampling(max_tokens=22, temperature=0.8, top_p=0.9, seed=7),
+        Sampling(max_tokens=9, temperature=1.0, top_p=1.0, seed=3, stop=["\n"]),
+        Sampling(max_tokens=17, temperature=0.7, top_p=1.0, seed=11),
+        Sampling(max_tokens=6, temperature=0.0, top_p=1.0, stop=[","]),
+    ]
+    return [
+        GenerateJob(
+            job_id=f"{tenant}-{i}",
+            tenant=tenant,
+            model=MODEL,
+            fingerprint=card.fingerprint,
+            prompt_ids=backend.encode(text),
+            sampling=sampling,
+        )
+        for i, (text, sampling) in enumerate(zip(TEXTS, samplings, strict=True))
+    ]
+
+
+def test_generations_joining_a_running_batch_sample_what_each_samples_alone(backend: HFBackend, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    executor = JobExecutor(client, {MODEL: backend}, SECRET, 600)
+    jobs = _generations(backend, "gentest")
+    running = executor.in_flight
+    alone = {job.job_id: running.run([job])[0] for job in jobs}
+    assert running.admit(jobs[:2]) == []
+    together, steps, sizes = {}, 0, []
+    while len(together) < len(jobs):
+        if steps == 2:
+            assert running.admit(jobs[2:3]) == []  # joins two running sequences
+        if steps == 5:
+            assert running.admit(jobs[3:]) == []  # two more join, one after another has left
+        sizes.append(len(running))
+        together.update((job.job_id, outcome) for job, outcome in running.advance())
+        steps += 1
+    assert max(sizes) >= 3  # they ran together, joining and leaving
+    for job in jobs:
+        a, b = alone[job.job_id], together[job.job_id]
+        assert b.ok and (b.completion_ids, b.finish_reason, b.record_id) == (
+            a.completion_ids,
+            a.finish_reason,
+            a.record_id,
+        )
+    assert {together[j.job_id].finish_reason for j in jobs} == {"stop", "length"}
+
+
+def test_a_bad_generation_is_refused_alone_while_the_batch_runs(backend: HFBackend, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    executor = JobExecutor(client, {MODEL: backend}, SECRET, 600)
+    jobs = _generations(backend, "genpoison")
+    jobs[1] = jobs[1].model_copy(update={"prompt_ids": [1, 2, 10**9]})
+    refused = executor.in_flight.admit(jobs)
+    assert [(o.job_id, o.error and o.error.code) for _, o in refused] == [("genpoison-1", "invalid_token_ids")]
+    done = {}
+    while len(executor.in_flight):
+        done.update((job.job_id, outcome) for job, outcome in executor.in_flight.advance())
+    assert sorted(done) == ["genpoison-0", "genpoison-2", "genpoison-3", "genpoison-4"]
+    assert all(o.ok for o in done.values())
+
+
 # ---------------------------------------------------------------- a worker killed holding a batch
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[LocalService]:
+@pytest.fixture
+def pair(request: pytest.FixtureRequest) -> Iterator[LocalService]:
     env = {
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
         "LOGPROBE_WORKER_THREADS": "1",
         "LOGPROBE_WORKER_BATCH_JOBS": "16",
         "LOGPROBE_VISIBILITY_TIMEOUT_S": "5",
     }
-    with LocalService(env=env, log_dir=ARTIFACTS / "batching", workers=2) as service:
+    logs = ARTIFACTS / "batching" / request.node.callspec.id.strip("/").replace("/", "-")
+    with LocalService(env=env, log_dir=logs, workers=2) as service:
         yield service
 
 
-def test_kill_9_of_a_worker_holding_a_batch_loses_no_job(pair: LocalService) -> None:
+@pytest.mark.parametrize("route", ["/v1/score", "/v1/generate"])
+def test_kill_9_of_a_worker_holding_a_batch_loses_no_job(pair: LocalService, route: str) -> None:
     r = redis.Redis.from_url(pair.redis_url)
     stream = jobs_stream(MODEL)
     victim, survivor = pair.workers
     survivor.send_signal(signal.SIGSTOP)  # the victim takes the jobs
     victim.send_signal(signal.SIGSTOP)
     texts = [f"Job {i} of sixteen, held by one worker when it dies: " + "word " * (5 + i) for i in range(16)]
+    bodies = [
+        {"model": MODEL, "text": t} if route == "/v1/score" else {"model": MODEL, "prompt": t, "max_tokens": 24}
+        for t in texts
+    ]
     with httpx.Client(base_url=pair.base_url, timeout=300) as client, ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(client.post, "/v1/score", json={"model": MODEL, "text": t}) for t in texts]
+        futures = [pool.submit(client.post, route, json=body) for body in bodies]
         deadline = time.monotonic() + 60  # a bound on a stuck gateway, not a speed check
         while r.xlen(stream) < 16 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -137,10 +209,13 @@ def test_kill_9_of_a_worker_holding_a_batch_loses_no_job(pair: LocalService) -> 
             held = max((int(c["pending"]) for c in consumers), default=0)
             time.sleep(0.005)
         victim.kill()
+        victim.wait()
         survivor.send_signal(signal.SIGCONT)
         answers = [f.result() for f in futures]
     assert held >= 12  # one read took most of the jobs: they were in flight together when it died
     assert [a.status_code for a in answers] == [200] * 16
     assert len({a.json()["record_id"] for a in answers}) == 16  # each client got its own answer, once
     assert r.xlen(stream) == 0 and r.xpending(stream, CONSUMER_GROUP)["pending"] == 0
-    assert "reclaimed" in (ARTIFACTS / "batching" / "worker1.log").read_text()
+    assert "reclaimed" in (pair.log_dir / "worker1.log").read_text()
+    if route == "/v1/generate":
+        assert {a.json()["finish_reason"] for a in answers} <= {"stop", "length"}

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-from vllm import LLM, SamplingParams
+from vllm import LLM, PoolingParams, SamplingParams
 from vllm.config import PoolerConfig
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
@@ -147,6 +147,8 @@ class VLLMBackend:
             context_length=int(self.scorer.model_config.max_model_len),
             generation_eos=generation_eos,
         )
+        self._scorings = EngineScores(self.scorer, self.dtype)
+        self._generations = EngineGenerations(self.generator, self.card.eos_token_ids)
         log.info("loaded %s with vLLM (%s, %s) in %.1fs", spec.name, dtype_name, device, time.perf_counter() - started)
 
     def close(self) -> None:
@@ -157,6 +159,7 @@ class VLLMBackend:
     # ------------------------------------------------------------ full distributions
 
     def _hidden_batch(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        self._scorings.drain()
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in sequences]
         outputs = self.scorer.encode(prompts, pooling_task="token_embed", use_tqdm=False)
         # The pooler hands back the engine's states (upcast at most): casting to its dtype is lossless.
@@ -178,6 +181,7 @@ class VLLMBackend:
         """vLLM's own rows through `prompt_logprobs=-1` (slow: a dict of V entries per position); the load-time
         probe's reference only."""
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=-1, logprobs=-1, detokenize=False)
+        self._generations.drain()
         out = self.generator.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)[0]
         entries = [*(out.prompt_logprobs or [None])[1:], out.outputs[0].logprobs[0]]  # type: ignore[index]
         rows = np.full((len(token_ids), self.head.vocab_size), -math.inf, dtype=np.float32)
@@ -214,12 +218,17 @@ class VLLMBackend:
         """Several generations in one `generate` call, each with its own parameters (and seed): the engine runs
         them as one continuous batch, and each samples what it would alone."""
         params = [sampling_params(sampling, eos_ids) for sampling in samplings]
+        self._generations.drain()
         outs = self.generator.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params, use_tqdm=False)
         return [_completion(out) for out in outs]
 
+    def scorings(self) -> EngineScores:
+        """The pooling engine's pool: sequences scored as they arrive (one per engine)."""
+        return self._scorings
+
     def generations(self) -> EngineGenerations:
-        """A pool feeding the generate engine as jobs arrive (the worker's continuous batch)."""
-        return EngineGenerations(self.generator, self.card.eos_token_ids)
+        """The generate engine's pool: generations decoded as they arrive (one per engine)."""
+        return self._generations
 
     # ------------------------------------------------------------ text
 
@@ -249,42 +258,82 @@ def _completion(out: Any) -> tuple[list[int], str]:
     return list(out.outputs[0].token_ids), FINISH_REASONS.get(str(out.outputs[0].finish_reason), "stop")
 
 
-class EngineGenerations:
-    """Generations handed to the generate engine as they arrive: the engine's scheduler takes each into its
-    running batch at its next step (vLLM's continuous batching), and `advance` collects one step's results.
+class _EnginePool:
+    """Requests handed to one engine as they arrive: its scheduler takes each into the running batch at its next
+    step (vLLM's continuous batching), and `advance` collects the requests that one step finished.
 
-    The engine core runs in its own process and keeps decoding between calls; while this pool has requests in
-    flight, nothing else may drive the same engine (`LLM.generate` would collect their outputs)."""
+    The engine core runs in its own process and keeps working between calls. Whoever drives the same engine
+    synchronously (`LLM.generate`, `LLM.encode` collect every output they see) calls `drain` first: the pool's
+    requests finish, and their results wait for the next `advance`."""
 
-    def __init__(self, engine: LLM, eos_ids: list[int]) -> None:
+    def __init__(self, engine: LLM) -> None:
         self.engine = engine
-        self.eos_ids = eos_ids
-        self.keys: dict[str, str] = {}  # our request id (vLLM's external id, which its outputs carry) -> key
+        self.keys: dict[str, str] = {}  # our request id (vLLM's external id, which outputs carry) -> caller's key
+        self.ready: list[Any] = []
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.keys) + len(self.ready)
+
+    def _add(self, key: str, token_ids: list[int], params: SamplingParams | PoolingParams) -> None:
+        request = f"pool-{uuid.uuid4().hex}"
+        self.engine.llm_engine.add_request(request, TokensPrompt(prompt_token_ids=token_ids), params)
+        self.keys[request] = key
+
+    def _step(self) -> list[Any]:
+        results = []
+        for out in self.engine.llm_engine.step():
+            if out.finished and out.request_id in self.keys:
+                results.append(self._result(self.keys.pop(out.request_id), out))
+        return results
+
+    def _result(self, key: str, out: Any) -> Any:
+        raise NotImplementedError
+
+    def advance(self) -> list[Any]:
+        """One engine step (it waits for the engine to produce one); the requests finished since the last call."""
+        ready, self.ready = self.ready, []
+        return ready + (self._step() if self.keys else [])
+
+    def drain(self) -> None:
+        while self.keys:
+            self.ready.extend(self._step())
+
+    def abandon(self) -> list[str]:
+        """Abort every request in flight (after a failure); the keys dropped."""
+        keys, self.keys, self.ready = self.keys, {}, []
+        with contextlib.suppress(Exception):
+            self.engine.llm_engine.abort_request(list(keys))
+        return list(keys.values())
+
+
+class EngineScores(_EnginePool):
+    """The pooling engine's pool: each sequence's final hidden states [T, d], as `LLM.encode` with
+    `pooling_task="token_embed"` gives them."""
+
+    def __init__(self, engine: LLM, dtype: torch.dtype) -> None:
+        super().__init__(engine)
+        self.dtype = dtype
+
+    def join(self, key: str, token_ids: list[int]) -> None:
+        self._add(key, token_ids, PoolingParams(task="token_embed"))
+
+    def _result(self, key: str, out: Any) -> tuple[str, torch.Tensor]:
+        # The pooler hands back the engine's states (upcast at most): casting to its dtype is lossless.
+        return key, out.outputs.data.to("cpu", self.dtype)
+
+
+class EngineGenerations(_EnginePool):
+    """The generate engine's pool: each generation's completion, as `LLM.generate` gives it."""
+
+    def __init__(self, engine: LLM, eos_ids: list[int]) -> None:
+        super().__init__(engine)
+        self.eos_ids = eos_ids
 
     def join(self, key: str, prompt_ids: list[int], sampling: Sampling) -> None:
         params = sampling_params(sampling, self.eos_ids)
         params.output_kind = RequestOutputKind.FINAL_ONLY  # as `LLM.generate` asks: one output, when it ends
-        request = f"pool-{uuid.uuid4().hex}"
-        self.engine.llm_engine.add_request(request, TokensPrompt(prompt_token_ids=prompt_ids), params)
-        self.keys[request] = key
+        self._add(key, prompt_ids, params)
 
-    def advance(self) -> list[Finished]:
-        """One engine step (it blocks until the engine has produced one); the generations that ended in it."""
-        if not self.keys:
-            return []
-        finished = []
-        for out in self.engine.llm_engine.step():
-            if out.finished and out.request_id in self.keys:
-                completion, reason = _completion(out)
-                finished.append(Finished(self.keys.pop(out.request_id), completion, reason))
-        return finished
-
-    def abandon(self) -> list[str]:
-        """Abort every request in flight (after a failure); the keys dropped."""
-        keys, self.keys = self.keys, {}
-        with contextlib.suppress(Exception):
-            self.engine.llm_engine.abort_request(list(keys))
-        return list(keys.values())
+    def _result(self, key: str, out: Any) -> Finished:
+        completion, reason = _completion(out)
+        return Finished(key, completion, reason)

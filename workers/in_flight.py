@@ -1,0 +1,200 @@
+"""Jobs in flight on a worker's engines, run as one continuous batch per model.
+
+Generations join their model's running batch as they arrive and leave it when they end (`generations.py` for
+transformers, the generate engine's own scheduler for vLLM). On an engine with its own scheduler (vLLM), scoring
+requests too join the pooling engine's running batch as they arrive, and the record of a finished generation is
+captured there; elsewhere scoring runs at once as batched forwards (`JobExecutor.run_scores`). Every job's record
+is stored as soon as its request finishes, and a job that fails, fails alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from workers.backends.base import Backend
+from workers.decoding import Decoded, tokens_before_stop
+from workers.generations import Finished, GenerationPool, SteppedGenerations
+from workers.outcomes import JobFailed, alone, refused, worker_error
+from workers.protocol import AnyJob, GenerateJob, JobOutcome, Sampling, ScoreJob
+
+if TYPE_CHECKING:
+    from workers.jobs import JobExecutor
+
+log = logging.getLogger(__name__)
+
+Done = list[tuple[AnyJob, JobOutcome]]
+
+
+class InFlight:
+    def __init__(self, executor: JobExecutor) -> None:
+        self.executor = executor
+        self.generations: dict[str, GenerationPool] = {}  # by model
+        self.scorings: dict[str, Any] = {}  # by model, for engines with their own scheduler (vLLM's EngineScores)
+        self.jobs: dict[str, AnyJob] = {}  # by job id: every job admitted and not finished
+        self.samplings: dict[str, Sampling] = {}  # a generation's sampling, as bounded by its model
+        self.capturing: dict[str, Decoded] = {}  # a finished generation whose states the pooling engine computes
+        self.early: Done = []  # finished while `run` waited for its own jobs: answered by the next `advance`
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def _generation_pool(self, model: str) -> GenerationPool:
+        pool = self.generations.get(model)
+        if pool is None:
+            backend = self.executor.backends[model]
+            own = getattr(backend, "generations", None)  # an engine with its own scheduler (vLLM)
+            pool = own() if own is not None else SteppedGenerations(backend, backend)  # type: ignore[arg-type]
+            self.generations[model] = pool
+        return pool
+
+    def _scoring_pool(self, model: str) -> Any:
+        if model not in self.scorings:
+            own = getattr(self.executor.backends.get(model), "scorings", None)
+            self.scorings[model] = own() if own is not None else None
+        return self.scorings[model]
+
+    # ------------------------------------------------------------ admission
+
+    def admit(self, jobs: list[ScoreJob | GenerateJob]) -> Done:
+        """Take jobs into their models' running batches; the outcomes of those that ended at once (refused,
+        already stored, or scored at once by a backend without a scheduler of its own)."""
+        done: Done = []
+        now: list[ScoreJob] = []
+        for job in jobs:
+            try:
+                if isinstance(job, GenerateJob):
+                    self._admit_generation(job)
+                elif not self._admit_score(job):
+                    now.append(job)
+            except JobFailed as failed:
+                done.append((job, refused(job, failed)))
+            except Exception as exc:  # the engine refused it: this job fails alone
+                log.exception("job %s could not join the batch of %s", job.job_id, job.model)
+                done.append((job, worker_error(job, exc)))
+        if now:
+            done.extend(zip(now, self.executor.run_scores(now), strict=True))
+        return done
+
+    def _admit_generation(self, job: GenerateJob) -> None:
+        backend = self.executor.backend_for(job.model, job.fingerprint)
+        sampling = self.executor.generation_budget(job, backend)
+        self._generation_pool(job.model).join(job.job_id, job.prompt_ids, sampling)
+        self.jobs[job.job_id], self.samplings[job.job_id] = job, sampling
+
+    def _admit_score(self, job: ScoreJob) -> bool:
+        """Whether the job joined the pooling engine's batch (else it is scored at once, with the others)."""
+        pool = self._scoring_pool(job.model)
+        if pool is None:
+            return False
+        backend = self.executor.backend_for(job.model, job.fingerprint)
+        self.executor.check_ids(job.token_ids, backend)
+        if backend.card.storage != "hidden" or self.executor.complete(job.tenant, job.record_id):
+            return False
+        pool.join(job.job_id, job.token_ids)
+        self.jobs[job.job_id] = job
+        return True
+
+    # ------------------------------------------------------------ steps
+
+    def advance(self) -> Done:
+        """One step of every running batch; the jobs that finished, their records stored. A batch that fails
+        fails the jobs it held (each a worker_error), and its model starts afresh."""
+        done, self.early = self.early, []
+        for model, pool in list(self.generations.items()):
+            if len(pool):
+                finished = self._step(model, pool, self.generations, done)
+                done.extend(self._generated(finished, self.executor.backends[model]))
+        for model, pool in list(self.scorings.items()):
+            if pool is not None and len(pool):
+                states = self._step(model, pool, self.scorings, done)
+                done.extend(self._scored(states, self.executor.backends[model]))
+        return done
+
+    def _step(self, model: str, pool: Any, pools: dict[str, Any], done: Done) -> list[Any]:
+        try:
+            return list(pool.advance())
+        except Exception as exc:
+            log.exception("the running batch of %s failed", model)
+            del pools[model]
+            for key in pool.abandon():
+                done.append((self.jobs[key], worker_error(self.jobs[key], exc)))
+                self._forget(key)
+            return []
+
+    def _forget(self, key: str) -> AnyJob:
+        self.samplings.pop(key, None)
+        self.capturing.pop(key, None)
+        return self.jobs.pop(key)
+
+    def _generated(self, finished: list[Finished], backend: Backend) -> Done:
+        """Generations that ended: their records are captured by the pooling engine's batch where there is one,
+        else in one batched forward here."""
+        done: Done = []
+        kept: list[tuple[GenerateJob, Decoded]] = []
+        for f in finished:
+            job = self.jobs[f.key]
+            assert isinstance(job, GenerateJob)
+            if f.error is not None:
+                self._forget(f.key)
+                done.append((job, worker_error(job, f.error)))
+            else:
+                kept.append((job, _kept(f.completion, f.finish_reason, self.samplings[f.key], backend)))
+        scoring = self._scoring_pool(kept[0][0].model) if kept else None
+        if scoring is not None and backend.card.storage == "hidden":
+            for job, decoded in kept:
+                self.capturing[job.job_id] = decoded
+                try:
+                    scoring.join(job.job_id, job.prompt_ids + decoded.completion)
+                except Exception as exc:
+                    self._forget(job.job_id)
+                    done.append((job, worker_error(job, exc)))
+            return done
+        full = [job.prompt_ids + decoded.completion for job, decoded in kept]
+        hidden: list[torch.Tensor | None] = [None] * len(kept)
+        if kept and backend.card.storage == "hidden":
+            try:
+                hidden = list(backend.hidden_states_batch(full))
+            except Exception:  # each captures its own, so that a bad one fails alone
+                log.exception("a batched capture of %d generations failed; capturing them one at a time", len(kept))
+        for (job, decoded), states in zip(kept, hidden, strict=True):
+            self._forget(job.job_id)
+            done.append((job, alone(job, partial(self.executor.generation_stored, job, backend, decoded, states))))
+        return done
+
+    def _scored(self, states: list[tuple[str, torch.Tensor]], backend: Backend) -> Done:
+        done: Done = []
+        for key, hidden in states:
+            decoded = self.capturing.get(key)
+            job = self._forget(key)
+            if isinstance(job, GenerateJob) and decoded is not None:
+                work = partial(self.executor.generation_stored, job, backend, decoded, hidden)
+            else:
+                assert isinstance(job, ScoreJob)
+                work = partial(self.executor.score_stored, job, backend, hidden)
+            done.append((job, alone(job, work)))
+        return done
+
+    def run(self, jobs: list[ScoreJob | GenerateJob]) -> list[JobOutcome]:
+        """Run jobs to their end (with whatever else is in flight); their outcomes, in order. Other jobs that
+        finish meanwhile are answered by the next `advance`."""
+        outcomes = {job.job_id: outcome for job, outcome in self.admit(jobs)}
+        early: Done = []
+        while any(job.job_id not in outcomes for job in jobs):
+            for job, outcome in self.advance():
+                if any(job is mine for mine in jobs):
+                    outcomes[job.job_id] = outcome
+                else:
+                    early.append((job, outcome))
+        self.early.extend(early)
+        return [outcomes[job.job_id] for job in jobs]
+
+
+def _kept(completion: list[int], finish_reason: str, sampling: Sampling, backend: Backend) -> Decoded:
+    """An engine's completion as a job keeps it: the engine keeps the token that completed a stop string."""
+    if finish_reason == "stop" and sampling.stop:
+        completion = completion[: tokens_before_stop(completion, backend.decode, sampling.stop)]
+    return Decoded(completion, finish_reason, steps=[])
