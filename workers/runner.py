@@ -89,7 +89,7 @@ class Worker:
         self.held: dict[tuple[str, bytes], AnyJob] = {}  # the stream entries taken and not yet settled
         self.held_lock = threading.Lock()
         self.waiting: list[tuple[str, bytes, GenerateJob]] = []  # generations read, waiting for room in the batch
-        self.in_flight: dict[str, tuple[str, bytes, int]] = {}  # job id -> its entry and its generation tokens
+        self.running: dict[str, tuple[str, bytes, int]] = {}  # job id -> its entry and its generation tokens
         specs = [m for m in settings.models if not model_names or m.name in model_names]
         if not specs:
             raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
@@ -162,14 +162,14 @@ class Worker:
         log.info("worker %s serving %s", self.id, sorted(self.backends))
         last_reclaim = 0.0
         backoff = 0.5
-        while not self.stopping.is_set() or self.in_flight or self.waiting:
+        while not self.stopping.is_set() or self.running or self.waiting:
             try:
-                busy = bool(self.in_flight or self.waiting)
+                busy = bool(self.running or self.waiting)
                 if not self.stopping.is_set():
                     if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
                         last_reclaim = time.monotonic()
                         self._reclaim()
-                    room = self.settings.worker_max_sequences - len(self.in_flight) - len(self.waiting)
+                    room = self.settings.worker_max_sequences - len(self.running) - len(self.waiting)
                     if room > 0:
                         read: Any = self.redis.xreadgroup(
                             CONSUMER_GROUP,
@@ -185,7 +185,7 @@ class Worker:
                                 for entry_id, fields in entries
                             ]
                         )
-                if self.in_flight or self.waiting:
+                if self.running or self.waiting:
                     self._advance()
                 backoff = 0.5
             except redis.ResponseError as exc:
@@ -247,8 +247,9 @@ class Worker:
         self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
 
     def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
-        """Entries read together: rejected and cancelled ones settle at once, scoring jobs run as batched forwards,
-        generations join the running batch (or wait for room in it), the rest run one after another."""
+        """Entries read together: rejected and cancelled ones settle at once, scoring jobs run together (batched
+        forwards, or the pooling engine's running batch), generations join the running batch (or wait for room in
+        it), the rest run one after another."""
         scores: list[tuple[str, bytes, ScoreJob]] = []
         others: list[tuple[str, bytes, AnyJob]] = []
         for stream, entry_id, fields in entries:
@@ -278,12 +279,12 @@ class Worker:
 
     def _admit(self) -> None:
         """Move waiting generations into the running batch while they fit its token budget."""
-        used = sum(tokens for _, _, tokens in self.in_flight.values())
+        used = sum(tokens for _, _, tokens in self.running.values())
         taken: list[tuple[str, bytes, ScoreJob | GenerateJob, int]] = []
         while self.waiting:
             stream, entry_id, job = self.waiting[0]
             tokens = len(job.prompt_ids) + job.sampling.max_tokens
-            if (self.in_flight or taken) and used + tokens > self.settings.worker_generation_tokens:
+            if (self.running or taken) and used + tokens > self.settings.worker_generation_tokens:
                 break
             self.waiting.pop(0)
             used += tokens
@@ -295,7 +296,7 @@ class Worker:
         if not taken:
             return
         for stream, entry_id, one, tokens in taken:
-            self.in_flight[one.job_id] = (stream, entry_id, tokens)
+            self.running[one.job_id] = (stream, entry_id, tokens)
         jobs = [one for _, _, one, _ in taken]
         done: list[tuple[AnyJob, JobOutcome]]
         try:
@@ -313,7 +314,7 @@ class Worker:
         self._admit()
 
     def _finish(self, job: AnyJob, outcome: JobOutcome) -> None:
-        stream, entry_id, _ = self.in_flight.pop(job.job_id)
+        stream, entry_id, _ = self.running.pop(job.job_id)
         self._settle(stream, entry_id, job, outcome)
         log.info("job %s %s %s", job.job_id, job.kind, "ok" if outcome.ok else outcome.error)
 
