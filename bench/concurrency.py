@@ -38,6 +38,9 @@ from workers.models import safetensors_dir
 MODEL = "smollm2-135m-instruct"
 KV_BYTES = 1 << 30
 GENERATE_PROMPT = 100  # tokens of each generation's prompt
+# 16 entries per read; the gateway admits every request of the highest level (its default sheds load at 32
+# requests at work at once, which 64 simultaneous arrivals can pass while they are tokenized)
+SERVICE_ENV = {"LOGPROBE_WORKER_BATCH_JOBS": "16", "LOGPROBE_MAX_BUSY": "256"}
 
 
 async def level(send: Callable[[int], Awaitable[int]], n: int, concurrency: int) -> float:
@@ -107,8 +110,8 @@ async def main_async(args: argparse.Namespace) -> None:
     (ROOT / "artifacts").mkdir(exist_ok=True)
     with (
         open(ROOT / "artifacts" / "vllm-serve.log", "ab") as serve_log,
-        LocalService(env={"LOGPROBE_MODELS": json.dumps([spec]), "LOGPROBE_WORKER_BATCH_JOBS": "16"}) as ours,
-        LocalService(env={"LOGPROBE_WORKER_THREADS": "2", "LOGPROBE_WORKER_BATCH_JOBS": "16"}) as ours_hf,
+        LocalService(env={"LOGPROBE_MODELS": json.dumps([spec]), **SERVICE_ENV}) as ours,
+        LocalService(env={"LOGPROBE_WORKER_THREADS": "2", **SERVICE_ENV}) as ours_hf,
     ):
         server = start_vllm_server(str(folder), port, serve_log)
         try:
