@@ -208,7 +208,8 @@ class VLLMBackend:
         self, prompts: list[list[int]], samplings: list[Sampling], eos_ids: list[int]
     ) -> list[tuple[list[int], str]]:
         """Several generations in one `generate` call, each with its own parameters (and seed): the engine runs
-        them as one continuous batch, and each samples what it would alone."""
+        them as one continuous batch, and each samples what it would alone. Every sampling field maps onto vLLM's
+        own (workers/sampling.py applies the same ones, in the same order, in our loop)."""
         params = [
             SamplingParams(
                 max_tokens=sampling.max_tokens,
@@ -217,6 +218,12 @@ class VLLMBackend:
                 seed=sampling.seed,
                 stop=sampling.stop or None,
                 stop_token_ids=eos_ids,
+                top_k=sampling.top_k,
+                min_p=sampling.min_p,
+                frequency_penalty=sampling.frequency_penalty,
+                presence_penalty=sampling.presence_penalty,
+                repetition_penalty=sampling.repetition_penalty,
+                logit_bias=dict(sampling.logit_bias) or None,
             )
             for sampling in samplings
         ]
