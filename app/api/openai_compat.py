@@ -88,9 +88,13 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
     names = TokenNames(codec, body.return_tokens_as_token_ids)
     created, cid = int(time.time()), f"cmpl-{new_job_id()}"
     if body.stream:
-        return _sse(_completion_chunks(services, tenant, body, codec, prompts, samplings, k, names, cid, created))
+        return _sse(
+            _completion_chunks(services, tenant, body, codec, prompts, samplings, k, names, cid, created, max_tokens)
+        )
     runs = await gather_all(
-        generate(services, tenant, codec, ids, sampling, k, need_prompt) for ids, _ in prompts for sampling in samplings
+        generate(services, tenant, codec, ids, sampling, k, need_prompt, score_only=max_tokens == 0)
+        for ids, _ in prompts
+        for sampling in samplings
     )
     choices: list[dict[str, Any]] = []
     for i, (_, text) in enumerate(prompts):
@@ -192,9 +196,7 @@ def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 async def _steps(
     services: Services, tenant: str, codec: TextCodec, ids: list[int], sampling: Sampling, k: int
 ) -> AsyncIterator[DecodeStep | Any]:
-    """A choice's steps as the worker takes them, then its outcome (nothing for max_tokens 0)."""
-    if sampling.max_tokens == 0:
-        return
+    """A choice's steps as the worker takes them, then its outcome."""
     job = await completion_job(services, tenant, codec, ids, sampling, k)
     async for item in services.jobs.stream(job):
         yield item
@@ -211,6 +213,7 @@ async def _completion_chunks(
     names: TokenNames,
     cid: str,
     created: int,
+    max_tokens: int,
 ) -> AsyncIterator[dict[str, Any]]:
     def chunk(index: int, text: str, logprobs: Any = None, finish: str | None = None) -> dict[str, Any]:
         return {
@@ -234,7 +237,7 @@ async def _completion_chunks(
                 logprobs = completion_logprobs(scored, names, k, echo=True)
             offset = len(text)
             yield chunk(index, text, logprobs)
-        if sampling.max_tokens == 0:
+        if max_tokens == 0:
             meta, _, _ = await scored_record(services, tenant, codec.card, ids)
             yield {**chunk(index, "", finish="length"), "record_id": meta.record_id}
             return

@@ -59,7 +59,7 @@ async def detokenize(body: DetokenizeRequest, services: ServicesDep) -> dict[str
     card, codec = await _model(services, body.model)
     if any(t >= card.vocab_size for t in body.tokens):
         raise ApiError(422, "invalid_token_ids", f"token ids must lie in [0, {card.vocab_size})", "tokens")
-    return {"prompt": codec.decode(body.tokens)}
+    return {"prompt": codec.tokenizer.decode(body.tokens, skip_special_tokens=False)}  # vLLM keeps special tokens
 
 
 @router.get("/tokenizer_info", dependencies=[Depends(current_tenant)])

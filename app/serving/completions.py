@@ -86,7 +86,7 @@ def prompt_token_lists(codec: TextCodec, body: CompletionRequest, max_positions:
             ids = list(item)
             if any(t >= codec.card.vocab_size for t in ids):
                 raise ApiError(422, "invalid_token_ids", f"token ids must lie in [0, {codec.card.vocab_size})", param)
-            text = codec.decode(ids)
+            text = codec.tokenizer.decode(ids, skip_special_tokens=False)  # as vLLM echoes a token prompt
         if not ids:
             raise ApiError(422, "empty_text", "the prompt has no tokens", param)
         check_length(codec.card, len(ids), max_positions)
@@ -136,7 +136,7 @@ def sampling_for(body: OpenAICommon, card: ModelCard, max_tokens: int, seed: int
             )
         bias[token] = min(100.0, max(-100.0, value))
     return Sampling(
-        max_tokens=max_tokens,
+        max_tokens=max(1, max_tokens),  # 0 scores the prompt: no job samples
         temperature=body.temperature,
         top_p=body.top_p,
         seed=seed,
@@ -217,9 +217,10 @@ async def generate(
     sampling: Sampling,
     topk: int,
     need_prompt: bool,
+    score_only: bool = False,
 ) -> Generated:
-    """One choice, run to its end. With `max_tokens` 0 the prompt is scored (its record is the choice's)."""
-    if sampling.max_tokens == 0:
+    """One choice, run to its end; `score_only` (`max_tokens: 0`) scores the prompt (its record is the choice's)."""
+    if score_only:
         meta, scored, _ = await scored_record(services, tenant, codec.card, ids)
         return Generated(ids, [], [], "length", meta.record_id, scored)
     job = await completion_job(services, tenant, codec, ids, sampling, topk)
