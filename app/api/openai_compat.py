@@ -59,6 +59,7 @@ from app.serving.text import TextCodec
 from workers.protocol import DecodeStep, Sampling
 
 router = APIRouter(tags=["openai-compatible"])
+CHAT_MAX_TOKENS = 256  # a chat that names no max_tokens
 
 
 # ------------------------------------------------------------------ completions
@@ -79,7 +80,7 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
         raise ApiError(
             422, "invalid_best_of", "best_of cannot be streamed (it picks among finished samples)", "best_of"
         )
-    max_tokens = max_new(services, card, body.max_tokens)
+    max_tokens = max_new(services, card, body.max_tokens, [ids for ids, _ in prompts])
     if max_tokens == 0 and tries > 1:
         raise ApiError(422, "invalid_request", "max_tokens 0 scores the prompt: n and best_of must be 1", "n")
     samplings = [sampling_for(body, card, max_tokens, seed_of(body.seed, j)) for j in range(tries)]
@@ -138,7 +139,7 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep, t
     ids = chat_ids(codec, body, services.settings.max_positions)
     k = top_k(body.top_logprobs, services.settings, MAX_TOP, default=0) if body.logprobs else 0
     pk = prompt_k(services, body.prompt_logprobs) if body.prompt_logprobs is not None else None
-    max_tokens = max_new(services, card, body.max_completion_tokens or body.max_tokens)
+    max_tokens = max_new(services, card, body.max_completion_tokens or body.max_tokens or CHAT_MAX_TOKENS, [ids])
     samplings = [sampling_for(body, card, max_tokens, seed_of(body.seed, j)) for j in range(body.n)]
     last = body.messages[-1]
     echoed = last.content if body.echo and last.role == "assistant" else ""

@@ -18,7 +18,7 @@ import numpy as np
 
 from app.platform.errors import ApiError
 from app.platform.limits import charge
-from app.schemas.openai import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
+from app.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
 from app.serving.chat_template import ChatTemplateError
 from app.serving.inputs import check_length, stop_list, top_k, truncate_at_stop
 from app.serving.jobs import new_job_id, raise_for_outcome
@@ -73,8 +73,8 @@ def prompt_token_lists(codec: TextCodec, body: CompletionRequest, max_positions:
         items = list(prompt)  # type: ignore[arg-type]
     if not items:
         raise ApiError(422, "empty_text", "the prompt is empty", "prompt")
-    if len(items) > 256:
-        raise ApiError(422, "too_many_prompts", "at most 256 prompts per request", "prompt")
+    if len(items) > MAX_PROMPTS:
+        raise ApiError(422, "too_many_prompts", f"at most {MAX_PROMPTS} prompts per request", "prompt")
     out = []
     for i, item in enumerate(items):
         param = "prompt" if len(items) == 1 else f"prompt.{i}"
@@ -150,11 +150,13 @@ def sampling_for(body: OpenAICommon, card: ModelCard, max_tokens: int, seed: int
     )
 
 
-def max_new(services: Services, card: ModelCard, requested: int | None) -> int:
-    """max_tokens within the limits; none asked: as many as the limits allow (the worker stops at the context)."""
+def max_new(services: Services, card: ModelCard, requested: int | None, prompts: list[list[int]]) -> int:
+    """max_tokens within the limits; none asked (vLLM's `null`): as many as the limits and the longest prompt's
+    room in the context allow."""
     limit = min(services.settings.max_new_tokens, card.max_new_tokens)
     if requested is None:
-        return limit
+        room = min(card.context_length, services.settings.max_positions) - max(len(p) for p in prompts)
+        return max(1, min(limit, room))
     if requested > limit:
         raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {limit}", "max_tokens")
     return requested
