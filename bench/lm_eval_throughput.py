@@ -39,10 +39,11 @@ MODEL = "smollm2-135m-instruct"
 KV_BYTES = 1 << 30
 
 
-def write_task(folder: Path, docs: int, context_words: int) -> int:
-    """A multiple-choice task of `docs` documents; the number of log-likelihood requests it makes."""
+def write_task(folder: Path, docs: int, context_words: int) -> tuple[int, int]:
+    """A multiple-choice task of `docs` documents; the log-likelihood requests it makes, and how many distinct
+    (context, choice) pairs they score (a document may offer one word twice)."""
     words = (PASSAGE * 4).split()
-    lines, requests = [], 0
+    lines, requests, distinct = [], 0, set()
     for i in range(docs):
         start = (i * 7) % (len(words) // 2)
         window = words[start : start + context_words]
@@ -62,6 +63,7 @@ def write_task(folder: Path, docs: int, context_words: int) -> int:
             )
         )
         requests += len(choices)
+        distinct.update((i, c) for c in choices)
     data = folder / "lp_bench_mc.jsonl"
     data.write_text("\n".join(lines) + "\n")
     (folder / "lp_bench_mc.yaml").write_text(
@@ -70,7 +72,7 @@ def write_task(folder: Path, docs: int, context_words: int) -> int:
         "doc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\n"
         "metric_list:\n  - metric: acc\n"
     )
-    return requests
+    return requests, len(distinct)
 
 
 def run_harness(base: str, tasks: Path, out: Path, args: argparse.Namespace) -> tuple[float, list[dict[str, Any]]]:
@@ -151,10 +153,10 @@ def main() -> None:
     (ROOT / "artifacts").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        requests = write_task(root, args.docs, max(8, args.context_tokens * 3 // 4))
+        requests, distinct = write_task(root, args.docs, max(8, args.context_tokens * 3 // 4))
         print(
-            f"{args.docs} documents, {requests} log-likelihood requests; batch_size {args.batch_size}, "
-            f"num_concurrent {args.num_concurrent}; logprobe backend {args.backend}",
+            f"{args.docs} documents, {requests} log-likelihood requests ({distinct} distinct); "
+            f"batch_size {args.batch_size}, num_concurrent {args.num_concurrent}; logprobe backend {args.backend}",
             flush=True,
         )
         spec: dict[str, Any] = {"name": MODEL, "backend": args.backend}
