@@ -116,6 +116,7 @@ def decode(
     completion: list[int] = []
     steps: list[DecodeStep] = []
     weights = [view.weight for view in views]
+    plain = len(views) == 1 and weights == [1.0] and views[0].temperature == 1.0 and plausibility is None
     stops = sampling.stop if detokenize is not None else []
     sent = 0
 
@@ -131,7 +132,9 @@ def decode(
             torch.log_softmax(raw.double() / view.temperature, dim=-1) for raw, view in zip(logits, views, strict=True)
         ]
         combined = combine(view_logprobs, weights, plausibility)
-        token = sample_next(combined, sampling, generator)
+        # Plain sampling works on the raw logits as vLLM's sampler does (a repetition penalty depends on their sign).
+        scores = logits[0].double() if plain else combined
+        token = sample_next(scores, sampling, generator, views[0].prefix_ids, completion)
         top = combined.topk(min(topk, combined.shape[0])) if topk else None
         finite = (
             []

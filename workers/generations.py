@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from workers.backends.base import Backend, sample_next, stop_hit
-from workers.decoding import combine, tokens_before_stop
+from workers.decoding import tokens_before_stop
 from workers.protocol import Sampling
 
 
@@ -47,6 +47,7 @@ class GenerationPool(Protocol):
 @dataclass
 class _Sequence:
     key: str
+    prompt: list[int]
     sampling: Sampling
     generator: torch.Generator
     completion: list[int] = field(default_factory=list)
@@ -81,7 +82,8 @@ class SteppedGenerations:
         """Queue a generation; it is prefilled (with the others that joined since the last step) at the next
         `advance`."""
         seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        self.waiting.append((_Sequence(key, sampling, torch.Generator().manual_seed(seed)), list(prompt_ids)))
+        sequence = _Sequence(key, list(prompt_ids), sampling, torch.Generator().manual_seed(seed))
+        self.waiting.append((sequence, sequence.prompt))
 
     def _prefill_waiting(self) -> list[Finished]:
         """Prefill the sequences waiting, as one batch, and add them to the running one (a cache that cannot
@@ -136,10 +138,9 @@ class SteppedGenerations:
         return finished
 
     def _sample(self, sequence: _Sequence, logits: torch.Tensor) -> Finished | None:
-        """One step of `decoding.decode` for one view of weight 1: the same numbers, the same rules."""
+        """One step of `decoding.decode` for one plain view: the same numbers, the same rules."""
         sampling = sequence.sampling
-        combined = combine([torch.log_softmax(logits.double(), dim=-1)], [1.0], None)
-        token = sample_next(combined, sampling, sequence.generator)
+        token = sample_next(logits.double(), sampling, sequence.generator, sequence.prompt, sequence.completion)
         sequence.completion.append(token)
         completion = sequence.completion
         if sampling.stop and stop_hit(self.backend.decode(completion), sampling.stop):

@@ -195,6 +195,13 @@ class Sampling(BaseModel):
     top_p: float = Field(gt=0.0, le=1.0)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
+    # vLLM's sampling fields, applied as its sampler does (workers/sampling.py); the defaults change nothing
+    top_k: int = Field(default=0, ge=0, description="0: every token")
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
 
 
 class _JobBase(BaseModel):

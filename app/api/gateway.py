@@ -20,6 +20,7 @@ from app.api import (
     openai_compat,
     records,
     score,
+    tokenizer,
     web,
 )
 from app.batches.runner import BatchRunner
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         frequency_tables,
         decode,
         openai_compat,
+        tokenizer,
         batches,
         web,
     ):

@@ -36,6 +36,7 @@ async def list_models(services: ServicesDep) -> ModelList:
                         }
                     ),
                     "chat_template": card.chat_template is not None,
+                    "max_model_len": card.context_length,
                 }
             )
         data.append(info)

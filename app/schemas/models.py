@@ -16,6 +16,7 @@ class ModelInfo(BaseModel):
     vocab_size: int | None = None
     hidden_size: int | None = None
     context_length: int | None = None
+    max_model_len: int | None = Field(default=None, description="as vLLM's /v1/models says: the context length")
     chat_template: bool | None = None
     storage: str | None = None
     hidden_dtype: str | None = None

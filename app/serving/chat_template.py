@@ -45,13 +45,36 @@ def _compile(template: str) -> jinja2.Template:
 
 
 def render_chat(
-    template: str, messages: list[dict[str, Any]], special_tokens: dict[str, str], add_generation_prompt: bool
+    template: str,
+    messages: list[dict[str, Any]],
+    special_tokens: dict[str, str],
+    add_generation_prompt: bool,
+    continue_final_message: bool = False,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> str:
+    """The chat as transformers' apply_chat_template renders it; `template_kwargs` reach the template as variables
+    (vLLM's `chat_template_kwargs`), and `continue_final_message` leaves the last message open, as transformers
+    cuts it: the text ends where that message's content does."""
+    if continue_final_message and add_generation_prompt:
+        raise ChatTemplateError("continue_final_message and add_generation_prompt cannot both be true")
+    variables = {
+        **(template_kwargs or {}),
+        **special_tokens,
+        "messages": messages,
+        "add_generation_prompt": add_generation_prompt,
+    }
     try:
-        return _compile(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens
-        )
+        rendered = _compile(template).render(**variables)
     except ChatTemplateError:
         raise
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(str(exc)) from exc
+    if not continue_final_message:
+        return rendered
+    final = str(messages[-1].get("content") or "")
+    if not final.strip() or final.strip() not in rendered:
+        raise ChatTemplateError("continue_final_message: the final message does not appear in the rendered chat")
+    at = rendered.rindex(final.strip())
+    if rendered[at : at + len(final.lstrip())] == final:
+        return rendered[: at + len(final.lstrip())]
+    return rendered[: at + len(final.strip())]

@@ -26,21 +26,44 @@ class TextCodec:
         # analyses of a cached record ask for the same token texts again and again
         self._texts = lru_cache(maxsize=TEXTS_CACHED)(self._token_texts)
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=True).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         bos = self.card.bos_token_id
-        if self.card.add_bos and bos is not None and ids[:1] != [bos]:
+        if add_special_tokens and self.card.add_bos and bos is not None and ids[:1] != [bos]:
             ids = [bos, *ids]
         return ids
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
         if not self.card.chat_template:
             raise LookupError(f"model {self.card.name!r} has no chat template")
-        return render_chat(self.card.chat_template, messages, self.card.special_tokens, add_generation_prompt)
+        return render_chat(
+            self.card.chat_template,
+            messages,
+            self.card.special_tokens,
+            add_generation_prompt,
+            continue_final_message,
+            template_kwargs,
+        )
 
-    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
-        """As transformers' apply_chat_template: the template adds any special tokens itself."""
-        rendered = self.render_chat(messages, add_generation_prompt)
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
+        add_special_tokens: bool = False,
+    ) -> list[int]:
+        """As transformers' apply_chat_template: the template adds any special tokens itself (vLLM's
+        `add_special_tokens` adds the tokenizer's on top)."""
+        rendered = self.render_chat(messages, add_generation_prompt, continue_final_message, template_kwargs)
+        if add_special_tokens:
+            return self.encode(rendered)
         return list(self.tokenizer.encode(rendered, add_special_tokens=False).ids)
 
     def decode(self, ids: list[int]) -> str:

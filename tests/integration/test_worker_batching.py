@@ -112,7 +112,7 @@ def _generations(backend: HFBackend, tenant: str) -> list[GenerateJob]:
         Sampling(max_tokens=14, temperature=0.0, top_p=1.0),
         Sampling(max_tokens=22, temperature=0.8, top_p=0.9, seed=7),
         Sampling(max_tokens=9, temperature=1.0, top_p=1.0, seed=3, stop=["e"]),
-        Sampling(max_tokens=17, temperature=0.7, top_p=1.0, seed=11),
+        Sampling(max_tokens=17, temperature=0.7, top_p=1.0, seed=11, repetition_penalty=1.3, frequency_penalty=0.5),
         Sampling(max_tokens=6, temperature=0.0, top_p=1.0, stop=[","]),
     ]
     return [

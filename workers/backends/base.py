@@ -1,13 +1,16 @@
-"""What every backend offers the job runner, and the sampling rule they share."""
+"""What every backend offers the job runner, and the sampling rule they share (`workers.sampling`)."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 
 from workers.capture import Unembedding
-from workers.protocol import ModelCard, Sampling
+from workers.protocol import ModelCard
+from workers.sampling import sample_next
+
+__all__ = ["Backend", "sample_next", "stop_hit"]
 
 
 class Backend(Protocol):
@@ -48,33 +51,6 @@ class Backend(Protocol):
     def tokenizer_json(self) -> str:
         """The tokenizer as `tokenizers` JSON, published for the gateway."""
         ...
-
-
-@runtime_checkable
-class NativeSampler(Protocol):
-    """A backend whose engine samples by itself (vLLM), used for plain generation instead of our loop."""
-
-    def sample(self, prompt_ids: list[int], sampling: Sampling, eos_ids: list[int]) -> tuple[list[int], str]:
-        """Completion ids (ending with the eos or stop token when one ended it) and "stop" or "length"."""
-        ...
-
-    def sample_many(
-        self, prompts: list[list[int]], samplings: list[Sampling], eos_ids: list[int]
-    ) -> list[tuple[list[int], str]]:
-        """`sample` for several prompts at once, in the engine's own batch; each as it would be alone."""
-        ...
-
-
-def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """Greedy at temperature 0, else nucleus sampling (top_p) from softmax(logits / temperature)."""
-    if sampling.temperature == 0.0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = (sorted_p.cumsum(0) - sorted_p) < sampling.top_p
-        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def stop_hit(text: str, stops: list[str]) -> bool:

@@ -243,7 +243,9 @@ class VLLMBackend:
 
 
 def sampling_params(sampling: Sampling, eos_ids: list[int]) -> SamplingParams:
-    """vLLM's parameters for a job's sampling (its stop strings, and the model's end-of-sequence ids)."""
+    """vLLM's parameters for a job's sampling (its stop strings, and the model's end-of-sequence ids). Every
+    sampling field maps onto vLLM's own (workers/sampling.py applies the same ones, in the same order, in our
+    loop)."""
     return SamplingParams(
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
@@ -251,6 +253,12 @@ def sampling_params(sampling: Sampling, eos_ids: list[int]) -> SamplingParams:
         seed=sampling.seed,
         stop=sampling.stop or None,
         stop_token_ids=eos_ids,
+        top_k=sampling.top_k,
+        min_p=sampling.min_p,
+        frequency_penalty=sampling.frequency_penalty,
+        presence_penalty=sampling.presence_penalty,
+        repetition_penalty=sampling.repetition_penalty,
+        logit_bias=dict(sampling.logit_bias) or None,
     )
 
 
