@@ -159,6 +159,26 @@ def test_generations_joining_the_running_engine_sample_what_each_samples_alone(v
     assert len(pool) == 0
 
 
+def test_sequences_joining_the_running_pooling_engine_get_the_states_they_get_alone(vllm_fp32: Any) -> None:
+    """The worker's scoring pool: sequences of mixed lengths handed to the pooling engine while others run get
+    the hidden states (and so the rows) each gets alone."""
+    texts = ["Short.", "A somewhat longer sentence about the harbour and its lighthouse keeper. " * 4, "a b c d"]
+    sequences = [vllm_fp32.encode(t) for t in texts]
+    alone = [vllm_fp32.hidden_states(s) for s in sequences]
+    pool = vllm_fp32.scorings()
+    pool.join("0", sequences[0])
+    got: dict[str, Any] = {}
+    while len(got) < 3:
+        if not got and len(pool):
+            pool.join("1", sequences[1])
+            pool.join("2", sequences[2])
+        got.update(pool.advance())
+    for i, states in enumerate(alone):
+        assert got[str(i)].shape == states.shape
+        rows, alone_rows = vllm_fp32.head.logprobs(got[str(i)]), vllm_fp32.head.logprobs(states)
+        assert float((rows - alone_rows).abs().max()) <= 1e-5
+
+
 def test_cpu_engines_get_a_fixed_kv_budget_not_a_share_of_free_memory(vllm_fp32: Any) -> None:
     """The two engines split the spec's KV bytes 40/60, whatever the suite loaded before them."""
     scoring = vllm_fp32.scorer.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes
