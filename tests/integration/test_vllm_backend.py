@@ -167,11 +167,10 @@ def test_sequences_joining_the_running_pooling_engine_get_the_states_they_get_al
     alone = [vllm_fp32.hidden_states(s) for s in sequences]
     pool = vllm_fp32.scorings()
     pool.join("0", sequences[0])
-    got: dict[str, Any] = {}
+    got: dict[str, Any] = dict(pool.advance())  # one engine step with the first alone
+    pool.join("1", sequences[1])
+    pool.join("2", sequences[2])
     while len(got) < 3:
-        if not got and len(pool):
-            pool.join("1", sequences[1])
-            pool.join("2", sequences[2])
         got.update(pool.advance())
     for i, states in enumerate(alone):
         assert got[str(i)].shape == states.shape
