@@ -28,6 +28,7 @@ class Finished:
     completion: list[int]
     finish_reason: str
     error: Exception | None = None
+    states: torch.Tensor | None = None  # hidden states [len(prompt + completion) - 1, d]: the record's, when kept
 
 
 class GenerationPool(Protocol):
@@ -51,10 +52,16 @@ class _Sequence:
     sampling: Sampling
     generator: torch.Generator
     completion: list[int] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)  # hidden states of the tokens fed so far
 
 
 class JoinableStreams(Protocol):
-    """A backend whose decoding streams (from `start`) can take in and let go of rows between steps."""
+    """A backend whose decoding streams can take in and let go of rows between steps, and that hands back the
+    hidden states it computes (so a finished generation's record needs no second forward)."""
+
+    def prefill(self, prefixes: list[list[int]]) -> tuple[Any, list[torch.Tensor]]: ...
+
+    def feed(self, streams: Any, tokens: list[int]) -> torch.Tensor: ...
 
     def can_join(self, streams: Any) -> bool: ...
 
@@ -92,7 +99,8 @@ class SteppedGenerations:
             return []
         joining, self.waiting = self.waiting, []
         try:
-            streams, logits = self.backend.start([prompt for _, prompt in joining])
+            streams, states = self.ops.prefill([prompt for _, prompt in joining])
+            logits = self.backend.head.logits(torch.stack([hidden[-1] for hidden in states]))
         except Exception as exc:  # e.g. out of memory: each alone, so that a bad one fails alone
             if len(joining) == 1:
                 return [Finished(joining[0][0].key, [], "error", exc)]
@@ -101,6 +109,8 @@ class SteppedGenerations:
                 self.waiting = [one]
                 failed.extend(self._prefill_waiting())
             return failed
+        for (sequence, _), hidden in zip(joining, states, strict=True):
+            sequence.states.append(hidden)
         self._add(joining, streams, logits)
         return []
 
@@ -134,7 +144,10 @@ class SteppedGenerations:
         if len(staying) < len(self.rows):
             self.streams = self.ops.keep_streams(self.streams, staying)
             self.rows = [self.rows[row] for row in staying]
-        self.logits = self.backend.step(self.streams, tokens)
+        hidden = self.ops.feed(self.streams, tokens)
+        for row, sequence in enumerate(self.rows):
+            sequence.states.append(hidden[row : row + 1])
+        self.logits = self.backend.head.logits(hidden)
         return finished
 
     def _sample(self, sequence: _Sequence, logits: torch.Tensor) -> Finished | None:
@@ -144,13 +157,18 @@ class SteppedGenerations:
         sequence.completion.append(token)
         completion = sequence.completion
         if sampling.stop and stop_hit(self.backend.decode(completion), sampling.stop):
-            keep = tokens_before_stop(completion, self.backend.decode, sampling.stop)
-            return Finished(sequence.key, completion[:keep], "stop")
+            return self._finished(sequence, tokens_before_stop(completion, self.backend.decode, sampling.stop), "stop")
         if token in self.eos:
-            return Finished(sequence.key, completion, "stop")
+            return self._finished(sequence, len(completion), "stop")
         if len(completion) >= sampling.max_tokens:
-            return Finished(sequence.key, completion, "length")
+            return self._finished(sequence, len(completion), "length")
         return None
+
+    @staticmethod
+    def _finished(sequence: _Sequence, keep: int, reason: str) -> Finished:
+        """The first `keep` tokens of the completion, with the states of prompt + those tokens but the last."""
+        states = torch.cat(sequence.states)[: len(sequence.prompt) + keep - 1]
+        return Finished(sequence.key, sequence.completion[:keep], reason, states=states)
 
     def abandon(self) -> list[str]:
         """Drop every sequence (after a failure); the keys dropped."""

@@ -141,6 +141,12 @@ class InFlight:
             if f.error is not None:
                 self._forget(f.key)
                 done.append((job, worker_error(job, f.error)))
+            elif f.states is not None and backend.card.storage == "hidden":  # the decoding loop computed them
+                self._forget(f.key)
+                decoded = Decoded(f.completion, f.finish_reason, steps=[])
+                done.append(
+                    (job, alone(job, partial(self.executor.generation_stored, job, backend, decoded, f.states)))
+                )
             else:
                 kept.append((job, _kept(f.completion, f.finish_reason, self.samplings[f.key], backend)))
         scoring = self._scoring_pool(kept[0][0].model) if kept else None

@@ -168,12 +168,14 @@ class JobExecutor:
         finish_reason: str | None = None,
         hidden: torch.Tensor | None = None,
     ) -> None:
-        """Capture the statistics of `token_ids` (from `hidden`, their hidden states, when given) and store the
-        record."""
+        """Capture the statistics of `token_ids` and store the record; `hidden`, when given, holds the hidden states
+        of (at least) all their tokens but the last, the rows the record keeps."""
         card = backend.card
         ids = torch.tensor(token_ids)
         if card.storage == "hidden":
-            hidden = (backend.hidden_states(token_ids) if hidden is None else hidden)[:-1]
+            hidden = (backend.hidden_states(token_ids) if hidden is None else hidden)[: len(token_ids) - 1]
+            if hidden.shape[0] != len(token_ids) - 1:
+                raise RuntimeError(f"{hidden.shape[0]} hidden states for {len(token_ids)} tokens")
             stats = capture_statistics(hidden, ids, backend.head, CAPTURE_TOPK)
             payload = {"hidden": st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})}
         else:  # logits are not W·h for this model: keep its own rows, and take the statistics from them

@@ -30,6 +30,7 @@ from workers.protocol import (
     ContrastJob,
     DecodeStep,
     DecodeView,
+    GenerateJob,
     JobOutcome,
     ModelCard,
     Sampling,
@@ -170,12 +171,17 @@ def seed_of(seed: int | None, index: int) -> int | None:
 # ------------------------------------------------------------------ jobs
 
 
+async def admitted(services: Services, tenant: str, card: ModelCard, ids: list[int], sampling: Sampling) -> None:
+    """Check a choice's length against the model and charge its tokens to the tenant."""
+    check_length(card, len(ids) + sampling.max_tokens, services.settings.max_positions)
+    await charge(services.redis, tenant, "tokens", len(ids) + sampling.max_tokens, services.settings.rate_limit_tpm)
+
+
 async def completion_job(
     services: Services, tenant: str, codec: TextCodec, ids: list[int], sampling: Sampling, topk: int
 ) -> ContrastJob:
     card = codec.card
-    check_length(card, len(ids) + sampling.max_tokens, services.settings.max_positions)
-    await charge(services.redis, tenant, "tokens", len(ids) + sampling.max_tokens, services.settings.rate_limit_tpm)
+    await admitted(services, tenant, card, ids, sampling)
     view = DecodeView(model=card.name, fingerprint=card.fingerprint, prefix_ids=ids, weight=1.0)
     return ContrastJob(
         job_id=new_job_id(),
@@ -221,10 +227,18 @@ async def generate(
     need_prompt: bool,
     score_only: bool = False,
 ) -> Generated:
-    """One choice, run to its end; `score_only` (`max_tokens: 0`) scores the prompt (its record is the choice's)."""
+    """One choice, run to its end; `score_only` (`max_tokens: 0`) scores the prompt (its record is the choice's).
+
+    A choice whose alternatives the record keeps is a plain generation, which the worker runs in its model's
+    continuous batch; its logprobs are read from its record (the model's own, as vLLM reports them). Wider
+    alternatives come from a decoding job's steps."""
     if score_only:
         meta, scored, _ = await scored_record(services, tenant, codec.card, ids)
         return Generated(ids, [], [], "length", meta.record_id, scored)
+    if topk <= CAPTURE_TOPK:
+        pooled = await generated_from_record(services, tenant, codec, ids, sampling, need_prompt)
+        if pooled is not None:
+            return pooled
     job = await completion_job(services, tenant, codec, ids, sampling, topk)
     outcome, steps = await finished_steps(services, job)
     assert outcome.record_id is not None
@@ -235,6 +249,43 @@ async def generate(
         stats = found[1] if found is not None else (await scored_record(services, tenant, codec.card, ids))[1]
     return Generated(
         ids, outcome.completion_ids or [], steps, outcome.finish_reason or "stop", outcome.record_id, stats
+    )
+
+
+async def generated_from_record(
+    services: Services, tenant: str, codec: TextCodec, ids: list[int], sampling: Sampling, need_prompt: bool
+) -> Generated | None:
+    """A plain generation job, its steps read from its record (None if the record is already gone)."""
+    card = codec.card
+    await admitted(services, tenant, card, ids, sampling)
+    job = GenerateJob(
+        job_id=new_job_id(),
+        tenant=tenant,
+        model=card.name,
+        fingerprint=card.fingerprint,
+        prompt_ids=ids,
+        sampling=sampling,
+    )
+    outcome = raise_for_outcome(await services.jobs.run(job))
+    assert outcome.record_id is not None
+    found = await services.store.read(tenant, outcome.record_id)
+    if found is None:
+        return None
+    _, stats = found
+    completion = outcome.completion_ids or []
+    rows = range(len(ids) - 1, len(ids) - 1 + len(completion))  # row r holds the distribution of token r + 1
+    steps = [
+        DecodeStep(
+            token=token,
+            top_ids=stats["topk_ids"][row].tolist(),
+            top_logprobs=stats["topk_logprobs"][row].tolist(),
+            view_logprobs=[float(stats["logprob"][row])],
+            view_ranks=[int(stats["rank"][row])],
+        )
+        for token, row in zip(completion, rows, strict=True)
+    ]
+    return Generated(
+        ids, completion, steps, outcome.finish_reason or "stop", outcome.record_id, stats if need_prompt else None
     )
 
 

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import redis
+import torch
 
 from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
@@ -68,7 +69,11 @@ def _jobs(backend: HFBackend, tenant: str) -> list[ScoreJob]:
 
 
 def _stored(client: redis.Redis, job: ScoreJob) -> tuple[dict[str, np.ndarray], bytes]:
-    raw_meta, raw_stats, hidden = client.hmget(record_key(job.tenant, job.record_id), ["meta", "stats", "hidden"])
+    return _stored_record(client, job.tenant, job.record_id)
+
+
+def _stored_record(client: redis.Redis, tenant: str, rid: str) -> tuple[dict[str, np.ndarray], bytes]:
+    raw_meta, raw_stats, hidden = client.hmget(record_key(tenant, rid), ["meta", "stats", "hidden"])
     meta = decode_meta(raw_meta or b"")
     return decode_stats(raw_stats or b"", len(meta.token_ids) - 1, meta.topk), hidden or b""
 
@@ -153,6 +158,15 @@ def test_generations_joining_a_running_batch_sample_what_each_samples_alone(back
             a.record_id,
         )
     assert {together[j.job_id].finish_reason for j in jobs} == {"stop", "length"}
+    # The records come from the decoding loop's own hidden states (no second forward): they equal the text scored
+    # alone up to the rounding of incremental decoding against one whole-sequence forward (float32).
+    for job in jobs:
+        outcome = together[job.job_id]
+        full = job.prompt_ids + (outcome.completion_ids or [])
+        stats, _ = _stored_record(client, job.tenant, outcome.record_id or "")
+        alone_rows = backend.head.logprobs(backend.hidden_states(full)[:-1])
+        expected = alone_rows[torch.arange(len(full) - 1), torch.tensor(full[1:])].numpy()
+        assert np.abs(stats["logprob"] - expected).max() <= 1e-4
 
 
 def test_a_bad_generation_is_refused_alone_while_the_batch_runs(backend: HFBackend, redis_url: str) -> None:

@@ -165,34 +165,47 @@ class HFBackend:
     def full_rows(self, token_ids: list[int]) -> torch.Tensor:
         return self.reference_logprobs(token_ids)
 
-    @torch.inference_mode()
     def start(self, prefixes: list[list[int]]) -> tuple[Streams, torch.Tensor]:
+        streams, states = self.prefill(prefixes)
+        return streams, self.head.logits(torch.stack([hidden[-1] for hidden in states]))
+
+    def step(self, state: Streams, tokens: list[int]) -> torch.Tensor:
+        return self.head.logits(self.feed(state, tokens))
+
+    @torch.inference_mode()
+    def prefill(self, prefixes: list[list[int]]) -> tuple[Streams, list[torch.Tensor]]:
+        """Decoding streams over the prefixes, batched into one forward; each prefix's hidden states [len, d]."""
         cache = DynamicCache(config=self.model.config)
         if len(prefixes) == 1:  # no padding, no mask: the same computation as scoring
-            return Streams(cache), self.head.logits(self._forward(torch.tensor(prefixes[0]), cache)[-1:])
+            return Streams(cache), [self._forward(torch.tensor(prefixes[0]), cache)]
         # Several prefixes: left-pad into one batch; the mask hides the padding, positions skip it.
         width = max(len(p) for p in prefixes)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        parts = []
         for lo in range(0, width, PREFILL_CHUNK):
             hi = lo + PREFILL_CHUNK
-            hidden = self.decoder(
-                input_ids=ids[:, lo:hi],
-                attention_mask=mask[:, :hi],
-                position_ids=positions[:, lo:hi],
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state[:, -1]
-        return Streams(cache, mask, mask.sum(-1)), self.head.logits(hidden)
+            parts.append(
+                self.decoder(
+                    input_ids=ids[:, lo:hi],
+                    attention_mask=mask[:, :hi],
+                    position_ids=positions[:, lo:hi],
+                    past_key_values=cache,
+                    use_cache=True,
+                ).last_hidden_state
+            )
+        hidden = torch.cat(parts, dim=1)
+        return Streams(cache, mask, mask.sum(-1)), [hidden[i, width - len(p) :] for i, p in enumerate(prefixes)]
 
     @torch.inference_mode()
-    def step(self, state: Streams, tokens: list[int]) -> torch.Tensor:
+    def feed(self, state: Streams, tokens: list[int]) -> torch.Tensor:
+        """Feed one token to each stream in one forward; their hidden states [B, d]."""
         if state.mask is None or state.positions is None:
-            return self.head.logits(self._forward(torch.tensor(tokens), state.cache)[-1:])
+            return self._forward(torch.tensor(tokens), state.cache)[-1:]
         state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
-        hidden = self.decoder(
+        hidden: torch.Tensor = self.decoder(
             input_ids=torch.tensor(tokens)[:, None],
             attention_mask=state.mask,
             position_ids=state.positions[:, None],
@@ -200,7 +213,7 @@ class HFBackend:
             use_cache=True,
         ).last_hidden_state[:, -1]
         state.positions = state.positions + 1
-        return self.head.logits(hidden)
+        return hidden
 
     # Rows join and leave a running batch of streams (workers/generations.py).
     can_join = staticmethod(can_join)
