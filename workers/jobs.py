@@ -23,6 +23,7 @@ from workers.capture import (
     rebuild_rows,
 )
 from workers.decoding import Decoded, View, decode, tokens_before_stop
+from workers.heads.job import run_head_job
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
@@ -33,6 +34,7 @@ from workers.protocol import (
     ContrastJob,
     CrossJob,
     GenerateJob,
+    HeadJob,
     JobError,
     JobOutcome,
     ProtocolError,
@@ -79,6 +81,8 @@ class JobExecutor:
                 return self._cross(job)
             if isinstance(job, ContrastJob):
                 return self._contrast(job)
+            if isinstance(job, HeadJob):  # reads records only: no backend, no weights
+                return run_head_job(self.redis, job)
             backend = self._backend_for(job.model, job.fingerprint)
             if isinstance(job, ScoreJob):
                 return self._score(job, backend)
