@@ -553,6 +553,19 @@ HEAD_PARAMS: dict[str, dict[str, float | int | str]] = {
     "probe": {"folds": 5, "val_fraction": 0.2, "pool": "mean", "max_positions": 1 << 20},
 }
 HEAD_PARAM_CHOICES = {"pool": ("mean", "last")}
+HEAD_PARAM_MAX = {
+    "folds": 20,
+    "max_epochs": 1000,
+    "patience": 1000,
+    "lr": 1.0,
+    "weight_decay": 100.0,
+    "batch_size": 4096,
+    "width": 1024,
+    "gate_dims": 256,
+    "gate_width": 1024,
+    "topk": CAPTURE_TOPK,
+    "max_positions": 1 << 20,
+}
 
 
 def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, float | int | str]:
@@ -573,6 +586,8 @@ def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, flo
             raise ValueError(f"{name} must be an integer" + (" of at least 2" if name == "folds" else ""))
         elif name in ("val_fraction", "dropout") and value >= 1:
             raise ValueError(f"{name} must lie in (0, 1)")
+        elif value > HEAD_PARAM_MAX.get(name, value):
+            raise ValueError(f"{name} is at most {HEAD_PARAM_MAX[name]}")
         out[name] = int(value) if isinstance(default, int) else value
     return out
 
