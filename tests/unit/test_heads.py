@@ -203,7 +203,13 @@ def test_features_are_the_documented_statistics() -> None:
 
 def test_params_are_checked() -> None:
     assert head_params("probe", {"pool": "last"})["pool"] == "last"
-    for kind, bad in [("probe", {"pool": "max"}), ("pawn", {"lr": -1}), ("los", {"nope": 1}), ("pawn", {"folds": 1}), ("los", {"topk": 21})]:
+    for kind, bad in [
+        ("probe", {"pool": "max"}),
+        ("pawn", {"lr": -1}),
+        ("los", {"nope": 1}),
+        ("pawn", {"folds": 1}),
+        ("los", {"topk": 21}),
+    ]:
         with pytest.raises(ValueError):
             head_params(kind, bad)
     assert set(HEAD_PARAMS) == {"pawn", "los", "probe"}
