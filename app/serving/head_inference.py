@@ -52,6 +52,27 @@ async def trained_head(services: Services, tenant: str, head_id: str) -> tuple[H
     return state, weights
 
 
+async def check_heads(services: Services, tenant: str, family: str, model: str, head_ids: list[str]) -> None:
+    """Before a batch runs: every head exists for this key, is trained, and fits the family and model."""
+    card = await services.catalog.card(model)
+    for head_id in head_ids:
+        state, _ = await trained_head(services, tenant, head_id)
+        _check_fit(head_id, state, family, card.name, card.fingerprint)
+
+
+def _check_fit(head_id: str, state: HeadState, family: str, model: str, fingerprint: str) -> None:
+    if state.fingerprint != fingerprint:
+        raise ApiError(
+            422,
+            "head_model_mismatch",
+            f"head {head_id!r} was trained on {state.model!r} records (fingerprint {state.fingerprint[:12]}), "
+            f"not on {model!r} as it is served now",
+            "heads",
+        )
+    if state.family != family:
+        raise ApiError(422, "head_family_mismatch", f"head {head_id!r} is a {state.family} head", "heads")
+
+
 async def apply_heads(
     services: Services,
     tenant: str,
@@ -68,16 +89,7 @@ async def apply_heads(
     rows = positions - 1
     for head_id in head_ids:
         state, w = await trained_head(services, tenant, head_id)
-        if state.fingerprint != meta.fingerprint:
-            raise ApiError(
-                422,
-                "head_model_mismatch",
-                f"head {head_id!r} was trained on {state.model!r} records (fingerprint {state.fingerprint[:12]}), "
-                f"not on this record's model {meta.model!r}",
-                "heads",
-            )
-        if state.family != family:
-            raise ApiError(422, "head_family_mismatch", f"head {head_id!r} is a {state.family} head", "heads")
+        _check_fit(head_id, state, family, meta.model, meta.fingerprint)
         if state.name in answers.sequence:
             raise ApiError(422, "duplicate_head_name", f"two heads named {state.name!r} in one request", "heads")
         weights: np.ndarray | None = None

@@ -169,6 +169,9 @@ def test_heads_train_on_texts_and_records_and_answer_in_detect_and_batches(
     assert beta.delete(f"/v1/heads/{pawn['id']}").status_code == 404
     refused = beta.post("/v1/analysis/detect", json={"model": MODEL, "text": machine, "heads": [pawn["id"]]})
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "head_not_found"
+    analyses = [{"family": "detect", "heads": [pawn["id"]]}]
+    refused = beta.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": machine}], "analyses": analyses})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "head_not_found"  # checked at submit
 
     # A head belongs to its model's weights, and to its family.
     other = alpha.post("/v1/analysis/detect", json={"model": "tiny-llama", "text": machine, "heads": [los["id"]]})
