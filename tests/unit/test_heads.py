@@ -214,3 +214,18 @@ def test_params_are_checked() -> None:
             head_params(kind, bad)
     assert set(HEAD_PARAMS) == {"pawn", "los", "probe"}
     assert auroc(np.array([1.0, 2.0]), np.array([0.0, 2.0])) == 0.625
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_stored_hidden_states_decode_and_page_in_every_storage_dtype(dtype: torch.dtype) -> None:
+    """The gateway reads hidden states without torch (bfloat16 too) and pages them byte for byte."""
+    from safetensors.torch import load as st_load_torch
+    from safetensors.torch import save as st_save_torch
+
+    from workers.protocol import hidden_float32, slice_hidden
+
+    hidden = torch.randn(9, 7, generator=torch.Generator().manual_seed(0)).to(dtype)
+    blob = st_save_torch({"hidden": hidden})
+    np.testing.assert_array_equal(hidden_float32(blob), hidden.float().numpy())
+    page = st_load_torch(slice_hidden(blob, 2, 6))["hidden"]
+    assert page.dtype == dtype and torch.equal(page, hidden[2:6])
