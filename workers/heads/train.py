@@ -20,7 +20,7 @@ from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters
 from workers.protocol import HeadMetrics
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
-PCA_SAMPLE = 20000  # hidden-state rows that fit the gate's projection
+PCA_SAMPLE = 10000  # hidden-state rows that fit the gate's projection
 Progress = Callable[[str, float], None]
 
 
@@ -148,9 +148,10 @@ class Inputs:
         n, t_max = self.mask.shape
         r = model.hid_proj.shape[1]
         current, following = torch.zeros(n, t_max, r), torch.zeros(n, t_max, r)
+        mean, proj = model.hid_mean.numpy(), model.hid_proj.numpy()
         with torch.no_grad():
             for i, h in enumerate(self.hidden):
-                z = model.project(torch.from_numpy(h))
+                z = torch.from_numpy((h - mean) @ proj)  # numpy's BLAS: not held to the training's one thread
                 t = len(h) - 1
                 current[i, :t] = z[:t]
                 following[i, : t - 1] = z[1:t]
@@ -173,18 +174,24 @@ def _fit_normalisers(model: nn.Module, inputs: Inputs, idx: np.ndarray, params: 
     feats = inputs.feats[sel][inputs.mask[sel]]
     model.feat_mean, model.feat_std = _standardiser(los_inputs(feats) if isinstance(model, Los) else feats)
     if isinstance(model, Pawn):
-        rows = np.concatenate([inputs.hidden[i][:-1] for i in idx])
-        rng = np.random.default_rng(seed)
-        if len(rows) > PCA_SAMPLE:
-            rows = rows[rng.choice(len(rows), PCA_SAMPLE, replace=False)]
-        mean = rows.mean(axis=0)
-        _, s, vt = np.linalg.svd((rows - mean).astype(np.float64), full_matrices=False)
-        r = model.hid_proj.shape[1]
-        scale = np.maximum(s[:r] / math.sqrt(max(len(rows), 1)), 1e-6)  # unit variance along each direction
-        proj = np.zeros((rows.shape[1], r))
-        proj[:, : min(r, len(s))] = (vt[:r].T / scale)[:, : min(r, len(s))]
-        model.hid_mean = torch.from_numpy(mean.astype(np.float32))
-        model.hid_proj = torch.from_numpy(proj.astype(np.float32))
+        model.hid_mean, model.hid_proj = _principal_directions(
+            [inputs.hidden[i][:-1] for i in idx], model.hid_proj.shape[1], seed
+        )
+
+
+def _principal_directions(hidden: list[np.ndarray], r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of the hidden states and the projection onto their top r principal directions, scaled to unit
+    variance along each (from a seeded sample of at most PCA_SAMPLE rows; numpy's BLAS, all its threads)."""
+    rng = np.random.default_rng(seed)
+    keep = min(1.0, PCA_SAMPLE / max(1, sum(len(h) for h in hidden)))
+    rows = np.concatenate([h[rng.random(len(h)) < keep] if keep < 1.0 else h for h in hidden]).astype(np.float64)
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred / max(len(rows), 1))
+    order = np.argsort(values)[::-1][: min(r, len(values))]
+    proj = np.zeros((rows.shape[1], r))
+    proj[:, : len(order)] = vectors[:, order] / np.sqrt(np.maximum(values[order], 1e-12))
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(proj.astype(np.float32))
 
 
 # ---------------------------------------------------------------- one training run
