@@ -182,9 +182,8 @@ def compare(
     ids = [h["id"] for h in heads.values()]
     train_seq = answers(client, family, train_rows, [], span)
     test_seq = answers(client, family, test_rows, ids, span)
-    methods = [k for k in train_seq[0] if train_seq[0][k] is not None or True]
     oriented = {}
-    for method in methods:
+    for method in train_seq[0]:
         a = area([s.get(method) for s in train_seq], train_labels)
         if np.isfinite(a):
             oriented[method] = (a, 1.0 if a >= 0.5 else -1.0)
@@ -240,7 +239,9 @@ def training_time(n: int, tokens: int, hidden: int = 576, seed: int = 0) -> dict
     return out
 
 
-def latency(client: httpx.Client, service: LocalService, heads: dict[str, str], requests: int) -> dict[str, float]:
+def latency(
+    client: httpx.Client, service: LocalService, heads: dict[str, str], family: str, requests: int
+) -> dict[str, float]:
     r = redis.Redis.from_url(service.redis_url)
     card = ModelCard.model_validate_json(r.get(card_key(SCORER)) or b"")
     tokenizer = Tokenizer.from_str((r.get(tokenizer_key(card.fingerprint)) or b"").decode())
@@ -252,7 +253,7 @@ def latency(client: httpx.Client, service: LocalService, heads: dict[str, str], 
         for i in range(requests + 3):
             started = time.perf_counter()
             response = client.post(
-                "/v1/analysis/detect", json={"record_id": scored["record_id"], "methods": [], "heads": [head_id]}
+                f"/v1/analysis/{family}", json={"record_id": scored["record_id"], "methods": [], "heads": [head_id]}
             )
             elapsed = time.perf_counter() - started
             response.raise_for_status()
@@ -290,10 +291,11 @@ def main() -> None:
         if "c" not in skip:
             q_train, q_test = question_set(args.questions, args.seed)
             results["c"] = compare(client, "(c) wrong answers", "uncertainty", q_train, q_test, "completion")
-        if "latency" not in skip and "a" in results:
-            results["latency"] = latency(
-                client, service, {k: h["id"] for k, (_, h) in results["a"]["heads"].items()}, args.requests
-            )
+        trained = next((results[k] for k in ("a", "b", "c") if k in results), None)
+        if "latency" not in skip and trained is not None:
+            family = "uncertainty" if trained is results.get("c") else "detect"
+            heads = {k: h["id"] for k, (_, h) in trained["heads"].items()}
+            results["latency"] = latency(client, service, heads, family, args.requests)
     if "time" not in skip:
         results["training_time"] = training_time(args.train_records, args.train_tokens)
     print(f"\nbench ran {time.perf_counter() - started:.0f}s\n")

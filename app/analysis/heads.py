@@ -30,19 +30,23 @@ def sigmoid(x: float) -> float:
 
 
 def pawn_forward(
-    w: dict[str, np.ndarray], feats: np.ndarray, current: np.ndarray, following: np.ndarray, positions: np.ndarray
+    w: dict[str, np.ndarray],
+    feats: np.ndarray,
+    hidden: np.ndarray,
+    current: np.ndarray,
+    following: np.ndarray,
+    positions: np.ndarray,
 ) -> tuple[float, np.ndarray]:
-    """feats [T, F]; current and following: raw hidden states [T, D] (following zero where there is none);
-    positions [T]. Returns the logit and the gate's weight per position."""
+    """feats [T, F]; hidden [R, D] raw states, each projected once (float32, as in training); current [T]: the row
+    of `hidden` that predicted each position's token; following [T]: the row after it, -1 where the record ends
+    (the gate saw zeros there in training); positions [T]. Returns the logit and the gate's weight per position."""
     x = (feats.astype(np.float64) - w["feat_mean"]) / w["feat_std"]
     token = np.concatenate([x, _relu(_linear(w, "f2", _relu(_linear(w, "f1", x))))], axis=1)
-    proj = w["hid_proj"].astype(np.float64)
-    mean = w["hid_mean"].astype(np.float64)
-    cur = (current.astype(np.float64) - mean) @ proj
-    nxt = (following.astype(np.float64) - mean) @ proj
-    nxt[~following.any(axis=1)] = 0.0  # no hidden state after the last row: the gate saw zeros in training
+    mean, proj = w["hid_mean"].astype(np.float32), w["hid_proj"].astype(np.float32)
+    z = np.concatenate([(hidden.astype(np.float32) - mean) @ proj, np.zeros((1, proj.shape[1]), np.float32)])
     pos = np.log1p(positions.astype(np.float64))[:, None] / POSITION_SCALE
-    gate = _linear(w, "g2", _relu(_linear(w, "g1", np.concatenate([cur, nxt, pos], axis=1))))[:, 0]
+    gate_in = np.concatenate([z[current], z[following], pos], axis=1)  # row -1 of z: the zeros
+    gate = _linear(w, "g2", _relu(_linear(w, "g1", gate_in)))[:, 0]
     weights = _softmax(gate)
     return float(_linear(w, "out", weights @ token)[0]), weights
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as st_load
+from threadpoolctl import ThreadpoolController
 
 from app.analysis.heads import los_forward, pawn_forward, probe_forward, sigmoid
 from app.platform.errors import ApiError
@@ -16,6 +17,8 @@ from app.serving.services import Services
 from workers.protocol import HeadState, RecordMeta, as_bytes, head_key, los_features, pawn_features
 
 CACHE_SIZE = 64  # decoded weights kept per gateway process, keyed by the head's stored state
+# A head's matrices are small: BLAS threads cost more than they give (10x under CPU contention), so one thread.
+_BLAS = ThreadpoolController()
 
 
 @dataclass
@@ -86,37 +89,55 @@ async def apply_heads(
     decision at its cross-validated threshold, over the positions of the record."""
     answers = HeadAnswers()
     hidden: np.ndarray | None = None
-    rows = positions - 1
     for head_id in head_ids:
         state, w = await trained_head(services, tenant, head_id)
         _check_fit(head_id, state, family, meta.model, meta.fingerprint)
-        if state.name in answers.sequence:
-            raise ApiError(422, "duplicate_head_name", f"two heads named {state.name!r} in one request", "heads")
-        weights: np.ndarray | None = None
-        if state.kind == "los":
-            logit, weights = los_forward(w, los_features(stats, rows, int(state.params["topk"])))
-        else:
-            if hidden is None:
-                hidden = await services.store.hidden(tenant, meta)
-            if state.kind == "probe":
-                pooled = hidden[rows].mean(axis=0) if state.params.get("pool", "mean") == "mean" else hidden[rows[-1]]
-                logit = probe_forward(w, pooled)
-            else:
-                following = np.zeros((len(rows), hidden.shape[1]), dtype=np.float32)
-                has_next = rows + 1 < len(hidden)
-                following[has_next] = hidden[rows[has_next] + 1]
-                logit, weights = pawn_forward(w, pawn_features(stats, rows), hidden[rows], following, positions)
-        score = sigmoid(logit)
-        answers.sequence[state.name] = score
-        if weights is not None:
-            answers.tokens[state.name] = weights
-        if state.metrics is not None:
-            positive = score > state.metrics.threshold
-            answers.decisions[state.name] = {
-                "machine": positive,
-                "positive": positive,
-                "sign": 1.0,
-                "threshold": state.metrics.threshold,
-                "target_fpr": state.metrics.target_fpr,
-            }
+        if state.kind != "los" and hidden is None:
+            hidden = await services.store.hidden(tenant, meta)
+        with _BLAS.limit(limits=1, user_api="blas"):
+            _answer(answers, state, w, stats, hidden, positions)
     return answers
+
+
+def _answer(
+    answers: HeadAnswers,
+    state: HeadState,
+    w: dict[str, np.ndarray],
+    stats: dict[str, np.ndarray],
+    hidden: np.ndarray | None,
+    positions: np.ndarray,
+) -> None:
+    """One head's score, weights and decision, added to `answers`."""
+    rows = positions - 1
+    if state.name in answers.sequence:
+        raise ApiError(422, "duplicate_head_name", f"two heads named {state.name!r} in one request", "heads")
+    weights: np.ndarray | None = None
+    if state.kind == "los":
+        logit, weights = los_forward(w, los_features(stats, rows, int(state.params["topk"])))
+    else:
+        assert hidden is not None
+        if state.kind == "probe":
+            pooled = hidden[rows].mean(axis=0) if state.params.get("pool", "mean") == "mean" else hidden[rows[-1]]
+            logit = probe_forward(w, pooled)
+        else:
+            # The rows to project: those of the span and each one's next (a contiguous slice for a plain span).
+            needed = np.union1d(rows, rows[rows + 1 < len(hidden)] + 1)
+            contiguous = needed[-1] - needed[0] + 1 == len(needed)
+            source = hidden[needed[0] : needed[-1] + 1] if contiguous else hidden[needed]
+            current = np.searchsorted(needed, rows)
+            following = np.where(rows + 1 < len(hidden), np.searchsorted(needed, rows + 1), -1)
+            feats = pawn_features(stats, rows)
+            logit, weights = pawn_forward(w, feats, source, current, following, positions)
+    score = sigmoid(logit)
+    answers.sequence[state.name] = score
+    if weights is not None:
+        answers.tokens[state.name] = weights
+    if state.metrics is not None:
+        positive = score > state.metrics.threshold
+        answers.decisions[state.name] = {
+            "machine": positive,
+            "positive": positive,
+            "sign": 1.0,
+            "threshold": state.metrics.threshold,
+            "target_fpr": state.metrics.target_fpr,
+        }

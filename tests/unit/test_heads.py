@@ -70,7 +70,7 @@ def test_pawn_forward_matches_torch_and_a_plain_loop() -> None:
     cur, nxt = hidden[:-1], hidden[1:].copy()
     nxt[-1] = 0.0  # the record ends after the last position
     pos = np.arange(5, 5 + t)
-    logit, weights = pawn_forward(w, feats, cur, nxt, pos)
+    logit, weights = pawn_forward(w, feats, hidden, np.arange(t), np.append(np.arange(1, t), -1), pos)
     with torch.no_grad():
         zc = model.project(torch.from_numpy(cur))
         zn = model.project(torch.from_numpy(nxt))
