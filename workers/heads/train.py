@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from workers.heads.data import Example
@@ -22,6 +23,7 @@ from workers.protocol import HeadMetrics
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
 PCA_SAMPLE = 10000  # hidden-state rows that fit the gate's projection
 Progress = Callable[[str, float], None]
+_BLAS = ThreadpoolController()
 
 
 @dataclass
@@ -151,7 +153,7 @@ class Inputs:
         mean, proj = model.hid_mean.numpy(), model.hid_proj.numpy()
         with torch.no_grad():
             for i, h in enumerate(self.hidden):
-                z = torch.from_numpy((h - mean) @ proj)  # numpy's BLAS: not held to the training's one thread
+                z = torch.from_numpy((h - mean) @ proj)
                 t = len(h) - 1
                 current[i, :t] = z[:t]
                 following[i, : t - 1] = z[1:t]
@@ -181,7 +183,7 @@ def _fit_normalisers(model: nn.Module, inputs: Inputs, idx: np.ndarray, params: 
 
 def _principal_directions(hidden: list[np.ndarray], r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of the hidden states and the projection onto their top r principal directions, scaled to unit
-    variance along each (from a seeded sample of at most PCA_SAMPLE rows; numpy's BLAS, all its threads)."""
+    variance along each (from a seeded sample of at most PCA_SAMPLE rows)."""
     rng = np.random.default_rng(seed)
     keep = min(1.0, PCA_SAMPLE / max(1, sum(len(h) for h in hidden)))
     rows = np.concatenate([h[rng.random(len(h)) < keep] if keep < 1.0 else h for h in hidden]).astype(np.float64)
@@ -320,7 +322,8 @@ def train_head(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # these networks are small: one thread runs them faster than several
     try:
-        return _train_head(kind, examples, seed, params, target_fpr, progress)
+        with _BLAS.limit(limits=1, user_api="blas"):  # numpy's too (its threads stall on a busy machine)
+            return _train_head(kind, examples, seed, params, target_fpr, progress)
     finally:
         torch.set_num_threads(threads)
 
