@@ -22,6 +22,7 @@ from workers.capture import (
     rebuild_rows,
 )
 from workers.decoding import Decoded, View, decode
+from workers.heads.job import run_head_job
 from workers.in_flight import InFlight
 from workers.outcomes import JobFailed, alone, refused
 from workers.probe import STORAGE_DTYPES
@@ -34,6 +35,7 @@ from workers.protocol import (
     ContrastJob,
     CrossJob,
     GenerateJob,
+    HeadJob,
     JobOutcome,
     ProtocolError,
     RecordMeta,
@@ -72,6 +74,8 @@ class JobExecutor:
                 return self._cross(job)
             if isinstance(job, ContrastJob):
                 return self._contrast(job)
+            if isinstance(job, HeadJob):  # reads records only: no backend, no weights
+                return run_head_job(self.redis, job)
             backend = self.backend_for(job.model, job.fingerprint)
             if isinstance(job, ScoreJob):
                 return self._score(job, backend)

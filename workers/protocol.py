@@ -333,7 +333,33 @@ class DecodeStep(BaseModel):
     view_ranks: list[int]
 
 
-AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob
+HEAD_KINDS = ("pawn", "los", "probe")
+HEAD_ID_PATTERN = r"^head_[0-9a-f]{24}$"
+
+
+class HeadExample(BaseModel):
+    """One labelled record of a training set, with the positions [start, stop) its span names."""
+
+    model_config = ConfigDict(extra="forbid")
+    record_id: RecordId
+    label: Literal[0, 1]
+    start: int = Field(ge=1)
+    stop: int = Field(ge=2)
+
+
+class HeadJob(_JobBase):
+    """Train a head on stored records (workers/heads); the worker writes its state and weights under head_key."""
+
+    kind: Literal["train_head"] = "train_head"
+    head_id: Annotated[str, Field(pattern=HEAD_ID_PATTERN)]
+    head_kind: Literal["pawn", "los", "probe"]
+    examples: list[HeadExample] = Field(min_length=2, max_length=100_000)
+    seed: int
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+    target_fpr: float = Field(gt=0.0, lt=1.0)
+
+
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob
 Job = Annotated[AnyJob, Field(discriminator="kind")]
 
 
@@ -441,3 +467,224 @@ def decode_meta(blob: bytes) -> RecordMeta:
         return RecordMeta.model_validate_json(blob)
     except ValidationError as exc:
         raise ProtocolError(f"invalid record metadata: {exc.errors()[:3]}") from exc
+
+
+# ---------------------------------------------------------------- heads
+#
+# A head lives in one hash per tenant: "state" (HeadState JSON, written by the gateway until the job starts, then
+# by the worker) and, once trained, "weights" (safetensors, float32), written together with the final state.
+# The per-position features below are the contract between training (worker) and inference (gateway).
+
+
+def head_key(tenant: str, head_id: str) -> str:
+    return f"lp:head:{tenant}:{head_id}"
+
+
+def head_index_key(tenant: str) -> str:
+    return f"lp:head-index:{tenant}"
+
+
+class HeadError(BaseModel):
+    code: str
+    message: str
+
+
+class HeadMetrics(BaseModel):
+    """k-fold cross-validated metrics: every example is scored by a head that never saw it."""
+
+    folds: int
+    auroc: float  # the mean of the folds' AUROCs
+    auroc_folds: list[float]
+    auroc_pooled: float  # over all out-of-fold scores at once (what the threshold is chosen on)
+    auroc_ci95: tuple[float, float]
+    target_fpr: float
+    threshold: float  # decide label 1 when the score > threshold (from the out-of-fold scores of label 0)
+    tpr: float
+    fpr: float
+    confidence: str
+
+
+class HeadState(BaseModel):
+    head_id: str
+    name: str
+    kind: Literal["pawn", "los", "probe"]
+    family: str
+    model: str
+    fingerprint: str
+    hidden_size: int
+    span: Any
+    status: Literal["scoring", "queued", "training", "succeeded", "failed"]
+    stage: str = ""
+    progress: float = 0.0
+    seed: int
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+    examples: dict[str, int] = Field(default_factory=dict)  # per label ("0", "1")
+    metrics: HeadMetrics | None = None
+    training_time_s: float | None = None
+    n_parameters: int | None = None
+    error: HeadError | None = None
+    created_at: float = Field(default_factory=time.time)
+    finished_at: float | None = None
+    expires_at: int | None = None
+
+
+# Writes a head's hash only while it exists (a head deleted during training stays deleted).
+HEAD_WRITE_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# Each kind's parameters and their defaults; a request's `params` may override any of them (and nothing else).
+HEAD_PARAMS: dict[str, dict[str, float | int | str]] = {
+    "pawn": {
+        "folds": 5,
+        "max_epochs": 60,
+        "patience": 10,
+        "lr": 1e-2,
+        "weight_decay": 0.1,
+        "dropout": 0.1,
+        "batch_size": 32,
+        "val_fraction": 0.2,
+        "width": 32,  # token-feature MLP
+        "gate_dims": 32,  # principal directions of the hidden states the gate sees
+        "gate_width": 32,
+        "max_positions": 1024,  # positions per example used in training (the first of the span)
+    },
+    "los": {
+        "folds": 5,
+        "max_epochs": 60,
+        "patience": 10,
+        "lr": 1e-2,
+        "weight_decay": 0.1,
+        "dropout": 0.1,
+        "batch_size": 32,
+        "val_fraction": 0.2,
+        "width": 32,
+        "topk": 20,
+        "max_positions": 1024,
+    },
+    "probe": {"folds": 5, "val_fraction": 0.2, "pool": "mean", "max_positions": 1 << 20},
+}
+HEAD_PARAM_CHOICES = {"pool": ("mean", "last")}
+HEAD_PARAM_MAX = {
+    "folds": 20,
+    "max_epochs": 1000,
+    "patience": 1000,
+    "lr": 1.0,
+    "weight_decay": 100.0,
+    "batch_size": 4096,
+    "width": 1024,
+    "gate_dims": 256,
+    "gate_width": 1024,
+    "topk": CAPTURE_TOPK,
+    "max_positions": 1 << 20,
+}
+
+
+def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, float | int | str]:
+    """The kind's defaults overridden by `given`; ValueError naming what is wrong."""
+    defaults = HEAD_PARAMS[kind]
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"{kind} heads take no parameter {unknown[0]!r}; they take {sorted(defaults)}")
+    out = dict(defaults)
+    for name, value in given.items():
+        default = defaults[name]
+        if isinstance(default, str):
+            if value not in HEAD_PARAM_CHOICES[name]:
+                raise ValueError(f"{name} is one of {list(HEAD_PARAM_CHOICES[name])}")
+        elif isinstance(value, str | bool) or not value > 0:
+            raise ValueError(f"{name} must be a positive number")
+        elif isinstance(default, int) and (int(value) != value or (name == "folds" and value < 2)):
+            raise ValueError(f"{name} must be an integer" + (" of at least 2" if name == "folds" else ""))
+        elif name in ("val_fraction", "dropout") and value >= 1:
+            raise ValueError(f"{name} must lie in (0, 1)")
+        elif value > HEAD_PARAM_MAX.get(name, value):
+            raise ValueError(f"{name} is at most {HEAD_PARAM_MAX[name]}")
+        out[name] = int(value) if isinstance(default, int) else value
+    return out
+
+
+PAWN_FEATURES = (
+    "logprob",  # log p(x_t), floored at -50
+    "entropy",  # H_t
+    "max_logprob",  # log p of the most likely token
+    "log_rank",  # log rank of x_t
+    "logp_std",  # sqrt(sum p (log p)^2 - H^2), the spread of log p under p
+    "zscore",  # (log p(x_t) + H_t) / logp_std, Min-K%++'s token score
+    "gap_to_max",  # log p(x_t) - max log p
+    "margin",  # p1 - p2
+)
+LOGPROB_FLOOR = -50.0
+
+
+def pawn_features(stats: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """float32 [len(rows), len(PAWN_FEATURES)]: PAWN's per-token features at record rows `rows` (position t is
+    row t-1), all finite."""
+    lp = np.maximum(stats["logprob"][rows].astype(np.float64), LOGPROB_FLOOR)
+    entropy = stats["entropy"][rows].astype(np.float64)
+    top = np.maximum(stats["topk_logprobs"][rows, :2].astype(np.float64), LOGPROB_FLOOR)
+    std = np.sqrt(np.maximum(stats["logp_m2"][rows].astype(np.float64) - entropy**2, 0.0))
+    z = np.clip((lp + entropy) / np.maximum(std, 1e-6), -50.0, 50.0)
+    columns = [lp, entropy, top[:, 0], np.log(stats["rank"][rows].astype(np.float64)), std, z, lp - top[:, 0]]
+    columns.append(np.exp(top[:, 0]) - np.exp(top[:, 1]))
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def los_features(stats: dict[str, np.ndarray], rows: np.ndarray, topk: int) -> np.ndarray:
+    """float32 [len(rows), topk + 1]: LOS-Net's output signature, each position's sorted top-k probabilities and
+    the probability of the actual token."""
+    top = np.sort(np.exp(stats["topk_logprobs"][rows, :topk].astype(np.float64)), axis=1)[:, ::-1]
+    actual = np.exp(stats["logprob"][rows].astype(np.float64))[:, None]
+    out: np.ndarray = np.concatenate([top, actual], axis=1).astype(np.float32)
+    return out
+
+
+def hidden_float32(blob: bytes) -> np.ndarray:
+    """A record's stored hidden states (safetensors, float32, float16 or bfloat16) as float32 [positions, D]."""
+    _, header, data = _safetensors_parts(blob)
+    entry = header.get("hidden")
+    if not isinstance(entry, dict):
+        raise ProtocolError("no hidden states in the blob")
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    raw = data[begin:end]
+    if entry["dtype"] == "BF16":
+        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        out = bits.view(np.float32)
+    elif entry["dtype"] in ("F32", "F16"):
+        out = np.frombuffer(raw, dtype="<f4" if entry["dtype"] == "F32" else "<f2").astype(np.float32)
+    else:
+        raise ProtocolError(f"hidden states of dtype {entry['dtype']}")
+    if len(shape) != 2 or out.size != shape[0] * shape[1]:
+        raise ProtocolError("hidden states of the wrong shape")
+    return out.reshape(shape)
+
+
+def slice_hidden(blob: bytes, start: int, stop: int) -> bytes:
+    """Rows [start, stop) of a stored hidden-state blob, as safetensors in the stored dtype (bytes copied as is)."""
+    _, header, data = _safetensors_parts(blob)
+    entry = header["hidden"]
+    rows, width = entry["shape"]
+    begin, end = entry["data_offsets"]
+    row_bytes = (end - begin) // max(rows, 1)
+    part = data[begin + start * row_bytes : begin + stop * row_bytes]
+    head = json.dumps(
+        {"hidden": {"dtype": entry["dtype"], "shape": [stop - start, width], "data_offsets": [0, len(part)]}}
+    ).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + part
+
+
+def _safetensors_parts(blob: bytes) -> tuple[int, dict[str, Any], bytes]:
+    if len(blob) < 8:
+        raise ProtocolError("truncated safetensors blob")
+    n = int.from_bytes(blob[:8], "little")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+    except ValueError as exc:
+        raise ProtocolError(f"unreadable safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("unreadable safetensors header")
+    return n, header, blob[8 + n :]

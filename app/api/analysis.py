@@ -34,9 +34,11 @@ async def uncertainty(body: AnalysisRequest, services: ServicesDep, tenant: Tena
 async def detect(body: AnalysisRequest, services: ServicesDep, tenant: TenantDep) -> Response:
     """Machine-written text detection scores, with the decisions of the calibration the request names."""
     result = await analyse("detect", body, services, tenant)
-    result["decisions"] = await detect_decisions(
+    calibrated = await detect_decisions(
         services, tenant, body.calibration_id, result["model"], body.reference_model, result["sequence"]
     )
+    if calibrated is not None:  # beside the decisions of the heads the request names
+        result["decisions"] = {**(result["decisions"] or {}), **calibrated}
     return json_answer(result)
 
 

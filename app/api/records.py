@@ -1,9 +1,11 @@
-"""GET /v1/records/{id}: a record's metadata and per-token fields; /logprobs: its full distributions."""
+"""GET /v1/records/{id}: a record's metadata and per-token fields; /logprobs: its full distributions; /hidden: its
+final hidden states; /features: the per-position features heads read."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import ServicesDep, TenantDep
@@ -12,7 +14,7 @@ from app.schemas.score import RecordResponse
 from app.serving.inputs import top_k
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.tokens import token_rows
-from workers.protocol import RowsJob
+from workers.protocol import PAWN_FEATURES, RowsJob, los_features, pawn_features, slice_hidden
 
 router = APIRouter(tags=["records"])
 
@@ -65,15 +67,10 @@ async def get_logprobs(
     start: Annotated[int, Query(ge=1, description="first position (the distribution that predicted token start)")] = 1,
     stop: Annotated[int | None, Query(ge=2, description="one past the last position; default: the end")] = None,
 ) -> Response:
-    if not services.settings.allow_export:
-        raise ApiError(
-            403, "export_disabled", "this deployment does not export full distributions; the analyses remain available"
-        )
+    check_export(services.settings.allow_export)
     meta = await services.store.meta(tenant, record_id)
     n_tokens = len(meta.token_ids)
-    stop = n_tokens if stop is None else stop
-    if not start < stop <= n_tokens:
-        raise ApiError(422, "invalid_positions", f"positions must satisfy 1 <= start < stop <= {n_tokens}", "stop")
+    stop = page(start, stop, n_tokens)
     max_positions = max(1, services.settings.max_export_bytes // (4 * meta.vocab_size))
     if stop - start > max_positions:
         raise ApiError(
@@ -101,3 +98,81 @@ async def get_logprobs(
         media_type="application/octet-stream",
         headers={"X-Logprobe-Start": str(start), "X-Logprobe-Stop": str(stop)},
     )
+
+
+def check_export(allowed: bool) -> None:
+    if not allowed:
+        raise ApiError(
+            403, "export_disabled", "this deployment does not export full distributions; the analyses remain available"
+        )
+
+
+def page(start: int, stop: int | None, n_tokens: int) -> int:
+    """The page's stop (default: the end); 422 unless 1 <= start < stop <= n_tokens."""
+    stop = n_tokens if stop is None else stop
+    if not start < stop <= n_tokens:
+        raise ApiError(422, "invalid_positions", f"positions must satisfy 1 <= start < stop <= {n_tokens}", "stop")
+    return stop
+
+
+@router.get(
+    "/v1/records/{record_id}/hidden",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "safetensors with `hidden`: [positions, hidden size] in the model's dtype; row i is the "
+            "final hidden state that predicted token start + i",
+        }
+    },
+)
+async def get_hidden(
+    record_id: str,
+    services: ServicesDep,
+    tenant: TenantDep,
+    start: Annotated[int, Query(ge=1, description="first position (the state that predicted token start)")] = 1,
+    stop: Annotated[int | None, Query(ge=2, description="one past the last position; default: the end")] = None,
+) -> Response:
+    """The stored final hidden states, as the worker computed them (log_softmax(W·h) is the distribution)."""
+    check_export(services.settings.allow_export)
+    meta = await services.store.meta(tenant, record_id)
+    stop = page(start, stop, len(meta.token_ids))
+    itemsize = {"float32": 4}.get(meta.hidden_dtype, 2)
+    max_positions = max(1, services.settings.max_export_bytes // (itemsize * meta.hidden_size))
+    if stop - start > max_positions:
+        raise ApiError(
+            422, "export_too_large", f"at most {max_positions} positions per request; page with start/stop", "stop"
+        )
+    blob = slice_hidden(await services.store.hidden_blob(tenant, meta), start - 1, stop - 1)
+    return Response(
+        blob,
+        media_type="application/octet-stream",
+        headers={"X-Logprobe-Start": str(start), "X-Logprobe-Stop": str(stop), "X-Logprobe-Dtype": meta.hidden_dtype},
+    )
+
+
+@router.get("/v1/records/{record_id}/features")
+async def get_features(
+    record_id: str,
+    services: ServicesDep,
+    tenant: TenantDep,
+    start: Annotated[int, Query(ge=1)] = 1,
+    stop: Annotated[int | None, Query(ge=2)] = None,
+) -> dict[str, object]:
+    """Per position, the features heads read: PAWN's token features and LOS's output signature (the sorted top-k
+    probabilities, as many as the export policy lets out, and the actual token's probability)."""
+    meta, stats = await services.store.require(tenant, record_id)
+    stop = page(start, stop, len(meta.token_ids))
+    rows = np.arange(start - 1, stop - 1)
+    k = min(meta.topk, services.settings.top_alternatives())
+    return {
+        "record_id": record_id,
+        "model": meta.model,
+        "start": start,
+        "stop": stop,
+        "pawn": {"names": list(PAWN_FEATURES), "values": pawn_features(stats, rows).tolist()},
+        "los": {
+            "names": [f"p_top{i + 1}" for i in range(k)] + ["p_token"],
+            "values": los_features(stats, rows, k).tolist(),
+        },
+    }

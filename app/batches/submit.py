@@ -8,6 +8,7 @@ from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest
 from app.schemas.batches import BatchRequest
 from app.serving.analyses import analysis_inputs
+from app.serving.head_inference import check_heads
 from app.serving.services import Services
 
 
@@ -32,6 +33,7 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
             )
         except AnalysisError as exc:
             raise ApiError(422, exc.code, f"analyses[{i}]: {exc}", exc.param) from exc
+        await check_heads(services, tenant, analysis.family, body.model, analysis.heads or [])
     spec = {
         "model": body.model,
         "analyses": [a.model_dump(mode="json") for a in body.analyses],

@@ -43,6 +43,12 @@ class AnalysisRequest(BaseModel):
     calibration_id: str | None = Field(
         default=None, description="detect: the calibration whose thresholds give `decisions`"
     )
+    heads: list[str] | None = Field(
+        default=None,
+        max_length=8,
+        description="ids of trained heads (POST /v1/heads) of this family and model: each one's score is in "
+        "`sequence` under its name, its per-token weights in `tokens[].values`, its decision in `decisions`",
+    )
 
 
 class TokenValues(BaseModel):
@@ -53,7 +59,8 @@ class TokenValues(BaseModel):
 
 
 class Decision(BaseModel):
-    machine: bool
+    machine: bool = Field(description="detect: judged machine-written; for a head, the same as `positive`")
+    positive: bool | None = Field(default=None, description="heads: the score is above the head's threshold (label 1)")
     sign: float
     threshold: float
     target_fpr: float

@@ -25,6 +25,7 @@ from app.analysis.run import (
 from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest, SpanName, SpanRange
 from app.serving.cross import cross_statistics
+from app.serving.head_inference import apply_heads
 from app.serving.pairs import Pair, chat_reply, context_pair, model_pair
 from app.serving.scoring import record_for
 from app.serving.services import Services
@@ -147,10 +148,12 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         )
         shown, positions = meta, span_positions(body.span, meta, _reply(body, meta, codec))
         context = Context(Positions.select(meta, stats, positions), {})
+        head_input = (meta, stats, positions)
     else:
         meta, codec, cached, shown = pair.p.meta, pair.codec, pair.p.cached and pair.q.cached, pair.shown
         positions = span_positions(body.span, shown, _reply(body, shown, codec))
         p_positions = pair.p_positions(positions)
+        head_input = (meta, pair.p.stats, p_positions)
         turns = pair.turns(positions)
         if turns is None and any("turns" in m.requires for m in methods):
             raise ApiError(422, "invalid_span", "`drift` goes turn by turn: list the span's positions in order", "span")
@@ -168,6 +171,11 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         frequencies = await services.frequencies.probabilities(tenant, codec, body.frequency_table)
         context = dataclasses.replace(context, frequencies=frequencies)
     result = run_methods(methods, context, params)
+    heads = None
+    if body.heads:
+        heads = await apply_heads(services, tenant, family, body.heads, *head_input)
+        result.sequence.update(heads.sequence)
+        result.tokens.update(heads.tokens)
     return {
         "record_id": meta.record_id,
         "model": meta.model,
@@ -180,7 +188,7 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         "tokens": token_values(result.tokens, shown.token_ids, positions, codec) if result.tokens else [],
         "sequence": result.sequence,
         "details": result.details,
-        "decisions": None,
+        "decisions": heads.decisions if heads is not None and heads.decisions else None,
         "undefined": result.undefined,
     }
 

@@ -15,6 +15,7 @@ from workers.protocol import (
     decode_meta,
     decode_stats,
     export_key,
+    hidden_float32,
     record_key,
     valid_record_id,
 )
@@ -50,6 +51,31 @@ class RecordStore:
         if found is None:
             raise ApiError(404, "record_not_found", f"record {record_id!r} not found", "record_id")
         return found
+
+    async def hidden_blob(self, tenant: str, meta: RecordMeta) -> bytes:
+        """The record's stored final hidden states (safetensors, the model's dtype); 422 for a record kept as rows."""
+        if meta.storage != "hidden":
+            raise ApiError(
+                422,
+                "hidden_states_not_stored",
+                f"{meta.model} keeps full rows, not hidden states (its logits are not W·h)",
+                "record_id",
+            )
+        blob = as_bytes(await self.redis.hget(record_key(tenant, meta.record_id), "hidden"))
+        if blob is None:
+            raise ApiError(404, "record_not_found", f"record {meta.record_id!r} not found", "record_id")
+        return blob
+
+    async def hidden(self, tenant: str, meta: RecordMeta) -> np.ndarray:
+        """The record's final hidden states as float32 [positions, hidden size], validated."""
+        try:
+            hidden = hidden_float32(await self.hidden_blob(tenant, meta))
+        except ProtocolError as exc:
+            raise ApiError(500, "record_corrupt", "the stored record failed validation") from exc
+        if hidden.shape != (len(meta.token_ids) - 1, meta.hidden_size) or not np.isfinite(hidden).all():
+            log.error("record %s rejected: hidden states %s", meta.record_id, hidden.shape)
+            raise ApiError(500, "record_corrupt", "the stored record failed validation")
+        return hidden
 
     async def take_export(self, job_id: str) -> bytes | None:
         pipe = self.redis.pipeline(transaction=True)

@@ -1,0 +1,87 @@
+"""POST /v1/heads (train a head on labelled texts or records) and the head object."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.analysis import SpanName, SpanRange
+from app.schemas.tokens import ChatMessage
+
+HeadKind = Literal["pawn", "los", "probe"]
+HeadFamily = Literal["detect", "uncertainty", "membership"]
+HEAD_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+
+
+class HeadExampleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    record_id: str | None = None
+    label: Any = Field(
+        description="0 or 1; 1 is what the family's score points to: machine-written (detect), the model is wrong "
+        "(uncertainty), a member of the training data (membership)"
+    )
+
+
+class HeadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=HEAD_NAME_PATTERN, description="the key of the head's score in `sequence`")
+    kind: HeadKind = Field(
+        description="pawn: PAWN (token features weighted by a gate over hidden states); los: LOS-Net style network "
+        "over each position's sorted top-k probabilities; probe: logistic probe on the mean or last hidden state"
+    )
+    model: str
+    family: HeadFamily = "detect"
+    span: SpanName | SpanRange = Field(default="all", description="the positions of each example the head reads")
+    examples: list[HeadExampleIn] = Field(min_length=1, max_length=20_000)
+    seed: int = 0
+    params: dict[str, float | int | str] = Field(default_factory=dict, description="per kind; see the README")
+    target_fpr: float = Field(default=0.05, gt=0.0, lt=1.0, description="for the decision threshold")
+
+
+class HeadErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class HeadMetricsOut(BaseModel):
+    folds: int
+    auroc: float = Field(description="cross-validated: the mean of the folds' AUROCs")
+    auroc_folds: list[float]
+    auroc_pooled: float = Field(description="over all out-of-fold scores at once")
+    auroc_ci95: tuple[float, float]
+    target_fpr: float
+    threshold: float = Field(description="decide label 1 when the head's score is above it")
+    tpr: float = Field(description="out of fold, at the threshold")
+    fpr: float
+    confidence: str = Field(description="how far the figures can be trusted, in words")
+
+
+class Head(BaseModel):
+    id: str
+    object: Literal["head"] = "head"
+    name: str
+    kind: HeadKind
+    family: str
+    model: str
+    span: Any
+    status: Literal["scoring", "queued", "training", "succeeded", "failed"]
+    stage: str = Field(default="", description="what the head is doing now")
+    progress: float = Field(description="0 to 1")
+    seed: int
+    params: dict[str, float | int | str]
+    examples: dict[str, int] = Field(description="examples per label")
+    metrics: HeadMetricsOut | None = None
+    training_time_s: float | None = None
+    n_parameters: int | None = None
+    error: HeadErrorOut | None = None
+    created_at: float
+    finished_at: float | None = None
+    expires_at: int | None = None
+
+
+class HeadList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Head] = Field(description="newest first")

@@ -1,0 +1,143 @@
+"""Running trained heads over a record in the gateway: the head's weights from Redis, its inputs from the record
+(features from the statistics, hidden states for pawn and probe), numpy forward passes (`app.analysis.heads`)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from threadpoolctl import ThreadpoolController
+
+from app.analysis.heads import los_forward, pawn_forward, probe_forward, sigmoid
+from app.platform.errors import ApiError
+from app.serving.services import Services
+from workers.protocol import HeadState, RecordMeta, as_bytes, head_key, los_features, pawn_features
+
+CACHE_SIZE = 64  # decoded weights kept per gateway process, keyed by the head's stored state
+# A head's matrices are small: BLAS threads cost more than they give (10x under CPU contention), so one thread.
+_BLAS = ThreadpoolController()
+
+
+@dataclass
+class HeadAnswers:
+    sequence: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_weights: OrderedDict[tuple[str, bytes], dict[str, np.ndarray]] = OrderedDict()
+
+
+def head_not_found(head_id: str) -> ApiError:
+    return ApiError(404, "head_not_found", f"head {head_id!r} not found", "heads")
+
+
+async def trained_head(services: Services, tenant: str, head_id: str) -> tuple[HeadState, dict[str, np.ndarray]]:
+    """A succeeded head's state and weights; 404 for one this tenant does not have, 409 while it trains."""
+    if not head_id.startswith("head_") or ":" in head_id:
+        raise head_not_found(head_id)
+    raw_state, raw_weights = map(as_bytes, await services.redis.hmget(head_key(tenant, head_id), ["state", "weights"]))
+    if raw_state is None:
+        raise head_not_found(head_id)
+    state = HeadState.model_validate_json(raw_state)
+    if state.status != "succeeded" or raw_weights is None:
+        raise ApiError(409, "head_not_ready", f"head {head_id!r} is {state.status}, not trained", "heads")
+    key = (f"{tenant}:{head_id}", raw_state)
+    weights = _weights.get(key)
+    if weights is None:
+        weights = {name: np.asarray(a, dtype=np.float64) for name, a in st_load(raw_weights).items()}
+        _weights[key] = weights
+        while len(_weights) > CACHE_SIZE:
+            _weights.popitem(last=False)
+    return state, weights
+
+
+async def check_heads(services: Services, tenant: str, family: str, model: str, head_ids: list[str]) -> None:
+    """Before a batch runs: every head exists for this key, is trained, and fits the family and model."""
+    card = await services.catalog.card(model)
+    for head_id in head_ids:
+        state, _ = await trained_head(services, tenant, head_id)
+        _check_fit(head_id, state, family, card.name, card.fingerprint)
+
+
+def _check_fit(head_id: str, state: HeadState, family: str, model: str, fingerprint: str) -> None:
+    if state.fingerprint != fingerprint:
+        raise ApiError(
+            422,
+            "head_model_mismatch",
+            f"head {head_id!r} was trained on {state.model!r} records (fingerprint {state.fingerprint[:12]}), "
+            f"not on {model!r} as it is served now",
+            "heads",
+        )
+    if state.family != family:
+        raise ApiError(422, "head_family_mismatch", f"head {head_id!r} is a {state.family} head", "heads")
+
+
+async def apply_heads(
+    services: Services,
+    tenant: str,
+    family: str,
+    head_ids: list[str],
+    meta: RecordMeta,
+    stats: dict[str, np.ndarray],
+    positions: np.ndarray,
+) -> HeadAnswers:
+    """Each head's score (the probability of label 1), per-position weights (pawn: the gate; los: attention) and
+    decision at its cross-validated threshold, over the positions of the record."""
+    answers = HeadAnswers()
+    hidden: np.ndarray | None = None
+    for head_id in head_ids:
+        state, w = await trained_head(services, tenant, head_id)
+        _check_fit(head_id, state, family, meta.model, meta.fingerprint)
+        if state.kind != "los" and hidden is None:
+            hidden = await services.store.hidden(tenant, meta)
+        with _BLAS.limit(limits=1, user_api="blas"):
+            _answer(answers, state, w, stats, hidden, positions)
+    return answers
+
+
+def _answer(
+    answers: HeadAnswers,
+    state: HeadState,
+    w: dict[str, np.ndarray],
+    stats: dict[str, np.ndarray],
+    hidden: np.ndarray | None,
+    positions: np.ndarray,
+) -> None:
+    """One head's score, weights and decision, added to `answers`."""
+    rows = positions - 1
+    if state.name in answers.sequence:
+        raise ApiError(422, "duplicate_head_name", f"two heads named {state.name!r} in one request", "heads")
+    weights: np.ndarray | None = None
+    if state.kind == "los":
+        logit, weights = los_forward(w, los_features(stats, rows, int(state.params["topk"])))
+    else:
+        assert hidden is not None
+        if state.kind == "probe":
+            pooled = hidden[rows].mean(axis=0) if state.params.get("pool", "mean") == "mean" else hidden[rows[-1]]
+            logit = probe_forward(w, pooled)
+        else:
+            # The rows to project: those of the span and each one's next (a contiguous slice for a plain span).
+            needed = np.union1d(rows, rows[rows + 1 < len(hidden)] + 1)
+            contiguous = needed[-1] - needed[0] + 1 == len(needed)
+            source = hidden[needed[0] : needed[-1] + 1] if contiguous else hidden[needed]
+            current = np.searchsorted(needed, rows)
+            following = np.where(rows + 1 < len(hidden), np.searchsorted(needed, rows + 1), -1)
+            feats = pawn_features(stats, rows)
+            logit, weights = pawn_forward(w, feats, source, current, following, positions)
+    score = sigmoid(logit)
+    answers.sequence[state.name] = score
+    if weights is not None:
+        answers.tokens[state.name] = weights
+    if state.metrics is not None:
+        positive = score > state.metrics.threshold
+        answers.decisions[state.name] = {
+            "machine": positive,
+            "positive": positive,
+            "sign": 1.0,
+            "threshold": state.metrics.threshold,
+            "target_fpr": state.metrics.target_fpr,
+        }

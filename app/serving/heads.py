@@ -1,0 +1,316 @@
+"""Heads (#15): trained per tenant on labelled texts or records, stored under a random id, listed, deleted.
+
+POST checks the examples at once (labels, classes, counts, records, models), stores the head's state and answers;
+a task in the gateway then scores the texts that have no record yet and submits a `train_head` job to the model's
+stream, where a worker trains the head from the records and writes its weights (`workers/heads`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from app.analysis import REGISTRY
+from app.platform.errors import ApiError
+from app.schemas.heads import Head, HeadExampleIn, HeadRequest
+from app.serving import quotas
+from app.serving.analyses import span_positions
+from app.serving.inputs import input_ids
+from app.serving.jobs import client_gone, new_job_id
+from app.serving.pairs import chat_reply
+from app.serving.scoring import scored_record
+from app.serving.services import Services
+from app.serving.text import TextCodec
+from workers.protocol import (
+    HEAD_WRITE_IF_EXISTS,
+    HeadError,
+    HeadExample,
+    HeadJob,
+    HeadState,
+    ModelCard,
+    RecordMeta,
+    as_bytes,
+    head_index_key,
+    head_key,
+    head_params,
+)
+
+log = logging.getLogger("app.serving.heads")
+
+MIN_EXAMPLES = 10
+MIN_PER_CLASS = 4
+MAX_HEADS_PER_TENANT = 100
+SCORING_CONCURRENCY = 4
+_tasks: set[asyncio.Task[None]] = set()  # training preparations running in this process
+
+
+def new_head_id() -> str:
+    return "head_" + secrets.token_hex(12)
+
+
+def head_not_found(head_id: str) -> ApiError:
+    return ApiError(404, "head_not_found", f"head {head_id!r} not found", "head_id")
+
+
+def to_response(state: HeadState) -> Head:
+    return Head.model_validate(
+        {**state.model_dump(exclude={"head_id", "fingerprint", "hidden_size"}), "id": state.head_id}
+    )
+
+
+async def load_head(services: Services, tenant: str, head_id: str) -> HeadState | None:
+    if not head_id.startswith("head_") or ":" in head_id:
+        return None
+    raw = as_bytes(await services.redis.hget(head_key(tenant, head_id), "state"))
+    return None if raw is None else HeadState.model_validate_json(raw)
+
+
+async def get_head(services: Services, tenant: str, head_id: str) -> Head:
+    state = await load_head(services, tenant, head_id)
+    if state is None:
+        raise head_not_found(head_id)
+    return to_response(state)
+
+
+async def list_heads(services: Services, tenant: str) -> list[Head]:
+    """The tenant's heads, newest first."""
+    live = await quotas.live_entries(services.redis, head_index_key(tenant), lambda h: head_key(tenant, h))
+    found = [await load_head(services, tenant, head_id) for head_id in live]
+    return sorted((to_response(s) for s in found if s is not None), key=lambda h: h.created_at, reverse=True)
+
+
+async def delete_head(services: Services, tenant: str, head_id: str) -> None:
+    if not head_id.startswith("head_") or ":" in head_id:
+        raise head_not_found(head_id)
+    pipe = services.redis.pipeline(transaction=True)
+    pipe.delete(head_key(tenant, head_id))
+    pipe.hdel(head_index_key(tenant), head_id)
+    removed, _ = await pipe.execute()
+    if not removed:
+        raise head_not_found(head_id)
+
+
+async def _write_state(services: Services, tenant: str, state: HeadState) -> bool:
+    """Update a head's state unless it was deleted meanwhile."""
+    script = services.redis.register_script(HEAD_WRITE_IF_EXISTS)
+    return bool(await script(keys=[head_key(tenant, state.head_id)], args=["state", state.model_dump_json()]))
+
+
+# ---------------------------------------------------------------- checking a request
+
+
+def _labels(examples: list[HeadExampleIn]) -> list[int]:
+    labels = []
+    for i, example in enumerate(examples):
+        if isinstance(example.label, bool) or example.label not in (0, 1):
+            raise ApiError(
+                422, "invalid_label", f"examples[{i}].label is {example.label!r}; labels are 0 or 1", f"examples.{i}"
+            )
+        given = [k for k in ("text", "messages", "record_id") if getattr(example, k) is not None]
+        if len(given) != 1:
+            raise ApiError(
+                422, "missing_input", f"examples[{i}] needs exactly one of text, messages, record_id", f"examples.{i}"
+            )
+        labels.append(int(example.label))
+    counts = [labels.count(0), labels.count(1)]
+    if min(counts) == 0:
+        raise ApiError(
+            422, "single_class", f"every example has label {labels[0]}: give examples of both labels", "examples"
+        )
+    if len(labels) < MIN_EXAMPLES or min(counts) < MIN_PER_CLASS:
+        raise ApiError(
+            422,
+            "too_few_examples",
+            f"a head needs at least {MIN_EXAMPLES} examples and {MIN_PER_CLASS} of each label "
+            f"(got {counts[0]} of label 0 and {counts[1]} of label 1)",
+            "examples",
+        )
+    return labels
+
+
+def _check_request(body: HeadRequest, card: ModelCard) -> dict[str, float | int | str]:
+    if body.name in REGISTRY.methods:
+        raise ApiError(
+            422, "invalid_head_name", f"{body.name!r} is the name of a method; name the head otherwise", "name"
+        )
+    try:
+        params = head_params(body.kind, body.params)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_params", str(exc), "params") from exc
+    if body.kind != "los" and card.storage != "hidden":
+        raise ApiError(
+            422,
+            "hidden_states_not_stored",
+            f"a {body.kind} head reads hidden states; {card.name} keeps full rows instead (use kind 'los')",
+            "kind",
+        )
+    return params
+
+
+async def _given_records(services: Services, tenant: str, body: HeadRequest, card: ModelCard) -> dict[int, RecordMeta]:
+    found = {}
+    for i, example in enumerate(body.examples):
+        if example.record_id is None:
+            continue
+        try:
+            meta = await services.store.meta(tenant, example.record_id)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            raise ApiError(
+                422, "unknown_record", f"examples[{i}]: no record {example.record_id!r}", f"examples.{i}.record_id"
+            ) from None
+        if meta.model != card.name or meta.fingerprint != card.fingerprint:
+            raise ApiError(
+                422,
+                "mixed_models",
+                f"examples[{i}]: record {example.record_id!r} was made by {meta.model!r}, not by the head's model "
+                f"{card.name!r} (as it is served now); one head reads one model's records",
+                f"examples.{i}.record_id",
+            )
+        found[i] = meta
+    return found
+
+
+# ---------------------------------------------------------------- creating
+
+
+async def create_head(services: Services, tenant: str, body: HeadRequest) -> Head:
+    labels = _labels(body.examples)
+    card = await services.catalog.card(body.model)
+    params = _check_request(body, card)
+    given = await _given_records(services, tenant, body, card)
+    index = head_index_key(tenant)
+    await quotas.check_room(services.redis, index, MAX_HEADS_PER_TENANT, "heads", lambda h: head_key(tenant, h))
+    to_score = len(body.examples) - len(given)
+    state = HeadState(
+        head_id=new_head_id(),
+        name=body.name,
+        kind=body.kind,
+        family=body.family,
+        model=card.name,
+        fingerprint=card.fingerprint,
+        hidden_size=card.hidden_size,
+        span=body.span if isinstance(body.span, str) else body.span.model_dump(),
+        status="scoring" if to_score else "queued",
+        stage=f"scoring {to_score} texts" if to_score else "waiting for a worker",
+        seed=body.seed,
+        params=params,
+        examples={"0": labels.count(0), "1": labels.count(1)},
+        expires_at=quotas.expires_at(),
+    )
+    key = head_key(tenant, state.head_id)
+    pipe = services.redis.pipeline(transaction=True)
+    pipe.hset(key, "state", state.model_dump_json())
+    pipe.expire(key, quotas.OBJECT_TTL_S)
+    await pipe.execute()
+    entry = {"name": state.name, "created_at": state.created_at}
+    try:
+        await quotas.claim(
+            services.redis, index, state.head_id, entry, MAX_HEADS_PER_TENANT, "heads", lambda h: head_key(tenant, h)
+        )
+    except ApiError:
+        await services.redis.delete(key)
+        raise
+    task = asyncio.create_task(_prepare(services, tenant, state, body, labels, given, card))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return to_response(state)
+
+
+async def _prepare(
+    services: Services,
+    tenant: str,
+    state: HeadState,
+    body: HeadRequest,
+    labels: list[int],
+    given: dict[int, RecordMeta],
+    card: ModelCard,
+) -> None:
+    """Score the texts, resolve each example's span, submit the training job; a failure fails the head."""
+    client_gone.set(None)  # the request that started this has been answered; its client leaving cancels nothing
+    try:
+        codec = await services.catalog.codec(card)
+        metas = await _score_texts(services, tenant, state, body, given, card, codec)
+        examples = [
+            HeadExample(record_id=meta.record_id, label=labels[i], **_span(body, example, meta, codec, i))  # type: ignore[arg-type]
+            for i, (example, meta) in enumerate(zip(body.examples, metas, strict=True))
+        ]
+        job = HeadJob(
+            job_id=new_job_id(),
+            tenant=tenant,
+            model=card.name,
+            fingerprint=card.fingerprint,
+            head_id=state.head_id,
+            head_kind=state.kind,
+            examples=examples,
+            seed=state.seed,
+            params=state.params,
+            target_fpr=body.target_fpr,
+        )
+        state = state.model_copy(update={"status": "queued", "stage": "waiting for a worker", "progress": 0.0})
+        if await _write_state(services, tenant, state):
+            await services.jobs.submit(job)
+    except ApiError as exc:
+        await _fail(services, tenant, state, exc.code, exc.message)
+    except Exception as exc:  # a bug: the head says so rather than staying in `scoring`
+        log.exception("preparing head %s failed", state.head_id)
+        await _fail(services, tenant, state, "internal", f"{type(exc).__name__}: {exc}")
+
+
+async def _fail(services: Services, tenant: str, state: HeadState, code: str, message: str) -> None:
+    failed = state.model_copy(
+        update={
+            "status": "failed",
+            "stage": "",
+            "error": HeadError(code=code, message=message),
+            "finished_at": time.time(),
+        }
+    )
+    await _write_state(services, tenant, failed)
+
+
+async def _score_texts(
+    services: Services,
+    tenant: str,
+    state: HeadState,
+    body: HeadRequest,
+    given: dict[int, RecordMeta],
+    card: ModelCard,
+    codec: TextCodec,
+) -> list[RecordMeta]:
+    gate = asyncio.Semaphore(SCORING_CONCURRENCY)
+    todo = [i for i in range(len(body.examples)) if i not in given]
+    done = 0
+
+    async def score(i: int) -> tuple[int, RecordMeta]:
+        nonlocal done
+        example = body.examples[i]
+        async with gate:
+            try:
+                ids = input_ids(codec, example.text, example.messages, False, services.settings.max_positions)
+                meta, _, _ = await scored_record(services, tenant, card, ids)
+            except ApiError as exc:
+                raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
+        done += 1
+        if done % 8 == 0 or done == len(todo):
+            update = {"progress": round(done / len(todo), 4), "stage": f"scored {done} of {len(todo)} texts"}
+            await _write_state(services, tenant, state.model_copy(update=update))
+        return i, meta
+
+    scored = dict(await asyncio.gather(*(score(i) for i in todo)))
+    return [given[i] if i in given else scored[i] for i in range(len(body.examples))]
+
+
+def _span(body: HeadRequest, example: HeadExampleIn, meta: RecordMeta, codec: TextCodec, i: int) -> dict[str, Any]:
+    """The example's span as [start, stop) positions."""
+    reply = None
+    if example.messages is not None and body.span in ("prompt", "completion", "last_turn"):
+        reply = chat_reply(codec, example.messages, meta.token_ids)
+    try:
+        positions = span_positions(body.span, meta, reply)
+    except ApiError as exc:
+        raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
+    return {"start": int(positions[0]), "stop": int(positions[-1]) + 1}

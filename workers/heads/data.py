@@ -1,0 +1,96 @@
+"""A head's training inputs, read from the stored records: per example the per-position features of its span
+(`workers.protocol.pawn_features` / `los_features`, the same the gateway computes) and, for the kinds that need
+them, the final hidden states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from workers.protocol import (
+    HeadJob,
+    ProtocolError,
+    as_bytes,
+    decode_meta,
+    decode_stats,
+    hidden_float32,
+    los_features,
+    pawn_features,
+    record_key,
+)
+
+
+class HeadInputError(Exception):
+    """Training inputs that cannot be used as given: the head fails with this code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Example:
+    label: int
+    positions: np.ndarray  # [T] int64, the positions t of the span
+    feats: np.ndarray  # [T, F] float32: PAWN's token features, or LOS's output signature
+    hidden: np.ndarray | None = None  # pawn: [T + 1, D] float32, row i the state that predicted position t_i;
+    # row T the state after the last position (zeros when the record ends there)
+    pooled: np.ndarray | None = None  # probe: [D] float32
+
+
+def example_inputs(
+    kind: str,
+    label: int,
+    stats: dict[str, np.ndarray],
+    hidden: np.ndarray | None,
+    start: int,
+    stop: int,
+    params: dict[str, float | int | str],
+) -> Example:
+    """One example's inputs for positions [start, stop) of a record (stats and hidden rows: row t-1 is t)."""
+    max_positions = int(params.get("max_positions", 1 << 30))
+    stop = min(stop, start + max_positions)
+    positions = np.arange(start, stop)
+    rows = positions - 1
+    if kind == "los":
+        return Example(label, positions, los_features(stats, rows, int(params["topk"])))
+    assert hidden is not None
+    if kind == "probe":
+        pooled = hidden[rows].mean(axis=0) if params.get("pool", "mean") == "mean" else hidden[rows[-1]]
+        return Example(label, positions, np.zeros((0, 0), np.float32), pooled=pooled.astype(np.float32))
+    ext = np.zeros((len(rows) + 1, hidden.shape[1]), dtype=np.float32)
+    ext[: len(rows)] = hidden[rows]
+    if rows[-1] + 1 < len(hidden):
+        ext[-1] = hidden[rows[-1] + 1]
+    return Example(label, positions, pawn_features(stats, rows), hidden=ext)
+
+
+def read_examples(client: redis.Redis, job: HeadJob, params: dict[str, float | int | str]) -> list[Example]:
+    needs_hidden = job.head_kind in ("pawn", "probe")
+    out = []
+    for example in job.examples:
+        fields = ["meta", "stats", "hidden"] if needs_hidden else ["meta", "stats"]
+        raw = [as_bytes(v) for v in client.hmget(record_key(job.tenant, example.record_id), fields)]
+        if raw[0] is None or raw[1] is None:
+            raise HeadInputError("unknown_record", f"record {example.record_id} is gone (expired or evicted)")
+        try:
+            meta = decode_meta(raw[0])
+            stats = decode_stats(raw[1], len(meta.token_ids) - 1, meta.topk)
+            hidden = hidden_float32(raw[2]) if needs_hidden and raw[2] is not None else None
+        except ProtocolError as exc:
+            raise HeadInputError("record_corrupt", f"record {example.record_id}: {exc}") from exc
+        if meta.fingerprint != job.fingerprint:
+            raise HeadInputError("mixed_models", f"record {example.record_id} was made by other weights")
+        if needs_hidden and hidden is None:
+            raise HeadInputError(
+                "hidden_states_not_stored",
+                f"a {job.head_kind} head needs final hidden states; {meta.model} stores full rows instead",
+            )
+        if not 1 <= example.start < example.stop <= len(meta.token_ids):
+            raise HeadInputError("invalid_span", f"positions [{example.start}, {example.stop}) outside the record")
+        if job.head_kind == "los" and int(params["topk"]) > meta.topk:
+            raise HeadInputError("invalid_params", f"topk is at most {meta.topk}, the captured alternatives")
+        out.append(example_inputs(job.head_kind, example.label, stats, hidden, example.start, example.stop, params))
+    return out

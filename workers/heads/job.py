@@ -1,0 +1,91 @@
+"""The `train_head` job: read the examples' records, train with cross-validation, and store the head (weights and
+final state in one step, only if the head still exists). Any failure leaves a `failed` state and no weights."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from safetensors.numpy import save as st_save
+
+from workers.heads.data import HeadInputError, read_examples
+from workers.heads.train import train_head
+from workers.protocol import (
+    HEAD_WRITE_IF_EXISTS,
+    HeadError,
+    HeadJob,
+    HeadState,
+    JobError,
+    JobOutcome,
+    as_bytes,
+    head_key,
+    head_params,
+)
+
+log = logging.getLogger(__name__)
+
+
+class HeadWriter:
+    """Updates of one head's state; each write lands only while the head exists."""
+
+    def __init__(self, client: redis.Redis, job: HeadJob) -> None:
+        self.key = head_key(job.tenant, job.head_id)
+        self.script = client.register_script(HEAD_WRITE_IF_EXISTS)
+        raw = as_bytes(client.hget(self.key, "state"))
+        self.state = HeadState.model_validate_json(raw) if raw else None
+
+    def update(self, weights: bytes | None = None, **changes: Any) -> bool:
+        if self.state is None:
+            return False
+        self.state = self.state.model_copy(update=changes)
+        args: list[str | bytes] = ["state", self.state.model_dump_json()]
+        if weights is not None:
+            args = ["weights", weights, *args]  # one script: the weights never stand without their final state
+        return bool(self.script(keys=[self.key], args=args))
+
+
+def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
+    started = time.perf_counter()
+    writer = HeadWriter(client, job)
+    if writer.state is None:
+        return _failed(job, "head_not_found", "the head was deleted before training started")
+    writer.update(status="training", stage="reading records", progress=0.0)
+    try:
+        params = head_params(job.head_kind, job.params)
+        examples = read_examples(client, job, params)
+
+        def progress(stage: str, fraction: float) -> None:
+            writer.update(stage=stage, progress=round(fraction, 4))
+
+        trained = train_head(job.head_kind, examples, job.seed, params, job.target_fpr, progress)
+    except (HeadInputError, ValueError) as exc:
+        code = exc.code if isinstance(exc, HeadInputError) else "invalid_params"
+        writer.update(status="failed", stage="", error=HeadError(code=code, message=str(exc)), finished_at=time.time())
+        return _failed(job, code, str(exc))
+    except Exception as exc:  # a bug or a resource: the head says so, and no weights are written
+        log.exception("training head %s failed", job.head_id)
+        message = f"training failed: {type(exc).__name__}: {exc}"[:500]
+        writer.update(
+            status="failed", stage="", error=HeadError(code="training_failed", message=message), finished_at=time.time()
+        )
+        return _failed(job, "training_failed", message, 500)
+    stored = writer.update(
+        weights=st_save(trained.weights),
+        status="succeeded",
+        stage="",
+        progress=1.0,
+        params=params,
+        metrics=trained.metrics,
+        training_time_s=round(time.perf_counter() - started, 3),  # reading the records included
+        n_parameters=trained.n_parameters,
+        finished_at=time.time(),
+    )
+    if not stored:
+        return _failed(job, "head_not_found", "the head was deleted during training")
+    return JobOutcome(job_id=job.job_id, ok=True)
+
+
+def _failed(job: HeadJob, code: str, message: str, status: int = 422) -> JobOutcome:
+    return JobOutcome(job_id=job.job_id, ok=False, error=JobError(code=code, message=message, status=status))

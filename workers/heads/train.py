@@ -1,0 +1,363 @@
+"""Training a head with stratified k-fold cross-validation: every example is scored once by a head that never
+saw it (the metrics), then the stored head is trained on all examples. Inside each training run a stratified
+validation split early-stops the networks (and picks the probe's L2 strength). Normalisers and the hidden-state
+projection are fitted on each run's own training examples only, so nothing leaks across folds. Seeded."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from threadpoolctl import ThreadpoolController
+from torch import nn
+
+from workers.heads.data import Example
+from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters
+from workers.protocol import HeadMetrics
+
+PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
+PCA_SAMPLE = 10000  # hidden-state rows that fit the gate's projection
+Progress = Callable[[str, float], None]
+_BLAS = ThreadpoolController()
+
+
+@dataclass
+class Trained:
+    weights: dict[str, np.ndarray]
+    metrics: HeadMetrics
+    n_parameters: int
+    training_time_s: float
+    oof_scores: np.ndarray
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counting half."""
+    ordered = np.sort(negative)
+    below = np.searchsorted(ordered, positive, side="left")
+    tied = np.searchsorted(ordered, positive, side="right") - below
+    return float((below + 0.5 * tied).sum() / (len(positive) * len(negative)))
+
+
+def auroc_interval(area: float, n_pos: int, n_neg: int) -> tuple[float, float]:
+    """A 95% interval from Hanley & McNeil's (1982) standard error of the AUROC."""
+    q1, q2 = area / (2 - area), 2 * area * area / (1 + area)
+    var = (area * (1 - area) + (n_pos - 1) * (q1 - area**2) + (n_neg - 1) * (q2 - area**2)) / (n_pos * n_neg)
+    half = 1.96 * math.sqrt(max(var, 0.0))
+    return max(0.0, area - half), min(1.0, area + half)
+
+
+def cv_metrics(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, target_fpr: float) -> HeadMetrics:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pooled = auroc(pos, neg)
+    per_fold = [
+        auroc(scores[(folds == f) & (labels == 1)], scores[(folds == f) & (labels == 0)])
+        for f in range(int(folds.max()) + 1)
+    ]
+    area = float(np.mean(per_fold))
+    low, high = auroc_interval(area, len(pos), len(neg))
+    ordered = np.sort(neg)[::-1]
+    allowed = math.floor(target_fpr * len(ordered))  # label-0 examples that may score above the threshold
+    threshold = float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1] - 1e-9)
+    n_min = min(len(pos), len(neg))
+    if n_min < 30:
+        how = "rough"
+    elif high - low > 0.1:
+        how = "moderate"
+    else:
+        how = "good"
+    spread = float(np.std(per_fold))
+    confidence = (
+        f"{how}: cross-validated AUROC {area:.3f} (mean over folds; 95% interval {low:.3f}-{high:.3f}, "
+        f"Hanley-McNeil) from "
+        f"{len(pos)} + {len(neg)} examples over {len(per_fold)} folds (fold-to-fold spread {spread:.3f}); the "
+        f"threshold's false-positive rate rests on {len(neg)} label-0 examples"
+        + ("; add examples for firmer figures" if how != "good" else "")
+    )
+    return HeadMetrics(
+        folds=len(per_fold),
+        auroc=area,
+        auroc_folds=per_fold,
+        auroc_pooled=pooled,
+        auroc_ci95=(low, high),
+        target_fpr=target_fpr,
+        threshold=threshold,
+        tpr=float(np.mean(pos > threshold)),
+        fpr=float(np.mean(neg > threshold)),
+        confidence=confidence,
+    )
+
+
+# ---------------------------------------------------------------- splits
+
+
+def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    folds = np.zeros(len(labels), dtype=np.int64)
+    for c in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        folds[idx] = np.arange(len(idx)) % k
+    return folds
+
+
+def validation_split(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified: at least one of each class in each part."""
+    train, val = [], []
+    for c in (0, 1):
+        idx = rng.permutation(indices[labels[indices] == c])
+        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+class Inputs:
+    """All examples padded once: features, positions and mask [N, Tmax, ...]; hidden states kept flat."""
+
+    def __init__(self, kind: str, examples: list[Example]) -> None:
+        self.kind = kind
+        self.labels = torch.tensor([e.label for e in examples], dtype=torch.float32)
+        self.lengths = np.array([len(e.positions) for e in examples])
+        if kind == "probe":
+            self.pooled = torch.from_numpy(np.stack([e.pooled for e in examples if e.pooled is not None]))
+            return
+        n, t_max, f = len(examples), int(self.lengths.max()), examples[0].feats.shape[1]
+        self.feats = torch.zeros(n, t_max, f)
+        self.positions = torch.zeros(n, t_max, dtype=torch.int64)
+        self.mask = torch.zeros(n, t_max, dtype=torch.bool)
+        for i, e in enumerate(examples):
+            t = len(e.positions)
+            self.feats[i, :t] = torch.from_numpy(e.feats)
+            self.positions[i, :t] = torch.from_numpy(e.positions)
+            self.mask[i, :t] = True
+        if kind == "pawn":
+            self.hidden = [e.hidden for e in examples if e.hidden is not None]
+            self.has_next = np.array([e.hidden is not None and bool(e.hidden[-1].any()) for e in examples])
+
+    def projected(self, model: Pawn) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current and following projected hidden states [N, Tmax, r] under the model's projection."""
+        n, t_max = self.mask.shape
+        r = model.hid_proj.shape[1]
+        current, following = torch.zeros(n, t_max, r), torch.zeros(n, t_max, r)
+        mean, proj = model.hid_mean.numpy(), model.hid_proj.numpy()
+        with torch.no_grad():
+            for i, h in enumerate(self.hidden):
+                z = torch.from_numpy((h - mean) @ proj)
+                t = len(h) - 1
+                current[i, :t] = z[:t]
+                following[i, : t - 1] = z[1:t]
+                if self.has_next[i]:
+                    following[i, t - 1] = z[t]
+        return current, following
+
+
+def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    return mean, torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+def _fit_normalisers(model: nn.Module, inputs: Inputs, idx: np.ndarray, params: dict[str, Any], seed: int) -> None:
+    if isinstance(model, Probe):
+        model.mean, model.std = _standardiser(inputs.pooled[idx])
+        return
+    sel = torch.from_numpy(idx)
+    feats = inputs.feats[sel][inputs.mask[sel]]
+    model.feat_mean, model.feat_std = _standardiser(los_inputs(feats) if isinstance(model, Los) else feats)
+    if isinstance(model, Pawn):
+        model.hid_mean, model.hid_proj = _principal_directions(
+            [inputs.hidden[i][:-1] for i in idx], model.hid_proj.shape[1], seed
+        )
+
+
+def _principal_directions(hidden: list[np.ndarray], r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of the hidden states and the projection onto their top r principal directions, scaled to unit
+    variance along each (from a seeded sample of at most PCA_SAMPLE rows)."""
+    rng = np.random.default_rng(seed)
+    keep = min(1.0, PCA_SAMPLE / max(1, sum(len(h) for h in hidden)))
+    rows = np.concatenate([h[rng.random(len(h)) < keep] if keep < 1.0 else h for h in hidden]).astype(np.float64)
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred / max(len(rows), 1))
+    order = np.argsort(values)[::-1][: min(r, len(values))]
+    proj = np.zeros((rows.shape[1], r))
+    proj[:, : len(order)] = vectors[:, order] / np.sqrt(np.maximum(values[order], 1e-12))
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(proj.astype(np.float32))
+
+
+# ---------------------------------------------------------------- one training run
+
+
+def _build(kind: str, examples: list[Example], params: dict[str, Any]) -> nn.Module:
+    if kind == "probe":
+        pooled = examples[0].pooled
+        assert pooled is not None
+        return Probe(len(pooled))
+    f = examples[0].feats.shape[1]
+    if kind == "los":
+        model: nn.Module = Los(f, int(params["width"]))
+    else:
+        hidden = examples[0].hidden
+        assert hidden is not None
+        model = Pawn(f, hidden.shape[1], int(params["gate_dims"]), int(params["width"]), int(params["gate_width"]))
+    model.dropout.p = float(params["dropout"])  # type: ignore[union-attr]
+    return model
+
+
+def _logits(model: nn.Module, inputs: Inputs, idx: np.ndarray, projected: Any) -> torch.Tensor:
+    if isinstance(model, Probe):
+        return model(inputs.pooled[idx])  # type: ignore[no-any-return]
+    t = int(inputs.lengths[idx].max())
+    sel = torch.from_numpy(idx)
+    feats, mask = inputs.feats[sel, :t], inputs.mask[sel, :t]
+    if isinstance(model, Los):
+        return model(feats, mask)[0]  # type: ignore[no-any-return]
+    current, following = projected
+    return model(feats, current[sel, :t], following[sel, :t], inputs.positions[sel, :t], mask)[0]  # type: ignore[no-any-return]
+
+
+def _fit_probe(model: Probe, inputs: Inputs, train: np.ndarray, val: np.ndarray) -> None:
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def fit(idx: np.ndarray, l2: float) -> None:
+        nn.init.zeros_(model.lin.weight)
+        nn.init.zeros_(model.lin.bias)
+        opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+        y = inputs.labels[idx]
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss: torch.Tensor = loss_fn(model(inputs.pooled[idx]), y) + 0.5 * l2 * (model.lin.weight**2).sum()
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss
+
+        opt.step(closure)  # type: ignore[no-untyped-call]
+
+    best = (math.inf, PROBE_L2[-1])
+    for l2 in PROBE_L2:
+        fit(train, l2)
+        with torch.no_grad():
+            val_loss = float(loss_fn(model(inputs.pooled[val]), inputs.labels[val]))
+        best = min(best, (val_loss, l2))
+    fit(np.sort(np.concatenate([train, val])), best[1])
+
+
+def _fit_net(
+    model: nn.Module, inputs: Inputs, train: np.ndarray, val: np.ndarray, params: dict[str, Any], seed: int
+) -> None:
+    projected = inputs.projected(model) if isinstance(model, Pawn) else None
+    opt = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
+    loss_fn = nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(seed)
+    size = min(int(params["batch_size"]), max(4, len(train) // 8))  # small sets still take several steps an epoch
+    best_loss, best_state, since = math.inf, {k: v.clone() for k, v in model.state_dict().items()}, 0
+    for _ in range(int(params["max_epochs"])):
+        model.train()
+        order = train[torch.randperm(len(train), generator=gen).numpy()]
+        for lo in range(0, len(order), size):
+            batch = order[lo : lo + size]
+            opt.zero_grad()
+            loss = loss_fn(_logits(model, inputs, batch, projected), inputs.labels[batch])
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(_logits(model, inputs, val, projected), inputs.labels[val]))
+        if val_loss < best_loss - 1e-4:
+            best_loss, best_state, since = val_loss, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        else:
+            since += 1
+            if since >= int(params["patience"]):
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+
+
+def _train_once(
+    kind: str, examples: list[Example], inputs: Inputs, idx: np.ndarray, params: dict[str, Any], seed: int
+) -> nn.Module:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = inputs.labels.numpy().astype(np.int64)
+    train, val = validation_split(idx, labels, float(params["val_fraction"]), rng)
+    model = _build(kind, examples, params)
+    _fit_normalisers(model, inputs, train, params, seed)
+    if isinstance(model, Probe):
+        _fit_probe(model, inputs, train, val)
+    else:
+        _fit_net(model, inputs, train, val, params, seed)
+    return model
+
+
+def _probabilities(model: nn.Module, inputs: Inputs, idx: np.ndarray) -> np.ndarray:
+    projected = inputs.projected(model) if isinstance(model, Pawn) else None
+    with torch.no_grad():
+        logits = _logits(model, inputs, idx, projected).double().numpy()
+    return 1.0 / (1.0 + np.exp(-logits))  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- the whole training
+
+
+def train_head(
+    kind: str,
+    examples: list[Example],
+    seed: int,
+    params: dict[str, Any],
+    target_fpr: float,
+    progress: Progress | None = None,
+) -> Trained:
+    """Cross-validate, then train the head to keep on all examples. Scores are probabilities of label 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these networks are small: one thread runs them faster than several
+    try:
+        with _BLAS.limit(limits=1, user_api="blas"):  # numpy's too (its threads stall on a busy machine)
+            return _train_head(kind, examples, seed, params, target_fpr, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(
+    kind: str,
+    examples: list[Example],
+    seed: int,
+    params: dict[str, Any],
+    target_fpr: float,
+    progress: Progress | None,
+) -> Trained:
+    started = time.perf_counter()
+    report = progress or (lambda stage, fraction: None)
+    labels = np.array([e.label for e in examples], dtype=np.int64)
+    k = min(int(params["folds"]), int(np.bincount(labels, minlength=2).min()))
+    if k < 2:
+        raise ValueError("cross-validation needs at least two examples of each class")
+    folds = stratified_folds(labels, k, np.random.default_rng(seed))
+    inputs = Inputs(kind, examples)
+    oof = np.zeros(len(examples))
+    everything = np.arange(len(examples))
+    for f in range(k):
+        report(f"cross-validation fold {f + 1}/{k}", f / (k + 1))
+        test = np.flatnonzero(folds == f)
+        model = _train_once(kind, examples, inputs, np.flatnonzero(folds != f), params, seed + 1 + f)
+        oof[test] = _probabilities(model, inputs, test)
+    report("training the head on all examples", k / (k + 1))
+    model = _train_once(kind, examples, inputs, everything, params, seed)
+    weights = {name: t.detach().to(torch.float32).contiguous().numpy() for name, t in model.state_dict().items()}
+    return Trained(
+        weights=weights,
+        metrics=cv_metrics(oof, labels, folds, target_fpr),
+        n_parameters=n_parameters(model),
+        training_time_s=time.perf_counter() - started,
+        oof_scores=oof,
+    )
