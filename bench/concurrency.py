@@ -56,7 +56,8 @@ async def level(send: Callable[[int], Awaitable[int]], n: int, concurrency: int)
     return sum(tokens) / (time.perf_counter() - started)
 
 
-def start_vllm_server(folder: str, port: int, log: Any) -> subprocess.Popen[bytes]:
+def start_vllm_server(folder: str, port: int, log: Any, *options: str) -> subprocess.Popen[bytes]:
+    """vLLM's own OpenAI server on the same model folder (eager, a fixed KV cache), with more `options`."""
     args = [
         sys.executable,
         "-m",
@@ -68,12 +69,9 @@ def start_vllm_server(folder: str, port: int, log: Any) -> subprocess.Popen[byte
         "--port",
         str(port),
         "--enforce-eager",
-        "--max-model-len",
-        "4096",
         "--kv-cache-memory-bytes",
         str(KV_BYTES),
-        "--max-logprobs",
-        "20",
+        *options,
     ]
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
 
@@ -113,7 +111,7 @@ async def main_async(args: argparse.Namespace) -> None:
         LocalService(env={"LOGPROBE_MODELS": json.dumps([spec]), **SERVICE_ENV}) as ours,
         LocalService(env={"LOGPROBE_WORKER_THREADS": "2", **SERVICE_ENV}) as ours_hf,
     ):
-        server = start_vllm_server(str(folder), port, serve_log)
+        server = start_vllm_server(str(folder), port, serve_log, "--max-model-len", "4096", "--max-logprobs", "20")
         try:
             wait_up(f"http://127.0.0.1:{port}/health", server)
             card = httpx.get(f"{ours.base_url}/v1/models").json()["data"][0]

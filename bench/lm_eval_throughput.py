@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 from app.launcher.local_service import ROOT, LocalService, free_port
-from bench.concurrency import wait_up
+from bench.concurrency import start_vllm_server, wait_up
 from bench.texts import PASSAGE
 from workers.config import PACKAGED_MODELS, CommonSettings
 from workers.models import safetensors_dir
@@ -107,29 +107,6 @@ def run_harness(base: str, tasks: Path, out: Path, args: argparse.Namespace) -> 
     return wall, [json.loads(line) for line in samples.read_text().splitlines()]
 
 
-def start_vllm_server(folder: str, port: int, log: Any) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        folder,
-        "--served-model-name",
-        MODEL,
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",  # logprobe's transformers worker computes in float32: the same numbers on both sides
-        "--enforce-eager",
-        "--max-model-len",
-        "2048",
-        "--kv-cache-memory-bytes",
-        str(KV_BYTES),
-        "--enable-tokenizer-info-endpoint",  # lm-eval finds the remote tokenizer through it, as through ours
-    ]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
-
-
 def summary(name: str, wall: float, requests: int, samples: list[dict[str, Any]]) -> str:
     accuracy = sum(s["acc"] for s in samples) / len(samples)
     return f"{name:24s} {wall:8.1f} s {requests / wall:9.1f} req/s  acc {accuracy:.3f}"
@@ -175,7 +152,16 @@ def main() -> None:
             return
         port = free_port()
         with open(ROOT / "artifacts" / "vllm-serve.log", "ab") as log:
-            server = start_vllm_server(str(folder), port, log)
+            server = start_vllm_server(
+                str(folder),
+                port,
+                log,
+                "--dtype",
+                "float32",  # logprobe's transformers worker computes in float32: the same numbers on both sides
+                "--max-model-len",
+                "2048",
+                "--enable-tokenizer-info-endpoint",  # lm-eval finds the remote tokenizer through it, as through ours
+            )
             try:
                 wait_up(f"http://127.0.0.1:{port}/health", server)
                 their_wall, theirs = run_harness(f"http://127.0.0.1:{port}", root, root / "vllm", args)

@@ -8,9 +8,8 @@ from app.api.deps import ServicesDep, TenantDep
 from app.platform.limits import charge
 from app.schemas.generate import GenerateRequest, GenerateResponse
 from app.serving.inputs import check_length, input_ids, sampling_of, top_k, truncate_at_stop
-from app.serving.jobs import new_job_id, raise_for_outcome
+from app.serving.jobs import generation_job, raise_for_outcome
 from app.serving.tokens import token_rows
-from workers.protocol import GenerateJob
 
 router = APIRouter(tags=["generation"])
 
@@ -26,14 +25,7 @@ async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantD
     ids = input_ids(codec, body.prompt, body.messages, True, settings.max_positions)
     check_length(card, len(ids) + body.max_tokens, settings.max_positions)
     await charge(services.redis, tenant, "tokens", len(ids) + body.max_tokens, settings.rate_limit_tpm)
-    job = GenerateJob(
-        job_id=new_job_id(),
-        tenant=tenant,
-        model=card.name,
-        fingerprint=card.fingerprint,
-        prompt_ids=ids,
-        sampling=sampling,
-    )
+    job = generation_job(tenant, card, ids, sampling)
     outcome = raise_for_outcome(await services.jobs.run(job))
     assert outcome.record_id is not None and outcome.completion_ids is not None
     meta, stats = await services.store.require(tenant, outcome.record_id)

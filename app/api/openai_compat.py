@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -185,6 +185,23 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep, t
 # ------------------------------------------------------------------ streaming
 
 
+async def _choices_stream(
+    streams: list[AsyncIterator[dict[str, Any]]],
+    body: CompletionRequest | ChatCompletionRequest,
+    usage_chunk: Callable[[], dict[str, Any]],
+) -> AsyncIterator[dict[str, Any]]:
+    """The choices' chunks as they come, then (when asked for) the usage chunk; a failure ends the stream with an
+    error chunk."""
+    try:
+        async for item in merged(streams):
+            yield item
+    except ApiError as exc:
+        yield {"error": {"message": exc.message, "type": error_type(exc.status), "param": exc.param, "code": exc.code}}
+        return
+    if body.stream_options is not None and body.stream_options.include_usage:
+        yield usage_chunk()
+
+
 def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         async for chunk in chunks:
@@ -266,14 +283,9 @@ async def _completion_chunks(
         for i, (ids, text) in enumerate(prompts)
         for j, sampling in enumerate(samplings)
     ]
-    try:
-        async for item in merged(streams):
-            yield item
-    except ApiError as exc:
-        yield {"error": {"message": exc.message, "type": error_type(exc.status), "param": exc.param, "code": exc.code}}
-        return
-    if body.stream_options is not None and body.stream_options.include_usage:
-        yield {
+
+    def usage_chunk() -> dict[str, Any]:
+        return {
             "id": cid,
             "object": "text_completion",
             "created": created,
@@ -281,6 +293,9 @@ async def _completion_chunks(
             "choices": [],
             "usage": usage(sum(len(ids) for ids, _ in prompts), n_completion),
         }
+
+    async for item in _choices_stream(streams, body, usage_chunk):
+        yield item
 
 
 async def _chat_chunks(
@@ -331,14 +346,8 @@ async def _chat_chunks(
                     "usage": usage(len(ids), len(item.completion_ids or [])),
                 }
 
-    try:
-        async for item in merged([one(j, sampling) for j, sampling in enumerate(samplings)]):
-            yield item
-    except ApiError as exc:
-        yield {"error": {"message": exc.message, "type": error_type(exc.status), "param": exc.param, "code": exc.code}}
-        return
-    if body.stream_options is not None and body.stream_options.include_usage:
-        yield {
+    def usage_chunk() -> dict[str, Any]:
+        return {
             "id": cid,
             "object": "chat.completion.chunk",
             "created": created,
@@ -346,3 +355,6 @@ async def _chat_chunks(
             "choices": [],
             "usage": usage(len(ids), n_completion),
         }
+
+    async for item in _choices_stream([one(j, sampling) for j, sampling in enumerate(samplings)], body, usage_chunk):
+        yield item

@@ -21,7 +21,7 @@ from app.platform.limits import charge
 from app.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
 from app.serving.chat_template import ChatTemplateError
 from app.serving.inputs import check_length, stop_list, top_k, truncate_at_stop
-from app.serving.jobs import new_job_id, raise_for_outcome
+from app.serving.jobs import generation_job, new_job_id, raise_for_outcome
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
@@ -30,7 +30,6 @@ from workers.protocol import (
     ContrastJob,
     DecodeStep,
     DecodeView,
-    GenerateJob,
     JobOutcome,
     ModelCard,
     Sampling,
@@ -258,14 +257,7 @@ async def generated_from_record(
     """A plain generation job, its steps read from its record (None if the record is already gone)."""
     card = codec.card
     await admitted(services, tenant, card, ids, sampling)
-    job = GenerateJob(
-        job_id=new_job_id(),
-        tenant=tenant,
-        model=card.name,
-        fingerprint=card.fingerprint,
-        prompt_ids=ids,
-        sampling=sampling,
-    )
+    job = generation_job(tenant, card, ids, sampling)
     outcome = raise_for_outcome(await services.jobs.run(job))
     assert outcome.record_id is not None
     found = await services.store.read(tenant, outcome.record_id)

@@ -29,7 +29,10 @@ from workers.protocol import (
     AnyJob,
     ContrastJob,
     DecodeStep,
+    GenerateJob,
     JobOutcome,
+    ModelCard,
+    Sampling,
     ScoreJob,
     as_bytes,
     cancel_key,
@@ -57,6 +60,18 @@ client_gone: ContextVar[Callable[[], Awaitable[bool]] | None] = ContextVar("clie
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def generation_job(tenant: str, card: ModelCard, prompt_ids: list[int], sampling: Sampling) -> GenerateJob:
+    """A plain generation of `card`'s model (the worker runs it in the model's continuous batch)."""
+    return GenerateJob(
+        job_id=new_job_id(),
+        tenant=tenant,
+        model=card.name,
+        fingerprint=card.fingerprint,
+        prompt_ids=prompt_ids,
+        sampling=sampling,
+    )
 
 
 class JobQueue:
