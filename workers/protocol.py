@@ -535,31 +535,29 @@ for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# How the pooled networks (pawn, los) train, by default.
+_NETWORK_TRAINING: dict[str, float | int | str] = {
+    "folds": 5,
+    "max_epochs": 60,
+    "patience": 10,
+    "lr": 1e-2,
+    "weight_decay": 0.1,
+    "dropout": 0.1,
+    "batch_size": 32,
+    "val_fraction": 0.2,
+}
+
 # Each kind's parameters and their defaults; a request's `params` may override any of them (and nothing else).
 HEAD_PARAMS: dict[str, dict[str, float | int | str]] = {
     "pawn": {
-        "folds": 5,
-        "max_epochs": 60,
-        "patience": 10,
-        "lr": 1e-2,
-        "weight_decay": 0.1,
-        "dropout": 0.1,
-        "batch_size": 32,
-        "val_fraction": 0.2,
+        **_NETWORK_TRAINING,
         "width": 32,  # token-feature MLP
         "gate_dims": 32,  # principal directions of the hidden states the gate sees
         "gate_width": 32,
         "max_positions": 1024,  # positions per example used in training (the first of the span)
     },
     "los": {
-        "folds": 5,
-        "max_epochs": 60,
-        "patience": 10,
-        "lr": 1e-2,
-        "weight_decay": 0.1,
-        "dropout": 0.1,
-        "batch_size": 32,
-        "val_fraction": 0.2,
+        **_NETWORK_TRAINING,
         "width": 32,
         "topk": 20,
         "max_positions": 1024,
