@@ -19,8 +19,7 @@ import numpy as np
 from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
-from app.serving.chat_template import ChatTemplateError
-from app.serving.inputs import check_length, stop_list, top_k, truncate_at_stop
+from app.serving.inputs import chat_token_ids, check_length, stop_list, top_k, truncate_at_stop
 from app.serving.jobs import generation_job, new_job_id, raise_for_outcome
 from app.serving.scoring import scored_record
 from app.serving.services import Services
@@ -103,20 +102,14 @@ def chat_ids(codec: TextCodec, body: ChatCompletionRequest, max_positions: int) 
             "continue_final_message and add_generation_prompt cannot both be true",
             "continue_final_message",
         )
-    try:
-        ids = codec.encode_chat(
-            [m.model_dump() for m in body.messages],
-            body.add_generation_prompt,
-            body.continue_final_message,
-            body.chat_template_kwargs,
-            body.add_special_tokens,
-        )
-    except LookupError as exc:
-        raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
-    except ChatTemplateError as exc:
-        raise ApiError(
-            422, "chat_template_error", f"the chat template refused the messages: {exc}", "messages"
-        ) from exc
+    ids = chat_token_ids(
+        codec,
+        [m.model_dump() for m in body.messages],
+        body.add_generation_prompt,
+        body.continue_final_message,
+        body.chat_template_kwargs,
+        body.add_special_tokens,
+    )
     if not ids:
         raise ApiError(422, "empty_text", "the input has no tokens")
     check_length(codec.card, len(ids), max_positions)

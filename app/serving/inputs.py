@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.platform.errors import ApiError
 from app.platform.settings import Settings
 from app.schemas.generate import SamplingRequest
@@ -9,6 +11,18 @@ from app.schemas.tokens import ChatMessage
 from app.serving.chat_template import ChatTemplateError
 from app.serving.text import TextCodec
 from workers.protocol import ModelCard, Sampling
+
+
+def chat_token_ids(codec: TextCodec, messages: list[dict[str, Any]], *args: Any) -> list[int]:
+    """`codec.encode_chat(messages, *args)`, a template that is missing or refuses the messages a 422."""
+    try:
+        return codec.encode_chat(messages, *args)
+    except LookupError as exc:
+        raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
+    except ChatTemplateError as exc:
+        raise ApiError(
+            422, "chat_template_error", f"the chat template refused the messages: {exc}", "messages"
+        ) from exc
 
 
 def input_ids(
@@ -26,14 +40,7 @@ def input_ids(
             raise ApiError(422, "empty_text", "the text is empty", "text")
         ids = codec.encode(text)
     else:
-        try:
-            ids = codec.encode_chat([m.model_dump() for m in messages or []], add_generation_prompt)
-        except LookupError as exc:
-            raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
-        except ChatTemplateError as exc:
-            raise ApiError(
-                422, "chat_template_error", f"the chat template refused the messages: {exc}", "messages"
-            ) from exc
+        ids = chat_token_ids(codec, [m.model_dump() for m in messages or []], add_generation_prompt)
     check_length(codec.card, len(ids), max_positions)
     if not ids:
         raise ApiError(422, "empty_text", "the input has no tokens")
