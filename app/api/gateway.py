@@ -71,7 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(JsonBodyCheck)  # unencodable text, non-finite numbers: 422 before any route
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(InflightLimit, limit=settings.max_inflight, busy_limit=settings.max_busy)
+    app.add_middleware(
+        InflightLimit,
+        limit=settings.max_inflight,
+        busy_limit=settings.max_busy,
+        caller_limit=settings.max_inflight_per_key,
+    )
 
     app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
 

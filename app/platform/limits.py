@@ -109,27 +109,31 @@ class InflightLimit:
 
     Waiting requests cost the event loop nothing, so `limit` can be generous. Working ones (analyses, answers
     being built) share one core: a few at a time answer fast, many at a time all answer late (BENCHMARKS.md).
+    One API key (its Authorization header; anonymous callers share one) holds at most `caller_limit` of the
+    `limit` places, so a client that opens hundreds of requests leaves room for everyone else's.
     """
 
     EXEMPT = ("/healthz", "/readyz", "/metrics")
 
-    def __init__(self, app: ASGIApp, limit: int, busy_limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, busy_limit: int, caller_limit: int | None = None) -> None:
         self.app, self.limit, self.busy_limit = app, limit, busy_limit
+        self.caller_limit = caller_limit if caller_limit is not None else max(1, limit * 3 // 4)
         self.active = self.busy = 0
+        self.by_caller: dict[bytes, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
             await self.app(scope, receive, send)
             return
-        if self.active >= self.limit or self.busy >= self.busy_limit:
-            working = f"{self.busy} requests at work" if self.busy >= self.busy_limit else f"{self.active} requests"
-            response = error_response(
-                429, "overloaded", f"the gateway is handling {working}; retry", headers={"Retry-After": "1"}
-            )
+        caller = dict(scope["headers"]).get(b"authorization", b"")
+        refusal = self._refusal(caller)
+        if refusal:
+            response = error_response(429, "overloaded", refusal, headers={"Retry-After": "1"})
             await response(scope, receive, send)
             return
         self.active += 1
         self.busy += 1
+        self.by_caller[caller] = self.by_caller.get(caller, 0) + 1
         ticket = Ticket(self)
         token = admitted.set(ticket)
         try:
@@ -140,6 +144,18 @@ class InflightLimit:
             self.active -= 1
             if ticket.parked == 0:
                 self.busy -= 1
+            self.by_caller[caller] -= 1
+            if not self.by_caller[caller]:
+                del self.by_caller[caller]
+
+    def _refusal(self, caller: bytes) -> str | None:
+        if self.busy >= self.busy_limit:
+            return f"the gateway is handling {self.busy} requests at work; retry"
+        if self.active >= self.limit:
+            return f"the gateway is handling {self.active} requests; retry"
+        if self.by_caller.get(caller, 0) >= self.caller_limit:
+            return f"this API key has {self.caller_limit} requests in flight here, its share of the gateway; retry"
+        return None
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:

@@ -47,6 +47,12 @@ QUEUE = Gauge(
     registry=REGISTRY,
     multiprocess_mode="mostrecent",
 )
+FAIR_SHARE_WAITING = Gauge(
+    "logprobe_fair_share_waiting",
+    "Requests waiting in this gateway for one of their tenant's turns in a model's job queue",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 WORKERS = Gauge(
     "logprobe_workers", "Live workers per model", ["model"], registry=REGISTRY, multiprocess_mode="mostrecent"
 )

@@ -35,6 +35,9 @@ class Settings(CommonSettings):
     max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     job_timeout_s: float = Field(default=300.0, gt=0)
     max_queue_depth: int = Field(default=256, ge=1)  # per model: beyond it new jobs get 429
+    # Per model and gateway process, a tenant's interactive jobs in the queue at once; its others wait their turn
+    # here, so another tenant's job never queues behind all of them (app/serving/fair_share.py).
+    tenant_share: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies get 413
     # Idle keep-alive connections stay open this long: longer than clients' own pool expiry (httpx 5 s, load
     # balancers 60 s), so a client never reuses a connection the server is closing at that moment.
@@ -43,6 +46,7 @@ class Settings(CommonSettings):
     # requests working in the process at once (those waiting on a worker do not count).
     max_inflight: int = Field(default=256, ge=1)
     max_busy: int = Field(default=32, ge=1)
+    max_inflight_per_key: int | None = Field(default=None, ge=1)  # one API key's share of max_inflight (3/4)
     rate_limit_rpm: int = Field(default=0, ge=0)  # requests per minute per tenant (0: no limit)
     rate_limit_tpm: int = Field(default=0, ge=0)  # tokens scored or generated per minute per tenant (0: no limit)
     max_batch_inputs: int = Field(default=10_000, ge=1)  # inputs per POST /v1/batches

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from app.platform import metrics
 from app.platform.errors import ApiError, ClientGone
 from app.platform.limits import parked
+from app.serving.fair_share import FairShare
 from workers.protocol import (
     BULK_LANE,
     CONSUMER_GROUP,
@@ -75,10 +76,11 @@ def generation_job(tenant: str, card: ModelCard, prompt_ids: list[int], sampling
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, timeout_s: float, max_depth: int) -> None:
+    def __init__(self, redis: Redis, timeout_s: float, max_depth: int, tenant_share: int = 64) -> None:
         self.redis = redis
         self.timeout_s = timeout_s
         self.max_depth = max_depth
+        self.share = FairShare(tenant_share)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
@@ -157,8 +159,9 @@ class JobQueue:
                         return outcome
                     await self.redis.set(key, job.job_id, ex=int(self.timeout_s) + 60)  # its client left: run ours
         started = time.perf_counter()
-        await self.submit(job)
-        outcome = await self.wait(job.job_id, resubmit=job)
+        async with self._turn(job):
+            await self.submit(job)
+            outcome = await self.wait(job.job_id, resubmit=job)
         metrics.JOBS.labels(job.model, job.kind, str(outcome.ok).lower()).observe(time.perf_counter() - started)
         return outcome
 
@@ -167,8 +170,15 @@ class JobQueue:
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(steps_channel(job.job_id))  # before submitting: no step is missed
             with parked():  # relaying a worker's steps: not busy in this process
-                async for item in self._relay(pubsub, job):
-                    yield item
+                async with self._turn(job):
+                    async for item in self._relay(pubsub, job):
+                        yield item
+
+    def _turn(self, job: AnyJob) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the tenant's turns in the model's interactive lane; batches' jobs keep their own bound."""
+        if BULK.get():
+            return contextlib.nullcontext()
+        return self.share.turn(job.tenant, job.model)
 
     async def _relay(self, pubsub: PubSub, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
         await self.submit(job)

@@ -35,7 +35,7 @@ class Services:
             settings=settings,
             redis=redis,
             catalog=ModelCatalog(redis, settings.models),
-            jobs=JobQueue(redis, settings.job_timeout_s, settings.max_queue_depth),
+            jobs=JobQueue(redis, settings.job_timeout_s, settings.max_queue_depth, settings.tenant_share),
             store=RecordStore(redis),
             keys=KeyRing(settings.api_keys),
             frequencies=FrequencyTables(redis),

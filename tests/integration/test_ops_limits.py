@@ -3,6 +3,7 @@ deployment of its own with low limits (one for the whole module: starting one co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,8 +23,16 @@ from app.serving.frequencies import table_key
 from bench.texts import text_of_tokens
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 
-KEYS = {"key-alpha": "alpha", "key-beta": "beta", "key-gamma": "gamma", "key-delta": "delta"}
+KEYS = {
+    "key-alpha": "alpha",
+    "key-beta": "beta",
+    "key-gamma": "gamma",
+    "key-delta": "delta",
+    "key-epsilon": "epsilon",
+    "key-zeta": "zeta",
+}
 TTL_S = 3600
+SHARE = 3  # a tenant's jobs in the queue at once; the worker runs at most SHARE sequences at once too
 ATTEMPTS = 3
 TPM = 400
 
@@ -41,6 +50,9 @@ def limited() -> Iterator[LocalService]:
         "LOGPROBE_BATCH_MAX_ATTEMPTS": str(ATTEMPTS),
         "LOGPROBE_BATCH_RETRY_MAX_DELAY_S": "0.2",
         "LOGPROBE_RATE_LIMIT_TPM": str(TPM),
+        "LOGPROBE_TENANT_SHARE": str(SHARE),
+        "LOGPROBE_WORKER_MAX_SEQUENCES": str(SHARE),
+        "LOGPROBE_MAX_BUSY": "64",
     }
     with LocalService(env=env, log_dir=ARTIFACTS / "limited") as service:
         yield service
@@ -48,6 +60,10 @@ def limited() -> Iterator[LocalService]:
 
 def client(service: LocalService, key: str) -> httpx.Client:
     return httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def client_async(service: LocalService, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=service.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
 
 
 def assert_quota(response: httpx.Response, param: str) -> None:
@@ -156,3 +172,42 @@ def test_a_batch_input_that_keeps_failing_is_given_up_after_a_few_tries(limited:
         (line,) = [json.loads(x) for x in gamma.get(f"/v1/batches/{status['id']}/results").text.splitlines()]
         assert line["custom_id"] == "big" and line["error"]["code"] == "tokens_rate_limited"
         assert line["error"]["attempts"] == ATTEMPTS
+
+
+def test_one_tenants_flood_of_requests_does_not_queue_ahead_of_anothers_request(limited: LocalService) -> None:
+    """30 concurrent requests of one tenant: SHARE of them in the queue, the rest wait their turn in the gateway;
+    another tenant's request goes straight into the queue, so it is answered long before the flood is."""
+    flood, salt = 30, uuid.uuid4().hex[:8]
+
+    async def waiting(client: httpx.AsyncClient) -> float:
+        metrics = (await client.get("/metrics")).text
+        return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("logprobe_fair_share_"))
+
+    async def run() -> tuple[httpx.Response, int, float]:
+        async with (
+            client_async(limited, "key-epsilon") as epsilon,
+            client_async(limited, "key-zeta") as zeta,
+        ):
+            answered: list[int] = []
+
+            async def one(i: int) -> None:
+                response = await epsilon.post("/v1/score", json={"model": MODEL, "text": f"{salt} flood {i}."})
+                assert response.status_code == 200, response.text
+                answered.append(i)
+
+            tasks = [asyncio.create_task(one(i)) for i in range(flood)]
+            held_back, deadline = 0.0, time.monotonic() + 120  # a bound on a stuck gateway, not a speed check
+            while held_back < flood - 2 * SHARE and time.monotonic() < deadline and len(answered) < SHARE:
+                held_back = await waiting(zeta)
+                await asyncio.sleep(0.02)
+            other = await zeta.post("/v1/score", json={"model": MODEL, "text": f"{salt}: another tenant."})
+            done_then = len(answered)
+            await asyncio.gather(*tasks)
+            return other, done_then, held_back
+
+    other, done_then, held_back = asyncio.run(run())
+    assert held_back >= flood - 2 * SHARE  # the flood waited in the gateway, not in the queue
+    assert other.status_code == 200, other.text
+    # Behind at most SHARE of the flood's jobs in the queue (and beside SHARE in the worker); in one shared queue
+    # it would have come after all 30.
+    assert done_then <= 4 * SHARE

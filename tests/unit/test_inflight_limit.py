@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from app.platform.limits import InflightLimit, parked
 
 
-def limited_app(limit: int, busy_limit: int) -> tuple[Starlette, asyncio.Event]:
+def limited_app(limit: int, busy_limit: int, caller_limit: int | None = None) -> tuple[Starlette, asyncio.Event]:
     release = asyncio.Event()
 
     async def work(request: Request) -> JSONResponse:  # holds its place while "working"
@@ -31,7 +31,7 @@ def limited_app(limit: int, busy_limit: int) -> tuple[Starlette, asyncio.Event]:
         return JSONResponse({"ok": True})
 
     app = Starlette(routes=[Route("/work", work), Route("/wait", wait), Route("/healthz", health)])
-    app.add_middleware(InflightLimit, limit=limit, busy_limit=busy_limit)
+    app.add_middleware(InflightLimit, limit=limit, busy_limit=busy_limit, caller_limit=caller_limit or limit)
     return app, release
 
 
@@ -80,3 +80,23 @@ async def test_a_request_answered_while_still_parked_gives_its_place_back_once()
         release.set()
         await asyncio.gather(*waits)
         assert (limiter.active, limiter.busy) == (0, 0)
+
+
+async def test_one_api_key_holds_at_most_its_share_and_others_still_get_in() -> None:
+    app, release = limited_app(limit=6, busy_limit=6, caller_limit=4)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gateway") as client:
+        greedy = {"Authorization": "Bearer greedy"}
+        held = [asyncio.create_task(client.get("/wait", headers=greedy)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        refused = await client.get("/wait", headers=greedy)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "overloaded"
+        assert "this API key has 4 requests" in refused.json()["error"]["message"]
+        other = asyncio.create_task(client.get("/wait", headers={"Authorization": "Bearer other"}))
+        anonymous = asyncio.create_task(client.get("/wait"))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*held, other, anonymous)] == [200] * 6
+
+
+def test_a_key_share_defaults_to_three_quarters_of_the_gateway() -> None:
+    assert InflightLimit(Starlette(), limit=256, busy_limit=32).caller_limit == 192
