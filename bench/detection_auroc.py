@@ -45,6 +45,16 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+def continuation(client: httpx.Client, writer: str, opening: str, seed: int) -> str:
+    """`writer`'s passage from `opening` (sampled at T = 0.8, top-p 0.95, seeded), cut to PASSAGE_WORDS words."""
+    body = client.post(
+        "/v1/generate",
+        json={"model": writer, "prompt": opening, "max_tokens": 110, "temperature": 0.8, "top_p": 0.95, "seed": seed},
+    )
+    body.raise_for_status()
+    return " ".join((opening + body.json()["text"]).split()[:PASSAGE_WORDS])
+
+
 def build_dev_set(client: httpx.Client, n: int) -> list[dict[str, str]]:
     rng = random.Random(0)
     sources = [p for p in corpus.speeches() + corpus.plots() if len(p.split()) >= PASSAGE_WORDS]
@@ -54,19 +64,7 @@ def build_dev_set(client: httpx.Client, n: int) -> list[dict[str, str]]:
         opening = " ".join(words[:OPENING_WORDS])
         rows.append({"id": i, "source": "human", "text": " ".join(words[:PASSAGE_WORDS])})
         for writer in WRITERS:
-            body = client.post(
-                "/v1/generate",
-                json={
-                    "model": writer,
-                    "prompt": opening,
-                    "max_tokens": 110,
-                    "temperature": 0.8,
-                    "top_p": 0.95,
-                    "seed": i,
-                },
-            ).json()
-            text = (opening + body["text"]).split()
-            rows.append({"id": i, "source": writer, "text": " ".join(text[:PASSAGE_WORDS])})
+            rows.append({"id": i, "source": writer, "text": continuation(client, writer, opening, seed=i)})
         print(f"  built {i + 1}/{n}", flush=True)
     DEV_SET.parent.mkdir(exist_ok=True)
     DEV_SET.write_text("".join(json.dumps(r) + "\n" for r in rows))

