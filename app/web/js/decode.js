@@ -60,8 +60,10 @@ export function request() {
 }
 
 function header(views) {
-  const names = views.map((v, i) => (v ? `view ${i}: ${v.model} (${v.template}${v.context ? ", context" : ""}, weight ${Number(v.weight).toPrecision(3)})` : `view ${i}`));
-  $("dec-steps").querySelector("thead").innerHTML = `<tr><th>step</th><th>token</th>${names.map((n) => `<th>${esc(n)}<br>log p · rank</th>`).join("")}<th>combined top alternatives</th></tr>`;
+  const cells = views.map((v, i) => (v
+    ? `<th title="${esc(JSON.stringify(v))}">view ${i} · ×${Number(v.weight).toPrecision(3)}<br><small>${esc(v.model)}, ${esc(v.template)}${v.context ? " + context" : ""}</small><br>log p · rank</th>`
+    : `<th>view ${i}<br>log p · rank</th>`));
+  $("dec-steps").querySelector("thead").innerHTML = `<tr><th>step</th><th>token</th>${cells.join("")}<th>combined top alternatives</th></tr>`;
 }
 
 function addStep(step) {
@@ -77,7 +79,7 @@ function addStep(step) {
   const row = document.createElement("tr");
   row.dataset.id = step.id;
   row.dataset.views = JSON.stringify(step.views);
-  const alts = step.top_logprobs.slice(0, 5).map((a) => `${JSON.stringify(a.text)} ${a.logprob.toFixed(2)}`).join("  ");
+  const alts = step.top_logprobs.slice(0, 4).map((a) => `${JSON.stringify(a.text)} ${a.logprob.toFixed(2)}`).join("  ");
   row.innerHTML = `<td class="num">${i}</td><td>${shown(step.text)}</td>` +
     step.views.map((v) => `<td class="num">${v.logprob.toFixed(3)} · ${v.rank}</td>`).join("") + `<td class="alts">${esc(alts)}</td>`;
   $("dec-steps").querySelector("tbody").appendChild(row);
@@ -88,6 +90,7 @@ function clearResults() {
   $("dec-text").textContent = "";
   $("dec-steps").querySelector("thead").textContent = "";
   $("dec-steps").querySelector("tbody").textContent = "";
+  delete $("dec-steps").dataset.record;
 }
 
 async function run() {

@@ -18,6 +18,7 @@ function place(id, options, data) {
   el.dataset.points = String(data[0].length);
   const plot = new uPlot({ width: Math.max(240, el.clientWidth), height: 220, ...options }, data, el);
   plots.set(id, plot);
+  window.lpPlots = plots;  // for tests and the console: the drawn data
   resizer.observe(el);
   return plot;
 }
