@@ -67,16 +67,15 @@ def test_page_colours_tokens_and_shows_alternatives(page: Page, alpha: httpx.Cli
 
     # plots: one point per predicted token along the text, and every token in the rank histogram
     assert page.locator("#plot-line").get_attribute("data-points") == str(n - 1)
-    line = page.evaluate("document.querySelector('#plot-line .u-over') !== null")
-    assert line
+    assert page.locator("#plot-line .u-over").count() == 1  # drawn
+    assert page.evaluate("window.lpPlots.get('plot-line').data.map(s => s.length)") == [n - 1] * 4  # positions, log p, entropy, block means
     record = alpha.get(f"/v1/records/{record_id(page)}").json()
     ranks = [t["rank"] for t in record["tokens"][1:]]
     buckets = [sum(r <= 10 for r in ranks), sum(10 < r <= 100 for r in ranks), sum(100 < r <= 1000 for r in ranks)]
     buckets.append(len(ranks) - sum(buckets))
-    bars = page.evaluate("[...document.querySelectorAll('#plot-ranks')].length")
-    assert bars == 1
     drawn = page.evaluate(
-        "(() => { const u = window.lpPlots.get('plot-ranks'); return u.data.slice(1).map(s => s.find(v => v !== null) ?? 0); })()"
+        "(() => { const u = window.lpPlots.get('plot-ranks');"
+        " return u.data.slice(1).map(s => s.find(v => v !== null) ?? 0); })()"
     )
     assert drawn == buckets
     screenshot(page, "page-analyse")
@@ -170,9 +169,8 @@ def test_detection_plot_against_a_calibration(page: Page, alpha: httpx.Client, b
     calibration = response.json()
     fresh = open_page(browser, service)  # a page that lists the new calibration
     try:
-        fresh.wait_for_function(
-            f"[...document.querySelectorAll('#calibration option')].some(o => o.value === '{calibration['calibration_id']}')"
-        )
+        options = "[...document.querySelectorAll('#calibration option')]"
+        fresh.wait_for_function(f"{options}.some(o => o.value === '{calibration['calibration_id']}')")
         assert fresh.locator("#calibration").input_value() == calibration["calibration_id"]  # the newest is chosen
         score(fresh)
         fresh.wait_for_selector("#plot-detect .u-over")
@@ -184,9 +182,7 @@ def test_detection_plot_against_a_calibration(page: Page, alpha: httpx.Client, b
             "(() => { const u = window.lpPlots.get('plot-detect');"
             " return u.data[0].map((_, i) => u.data[1][i] ?? u.data[2][i]); })()"
         )
-        expected = [
-            d["sign"] * detect["sequence"][name] - d["threshold"] for name, d in detect["decisions"].items()
-        ]
+        expected = [d["sign"] * detect["sequence"][name] - d["threshold"] for name, d in detect["decisions"].items()]
         assert margins == pytest.approx(expected, rel=1e-12, abs=1e-12)
         assert len(margins) == 4
         screenshot(fresh, "page-detect", "#plots")

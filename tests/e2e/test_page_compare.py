@@ -32,7 +32,8 @@ def compare(page: Page, mode: str, metric: str) -> None:
 def shown_values(page: Page, side: str) -> dict[int, float]:
     """The value each token of a side is coloured by, by its position in the text (q's positions)."""
     cells: list[Any] = page.locator(f"#cmp-{side} .tok").evaluate_all(
-        "els => els.filter(e => e.dataset.value !== undefined).map(e => [Number(e.dataset.index), Number(e.dataset.value)])"
+        "els => els.filter(e => e.dataset.value !== undefined)"
+        ".map(e => [Number(e.dataset.index), Number(e.dataset.value)])"
     )
     offset = page.locator("#cmp-p .tok").count() - page.locator("#cmp-q .tok").count() if side == "p" else 0
     return {index - offset: value for index, value in cells}

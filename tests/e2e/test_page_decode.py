@@ -36,8 +36,10 @@ def test_streamed_steps_equal_the_answer(page: Page, alpha: httpx.Client) -> Non
     answer = alpha.post("/v1/decode/contrastive", json=body).json()
     rows = page.locator("#dec-steps tbody tr")
     assert rows.count() == len(answer["steps"]) == answer["usage"]["completion_tokens"]
-    shown = [(int(rows.nth(i).get_attribute("data-id") or -1), json.loads(rows.nth(i).get_attribute("data-views") or ""))
-             for i in range(rows.count())]
+    shown = [
+        (int(rows.nth(i).get_attribute("data-id") or -1), json.loads(rows.nth(i).get_attribute("data-views") or ""))
+        for i in range(rows.count())
+    ]
     assert shown == [(s["id"], s["views"]) for s in answer["steps"]]
     chips = page.locator("#dec-text .tok").evaluate_all("els => els.map(e => e.textContent)")
     assert "".join(chips).replace("⏎", "\n") == "".join(s["text"] for s in answer["steps"])
