@@ -80,7 +80,7 @@ function addStep(step) {
   row.dataset.id = step.id;
   row.dataset.views = JSON.stringify(step.views);
   const alts = step.top_logprobs.slice(0, 4).map((a) => `${JSON.stringify(a.text)} ${a.logprob.toFixed(2)}`).join("  ");
-  row.innerHTML = `<td class="num">${i}</td><td>${shown(step.text)}</td>` +
+  row.innerHTML = `<td class="num">${i}</td><td class="token">${shown(step.text)}</td>` +
     step.views.map((v) => `<td class="num">${v.logprob.toFixed(3)} · ${v.rank}</td>`).join("") + `<td class="alts">${esc(alts)}</td>`;
   $("dec-steps").querySelector("tbody").appendChild(row);
 }
