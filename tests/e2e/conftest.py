@@ -4,7 +4,6 @@ key and its model list loaded."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.launcher.local_service import LocalService
-from tests.conftest import ARTIFACTS, DATA_DIR, KEYS, MODEL
+from tests.conftest import ARTIFACTS, MODEL, service_env
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -32,13 +31,7 @@ SLOW_MS = 180_000  # a step that runs models on a shared CPU
 @pytest.fixture(scope="session")
 def page_service(tiny_models: dict[str, str]) -> Iterator[LocalService]:
     models = [MODEL, {"name": REFERENCE, "source": "hf", "path": tiny_models[REFERENCE]}]
-    env = {
-        "LOGPROBE_MODELS": json.dumps(models),
-        "LOGPROBE_DATA_DIR": str(DATA_DIR),
-        "LOGPROBE_API_KEYS": json.dumps(KEYS),
-        "LOGPROBE_WORKER_THREADS": "2",
-    }
-    with LocalService(env=env, log_dir=ARTIFACTS / "page") as service:
+    with LocalService(env=service_env(models), log_dir=ARTIFACTS / "page") as service:
         yield service
 
 

@@ -68,7 +68,8 @@ def test_page_colours_tokens_and_shows_alternatives(page: Page, alpha: httpx.Cli
     # plots: one point per predicted token along the text, and every token in the rank histogram
     assert page.locator("#plot-line").get_attribute("data-points") == str(n - 1)
     assert page.locator("#plot-line .u-over").count() == 1  # drawn
-    assert page.evaluate("window.lpPlots.get('plot-line').data.map(s => s.length)") == [n - 1] * 4  # positions, log p, entropy, block means
+    lengths = page.evaluate("window.lpPlots.get('plot-line').data.map(s => s.length)")
+    assert lengths == [n - 1] * 4  # positions, log p, entropy, the entropy trend's block means
     record = alpha.get(f"/v1/records/{record_id(page)}").json()
     ranks = [t["rank"] for t in record["tokens"][1:]]
     buckets = [sum(r <= 10 for r in ranks), sum(10 < r <= 100 for r in ranks), sum(100 < r <= 1000 for r in ranks)]
