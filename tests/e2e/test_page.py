@@ -204,6 +204,9 @@ def test_narrow_window_stacks_the_columns(browser: Browser, service: str) -> Non
         assert line and line["x"] + line["width"] <= 800  # the plot fits the window
         assert page.evaluate("document.documentElement.scrollWidth") <= 800  # nothing sticks out sideways
         screenshot(page, "page-narrow")
+        page.click("#tabs [data-tab=compare]")  # the two sides of a comparison stack too
+        first, second = (page.locator(".side").nth(i).bounding_box() for i in range(2))
+        assert first and second and second["y"] >= first["y"] + first["height"]
     finally:
         page.close()
 
