@@ -22,6 +22,16 @@ DATA_DIR = Path(os.environ.get("LOGPROBE_DATA_DIR", Path.home() / ".cache" / "lo
 ARTIFACTS = ROOT / "artifacts"
 
 
+def service_env(models: list[Any], keys: bool = True, threads: int = 2) -> dict[str, str]:
+    """The environment of a LocalService serving `models` (names or specs), with the two API keys."""
+    env = {
+        "LOGPROBE_MODELS": json.dumps(models),
+        "LOGPROBE_DATA_DIR": str(DATA_DIR),
+        "LOGPROBE_WORKER_THREADS": str(threads),
+    }
+    return {**env, "LOGPROBE_API_KEYS": json.dumps(KEYS)} if keys else env
+
+
 @pytest.fixture(scope="session")
 def local_service() -> Iterator[LocalService]:
     """Redis, one worker started on its own (`python -m workers`) and the gateway, with two API keys."""

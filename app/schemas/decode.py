@@ -76,6 +76,7 @@ class ViewScore(BaseModel):
 class StepOut(BaseModel):
     id: int
     text: str
+    special: bool = Field(default=False, description="a special token of the tokenizer (e.g. `<|im_end|>`)")
     top_logprobs: list[TopToken]
     views: list[ViewScore]
 

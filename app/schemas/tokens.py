@@ -35,6 +35,7 @@ class TopLogprob(BaseModel):
 class TokenOut(BaseModel):
     id: int
     text: str
+    special: bool = Field(default=False, description="a special token of the tokenizer (e.g. `<|im_end|>`), not text")
     logprob: float | None = Field(description="log p(token | prefix); null for the first token")
     rank: int | None = Field(description="1 + number of tokens the model found more likely")
     entropy: float | None = Field(description="entropy (nats) of the distribution that predicted this token")

@@ -160,6 +160,7 @@ def step_out(step: DecodeStep, codec: TextCodec) -> dict[str, Any]:
     return {
         "id": step.token,
         "text": pieces[step.token],
+        "special": step.token in codec.special_ids,
         "top_logprobs": [
             {"id": i, "text": pieces[i], "logprob": v} for i, v in zip(step.top_ids, step.top_logprobs, strict=True)
         ],

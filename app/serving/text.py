@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from functools import lru_cache
 from typing import Any
@@ -83,6 +84,11 @@ class TextCodec:
             )
             self._pieces = [t[lead:] for t in texts]
         return self._pieces
+
+    @functools.cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the tokenizer's special tokens (`<|im_end|>`, `<bos>`, ...): control tokens, not text."""
+        return frozenset(i for i, added in self.tokenizer.get_added_tokens_decoder().items() if added.special)
 
     def token_texts(self, ids: list[int]) -> list[str]:
         return list(self._texts(tuple(ids)))

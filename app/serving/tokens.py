@@ -17,6 +17,7 @@ def token_rows(
     pieces = codec.pieces()
     ids = meta.token_ids
     texts = codec.token_texts(ids)
+    special = codec.special_ids
     logprob, rank, entropy = stats["logprob"].tolist(), stats["rank"].tolist(), stats["entropy"].tolist()
     top_ids = stats["topk_ids"][:, :top_k].tolist()
     top_lp = stats["topk_logprobs"][:, :top_k].tolist()
@@ -24,7 +25,15 @@ def token_rows(
     for t in range(start, len(ids)):
         if t == 0:
             rows.append(
-                {"id": ids[0], "text": texts[0], "logprob": None, "rank": None, "entropy": None, "top_logprobs": None}
+                {
+                    "id": ids[0],
+                    "text": texts[0],
+                    "special": ids[0] in special,
+                    "logprob": None,
+                    "rank": None,
+                    "entropy": None,
+                    "top_logprobs": None,
+                }
             )
             continue
         r = t - 1
@@ -32,6 +41,7 @@ def token_rows(
             {
                 "id": ids[t],
                 "text": texts[t],
+                "special": ids[t] in special,
                 "logprob": logprob[r],
                 "rank": rank[r],
                 "entropy": entropy[r],

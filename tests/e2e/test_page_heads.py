@@ -1,16 +1,17 @@
-"""The page with a trained head: the head's score in the summary and the tokens coloured by PAWN's gate weights
-(headless Chromium against the live service); the screenshot is kept in artifacts/heads-page.png."""
+"""The page with a trained head: picked from GET /v1/heads, its score in the summary and the tokens coloured by
+PAWN's gate weights (headless Chromium against the live service); the screenshot is kept in
+artifacts/page-heads.png."""
 
 from __future__ import annotations
 
 import time
 
 import httpx
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser
 
 from app.serving import corpus
-from tests.conftest import ARTIFACTS, MODEL
-from tests.e2e.test_page import CHROMIUM, FLAGS
+from tests.conftest import MODEL
+from tests.e2e.conftest import SLOW_MS, open_page, screenshot
 
 TEXT = "The committee met on Tuesday. Everyone agreed that the bridge needed repairs before winter."
 
@@ -32,31 +33,26 @@ def trained_head(client: httpx.Client) -> dict[str, object]:
     return head  # type: ignore[no-any-return]
 
 
-def test_page_shows_a_heads_score_and_colours_by_its_gate(alpha: httpx.Client, service: str) -> None:
+def test_page_shows_a_heads_score_and_colours_by_its_gate(alpha: httpx.Client, browser: Browser, service: str) -> None:
     head = trained_head(alpha)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(f"{service}/")
-            page.fill("#apikey", "key-alpha")
-            page.dispatch_event("#apikey", "change")
-            page.wait_for_function("document.querySelector('#model').options.length > 0")
-            page.fill("#text", TEXT)
-            page.fill("#heads", str(head["id"]))
-            page.select_option("#metric", "head")
-            page.click("#score")
-            page.wait_for_selector("#heads-table", timeout=120_000)
-            assert "speech_vs_plot" in page.locator("#heads-table").inner_text()
-            assert "label" in page.locator("#heads-table").inner_text()
+    page = open_page(browser, service)  # opened after training: the head is in the list
+    try:
+        page.wait_for_function(f"[...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')")
+        page.select_option("#head", str(head["id"]))
+        page.fill("#text", TEXT)
+        page.select_option("#metric", "head")
+        page.click("#score")
+        page.wait_for_selector("#heads-table", timeout=SLOW_MS)
+        assert "speech_vs_plot" in page.locator("#heads-table").inner_text()
+        assert "label" in page.locator("#heads-table").inner_text()
 
-            tokens = page.locator("#tokens .tok")
-            n = tokens.count()
-            backgrounds = [tokens.nth(i).evaluate("e => e.style.background") for i in range(n)]
-            assert backgrounds[0] == "" and all(b.startswith("rgb") for b in backgrounds[1:])
-            assert len(set(backgrounds[1:])) > 3  # the gate weighs tokens differently
-            assert "speech_vs_plot" in page.locator("#legend").inner_text()
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "heads-page.png"), full_page=True)
-        finally:
-            browser.close()
+        tokens = page.locator("#tokens .tok")
+        backgrounds = tokens.evaluate_all("els => els.map(e => e.style.background)")
+        assert backgrounds[0] == "" and all(b.startswith("rgb") for b in backgrounds[1:])
+        assert len(set(backgrounds[1:])) > 3  # the gate weighs tokens differently
+        assert "speech_vs_plot" in page.locator("#legend").inner_text()
+        tokens.nth(4).hover()
+        assert "speech_vs_plot" in page.locator("#tooltip").inner_text()  # the token's weight in the hover
+        screenshot(page, "page-heads")
+    finally:
+        page.close()

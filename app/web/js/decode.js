@@ -1,0 +1,118 @@
+// The Decode panel: contrastive decoding (a preset or views) streamed from POST /v1/decode/contrastive with
+// `stream: true`; each step shows the chosen token and every view's logprob and rank of it.
+import { $, busy, esc, events, setStatus, shown } from "./api.js";
+
+const PRESETS = {  // each preset's fields: model choices and texts
+  cad: { model: "model", context: "text" },
+  prompt_contrast: { model: "model" },
+  cd: { expert: "model", amateur: "model" },
+  ed: { base: "model", aligned: "model" },
+  proxy: { base: "model", tuned: "model", small_base: "model" },
+};
+const EXAMPLE_VIEWS = (model) => JSON.stringify([
+  { model, template: "chat", weight: 1.5 },
+  { model, template: "raw", weight: -0.5 },
+], null, 1);
+let models = [];
+let steps = [];
+
+function fields() {
+  const preset = $("dec-preset").value;
+  const box = $("dec-fields");
+  if (preset === "views") {
+    box.innerHTML = `<label for="dec-views">Views: [{model, template, system, context, weight, temperature}]</label><textarea id="dec-views" class="short"></textarea>`;
+    $("dec-views").value = EXAMPLE_VIEWS($("model").value);
+    return;
+  }
+  box.innerHTML = Object.entries(PRESETS[preset]).map(([name, kind]) => kind === "model"
+    ? `<label for="dec-${name}">${name}</label><select id="dec-${name}" data-field="${name}">${models.map((m) => `<option>${esc(m.id)}</option>`).join("")}</select>`
+    : `<label for="dec-${name}">${name}</label><textarea id="dec-${name}" data-field="${name}" class="short">The lighthouse on the island was automated in 1987; no keeper has lived there since.</textarea>`).join("");
+  const names = Object.keys(PRESETS[preset]);
+  if (names.length > 1 && models.length > 1) {  // two different models by default where the preset contrasts two
+    const second = $(`dec-${names[1]}`);
+    if (second.tagName === "SELECT") second.value = models.find((m) => m.id !== $(`dec-${names[0]}`).value).id;
+  }
+}
+
+export function setModels(list) {
+  models = list;
+  fields();
+}
+
+// The request the panel sends (streamed): what the tests send again without `stream` to check the steps.
+export function request() {
+  const preset = $("dec-preset").value;
+  const body = {
+    prompt: $("dec-prompt").value,
+    max_tokens: Math.max(1, Math.round(Number($("dec-max").value)) || 16),
+    temperature: Math.max(0, Number($("dec-temp").value) || 0),
+    seed: 0,
+  };
+  if (preset === "views") {
+    body.views = JSON.parse($("dec-views").value);
+  } else {
+    body.preset = { name: preset };
+    for (const el of $("dec-fields").querySelectorAll("[data-field]")) body.preset[el.dataset.field] = el.value;
+    const alpha = $("dec-alpha").value.trim();
+    if (alpha !== "") body.preset[preset === "proxy" ? "lambda" : "alpha"] = Number(alpha);
+  }
+  return body;
+}
+
+function header(views) {
+  const cells = views.map((v, i) => (v
+    ? `<th title="${esc(JSON.stringify(v))}">view ${i} · ×${Number(v.weight).toPrecision(3)}<br><small>${esc(v.model)}, ${esc(v.template)}${v.context ? " + context" : ""}</small><br>log p · rank</th>`
+    : `<th>view ${i}<br>log p · rank</th>`));
+  $("dec-steps").querySelector("thead").innerHTML = `<tr><th>step</th><th>token</th>${cells.join("")}<th>combined top alternatives</th></tr>`;
+}
+
+function addStep(step) {
+  const i = steps.length;
+  steps.push(step);
+  if (i === 0) header(step.views.map(() => null));
+  const chip = document.createElement("span");
+  chip.className = "tok" + (step.special ? " special" : "");
+  chip.textContent = step.special ? step.text : step.text.replace(/\n/g, "⏎");
+  chip.dataset.index = i;
+  chip.title = `step ${i}: ` + step.views.map((v, j) => `view ${j} log p ${v.logprob.toFixed(3)}, rank ${v.rank}`).join("; ");
+  $("dec-text").appendChild(chip);
+  const row = document.createElement("tr");
+  row.dataset.id = step.id;
+  row.dataset.views = JSON.stringify(step.views);
+  const alts = step.top_logprobs.slice(0, 4).map((a) => `${JSON.stringify(a.text)} ${a.logprob.toFixed(2)}`).join("  ");
+  row.innerHTML = `<td class="num">${i}</td><td class="token">${shown(step.text)}</td>` +
+    step.views.map((v) => `<td class="num">${v.logprob.toFixed(3)} · ${v.rank}</td>`).join("") + `<td class="alts">${esc(alts)}</td>`;
+  $("dec-steps").querySelector("tbody").appendChild(row);
+}
+
+function clearResults() {
+  steps = [];
+  $("dec-text").textContent = "";
+  $("dec-steps").querySelector("thead").textContent = "";
+  $("dec-steps").querySelector("tbody").textContent = "";
+  delete $("dec-steps").dataset.record;
+}
+
+async function run() {
+  clearResults();
+  const body = { ...request(), stream: true };
+  setStatus("dec-status", "decoding…");
+  for await (const { event, data } of events("/v1/decode/contrastive", body)) {
+    if (event === "step") {
+      addStep(data);
+      setStatus("dec-status", `step ${steps.length}…`);
+    } else if (event === "error") {
+      clearResults();
+      throw new Error(`${data.error.code}: ${data.error.message}`);
+    } else if (event === "done") {
+      header(data.views);
+      $("dec-steps").dataset.record = data.record_id;
+      setStatus("dec-status", `${data.usage.completion_tokens} steps (${data.finish_reason}) · record ${data.record_id}`);
+    }
+  }
+}
+
+export function initDecode() {
+  $("dec-preset").addEventListener("change", fields);
+  $("dec-run").addEventListener("click", () => busy("panel-decode", "dec-status", run));
+}
