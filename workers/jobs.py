@@ -241,6 +241,7 @@ class JobExecutor:
             views,
             job.sampling.model_copy(update={"max_tokens": budget}),
             plausibility=job.plausibility,
+            rule=job.selective,
             topk=job.topk,
             detokenize=views[0].backend.decode,
             on_step=lambda step: self.redis.publish(channel, step.model_dump_json()),
