@@ -4,8 +4,9 @@ Improving Faithfulness Metrics") as the ReAGent code computes them (casszhao/ReA
 for each method and for random importances, side by side.
 
 For each text the target is the model's greedy next token. With importances s scaled to [0, 1] (min-max per
-target), each embedding element of context token i is kept with probability s_i (sufficiency) or 1 - s_i
-(comprehensiveness) and zeroed otherwise; q is the model's next-token distribution on the whole text and q' on
+target; or, as the ReAGent code uses its softmax scores, as a distribution over the context), each embedding
+element of context token i is kept with probability s_i (sufficiency) or 1 - s_i (comprehensiveness) and zeroed
+otherwise; q is the model's next-token distribution on the whole text and q' on
 the perturbed one, and H the Hellinger distance:
     suff = 1 - H(q, q'),  suff_0 = suff with every embedding zeroed,  comp = H(q, q'),
     Soft-NS = max(0, suff - suff_0) / (1 - suff_0),  Soft-NC = comp / (1 - suff_0).
@@ -13,6 +14,7 @@ Higher is more faithful for both. Each figure is the mean over `--draws` Bernoul
 one). The attributions come from the worker's own code (workers/attribution.py) on the worker's backend.
 
 Usage: python -m bench.attribution_faithfulness [--max-passes 1024] [--draws 20] [--seed 0]
+(run with --max-passes 512 --draws 10 for the figures reported; the machine is shared and noisy)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from workers.config import PACKAGED_MODELS, CommonSettings
 from workers.protocol import ReagentParams
 
 MODEL = "smollm2-135m-instruct"
+SCALES = ("minmax", "sum")
 TEXTS = [
     "When my flight landed in Thailand, I was staying in the capital city of",
     "The chemical symbol for gold is Au, and the chemical symbol for silver is",
@@ -66,11 +69,20 @@ class Perturbed:
         return float(np.mean([hellinger(self.whole, row) for row in out]))
 
 
-def soft_scores(perturbed: Perturbed, importance: np.ndarray) -> tuple[float, float]:
-    scaled = (importance - importance.min()) / max(float(np.ptp(importance)), 1e-12)
-    suff_0 = 1 - perturbed.distance(np.zeros_like(scaled))
-    suff = 1 - perturbed.distance(scaled)
-    comp = perturbed.distance(1 - scaled)
+def scaled(importance: np.ndarray, scale: str) -> np.ndarray:
+    """Importances as keep odds: min-max to [0, 1], or (the ReAGent code's convention, whose scores are a
+    softmax) a distribution over the context, negative scores counted as 0."""
+    if scale == "minmax":
+        return (importance - importance.min()) / max(float(np.ptp(importance)), 1e-12)
+    positive = np.clip(importance, 0.0, None)
+    return positive / positive.sum() if positive.sum() > 0 else np.full_like(importance, 1 / len(importance))
+
+
+def soft_scores(perturbed: Perturbed, importance: np.ndarray, scale: str) -> tuple[float, float]:
+    scaled_ = scaled(importance, scale)
+    suff_0 = 1 - perturbed.distance(np.zeros_like(scaled_))
+    suff = 1 - perturbed.distance(scaled_)
+    comp = perturbed.distance(1 - scaled_)
     return max(0.0, suff - suff_0) / (1 - suff_0), comp / (1 - suff_0)
 
 
@@ -84,10 +96,12 @@ def main() -> None:
     backend = HFBackend(PACKAGED_MODELS[MODEL], CommonSettings().data_dir)
     score = backend_scorer(backend)
     rng = np.random.default_rng(args.seed)
-    rows: dict[str, list[tuple[float, float]]] = {"reagent": [], "occlusion": [], "random": []}
+    rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
     seconds = {"reagent": 0.0, "occlusion": 0.0}
-    passes = {"reagent": 0, "occlusion": 0}
-    print(f"{'target':>14} | {'method':>9} | {'Soft-NS':>7} | {'Soft-NC':>7} | passes | top context tokens")
+    passes: dict[str, int] = {}
+    print(
+        f"{'target':>14} | {'method':>9} | {'scale':>7} | {'Soft-NS':>7} | {'Soft-NC':>7} | passes | conv | top tokens"
+    )
     for text in TEXTS:
         prompt = backend.encode(text)
         with torch.inference_mode():
@@ -107,20 +121,24 @@ def main() -> None:
         importances["random"] = rng.random(t)
         texts = [backend.decode([i]) for i in ids]
         for name, importance in importances.items():
-            ns, nc = soft_scores(perturbed, importance)
-            rows[name].append((ns, nc))
             top = ", ".join(repr(texts[i]) for i in np.argsort(-importance)[:3])
             used = found[name].passes if name in found else 0
-            if name in passes:
-                passes[name] += used
-            print(f"{texts[t]!r:>14} | {name:>9} | {ns:7.3f} | {nc:7.3f} | {used:6d} | {top}")
+            converged = {True: "yes", False: "no", None: "-"}[found[name].converged if name in found else None]
+            passes[name] = passes.get(name, 0) + used
+            for scale in SCALES:
+                ns, nc = soft_scores(perturbed, importance, scale)
+                rows.setdefault((name, scale), []).append((ns, nc))
+                print(
+                    f"{texts[t]!r:>14} | {name:>9} | {scale:>7} | {ns:7.3f} | {nc:7.3f} | {used:6d} | {converged:>4} "
+                    f"| {top}"
+                )
     print(f"\nmeans over {len(TEXTS)} texts ({MODEL}, {args.draws} masks per figure, seed {args.seed}):")
-    random_ns, random_nc = np.mean(rows["random"], axis=0)
-    for name, values in rows.items():
+    for (name, scale), values in rows.items():
         ns, nc = np.mean(values, axis=0)
+        random_ns, random_nc = np.mean(rows[("random", scale)], axis=0)
         timing = f"  {passes[name]} passes in {seconds[name]:.1f} s" if name in seconds else ""
         print(
-            f"{name:>9}: Soft-NS {ns:.3f} (log ratio to random {np.log(ns / random_ns):+.2f})  "
+            f"{name:>9} {scale:>7}: Soft-NS {ns:.3f} (log ratio to random {np.log(ns / random_ns):+.2f})  "
             f"Soft-NC {nc:.3f} (log ratio to random {np.log(nc / random_nc):+.2f}){timing}"
         )
 
