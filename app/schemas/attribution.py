@@ -22,7 +22,7 @@ class AttributionRequest(BaseModel):
         min_length=1, max_length=MAX_TARGETS, description="target positions t (token t is the target; t >= 2)"
     )
     method: Literal["reagent", "occlusion"] = "reagent"
-    seed: int = Field(default=0, ge=0, strict=True, description="the same seed gives the same answer")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, strict=True, description="the same seed gives the same answer")
     max_passes: int = Field(
         default=2048, ge=1, strict=True, description="forward passes at most, over all targets (server limit applies)"
     )
