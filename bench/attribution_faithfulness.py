@@ -32,7 +32,6 @@ from workers.config import PACKAGED_MODELS, CommonSettings
 from workers.protocol import ReagentParams
 
 MODEL = "smollm2-135m-instruct"
-SCALES = ("minmax", "sum")
 TEXTS = [
     "When my flight landed in Thailand, I was staying in the capital city of",
     "The chemical symbol for gold is Au, and the chemical symbol for silver is",
@@ -91,6 +90,7 @@ def main() -> None:
     parser.add_argument("--max-passes", type=int, default=1024)
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scales", nargs="+", choices=("minmax", "sum"), default=["minmax"])
     args = parser.parse_args()
     torch.set_num_threads(2)
     backend = HFBackend(PACKAGED_MODELS[MODEL], CommonSettings().data_dir)
@@ -125,7 +125,7 @@ def main() -> None:
             used = found[name].passes if name in found else 0
             converged = {True: "yes", False: "no", None: "-"}[found[name].converged if name in found else None]
             passes[name] = passes.get(name, 0) + used
-            for scale in SCALES:
+            for scale in args.scales:
                 ns, nc = soft_scores(perturbed, importance, scale)
                 rows.setdefault((name, scale), []).append((ns, nc))
                 print(
