@@ -10,6 +10,12 @@ weight 1 this is ordinary sampling. The presets are Emulated Disalignment (Zhou 
 "Emulated Disalignment: Safety Alignment for Large Language Models May Backfire!"), contrastive decoding
 (Li et al. 2023), context-aware decoding (Shi et al. 2024), proxy-tuning (Liu et al. 2024) and prompt
 contrast (USCD's lame prompt, Wang et al. 2024); the gateway expands them into views.
+
+Selective contrast (USCD, Wang et al. 2024, "USCD: Improving Code Generation of LLMs by Uncertainty-Aware
+Selective Contrastive Decoding"; reference code alphadl/CodeGen-USCD, `EnsembleLogitsProcessor`): at a step
+where view 0 (the standard prompt) is confident, its own distribution; where it is uncertain, the views'
+probabilities mixed, log(sum_i w_i p_i) (weights 1 and -0.7 there), over the tokens with p_0 >= min_ratio * the
+mean of p_0 (0.666667 x 1/V there), every other token and any whose mix is not positive dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import torch
 
 from workers.backends.base import Backend, sample_next, stop_hit
-from workers.protocol import DecodeStep, Plausibility, Sampling
+from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
 
 
 @dataclass
@@ -51,6 +57,36 @@ def combine(view_logprobs: list[torch.Tensor], weights: list[float], plausibilit
         anchor = view_logprobs[plausibility.view]
         score.masked_fill_(anchor < math.log(plausibility.alpha) + anchor.max(), -math.inf)
     return torch.log_softmax(score, dim=-1)
+
+
+def uncertain(logp: torch.Tensor, rule: Selective) -> bool:
+    """Whether a view's next-token distribution is uncertain under USCD's rule: the standard deviation of its V
+    probabilities (unbiased, as torch.std) at most the threshold (the paper's measure), its top probability
+    below it, or its entropy above it."""
+    p = logp.exp()
+    if rule.measure == "std":
+        return float(p.std()) <= rule.threshold
+    if rule.measure == "top1":
+        return float(p.max()) < rule.threshold
+    return float(-(p * logp).nansum()) > rule.threshold
+
+
+def selective(view_logprobs: list[torch.Tensor], weights: list[float], rule: Selective) -> tuple[torch.Tensor, bool]:
+    """USCD's step: the combined log-distribution (float64) and whether it is a contrast. A contrast that leaves no
+    token (every kept token's mix not positive) falls back to view 0's own distribution."""
+    standard = view_logprobs[0]
+    if not uncertain(standard, rule):
+        return standard, False
+    probs = [logp.exp() for logp in view_logprobs]
+    mix = torch.zeros_like(standard)
+    for p, weight in zip(probs, weights, strict=True):
+        mix.add_(p, alpha=weight)
+    keep = (probs[0] >= rule.min_ratio * probs[0].mean()) & (mix > 0)
+    if not keep.any():
+        return standard, False
+    score = torch.full_like(standard, -math.inf)
+    score[keep] = mix[keep].log()
+    return torch.log_softmax(score, dim=-1), True
 
 
 def _rank(logp: torch.Tensor, token: int) -> int:
@@ -89,6 +125,7 @@ def decode(
     sampling: Sampling,
     *,
     plausibility: Plausibility | None = None,
+    rule: Selective | None = None,
     topk: int = 0,
     eos_ids: set[int] | None = None,
     detokenize: Callable[[list[int]], str] | None = None,
@@ -116,7 +153,9 @@ def decode(
     completion: list[int] = []
     steps: list[DecodeStep] = []
     weights = [view.weight for view in views]
-    plain = len(views) == 1 and weights == [1.0] and views[0].temperature == 1.0 and plausibility is None
+    plain = (
+        len(views) == 1 and weights == [1.0] and views[0].temperature == 1.0 and plausibility is None and rule is None
+    )
     stops = sampling.stop if detokenize is not None else []
     sent = 0
 
@@ -131,7 +170,11 @@ def decode(
         view_logprobs = [
             torch.log_softmax(raw.double() / view.temperature, dim=-1) for raw, view in zip(logits, views, strict=True)
         ]
-        combined = combine(view_logprobs, weights, plausibility)
+        contrasted = None
+        if rule is None:
+            combined = combine(view_logprobs, weights, plausibility)
+        else:
+            combined, contrasted = selective(view_logprobs, weights, rule)
         # Plain sampling works on the raw logits as vLLM's sampler does (a repetition penalty depends on their sign).
         scores = logits[0].double() if plain else combined
         token = sample_next(scores, sampling, generator, views[0].prefix_ids, completion)
@@ -147,6 +190,7 @@ def decode(
             top_logprobs=[v for _, v in finite],
             view_logprobs=[float(lp[token]) for lp in view_logprobs],
             view_ranks=[_rank(lp, token) for lp in view_logprobs],
+            contrasted=contrasted,
         )
         steps.append(step)
         completion.append(token)

@@ -12,6 +12,7 @@ from safetensors.numpy import load as st_load_numpy
 from safetensors.torch import load as st_load_torch
 from safetensors.torch import save as st_save_torch
 
+from workers.attribution_job import run_attribution_job
 from workers.backends.base import Backend
 from workers.capture import (
     Unembedding,
@@ -32,6 +33,7 @@ from workers.protocol import (
     MAX_BLOB_BYTES,
     RECORD_CORE_FIELDS,
     AnyJob,
+    AttributionJob,
     ContrastJob,
     CrossJob,
     GenerateJob,
@@ -76,6 +78,8 @@ class JobExecutor:
                 return self._contrast(job)
             if isinstance(job, HeadJob):  # reads records only: no backend, no weights
                 return run_head_job(self.redis, job)
+            if isinstance(job, AttributionJob):
+                return run_attribution_job(self, job)
             backend = self.backend_for(job.model, job.fingerprint)
             if isinstance(job, ScoreJob):
                 return self._score(job, backend)
@@ -237,6 +241,7 @@ class JobExecutor:
             views,
             job.sampling.model_copy(update={"max_tokens": budget}),
             plausibility=job.plausibility,
+            rule=job.selective,
             topk=job.topk,
             detokenize=views[0].backend.decode,
             on_step=lambda step: self.redis.publish(channel, step.model_dump_json()),

@@ -304,6 +304,15 @@ class Plausibility(BaseModel):
     alpha: float = Field(gt=0.0, le=1.0)
 
 
+class Selective(BaseModel):
+    """USCD's rule (workers/decoding.py): contrast the views only at steps where view 0 is uncertain."""
+
+    model_config = ConfigDict(extra="forbid")
+    measure: Literal["std", "top1", "entropy"]
+    threshold: float = Field(ge=0.0)
+    min_ratio: float = Field(ge=0.0)
+
+
 class ContrastJob(_JobBase):
     """Sample from log_softmax(sum_i w_i log p_i(y | prefix_i, y_<t)), each view with its own KV cache."""
 
@@ -311,6 +320,7 @@ class ContrastJob(_JobBase):
     views: list[DecodeView] = Field(min_length=1, max_length=16)
     sampling: Sampling
     plausibility: Plausibility | None = None
+    selective: Selective | None = None
     topk: int = Field(default=5, ge=0, le=100)
     record_view: int = Field(default=0, ge=0)
 
@@ -331,6 +341,7 @@ class DecodeStep(BaseModel):
     top_logprobs: list[float]
     view_logprobs: list[float]
     view_ranks: list[int]
+    contrasted: bool | None = None  # selective contrast (USCD): whether this step was contrasted
 
 
 HEAD_KINDS = ("pawn", "los", "probe")
@@ -359,7 +370,49 @@ class HeadJob(_JobBase):
     target_fpr: float = Field(gt=0.0, lt=1.0)
 
 
-AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob
+class ReagentParams(BaseModel):
+    """ReAGent's search (Zhao & Shan 2024; defaults of the reference code as packaged in inseq)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_probes: int = Field(default=16, ge=1, le=256)
+    replacing_ratio: float = Field(default=0.3, gt=0.0, lt=1.0)
+    keep_top_n: int = Field(default=5, ge=1, le=1024)
+    stop_top_k: int = Field(default=3, ge=1, le=1024)
+
+
+class AttributionJob(_JobBase):
+    """Importance of each context token for the tokens at `positions` (workers/attribution.py), by forward passes
+    of perturbed contexts of `token_ids`; `replacements[i]` stands in for token i in ReAGent (-1: never replaced).
+    The answer (AttributionResult JSON) is left under attribution_key(job_id)."""
+
+    kind: Literal["attribution"] = "attribution"
+    token_ids: list[int] = Field(min_length=2)
+    positions: list[int] = Field(min_length=1, max_length=256)
+    method: Literal["reagent", "occlusion"]
+    replacements: list[int] = Field(default_factory=list)
+    seed: int = Field(ge=0)
+    max_passes: int = Field(ge=1)
+    reagent: ReagentParams = Field(default_factory=ReagentParams)
+
+
+def attribution_key(job_id: str) -> str:
+    return f"lp:attribution:{job_id}"
+
+
+class AttributionTarget(BaseModel):
+    position: int
+    logprob: float  # log p(token at `position` | its whole context), from the same batched forwards
+    importance: list[float]  # one per context token 0 .. position-1
+    passes: int
+    converged: bool | None = None  # ReAGent: some probe met the stopping condition within the budget
+
+
+class AttributionResult(BaseModel):
+    targets: list[AttributionTarget]
+    passes: int
+
+
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob
 Job = Annotated[AnyJob, Field(discriminator="kind")]
 
 

@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Request
 
 from app.api import (
     analysis,
+    attribution,
     batches,
     calibrations,
     decode,
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate,
         records,
         analysis,
+        attribution,
         calibrations,
         heads,
         frequency_tables,

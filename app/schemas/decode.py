@@ -17,6 +17,9 @@ class ViewIn(BaseModel):
     template: Literal["raw", "chat"] = "chat"
     system: str | None = None
     context: str | None = Field(default=None, description="text placed before the prompt")
+    prompt: str | None = Field(
+        default=None, min_length=1, description="this view's own prompt instead of the request's"
+    )
     weight: float = Field(default=1.0, ge=-100, le=100, strict=True, description="not 0: a view that counts")
     temperature: float = Field(default=1.0, gt=0.0, le=100.0, strict=True, description="this view's own temperature")
 
@@ -30,8 +33,8 @@ class ViewIn(BaseModel):
 
 class Preset(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: Literal["ed", "cd", "cad", "proxy", "prompt_contrast"]
-    model: str | None = Field(default=None, description="cad, prompt_contrast")
+    name: Literal["ed", "cd", "cad", "proxy", "prompt_contrast", "uscd"]
+    model: str | None = Field(default=None, description="cad, prompt_contrast, uscd")
     base: str | None = Field(default=None, description="ed (pre-trained model), proxy (large base)")
     aligned: str | None = Field(default=None, description="ed (its aligned version)")
     expert: str | None = Field(default=None, description="cd")
@@ -43,6 +46,26 @@ class Preset(BaseModel):
     alpha: float | None = Field(default=None, ge=0.0, le=100.0, strict=True)
     lambda_: float | None = Field(default=None, alias="lambda", ge=-100.0, le=100.0, strict=True)
     amateur_temperature: float = Field(default=1.0, gt=0.0, le=100.0, strict=True)
+    lame_prompt: str | None = Field(
+        default=None, min_length=1, description="uscd: the request's prompt without its examples (the 'lame' prompt)"
+    )
+    template: Literal["raw", "chat"] = Field(default="raw", description="uscd: how both prompts reach the model")
+    uncertainty: Literal["std", "top1", "entropy"] = Field(
+        default="std",
+        description="uscd: contrast where the standard view's probabilities have a standard deviation at most "
+        "`threshold` (the paper's measure), a top probability below it, or an entropy (nats) above it",
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        strict=True,
+        description="uscd: default for std the paper's 0.005 at CodeLlama's 32,016-token vocabulary (sum p^2 = 0.80) "
+        "carried to the model's vocabulary; top1 and entropy need one",
+    )
+    min_ratio: float = Field(
+        default=2 / 3, ge=0.0, le=1.0, strict=True, description="uscd: keep tokens with p >= min_ratio / V"
+    )
 
 
 class PlausibilityIn(BaseModel):
@@ -79,6 +102,7 @@ class StepOut(BaseModel):
     special: bool = Field(default=False, description="a special token of the tokenizer (e.g. `<|im_end|>`)")
     top_logprobs: list[TopToken]
     views: list[ViewScore]
+    contrasted: bool | None = Field(default=None, description="uscd: whether this step was contrasted")
 
 
 class DecodeResponse(BaseModel):

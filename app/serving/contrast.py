@@ -1,8 +1,9 @@
 """Contrastive decoding requests as worker jobs: presets expanded to views (ED, CD, CAD, proxy-tuning, prompt
-contrast), each view's prefix tokenized, and the steps and summary of the answer."""
+contrast, USCD's selective contrast), each view's prefix tokenized, and the steps and summary of the answer."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from app.platform.errors import ApiError
@@ -12,7 +13,7 @@ from app.serving.inputs import check_length, sampling_of, top_k, truncate_at_sto
 from app.serving.jobs import new_job_id
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import ContrastJob, DecodeStep, DecodeView, JobOutcome, Plausibility, group_name
+from workers.protocol import ContrastJob, DecodeStep, DecodeView, JobOutcome, Plausibility, Selective, group_name
 
 MAX_VIEWS = 8
 
@@ -64,6 +65,14 @@ def _preset_views(preset: Preset) -> tuple[list[dict[str, Any]], Plausibility | 
             {"model": _need(preset.tuned, name, "tuned"), "template": "chat", "system": system, "weight": lam},
             {"model": _need(preset.small_base, name, "small_base"), "template": "raw", "weight": -lam},
         ], None
+    if name == "uscd":  # the standard prompt against the lame one, w = (1, -a) on probabilities where uncertain
+        a = USCD_ALPHA if preset.alpha is None else preset.alpha
+        model = _need(preset.model, name, "model")
+        lame = _need(preset.lame_prompt, name, "lame_prompt")
+        return [
+            {"model": model, "template": preset.template, "system": system, "weight": 1.0},
+            {"model": model, "template": preset.template, "system": system, "prompt": lame, "weight": -a},
+        ], None
     a = 0.5 if preset.alpha is None else preset.alpha  # prompt contrast: the chat prompt against the bare one
     model = _need(preset.model, name, "model")
     return [
@@ -72,7 +81,26 @@ def _preset_views(preset: Preset) -> tuple[list[dict[str, Any]], Plausibility | 
     ], None
 
 
+USCD_ALPHA = 0.7  # the reference code's weights are (1.0, -0.7)
+USCD_STD = 0.005  # the reference code's threshold on the standard deviation, for CodeLlama's vocabulary
+USCD_VOCAB = 32016
+
+
+def uscd_rule(preset: Preset, vocab_size: int) -> Selective:
+    """USCD's uncertainty rule for a model. The paper's threshold on the standard deviation of the V probabilities
+    means a collision probability sum p^2 = 0.005^2 (V - 1) + 1/V = 0.80 at CodeLlama's vocabulary; by default the
+    same sum p^2 is asked of this model (0.0040 for SmolLM2's 49,152 tokens, where 0.005 is out of reach)."""
+    threshold = preset.threshold
+    if threshold is None:
+        if preset.uncertainty != "std":
+            raise ApiError(422, "invalid_preset", f"uncertainty {preset.uncertainty!r} needs a `threshold`", "preset")
+        collision = USCD_STD**2 * (USCD_VOCAB - 1) + 1 / USCD_VOCAB
+        threshold = math.sqrt((collision - 1 / vocab_size) / (vocab_size - 1))
+    return Selective(measure=preset.uncertainty, threshold=threshold, min_ratio=preset.min_ratio)
+
+
 def view_prefix(codec: TextCodec, view: ViewIn, prompt: str) -> list[int]:
+    prompt = view.prompt or prompt
     body = prompt if view.context is None else f"{view.context}\n\n{prompt}"
     if view.template == "raw":
         return codec.encode(body if view.system is None else f"{view.system}\n\n{body}")
@@ -134,6 +162,9 @@ async def build_job(
     k = top_k(body.top_logprobs, settings, settings.max_top_logprobs)
     tokens = sum(len(v.prefix_ids) for v in decode_views) + body.max_tokens * len(decode_views)
     await charge(services.redis, tenant, "tokens", tokens, settings.rate_limit_tpm)
+    rule = None
+    if body.preset is not None and body.preset.name == "uscd":
+        rule = uscd_rule(body.preset, codecs[0].card.vocab_size)
     job = ContrastJob(
         job_id=new_job_id(),
         tenant=tenant,
@@ -142,6 +173,7 @@ async def build_job(
         views=decode_views,
         sampling=sampling,
         plausibility=plausibility,
+        selective=rule,
         topk=k,
         record_view=body.record_view,
     )
@@ -165,6 +197,7 @@ def step_out(step: DecodeStep, codec: TextCodec) -> dict[str, Any]:
             {"id": i, "text": pieces[i], "logprob": v} for i, v in zip(step.top_ids, step.top_logprobs, strict=True)
         ],
         "views": [{"logprob": lp, "rank": r} for lp, r in zip(step.view_logprobs, step.view_ranks, strict=True)],
+        "contrasted": step.contrasted,
     }
 
 

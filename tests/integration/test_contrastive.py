@@ -224,3 +224,81 @@ def test_unknown_view_model_is_404(trio_service: httpx.Client) -> None:
         "/v1/decode/contrastive", json={"prompt": PROMPT, "views": [{"model": "tiny-base"}, {"model": "no-such"}]}
     )
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+EXAMPLES = (
+    "The Nile runs north to the sea.\nThe Rhine runs through Basel.\n"  # USCD's standard prompt = examples + task
+)
+
+
+def uscd_step(reference: Reference, completion: list[int], a: float, threshold: float) -> tuple[np.ndarray, bool]:
+    """USCD in float64 from full forwards: view 0 (standard prompt) alone where the standard deviation of its
+    probabilities exceeds the threshold, else log(p_std - a p_lame) over tokens with p_std >= (2/3) mean p_std."""
+    standard, lame = (
+        reference.logprobs("tiny-base", list(reference.tokenizer(text).input_ids) + completion, 1.0)
+        for text in (EXAMPLES + PROMPT, PROMPT)
+    )
+    p_std, p_lame = np.exp(standard), np.exp(lame)
+    if p_std.std(ddof=1) > threshold:
+        return standard, False
+    mix = p_std - a * p_lame
+    keep = (p_std >= (2 / 3) * p_std.mean()) & (mix > 0)
+    score = np.where(keep, np.log(np.where(keep, mix, 1.0)), -np.inf)
+    return score - scipy.special.logsumexp(score[keep]), True
+
+
+def uscd_request(threshold: float, **extra: Any) -> dict[str, Any]:
+    preset = {"name": "uscd", "model": "tiny-base", "lame_prompt": PROMPT, "alpha": 0.7, "threshold": threshold}
+    return {
+        "prompt": EXAMPLES + PROMPT,
+        "preset": preset,
+        "max_tokens": 8,
+        "temperature": 0,
+        "top_logprobs": 5,
+        **extra,
+    }
+
+
+def test_uscd_contrasts_only_uncertain_steps_and_matches_the_float64_reference(
+    trio_service: httpx.Client, reference: Reference
+) -> None:
+    always = trio_service.post("/v1/decode/contrastive", json=uscd_request(1.0)).json()
+    assert all(step["contrasted"] for step in always["steps"])
+    # a threshold between the standard view's spreads along that path, so that some steps are contrasted and some not
+    spreads, done = [], []
+    for step in always["steps"]:
+        standard = reference.logprobs("tiny-base", list(reference.tokenizer(EXAMPLES + PROMPT).input_ids) + done, 1.0)
+        spreads.append(float(np.exp(standard).std(ddof=1)))
+        done.append(step["id"])
+    middle = len(spreads) // 2
+    threshold = float(np.mean(sorted(spreads)[middle - 1 : middle + 1]))
+    for body in (always, trio_service.post("/v1/decode/contrastive", json=uscd_request(threshold)).json()):
+        cut = 1.0 if body is always else threshold
+        assert [v["template"] for v in body["views"]] == ["raw", "raw"] and body["views"][1]["prompt"] == PROMPT
+        completion: list[int] = []
+        for step in body["steps"]:
+            combined, contrasted = uscd_step(reference, completion, 0.7, cut)
+            assert step["contrasted"] is contrasted
+            assert step["id"] == int(np.argmax(combined))
+            top = [t["logprob"] for t in step["top_logprobs"]]
+            np.testing.assert_allclose(top, np.sort(combined[np.isfinite(combined)])[::-1][: len(top)], atol=TOL)
+            completion.append(step["id"])
+    mixed = [step["contrasted"] for step in body["steps"]]
+    assert True in mixed and False in mixed
+    # the streamed steps say the same
+    with trio_service.stream("POST", "/v1/decode/contrastive", json=uscd_request(threshold, stream=True)) as response:
+        streamed = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")][:-1]
+    assert [s["contrasted"] for s in streamed] == mixed
+
+
+@pytest.mark.parametrize(
+    ("preset", "fragment"),
+    [
+        ({"name": "uscd", "model": "tiny-base"}, "lame_prompt"),
+        ({"name": "uscd", "model": "tiny-base", "lame_prompt": "x", "uncertainty": "top1"}, "threshold"),
+    ],
+)
+def test_uscd_errors(trio_service: httpx.Client, preset: dict[str, Any], fragment: str) -> None:
+    response = trio_service.post("/v1/decode/contrastive", json={"prompt": PROMPT, "preset": preset})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_preset" and fragment in response.json()["error"]["message"]

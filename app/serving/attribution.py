@@ -1,0 +1,103 @@
+"""Attribution requests as worker jobs (workers/attribution.py): inputs checked, ReAGent's replacements taken
+from the record, the answer shaped for clients and the page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from app.platform.errors import ApiError
+from app.schemas.attribution import AttributionRequest
+from app.serving.jobs import new_job_id, raise_for_outcome
+from app.serving.scoring import record_for
+from app.serving.services import Services
+from workers.attribution import occlusion_passes, reagent_min_passes
+from workers.protocol import AttributionJob, AttributionResult, as_bytes, attribution_key
+
+TOP = 10  # most important context tokens listed per target
+
+
+def replacement_ids(token_ids: list[int], topk_ids: np.ndarray) -> list[int]:
+    """ReAGent's stand-in for each token: the model's most likely token at its place, or the second most likely
+    where that is the token itself; -1 for token 0, which nothing predicted."""
+    out = [-1]
+    for i in range(1, len(token_ids)):
+        first, second = int(topk_ids[i - 1, 0]), int(topk_ids[i - 1, 1])
+        out.append(second if first == token_ids[i] else first)
+    return out
+
+
+def _check(body: AttributionRequest, n_tokens: int, limit: int) -> None:
+    positions = body.positions
+    if len(set(positions)) != len(positions) or not all(2 <= t < n_tokens for t in positions):
+        raise ApiError(
+            422, "invalid_positions", f"positions must be distinct and lie in [2, {n_tokens - 1}]", "positions"
+        )
+    if body.max_passes > limit:
+        raise ApiError(422, "max_passes_too_large", f"max_passes is at most {limit}", "max_passes")
+    needed = occlusion_passes(positions) if body.method == "occlusion" else reagent_min_passes(positions, body.reagent)
+    if needed > body.max_passes:
+        raise ApiError(
+            422,
+            "max_passes_too_small",
+            f"{body.method} needs at least {needed} forward passes for these targets; raise max_passes (at most "
+            f"{limit}) or name fewer targets",
+            "max_passes",
+        )
+
+
+async def attribute(body: AttributionRequest, services: Services, tenant: str) -> dict[str, Any]:
+    meta, stats, codec, cached = await record_for(
+        services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
+    )
+    _check(body, len(meta.token_ids), services.settings.max_attribution_passes)
+    context = meta.token_ids[: max(body.positions) + 1]
+    swaps = replacement_ids(context, stats["topk_ids"]) if body.method == "reagent" else []
+    card = await services.catalog.card(meta.model)
+    job = AttributionJob(
+        job_id=new_job_id(),
+        tenant=tenant,
+        model=meta.model,
+        fingerprint=card.fingerprint,
+        token_ids=context,
+        positions=body.positions,
+        method=body.method,
+        replacements=swaps,
+        seed=body.seed,
+        max_passes=body.max_passes,
+        reagent=body.reagent,
+    )
+    raise_for_outcome(await services.jobs.run(job))
+    raw = as_bytes(await services.redis.get(attribution_key(job.job_id)))
+    if raw is None:
+        raise ApiError(504, "attribution_expired", "the attribution expired before it was read; retry")
+    result = AttributionResult.model_validate_json(raw)
+    texts = codec.token_texts(context)
+    pieces = codec.pieces()
+    return {
+        "record_id": meta.record_id,
+        "model": meta.model,
+        "cached": cached,
+        "method": body.method,
+        "seed": body.seed,
+        "max_passes": body.max_passes,
+        "passes": result.passes,
+        "tokens": [{"position": i, "id": t, "text": texts[i]} for i, t in enumerate(context)],
+        "replacements": [None if s < 0 else {"position": i, "id": s, "text": pieces[s]} for i, s in enumerate(swaps)]
+        if swaps
+        else None,
+        "targets": [
+            {
+                "position": target.position,
+                "id": context[target.position],
+                "text": texts[target.position],
+                "logprob": target.logprob,
+                "importance": target.importance,
+                "top": np.argsort(-np.asarray(target.importance), kind="stable")[:TOP].tolist(),
+                "passes": target.passes,
+                "converged": target.converged,
+            }
+            for target in result.targets
+        ],
+    }
