@@ -42,16 +42,6 @@ BATCH_ROWS = 128  # sequences in one forward (bounds the [rows, V] float64 logit
 DELTA_EPS = 1e-6  # d/2 + 1/2 is kept inside (0, 1) so its logit is finite
 
 
-def occlusion_passes(positions: list[int]) -> int:
-    """Forward passes occlusion needs: the whole context, then each context token left out."""
-    return sum(t + 1 for t in positions)
-
-
-def reagent_min_passes(positions: list[int], params: ReagentParams) -> int:
-    """Forward passes ReAGent needs for one round of every probe on every target (plus the whole contexts)."""
-    return len(positions) * (1 + 2 * params.num_probes)
-
-
 def occlusion(token_ids: list[int], positions: list[int], score: Scorer) -> list[AttributionTarget]:
     sequences: list[list[int]] = []
     targets: list[int] = []

@@ -371,7 +371,8 @@ class HeadJob(_JobBase):
 
 
 class ReagentParams(BaseModel):
-    """ReAGent's search (Zhao & Shan 2024; defaults of the reference code as packaged in inseq)."""
+    """ReAGent's search (Zhao & Shan 2024; defaults of the reference code as packaged in inseq); the gateway's
+    public twin is app.schemas.attribution.ReagentOptions."""
 
     model_config = ConfigDict(extra="forbid")
     num_probes: int = Field(default=16, ge=1, le=256)
@@ -393,6 +394,16 @@ class AttributionJob(_JobBase):
     seed: int = Field(ge=0)
     max_passes: int = Field(ge=1)
     reagent: ReagentParams = Field(default_factory=ReagentParams)
+
+
+def occlusion_passes(positions: list[int]) -> int:
+    """Forward passes occlusion needs: the whole context, then each context token left out."""
+    return sum(t + 1 for t in positions)
+
+
+def reagent_min_passes(positions: list[int], params: ReagentParams) -> int:
+    """Forward passes ReAGent needs for one round of every probe on every target (plus the whole contexts)."""
+    return len(positions) * (1 + 2 * params.num_probes)
 
 
 def attribution_key(job_id: str) -> str:

@@ -7,9 +7,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.tokens import ChatMessage
-from workers.protocol import ReagentParams
 
 MAX_TARGETS = 64
+
+
+class ReagentOptions(BaseModel):
+    """ReAGent's search (Zhao & Shan 2024; defaults of the reference code as packaged in inseq)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_probes: int = Field(default=16, ge=1, le=256)
+    replacing_ratio: float = Field(default=0.3, gt=0.0, lt=1.0)
+    keep_top_n: int = Field(default=5, ge=1, le=1024)
+    stop_top_k: int = Field(default=3, ge=1, le=1024)
 
 
 class AttributionRequest(BaseModel):
@@ -26,7 +35,7 @@ class AttributionRequest(BaseModel):
     max_passes: int = Field(
         default=2048, ge=1, strict=True, description="forward passes at most, over all targets (server limit applies)"
     )
-    reagent: ReagentParams = Field(default_factory=ReagentParams)
+    reagent: ReagentOptions = Field(default_factory=ReagentOptions)
 
 
 class ContextToken(BaseModel):

@@ -12,8 +12,15 @@ from app.schemas.attribution import AttributionRequest
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import record_for
 from app.serving.services import Services
-from workers.attribution import occlusion_passes, reagent_min_passes
-from workers.protocol import AttributionJob, AttributionResult, as_bytes, attribution_key
+from workers.protocol import (
+    AttributionJob,
+    AttributionResult,
+    ReagentParams,
+    as_bytes,
+    attribution_key,
+    occlusion_passes,
+    reagent_min_passes,
+)
 
 TOP = 10  # most important context tokens listed per target
 
@@ -36,7 +43,8 @@ def _check(body: AttributionRequest, n_tokens: int, limit: int) -> None:
         )
     if body.max_passes > limit:
         raise ApiError(422, "max_passes_too_large", f"max_passes is at most {limit}", "max_passes")
-    needed = occlusion_passes(positions) if body.method == "occlusion" else reagent_min_passes(positions, body.reagent)
+    reagent = ReagentParams(**body.reagent.model_dump())
+    needed = occlusion_passes(positions) if body.method == "occlusion" else reagent_min_passes(positions, reagent)
     if needed > body.max_passes:
         raise ApiError(
             422,
@@ -66,7 +74,7 @@ async def attribute(body: AttributionRequest, services: Services, tenant: str) -
         replacements=swaps,
         seed=body.seed,
         max_passes=body.max_passes,
-        reagent=body.reagent,
+        reagent=ReagentParams(**body.reagent.model_dump()),
     )
     raise_for_outcome(await services.jobs.run(job))
     raw = as_bytes(await services.redis.get(attribution_key(job.job_id)))
