@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.attribution import backend_scorer, occlusion, occlusion_passes, reagent, reagent_min_passes
+from workers.attribution import backend_scorer, occlusion, reagent
 from workers.outcomes import JobFailed
-from workers.protocol import AttributionJob, AttributionResult, JobOutcome, attribution_key
+from workers.protocol import (
+    AttributionJob,
+    AttributionResult,
+    JobOutcome,
+    attribution_key,
+    occlusion_passes,
+    reagent_min_passes,
+)
 
 if TYPE_CHECKING:
     from workers.jobs import JobExecutor
