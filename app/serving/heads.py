@@ -31,6 +31,7 @@ from workers.protocol import (
     HeadState,
     ModelCard,
     RecordMeta,
+    Retain,
     as_bytes,
     head_index_key,
     head_key,
@@ -291,7 +292,9 @@ async def _score_texts(
         async with gate:
             try:
                 ids = input_ids(codec, example.text, example.messages, False, services.settings.max_positions)
-                meta, _, _ = await scored_record(services, tenant, card, ids)
+                # pawn and probe heads read hidden states: their texts are scored with full rows
+                retain: Retain | None = None if body.kind == "los" else "full"
+                meta, _, _ = await scored_record(services, tenant, card, ids, retain)
             except ApiError as exc:
                 raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
         done += 1

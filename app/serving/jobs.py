@@ -32,6 +32,7 @@ from workers.protocol import (
     GenerateJob,
     JobOutcome,
     ModelCard,
+    Retain,
     Sampling,
     ScoreJob,
     as_bytes,
@@ -62,8 +63,11 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def generation_job(tenant: str, card: ModelCard, prompt_ids: list[int], sampling: Sampling) -> GenerateJob:
-    """A plain generation of `card`'s model (the worker runs it in the model's continuous batch)."""
+def generation_job(
+    tenant: str, card: ModelCard, prompt_ids: list[int], sampling: Sampling, retain: Retain | None = None
+) -> GenerateJob:
+    """A plain generation of `card`'s model (the worker runs it in the model's continuous batch); its record keeps
+    what `retain` says (default: the model's)."""
     return GenerateJob(
         job_id=new_job_id(),
         tenant=tenant,
@@ -71,6 +75,7 @@ def generation_job(tenant: str, card: ModelCard, prompt_ids: list[int], sampling
         fingerprint=card.fingerprint,
         prompt_ids=prompt_ids,
         sampling=sampling,
+        retain=retain or card.retain,
     )
 
 
