@@ -124,7 +124,7 @@ class JobExecutor:
             for i, job, states in zip(indices, group, hidden, strict=True)
         }
 
-    def score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor) -> JobOutcome:
+    def score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor | None = None) -> JobOutcome:
         self._capture_and_store(
             job.tenant,
             job.record_id,
@@ -156,17 +156,9 @@ class JobExecutor:
 
     def _score(self, job: ScoreJob, backend: Backend) -> JobOutcome:
         self.check_ids(job.token_ids, backend)
-        if not self.complete(job.tenant, job.record_id, job.retain, backend.card.storage):  # another delivery did it?
-            self._capture_and_store(
-                job.tenant,
-                job.record_id,
-                job.token_ids,
-                backend,
-                kind="score",
-                retain=job.retain,
-                n_prompt=job.n_prompt,
-            )
-        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+        if self.complete(job.tenant, job.record_id, job.retain, backend.card.storage):  # another delivery did it
+            return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+        return self.score_stored(job, backend)
 
     def complete(self, tenant: str, rid: str, retain: Retain = "stats", storage: str = "hidden") -> bool:
         """Whether the whole record is stored, with its full rows if `retain` is "full" (an incomplete hash is
