@@ -229,8 +229,11 @@ class JobExecutor:
 
     def _kept_meta(self, key: str, fingerprint: str, token_ids: list[int]) -> RecordMeta | None:
         """The metadata of the complete record already stored under `key` for these tokens, if there is one."""
-        raw_meta, has_stats = self.redis.hmget(key, ["meta", "stats"])
-        if raw_meta is None or has_stats is None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(key, "meta")
+        pipe.hexists(key, "stats")
+        raw_meta, has_stats = pipe.execute()
+        if raw_meta is None or not has_stats:
             return None
         try:
             meta = decode_meta(as_bytes(raw_meta) or b"")
