@@ -37,6 +37,7 @@ from workers.protocol import (
     GenerateJob,
     HeadJob,
     JobOutcome,
+    ModelCard,
     ProtocolError,
     RecordMeta,
     Retain,
@@ -201,7 +202,7 @@ class JobExecutor:
             if retain == "full":
                 payload["rows"] = encode_arrays({"rows": rows.numpy()})
         key = record_key(tenant, rid)
-        existing = self._kept_meta(key, card.fingerprint, token_ids)
+        existing = self._kept_meta(key, card, token_ids)
         if existing is not None and (retain == "stats" or existing.retain == "full"):
             return  # stored meanwhile with as much as asked for (a record never loses its full rows)
         if existing is not None:  # a stats record upgraded: its rows join it, its statistics stay as they were
@@ -227,19 +228,23 @@ class JobExecutor:
         )
         self._write_record(key, {"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload})
 
-    def _kept_meta(self, key: str, fingerprint: str, token_ids: list[int]) -> RecordMeta | None:
-        """The metadata of the complete record already stored under `key` for these tokens, if there is one."""
+    def _kept_meta(self, key: str, card: ModelCard, token_ids: list[int]) -> RecordMeta | None:
+        """The metadata of the whole record already stored under `key` for these tokens, if there is one (a damaged
+        or partial one is None: written anew)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(key, "meta")
         pipe.hexists(key, "stats")
-        raw_meta, has_stats = pipe.execute()
+        pipe.hexists(key, rows_field(card.storage))
+        raw_meta, has_stats, has_rows = pipe.execute()
         if raw_meta is None or not has_stats:
             return None
         try:
             meta = decode_meta(as_bytes(raw_meta) or b"")
         except ProtocolError:
-            return None  # damaged: written anew
-        return meta if meta.fingerprint == fingerprint and meta.token_ids == token_ids else None
+            return None
+        if meta.fingerprint != card.fingerprint or meta.token_ids != token_ids or (meta.retain == "full") != has_rows:
+            return None
+        return meta
 
     def _write_record(self, key: str, fields: dict[str, bytes | str]) -> None:
         pipe = self.redis.pipeline(transaction=True)
