@@ -55,7 +55,7 @@ def main() -> None:
     data_dir = CommonSettings().data_dir
     rows: dict[tuple[str, Retain], dict[str, float]] = {}
     with bench_redis() as client:
-        for name in ("smollm2-135m-instruct", "gemma-3-270m"):
+        for m, name in enumerate(("smollm2-135m-instruct", "gemma-3-270m")):
             backend = HFBackend(PACKAGED_MODELS[name], data_dir)
             card = backend.card
             executor = JobExecutor(client, {name: backend}, b"bench", 3600)
@@ -68,7 +68,7 @@ def main() -> None:
                 positions, summed, memory, meta_bytes, stats_bytes = [], [], [], [], []
                 for i, n in enumerate(args.tokens):
                     ids = backend.encode(text_of_tokens(n, backend.encode, salt=f"{retain}{i}"))
-                    rid = f"{i:02x}{MODES.index(retain)}".ljust(32, "0")
+                    rid = f"{m:02x}{i:02x}{MODES.index(retain)}".ljust(32, "0")  # one record per model, text, mode
                     job = ScoreJob(
                         job_id=rid,
                         tenant="bench",
