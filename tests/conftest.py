@@ -22,6 +22,16 @@ DATA_DIR = Path(os.environ.get("LOGPROBE_DATA_DIR", Path.home() / ".cache" / "lo
 ARTIFACTS = ROOT / "artifacts"
 
 
+def keyed_env(models: list[Any]) -> dict[str, str]:
+    """The environment of a LocalService that serves `models` (names or specs) to the two API keys of KEYS."""
+    return {
+        "LOGPROBE_MODELS": json.dumps(models),
+        "LOGPROBE_DATA_DIR": str(DATA_DIR),
+        "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_WORKER_THREADS": "2",
+    }
+
+
 @pytest.fixture(scope="session")
 def local_service() -> Iterator[LocalService]:
     """Redis, one worker started on its own (`python -m workers`) and the gateway, with two API keys."""

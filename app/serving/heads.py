@@ -171,6 +171,14 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
                 f"{card.name!r} (as it is served now); one head reads one model's records",
                 f"examples.{i}.record_id",
             )
+        if body.kind != "los" and meta.retain != "full":
+            raise ApiError(
+                409,
+                "rows_not_retained",
+                f"examples[{i}]: a {body.kind} head reads hidden states, and record {example.record_id!r} keeps "
+                "statistics only; score its text with retain 'full' (which upgrades it) or train a 'los' head",
+                f"examples.{i}.record_id",
+            )
         found[i] = meta
     return found
 

@@ -17,7 +17,7 @@ from safetensors.numpy import load as st_load
 
 from app.launcher.local_service import LocalService
 from app.serving import corpus
-from tests.conftest import ARTIFACTS, DATA_DIR, KEYS, MODEL
+from tests.conftest import ARTIFACTS, MODEL, keyed_env
 
 N_PER_CLASS = 6
 
@@ -25,13 +25,7 @@ N_PER_CLASS = 6
 @pytest.fixture(scope="module")
 def heads_service(tiny_models: dict[str, str]) -> Iterator[str]:
     models = [MODEL, {"name": "tiny-llama", "source": "hf", "path": tiny_models["tiny-llama"]}]
-    env = {
-        "LOGPROBE_MODELS": json.dumps(models),
-        "LOGPROBE_DATA_DIR": str(DATA_DIR),
-        "LOGPROBE_API_KEYS": json.dumps(KEYS),
-        "LOGPROBE_WORKER_THREADS": "2",
-    }
-    with LocalService(env=env, log_dir=ARTIFACTS / "heads") as service:
+    with LocalService(env=keyed_env(models), log_dir=ARTIFACTS / "heads") as service:
         yield service.base_url
 
 

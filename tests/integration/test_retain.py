@@ -19,8 +19,9 @@ import redis
 from safetensors.numpy import load as st_load
 
 from app.launcher.local_service import LocalService
-from tests.conftest import ARTIFACTS, DATA_DIR, KEYS, hf_logprobs
+from tests.conftest import ARTIFACTS, hf_logprobs, keyed_env
 from tests.integration.test_batches import wait_finished
+from tests.integration.test_heads import wait_head
 from workers.protocol import record_key
 
 TEXT = "The lighthouse keeper wrote down every ship that passed, and the weather on each day."
@@ -30,20 +31,14 @@ SINGLE_FAMILIES = ("uncertainty", "membership", "detect")
 
 @pytest.fixture(scope="module")
 def retain_service(tiny_models: dict[str, str]) -> Iterator[LocalService]:
-    """tiny-llama keeps full records by default, tiny-cohere (whose logits are not W·h: it keeps rows) statistics
-    only; tiny-gemma2 is the reference model of two-model analyses. One worker hosts all three."""
+    """tiny-llama keeps full records by default; tiny-gemma2 (the reference model of two-model analyses) and
+    tiny-cohere (whose logits are not W·h: it keeps rows) statistics only. One worker hosts all three."""
     models = [
         {"name": "tiny-llama", "source": "hf", "path": tiny_models["tiny-llama"]},
-        {"name": "tiny-gemma2", "source": "hf", "path": tiny_models["tiny-gemma2"]},
+        {"name": "tiny-gemma2", "source": "hf", "path": tiny_models["tiny-gemma2"], "retain": "stats"},
         {"name": "tiny-cohere", "source": "hf", "path": tiny_models["tiny-cohere"], "retain": "stats"},
     ]
-    env = {
-        "LOGPROBE_MODELS": json.dumps(models),
-        "LOGPROBE_DATA_DIR": str(DATA_DIR),
-        "LOGPROBE_API_KEYS": json.dumps(KEYS),
-        "LOGPROBE_WORKER_THREADS": "2",
-    }
-    with LocalService(env=env, log_dir=ARTIFACTS / "retain") as service:
+    with LocalService(env=keyed_env(models), log_dir=ARTIFACTS / "retain") as service:
         yield service
 
 
@@ -95,7 +90,7 @@ def rows(client: httpx.Client, record_id: str, **query: Any) -> np.ndarray:
 
 def test_models_say_their_default(alpha: httpx.Client) -> None:
     retain = {m["id"]: m["retain"] for m in ok(alpha.get("/v1/models"))["data"]}
-    assert retain == {"tiny-llama": "full", "tiny-gemma2": "full", "tiny-cohere": "stats"}
+    assert retain == {"tiny-llama": "full", "tiny-gemma2": "stats", "tiny-cohere": "stats"}
 
 
 def test_stats_record_keeps_no_rows_and_answers_as_a_full_one(
@@ -229,3 +224,19 @@ def test_full_and_stats_requests_at_once_end_with_full_rows(alpha: httpx.Client,
     assert len({a["record_id"] for a in answers}) == 1
     assert fields(store, "alpha", answers[0]["record_id"]) == {"meta", "stats", "hidden"}
     assert ok(alpha.get(f"/v1/records/{answers[0]['record_id']}"))["retain"] == "full"
+
+
+def test_heads_that_read_hidden_states_need_full_records(alpha: httpx.Client, store: redis.Redis) -> None:
+    """A probe head refuses stats records (409 rows_not_retained); trained from texts of a model whose default is
+    stats, it scores them in full; a los head (statistics only) takes stats records."""
+    labelled = [{"text": f"{TEXT} Example {i}, {'plain' if i % 2 else 'odd'}.", "label": i % 2} for i in range(12)]
+    kept = [score(alpha, "tiny-gemma2", e["text"])["record_id"] for e in labelled]
+    assert all(fields(store, "alpha", rid) == {"meta", "stats"} for rid in kept)
+    given = [{"record_id": rid, "label": e["label"]} for rid, e in zip(kept, labelled, strict=True)]
+    body = {"name": "probe_given", "kind": "probe", "model": "tiny-gemma2", "family": "detect", "seed": 1}
+    refused(alpha.post("/v1/heads", json={**body, "examples": given}), 409, "rows_not_retained")
+    for kind, examples in (("los", given), ("probe", labelled)):
+        response = alpha.post("/v1/heads", json={**body, "name": f"{kind}_ok", "kind": kind, "examples": examples})
+        assert response.status_code == 202, response.text
+        assert wait_head(alpha, response.json()["id"])["status"] == "succeeded"
+    assert all(fields(store, "alpha", rid) == {"meta", "stats", "hidden"} for rid in kept)  # the probe's texts
