@@ -52,15 +52,15 @@ def measure(client: redis.Redis, data_dir: Path, tokens: int) -> None:
         f"{'model':24s} {'V':>8s} {'d':>5s} {'positions':>9s} {'bytes/pos':>10s} {'f32 row':>10s} "
         f"{'smaller':>8s} {'V/d':>6s} {'max|Δ| rebuilt vs model':>24s}"
     )
-    for name in ("smollm2-135m-instruct", "gemma-3-270m"):
+    for m, name in enumerate(("smollm2-135m-instruct", "gemma-3-270m")):
         backend = HFBackend(PACKAGED_MODELS[name], data_dir)
         verify_rebuild(backend, backend.encode("A short probe text for the rebuild check."))
         card = backend.card
         ids = backend.encode(text_of_tokens(tokens, backend.encode))
         executor = JobExecutor(client, {name: backend}, b"bench", 3600)
-        common = {"tenant": "bench", "model": name, "fingerprint": card.fingerprint, "record_id": "r" + name}
+        common = {"tenant": "bench", "model": name, "fingerprint": card.fingerprint, "record_id": f"{m:032x}"}
         executor.run(ScoreJob(job_id="s", token_ids=ids, **common))
-        key = record_key("bench", "r" + name)
+        key = record_key("bench", common["record_id"])
         stored = sum(int(client.hstrlen(key, field)) for field in client.hkeys(key))
         positions = len(ids) - 1
         per_position = stored / positions
