@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.protocol import Retain
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -27,6 +29,8 @@ class ModelSpec(BaseModel):
     add_bos: bool | None = None  # None: the tokenizer's own rule
     lossy_hidden_dtype: Literal["float16", "bfloat16"] | None = None  # opt-in lossy storage
     max_new_tokens: int = Field(default=1024, ge=1)
+    # What its records keep unless a request says otherwise: "full" (hidden states or rows too) or "stats".
+    retain: Retain = "full"
     # Extra vLLM engine arguments (max_model_len, tensor_parallel_size, ...). gpu_memory_utilization is this
     # model's share of the GPU, split between its two engines (the shares of one GPU's models add up to < 1);
     # kv_cache_memory_bytes, the model's KV cache in bytes, split the same way (the default on the CPU: 1 GiB).

@@ -92,7 +92,7 @@ class InFlight:
             return False
         backend = self.executor.backend_for(job.model, job.fingerprint)
         self.executor.check_ids(job.token_ids, backend)
-        if backend.card.storage != "hidden" or self.executor.complete(job.tenant, job.record_id):
+        if backend.card.storage != "hidden" or self.executor.complete(job.tenant, job.record_id, job.retain):
             return False
         pool.join(job.job_id, job.token_ids)
         self.jobs[job.job_id] = job

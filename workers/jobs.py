@@ -39,8 +39,10 @@ from workers.protocol import (
     GenerateJob,
     HeadJob,
     JobOutcome,
+    ModelCard,
     ProtocolError,
     RecordMeta,
+    Retain,
     RowsJob,
     Sampling,
     ScoreJob,
@@ -51,6 +53,7 @@ from workers.protocol import (
     export_key,
     record_id,
     record_key,
+    rows_field,
     steps_channel,
     steps_key,
 )
@@ -102,7 +105,7 @@ class JobExecutor:
             except JobFailed as failed:
                 outcomes[i] = refused(job, failed)
                 continue
-            if self.complete(job.tenant, job.record_id):
+            if self.complete(job.tenant, job.record_id, job.retain, backend.card.storage):
                 outcomes[i] = JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
             elif backend.card.storage != "hidden":
                 outcomes[i] = self.run(job)
@@ -126,9 +129,16 @@ class JobExecutor:
             for i, job, states in zip(indices, group, hidden, strict=True)
         }
 
-    def score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor) -> JobOutcome:
+    def score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor | None = None) -> JobOutcome:
         self._capture_and_store(
-            job.tenant, job.record_id, job.token_ids, backend, kind="score", n_prompt=job.n_prompt, hidden=hidden
+            job.tenant,
+            job.record_id,
+            job.token_ids,
+            backend,
+            kind="score",
+            retain=job.retain,
+            n_prompt=job.n_prompt,
+            hidden=hidden,
         )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
@@ -151,16 +161,16 @@ class JobExecutor:
 
     def _score(self, job: ScoreJob, backend: Backend) -> JobOutcome:
         self.check_ids(job.token_ids, backend)
-        if not self.complete(job.tenant, job.record_id):  # another delivery may have done it
-            self._capture_and_store(
-                job.tenant, job.record_id, job.token_ids, backend, kind="score", n_prompt=job.n_prompt
-            )
-        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+        if self.complete(job.tenant, job.record_id, job.retain, backend.card.storage):  # another delivery did it
+            return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+        return self.score_stored(job, backend)
 
-    def complete(self, tenant: str, rid: str) -> bool:
-        """Whether the whole record is stored (an incomplete hash is scored again and overwritten)."""
+    def complete(self, tenant: str, rid: str, retain: Retain = "stats", storage: str = "hidden") -> bool:
+        """Whether the whole record is stored, with its full rows if `retain` is "full" (an incomplete hash is
+        scored again and overwritten; a stats record asked for in full is upgraded)."""
+        fields = RECORD_CORE_FIELDS + ((rows_field(storage),) if retain == "full" else ())
         pipe = self.redis.pipeline(transaction=False)
-        for field in RECORD_CORE_FIELDS:
+        for field in fields:
             pipe.hexists(record_key(tenant, rid), field)
         return all(pipe.execute())
 
@@ -172,24 +182,38 @@ class JobExecutor:
         backend: Backend,
         *,
         kind: str,
+        retain: Retain,
         n_prompt: int | None = None,
         finish_reason: str | None = None,
         hidden: torch.Tensor | None = None,
     ) -> None:
         """Capture the statistics of `token_ids` and store the record; `hidden`, when given, holds the hidden states
-        of (at least) all their tokens but the last, the rows the record keeps."""
+        of (at least) all their tokens but the last, the rows the record keeps. With retain "stats" neither the
+        hidden states nor the rows are sent to Redis."""
         card = backend.card
         ids = torch.tensor(token_ids)
+        payload: dict[str, bytes] = {}
         if card.storage == "hidden":
             hidden = (backend.hidden_states(token_ids) if hidden is None else hidden)[: len(token_ids) - 1]
             if hidden.shape[0] != len(token_ids) - 1:
                 raise RuntimeError(f"{hidden.shape[0]} hidden states for {len(token_ids)} tokens")
             stats = capture_statistics(hidden, ids, backend.head, CAPTURE_TOPK)
-            payload = {"hidden": st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})}
+            if retain == "full":
+                payload["hidden"] = st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})
         else:  # logits are not W·h for this model: keep its own rows, and take the statistics from them
             rows = backend.full_rows(token_ids)[:-1]
             stats = logits_statistics(rows, ids, CAPTURE_TOPK)
-            payload = {"rows": encode_arrays({"rows": rows.numpy()})}
+            if retain == "full":
+                payload["rows"] = encode_arrays({"rows": rows.numpy()})
+        key = record_key(tenant, rid)
+        existing = self._kept_meta(key, card, token_ids)
+        if existing is not None and (retain == "stats" or existing.retain == "full"):
+            return  # stored meanwhile with as much as asked for (a record never loses its full rows)
+        if existing is not None:  # a stats record upgraded: its rows join it, its statistics stay as they were
+            self._write_record(
+                key, {"meta": existing.model_copy(update={"retain": "full"}).model_dump_json(), **payload}
+            )
+            return
         meta = RecordMeta(
             record_id=rid,
             tenant=tenant,
@@ -204,10 +228,30 @@ class JobExecutor:
             topk=CAPTURE_TOPK,
             vocab_size=card.vocab_size,
             hidden_size=card.hidden_size,
+            retain=retain,
         )
-        key = record_key(tenant, rid)
+        self._write_record(key, {"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload})
+
+    def _kept_meta(self, key: str, card: ModelCard, token_ids: list[int]) -> RecordMeta | None:
+        """The metadata of the whole record already stored under `key` for these tokens, if there is one (a damaged
+        or partial one is None: written anew)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(key, "meta")
+        pipe.hexists(key, "stats")
+        pipe.hexists(key, rows_field(card.storage))
+        raw_meta, has_stats, has_rows = pipe.execute()
+        if raw_meta is None or not has_stats:
+            return None
+        try:
+            meta = decode_meta(as_bytes(raw_meta) or b"")
+        except ProtocolError:
+            return None
+        if meta.fingerprint != card.fingerprint or meta.token_ids != token_ids or (meta.retain == "full") != has_rows:
+            return None
+        return meta
+
+    def _write_record(self, key: str, fields: dict[str, bytes | str]) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        fields: dict[str, bytes | str] = {"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload}
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self.record_ttl_s)
         pipe.execute()
@@ -222,7 +266,7 @@ class JobExecutor:
     def generation_stored(
         self, job: GenerateJob, backend: Backend, decoded: Decoded, hidden: torch.Tensor | None
     ) -> JobOutcome:
-        rid = self._store_completion(job.tenant, backend, job.prompt_ids, decoded, hidden=hidden)
+        rid = self._store_completion(job.tenant, backend, job.prompt_ids, decoded, job.retain, hidden=hidden)
         return self._completed(job, rid, decoded)
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:
@@ -247,7 +291,7 @@ class JobExecutor:
             on_step=lambda step: self.redis.publish(channel, step.model_dump_json()),
         )
         shown = views[job.record_view]
-        rid = self._store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded)
+        rid = self._store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded, job.retain)
         steps = "[" + ",".join(step.model_dump_json() for step in decoded.steps) + "]"
         self.redis.set(steps_key(job.job_id), steps, ex=STEPS_TTL_S)
         return self._completed(job, rid, decoded)
@@ -274,7 +318,13 @@ class JobExecutor:
         return budget
 
     def _store_completion(
-        self, tenant: str, backend: Backend, prefix: list[int], decoded: Decoded, hidden: torch.Tensor | None = None
+        self,
+        tenant: str,
+        backend: Backend,
+        prefix: list[int],
+        decoded: Decoded,
+        retain: Retain,
+        hidden: torch.Tensor | None = None,
     ) -> str:
         """Capture and store the record of prefix + completion under the backend's model; its id."""
         full = prefix + decoded.completion
@@ -286,6 +336,7 @@ class JobExecutor:
             full,
             backend,
             kind="generate",
+            retain=retain,
             n_prompt=len(prefix),
             finish_reason=decoded.finish_reason,
             hidden=hidden,
@@ -303,6 +354,8 @@ class JobExecutor:
             meta = decode_meta(raw_meta)
         except ProtocolError as exc:
             raise JobFailed("record_corrupt", str(exc), 500) from exc
+        if meta.retain == "stats":
+            raise JobFailed("rows_not_retained", f"record {rid} keeps statistics only, not full rows", 409)
         n = len(meta.token_ids) - 1
         if meta.storage == "rows":
             return StoredRecord(meta, rows=_stored_rows(rows_blob, n, meta.vocab_size))

@@ -43,6 +43,10 @@ RECORD_ID_PATTERN = r"^[0-9a-f]{32}$"
 MAX_JOB_POSITIONS = 1 << 16  # positions one job may name (a record holds at most the context length)
 TenantName = Annotated[str, Field(pattern=TENANT_PATTERN)]
 RecordId = Annotated[str, Field(pattern=RECORD_ID_PATTERN)]
+# What a record keeps: "full" the hidden states (or full rows) besides the statistics, so its full distributions can
+# be exported and compared across models; "stats" the statistics and top-k only. A record's id does not depend on
+# it: a stats record asked for with "full" is re-scored in place (upgraded), and "stats" never drops full rows.
+Retain = Literal["full", "stats"]
 
 
 _TENANT = re.compile(TENANT_PATTERN)
@@ -183,6 +187,7 @@ class ModelCard(BaseModel):
     rebuild_max_abs_error: float
     lossy: bool = False
     max_new_tokens: int
+    retain: Retain = "full"  # what its records keep unless a request says otherwise
 
 
 # ---------------------------------------------------------------- jobs
@@ -219,12 +224,14 @@ class ScoreJob(_JobBase):
     record_id: RecordId
     token_ids: list[int] = Field(min_length=1)
     n_prompt: int | None = None
+    retain: Retain = "full"
 
 
 class GenerateJob(_JobBase):
     kind: Literal["generate"] = "generate"
     prompt_ids: list[int] = Field(min_length=1)
     sampling: Sampling
+    retain: Retain = "full"
 
 
 class RowsJob(_JobBase):
@@ -323,6 +330,7 @@ class ContrastJob(_JobBase):
     selective: Selective | None = None
     topk: int = Field(default=5, ge=0, le=100)
     record_view: int = Field(default=0, ge=0)
+    retain: Retain = "full"
 
 
 def steps_key(job_id: str) -> str:
@@ -484,7 +492,13 @@ class RecordMeta(BaseModel):
     topk: int
     vocab_size: int
     hidden_size: int
+    retain: Retain = "full"  # "stats": no hidden states (nor rows) were kept
     created_at: float = Field(default_factory=time.time)
+
+
+def rows_field(storage: str) -> str:
+    """The record field that holds what rebuilds full rows: the hidden states, or the rows themselves."""
+    return "hidden" if storage == "hidden" else "rows"
 
 
 # Per-position statistics: name -> (dtype, trailing shape symbol). "k" is the captured top-k.

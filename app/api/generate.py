@@ -25,7 +25,7 @@ async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantD
     ids = input_ids(codec, body.prompt, body.messages, True, settings.max_positions)
     check_length(card, len(ids) + body.max_tokens, settings.max_positions)
     await charge(services.redis, tenant, "tokens", len(ids) + body.max_tokens, settings.rate_limit_tpm)
-    job = generation_job(tenant, card, ids, sampling)
+    job = generation_job(tenant, card, ids, sampling, body.retain)
     outcome = raise_for_outcome(await services.jobs.run(job))
     assert outcome.record_id is not None and outcome.completion_ids is not None
     meta, stats = await services.store.require(tenant, outcome.record_id)

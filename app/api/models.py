@@ -18,7 +18,14 @@ async def list_models(services: ServicesDep) -> ModelList:
     for name in await services.catalog.names():
         card = await services.catalog.published_card(name)
         workers = await services.catalog.live_workers(name)
-        info = ModelInfo(id=name, ready=card is not None and workers > 0, workers=workers, max_top_logprobs=top)
+        spec = services.catalog.configured.get(name)
+        info = ModelInfo(
+            id=name,
+            ready=card is not None and workers > 0,
+            workers=workers,
+            max_top_logprobs=top,
+            retain=spec.retain if spec is not None else None,
+        )
         if card is not None:
             info = info.model_copy(
                 update={
@@ -30,6 +37,7 @@ async def list_models(services: ServicesDep) -> ModelList:
                             "hidden_size",
                             "context_length",
                             "storage",
+                            "retain",
                             "hidden_dtype",
                             "lossy",
                             "rebuild_max_abs_error",

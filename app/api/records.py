@@ -13,8 +13,11 @@ from app.platform.errors import ApiError
 from app.schemas.score import RecordResponse
 from app.serving.inputs import top_k
 from app.serving.jobs import new_job_id, raise_for_outcome
+from app.serving.scoring import upgraded
+from app.serving.services import Services
+from app.serving.store import require_rows
 from app.serving.tokens import token_rows
-from workers.protocol import PAWN_FEATURES, RowsJob, los_features, pawn_features, slice_hidden
+from workers.protocol import PAWN_FEATURES, RecordMeta, RowsJob, los_features, pawn_features, slice_hidden
 
 router = APIRouter(tags=["records"])
 
@@ -41,6 +44,7 @@ async def get_record(
                 "finish_reason",
                 "created_at",
                 "storage",
+                "retain",
                 "hidden_dtype",
                 "vocab_size",
             }
@@ -66,9 +70,10 @@ async def get_logprobs(
     tenant: TenantDep,
     start: Annotated[int, Query(ge=1, description="first position (the distribution that predicted token start)")] = 1,
     stop: Annotated[int | None, Query(ge=2, description="one past the last position; default: the end")] = None,
+    upgrade: Annotated[bool, Query(description=UPGRADE)] = False,
 ) -> Response:
     check_export(services.settings.allow_export)
-    meta = await services.store.meta(tenant, record_id)
+    meta = await with_rows(services, tenant, record_id, upgrade)
     n_tokens = len(meta.token_ids)
     stop = page(start, stop, n_tokens)
     max_positions = max(1, services.settings.max_export_bytes // (4 * meta.vocab_size))
@@ -98,6 +103,18 @@ async def get_logprobs(
         media_type="application/octet-stream",
         headers={"X-Logprobe-Start": str(start), "X-Logprobe-Stop": str(stop)},
     )
+
+
+UPGRADE = "a record that keeps statistics only (retain 'stats') is re-scored first and keeps full rows from then on"
+
+
+async def with_rows(services: Services, tenant: str, record_id: str, upgrade: bool) -> RecordMeta:
+    """The record's metadata, if it keeps full rows (upgraded first when asked); else 409 rows_not_retained."""
+    meta = await services.store.meta(tenant, record_id)
+    if upgrade and meta.retain != "full":
+        meta, _ = await upgraded(services, tenant, *await services.store.require(tenant, record_id))
+    require_rows(meta)
+    return meta
 
 
 def check_export(allowed: bool) -> None:
@@ -132,10 +149,11 @@ async def get_hidden(
     tenant: TenantDep,
     start: Annotated[int, Query(ge=1, description="first position (the state that predicted token start)")] = 1,
     stop: Annotated[int | None, Query(ge=2, description="one past the last position; default: the end")] = None,
+    upgrade: Annotated[bool, Query(description=UPGRADE)] = False,
 ) -> Response:
     """The stored final hidden states, as the worker computed them (log_softmax(W·h) is the distribution)."""
     check_export(services.settings.allow_export)
-    meta = await services.store.meta(tenant, record_id)
+    meta = await with_rows(services, tenant, record_id, upgrade)
     stop = page(start, stop, len(meta.token_ids))
     itemsize = {"float32": 4}.get(meta.hidden_dtype, 2)
     max_positions = max(1, services.settings.max_export_bytes // (itemsize * meta.hidden_size))

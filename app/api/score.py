@@ -20,7 +20,7 @@ async def score(body: ScoreRequest, services: ServicesDep, tenant: TenantDep) ->
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     ids = input_ids(codec, body.text, body.messages, body.add_generation_prompt, settings.max_positions)
-    meta, stats, cached = await scored_record(services, tenant, card, ids)
+    meta, stats, cached = await scored_record(services, tenant, card, ids, body.retain)
     return {
         "record_id": meta.record_id,
         "model": card.name,

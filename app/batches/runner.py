@@ -197,12 +197,19 @@ class BatchRunner:
     async def _answer(self, tenant: str, spec: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
         """The record and the analyses of one input."""
         source = {k: item[k] for k in ("text", "messages") if item.get(k) is not None}
+        source["retain"] = spec.get("retain")  # batches made before `retain` existed: the model's default
         results: dict[str, Any] = {}
         record_id = None
         if not spec["analyses"]:  # scoring only
             body = AnalysisRequest.model_validate({"model": spec["model"], **source})
             meta, *_ = await record_for(
-                self.services, tenant, model=body.model, record_id=None, text=body.text, messages=body.messages
+                self.services,
+                tenant,
+                model=body.model,
+                record_id=None,
+                text=body.text,
+                messages=body.messages,
+                retain=body.retain,
             )
             record_id = meta.record_id
         for analysis in spec["analyses"]:

@@ -38,6 +38,7 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
         "model": body.model,
         "analyses": [a.model_dump(mode="json") for a in body.analyses],
         "include_tokens": body.include_tokens,
+        "retain": body.retain,
     }
     inputs = [item.model_dump(mode="json", exclude_none=True) for item in body.inputs]
     return await create_batch(services.redis, tenant, spec, inputs, services.settings.record_ttl_s)

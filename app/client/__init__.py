@@ -33,7 +33,7 @@ from app.schemas.calibrations import Calibration, CalibrationList
 from app.schemas.decode import DecodeResponse
 from app.schemas.generate import GenerateResponse
 from app.schemas.models import ModelList
-from app.schemas.score import RecordResponse, ScoreResponse
+from app.schemas.score import RecordResponse, Retain, ScoreResponse
 from app.schemas.tables import FrequencyTable, FrequencyTableList, StoredFrequencyTable
 
 Family = Literal["uncertainty", "detect", "membership", "compare"]
@@ -140,9 +140,13 @@ class Calls:
 
     @staticmethod
     def score(
-        model: str, text: str | None, messages: list[dict[str, Any]] | None, top: int | None
+        model: str,
+        text: str | None,
+        messages: list[dict[str, Any]] | None,
+        top: int | None,
+        retain: Retain | None = None,
     ) -> Call[ScoreResponse]:
-        body = _clean({"model": model, "text": text, "messages": messages, "top_logprobs": top})
+        body = _clean({"model": model, "text": text, "messages": messages, "top_logprobs": top, "retain": retain})
         return Call("POST", "/v1/score", _model(ScoreResponse), body)
 
     @staticmethod
@@ -159,8 +163,9 @@ class Calls:
         )
 
     @staticmethod
-    def logprobs(record_id: str, start: int, stop: int | None) -> Call[np.ndarray]:
-        return Call("GET", f"/v1/records/{record_id}/logprobs", _rows, None, _clean({"start": start, "stop": stop}))
+    def logprobs(record_id: str, start: int, stop: int | None, upgrade: bool = False) -> Call[np.ndarray]:
+        query = _clean({"start": start, "stop": stop, "upgrade": "true" if upgrade else None})
+        return Call("GET", f"/v1/records/{record_id}/logprobs", _rows, None, query)
 
     @staticmethod
     def analyze(family: Family, body: dict[str, Any]) -> Call[AnalysisResponse]:
@@ -282,8 +287,9 @@ class Client:
         text: str | None = None,
         messages: list[dict[str, Any]] | None = None,
         top_logprobs: int | None = None,
+        retain: Retain | None = None,
     ) -> ScoreResponse:
-        return self.send(Calls.score(model, text, messages, top_logprobs))
+        return self.send(Calls.score(model, text, messages, top_logprobs, retain))
 
     def generate(
         self, model: str, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **sampling: Any
@@ -293,9 +299,10 @@ class Client:
     def record(self, record_id: str, top_logprobs: int | None = None) -> RecordResponse:
         return self.send(Calls.record(record_id, top_logprobs))
 
-    def logprobs(self, record_id: str, start: int = 1, stop: int | None = None) -> np.ndarray:
-        """Full log-probability rows [stop - start, V]; row i is the distribution that predicted token start+i."""
-        return self.send(Calls.logprobs(record_id, start, stop))
+    def logprobs(self, record_id: str, start: int = 1, stop: int | None = None, upgrade: bool = False) -> np.ndarray:
+        """Full log-probability rows [stop - start, V]; row i is the distribution that predicted token start+i.
+        `upgrade`: a record kept as statistics only is re-scored with full rows first (else 409 rows_not_retained)."""
+        return self.send(Calls.logprobs(record_id, start, stop, upgrade))
 
     def analyze(self, family: Family, **body: Any) -> AnalysisResponse:
         return self.send(Calls.analyze(family, body))
@@ -437,8 +444,9 @@ class AsyncClient:
         text: str | None = None,
         messages: list[dict[str, Any]] | None = None,
         top_logprobs: int | None = None,
+        retain: Retain | None = None,
     ) -> ScoreResponse:
-        return await self.send(Calls.score(model, text, messages, top_logprobs))
+        return await self.send(Calls.score(model, text, messages, top_logprobs, retain))
 
     async def generate(
         self, model: str, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **sampling: Any
@@ -448,8 +456,10 @@ class AsyncClient:
     async def record(self, record_id: str, top_logprobs: int | None = None) -> RecordResponse:
         return await self.send(Calls.record(record_id, top_logprobs))
 
-    async def logprobs(self, record_id: str, start: int = 1, stop: int | None = None) -> np.ndarray:
-        return await self.send(Calls.logprobs(record_id, start, stop))
+    async def logprobs(
+        self, record_id: str, start: int = 1, stop: int | None = None, upgrade: bool = False
+    ) -> np.ndarray:
+        return await self.send(Calls.logprobs(record_id, start, stop, upgrade))
 
     async def analyze(self, family: Family, **body: Any) -> AnalysisResponse:
         return await self.send(Calls.analyze(family, body))

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.score import Retain
 from app.schemas.tokens import ChatMessage
 
 Family = Literal["uncertainty", "detect", "membership", "compare"]
@@ -48,6 +49,11 @@ class AnalysisRequest(BaseModel):
         max_length=8,
         description="ids of trained heads (POST /v1/heads) of this family and model: each one's score is in "
         "`sequence` under its name, its per-token weights in `tokens[].values`, its decision in `decisions`",
+    )
+    retain: Retain | None = Field(
+        default=None,
+        description="what records scored for this request keep (default: the model's); 'full' also upgrades a stored "
+        "stats record, which analyses that need full rows (two-model statistics, pawn and probe heads) require",
     )
 
 

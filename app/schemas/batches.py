@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.analysis import DEFAULT_TABLE, Family, SpanName, SpanRange
+from app.schemas.score import RETAIN, Retain
 from app.schemas.tokens import ChatMessage
 
 
@@ -43,6 +44,7 @@ class BatchRequest(BaseModel):
     inputs: list[BatchInput] = Field(min_length=1)
     analyses: list[BatchAnalysis] = Field(default_factory=list, max_length=8, description="none: scoring only")
     include_tokens: bool = Field(default=False, description="per-token values in the result lines")
+    retain: Retain | None = Field(default=None, description=RETAIN)
 
 
 class Batch(BaseModel):

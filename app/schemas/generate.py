@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.score import RETAIN, Retain
 from app.schemas.tokens import ChatMessage, TokenOut, Usage
 
 
 class SamplingRequest(BaseModel):
-    """The sampling fields that /v1/generate and /v1/decode/contrastive share. Numbers are strict: `"5"` or
-    `true` is no integer."""
+    """The sampling fields that /v1/generate and /v1/decode/contrastive share, and what their record keeps. Numbers
+    are strict: `"5"` or `true` is no integer."""
 
     model_config = ConfigDict(extra="forbid")
     max_tokens: int = Field(default=64, ge=1, strict=True)
@@ -18,6 +19,7 @@ class SamplingRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, lt=2**63, strict=True)
     stop: str | list[str] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, strict=True)
+    retain: Retain | None = Field(default=None, description=RETAIN)
 
 
 class GenerateRequest(SamplingRequest):

@@ -19,6 +19,9 @@ class ModelInfo(BaseModel):
     max_model_len: int | None = Field(default=None, description="as vLLM's /v1/models says: the context length")
     chat_template: bool | None = None
     storage: str | None = None
+    retain: str | None = Field(
+        default=None, description="what its records keep unless a request says otherwise: 'full' or 'stats'"
+    )
     hidden_dtype: str | None = None
     lossy: bool | None = None
     rebuild_max_abs_error: float | None = None

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.tokens import ChatMessage, TokenOut
+
+Retain = Literal["full", "stats"]  # as workers.protocol.Retain (the client imports neither workers nor safetensors)
+
+RETAIN = (
+    "what the record keeps: 'full' (hidden states too: full rows can be exported and compared across models) or "
+    "'stats' (statistics and top-k only); default: the model's. 'full' re-scores a stored stats record"
+)
 
 
 class ScoreRequest(BaseModel):
@@ -18,6 +27,7 @@ class ScoreRequest(BaseModel):
     top_logprobs: int | None = Field(
         default=None, ge=0, strict=True, description="alternatives per token (default 5, max 20; 5 without export)"
     )
+    retain: Retain | None = Field(default=None, description=RETAIN)
 
 
 class ScoreResponse(BaseModel):
@@ -37,6 +47,7 @@ class RecordResponse(BaseModel):
     finish_reason: str | None
     created_at: float
     storage: str
+    retain: Retain = Field(description="what the record keeps: 'full' (statistics and full rows) or 'stats'")
     hidden_dtype: str
     vocab_size: int
     tokens: list[TokenOut]

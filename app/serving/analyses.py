@@ -113,7 +113,7 @@ def analysis_inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
 async def _pair(body: AnalysisRequest, services: Services, tenant: str) -> Pair | None:
     if body.reference_model is not None:
         return await model_pair(
-            services, tenant, body.model, body.reference_model, body.text, body.messages, body.record_id
+            services, tenant, body.model, body.reference_model, body.text, body.messages, body.record_id, body.retain
         )
     if body.context is not None:
         if body.messages is not None:
@@ -123,7 +123,7 @@ async def _pair(body: AnalysisRequest, services: Services, tenant: str) -> Pair 
                 "a `context` comparison takes a `text` or a `record_id`, not `messages`",
                 "messages",
             )
-        return await context_pair(services, tenant, body.model, body.context, body.text, body.record_id)
+        return await context_pair(services, tenant, body.model, body.context, body.text, body.record_id, body.retain)
     return None
 
 
@@ -144,7 +144,13 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
     pair = await _pair(body, services, tenant)
     if pair is None:
         meta, stats, codec, cached = await record_for(
-            services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
+            services,
+            tenant,
+            model=body.model,
+            record_id=body.record_id,
+            text=body.text,
+            messages=body.messages,
+            retain=body.retain,
         )
         shown, positions = meta, span_positions(body.span, meta, _reply(body, meta, codec))
         context = Context(Positions.select(meta, stats, positions), {})

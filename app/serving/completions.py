@@ -183,6 +183,7 @@ async def completion_job(
         views=[view],
         sampling=sampling,
         topk=topk,
+        retain=card.retain,
     )
 
 

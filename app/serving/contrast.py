@@ -176,6 +176,7 @@ async def build_job(
         selective=rule,
         topk=k,
         record_view=body.record_view,
+        retain=body.retain or codecs[body.record_view].card.retain,
     )
     return job, views, codecs[0], stops
 

@@ -7,6 +7,7 @@ import numpy as np
 from app.platform.errors import ApiError
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.services import Services
+from app.serving.store import require_rows
 from workers.protocol import (
     MAX_JOB_POSITIONS,
     CrossJob,
@@ -39,6 +40,7 @@ async def cross_statistics(
         raise ValueError("both sides need the same number of positions")
     sides = []
     for meta, positions in ((p, p_positions), (q, q_positions)):
+        require_rows(meta)
         check_positions(meta, positions)
         card = await services.catalog.card(meta.model)
         sides.append(

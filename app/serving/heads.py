@@ -31,6 +31,7 @@ from workers.protocol import (
     HeadState,
     ModelCard,
     RecordMeta,
+    Retain,
     as_bytes,
     head_index_key,
     head_key,
@@ -170,6 +171,14 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
                 f"{card.name!r} (as it is served now); one head reads one model's records",
                 f"examples.{i}.record_id",
             )
+        if body.kind != "los" and meta.retain != "full":
+            raise ApiError(
+                409,
+                "rows_not_retained",
+                f"examples[{i}]: a {body.kind} head reads hidden states, and record {example.record_id!r} keeps "
+                "statistics only; score its text with retain 'full' (which upgrades it) or train a 'los' head",
+                f"examples.{i}.record_id",
+            )
         found[i] = meta
     return found
 
@@ -291,7 +300,9 @@ async def _score_texts(
         async with gate:
             try:
                 ids = input_ids(codec, example.text, example.messages, False, services.settings.max_positions)
-                meta, _, _ = await scored_record(services, tenant, card, ids)
+                # pawn and probe heads read hidden states: their texts are scored with full rows
+                retain: Retain | None = None if body.kind == "los" else "full"
+                meta, _, _ = await scored_record(services, tenant, card, ids, retain)
             except ApiError as exc:
                 raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
         done += 1

@@ -33,6 +33,7 @@ from workers.protocol import (
     GenerateJob,
     JobOutcome,
     ModelCard,
+    Retain,
     Sampling,
     ScoreJob,
     as_bytes,
@@ -63,8 +64,11 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def generation_job(tenant: str, card: ModelCard, prompt_ids: list[int], sampling: Sampling) -> GenerateJob:
-    """A plain generation of `card`'s model (the worker runs it in the model's continuous batch)."""
+def generation_job(
+    tenant: str, card: ModelCard, prompt_ids: list[int], sampling: Sampling, retain: Retain | None = None
+) -> GenerateJob:
+    """A plain generation of `card`'s model (the worker runs it in the model's continuous batch); its record keeps
+    what `retain` says (default: the model's)."""
     return GenerateJob(
         job_id=new_job_id(),
         tenant=tenant,
@@ -72,6 +76,7 @@ def generation_job(tenant: str, card: ModelCard, prompt_ids: list[int], sampling
         fingerprint=card.fingerprint,
         prompt_ids=prompt_ids,
         sampling=sampling,
+        retain=retain or card.retain,
     )
 
 

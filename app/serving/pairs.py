@@ -17,7 +17,7 @@ from app.serving.inputs import check_length, input_ids
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import RecordMeta
+from workers.protocol import RecordMeta, Retain
 
 
 @dataclass
@@ -86,15 +86,19 @@ def chat_reply(codec: TextCodec, messages: list[ChatMessage], ids: list[int]) ->
     return start, (ends[-1] + 1 if ends else len(ids))
 
 
-async def _scored(services: Services, tenant: str, model: str, ids: list[int]) -> Side:
+async def _scored(services: Services, tenant: str, model: str, ids: list[int], retain: Retain | None) -> Side:
     card = await services.catalog.card(model)
-    return Side(*await scored_record(services, tenant, card, ids))
+    return Side(*await scored_record(services, tenant, card, ids, retain))
 
 
-async def _given(services: Services, tenant: str, model: str | None, record_id: str, **inputs: Any) -> Side:
+async def _given(
+    services: Services, tenant: str, model: str | None, record_id: str, retain: Retain | None, **inputs: Any
+) -> Side:
     """A stored record as one side of a pair (with the same checks as a single-record analysis)."""
-    meta, stats, _, _ = await record_for(services, tenant, model=model, record_id=record_id, **inputs)
-    return Side(meta, stats, True)
+    meta, stats, _, cached = await record_for(
+        services, tenant, model=model, record_id=record_id, retain=retain, **inputs
+    )
+    return Side(meta, stats, cached)
 
 
 async def model_pair(
@@ -105,12 +109,13 @@ async def model_pair(
     text: str | None,
     messages: list[ChatMessage] | None,
     record_id: str | None = None,
+    retain: Retain | None = None,
 ) -> Pair:
     """The same tokens under two models (a text's, a chat's, or a stored record's); they must share a tokenizer,
     so that positions mean the same."""
     given = None
     if record_id is not None:
-        given = await _given(services, tenant, model, record_id, text=text, messages=messages)
+        given = await _given(services, tenant, model, record_id, retain, text=text, messages=messages)
         model = given.meta.model
     elif model is None:
         raise ApiError(422, "missing_input", "a paired analysis needs a `model` (or a `record_id`)", "model")
@@ -130,7 +135,7 @@ async def model_pair(
     if given is not None:
         ids = given.meta.token_ids
         check_length(codec_q.card, len(ids), limit)
-        p, q = given, await _scored(services, tenant, reference_model, ids)
+        p, q = given, await _scored(services, tenant, reference_model, ids, retain)
     else:
         ids = input_ids(codec_p, text, messages, False, limit)
         if input_ids(codec_q, text, messages, False, limit) != ids:
@@ -139,7 +144,7 @@ async def model_pair(
             )
         check_length(codec_q.card, len(ids), limit)
         p, q = await asyncio.gather(
-            _scored(services, tenant, model, ids), _scored(services, tenant, reference_model, ids)
+            _scored(services, tenant, model, ids, retain), _scored(services, tenant, reference_model, ids, retain)
         )
     ends = None if messages is None else message_ends(codec_p, messages)
     return Pair(p=p, q=q, codec=codec_p, offset=0, shown=p.meta, message_ends=ends)
@@ -152,13 +157,14 @@ async def context_pair(
     context: str,
     text: str | None,
     record_id: str | None = None,
+    retain: Retain | None = None,
 ) -> Pair:
     """The text's (or a stored record's) tokens under one model, after the context (p) and on their own (q)."""
     if not context:
         raise ApiError(422, "empty_text", "the context is empty", "context")
     limit = services.settings.max_positions
     if record_id is not None:
-        q = await _given(services, tenant, model, record_id, text=text, messages=None)
+        q = await _given(services, tenant, model, record_id, retain, text=text, messages=None)
         codec = await services.catalog.codec(await services.catalog.card(q.meta.model))
         alone = q.meta.token_ids
     elif text is None:
@@ -174,9 +180,9 @@ async def context_pair(
     check_length(codec.card, len(with_context), limit)
     name = codec.card.name
     if record_id is not None:
-        p = await _scored(services, tenant, name, with_context)
+        p = await _scored(services, tenant, name, with_context, retain)
     else:
         p, q = await asyncio.gather(
-            _scored(services, tenant, name, with_context), _scored(services, tenant, name, alone)
+            _scored(services, tenant, name, with_context, retain), _scored(services, tenant, name, alone, retain)
         )
     return Pair(p=p, q=q, codec=codec, offset=len(context_ids) - bos, shown=q.meta)

@@ -53,7 +53,9 @@ class RecordStore:
         return found
 
     async def hidden_blob(self, tenant: str, meta: RecordMeta) -> bytes:
-        """The record's stored final hidden states (safetensors, the model's dtype); 422 for a record kept as rows."""
+        """The record's stored final hidden states (safetensors, the model's dtype); 422 for a record kept as rows,
+        409 for one that keeps statistics only."""
+        require_rows(meta)
         if meta.storage != "hidden":
             raise ApiError(
                 422,
@@ -93,6 +95,18 @@ class RecordStore:
         except ProtocolError as exc:
             log.error("record %s rejected: %s", record_id, exc)
             raise ApiError(500, "record_corrupt", "the stored record failed validation") from exc
+
+
+def require_rows(meta: RecordMeta) -> None:
+    """409 rows_not_retained unless the record keeps what rebuilds its full rows (retain "full")."""
+    if meta.retain != "full":
+        raise ApiError(
+            409,
+            "rows_not_retained",
+            f"record {meta.record_id} keeps statistics and top-k only (retain 'stats'), not full rows; ask again with "
+            "retain 'full' (or upgrade=true on /logprobs and /hidden) to re-score it with full rows",
+            "record_id",
+        )
 
 
 def _check_id(record_id: str) -> None:

@@ -60,4 +60,5 @@ def build_card(
         rebuild_max_abs_error=0.0,
         lossy=spec.lossy_hidden_dtype is not None,
         max_new_tokens=spec.max_new_tokens,
+        retain=spec.retain,
     )

@@ -83,6 +83,11 @@ def read_examples(client: redis.Redis, job: HeadJob, params: dict[str, float | i
             raise HeadInputError("record_corrupt", f"record {example.record_id}: {exc}") from exc
         if meta.fingerprint != job.fingerprint:
             raise HeadInputError("mixed_models", f"record {example.record_id} was made by other weights")
+        if needs_hidden and meta.retain == "stats":
+            raise HeadInputError(
+                "rows_not_retained",
+                f"a {job.head_kind} head needs final hidden states; record {example.record_id} keeps statistics only",
+            )
         if needs_hidden and hidden is None:
             raise HeadInputError(
                 "hidden_states_not_stored",
