@@ -1,0 +1,80 @@
+"""One forward over a whole cover plan: tree attention over the trie of token sequences.
+
+The plan's nodes are laid out as one sequence; node i sits at position depths[i] and attends to exactly its
+ancestors and itself, so its hidden state is the one a plain forward of its own token sequence would give (the
+same keys, values and positions), while the prefixes that sequences share are computed once. The mask goes to
+transformers as a prepared 4D mask (returned as is by its mask builders); models with sliding-window layers get
+their window applied to the tree's depths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from workers.bytelevel.covers import CoverPlan, RowsFn
+from workers.capture import Unembedding
+
+
+def ancestor_mask(parents: np.ndarray) -> np.ndarray:
+    """bool [N, N]: row i is True at i and at every ancestor of i (parents come before their children)."""
+    size = parents.shape[0]
+    mask = np.zeros((size, size), dtype=bool)
+    for i in range(size):
+        if parents[i] >= 0:
+            mask[i] = mask[parents[i]]
+        mask[i, i] = True
+    return mask
+
+
+def _attention_masks(model: Any, plan: CoverPlan, dtype: torch.dtype) -> Any:
+    allowed = torch.from_numpy(ancestor_mask(plan.parents))
+    config = model.config.get_text_config()
+    window = getattr(config, "sliding_window", None)
+    layer_types = set(getattr(config, "layer_types", None) or [])
+    eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+
+    def prepared(mask: torch.Tensor) -> torch.Tensor:
+        if not eager:
+            return mask[None, None]
+        return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)[None, None]
+
+    if not layer_types:
+        return prepared(allowed)
+    depths = torch.from_numpy(plan.depths)
+    masks = {kind: prepared(allowed) for kind in layer_types}
+    if window and "sliding_attention" in layer_types:
+        near = (depths[:, None] - depths[None, :]) < window
+        masks["sliding_attention"] = prepared(allowed & near)
+    return masks
+
+
+@torch.inference_mode()
+def tree_hidden(model: Any, plan: CoverPlan) -> torch.Tensor:
+    """Final hidden states [N, d] of every node of the plan, from the model's decoder in one forward."""
+    decoder = model.base_model
+    dtype = next(model.parameters()).dtype
+    out = decoder(
+        input_ids=torch.from_numpy(plan.tokens)[None],
+        position_ids=torch.from_numpy(plan.depths)[None],
+        attention_mask=_attention_masks(model, plan, dtype),
+        use_cache=False,
+    ).last_hidden_state[0]
+    hidden: torch.Tensor = out
+    return hidden
+
+
+def head_rows(hidden: torch.Tensor, head: Unembedding) -> RowsFn:
+    """Float64 next-token log-probabilities of the nodes, computed chunk by chunk from their hidden states."""
+
+    def rows(nodes: np.ndarray) -> np.ndarray:
+        h = hidden[torch.from_numpy(nodes)].to(head.weight.dtype)
+        logits = torch.nn.functional.linear(h, head.weight, head.bias).double()
+        if head.softcap is not None:
+            logits = torch.tanh(logits / head.softcap) * head.softcap
+        out: np.ndarray = torch.log_softmax(logits, dim=-1).numpy()
+        return out
+
+    return rows
