@@ -13,6 +13,7 @@ from safetensors.torch import load as st_load_torch
 from safetensors.torch import save as st_save_torch
 
 from workers.backends.base import Backend
+from workers.bytelevel.job import run_bytes_job
 from workers.capture import (
     Unembedding,
     capture_statistics,
@@ -32,6 +33,7 @@ from workers.protocol import (
     MAX_BLOB_BYTES,
     RECORD_CORE_FIELDS,
     AnyJob,
+    BytesJob,
     ContrastJob,
     CrossJob,
     GenerateJob,
@@ -81,6 +83,8 @@ class JobExecutor:
                 return self._score(job, backend)
             if isinstance(job, GenerateJob):
                 return self.in_flight.run([job])[0]
+            if isinstance(job, BytesJob):
+                return run_bytes_job(self.redis, backend, job, self.record_ttl_s)
             return self._rows(job, backend)
         except JobFailed as failed:
             return refused(job, failed)

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from app.api import (
     analysis,
     batches,
+    byte_level,
     calibrations,
     decode,
     frequency_tables,
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health,
         models,
         score,
+        byte_level,
         generate,
         records,
         analysis,

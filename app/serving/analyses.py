@@ -158,7 +158,9 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         if turns is None and any("turns" in m.requires for m in methods):
             raise ApiError(422, "invalid_span", "`drift` goes turn by turn: list the span's positions in order", "span")
         cross = None
-        if any("cross" in m.requires for m in methods) or family == "detect":
+        if pair.byte_cross is not None:  # models that tokenize differently, compared byte by byte
+            cross = {name: values[p_positions - 1] for name, values in pair.byte_cross.items()}
+        elif any("cross" in m.requires for m in methods) or family == "detect":
             cross = await cross_statistics(services, tenant, meta, p_positions, pair.q.meta, positions)
         context = Context(
             Positions.select(meta, pair.p.stats, p_positions),
@@ -172,6 +174,8 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         context = dataclasses.replace(context, frequencies=frequencies)
     result = run_methods(methods, context, params)
     heads = None
+    if body.heads and pair is not None and pair.byte_cross is not None:
+        raise ApiError(422, "invalid_request", "heads read token records: not with a byte-level pair", "heads")
     if body.heads:
         heads = await apply_heads(services, tenant, family, body.heads, *head_input)
         result.sequence.update(heads.sequence)
@@ -185,7 +189,12 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         "family": family,
         "n_positions": int(positions.size),
         "methods": [m.name for m in methods],
-        "tokens": token_values(result.tokens, shown.token_ids, positions, codec) if result.tokens else [],
+        "level": "token" if pair is None or pair.byte_cross is None else "byte",
+        "tokens": token_values(
+            result.tokens, shown.token_ids, positions, codec, pair is not None and pair.byte_cross is not None
+        )
+        if result.tokens
+        else [],
         "sequence": result.sequence,
         "details": result.details,
         "decisions": heads.decisions if heads is not None and heads.decisions else None,
@@ -194,10 +203,11 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
 
 
 def token_values(
-    values: dict[str, np.ndarray], token_ids: list[int], positions: np.ndarray, codec: TextCodec
+    values: dict[str, np.ndarray], token_ids: list[int], positions: np.ndarray, codec: TextCodec, by_bytes: bool = False
 ) -> list[dict[str, Any]]:
-    """Per-token answers: position, token, its text, and each token-level method's value (null if undefined)."""
-    texts = codec.token_texts(token_ids)
+    """Per-token answers: position, token, its text, and each token-level method's value (null if undefined).
+    `by_bytes`: the "tokens" are the bytes of the text (a byte-level pair), id the byte, text its character."""
+    texts = byte_texts(token_ids) if by_bytes else codec.token_texts(token_ids)
     columns = {name: finite_values_or_none(column) for name, column in values.items()}
     return [
         {
@@ -208,3 +218,12 @@ def token_values(
         }
         for i, t in enumerate(positions.tolist())
     ]
+
+
+def byte_texts(token_ids: list[int]) -> list[str]:
+    """For a byte-level record (a start, then the text's bytes): the character each byte begins, "" for the
+    continuation bytes of a multi-byte character."""
+    out = [""]
+    for ch in bytes(token_ids[1:]).decode("utf-8"):
+        out += [ch] + [""] * (len(ch.encode("utf-8")) - 1)
+    return out
