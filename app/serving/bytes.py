@@ -84,6 +84,14 @@ async def byte_record(
     rid = record_id(await services.secret(), tenant, card.fingerprint, list(data), {"kind": "bytes", "mode": mode})
     found = await _read(services, tenant, rid, data)
     if found is not None:
+        if found.meta.states > max_states:  # the bound holds for cached records too: same answer either way
+            raise ApiError(
+                422,
+                "cover_set_too_large",
+                f"byte-level scoring of this text needs {found.meta.states} forward positions (cover states), over "
+                f"the limit of {max_states}",
+                "max_states",
+            )
         return found
     job = BytesJob(
         job_id=new_job_id(),
