@@ -6,7 +6,14 @@ from typing import Any
 
 import redis
 
-from workers.bytelevel.covers import ByteNotCovered, CoverSetTooLarge, all_plan, byte_distributions, canonical_plan
+from workers.bytelevel.covers import (
+    ByteLevel,
+    ByteNotCovered,
+    CoverSetTooLarge,
+    all_plan,
+    byte_distributions,
+    canonical_plan,
+)
 from workers.bytelevel.forward import head_rows, tree_hidden
 from workers.bytelevel.records import ByteRecordMeta, encode_byte_record
 from workers.bytelevel.vocab import ByteVocab, vocab_from_tokenizer
@@ -25,10 +32,8 @@ def start_token(card: Any) -> int:
     raise JobFailed("byte_level_unsupported", f"{card.name!r} has no BOS or end-of-text token to start from")
 
 
-def run_bytes_job(client: redis.Redis, backend: Any, job: BytesJob, ttl_s: int) -> JobOutcome:
-    key = bytes_key(job.tenant, job.record_id)
-    if client.exists(key):  # another delivery did it
-        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+def byte_level(backend: Any, text: str, mode: str, max_states: int) -> ByteLevel:
+    """A text's exact byte-level distributions under an hf backend's model (the work of a bytes job)."""
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
     if model is None or tokenizer is None:
         raise JobFailed("byte_level_unsupported", "byte-level scoring runs on the transformers (hf) backend", 501)
@@ -36,32 +41,39 @@ def run_bytes_job(client: redis.Redis, backend: Any, job: BytesJob, ttl_s: int) 
     vocab = _VOCABS.get(card.fingerprint)
     if vocab is None:
         vocab = _VOCABS[card.fingerprint] = vocab_from_tokenizer(tokenizer)
-    text = job.text.encode("utf-8")
-    start = start_token(card)
+    data, start = text.encode("utf-8"), start_token(card)
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
         out = tokenizer(texts, add_special_tokens=False, split_special_tokens=True).input_ids
         return [list(ids) for ids in out]
 
     try:
-        if job.mode == "all":
-            plan = all_plan(vocab, text, start, job.max_states)
+        if mode == "all":
+            plan = all_plan(vocab, data, start, max_states)
         else:
-            plan = canonical_plan(vocab, text, encode_batch, start, job.max_states)
+            plan = canonical_plan(vocab, data, encode_batch, start, max_states)
         if int(plan.depths.max()) + 1 > card.context_length:
             raise JobFailed("context_length_exceeded", f"the text's tokenizations run past {card.context_length}")
-        result = byte_distributions(plan, vocab, head_rows(tree_hidden(model, plan), backend.head))
+        return byte_distributions(plan, vocab, head_rows(tree_hidden(model, plan), backend.head))
     except CoverSetTooLarge as exc:
         raise JobFailed("cover_set_too_large", str(exc), 422) from exc
     except ByteNotCovered as exc:
         raise JobFailed("byte_not_covered", str(exc), 422) from exc
+
+
+def run_bytes_job(client: redis.Redis, backend: Any, job: BytesJob, ttl_s: int) -> JobOutcome:
+    key = bytes_key(job.tenant, job.record_id)
+    if client.exists(key):  # another delivery did it
+        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+    result = byte_level(backend, job.text, job.mode, job.max_states)
+    card = backend.card
     meta = ByteRecordMeta(
         record_id=job.record_id,
         tenant=job.tenant,
         model=card.name,
         fingerprint=card.fingerprint,
         mode=job.mode,
-        n_bytes=len(text),
+        n_bytes=len(job.text.encode("utf-8")),
         states=result.states,
     )
     pipe = client.pipeline(transaction=True)
