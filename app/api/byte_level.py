@@ -13,7 +13,7 @@ from fastapi import APIRouter
 
 from app.api.deps import ServicesDep, TenantDep
 from app.schemas.bytes import BytesRequest, BytesResponse
-from app.serving.bytes import byte_record
+from app.serving.bytes import byte_chars, byte_record
 
 router = APIRouter(tags=["scoring"])
 
@@ -22,21 +22,11 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _chars(data: bytes) -> list[str]:
-    """The character each byte begins ("" for continuation bytes)."""
-    out, text, i = [], data.decode("utf-8"), 0
-    for ch in text:
-        width = len(ch.encode("utf-8"))
-        out += [ch] + [""] * (width - 1)
-        i += width
-    return out
-
-
 @router.post("/v1/bytes", response_model=BytesResponse)
 async def score_bytes(body: BytesRequest, services: ServicesDep, tenant: TenantDep) -> dict[str, object]:
     card = await services.catalog.card(body.model)
     record = await byte_record(services, tenant, card, body.text, body.mode, body.max_states)
-    chars = _chars(record.text)
+    chars = byte_chars(record.text)
     rows = []
     for m, (byte, lp) in enumerate(zip(record.text, record.logprob.tolist(), strict=True)):
         row: dict[str, object] = {"offset": m, "byte": byte, "text": chars[m], "logprob": _finite(lp)}

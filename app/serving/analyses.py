@@ -24,6 +24,7 @@ from app.analysis.run import (
 )
 from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest, SpanName, SpanRange
+from app.serving.bytes import byte_chars
 from app.serving.cross import cross_statistics
 from app.serving.head_inference import apply_heads
 from app.serving.pairs import Pair, chat_reply, context_pair, model_pair
@@ -207,7 +208,7 @@ def token_values(
 ) -> list[dict[str, Any]]:
     """Per-token answers: position, token, its text, and each token-level method's value (null if undefined).
     `by_bytes`: the "tokens" are the bytes of the text (a byte-level pair), id the byte, text its character."""
-    texts = byte_texts(token_ids) if by_bytes else codec.token_texts(token_ids)
+    texts = ["", *byte_chars(bytes(token_ids[1:]))] if by_bytes else codec.token_texts(token_ids)
     columns = {name: finite_values_or_none(column) for name, column in values.items()}
     return [
         {
@@ -218,12 +219,3 @@ def token_values(
         }
         for i, t in enumerate(positions.tolist())
     ]
-
-
-def byte_texts(token_ids: list[int]) -> list[str]:
-    """For a byte-level record (a start, then the text's bytes): the character each byte begins, "" for the
-    continuation bytes of a multi-byte character."""
-    out = [""]
-    for ch in bytes(token_ids[1:]).decode("utf-8"):
-        out += [ch] + [""] * (len(ch.encode("utf-8")) - 1)
-    return out

@@ -20,6 +20,14 @@ MAX_TEXT_BYTES = 4096
 DEFAULT_MAX_STATES = 20_000
 
 
+def byte_chars(data: bytes) -> list[str]:
+    """The character each byte of a UTF-8 text begins ("" for the continuation bytes of a multi-byte one)."""
+    out: list[str] = []
+    for ch in data.decode("utf-8"):
+        out += [ch] + [""] * (len(ch.encode("utf-8")) - 1)
+    return out
+
+
 @dataclass
 class ByteRecord:
     meta: ByteRecordMeta

@@ -130,7 +130,7 @@ def _canonical_states(tiny: Tiny, text: bytes) -> set[tuple[int, ...]]:
     ending on a character boundary, and inside a character, the encoding before it then single-byte tokens."""
     states: set[tuple[int, ...]] = set()
     starts = char_starts(text)
-    for i in starts:
+    for i in [*starts, len(text)]:
         ids = tuple(tiny.encode([text[:i].decode()])[0])
         end = next((j for j in starts if j > i), len(text))
         extended = [ids] + [ids + tuple(tiny.vocab.byte_tokens[b] for b in text[i:k]) for k in range(i + 1, end)]
@@ -161,6 +161,8 @@ def test_tree_forward_equals_plain_forwards(tiny: Tiny) -> None:
     rows = head_rows(tree_hidden(tiny.model, plan), tiny.head)(np.arange(plan.size))
     for seq, row in zip(plan.sequences(), rows, strict=True):
         np.testing.assert_allclose(row, tiny.row(tuple(seq[1:])), atol=1e-10, rtol=0)
+    chunked = head_rows(tree_hidden(tiny.model, plan, chunk=5), tiny.head)(np.arange(plan.size))
+    np.testing.assert_allclose(chunked, rows, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["all", "canonical"])

@@ -22,7 +22,7 @@ Which tokenizations count (`mode`):
   - "canonical" (the default, as the paper does): the paper restricts cover encodings to valid encodings, those
     the tokenizer itself produces, and its algorithm enumerates them as encode(x_1..x_i) followed by one token.
     The states here are the tokenizer's encodings of every prefix of the text that ends on a character
-    boundary, every token-prefix of those, and, inside a multi-byte character, the encoding of the text before
+    boundary (the whole text included), every token-prefix of those, and, inside a multi-byte character, the encoding of the text before
     it followed by single-byte tokens. The last token of a cover is any token (the reference code's
     `fast_mode`: its validity filter needs one tokenizer call per vocabulary entry per position).
   - "all": every tokenization of the text (every token sequence whose bytes are a prefix of it), the Lemma in
@@ -146,8 +146,9 @@ def canonical_plan(
     """The states of the "canonical" mode: the tokenizer's encodings of the text's prefixes (see the module)."""
     trie = _Trie(start_token, text, max_states)
     starts = char_starts(text)
-    prefixes = [text[:i].decode("utf-8") for i in starts]
-    for i, ids in zip(starts, encode_batch(prefixes), strict=True):
+    ends = [*starts, len(text)]  # the whole text's encoding too: its token-prefixes are states
+    prefixes = [text[:i].decode("utf-8") for i in ends]
+    for i, ids in zip(ends, encode_batch(prefixes), strict=True):
         trie.insert(ids, vocab)
         end = next((j for j in starts if j > i), len(text))
         for k in range(i + 1, end):  # inside a multi-byte character: its first bytes as single-byte tokens

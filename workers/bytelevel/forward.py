@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from workers.bytelevel.covers import CoverPlan, RowsFn
 from workers.capture import Unembedding
@@ -29,12 +30,14 @@ def ancestor_mask(parents: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _attention_masks(model: Any, plan: CoverPlan, dtype: torch.dtype) -> Any:
-    allowed = torch.from_numpy(ancestor_mask(plan.parents))
+def _attention_masks(model: Any, allowed: torch.Tensor, depths: torch.Tensor, rows: slice) -> Any:
+    """The prepared 4D mask(s) for the queries `rows` over keys [0, rows.stop): one mask, or one per layer type."""
     config = model.config.get_text_config()
     window = getattr(config, "sliding_window", None)
     layer_types = set(getattr(config, "layer_types", None) or [])
     eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+    dtype = next(model.parameters()).dtype
+    mask = allowed[rows, : rows.stop]
 
     def prepared(mask: torch.Tensor) -> torch.Tensor:
         if not eager:
@@ -42,28 +45,37 @@ def _attention_masks(model: Any, plan: CoverPlan, dtype: torch.dtype) -> Any:
         return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)[None, None]
 
     if not layer_types:
-        return prepared(allowed)
-    depths = torch.from_numpy(plan.depths)
-    masks = {kind: prepared(allowed) for kind in layer_types}
+        return prepared(mask)
+    masks = {kind: prepared(mask) for kind in layer_types}
     if window and "sliding_attention" in layer_types:
-        near = (depths[:, None] - depths[None, :]) < window
-        masks["sliding_attention"] = prepared(allowed & near)
+        near = (depths[rows, None] - depths[None, : rows.stop]) < window
+        masks["sliding_attention"] = prepared(mask & near)
     return masks
 
 
 @torch.inference_mode()
-def tree_hidden(model: Any, plan: CoverPlan) -> torch.Tensor:
-    """Final hidden states [N, d] of every node of the plan, from the model's decoder in one forward."""
+def tree_hidden(model: Any, plan: CoverPlan, chunk: int = 1024) -> torch.Tensor:
+    """Final hidden states [N, d] of every node of the plan, from the model's decoder: one forward, or for large
+    plans one forward per `chunk` nodes through a cache of full (never windowed) layers, so that attention
+    memory stays chunk x N."""
     decoder = model.base_model
-    dtype = next(model.parameters()).dtype
-    out = decoder(
-        input_ids=torch.from_numpy(plan.tokens)[None],
-        position_ids=torch.from_numpy(plan.depths)[None],
-        attention_mask=_attention_masks(model, plan, dtype),
-        use_cache=False,
-    ).last_hidden_state[0]
-    hidden: torch.Tensor = out
-    return hidden
+    allowed = torch.from_numpy(ancestor_mask(plan.parents))
+    depths = torch.from_numpy(plan.depths)
+    tokens = torch.from_numpy(plan.tokens)
+    cache = DynamicCache() if plan.size > chunk else None
+    parts = []
+    for lo in range(0, plan.size, chunk):
+        rows = slice(lo, min(plan.size, lo + chunk))
+        parts.append(
+            decoder(
+                input_ids=tokens[rows][None],
+                position_ids=depths[rows][None],
+                attention_mask=_attention_masks(model, allowed, depths, rows),
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state[0]
+        )
+    return torch.cat(parts)
 
 
 def head_rows(hidden: torch.Tensor, head: Unembedding) -> RowsFn:
