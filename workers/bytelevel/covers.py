@@ -22,9 +22,11 @@ Which tokenizations count (`mode`):
   - "canonical" (the default, as the paper does): the paper restricts cover encodings to valid encodings, those
     the tokenizer itself produces, and its algorithm enumerates them as encode(x_1..x_i) followed by one token.
     The states here are the tokenizer's encodings of every prefix of the text that ends on a character
-    boundary (the whole text included), every token-prefix of those, and, inside a multi-byte character, the encoding of the text before
-    it followed by single-byte tokens. The last token of a cover is any token (the reference code's
-    `fast_mode`: its validity filter needs one tokenizer call per vocabulary entry per position).
+    boundary (the whole text included), every token-prefix of those (the paper's set plus these prefixes, so
+    that the set is closed under prefixes), and, inside a multi-byte character, the encoding of the text before
+    it followed by single-byte tokens (a prefix ending mid-character is no string the tokenizer can encode).
+    The last token of a cover is any token: the reference code's `fast_mode`, as its validity filter on the
+    last token needs one tokenizer call per vocabulary entry per position.
   - "all": every tokenization of the text (every token sequence whose bytes are a prefix of it), the Lemma in
     its general form. Exact for any model, but the number of states grows exponentially with the length.
 Both sets are closed under taking token-prefixes, so the byte-level log-likelihood of a whole text is at least
