@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_STATES_LIMIT = 200_000
+MAX_STATES_LIMIT = 32_768
 
 
 class BytesRequest(BaseModel):
@@ -19,7 +19,7 @@ class BytesRequest(BaseModel):
         "cover encodings to valid ones; all: every tokenization (exponential, for short texts)",
     )
     max_states: int = Field(
-        default=20_000,
+        default=8192,
         ge=2,
         le=MAX_STATES_LIMIT,
         strict=True,

@@ -17,7 +17,7 @@ from workers.bytelevel.stats import byte_stats
 from workers.protocol import BytesJob, ModelCard, ProtocolError, RecordMeta, as_bytes, bytes_key, record_id
 
 MAX_TEXT_BYTES = 4096
-DEFAULT_MAX_STATES = 20_000
+DEFAULT_MAX_STATES = 8192
 
 
 def byte_chars(data: bytes) -> list[str]:
