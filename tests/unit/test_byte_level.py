@@ -216,3 +216,31 @@ def test_vocab_ranges() -> None:
     assert vocab.prefix_range(0, 5, 0, ord("a")) == (0, 4)
     assert vocab.prefix_range(0, 4, 1, ord("b")) == (2, 4)
     assert vocab.byte_tokens[ord("a")] == 0
+
+
+def test_tree_forward_applies_a_sliding_window_by_depth(tiny: Tiny) -> None:
+    """A Gemma-2 with a window of 3 tokens: deep nodes see only their last ancestors, as a plain forward would."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(2)
+    config = Gemma2Config(
+        vocab_size=len(tiny.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=3,
+        final_logit_softcapping=5.0,
+    )
+    model = Gemma2ForCausalLM(config).double().eval()
+    head = Unembedding(weight=model.lm_head.weight.detach(), softcap=5.0)
+    plan = canonical_plan(tiny.vocab, b"abc ab bc abc ab", tiny.encode, tiny.bos, 10_000)
+    assert plan.depths.max() > 3
+    for chunk in (1024, 4):
+        rows = head_rows(tree_hidden(model, plan, chunk=chunk), head)(np.arange(plan.size))
+        for seq, row in zip(plan.sequences(), rows, strict=True):
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([seq])).logits[0, -1].double()
+            np.testing.assert_allclose(row, torch.log_softmax(logits, -1).numpy(), atol=1e-10, rtol=0)
