@@ -3,7 +3,7 @@
 (one forward over the tokens, then the record's statistics); byte-level scoring is what a bytes job does (the
 canonical cover plan, one tree-shaped forward over its states, the per-state cover sums).
 
-Usage: python -m bench.byte_level [--models smollm2-135m-instruct gemma-3-270m] [--reps 3]
+Usage: python -m bench.byte_level [--models smollm2-135m-instruct gemma-3-270m] [--reps 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma-3-270m"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 1000])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     data_dir = CommonSettings().data_dir
     print(f"{'model':24} {'bytes':>6} {'tokens':>6} {'states':>6} {'token s':>8} {'byte s':>8} {'ratio':>6}")
     for name in args.models:
