@@ -203,23 +203,29 @@ def byte_distributions(plan: CoverPlan, vocab: ByteVocab, rows: RowsFn, chunk: i
     scale = np.full(n, -np.inf)  # mass[m] is held as exp(-scale[m]) * U_m: states far down would underflow
     for lo in range(0, plan.size, chunk):
         nodes = np.arange(lo, min(plan.size, lo + chunk))
-        block = rows(nodes)
-        for row, node in zip(block, nodes.tolist(), strict=True):
+        raw = rows(nodes)
+        block = np.exp(raw[:, vocab.order])  # probabilities, the tokens sorted by their bytes
+        by_first = np.zeros((len(nodes), 256))  # depth 0 for every node at once: sums per first byte
+        by_first[:, vocab.first_bytes] = np.add.reduceat(block, vocab.first_starts, axis=1)
+        for j, node in enumerate(nodes.tolist()):
             lp = logp_state[node]
             for c in children[node]:
-                logp_state[c] = lp + row[plan.tokens[c]]
+                logp_state[c] = lp + raw[j, plan.tokens[c]]
             if lp == -np.inf:
                 continue
-            probs = np.exp(row[vocab.order])
+            probs = block[j]
             a, b = 0, len(vocab.sorted_bytes)
             for m in range(int(plan.offsets[node]), n):
                 depth = m - int(plan.offsets[node])
                 if depth >= vocab.table.shape[1]:  # no token is that long
                     break
-                first = a
-                while first < b and vocab.lengths[first] <= depth:
-                    first += 1
-                vec = np.bincount(vocab.table[first:b, depth], weights=probs[first:b], minlength=256)
+                if depth == 0:
+                    vec = by_first[j]
+                else:
+                    first = a
+                    while first < b and vocab.lengths[first] <= depth:
+                        first += 1
+                    vec = np.bincount(vocab.table[first:b, depth], weights=probs[first:b], minlength=256)
                 if lp > scale[m]:
                     mass[m] *= np.exp(scale[m] - lp) if np.isfinite(scale[m]) else 0.0
                     scale[m] = lp

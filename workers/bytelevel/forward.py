@@ -79,14 +79,16 @@ def tree_hidden(model: Any, plan: CoverPlan, chunk: int = 1024) -> torch.Tensor:
 
 
 def head_rows(hidden: torch.Tensor, head: Unembedding) -> RowsFn:
-    """Float64 next-token log-probabilities of the nodes, computed chunk by chunk from their hidden states."""
+    """Next-token log-probabilities of the nodes (float64 arrays), computed chunk by chunk from their hidden states
+    in the model's precision: float64 for a float64 model, float32 otherwise (as token scoring computes them)."""
 
     def rows(nodes: np.ndarray) -> np.ndarray:
         h = hidden[torch.from_numpy(nodes)].to(head.weight.dtype)
-        logits = torch.nn.functional.linear(h, head.weight, head.bias).double()
+        logits = torch.nn.functional.linear(h, head.weight, head.bias)
+        logits = logits if logits.dtype == torch.float64 else logits.float()
         if head.softcap is not None:
             logits = torch.tanh(logits / head.softcap) * head.softcap
-        out: np.ndarray = torch.log_softmax(logits, dim=-1).numpy()
+        out: np.ndarray = torch.log_softmax(logits, dim=-1).numpy().astype(np.float64)
         return out
 
     return rows

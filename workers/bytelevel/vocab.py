@@ -60,6 +60,8 @@ class ByteVocab:
     table: np.ndarray
     lengths: np.ndarray
     byte_tokens: tuple[int | None, ...]  # the token that is exactly byte b, if any
+    first_starts: np.ndarray  # where each first byte's run of sorted tokens starts
+    first_bytes: np.ndarray  # that first byte
 
     @classmethod
     def from_token_bytes(cls, token_bytes: list[bytes | None]) -> ByteVocab:
@@ -75,7 +77,10 @@ class ByteVocab:
             b = token_bytes[v] or b""
             if len(b) == 1 and singles[b[0]] is None:
                 singles[b[0]] = v
+        starts = np.flatnonzero(np.r_[True, np.diff(table[:, 0].astype(np.int64)) != 0]) if ids else np.zeros(0, int)
         return cls(
+            first_starts=starts.astype(np.int64),
+            first_bytes=table[starts, 0].astype(np.int64),
             token_bytes=tuple(b or None for b in token_bytes),
             order=np.asarray(ids, dtype=np.int64),
             sorted_bytes=sorted_bytes,
