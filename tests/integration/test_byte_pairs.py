@@ -1,6 +1,6 @@
 """Models that tokenize differently, through the real service: SmolLM2 (byte-level BPE) and Gemma-3-270M
-(SentencePiece with byte fallback) compared and paired for Binoculars byte by byte (Phan et al. 2024), checked
-against float64 references computed here from the per-byte distributions that POST /v1/bytes returns."""
+(SentencePiece with byte fallback) compared, and paired for Binoculars and Fast-DetectGPT, byte by byte (Phan et
+al. 2024), checked against float64 references computed here from the distributions that POST /v1/bytes returns."""
 
 from __future__ import annotations
 
@@ -79,14 +79,18 @@ def test_compare_and_binoculars_across_tokenizers(byte_service: httpx.Client) ->
 
     response = byte_service.post(
         "/v1/analysis/detect",
-        json={"model": MODEL, "reference_model": GEMMA, "text": TEXT, "methods": ["binoculars"]},
+        json={"model": MODEL, "reference_model": GEMMA, "text": TEXT, "methods": ["binoculars", "fast_detectgpt"]},
     )
     assert response.status_code == 200, response.text
-    score = response.json()["sequence"]["binoculars"]
-    performer = -np.mean(logp[np.arange(len(data)), data])
+    sequence = response.json()["sequence"]
+    observed = logp[np.arange(len(data)), data]
     cross = -np.mean((q * lp).sum(axis=1))
-    assert score == pytest.approx(performer / cross, rel=1e-5)  # the record's logprobs are float32
-    assert 0.1 < score < 3.0
+    assert sequence["binoculars"] == pytest.approx(-np.mean(observed) / cross, rel=1e-5)  # float32 logprobs
+    assert 0.1 < sequence["binoculars"] < 3.0
+    mu, m2 = (q * lp).sum(axis=1), (q * lp**2).sum(axis=1)
+    discrepancy = (observed.sum() - mu.sum()) / np.sqrt((m2 - mu**2).sum())
+    assert sequence["fast_detectgpt"] == pytest.approx(discrepancy, rel=1e-4)
+    assert -20 < sequence["fast_detectgpt"] < 20
 
 
 @pytest.mark.parametrize(
