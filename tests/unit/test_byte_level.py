@@ -23,6 +23,13 @@ from workers.bytelevel.vocab import ByteVocab, gpt2_unicode_to_byte, sentencepie
 from workers.capture import Unembedding
 
 TEXT = "abc ab bcé a"
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 SHORT = "ab cé a"  # every tokenization: SentencePiece spells each character two ways, so keep it short
 
 
@@ -62,15 +69,7 @@ class Tiny:
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        )
+        config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=128, **TINY)
         self.model = LlamaForCausalLM(config).double().eval()
         with torch.no_grad():  # sharper than a fresh init, so that tokenizations differ in probability
             self.model.lm_head.weight.mul_(40.0)
@@ -224,15 +223,7 @@ def test_tree_forward_applies_a_sliding_window_by_depth(tiny: Tiny) -> None:
 
     torch.manual_seed(2)
     config = Gemma2Config(
-        vocab_size=len(tiny.tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        sliding_window=3,
-        final_logit_softcapping=5.0,
+        vocab_size=len(tiny.tokenizer), head_dim=8, sliding_window=3, final_logit_softcapping=5.0, **TINY
     )
     model = Gemma2ForCausalLM(config).double().eval()
     head = Unembedding(weight=model.lm_head.weight.detach(), softcap=5.0)
