@@ -143,6 +143,8 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
     except AnalysisError as exc:
         raise ApiError(422, exc.code, str(exc), exc.param) from exc
     pair = await _pair(body, services, tenant)
+    if body.heads and pair is not None and pair.byte_cross is not None:
+        raise ApiError(422, "invalid_request", "heads read token records: not with a byte-level pair", "heads")
     if pair is None:
         meta, stats, codec, cached = await record_for(
             services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
@@ -175,8 +177,6 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         context = dataclasses.replace(context, frequencies=frequencies)
     result = run_methods(methods, context, params)
     heads = None
-    if body.heads and pair is not None and pair.byte_cross is not None:
-        raise ApiError(422, "invalid_request", "heads read token records: not with a byte-level pair", "heads")
     if body.heads:
         heads = await apply_heads(services, tenant, family, body.heads, *head_input)
         result.sequence.update(heads.sequence)
