@@ -14,6 +14,7 @@ from safetensors.torch import save as st_save_torch
 
 from workers.attribution_job import run_attribution_job
 from workers.backends.base import Backend
+from workers.bytelevel.job import run_bytes_job
 from workers.capture import (
     Unembedding,
     capture_statistics,
@@ -34,6 +35,7 @@ from workers.protocol import (
     RECORD_CORE_FIELDS,
     AnyJob,
     AttributionJob,
+    BytesJob,
     ContrastJob,
     CrossJob,
     GenerateJob,
@@ -88,6 +90,8 @@ class JobExecutor:
                 return self._score(job, backend)
             if isinstance(job, GenerateJob):
                 return self.in_flight.run([job])[0]
+            if isinstance(job, BytesJob):
+                return run_bytes_job(self.redis, backend, job, self.record_ttl_s)
             return self._rows(job, backend)
         except JobFailed as failed:
             return refused(job, failed)

@@ -431,7 +431,23 @@ class AttributionResult(BaseModel):
     passes: int
 
 
-AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob
+class BytesJob(_JobBase):
+    """Byte-level log-probabilities of a text (workers/bytelevel), stored by the worker under bytes_key."""
+
+    kind: Literal["bytes"] = "bytes"
+    record_id: RecordId
+    text: str = Field(min_length=1)
+    mode: Literal["canonical", "all"] = "canonical"
+    max_states: int = Field(ge=2)
+
+
+def bytes_key(tenant: str, record_id: str) -> str:
+    if not (valid_tenant(tenant) and valid_record_id(record_id)):
+        raise ProtocolError(f"not a tenant and record id: {tenant!r}, {record_id!r}")
+    return f"lp:bytes:{tenant}:{record_id}"
+
+
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob
 Job = Annotated[AnyJob, Field(discriminator="kind")]
 
 

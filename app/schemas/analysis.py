@@ -80,6 +80,7 @@ class AnalysisResponse(BaseModel):
     cached: bool
     family: str
     n_positions: int
+    level: str = Field(default="token", description="byte: two models that tokenize differently, compared byte by byte")
     methods: list[str]
     tokens: list[TokenValues]
     sequence: dict[str, float | None]

@@ -24,6 +24,7 @@ from app.analysis.run import (
 )
 from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest, SpanName, SpanRange
+from app.serving.bytes import byte_chars
 from app.serving.cross import cross_statistics
 from app.serving.head_inference import apply_heads
 from app.serving.pairs import Pair, chat_reply, context_pair, model_pair
@@ -142,6 +143,8 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
     except AnalysisError as exc:
         raise ApiError(422, exc.code, str(exc), exc.param) from exc
     pair = await _pair(body, services, tenant)
+    if body.heads and pair is not None and pair.byte_cross is not None:
+        raise ApiError(422, "invalid_request", "heads read token records: not with a byte-level pair", "heads")
     if pair is None:
         meta, stats, codec, cached = await record_for(
             services,
@@ -164,7 +167,9 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         if turns is None and any("turns" in m.requires for m in methods):
             raise ApiError(422, "invalid_span", "`drift` goes turn by turn: list the span's positions in order", "span")
         cross = None
-        if any("cross" in m.requires for m in methods) or family == "detect":
+        if pair.byte_cross is not None:  # models that tokenize differently, compared byte by byte
+            cross = {name: values[p_positions - 1] for name, values in pair.byte_cross.items()}
+        elif any("cross" in m.requires for m in methods) or family == "detect":
             cross = await cross_statistics(services, tenant, meta, p_positions, pair.q.meta, positions)
         context = Context(
             Positions.select(meta, pair.p.stats, p_positions),
@@ -191,7 +196,12 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         "family": family,
         "n_positions": int(positions.size),
         "methods": [m.name for m in methods],
-        "tokens": token_values(result.tokens, shown.token_ids, positions, codec) if result.tokens else [],
+        "level": "token" if pair is None or pair.byte_cross is None else "byte",
+        "tokens": token_values(
+            result.tokens, shown.token_ids, positions, codec, pair is not None and pair.byte_cross is not None
+        )
+        if result.tokens
+        else [],
         "sequence": result.sequence,
         "details": result.details,
         "decisions": heads.decisions if heads is not None and heads.decisions else None,
@@ -200,10 +210,11 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
 
 
 def token_values(
-    values: dict[str, np.ndarray], token_ids: list[int], positions: np.ndarray, codec: TextCodec
+    values: dict[str, np.ndarray], token_ids: list[int], positions: np.ndarray, codec: TextCodec, by_bytes: bool = False
 ) -> list[dict[str, Any]]:
-    """Per-token answers: position, token, its text, and each token-level method's value (null if undefined)."""
-    texts = codec.token_texts(token_ids)
+    """Per-token answers: position, token, its text, and each token-level method's value (null if undefined).
+    `by_bytes`: the "tokens" are the bytes of the text (a byte-level pair), id the byte, text its character."""
+    texts = ["", *byte_chars(bytes(token_ids[1:]))] if by_bytes else codec.token_texts(token_ids)
     columns = {name: finite_values_or_none(column) for name, column in values.items()}
     return [
         {

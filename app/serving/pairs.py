@@ -12,11 +12,13 @@ import numpy as np
 
 from app.platform.errors import ApiError
 from app.schemas.tokens import ChatMessage
+from app.serving.bytes import byte_record
 from app.serving.chat_template import ChatTemplateError
 from app.serving.inputs import check_length, input_ids
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from workers.bytelevel.stats import byte_cross
 from workers.protocol import RecordMeta, Retain
 
 
@@ -35,6 +37,7 @@ class Pair:
     offset: int  # p position = q position + offset
     shown: RecordMeta  # the record whose positions a span names (q's positions), with its prompt length if any
     message_ends: list[int] | None = None  # token index where each chat message ends (two-model chats)
+    byte_cross: dict[str, np.ndarray] | None = None  # models that tokenize differently: cross statistics per byte
 
     def p_positions(self, q_positions: np.ndarray) -> np.ndarray:
         return q_positions + self.offset
@@ -124,13 +127,15 @@ async def model_pair(
         codecs.append(await services.catalog.codec(await services.catalog.card(name, param)))
     codec_p, codec_q = codecs
     if codec_p.tokenizer_id != codec_q.tokenizer_id or codec_p.card.vocab_size != codec_q.card.vocab_size:
-        raise ApiError(
-            422,
-            "tokenizer_mismatch",
-            f"{model!r} and {reference_model!r} tokenize differently, so their "
-            "distributions cannot be compared position by position",
-            "reference_model",
-        )
+        if text is None or given is not None:
+            raise ApiError(
+                422,
+                "tokenizer_mismatch",
+                f"{model!r} and {reference_model!r} tokenize differently: they are compared byte by byte, "
+                "which takes a `text` (not a chat or a stored record)",
+                "reference_model",
+            )
+        return await byte_pair(services, tenant, codec_p, codec_q, text)
     limit = services.settings.max_positions
     if given is not None:
         ids = given.meta.token_ids
@@ -148,6 +153,17 @@ async def model_pair(
         )
     ends = None if messages is None else message_ends(codec_p, messages)
     return Pair(p=p, q=q, codec=codec_p, offset=0, shown=p.meta, message_ends=ends)
+
+
+async def byte_pair(services: Services, tenant: str, codec_p: TextCodec, codec_q: TextCodec, text: str) -> Pair:
+    """Two models that tokenize differently, aligned byte by byte: each byte's exact next-byte distribution under
+    each model (Phan et al. 2024; app.serving.bytes), position t being byte t of the text."""
+    p, q = await asyncio.gather(
+        byte_record(services, tenant, codec_p.card, text), byte_record(services, tenant, codec_q.card, text)
+    )
+    sides = [Side(*record.as_record(), record.cached) for record in (p, q)]
+    cross = byte_cross(p.logdist, q.logdist)
+    return Pair(p=sides[0], q=sides[1], codec=codec_p, offset=0, shown=sides[0].meta, byte_cross=cross)
 
 
 async def context_pair(

@@ -1,0 +1,83 @@
+"""The worker side of a bytes job: plan the covers, run the tree forward, store the byte record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from workers.bytelevel.covers import (
+    ByteLevel,
+    ByteNotCovered,
+    CoverSetTooLarge,
+    all_plan,
+    byte_distributions,
+    canonical_plan,
+)
+from workers.bytelevel.forward import head_rows, tree_hidden
+from workers.bytelevel.records import ByteRecordMeta, encode_byte_record
+from workers.bytelevel.vocab import ByteVocab, vocab_from_tokenizer
+from workers.outcomes import JobFailed
+from workers.protocol import BytesJob, JobOutcome, bytes_key
+
+_VOCABS: dict[str, ByteVocab] = {}  # per model fingerprint: built once (a second or two for 262k tokens)
+
+
+def start_token(card: Any) -> int:
+    """What every state starts from: BOS, or the end-of-text token for models that add no BOS (GPT-2 style)."""
+    if card.bos_token_id is not None:
+        return int(card.bos_token_id)
+    if card.eos_token_ids:
+        return int(card.eos_token_ids[0])
+    raise JobFailed("byte_level_unsupported", f"{card.name!r} has no BOS or end-of-text token to start from")
+
+
+def byte_level(backend: Any, text: str, mode: str, max_states: int) -> ByteLevel:
+    """A text's exact byte-level distributions under an hf backend's model (the work of a bytes job)."""
+    model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
+    if model is None or tokenizer is None:
+        raise JobFailed("byte_level_unsupported", "byte-level scoring runs on the transformers (hf) backend", 501)
+    card = backend.card
+    vocab = _VOCABS.get(card.fingerprint)
+    if vocab is None:
+        vocab = _VOCABS[card.fingerprint] = vocab_from_tokenizer(tokenizer)
+    data, start = text.encode("utf-8"), start_token(card)
+
+    def encode_batch(texts: list[str]) -> list[list[int]]:
+        out = tokenizer(texts, add_special_tokens=False, split_special_tokens=True).input_ids
+        return [list(ids) for ids in out]
+
+    try:
+        if mode == "all":
+            plan = all_plan(vocab, data, start, max_states)
+        else:
+            plan = canonical_plan(vocab, data, encode_batch, start, max_states)
+        if int(plan.depths.max()) + 1 > card.context_length:
+            raise JobFailed("context_length_exceeded", f"the text's tokenizations run past {card.context_length}")
+        return byte_distributions(plan, vocab, head_rows(tree_hidden(model, plan), backend.head))
+    except CoverSetTooLarge as exc:
+        raise JobFailed("cover_set_too_large", str(exc), 422) from exc
+    except ByteNotCovered as exc:
+        raise JobFailed("byte_not_covered", str(exc), 422) from exc
+
+
+def run_bytes_job(client: redis.Redis, backend: Any, job: BytesJob, ttl_s: int) -> JobOutcome:
+    key = bytes_key(job.tenant, job.record_id)
+    if client.exists(key):  # another delivery did it
+        return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+    result = byte_level(backend, job.text, job.mode, job.max_states)
+    card = backend.card
+    meta = ByteRecordMeta(
+        record_id=job.record_id,
+        tenant=job.tenant,
+        model=card.name,
+        fingerprint=card.fingerprint,
+        mode=job.mode,
+        n_bytes=len(job.text.encode("utf-8")),
+        states=result.states,
+    )
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(key, mapping=encode_byte_record(meta, result.logprob, result.logdist))  # type: ignore[arg-type]
+    pipe.expire(key, ttl_s)
+    pipe.execute()
+    return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
