@@ -1,13 +1,15 @@
 // The Analyse panel: score a text or a chat, generate from it, or open a stored record; colour its tokens,
-// plot them, summarise the sequence, apply a trained head, and export the per-token table.
+// plot them, summarise the sequence, apply a trained head, export the per-token table, and colour a clicked
+// token's context by its attribution.
 import { $, api, busy, download, esc, setStatus } from "./api.js";
+import { FIRST_TARGET, attribute, attributionColour, attributionLegend, attributionLine, attributionSummary } from "./attribution.js";
 import { bars, clear, lines } from "./plots.js";
 import {
   GLTR, alternatives, attachTooltip, gltrBucket, gltrLegend, gradientLegend, heat, renderTokens, summaryTable,
 } from "./tokens.js";
 
 const UNCERTAINTY = ["perplexity", "geometric_mean_prob", "arithmetic_mean_prob", "mean_entropy", "max_entropy", "mean_kurtosis", "entropy_trend"];
-const state = { record: null, tokens: [], headWeights: null, headName: null, heads: [] };
+const state = { record: null, tokens: [], headWeights: null, headName: null, heads: [], attribution: null, asked: 0 };
 const ROLES = ["system", "user", "assistant", "developer", "tool"];
 
 export function topK() {
@@ -41,6 +43,7 @@ function setMode() {
 
 // ---- colours ----
 function colour(i) {
+  if (state.attribution) return attributionColour(state.attribution, i);
   const token = state.tokens[i];
   if (token.logprob === null) return null;
   const metric = $("metric").value;
@@ -57,6 +60,7 @@ function colour(i) {
 }
 
 function legend() {
+  if (state.attribution) { attributionLegend("legend", state.attribution); return; }
   const metric = $("metric").value;
   if (metric === "gltr") { gltrLegend("legend"); return; }
   const [lo, hi] = { prob: ["p = 1", "p ≤ 0.001"], entropy: ["certain", "most uncertain here"], rank: ["rank 1", "rank ≥ 1000"],
@@ -68,22 +72,26 @@ function render() {
   legend();
   state.maxEntropy = Math.max(0, ...state.tokens.filter((t) => t.entropy !== null).map((t) => t.entropy));
   const boundary = state.record && state.record.n_prompt !== null ? state.record.n_prompt : null;
+  const a = state.attribution;
   renderTokens($("tokens"), state.tokens, {
-    colour, boundary, kind: (i) => (state.tokens[i].logprob === null ? "first" : ""),
+    colour, boundary, kind: a ? (i) => (i === a.position ? "target" : i > a.position ? "after" : "") : (i) => (state.tokens[i].logprob === null ? "first" : ""),
+    value: a ? (i) => a.importance[i] : null,
   });
 }
 
 function tooltip(i) {
   const token = state.tokens[i];
-  if (token.logprob === null) return "first token: nothing predicted it";
+  const attribution = state.attribution ? attributionLine(state.attribution, i) : "";
+  if (token.logprob === null) return attribution + "first token: nothing predicted it";
   const weight = state.headWeights && state.headWeights[i] !== undefined ? ` · ${esc(state.headName)} ${state.headWeights[i].toPrecision(3)}` : "";
-  return `<div>${esc(JSON.stringify(token.text))}${token.special ? " (special token)" : ""} · p ${(100 * Math.exp(token.logprob)).toFixed(2)}% · rank ${token.rank} · H ${token.entropy.toFixed(2)}${weight}</div>` +
+  return attribution + `<div>${esc(JSON.stringify(token.text))}${token.special ? " (special token)" : ""} · p ${(100 * Math.exp(token.logprob)).toFixed(2)}% · rank ${token.rank} · H ${token.entropy.toFixed(2)}${weight}</div>` +
     `<div class="muted">top alternatives</div>${alternatives(token)}`;
 }
 
 // ---- results ----
 export function clearResults() {
   state.record = null; state.tokens = []; state.headWeights = null; state.headName = null;
+  dropAttribution();
   $("tokens").textContent = "";
   $("summary").textContent = "";
   $("export").hidden = true;
@@ -162,6 +170,7 @@ async function analyse(recordId) {
 }
 
 async function show(record, message) {
+  dropAttribution();
   state.record = record;
   state.tokens = record.tokens;
   render();
@@ -192,6 +201,51 @@ async function run(kind) {
     const record = await api(`/v1/records/${body.record_id}?top_logprobs=${k}`);
     await show(record, `generated ${body.usage.completion_tokens} tokens (${body.finish_reason}) · record ${body.record_id}`);
   }
+}
+
+// ---- attribution: a second colouring for a clicked target token ----
+function dropAttribution() {
+  state.asked += 1;  // an answer still on its way is no longer wanted
+  state.attribution = null;
+  $("attr").hidden = true;
+  setStatus("attr-status", "");
+}
+
+function clearAttribution() {
+  const shown = state.attribution !== null;
+  dropAttribution();
+  if (shown && state.record) render();
+}
+
+async function attributeToken(position) {
+  if (state.attribution && state.attribution.position === position) { clearAttribution(); return; }
+  const record = state.record;
+  const asked = ++state.asked;
+  $("attr").hidden = false;
+  if (position < FIRST_TARGET) {
+    clearAttribution();
+    $("attr").hidden = false;
+    setStatus("attr-status", `token ${position} has too little context: click a token at position ${FIRST_TARGET} or later`, true);
+    return;
+  }
+  setStatus("attr-status", `attributing token ${position} (${$("attr-method").value})…`);
+  try {
+    const a = await attribute(record.record_id, position);
+    if (asked !== state.asked || state.record !== record) return;  // cleared, or a newer click or record
+    state.attribution = a;
+    setStatus("attr-status", attributionSummary(a));
+  } catch (err) {
+    if (asked !== state.asked || state.record !== record) return;
+    state.attribution = null;
+    setStatus("attr-status", `attribution failed: ${err.message || err}`, true);
+  }
+  render();
+}
+
+function clickToken(event) {
+  const target = event.target.closest(".tok");
+  if (!target || !state.record) return;
+  attributeToken(Number(target.dataset.index));
 }
 
 // ---- export ----
@@ -254,5 +308,8 @@ export function initAnalyse() {
   $("export-csv").addEventListener("click", exportCsv);
   $("export-json").addEventListener("click", exportJson);
   attachTooltip($("tokens"), tooltip);
+  $("tokens").addEventListener("click", clickToken);
+  $("attr-clear").addEventListener("click", clearAttribution);
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && state.record) clearAttribution(); });
   legend();
 }
