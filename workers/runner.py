@@ -52,6 +52,7 @@ from workers.protocol import (
     new_secret,
     tokenizer_key,
 )
+from workers.redis_client import TRANSIENT, connect
 
 log = logging.getLogger("workers")
 
@@ -83,7 +84,7 @@ class Worker:
             raise SystemExit("REDIS_URL is not set: a worker needs the deployment's Redis")
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = connect(settings.redis_url, settings.redis_cluster)
         self.stopping = threading.Event()
         self.done = threading.Event()  # set when serve() returns; the heartbeat holds jobs until then
         self.held: dict[tuple[str, bytes], AnyJob] = {}  # the stream entries taken and not yet settled
@@ -137,7 +138,7 @@ class Worker:
             try:
                 self._announce()
                 self._hold_running()
-            except redis.RedisError as exc:
+            except (redis.RedisError, *TRANSIENT) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     def _hold_running(self) -> None:
@@ -188,16 +189,16 @@ class Worker:
                 if self.running or self.waiting:
                     self._advance()
                 backoff = 0.5
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._announce()  # Redis lost its data (restart without persistence): recreate the groups
-            except redis.ConnectionError as exc:
+            except TRANSIENT as exc:  # Redis away, or a cluster failing over: the client finds the new master
                 if self.stopping.is_set():  # what it held is reclaimed by others after the visibility timeout
                     break
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._announce()  # Redis lost its data (restart without persistence, or a failover): new groups
         self.done.set()
         self._retire()
         log.info("worker %s stopped", self.id)
@@ -360,20 +361,22 @@ class Worker:
     def _settle(
         self, stream: str, entry_id: bytes, job: AnyJob | None = None, outcome: JobOutcome | None = None
     ) -> None:
-        """Publish the outcome (if any), then acknowledge and delete the entry, in one transaction: the stream
-        only ever holds jobs that are waiting or running, so its length is the queue depth."""
+        """Store the outcome (if any), then acknowledge and delete the entry, in one transaction: the stream
+        only ever holds jobs that are waiting or running, so its length is the queue depth. Then wake the waiters
+        (a lost notice costs a waiter one RECHECK_S: it re-reads the outcome key)."""
         pipe = self.redis.pipeline(transaction=True)
         if job is not None and outcome is not None:
             outcome.worker = self.id
             pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
             if isinstance(job, ScoreJob):
                 pipe.delete(inflight_key(job.tenant, job.record_id))
-            pipe.publish(DONE_CHANNEL, job.job_id)
         pipe.xack(stream, CONSUMER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
         try:
             pipe.execute()
-        except redis.RedisError as exc:  # left pending: after the visibility timeout another delivery answers it
+            if job is not None and outcome is not None:
+                self.redis.publish(DONE_CHANNEL, job.job_id)
+        except (redis.RedisError, *TRANSIENT) as exc:  # left pending: another delivery answers it after the timeout
             log.warning("job entry %s on %s not settled (%s); left for another delivery", entry_id, stream, exc)
         finally:
             with self.held_lock:

@@ -100,13 +100,14 @@ def worker_alive() -> None:
 
     from workers.config import CommonSettings
     from workers.protocol import alive_on_host
+    from workers.redis_client import TRANSIENT, connect
 
     settings = CommonSettings()
     if not settings.redis_url:
         raise typer.Exit(2)
     try:
-        alive = alive_on_host(redis.Redis.from_url(settings.redis_url, socket_timeout=3), socket.gethostname())
-    except redis.RedisError:
+        alive = alive_on_host(connect(settings.redis_url, settings.redis_cluster, socket_timeout=3), socket.gethostname())
+    except (redis.RedisError, *TRANSIENT):
         alive = False
     raise typer.Exit(0 if alive else 1)
 

@@ -47,12 +47,20 @@ def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
 
 
 class LocalService:
+    """The whole deployment; with `redis_url` it uses that Redis (a cluster, say) instead of a private one."""
+
     def __init__(
-        self, env: dict[str, str] | None = None, log_dir: Path | None = None, workers: int = 1, gateways: int = 1
+        self,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        workers: int = 1,
+        gateways: int = 1,
+        redis_url: str | None = None,
     ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="logprobe-"))
         self.log_dir = log_dir or self.tmp
         self.redis = EmbeddedRedis(self.tmp / "redis")
+        self.external_redis = redis_url
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -73,7 +81,7 @@ class LocalService:
         return worker
 
     def start(self) -> LocalService:
-        url = self.redis.start()
+        url = self.external_redis or self.redis.start()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env, "REDIS_URL": url}
         # no keys: anonymous callers, and the gateway binds 127.0.0.1, so only this machine's
         if all(self.env.get(k, "") in ("", "{}") for k in KEY_SETTINGS):
@@ -108,7 +116,7 @@ class LocalService:
 
     @property
     def redis_url(self) -> str:
-        return self.redis.url
+        return self.external_redis or self.redis.url
 
     def stop(self) -> None:
         for proc in [*([self.gateway] if self.gateway else []), *self.workers]:
@@ -118,7 +126,8 @@ class LocalService:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.redis.stop()
+        if self.external_redis is None:
+            self.redis.stop()
 
     def __enter__(self) -> LocalService:
         return self.start()
