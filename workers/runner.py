@@ -25,7 +25,7 @@ from workers.backends.base import Backend
 from workers.config import CommonSettings
 from workers.jobs import JobExecutor
 from workers.lifecycle import arm_children
-from workers.outcomes import worker_error
+from workers.outcomes import REDIS_LOST, worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
 from workers.protocol import (
     CONSUMER_GROUP,
@@ -68,6 +68,9 @@ class WorkerSettings(CommonSettings):
     visibility_timeout_s: int = 60
     reclaim_every_s: float = 10.0
     max_deliveries: int = 3  # then the job goes to the dead-letter stream
+    # A Redis reply later than this is a lost connection (a cut link sends no reset): the worker reconnects, and
+    # what it could not settle meanwhile another worker answers after the visibility timeout. Above the 1 s block.
+    redis_timeout_s: float = Field(default=30.0, gt=2)
     # Stream entries taken per read: scoring jobs among them share batched forwards. Kept small, so that one busy
     # worker does not hold jobs that an idle one could run.
     worker_batch_jobs: int = Field(default=8, ge=1, le=256)
@@ -84,7 +87,12 @@ class Worker:
             raise SystemExit("REDIS_URL is not set: a worker needs the deployment's Redis")
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = connect(settings.redis_url, settings.redis_cluster)
+        self.redis = connect(
+            settings.redis_url,
+            settings.redis_cluster,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=min(10.0, settings.redis_timeout_s),
+        )
         self.stopping = threading.Event()
         self.done = threading.Event()  # set when serve() returns; the heartbeat holds jobs until then
         self.held: dict[tuple[str, bytes], AnyJob] = {}  # the stream entries taken and not yet settled
@@ -363,7 +371,13 @@ class Worker:
     ) -> None:
         """Store the outcome (if any), then acknowledge and delete the entry, in one transaction: the stream
         only ever holds jobs that are waiting or running, so its length is the queue depth. Then wake the waiters
-        (a lost notice costs a waiter one RECHECK_S: it re-reads the outcome key)."""
+        (a lost notice costs a waiter one RECHECK_S: it re-reads the outcome key). A job that lost Redis mid-way
+        is not settled: it stays pending, and another delivery answers it after the visibility timeout."""
+        if outcome is not None and outcome.error is not None and outcome.error.code == REDIS_LOST:
+            log.warning("job entry %s on %s left for another delivery: %s", entry_id, stream, outcome.error.message)
+            with self.held_lock:
+                self.held.pop((stream, entry_id), None)
+            return
         pipe = self.redis.pipeline(transaction=True)
         if job is not None and outcome is not None:
             outcome.worker = self.id

@@ -106,7 +106,8 @@ def worker_alive() -> None:
     if not settings.redis_url:
         raise typer.Exit(2)
     try:
-        alive = alive_on_host(connect(settings.redis_url, settings.redis_cluster, socket_timeout=3), socket.gethostname())
+        client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=3)
+        alive = alive_on_host(client, socket.gethostname())
     except (redis.RedisError, *TRANSIENT):
         alive = False
     raise typer.Exit(0 if alive else 1)

@@ -136,9 +136,9 @@ class EmbeddedCluster:
             for node in self.nodes:
                 node.start()
             cli = redis_server_binary().with_name("redis-cli")
-            addresses = [node.address for node in self.nodes]
+            create = ["--cluster", "create", *(node.address for node in self.nodes)]
             subprocess.run(
-                [str(cli), "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                [str(cli), *create, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True,
                 capture_output=True,
                 timeout=timeout_s,

@@ -47,7 +47,8 @@ def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
 
 
 class LocalService:
-    """The whole deployment; with `redis_url` it uses that Redis (a cluster, say) instead of a private one."""
+    """The whole deployment; with `redis_url` it uses that Redis (a cluster, say) instead of a private one, and
+    with `worker_prefixes` worker i runs behind prefix i (e.g. `ip netns exec NAME`: a worker on its own host)."""
 
     def __init__(
         self,
@@ -56,11 +57,13 @@ class LocalService:
         workers: int = 1,
         gateways: int = 1,
         redis_url: str | None = None,
+        worker_prefixes: list[list[str]] | None = None,
     ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="logprobe-"))
         self.log_dir = log_dir or self.tmp
         self.redis = EmbeddedRedis(self.tmp / "redis")
         self.external_redis = redis_url
+        self.worker_prefixes = worker_prefixes or []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -76,7 +79,9 @@ class LocalService:
             return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        worker = self._spawn([sys.executable, "-m", "workers"], f"worker{len(self.workers)}.log")
+        i = len(self.workers)
+        prefix = self.worker_prefixes[i] if i < len(self.worker_prefixes) else []
+        worker = self._spawn([*prefix, sys.executable, "-m", "workers"], f"worker{i}.log")
         self.workers.append(worker)
         return worker
 
