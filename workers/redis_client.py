@@ -35,6 +35,8 @@ TRANSIENT: tuple[type[Exception], ...] = (
     TryAgainError,
     SlotNotCoveredError,
 )
+# Every error a Redis call may raise (SlotNotCoveredError is the one outside RedisError).
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, SlotNotCoveredError)
 # A cluster client re-reads the slot map and retries this often before an error reaches the caller.
 CLUSTER_RETRIES = 10
 

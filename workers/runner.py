@@ -52,7 +52,7 @@ from workers.protocol import (
     new_secret,
     tokenizer_key,
 )
-from workers.redis_client import TRANSIENT, connect
+from workers.redis_client import REDIS_ERRORS, TRANSIENT, connect
 
 log = logging.getLogger("workers")
 
@@ -146,7 +146,7 @@ class Worker:
             try:
                 self._announce()
                 self._hold_running()
-            except (redis.RedisError, *TRANSIENT) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     def _hold_running(self) -> None:
@@ -390,7 +390,7 @@ class Worker:
             pipe.execute()
             if job is not None and outcome is not None:
                 self.redis.publish(DONE_CHANNEL, job.job_id)
-        except (redis.RedisError, *TRANSIENT) as exc:  # left pending: another delivery answers it after the timeout
+        except REDIS_ERRORS as exc:  # left pending: another delivery answers it after the timeout
             log.warning("job entry %s on %s not settled (%s); left for another delivery", entry_id, stream, exc)
         finally:
             with self.held_lock:

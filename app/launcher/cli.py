@@ -96,11 +96,9 @@ def worker_alive() -> None:
     """Exit 0 when a worker on this host has announced its models in Redis (a container health check)."""
     import socket
 
-    import redis
-
     from workers.config import CommonSettings
     from workers.protocol import alive_on_host
-    from workers.redis_client import TRANSIENT, connect
+    from workers.redis_client import REDIS_ERRORS, connect
 
     settings = CommonSettings()
     if not settings.redis_url:
@@ -108,7 +106,7 @@ def worker_alive() -> None:
     try:
         client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=3)
         alive = alive_on_host(client, socket.gethostname())
-    except (redis.RedisError, *TRANSIENT):
+    except REDIS_ERRORS:
         alive = False
     raise typer.Exit(0 if alive else 1)
 

@@ -167,7 +167,7 @@ class EmbeddedCluster:
                     return False
                 client = node.client()
                 try:
-                    if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                    if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":  # type: ignore[no-untyped-call]
                         return False
                 finally:
                     client.close()
@@ -187,7 +187,7 @@ class EmbeddedCluster:
         for node in self.masters():
             client = node.client()
             try:
-                if self._owns(client, int(client.execute_command("CLUSTER KEYSLOT", key))):
+                if self._owns(client, int(client.execute_command("CLUSTER KEYSLOT", key))):  # type: ignore[no-untyped-call]
                     return node
             finally:
                 client.close()
@@ -195,7 +195,8 @@ class EmbeddedCluster:
 
     @staticmethod
     def _owns(client: redis.Redis, slot: int) -> bool:
-        nodes = client.execute_command("CLUSTER NODES")  # parsed: address -> flags, slot ranges, ...
+        # parsed by redis-py: address -> flags, slot ranges, ...
+        nodes = client.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
         myself = next(node for node in nodes.values() if "myself" in node["flags"])
         return any(int(r[0]) <= slot <= int(r[-1]) for r in myself["slots"])
 

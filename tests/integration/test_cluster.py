@@ -23,7 +23,7 @@ from tests.integration import test_batches as batches_suite
 from tests.integration import test_contrastive as contrast_suite
 from tests.integration import test_spine as spine_suite
 from workers.protocol import DONE_CHANNEL, job_outcome_key, jobs_stream, record_key
-from workers.redis_client import connect, is_cluster
+from workers.redis_client import connect, connect_async, is_cluster
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,45 @@ def test_batch_runs_and_cancels(alpha_c: httpx.Client) -> None:
 
 def test_contrastive_decoding(alpha_c: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
     contrast_suite.test_prompt_contrast_on_the_packaged_model(alpha_c, hf_smollm2)
+
+
+def test_streamed_steps_cross_the_cluster(alpha_c: httpx.Client) -> None:
+    """A worker publishes each decoding step on one node's connection; the gateway listens on another's."""
+    request = {
+        "prompt": "Name a river.",
+        "preset": {"name": "prompt_contrast", "model": MODEL, "alpha": 0.5},
+        "max_tokens": 6,
+        "temperature": 0,
+    }
+    whole = alpha_c.post("/v1/decode/contrastive", json=request).json()
+    steps = []
+    with alpha_c.stream("POST", "/v1/decode/contrastive", json={**request, "stream": True}) as response:
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "step":
+                steps.append(json.loads(line.removeprefix("data: "))["id"])
+    assert steps == [step["id"] for step in whole["steps"]] and steps
+
+
+async def test_a_notice_published_on_any_master_reaches_a_listener(redis_cluster: EmbeddedCluster) -> None:
+    listener = connect_async(redis_cluster.url)
+    masters = redis_cluster.masters()
+    async with listener.pubsub() as pubsub:
+        await pubsub.subscribe(DONE_CHANNEL)
+        for i, node in enumerate(masters):
+            client = node.client()
+            client.publish(DONE_CHANNEL, f"job-{i}")
+            client.close()
+        got: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(got) < len(masters) and time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                got.append(message["data"])
+    await listener.aclose()
+    assert sorted(got) == [f"job-{i}".encode() for i in range(len(masters))]
 
 
 def test_records_spread_over_the_masters_and_the_job_plane_is_one_slot(
