@@ -301,12 +301,19 @@ class Worker:
         self._take(taken)
 
     def _take(self, taken: list[tuple[str, bytes, ScoreJob | GenerateJob, int]]) -> None:
-        """Hand jobs to the engines' running batches; settle those that ended at once."""
-        if not taken:
-            return
+        """Hand jobs to the engines' running batches; settle those that ended at once. A second entry of a job
+        already running (a gateway re-submits after a Redis outage or failover) is settled without an outcome:
+        the running one answers the job."""
+        jobs = []
         for stream, entry_id, one, tokens in taken:
+            if one.job_id in self.running:
+                log.info("job %s entry %s is a duplicate of the running one; dropped", one.job_id, entry_id)
+                self._settle(stream, entry_id)
+                continue
             self.running[one.job_id] = (stream, entry_id, tokens)
-        jobs = [one for _, _, one, _ in taken]
+            jobs.append(one)
+        if not jobs:
+            return
         done: list[tuple[AnyJob, JobOutcome]]
         try:
             done = self.executor.in_flight.admit(jobs)

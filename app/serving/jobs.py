@@ -99,6 +99,7 @@ class JobQueue:
         backoff = 0.2
         while True:
             try:
+                await self.redis.ping()  # a cluster client learns its slot map first: its pub/sub needs it
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(DONE_CHANNEL)
                     backoff = 0.2

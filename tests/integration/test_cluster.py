@@ -22,7 +22,16 @@ from tests.integration import test_analysis_api as analysis_suite
 from tests.integration import test_batches as batches_suite
 from tests.integration import test_contrastive as contrast_suite
 from tests.integration import test_spine as spine_suite
-from workers.protocol import DONE_CHANNEL, job_outcome_key, jobs_stream, record_key
+from workers.protocol import (
+    DONE_CHANNEL,
+    ModelCard,
+    ScoreJob,
+    card_key,
+    encode_job,
+    job_outcome_key,
+    jobs_stream,
+    record_key,
+)
 from workers.redis_client import connect, connect_async, is_cluster
 
 
@@ -115,6 +124,7 @@ def test_streamed_steps_cross_the_cluster(alpha_c: httpx.Client) -> None:
 
 async def test_a_notice_published_on_any_master_reaches_a_listener(redis_cluster: EmbeddedCluster) -> None:
     listener = connect_async(redis_cluster.url)
+    await listener.ping()  # as the gateway's listener does: the client learns the slot map first
     masters = redis_cluster.masters()
     async with listener.pubsub() as pubsub:
         await pubsub.subscribe(DONE_CHANNEL)
@@ -141,6 +151,30 @@ def test_records_spread_over_the_masters_and_the_job_plane_is_one_slot(
     assert len(holders) >= 2  # 12 records on one master of three: 3 * (1/3)^12, never
     plane = {redis_cluster.master_of(key).address for key in (jobs_stream(MODEL), job_outcome_key("x"))}
     assert len(plane) == 1
+
+
+def test_a_job_entered_twice_is_answered_and_its_worker_lives_on(
+    on_cluster: LocalService, redis_cluster: EmbeddedCluster
+) -> None:
+    """A gateway re-submits a job after a failover; the original entry may have survived it: two entries of one
+    job, read together, give one outcome, both entries are settled, and the worker goes on."""
+    client = connect(redis_cluster.url)
+    card = ModelCard.model_validate_json(client.get(card_key(MODEL)) or b"")
+    job_id = f"twice-{uuid.uuid4().hex[:8]}"
+    job = ScoreJob(
+        job_id=job_id, tenant="alpha", model=MODEL, fingerprint=card.fingerprint, record_id="0" * 32, token_ids=[-5, 7]
+    )
+    for _ in range(2):
+        client.xadd(jobs_stream(MODEL), encode_job(job))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 120
+    while (
+        client.xlen(jobs_stream(MODEL)) or not client.exists(job_outcome_key(job_id))
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outcome = json.loads(client.get(job_outcome_key(job_id)) or b"{}")
+    assert outcome["error"]["code"] == "invalid_token_ids" and client.xlen(jobs_stream(MODEL)) == 0
+    assert all(worker.poll() is None for worker in on_cluster.workers)
+    client.close()
 
 
 def _score_all(base_url: str, texts: list[str]) -> list[httpx.Response | Exception]:
