@@ -1,14 +1,17 @@
 """Redis clients for one server or a Redis Cluster, chosen by `LOGPROBE_REDIS_CLUSTER` or by asking the server.
 
 Both sides build their clients here: the gateway an asyncio one, workers and tools a blocking one. A cluster
-client follows MOVED/ASK redirects and re-reads the slot map after a failover by itself; the errors a failover
-raises while it lasts (a dead master, CLUSTERDOWN, a slot not covered yet) are `TRANSIENT`: callers retry them
-or answer 503 with Retry-After. Keys that one transaction or script touches share a hash slot (workers.protocol).
+client follows MOVED/ASK redirects and re-reads the slot map after a failover by itself, and its commands here
+wait out a failover for up to RIDE_THROUGH_S; the errors a failover raises while it lasts (a dead master,
+CLUSTERDOWN, a slot not covered yet) are `TRANSIENT`: past that, callers retry them or answer 503 with Retry-After.
+Keys that one transaction or script touches share a hash slot (workers.protocol).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, cast
 
 import redis
@@ -41,6 +44,41 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, SlotNotCoveredErr
 CLUSTER_RETRIES = 10
 
 
+# How long one command keeps retrying through a failover (the cluster's node timeout plus an election) before its
+# error reaches the caller; redis-py's own retries re-read the slot map but do not wait between tries.
+RIDE_THROUGH_S = 10.0
+
+
+class PatientCluster(redis.cluster.RedisCluster):
+    """A blocking cluster client whose commands wait out a failover (backing off) instead of failing at once."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + RIDE_THROUGH_S, 0.1
+        while True:
+            try:
+                return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except TRANSIENT:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
+
+class PatientAsyncCluster(redis.asyncio.cluster.RedisCluster):
+    """The asyncio cluster client, waiting out a failover the same way."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + RIDE_THROUGH_S, 0.1
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except TRANSIENT:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
+
 def is_cluster(url: str, setting: bool | None = None) -> bool:
     """`setting` when given (LOGPROBE_REDIS_CLUSTER), else whether the server at `url` runs in cluster mode;
     a server that cannot be asked now counts as a single Redis (set the setting in deployments)."""
@@ -63,13 +101,13 @@ def _cluster_options() -> dict[str, Any]:
 def connect(url: str, cluster: bool | None = None, **options: Any) -> redis.Redis:
     """A blocking client; a RedisCluster speaks the same commands, so callers keep one type."""
     if is_cluster(url, cluster):
-        return cast(redis.Redis, redis.cluster.RedisCluster.from_url(url, **_cluster_options(), **options))
+        return cast(redis.Redis, PatientCluster.from_url(url, **_cluster_options(), **options))
     return redis.Redis.from_url(url, **options)
 
 
 def connect_async(url: str, cluster: bool | None = None, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client (the gateway's); a RedisCluster speaks the same commands, so callers keep one type."""
     if is_cluster(url, cluster):
-        client = redis.asyncio.cluster.RedisCluster.from_url(url, **_cluster_options(), **options)
+        client = PatientAsyncCluster.from_url(url, **_cluster_options(), **options)
         return cast(redis.asyncio.Redis, client)
     return redis.asyncio.Redis.from_url(url, **options)

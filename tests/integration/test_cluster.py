@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.cluster
 
 from app.launcher.cluster import EmbeddedCluster
 from app.launcher.local_service import LocalService
@@ -74,7 +75,7 @@ def beta_c(on_cluster: LocalService) -> Iterator[httpx.Client]:
 def test_cluster_mode_is_found_by_asking_the_server(redis_cluster: EmbeddedCluster) -> None:
     assert is_cluster(redis_cluster.url) and not is_cluster(redis_cluster.url, setting=False)
     client = connect(redis_cluster.url)
-    assert type(client).__name__ == "RedisCluster"
+    assert isinstance(client, redis.cluster.RedisCluster)
     client.close()
 
 
