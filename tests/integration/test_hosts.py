@@ -86,7 +86,11 @@ class Network:
         ip("-n", self.namespaces[i], "link", "set", self.link(i), state)
 
     def down(self) -> None:
-        """Remove what up() made (deleting a namespace removes its veth pair)."""
+        """Remove what up() made: each veth pair (at once; a deleted namespace takes its pair down only later),
+        the namespaces, the bridge."""
+        for i in range(len(self.namespaces)):
+            with contextlib.suppress(subprocess.SubprocessError):
+                ip("link", "delete", f"lpv{self.tag}{i}h")
         for name in self.namespaces:
             with contextlib.suppress(subprocess.SubprocessError):
                 ip("netns", "delete", name)
