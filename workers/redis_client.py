@@ -64,15 +64,20 @@ class PatientCluster(redis.cluster.RedisCluster):
                 delay = min(2 * delay, 1.0)
 
 
+_ASYNC_RETRIED: tuple[type[Exception], ...] = (*TRANSIENT, AttributeError)
+
+
 class PatientAsyncCluster(redis.asyncio.cluster.RedisCluster):
-    """The asyncio cluster client, waiting out a failover the same way."""
+    """The asyncio cluster client, waiting out a failover the same way. While a node dies, redis-py 8.1 may hand
+    one request a connection that a concurrent one has just torn down (AttributeError: its writer is None):
+    retried as well."""
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         deadline, delay = time.monotonic() + RIDE_THROUGH_S, 0.1
         while True:
             try:
                 return await super().execute_command(*args, **kwargs)
-            except TRANSIENT:
+            except _ASYNC_RETRIED:
                 if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
