@@ -13,5 +13,6 @@ The tree reads as the architecture; imports run one way, top to bottom (tests/un
     web/        the page (static HTML and JS)
 
 `workers/` imports nothing from here; the contract between the two is `workers/protocol.py` (and, for byte-level
-records, `workers/bytelevel/records.py` and `stats.py`).
+records, `workers/bytelevel/records.py` and `stats.py`); both build their Redis clients (one server or a Redis
+Cluster) with `workers/redis_client.py`.
 """

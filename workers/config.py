@@ -54,6 +54,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOGPROBE_", env_file=".env", extra="ignore")
 
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "LOGPROBE_REDIS_URL"))
+    # Whether REDIS_URL names a Redis Cluster (any one of its nodes); unset: the server is asked at start.
+    redis_cluster: bool | None = None
     data_dir: Path = Path.home() / ".cache" / "logprobe"
     # Model names (packaged) or full specs as JSON; a models file (JSON list of specs) adds more.
     models: Annotated[list[ModelSpec], NoDecode] = Field(default_factory=lambda: [PACKAGED_MODELS[DEFAULT_MODEL]])

@@ -1,5 +1,6 @@
 """How a job ends badly: a refusal of its input (JobFailed, a 4xx for its client) or a failure of the worker's
-own (worker_error, a 500), which fails that job alone."""
+own (worker_error, a 500), which fails that job alone. Losing Redis mid-job (an outage, a cluster failover, a cut
+link) is neither: such a job is left pending, and another delivery answers it after the visibility timeout."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import logging
 from collections.abc import Callable
 
 from workers.protocol import AnyJob, JobError, JobOutcome
+from workers.redis_client import TRANSIENT
+
+REDIS_LOST = "redis_lost"  # the code of an outcome never published: its job is delivered again
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,9 @@ def refused(job: AnyJob, failed: JobFailed) -> JobOutcome:
 
 def worker_error(job: AnyJob, exc: Exception) -> JobOutcome:
     """The outcome of a job that failed on something other than its input (a bug, a resource)."""
+    if isinstance(exc, TRANSIENT):
+        error = JobError(code=REDIS_LOST, message=f"Redis was lost mid-job: {exc}", status=503)
+        return JobOutcome(job_id=job.job_id, ok=False, error=error)
     return JobOutcome(
         job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)
     )

@@ -25,7 +25,13 @@ from safetensors.numpy import save as st_save
 
 PROTOCOL_VERSION = 1
 CONSUMER_GROUP = "workers"
-DONE_CHANNEL = "lp:done"
+# Redis Cluster puts a key in the hash slot of the part of its name in braces (its hash tag). The job plane is one
+# slot: a worker reads all its streams in one XREADGROUP, and settles a job (its outcome, the inflight mark, the
+# ack and delete of its entry) in one transaction. Its entries are small (token ids);
+# records, the bulk of the data, spread over every slot by their own names. Objects a tenant creates share the
+# tenant's slot with the tenant's index of them (tenant_tag).
+JOBS_TAG = "{jobs}"
+DONE_CHANNEL = "lp:done"  # published outside transactions (a cluster pipeline refuses PUBLISH); every node relays it
 DEAD_LETTER_STREAM = "lp:dead"
 SECRET_KEY = "lp:secret"
 CAPTURE_TOPK = 20
@@ -73,7 +79,7 @@ def jobs_stream(model: str, lane: str = "") -> str:
 
     Each model has two lanes: requests that a client waits on, and the bulk of batches. A worker reads both and
     runs the interactive ones first, so one tenant's large batch never queues ahead of another's request."""
-    return f"lp:jobs:{model}" + (f":{lane}" if lane else "")
+    return f"lp:{JOBS_TAG}:queue:{model}" + (f":{lane}" if lane else "")
 
 
 MAX_GROUP = 3  # workers consume the streams of every group of up to this many of their models
@@ -84,21 +90,26 @@ def group_name(models: Iterable[str]) -> str:
     return "|".join(sorted(set(models)))
 
 
+def tenant_tag(tenant: str) -> str:
+    """The hash tag of a tenant's objects and their indexes (a tenant name never holds braces)."""
+    return "{" + tenant + "}"
+
+
 def cross_key(tenant: str, cross_id: str) -> str:
     return f"lp:cross:{tenant}:{cross_id}"
 
 
 def job_outcome_key(job_id: str) -> str:
-    return f"lp:job:{job_id}"
+    return f"lp:{JOBS_TAG}:job:{job_id}"
 
 
 def cancel_key(job_id: str) -> str:
     """Set by the gateway when a job's client went away; a worker that has not started the job skips it."""
-    return f"lp:cancel:{job_id}"
+    return f"lp:{JOBS_TAG}:cancel:{job_id}"
 
 
 def inflight_key(tenant: str, record_id: str) -> str:
-    return f"lp:inflight:{tenant}:{record_id}"
+    return f"lp:{JOBS_TAG}:inflight:{tenant}:{record_id}"
 
 
 def record_key(tenant: str, record_id: str) -> str:
@@ -571,11 +582,11 @@ def decode_meta(blob: bytes) -> RecordMeta:
 
 
 def head_key(tenant: str, head_id: str) -> str:
-    return f"lp:head:{tenant}:{head_id}"
+    return f"lp:head:{tenant_tag(tenant)}:{head_id}"
 
 
 def head_index_key(tenant: str) -> str:
-    return f"lp:head-index:{tenant}"
+    return f"lp:head-index:{tenant_tag(tenant)}"
 
 
 class HeadError(BaseModel):

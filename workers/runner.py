@@ -25,7 +25,7 @@ from workers.backends.base import Backend
 from workers.config import CommonSettings
 from workers.jobs import JobExecutor
 from workers.lifecycle import arm_children
-from workers.outcomes import worker_error
+from workers.outcomes import REDIS_LOST, worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
 from workers.protocol import (
     CONSUMER_GROUP,
@@ -52,6 +52,7 @@ from workers.protocol import (
     new_secret,
     tokenizer_key,
 )
+from workers.redis_client import REDIS_ERRORS, TRANSIENT, connect
 
 log = logging.getLogger("workers")
 
@@ -67,6 +68,9 @@ class WorkerSettings(CommonSettings):
     visibility_timeout_s: int = 60
     reclaim_every_s: float = 10.0
     max_deliveries: int = 3  # then the job goes to the dead-letter stream
+    # A Redis reply later than this is a lost connection (a cut link sends no reset): the worker reconnects, and
+    # what it could not settle meanwhile another worker answers after the visibility timeout. Above the 1 s block.
+    redis_timeout_s: float = Field(default=30.0, gt=2)
     # Stream entries taken per read: scoring jobs among them share batched forwards. Kept small, so that one busy
     # worker does not hold jobs that an idle one could run.
     worker_batch_jobs: int = Field(default=8, ge=1, le=256)
@@ -83,7 +87,12 @@ class Worker:
             raise SystemExit("REDIS_URL is not set: a worker needs the deployment's Redis")
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = connect(
+            settings.redis_url,
+            settings.redis_cluster,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=min(10.0, settings.redis_timeout_s),
+        )
         self.stopping = threading.Event()
         self.done = threading.Event()  # set when serve() returns; the heartbeat holds jobs until then
         self.held: dict[tuple[str, bytes], AnyJob] = {}  # the stream entries taken and not yet settled
@@ -137,7 +146,7 @@ class Worker:
             try:
                 self._announce()
                 self._hold_running()
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     def _hold_running(self) -> None:
@@ -188,16 +197,16 @@ class Worker:
                 if self.running or self.waiting:
                     self._advance()
                 backoff = 0.5
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._announce()  # Redis lost its data (restart without persistence): recreate the groups
-            except redis.ConnectionError as exc:
+            except TRANSIENT as exc:  # Redis away, or a cluster failing over: the client finds the new master
                 if self.stopping.is_set():  # what it held is reclaimed by others after the visibility timeout
                     break
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._announce()  # Redis lost its data (restart without persistence, or a failover): new groups
         self.done.set()
         self._retire()
         log.info("worker %s stopped", self.id)
@@ -292,12 +301,19 @@ class Worker:
         self._take(taken)
 
     def _take(self, taken: list[tuple[str, bytes, ScoreJob | GenerateJob, int]]) -> None:
-        """Hand jobs to the engines' running batches; settle those that ended at once."""
-        if not taken:
-            return
+        """Hand jobs to the engines' running batches; settle those that ended at once. A second entry of a job
+        already running (a gateway re-submits after a Redis outage or failover) is settled without an outcome:
+        the running one answers the job."""
+        jobs = []
         for stream, entry_id, one, tokens in taken:
+            if one.job_id in self.running:
+                log.info("job %s entry %s is a duplicate of the running one; dropped", one.job_id, entry_id)
+                self._settle(stream, entry_id)
+                continue
             self.running[one.job_id] = (stream, entry_id, tokens)
-        jobs = [one for _, _, one, _ in taken]
+            jobs.append(one)
+        if not jobs:
+            return
         done: list[tuple[AnyJob, JobOutcome]]
         try:
             done = self.executor.in_flight.admit(jobs)
@@ -360,20 +376,28 @@ class Worker:
     def _settle(
         self, stream: str, entry_id: bytes, job: AnyJob | None = None, outcome: JobOutcome | None = None
     ) -> None:
-        """Publish the outcome (if any), then acknowledge and delete the entry, in one transaction: the stream
-        only ever holds jobs that are waiting or running, so its length is the queue depth."""
+        """Store the outcome (if any), then acknowledge and delete the entry, in one transaction: the stream
+        only ever holds jobs that are waiting or running, so its length is the queue depth. Then wake the waiters
+        (a lost notice costs a waiter one RECHECK_S: it re-reads the outcome key). A job that lost Redis mid-way
+        is not settled: it stays pending, and another delivery answers it after the visibility timeout."""
+        if outcome is not None and outcome.error is not None and outcome.error.code == REDIS_LOST:
+            log.warning("job entry %s on %s left for another delivery: %s", entry_id, stream, outcome.error.message)
+            with self.held_lock:
+                self.held.pop((stream, entry_id), None)
+            return
         pipe = self.redis.pipeline(transaction=True)
         if job is not None and outcome is not None:
             outcome.worker = self.id
             pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
             if isinstance(job, ScoreJob):
                 pipe.delete(inflight_key(job.tenant, job.record_id))
-            pipe.publish(DONE_CHANNEL, job.job_id)
         pipe.xack(stream, CONSUMER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
         try:
             pipe.execute()
-        except redis.RedisError as exc:  # left pending: after the visibility timeout another delivery answers it
+            if job is not None and outcome is not None:
+                self.redis.publish(DONE_CHANNEL, job.job_id)
+        except REDIS_ERRORS as exc:  # left pending: another delivery answers it after the timeout
             log.warning("job entry %s on %s not settled (%s); left for another delivery", entry_id, stream, exc)
         finally:
             with self.held_lock:

@@ -39,14 +39,13 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) redis.call('PEXPIRE', KEYS[3
 return 1
 """
 )
-# KEYS: batch, inputs, results, failed, ACTIVE, the tenant's unfinished. ARGV: status, now, ttl, member, id.
+# KEYS: batch, inputs, results, failed. ARGV: status, now, ttl. (The indexes live in other hash slots: finish_batch
+# updates them after, and a runner's sweep drops a finished batch it still finds in ACTIVE.)
 _FINISH = (
     _RUNNING
     + """
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-redis.call('SREM', KEYS[5], ARGV[4])
-redis.call('HDEL', KEYS[6], ARGV[5])
 return 1
 """
 )
@@ -59,7 +58,8 @@ def new_batch_id() -> str:
 
 
 def batch_key(tenant: str, batch_id: str, part: str = "") -> str:
-    return f"lp:batch:{tenant}:{batch_id}" + (f":{part}" if part else "")
+    """A batch's hash and its parts share one hash slot (their scripts touch them together); batches spread."""
+    return f"lp:batch:{{{tenant}:{batch_id}}}" + (f":{part}" if part else "")
 
 
 def index_key(tenant: str) -> str:
@@ -98,11 +98,11 @@ async def create_batch(
     except ApiError:
         await redis.delete(*(batch_key(tenant, batch_id, part) for part in PARTS))
         raise
+    await redis.sadd(ACTIVE, f"{tenant}\x1f{batch_id}")
     pipe = redis.pipeline(transaction=True)
     pipe.zremrangebyscore(index_key(tenant), "-inf", now - ttl - finished_ttl_s)  # surely expired
     pipe.zadd(index_key(tenant), {batch_id: now})
     pipe.expire(index_key(tenant), ttl + finished_ttl_s)
-    pipe.sadd(ACTIVE, f"{tenant}\x1f{batch_id}")
     await pipe.execute()
     return batch_id
 
@@ -184,14 +184,20 @@ async def write_line(redis: Redis, tenant: str, batch_id: str, index: int, line:
 async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, ttl_s: int) -> bool:
     """Mark a running batch `status` (completed or cancelled) and give its keys the finished lifetime; False
     when it had finished already or is gone."""
-    keys = [batch_key(tenant, batch_id, part) for part in PARTS] + [ACTIVE, unfinished_key(tenant)]
-    args: list[str | int] = [status, int(time.time()), ttl_s, f"{tenant}\x1f{batch_id}", batch_id]
-    return bool(await redis.register_script(_FINISH)(keys=keys, args=args))
+    keys = [batch_key(tenant, batch_id, part) for part in PARTS]
+    args: list[str | int] = [status, int(time.time()), ttl_s]
+    if not await redis.register_script(_FINISH)(keys=keys, args=args):
+        return False
+    pipe = redis.pipeline(transaction=False)
+    pipe.srem(ACTIVE, f"{tenant}\x1f{batch_id}")
+    pipe.hdel(unfinished_key(tenant), batch_id)
+    await pipe.execute()
+    return True
 
 
 async def forget_batch(redis: Redis, tenant: str, batch_id: str) -> None:
-    """Drop a batch that expired or was deleted from the indexes."""
-    pipe = redis.pipeline(transaction=True)
+    """Drop a batch that expired or was deleted from the indexes (each on its own: they lie in other slots)."""
+    pipe = redis.pipeline(transaction=False)
     pipe.srem(ACTIVE, f"{tenant}\x1f{batch_id}")
     pipe.hdel(unfinished_key(tenant), batch_id)
     pipe.zrem(index_key(tenant), batch_id)

@@ -99,17 +99,17 @@ def worker_alive() -> None:
     """Exit 0 when a worker on this host has announced its models in Redis (a container health check)."""
     import socket
 
-    import redis
-
     from workers.config import CommonSettings
     from workers.protocol import alive_on_host
+    from workers.redis_client import REDIS_ERRORS, connect
 
     settings = CommonSettings()
     if not settings.redis_url:
         raise typer.Exit(2)
     try:
-        alive = alive_on_host(redis.Redis.from_url(settings.redis_url, socket_timeout=3), socket.gethostname())
-    except redis.RedisError:
+        client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=3)
+        alive = alive_on_host(client, socket.gethostname())
+    except REDIS_ERRORS:
         alive = False
     raise typer.Exit(0 if alive else 1)
 

@@ -50,12 +50,23 @@ def wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], timeout_s: f
 
 
 class LocalService:
+    """The whole deployment; with `redis_url` it uses that Redis (a cluster, say) instead of a private one, and
+    with `worker_prefixes` worker i runs behind prefix i (e.g. `ip netns exec NAME`: a worker on its own host)."""
+
     def __init__(
-        self, env: dict[str, str] | None = None, log_dir: Path | None = None, workers: int = 1, gateways: int = 1
+        self,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        workers: int = 1,
+        gateways: int = 1,
+        redis_url: str | None = None,
+        worker_prefixes: list[list[str]] | None = None,
     ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="logprobe-"))
         self.log_dir = log_dir or self.tmp
         self.redis = EmbeddedRedis(self.tmp / "redis")
+        self.external_redis = redis_url
+        self.worker_prefixes = worker_prefixes or []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -73,12 +84,14 @@ class LocalService:
             )
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        worker = self._spawn([sys.executable, "-m", "workers"], f"worker{len(self.workers)}.log")
+        i = len(self.workers)
+        prefix = self.worker_prefixes[i] if i < len(self.worker_prefixes) else []
+        worker = self._spawn([*prefix, sys.executable, "-m", "workers"], f"worker{i}.log")
         self.workers.append(worker)
         return worker
 
     def start(self) -> LocalService:
-        url = self.redis.start()
+        url = self.external_redis or self.redis.start()
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **self.extra_env, "REDIS_URL": url}
         # no keys: anonymous callers, and the gateway binds 127.0.0.1, so only this machine's
         if all(self.env.get(k, "") in ("", "{}") for k in KEY_SETTINGS):
@@ -113,7 +126,7 @@ class LocalService:
 
     @property
     def redis_url(self) -> str:
-        return self.redis.url
+        return self.external_redis or self.redis.url
 
     def stop(self) -> None:
         for proc in [*([self.gateway] if self.gateway else []), *self.workers]:
@@ -123,7 +136,8 @@ class LocalService:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self.redis.stop()
+        if self.external_redis is None:
+            self.redis.stop()
 
     def __enter__(self) -> LocalService:
         return self.start()

@@ -120,6 +120,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
+    @app.exception_handler(redis.exceptions.ClusterError)  # a Redis Cluster failing over: CLUSTERDOWN, TRYAGAIN, ...
+    @app.exception_handler(redis.exceptions.ClusterDownError)
+    @app.exception_handler(redis.exceptions.TryAgainError)
+    @app.exception_handler(redis.exceptions.SlotNotCoveredError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return error_response(

@@ -17,7 +17,7 @@ from app.schemas.calibrations import Calibration, CalibrationRequest, MethodFit
 from app.serving import quotas
 from app.serving.analyses import analyse
 from app.serving.services import Services
-from workers.protocol import as_bytes
+from workers.protocol import as_bytes, tenant_tag
 
 CONCURRENCY = 4  # texts scored and analysed at once while fitting
 
@@ -27,11 +27,11 @@ def new_calibration_id() -> str:
 
 
 def calibration_key(tenant: str, cid: str) -> str:
-    return f"lp:calib:{tenant}:{cid}"
+    return f"lp:calib:{tenant_tag(tenant)}:{cid}"
 
 
 def index_key(tenant: str) -> str:
-    return f"lp:calib-index:{tenant}"
+    return f"lp:calib-index:{tenant_tag(tenant)}"
 
 
 def not_found(cid: str) -> ApiError:

@@ -18,7 +18,7 @@ from safetensors.numpy import save as st_save
 from app.platform.errors import ApiError
 from app.serving import corpus, quotas
 from app.serving.text import TextCodec
-from workers.protocol import as_bytes
+from workers.protocol import as_bytes, tenant_tag
 
 DEFAULT_TABLE = "default"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -26,11 +26,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def table_key(tenant: str, tokenizer_id: str, name: str) -> str:
     owner = "_packaged" if name == DEFAULT_TABLE else tenant
-    return f"lp:freq:{owner}:{tokenizer_id}:{name}"
+    return f"lp:freq:{tenant_tag(owner)}:{tokenizer_id}:{name}"
 
 
 def index_key(tenant: str) -> str:
-    return f"lp:freq-index:{tenant}"
+    return f"lp:freq-index:{tenant_tag(tenant)}"
 
 
 def entry_name(tokenizer_id: str, name: str) -> str:

@@ -16,7 +16,6 @@ from contextvars import ContextVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from app.platform import metrics
@@ -44,6 +43,7 @@ from workers.protocol import (
     jobs_stream,
     steps_channel,
 )
+from workers.redis_client import TRANSIENT
 
 log = logging.getLogger("app.serving.jobs")
 
@@ -106,6 +106,7 @@ class JobQueue:
         backoff = 0.2
         while True:
             try:
+                await self.redis.ping()  # a cluster client learns its slot map first: its pub/sub needs it
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(DONE_CHANNEL)
                     backoff = 0.2
@@ -223,8 +224,8 @@ class JobQueue:
                             self._groups.clear()
                             await self.submit(resubmit)
                         outage = False
-                    except RedisConnectionError:
-                        outage = True  # keep waiting through the outage; the deadline still holds
+                    except TRANSIENT:
+                        outage = True  # keep waiting through the outage or failover; the deadline still holds
                     if gone is not None and await gone():
                         await self._cancel(job_id, resubmit)
                         raise ClientGone(job_id)

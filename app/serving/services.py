@@ -13,6 +13,7 @@ from app.serving.frequencies import FrequencyTables
 from app.serving.jobs import JobQueue
 from app.serving.store import RecordStore
 from workers.protocol import SECRET_KEY, as_bytes, new_secret
+from workers.redis_client import connect_async
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (logprobe serve starts an embedded Redis for you)")
-        redis = Redis.from_url(settings.redis_url, health_check_interval=30)
+        redis = connect_async(settings.redis_url, settings.redis_cluster, health_check_interval=30)
         return cls(
             settings=settings,
             redis=redis,

@@ -52,8 +52,12 @@ def test_the_compose_file_validates_against_the_compose_specification() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+CLUSTER_NODES = [f"redis-node-{n}" for n in range(1, 7)]
+
+
 def test_services_and_profiles() -> None:
-    assert set(SERVICES) == {"redis", "gateway", "worker-gpu", "worker-cpu"}
+    assert set(SERVICES) == {"redis", "gateway", "worker-gpu", "worker-cpu", "redis-cluster-init", *CLUSTER_NODES}
+    assert all(SERVICES[name]["profiles"] == ["cluster"] for name in ["redis-cluster-init", *CLUSTER_NODES])
     assert "profiles" not in SERVICES["gateway"] and "profiles" not in SERVICES["redis"]
     assert SERVICES["worker-gpu"]["profiles"] == ["gpu"]
     assert SERVICES["worker-cpu"]["profiles"] == ["cpu"]
@@ -70,7 +74,10 @@ def test_every_service_has_a_health_check(name: str) -> None:
     check = SERVICES[name]["healthcheck"]
     assert check["test"][0] == "CMD" and check["interval"] and check["retries"] >= 3
     if name != "redis":
-        assert SERVICES[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+        assert SERVICES[name]["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "redis-cluster-init": {"condition": "service_completed_successfully", "required": False},
+        }
 
 
 def test_gpu_worker_reserves_a_gpu_and_runs_vllm_models() -> None:
@@ -104,13 +111,39 @@ def test_redis_keeps_jobs_and_evicts_only_cached_records() -> None:
     assert flags["--appendonly"] == "yes" and flags["--appendfsync"] == "everysec"
     assert flags["--maxmemory-policy"] == "volatile-lru"  # records carry TTLs; streams and the secret don't
     assert "redis-data:/data" in SERVICES["redis"]["volumes"]
-    assert set(COMPOSE["volumes"]) == {"redis-data", "models"}
+    assert set(COMPOSE["volumes"]) == {"redis-data", "models", *CLUSTER_NODES}
+
+
+def test_the_cluster_profile_is_three_masters_with_a_replica_each() -> None:
+    """Six cluster nodes, each with the single Redis' persistence and eviction and its own volume; a one-shot
+    service joins them (3 masters, 1 replica each) unless the cluster is made; nothing of it publishes a port."""
+    for name in CLUSTER_NODES:
+        node = SERVICES[name]
+        (command,) = node["command"]
+        for flag in ("--cluster-enabled yes", "--appendonly yes", "--appendfsync everysec", "volatile-lru"):
+            assert flag in command, (name, flag)
+        assert node["hostname"] == name and node["volumes"] == [f"{name}:/data"]
+        assert node["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"] and "ports" not in node
+    init = SERVICES["redis-cluster-init"]
+    (script,) = init["command"]
+    assert "--cluster create" in script and "--cluster-replicas 1" in script and "cluster_state:ok" in script
+    assert set(init["depends_on"]) == set(CLUSTER_NODES) and init["restart"] == "no"
+
+
+def test_the_gateway_and_workers_switch_to_the_cluster_by_two_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("gateway", "worker-gpu", "worker-cpu"):
+        env = SERVICES[name]["environment"]
+        assert env["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}"
+        monkeypatch.setenv("LOGPROBE_REDIS_CLUSTER", defaults(env["LOGPROBE_REDIS_CLUSTER"]))
+        assert CommonSettings().redis_cluster is False  # by default the single Redis
+    monkeypatch.setenv("LOGPROBE_REDIS_CLUSTER", "true")
+    assert CommonSettings().redis_cluster is True
 
 
 def test_workers_and_gateway_share_redis_and_the_secret() -> None:
     for name in ("gateway", "worker-gpu", "worker-cpu"):
         env = SERVICES[name]["environment"]
-        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert defaults(env["REDIS_URL"]) == "redis://redis:6379/0"
         assert env["LOGPROBE_SECRET"].startswith("${LOGPROBE_SECRET:?")  # compose refuses to start without it
 
 

@@ -26,6 +26,7 @@ from workers.protocol import (
     ScoreJob,
     card_key,
     encode_job,
+    job_outcome_key,
     jobs_stream,
 )
 
@@ -151,10 +152,11 @@ def test_hostile_stream_entries_are_rejected_and_workers_live_on(strict: LocalSe
     for fields in hostile:
         r.xadd(stream, fields)  # type: ignore[arg-type]
     deadline = time.monotonic() + 120  # a bound for a stuck worker, not a speed check: a loaded machine is slow
-    while (r.xlen(DEAD_LETTER_STREAM) < before + 3 or not r.exists("lp:job:neg")) and time.monotonic() < deadline:
+    outcome_key = job_outcome_key("neg")
+    while (r.xlen(DEAD_LETTER_STREAM) < before + 3 or not r.exists(outcome_key)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert r.xlen(DEAD_LETTER_STREAM) == before + 3  # three malformed entries; the out-of-range ids fail cleanly
-    outcome = json.loads(r.get("lp:job:neg") or b"{}")
+    outcome = json.loads(r.get(outcome_key) or b"{}")
     assert outcome["ok"] is False and outcome["error"]["code"] == "invalid_token_ids"
     assert all(w.poll() is None for w in strict.workers[-2:])
     with client(strict) as c:

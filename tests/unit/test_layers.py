@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
         "workers.config",
         "workers.protocol",
         *BYTE_CONTRACT,
+        "workers.redis_client",
     },
     "app.batches": {"app.serving", "app.analysis", "app.schemas", "app.platform", "workers.protocol"},
     "app.api": {"app.batches", "app.serving", "app.analysis", "app.schemas", "app.platform", "workers.protocol"},
