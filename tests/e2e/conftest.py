@@ -28,21 +28,23 @@ REFERENCE = "tiny-llama"
 SLOW_MS = 180_000  # a step that runs models on a shared CPU
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def page_service(tiny_models: dict[str, str]) -> Iterator[LocalService]:
     models = [MODEL, {"name": REFERENCE, "source": "hf", "path": tiny_models[REFERENCE]}]
     with LocalService(env=service_env(models), log_dir=ARTIFACTS / "page") as service:
         yield service
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service(page_service: LocalService) -> str:
     """The page tests' service (this overrides the suite's one-model `service` under tests/e2e)."""
     return page_service.base_url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """Package-scoped: Playwright's sync API keeps its event loop running in this thread while it is open, and
+    every later test that runs a loop of its own (asyncio.run, async tests) would fail."""
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield chromium
