@@ -64,21 +64,25 @@ class PatientCluster(redis.cluster.RedisCluster):
                 delay = min(2 * delay, 1.0)
 
 
-_ASYNC_RETRIED: tuple[type[Exception], ...] = (*TRANSIENT, AttributeError)
+_ASYNC_RETRIED: tuple[type[Exception], ...] = (*TRANSIENT, AttributeError, RuntimeError)
+
+
+def _torn_down(exc: Exception) -> bool:
+    """A connection that a concurrent request tore down as its node died: redis-py 8.1 hands it out anyway, and
+    using it raises AttributeError (its writer is None) or, on uvloop, RuntimeError (the transport is closed)."""
+    return isinstance(exc, AttributeError) or (isinstance(exc, RuntimeError) and "closed" in str(exc))
 
 
 class PatientAsyncCluster(redis.asyncio.cluster.RedisCluster):
-    """The asyncio cluster client, waiting out a failover the same way. While a node dies, redis-py 8.1 may hand
-    one request a connection that a concurrent one has just torn down (AttributeError: its writer is None):
-    retried as well."""
+    """The asyncio cluster client, waiting out a failover the same way; a torn-down connection is retried too."""
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         deadline, delay = time.monotonic() + RIDE_THROUGH_S, 0.1
         while True:
             try:
                 return await super().execute_command(*args, **kwargs)
-            except _ASYNC_RETRIED:
-                if time.monotonic() + delay > deadline:
+            except _ASYNC_RETRIED as exc:
+                if not (isinstance(exc, TRANSIENT) or _torn_down(exc)) or time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 1.0)
