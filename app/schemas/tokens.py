@@ -14,7 +14,27 @@ ROLES = ", ".join(get_args(Role))
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Role = Field(description=f"one of {ROLES}")
-    content: str
+    content: str = Field(
+        description="the message's text, or the OpenAI API's content parts ([{type: text, text}, …]), whose texts are "
+        "joined with newlines as vLLM joins them; parts of other types are refused (422 `unsupported_content`)"
+    )
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_of_parts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        texts = []
+        for part in value:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise PydanticCustomError(
+                    "unsupported_content",
+                    "only text content parts (type \"text\") are supported, got {kind}",
+                    {"kind": repr(kind)},
+                )
+            texts.append(part["text"])
+        return "\n".join(texts)
 
     @field_validator("role", mode="wrap")
     @classmethod

@@ -112,3 +112,21 @@ def test_openai_refusals_arrive_as_the_package_s_errors(client: OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as err:
         client.completions.create(model=MODEL, prompt="x", logprobs=101)
     assert err.value.param == "logprobs"
+
+
+def test_chat_content_parts_read_as_their_joined_text(client: OpenAI) -> None:
+    import openai
+
+    def greedy(messages: list[dict[str, object]]) -> ChatCompletion:
+        return client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=8, logprobs=True)  # type: ignore[arg-type]
+
+    parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]
+    joined = greedy([{"role": "user", "content": "What is the capital\nof France?"}])
+    from_parts = greedy([{"role": "user", "content": parts}])
+    assert from_parts.choices[0].message.content == joined.choices[0].message.content
+    logprobs = [t.logprob for t in from_parts.choices[0].logprobs.content]  # type: ignore[union-attr]
+    assert logprobs == [t.logprob for t in joined.choices[0].logprobs.content]  # type: ignore[union-attr]
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        greedy([{"role": "user", "content": [parts[0], image]}])
+    assert (err.value.code, err.value.param) == ("unsupported_content", "messages.0.content")
