@@ -28,10 +28,13 @@ from pydantic import BaseModel, TypeAdapter
 
 from app.client.safetensors import load_array
 from app.schemas.analysis import AnalysisResponse, MethodInfo
+from app.schemas.attribution import AttributionResponse
 from app.schemas.batches import Batch, BatchList
+from app.schemas.bytes import BytesResponse
 from app.schemas.calibrations import Calibration, CalibrationList
 from app.schemas.decode import DecodeResponse
 from app.schemas.generate import GenerateResponse
+from app.schemas.heads import Head, HeadList
 from app.schemas.models import ModelList
 from app.schemas.score import RecordResponse, Retain, ScoreResponse
 from app.schemas.tables import FrequencyTable, FrequencyTableList, StoredFrequencyTable
@@ -40,6 +43,7 @@ Family = Literal["uncertainty", "detect", "membership", "compare"]
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 FINISHED = ("completed", "cancelled")
+HEAD_FINISHED = ("succeeded", "failed")
 
 
 class LogprobeError(Exception):
@@ -216,6 +220,34 @@ class Calls:
         return Call("POST", "/v1/decode/contrastive", _model(DecodeResponse), _clean({"prompt": prompt, **body}))
 
     @staticmethod
+    def byte_level(model: str, text: str, **options: Any) -> Call[BytesResponse]:
+        return Call("POST", "/v1/bytes", _model(BytesResponse), _clean({"model": model, "text": text, **options}))
+
+    @staticmethod
+    def attribution(positions: list[int], body: dict[str, Any]) -> Call[AttributionResponse]:
+        body = _clean({"positions": positions, **body})
+        return Call("POST", "/v1/analysis/attribution", _model(AttributionResponse), body)
+
+    @staticmethod
+    def train_head(
+        name: str, kind: str, model: str, family: str, examples: list[dict[str, Any]], **options: Any
+    ) -> Call[Head]:
+        body = _clean({"name": name, "kind": kind, "model": model, "family": family, "examples": examples, **options})
+        return Call("POST", "/v1/heads", _model(Head), body)
+
+    @staticmethod
+    def head(head_id: str) -> Call[Head]:
+        return Call("GET", f"/v1/heads/{head_id}", _model(Head))
+
+    @staticmethod
+    def heads() -> Call[HeadList]:
+        return Call("GET", "/v1/heads", _model(HeadList))
+
+    @staticmethod
+    def delete_head(head_id: str) -> Call[None]:
+        return Call("DELETE", f"/v1/heads/{head_id}", _nothing)
+
+    @staticmethod
     def completions(body: dict[str, Any]) -> Call[dict[str, Any]]:
         return Call("POST", "/v1/completions", lambda r: r.json(), body)
 
@@ -337,6 +369,38 @@ class Client:
 
     def delete_calibration(self, calibration_id: str) -> None:
         self.send(Calls.delete_calibration(calibration_id))
+
+    def byte_level(self, model: str, text: str, **options: Any) -> BytesResponse:
+        """POST /v1/bytes: each byte's exact log-probability (options: mode, max_states, distributions)."""
+        return self.send(Calls.byte_level(model, text, **options))
+
+    def attribution(self, positions: list[int], **body: Any) -> AttributionResponse:
+        """POST /v1/analysis/attribution: importances of the context tokens for each target position."""
+        return self.send(Calls.attribution(positions, body))
+
+    def train_head(
+        self, name: str, kind: str, model: str, family: str, examples: list[dict[str, Any]], **options: Any
+    ) -> Head:
+        """POST /v1/heads: starts training (answers at once, status "scoring" or "queued"); see wait_head."""
+        return self.send(Calls.train_head(name, kind, model, family, examples, **options))
+
+    def head(self, head_id: str) -> Head:
+        return self.send(Calls.head(head_id))
+
+    def heads(self) -> HeadList:
+        return self.send(Calls.heads())
+
+    def delete_head(self, head_id: str) -> None:
+        self.send(Calls.delete_head(head_id))
+
+    def wait_head(self, head_id: str, poll_s: float = 0.5, timeout_s: float | None = None) -> Head:
+        """Poll until the head has succeeded or failed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (head := self.head(head_id)).status not in HEAD_FINISHED:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"head {head_id} is still {head.status}")
+            time.sleep(poll_s)
+        return head
 
     def decode(self, prompt: str, **body: Any) -> DecodeResponse:
         return self.send(Calls.decode(prompt, body))
@@ -490,6 +554,34 @@ class AsyncClient:
 
     async def delete_calibration(self, calibration_id: str) -> None:
         await self.send(Calls.delete_calibration(calibration_id))
+
+    async def byte_level(self, model: str, text: str, **options: Any) -> BytesResponse:
+        return await self.send(Calls.byte_level(model, text, **options))
+
+    async def attribution(self, positions: list[int], **body: Any) -> AttributionResponse:
+        return await self.send(Calls.attribution(positions, body))
+
+    async def train_head(
+        self, name: str, kind: str, model: str, family: str, examples: list[dict[str, Any]], **options: Any
+    ) -> Head:
+        return await self.send(Calls.train_head(name, kind, model, family, examples, **options))
+
+    async def head(self, head_id: str) -> Head:
+        return await self.send(Calls.head(head_id))
+
+    async def heads(self) -> HeadList:
+        return await self.send(Calls.heads())
+
+    async def delete_head(self, head_id: str) -> None:
+        await self.send(Calls.delete_head(head_id))
+
+    async def wait_head(self, head_id: str, poll_s: float = 0.5, timeout_s: float | None = None) -> Head:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (head := await self.head(head_id)).status not in HEAD_FINISHED:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"head {head_id} is still {head.status}")
+            await asyncio.sleep(poll_s)
+        return head
 
     async def decode(self, prompt: str, **body: Any) -> DecodeResponse:
         return await self.send(Calls.decode(prompt, body))

@@ -34,6 +34,28 @@ def test_sync_client_covers_score_records_rows_analyses_and_errors(service: str)
         assert err.value.status == 404 and err.value.code == "model_not_found"
 
 
+def test_sync_client_covers_bytes_attribution_and_heads(service: str) -> None:
+    with Client(service, api_key="key-alpha") as lp:
+        byte_level = lp.byte_level(MODEL, "Hi there", distributions=True)
+        assert byte_level.n_bytes == 8 and [b.byte for b in byte_level.bytes] == list(b"Hi there")
+        assert byte_level.logprob == pytest.approx(sum(b.logprob or 0.0 for b in byte_level.bytes), abs=1e-9)
+        scored = lp.score(MODEL, text="The capital of France is Paris.")
+        last = scored.n_tokens - 1
+        attributed = lp.attribution([last], record_id=scored.record_id, method="occlusion")
+        assert attributed.targets[0].position == last and len(attributed.targets[0].importance) == last
+        texts = [f"A short note number {i} about the weather." for i in range(6)]
+        texts += [f"Buy {i} cheap watches now, best offer, click here!" for i in range(6)]
+        examples = [{"text": t, "label": int(i >= 6)} for i, t in enumerate(texts)]
+        started = lp.train_head("client_probe", "probe", MODEL, "detect", examples, seed=1)
+        head = lp.wait_head(started.id, timeout_s=600)
+        assert head.status == "succeeded" and head.examples == {"0": 6, "1": 6}
+        assert started.id in [h.id for h in lp.heads().data]
+        lp.delete_head(started.id)
+        with pytest.raises(LogprobeError) as err:
+            lp.head(started.id)
+        assert err.value.status == 404
+
+
 async def test_async_client(service: str) -> None:
     async with AsyncClient(service, api_key="key-alpha") as lp:
         scored = await lp.score(MODEL, text="An async client.")
