@@ -17,17 +17,21 @@ from app.platform.errors import ApiError, error_response
 WINDOW_S = 60
 
 
-async def charge(redis: Redis, tenant: str, what: str, amount: int, limit: int) -> None:
-    """Count `amount` against this minute's budget; over `limit`, a 429 that says when the window resets."""
-    if limit <= 0 or amount <= 0:
-        return
-    now = time.time()
+async def _add(redis: Redis, tenant: str, what: str, amount: int, now: float) -> int:
     key = f"lp:rate:{tenant}:{what}:{int(now // WINDOW_S)}"
     pipe = redis.pipeline(transaction=True)
     pipe.incrby(key, amount)
     pipe.expire(key, 2 * WINDOW_S)
     used, _ = await pipe.execute()
-    if int(used) > limit:
+    return int(used)
+
+
+async def charge(redis: Redis, tenant: str, what: str, amount: int, limit: int) -> None:
+    """Count `amount` against this minute's budget; over `limit`, a 429 that says when the window resets."""
+    if limit <= 0 or amount <= 0:
+        return
+    now = time.time()
+    if await _add(redis, tenant, what, amount, now) > limit:
         retry = max(1, math.ceil(WINDOW_S - now % WINDOW_S))
         raise ApiError(
             429,
@@ -35,6 +39,13 @@ async def charge(redis: Redis, tenant: str, what: str, amount: int, limit: int) 
             f"over {limit} {what} per minute for this key; retry in {retry}s",
             headers={"Retry-After": str(retry)},
         )
+
+
+async def charge_after(redis: Redis, tenant: str, what: str, amount: int, limit: int) -> None:
+    """Count work already done (its size known only once done) against this minute's budget, refusing nothing:
+    the tenant's next request sees it."""
+    if limit > 0 and amount > 0:
+        await _add(redis, tenant, what, amount, time.time())
 
 
 class BodyLimit:

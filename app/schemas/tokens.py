@@ -30,7 +30,7 @@ class ChatMessage(BaseModel):
             if kind != "text" or not isinstance(part.get("text"), str):
                 raise PydanticCustomError(
                     "unsupported_content",
-                    "only text content parts (type \"text\") are supported, got {kind}",
+                    'only text content parts (type "text") are supported, got {kind}',
                     {"kind": repr(kind)},
                 )
             texts.append(part["text"])

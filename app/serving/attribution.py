@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from app.platform.errors import ApiError
+from app.platform.limits import charge, charge_after
 from app.schemas.attribution import AttributionRequest
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import record_for
@@ -35,7 +36,8 @@ def replacement_ids(token_ids: list[int], topk_ids: np.ndarray) -> list[int]:
     return out
 
 
-def _check(body: AttributionRequest, n_tokens: int, limit: int) -> None:
+def _check(body: AttributionRequest, n_tokens: int, limit: int) -> int:
+    """The fewest forward passes the request needs (a 422 where the request cannot be run as given)."""
     positions = body.positions
     if len(set(positions)) != len(positions) or not all(2 <= t < n_tokens for t in positions):
         raise ApiError(
@@ -53,14 +55,17 @@ def _check(body: AttributionRequest, n_tokens: int, limit: int) -> None:
             f"{limit}) or name fewer targets",
             "max_passes",
         )
+    return needed
 
 
 async def attribute(body: AttributionRequest, services: Services, tenant: str) -> dict[str, Any]:
     meta, stats, codec, cached = await record_for(
         services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
     )
-    _check(body, len(meta.token_ids), services.settings.max_attribution_passes)
+    needed = _check(body, len(meta.token_ids), services.settings.max_attribution_passes)
     context = meta.token_ids[: max(body.positions) + 1]
+    tpm = services.settings.rate_limit_tpm
+    await charge(services.redis, tenant, "tokens", needed * len(context), tpm)  # every pass reads the context
     swaps = replacement_ids(context, stats["topk_ids"]) if body.method == "reagent" else []
     card = await services.catalog.card(meta.model)
     job = AttributionJob(
@@ -81,6 +86,7 @@ async def attribute(body: AttributionRequest, services: Services, tenant: str) -
     if raw is None:
         raise ApiError(504, "attribution_expired", "the attribution expired before it was read; retry")
     result = AttributionResult.model_validate_json(raw)
+    await charge_after(services.redis, tenant, "tokens", (result.passes - needed) * len(context), tpm)
     texts = codec.token_texts(context)
     pieces = codec.pieces()
     return {

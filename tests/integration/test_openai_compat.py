@@ -118,7 +118,13 @@ def test_chat_content_parts_read_as_their_joined_text(client: OpenAI) -> None:
     import openai
 
     def greedy(messages: list[dict[str, object]]) -> ChatCompletion:
-        return client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=8, logprobs=True)  # type: ignore[arg-type]
+        return client.chat.completions.create(
+            model=MODEL,
+            messages=messages,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=8,
+            logprobs=True,
+        )
 
     parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]
     joined = greedy([{"role": "user", "content": "What is the capital\nof France?"}])

@@ -30,7 +30,13 @@ from workers.protocol import (
     jobs_stream,
 )
 
-KEYS = {"key-alpha": "alpha", "key-gamma": "gamma", "key-delta": "delta", "key-omega": "omega"}
+KEYS = {
+    "key-alpha": "alpha",
+    "key-gamma": "gamma",
+    "key-delta": "delta",
+    "key-omega": "omega",
+    "key-epsilon": "epsilon",
+}
 DEPTH = 6
 
 
@@ -203,6 +209,21 @@ def test_rate_limits_per_key(strict: LocalService) -> None:
         assert over.status_code == 429 and over.json()["error"]["code"] == "tokens_rate_limited"
     with client(strict) as c:  # another key's budget is untouched
         assert c.get("/v1/models").status_code == 200
+
+
+def test_attribution_passes_count_against_the_token_budget(strict: LocalService) -> None:
+    fresh_window(40)
+    with client(strict, "key-epsilon") as c:
+        text = texts(1, 40, "attribution")[0]
+        scored = c.post("/v1/score", json={"model": MODEL, "text": text})
+        assert scored.status_code == 200
+        target = scored.json()["n_tokens"] - 1  # occlusion: target + 1 passes over target + 1 tokens
+        body = {"record_id": scored.json()["record_id"], "positions": [target], "method": "occlusion"}
+        first = c.post("/v1/analysis/attribution", json=body)
+        assert first.status_code == 200 and first.json()["passes"] == target + 1
+        assert (target + 1) ** 2 + scored.json()["n_tokens"] <= 3000 < 2 * (target + 1) ** 2
+        over = c.post("/v1/analysis/attribution", json=body)
+        assert over.status_code == 429 and over.json()["error"]["code"] == "tokens_rate_limited"
 
 
 def test_body_limits_export_switch_and_auth(strict: LocalService) -> None:
