@@ -9,8 +9,8 @@ the continuations of its opening fall on the same side), seeded.
 
 (a) same generators: train on human vs SmolLM2 + Gemma text, test on held-out passages of both.
 (b) unseen generator: train on human vs SmolLM2 text only, test on held-out human vs Gemma text.
-(c) correctness: the bench's own question set (capital cities), each question answered in a chat either rightly
-    or with another country's capital; label 1 = the answer is wrong; the heads read the answer's tokens
+(c) correctness: the bench's own question set (capital cities), each question answered in a chat both rightly
+    and with another country's capital; label 1 = the answer is wrong; the heads read the answer's tokens
     (span "completion" of the chat's last assistant turn); split by question.
 
 Zero-shot baseline: every method of the family, each oriented and chosen on the training split (the one with the
@@ -109,21 +109,22 @@ def detection_sets(extra_human: int, seed: int) -> tuple[list[dict[str, Any]], l
 
 
 def question_set(n: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Chats {messages, label}: label 1 when the assistant's answer is another country's capital."""
+    """Chats {messages, label}: every question answered twice, rightly (label 0) and with another country's
+    capital (label 1); split by question, so neither answer of a test question is seen in training."""
     rng = random.Random(seed)
-    countries = list(CAPITALS)[:n]
     rows = []
-    for country in countries:
-        wrong = rng.random() < 0.5
-        answer = CAPITALS[rng.choice([c for c in CAPITALS if c != country])] if wrong else CAPITALS[country]
-        messages = [
-            {"role": "user", "content": f"What is the capital of {country}? Answer with the city's name only."},
-            {"role": "assistant", "content": f"{answer}."},
-        ]
-        rows.append({"messages": messages, "label": int(wrong), "group": country})
-    rng.shuffle(rows)
-    half = len(rows) // 2
-    return rows[:half], rows[half:]
+    for country in list(CAPITALS)[:n]:
+        wrong = CAPITALS[rng.choice([c for c in CAPITALS if c != country])]
+        for label, answer in ((0, CAPITALS[country]), (1, wrong)):
+            messages = [
+                {"role": "user", "content": f"What is the capital of {country}? Answer with the city's name only."},
+                {"role": "assistant", "content": f"{answer}."},
+            ]
+            rows.append({"messages": messages, "label": label, "group": country})
+    countries = list(CAPITALS)[:n]
+    rng.shuffle(countries)
+    test = set(countries[: len(countries) // 2])
+    return [r for r in rows if r["group"] not in test], [r for r in rows if r["group"] in test]
 
 
 # ---------------------------------------------------------------- service calls
