@@ -36,6 +36,12 @@ class AttributionRequest(BaseModel):
         default=2048, ge=1, strict=True, description="forward passes at most, over all targets (server limit applies)"
     )
     reagent: ReagentOptions = Field(default_factory=ReagentOptions)
+    replacement_model: str | None = Field(
+        default=None,
+        description="reagent: the served model whose most likely token at each place stands in for the context's "
+        "token (the paper uses a second model, RoBERTa); it must share the attributed model's tokenizer. Default: "
+        "the attributed model itself, read from its record",
+    )
 
 
 class ContextToken(BaseModel):

@@ -11,11 +11,12 @@ from app.platform.errors import ApiError
 from app.platform.limits import charge, charge_after
 from app.schemas.attribution import AttributionRequest
 from app.serving.jobs import new_job_id, raise_for_outcome
-from app.serving.scoring import record_for
+from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from workers.protocol import (
     AttributionJob,
     AttributionResult,
+    ModelCard,
     ReagentParams,
     as_bytes,
     attribution_key,
@@ -58,6 +59,31 @@ def _check(body: AttributionRequest, n_tokens: int, limit: int) -> int:
     return needed
 
 
+async def _replacements(
+    services: Services,
+    tenant: str,
+    body: AttributionRequest,
+    card: ModelCard,
+    context: list[int],
+    stats: dict[str, np.ndarray],
+) -> list[int]:
+    """ReAGent's stand-ins: from the attributed model's own record, or from the record of the same tokens under
+    `replacement_model` (same tokenizer, else 422 `tokenizer_mismatch`)."""
+    if body.replacement_model is None or body.replacement_model == card.name:
+        return replacement_ids(context, stats["topk_ids"])
+    other = await services.catalog.card(body.replacement_model)
+    codecs = [await services.catalog.codec(c) for c in (card, other)]
+    if len({(c.tokenizer_id, c.card.vocab_size) for c in codecs}) != 1:
+        raise ApiError(
+            422,
+            "tokenizer_mismatch",
+            f"{other.name!r} does not share {card.name!r}'s tokenizer, so its tokens cannot stand in",
+            "replacement_model",
+        )
+    _, other_stats, _ = await scored_record(services, tenant, other, context)
+    return replacement_ids(context, other_stats["topk_ids"])
+
+
 async def attribute(body: AttributionRequest, services: Services, tenant: str) -> dict[str, Any]:
     meta, stats, codec, cached = await record_for(
         services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
@@ -66,8 +92,8 @@ async def attribute(body: AttributionRequest, services: Services, tenant: str) -
     context = meta.token_ids[: max(body.positions) + 1]
     tpm = services.settings.rate_limit_tpm
     await charge(services.redis, tenant, "tokens", needed * len(context), tpm)  # every pass reads the context
-    swaps = replacement_ids(context, stats["topk_ids"]) if body.method == "reagent" else []
     card = await services.catalog.card(meta.model)
+    swaps = await _replacements(services, tenant, body, card, context, stats) if body.method == "reagent" else []
     job = AttributionJob(
         job_id=new_job_id(),
         tenant=tenant,

@@ -54,14 +54,30 @@ def decisive_model() -> LlamaForCausalLM:
     return model.eval()
 
 
+STAND_IN = 42  # the token the stand-in model always finds most likely
+
+
+def stand_in_model() -> LlamaForCausalLM:
+    """A second model with the same tokenizer whose most likely next token is STAND_IN everywhere."""
+    model = decisive_model()
+    with torch.no_grad():
+        model.lm_head.weight[STAND_IN, 0] = 2.0
+        model.lm_head.weight[STAND_IN, 2] = 10.0  # above " dog" also after " cat"
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def decisive_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return _save_with_smollm2_tokenizer(tmp_path_factory.mktemp("decisive") / "model", decisive_model())
 
 
 @pytest.fixture(scope="module")
-def client(decisive_path: str) -> Iterator[httpx.Client]:
-    specs = [{"name": "tiny-decisive", "source": "hf", "path": decisive_path}]
+def client(decisive_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    stand_in = _save_with_smollm2_tokenizer(tmp_path_factory.mktemp("stand-in") / "model", stand_in_model())
+    specs = [
+        {"name": "tiny-decisive", "source": "hf", "path": decisive_path},
+        {"name": "tiny-stand-in", "source": "hf", "path": stand_in},
+    ]
     env = {
         "LOGPROBE_MODELS": json.dumps(specs),
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
@@ -111,6 +127,20 @@ def test_the_deciding_token_is_the_most_important(client: httpx.Client, fields: 
         assert importance[0] == 0.0 and body["replacements"][0] is None  # token 0 is never replaced
         assert body["replacements"][KEY_POSITION]["id"] != KEY
         assert importance.sum() == pytest.approx(1.0)
+
+
+def test_reagent_takes_its_stand_ins_from_a_second_model(client: httpx.Client) -> None:
+    body = attribute(client, method="reagent", replacement_model="tiny-stand-in")
+    assert [r["id"] for r in body["replacements"][1:]] == [STAND_IN] * (len(body["tokens"]) - 1)
+    (target,) = body["targets"]
+    assert int(np.argmax(target["importance"])) == KEY_POSITION and target["converged"] is True
+    own = attribute(client, method="reagent")
+    assert own["replacements"][1:] != body["replacements"][1:]
+    unknown = client.post(
+        "/v1/analysis/attribution",
+        json={"model": "tiny-decisive", "text": TEXT, "positions": [TARGET_POSITION], "replacement_model": "nope"},
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
 
 
 def test_reagent_is_reproducible_with_a_seed(client: httpx.Client) -> None:
