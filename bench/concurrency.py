@@ -11,6 +11,7 @@ hits); a level sends max(--requests, concurrency) requests: tokens scored (or ge
 time.
 
 Usage: python -m bench.concurrency [--levels 1 4 16 64] [--tokens 100 1000] [--requests 16] [--generate 64]
+       [--dtype auto|bfloat16|float16|float32] [--skip-hf]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -103,19 +105,26 @@ async def main_async(args: argparse.Namespace) -> None:
         for n in [*args.tokens, GENERATE_PROMPT]
     }
     ids = {n: [encode(t) for t in ts] for n, ts in texts.items()}
-    spec = {"name": MODEL, "backend": "vllm", "engine": {"max_model_len": 4096, "kv_cache_memory_bytes": KV_BYTES}}
+    engine = {"max_model_len": 4096, "kv_cache_memory_bytes": KV_BYTES}
+    spec = {"name": MODEL, "backend": "vllm", "dtype": args.dtype, "engine": engine}
     port = free_port()
     (ROOT / "artifacts").mkdir(exist_ok=True)
     with (
         open(ROOT / "artifacts" / "vllm-serve.log", "ab") as serve_log,
         LocalService(env={"LOGPROBE_MODELS": json.dumps([spec]), **SERVICE_ENV}) as ours,
-        LocalService(env={"LOGPROBE_WORKER_THREADS": "2", **SERVICE_ENV}) as ours_hf,
+        LocalService(env={"LOGPROBE_WORKER_THREADS": "2", **SERVICE_ENV})
+        if not args.skip_hf
+        else nullcontext() as ours_hf,
     ):
-        server = start_vllm_server(str(folder), port, serve_log, "--max-model-len", "4096", "--max-logprobs", "20")
+        options = ["--max-model-len", "4096", "--max-logprobs", "20", "--dtype", args.dtype]
+        server = start_vllm_server(str(folder), port, serve_log, *options)
         try:
             wait_up(f"http://127.0.0.1:{port}/health", server)
             card = httpx.get(f"{ours.base_url}/v1/models").json()["data"][0]
-            print(f"vLLM backend: dtype {card['dtype']}, storage {card['storage']}; vllm serve: the same folder")
+            print(
+                f"vLLM backend: dtype {card['dtype']}, storage {card['storage']}; vllm serve: the same folder, "
+                f"--dtype {args.dtype}"
+            )
             async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
                 print(
                     f"{'tokens':>6s} {'conc':>5s} {'ours vLLM':>10s} {'vllm serve':>11s} {'ratio':>6s}"
@@ -131,8 +140,10 @@ async def main_async(args: argparse.Namespace) -> None:
                         vllm_url = f"http://127.0.0.1:{port}/v1/completions"
                         ours_rate = await level(partial(score, client, ours.base_url, scored), len(batch), c)
                         theirs_rate = await level(partial(complete, client, vllm_url, prompts), len(batch), c)
-                        hf_rate = await level(partial(score, client, ours_hf.base_url, scored), len(batch), c)
-                        bare_rate = bare_forward(folder, [ids[n][i] for i in batch], c)
+                        hf_rate = bare_rate = float("nan")
+                        if ours_hf is not None:
+                            hf_rate = await level(partial(score, client, ours_hf.base_url, scored), len(batch), c)
+                            bare_rate = bare_forward(folder, [ids[n][i] for i in batch], c)
                         print(
                             f"{n:6d} {c:5d} {ours_rate:10.0f} {theirs_rate:11.0f} {ours_rate / theirs_rate:5.2f}x"
                             f" {hf_rate:8.0f} {bare_rate:8.0f} {hf_rate / bare_rate:5.2f}x",
@@ -207,6 +218,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--generate", type=int, default=64, help="new tokens per generation (0: skip)")
+    parser.add_argument("--dtype", default="auto", help="both vLLM engines' dtype (auto: what vLLM picks)")
+    parser.add_argument("--skip-hf", action="store_true", help="no transformers-backend columns")
     asyncio.run(main_async(parser.parse_args()))
 
 
