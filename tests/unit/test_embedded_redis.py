@@ -33,7 +33,7 @@ def test_a_server_that_never_answers_is_stopped_when_the_start_gives_up(
         started.append(process)
         return process  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(embedded.subprocess, "Popen", spy)
+    monkeypatch.setattr(subprocess, "Popen", spy)
     server = EmbeddedRedis(tmp_path / "redis")
     with pytest.raises(redis.ConnectionError):
         server.start(timeout_s=0.2)
