@@ -2,7 +2,8 @@
 
 `RedisNode` is one redis-server on host:port (no persistence); `EmbeddedCluster` starts masters and replicas
 on free ports, joins them with `redis-cli --cluster create`, and waits until every slot is served and every
-replica follows its master, so that killing a master hands its slots to the replica.
+replica follows its master, so that killing a master hands its slots to the replica. Every server dies with the
+process that started it (as the service's processes do: app/launcher/local_service.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import redis
 
 from app.launcher.embedded import redis_server_binary
+from workers.lifecycle import die_with_parent
 
 BUS_OFFSET = 10000  # a cluster node talks to the others on its port + 10000
 
@@ -86,7 +88,9 @@ class RedisNode:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.folder / "nodes.conf")]
             args += ["--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no"]
         with (self.folder / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen([*(prefix or []), *args], stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [*(prefix or []), *args], stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
         _wait(lambda: self.client().ping(), f"redis-server on {self.address}", 15)
         return self
 

@@ -69,17 +69,19 @@ class EmbeddedRedis:
                 return self.url
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()  # one that never answered is not left running
                     raise
                 time.sleep(0.05)
             finally:
                 client.close()
 
     def stop(self) -> None:
-        if not self.socket.exists():
-            return
-        with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection as it goes
-            redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
-        self.socket.unlink(missing_ok=True)
+        if self.socket.exists():
+            with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection as it goes
+                redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
+            self.socket.unlink(missing_ok=True)
+        elif self.process is not None:  # it never opened its socket: nothing asked it to shut down
+            self.process.terminate()
         if self.process is not None:
             try:
                 self.process.wait(timeout=10)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.platform.errors import ApiError
-from app.platform.limits import charge
+from app.platform.limits import bearer_key, charge
 
 PUBLIC_TENANT = "public"
 
@@ -35,8 +35,8 @@ def authenticate(request: Request) -> str:
     ring: KeyRing = request.app.state.keys
     if not ring.enabled:
         return PUBLIC_TENANT
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    tenant = ring.tenant_for(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    key = bearer_key(request.headers.get("authorization", ""))
+    tenant = ring.tenant_for(key) if key else None
     if tenant is None:
         raise ApiError(
             401,

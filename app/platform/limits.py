@@ -113,6 +113,18 @@ def parked() -> Iterator[None]:
                 ticket.limiter.busy += 1
 
 
+def bearer_key(header: str) -> str:
+    """The API key an Authorization header presents ("Bearer <key>", the scheme in any case); "" if none."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def presented_key(scope: Scope) -> str:
+    """The API key of a request as authentication reads it: its first Authorization header's."""
+    header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+    return bearer_key(header.decode("latin-1"))
+
+
 class InflightLimit:
     """ASGI middleware: at most `limit` requests in this gateway process at once, and at most `busy_limit` of them
     working here rather than waiting on a worker (health checks exempt); beyond either a 429 `overloaded` with
@@ -120,7 +132,7 @@ class InflightLimit:
 
     Waiting requests cost the event loop nothing, so `limit` can be generous. Working ones (analyses, answers
     being built) share one core: a few at a time answer fast, many at a time all answer late (BENCHMARKS.md).
-    One API key (its Authorization header; anonymous callers share one) holds at most `caller_limit` of the
+    One API key (as authentication reads it; anonymous callers share one) holds at most `caller_limit` of the
     `limit` places, so a client that opens hundreds of requests leaves room for everyone else's.
     """
 
@@ -130,13 +142,13 @@ class InflightLimit:
         self.app, self.limit, self.busy_limit = app, limit, busy_limit
         self.caller_limit = caller_limit if caller_limit is not None else max(1, limit * 3 // 4)
         self.active = self.busy = 0
-        self.by_caller: dict[bytes, int] = {}
+        self.by_caller: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
             await self.app(scope, receive, send)
             return
-        caller = dict(scope["headers"]).get(b"authorization", b"")
+        caller = presented_key(scope)
         refusal = self._refusal(caller)
         if refusal:
             response = error_response(429, "overloaded", refusal, headers={"Retry-After": "1"})
@@ -159,7 +171,7 @@ class InflightLimit:
             if not self.by_caller[caller]:
                 del self.by_caller[caller]
 
-    def _refusal(self, caller: bytes) -> str | None:
+    def _refusal(self, caller: str) -> str | None:
         if self.busy >= self.busy_limit:
             return f"the gateway is handling {self.busy} requests at work; retry"
         if self.active >= self.limit:

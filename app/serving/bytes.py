@@ -88,6 +88,14 @@ async def byte_record(
             f"{card.name!r} is served by {card.backend}; byte-level scoring runs on the transformers backend",
             "model",
         )
+    if card.storage != "hidden":  # the cover states' logits are taken as W·h, which is not this model's
+        raise ApiError(
+            501,
+            "byte_level_unsupported",
+            f"{card.name!r} computes its logits other than as W·h of its final hidden states (its records keep full "
+            "rows); byte-level scoring reads them as W·h, so it is not offered for this model",
+            "model",
+        )
     await charge(services.redis, tenant, "tokens", len(data), services.settings.rate_limit_tpm)
     rid = record_id(await services.secret(), tenant, card.fingerprint, list(data), {"kind": "bytes", "mode": mode})
     found = await _read(services, tenant, rid, data)

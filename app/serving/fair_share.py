@@ -58,7 +58,8 @@ class FairShare:
             if future.done() and not future.cancelled():
                 self._hand_on(lane)  # the turn reached us as we were cancelled: pass it on
             else:
-                queue.remove(future)
+                with contextlib.suppress(ValueError):  # a turn that ended meanwhile already skipped it
+                    queue.remove(future)
                 self._drop_if_idle(lane)
             raise
         finally:

@@ -72,3 +72,15 @@ def test_rows_rebuild_the_models_own_logprobs(
         assert info["rebuild_max_abs_error"] > 0
     else:
         assert not info["lossy"] and error <= tolerance
+
+
+def test_byte_level_is_refused_for_a_model_whose_logits_are_not_w_h(tiny_service: str) -> None:
+    """Byte-level scoring reads every cover state's logits as W·h (workers/bytelevel/forward.py); Cohere scales
+    its logits, so those would be another model's distributions: refused with a code, not answered wrongly."""
+    with httpx.Client(base_url=tiny_service, timeout=120) as client:
+        refused = client.post("/v1/bytes", json={"model": "tiny-cohere", "text": "ab"})
+        assert refused.status_code == 501, refused.text
+        assert refused.json()["error"]["code"] == "byte_level_unsupported"
+        served = client.post("/v1/bytes", json={"model": "tiny-llama", "text": "ab"})
+        assert served.status_code == 200, served.text
+        assert [row["byte"] for row in served.json()["bytes"]] == list(b"ab")

@@ -78,3 +78,16 @@ async def test_a_turn_handed_to_a_request_cancelled_at_that_moment_passes_on() -
     await asyncio.gather(first, second, third, return_exceptions=True)
     assert second.cancelled()
     assert started == ["first", "third"] and share._held == {} and share._waiting == {}
+
+
+async def test_a_request_cancelled_just_before_a_turn_passes_it_by_leaves_cleanly() -> None:
+    share, started, release = FairShare(1), [], asyncio.Event()
+    first = asyncio.create_task(hold(share, "a", started, release, "first"))
+    await asyncio.sleep(0.01)
+    left = asyncio.create_task(hold(share, "a", started, asyncio.Event(), "left"))
+    await asyncio.sleep(0.01)
+    release.set()  # `first` wakes first and ends its turn, which skips `left`'s future, cancelled just below
+    left.cancel()
+    results = await asyncio.gather(first, left, return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], asyncio.CancelledError)  # not a ValueError
+    assert started == ["first"] and share._held == {} and share._waiting == {}

@@ -100,3 +100,24 @@ async def test_one_api_key_holds_at_most_its_share_and_others_still_get_in() -> 
 
 def test_a_key_share_defaults_to_three_quarters_of_the_gateway() -> None:
     assert InflightLimit(Starlette(), limit=256, busy_limit=32).caller_limit == 192
+
+
+async def test_one_key_spelled_differently_is_still_one_caller() -> None:
+    """The share goes by the key as authentication reads it: the scheme's case, padding around the key and a
+    second Authorization header (authentication reads the first) open no further shares."""
+    app, release = limited_app(limit=10, busy_limit=10, caller_limit=2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gateway") as client:
+        held = [asyncio.create_task(client.get("/wait", headers={"Authorization": "Bearer k1"})) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        spellings = [
+            [("Authorization", "bearer k1")],
+            [("Authorization", "BEARER   k1")],
+            [("Authorization", "Bearer k1"), ("Authorization", "Bearer something-else")],
+        ]
+        tries = [asyncio.create_task(client.get("/wait", headers=httpx.Headers(h))) for h in spellings]
+        await asyncio.sleep(0.05)
+        release.set()  # an admitted try would wait for this: it answers 200 below
+        answers = await asyncio.gather(*tries)
+        assert [r.status_code for r in answers] == [429] * len(spellings)
+        assert all("this API key has 2 requests" in r.json()["error"]["message"] for r in answers)
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * 2

@@ -108,3 +108,17 @@ def test_jobs_with_a_bad_tenant_or_record_id_or_too_many_positions_are_refused()
     CrossSide(record_id="0" * 32, model="m", fingerprint="f", positions=list(range(1, MAX_JOB_POSITIONS + 1)))
     with pytest.raises(ValueError, match="at most"):
         CrossSide(record_id="0" * 32, model="m", fingerprint="f", positions=list(range(MAX_JOB_POSITIONS + 1)))
+
+
+def test_the_public_twins_of_contract_types_say_the_same() -> None:
+    """The schemas the Python client imports (no workers, no safetensors) restate a few contract types; a change to
+    one side alone would let the gateway accept what a worker refuses, or the reverse."""
+    from typing import get_args
+
+    from app.schemas.attribution import ReagentOptions
+    from app.schemas.score import Retain as PublicRetain
+    from workers.protocol import ReagentParams, Retain
+
+    assert get_args(PublicRetain) == get_args(Retain)
+    public, contract = ReagentOptions.model_json_schema(), ReagentParams.model_json_schema()
+    assert public["properties"] == contract["properties"] and public.get("required") == contract.get("required")
