@@ -33,6 +33,7 @@ class Settings(CommonSettings):
     max_positions: int = Field(default=8192, ge=2)  # tokens per request, before any job exists
     max_new_tokens: int = Field(default=1024, ge=1)
     max_attribution_passes: int = Field(default=16384, ge=1)  # forward passes one attribution request may ask for
+    max_attribution_tokens: int = Field(default=1 << 23, ge=1)  # and tokens read by them (passes x context tokens)
     max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     job_timeout_s: float = Field(default=300.0, gt=0)
     max_queue_depth: int = Field(default=256, ge=1)  # per model: beyond it new jobs get 429

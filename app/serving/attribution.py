@@ -9,6 +9,7 @@ import numpy as np
 
 from app.platform.errors import ApiError
 from app.platform.limits import charge, charge_after
+from app.platform.settings import Settings
 from app.schemas.attribution import AttributionRequest
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import record_for, scored_record
@@ -37,15 +38,24 @@ def replacement_ids(token_ids: list[int], topk_ids: np.ndarray) -> list[int]:
     return out
 
 
-def _check(body: AttributionRequest, n_tokens: int, limit: int) -> int:
-    """The fewest forward passes the request needs (a 422 where the request cannot be run as given)."""
+def _check(body: AttributionRequest, n_tokens: int, settings: Settings) -> int:
+    """The fewest forward passes the request needs (a 422 where the request cannot be run as given). Its work is
+    bounded twice: in passes, and in tokens read (passes x context tokens)."""
     positions = body.positions
     if len(set(positions)) != len(positions) or not all(2 <= t < n_tokens for t in positions):
         raise ApiError(
             422, "invalid_positions", f"positions must be distinct and lie in [2, {n_tokens - 1}]", "positions"
         )
+    context = max(positions) + 1
+    limit = min(settings.max_attribution_passes, max(1, settings.max_attribution_tokens // context))
     if body.max_passes > limit:
-        raise ApiError(422, "max_passes_too_large", f"max_passes is at most {limit}", "max_passes")
+        raise ApiError(
+            422,
+            "max_passes_too_large",
+            f"max_passes is at most {limit} for a context of {context} tokens ({settings.max_attribution_passes} "
+            f"passes, {settings.max_attribution_tokens} tokens read in all)",
+            "max_passes",
+        )
     reagent = ReagentParams(**body.reagent.model_dump())
     needed = occlusion_passes(positions) if body.method == "occlusion" else reagent_min_passes(positions, reagent)
     if needed > body.max_passes:
@@ -88,7 +98,7 @@ async def attribute(body: AttributionRequest, services: Services, tenant: str) -
     meta, stats, codec, cached = await record_for(
         services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
     )
-    needed = _check(body, len(meta.token_ids), services.settings.max_attribution_passes)
+    needed = _check(body, len(meta.token_ids), services.settings)
     context = meta.token_ids[: max(body.positions) + 1]
     tpm = services.settings.rate_limit_tpm
     await charge(services.redis, tenant, "tokens", needed * len(context), tpm)  # every pass reads the context

@@ -23,6 +23,7 @@ TEXT = "The red bird saw a cat near the old dog"  # SmolLM2 tokens: The, red, bi
 KEY, TARGET = 2644, 2767  # " cat", " dog"
 KEY_POSITION, TARGET_POSITION = 5, 9
 PASS_LIMIT = 5000
+TOKEN_LIMIT = 40_000  # passes x context tokens: 4,000 passes for the target's context of 10 tokens
 
 
 def decisive_model() -> LlamaForCausalLM:
@@ -83,6 +84,7 @@ def client(decisive_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
         "LOGPROBE_WORKER_THREADS": "2",
         "LOGPROBE_MAX_ATTRIBUTION_PASSES": str(PASS_LIMIT),
+        "LOGPROBE_MAX_ATTRIBUTION_TOKENS": str(TOKEN_LIMIT),
     }
     with (
         LocalService(env=env, log_dir=ARTIFACTS / "attribution") as service,
@@ -187,6 +189,18 @@ def test_a_stored_record_is_attributed_by_id(client: httpx.Client) -> None:
     by_text = attribute(client, method="occlusion")
     assert by_id["record_id"] == by_text["record_id"] == scored["record_id"]
     assert by_id["targets"] == by_text["targets"]
+
+
+def test_work_is_bounded_by_tokens_read_as_well_as_passes(client: httpx.Client) -> None:
+    def occlusion(position: int, max_passes: int) -> httpx.Response:
+        body = {"model": "tiny-decisive", "text": TEXT, "positions": [position], "method": "occlusion"}
+        return client.post("/v1/analysis/attribution", json={**body, "max_passes": max_passes})
+
+    assert occlusion(7, 4500).status_code == 200  # a context of 8 tokens: 5,000 passes (the pass limit)
+    refused = occlusion(TARGET_POSITION, 4500)  # 10 tokens: 4,000 passes
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "max_passes_too_large"
+    assert "at most 4000" in refused.json()["error"]["message"]
+    assert occlusion(TARGET_POSITION, 4000).status_code == 200
 
 
 @pytest.mark.parametrize(
