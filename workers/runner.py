@@ -307,8 +307,9 @@ class Worker:
         jobs = []
         for stream, entry_id, one, tokens in taken:
             if one.job_id in self.running:
-                log.info("job %s entry %s is a duplicate of the running one; dropped", one.job_id, entry_id)
-                self._settle(stream, entry_id)
+                if self.running[one.job_id][1] != entry_id:  # its own entry reclaimed is not a second entry
+                    log.info("job %s entry %s is a duplicate of the running one; dropped", one.job_id, entry_id)
+                    self._settle(stream, entry_id)
                 continue
             self.running[one.job_id] = (stream, entry_id, tokens)
             jobs.append(one)
