@@ -21,7 +21,7 @@ from typing import Any
 import redis.exceptions
 from redis.asyncio import Redis
 
-from app.batches.store import ACTIVE, batch_key, finish_batch, forget_batch, start_batch, write_line
+from app.batches.store import ACTIVE, batch_key, drop_finished, finish_batch, forget_batch, start_batch, write_line
 from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest
 from app.serving import quotas
@@ -144,8 +144,8 @@ class BatchRunner:
         if not fields:  # expired or deleted
             await forget_batch(self.redis, tenant, batch_id)
             return
-        if not await start_batch(self.redis, tenant, batch_id):  # finished meanwhile
-            await self.redis.srem(ACTIVE, name)
+        if not await start_batch(self.redis, tenant, batch_id):  # finished meanwhile, maybe by a gateway that
+            await drop_finished(self.redis, tenant, batch_id)  # stopped before it cleared the indexes
             return
         spec = json.loads(fields[b"spec"])
         done = {int(i) for i in await self.redis.hkeys(batch_key(tenant, batch_id, "results"))}

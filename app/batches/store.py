@@ -188,11 +188,16 @@ async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, tt
     args: list[str | int] = [status, int(time.time()), ttl_s]
     if not await redis.register_script(_FINISH)(keys=keys, args=args):
         return False
+    await drop_finished(redis, tenant, batch_id)
+    return True
+
+
+async def drop_finished(redis: Redis, tenant: str, batch_id: str) -> None:
+    """A finished batch leaves the active set and the tenant's unfinished ones (its quota)."""
     pipe = redis.pipeline(transaction=False)
     pipe.srem(ACTIVE, f"{tenant}\x1f{batch_id}")
     pipe.hdel(unfinished_key(tenant), batch_id)
     await pipe.execute()
-    return True
 
 
 async def forget_batch(redis: Redis, tenant: str, batch_id: str) -> None:
