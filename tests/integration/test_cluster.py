@@ -206,6 +206,7 @@ def test_a_master_killed_mid_jobs_fails_over_and_every_request_is_answered_once(
         while probe.xlen(jobs_stream(MODEL)) == 0 and not pending.done() and time.monotonic() < deadline:
             time.sleep(0.02)  # until jobs are in the stream
         probe.close()
+        assert not pending.done(), "every score was answered before the kill: the failover was not exercised"
         victim.kill()
         answers = pending.result(timeout=260)
     redis_cluster.wait_healthy(60)
