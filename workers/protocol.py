@@ -361,6 +361,7 @@ class DecodeStep(BaseModel):
     view_logprobs: list[float]
     view_ranks: list[int]
     contrasted: bool | None = None  # selective contrast (USCD): whether this step was contrasted
+    text: str | None = None  # byte level: the character this step's byte begins ("" for the others and the end)
 
 
 HEAD_KINDS = ("pawn", "los", "probe")
