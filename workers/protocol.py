@@ -342,6 +342,8 @@ class ContrastJob(_JobBase):
     topk: int = Field(default=5, ge=0, le=100)
     record_view: int = Field(default=0, ge=0)
     retain: Retain = "full"
+    level: Literal["token", "byte"] = "token"  # byte: steps by bytes (workers/bytelevel/decoding.py)
+    max_states: int = Field(default=8192, ge=2)  # byte level: the bound on each view's cover states
 
 
 def steps_key(job_id: str) -> str:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from app.schemas.bytes import MAX_STATES_LIMIT
 from app.schemas.generate import SamplingRequest
 from app.schemas.tokens import Usage
 
@@ -77,7 +78,26 @@ class PlausibilityIn(BaseModel):
 
 
 class DecodeRequest(SamplingRequest):
+    max_tokens: int = Field(
+        default=64,
+        ge=1,
+        strict=True,
+        description="steps: tokens, or at the byte level bytes (UTF-8; a character cut by the limit is dropped)",
+    )
     prompt: str = Field(min_length=1)
+    level: Literal["auto", "token", "byte"] = Field(
+        default="auto",
+        description="token: the views' models must share a tokenizer; byte: step by bytes, each view's exact "
+        "next-byte distribution (Phan et al. 2024), for models that tokenize differently; auto: token where the "
+        "tokenizers agree, else byte",
+    )
+    max_states: int = Field(
+        default=8192,
+        ge=2,
+        le=MAX_STATES_LIMIT,
+        strict=True,
+        description="byte level: bound on each view's cover states (forward positions); a run over it is refused",
+    )
     views: list[ViewIn] | None = Field(default=None, min_length=1)
     preset: Preset | None = None
     plausibility: PlausibilityIn | None = None
@@ -107,6 +127,11 @@ class StepOut(BaseModel):
 
 class DecodeResponse(BaseModel):
     record_id: str
+    level: Literal["token", "byte"] = Field(
+        default="token",
+        description="byte: steps are bytes (id the byte, 256 the end of text) and the record holds "
+        "the text re-tokenised by record_view's model",
+    )
     text: str
     finish_reason: str
     usage: Usage

@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 import scipy.special
 
+from app.platform.errors import ApiError
+from app.serving.byte_steps import decode_level
+from app.serving.text import TextCodec
 from tests.unit.test_byte_level import Tiny, _brute_force, _byte_level_bpe, _sentencepiece
 from workers.bytelevel.covers import CoverSetTooLarge, char_starts
 from workers.bytelevel.decoding import ByteView, decode_bytes
 from workers.bytelevel.incremental import TreeStream
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next
-from workers.protocol import Plausibility, Sampling
+from workers.protocol import ModelCard, Plausibility, Sampling
 
 TOL = 1e-9
 Mode = Literal["canonical", "all"]
@@ -222,3 +225,37 @@ def test_allowed_next_bytes_keep_utf8_valid() -> None:
         except UnicodeDecodeError:
             complete = False
         assert allowed[END] == complete
+
+
+def _codec(tiny: Tiny, name: str, backend: str = "hf") -> TextCodec:
+    card = ModelCard(
+        name=name,
+        fingerprint=name,
+        backend=backend,  # type: ignore[arg-type]
+        dtype="float64",
+        vocab_size=len(tiny.tokenizer),
+        hidden_size=32,
+        context_length=128,
+        add_bos=True,
+        bos_token_id=tiny.bos,
+        eos_token_ids=[int(tiny.tokenizer.eos_token_id)],
+        chat_template=None,
+        storage="hidden",
+        hidden_dtype="float64",
+        rebuild_max_abs_error=0.0,
+        max_new_tokens=64,
+    )
+    return TextCodec(card, tiny.tokenizer.backend_tokenizer.to_str())
+
+
+def test_the_level_follows_the_tokenizers(bpe: Tiny, spm: Tiny) -> None:
+    same, other = [_codec(bpe, "a"), _codec(bpe, "b")], [_codec(bpe, "a"), _codec(spm, "c")]
+    assert decode_level("auto", same) == "token" and decode_level("auto", other) == "byte"
+    assert decode_level("byte", same) == "byte" and decode_level("byte", other) == "byte"
+    with pytest.raises(ApiError) as mismatch:
+        decode_level("token", other)
+    assert (mismatch.value.status, mismatch.value.code) == (422, "tokenizer_mismatch")
+    with pytest.raises(ApiError) as unsupported:  # byte-level decoding needs the weights: not on vLLM
+        decode_level("auto", [_codec(bpe, "a"), _codec(spm, "v", backend="vllm")])
+    assert (unsupported.value.status, unsupported.value.code) == (501, "byte_level_unsupported")
+    assert decode_level("token", [_codec(bpe, "v", backend="vllm")] * 2) == "token"
