@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 import numpy as np
 import redis
@@ -274,7 +275,7 @@ class JobExecutor:
         self, job: GenerateJob, backend: Backend, decoded: Decoded, hidden: torch.Tensor | None
     ) -> JobOutcome:
         rid = self.store_completion(job.tenant, backend, job.prompt_ids, decoded, job.retain, hidden=hidden)
-        return self._completed(job, rid, decoded)
+        return self.completed(job, rid, decoded)
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:
         if job.level == "byte":
@@ -289,20 +290,22 @@ class JobExecutor:
         if job.record_view >= len(views) or (job.plausibility is not None and job.plausibility.view >= len(views)):
             raise JobFailed("invalid_view", "record_view and plausibility.view must name one of the views")
         budget = self.completion_budget(job.sampling, [(view.backend, view.prefix_ids) for view in views])
-        channel = steps_channel(job.job_id)
-        decoded = decode(
-            views,
-            job.sampling.model_copy(update={"max_tokens": budget}),
-            plausibility=job.plausibility,
-            rule=job.selective,
-            topk=job.topk,
-            detokenize=views[0].backend.decode,
-            on_step=lambda step: self.redis.publish(channel, step.model_dump_json()),
-        )
+        sampling = job.sampling.model_copy(update={"max_tokens": budget})
+        decoded = decode(views, sampling, detokenize=views[0].backend.decode, **self.contrast_options(job))
         shown = views[job.record_view]
         rid = self.store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded, job.retain)
         self.keep_steps(job.job_id, decoded.steps)
-        return self._completed(job, rid, decoded)
+        return self.completed(job, rid, decoded)
+
+    def contrast_options(self, job: ContrastJob) -> dict[str, Any]:
+        """What either decoding loop takes from a contrastive job: the cut or USCD's rule, top-k, and the stream."""
+        channel = steps_channel(job.job_id)
+        return {
+            "plausibility": job.plausibility,
+            "rule": job.selective,
+            "topk": job.topk,
+            "on_step": lambda step: self.redis.publish(channel, step.model_dump_json()),
+        }
 
     def keep_steps(self, job_id: str, steps: list[DecodeStep]) -> None:
         """A contrastive job's steps, where the gateway reads them (JSON list)."""
@@ -310,7 +313,7 @@ class JobExecutor:
         self.redis.set(steps_key(job_id), listed, ex=STEPS_TTL_S)
 
     @staticmethod
-    def _completed(job: GenerateJob | ContrastJob, rid: str, decoded: Decoded) -> JobOutcome:
+    def completed(job: GenerateJob | ContrastJob, rid: str, decoded: Decoded) -> JobOutcome:
         return JobOutcome(
             job_id=job.job_id,
             ok=True,

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.schemas.bytes import MAX_STATES_LIMIT
+from app.schemas.bytes import max_states_field
 from app.schemas.generate import SamplingRequest
 from app.schemas.tokens import Usage
 
@@ -91,12 +91,8 @@ class DecodeRequest(SamplingRequest):
         "next-byte distribution (Phan et al. 2024), for models that tokenize differently; auto: token where the "
         "tokenizers agree, else byte",
     )
-    max_states: int = Field(
-        default=8192,
-        ge=2,
-        le=MAX_STATES_LIMIT,
-        strict=True,
-        description="byte level: bound on each view's cover states (forward positions); a run over it is refused",
+    max_states: int = max_states_field(
+        "byte level: bound on each view's cover states (forward positions); a run over it is refused"
     )
     views: list[ViewIn] | None = Field(default=None, min_length=1)
     preset: Preset | None = None

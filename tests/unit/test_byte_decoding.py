@@ -21,7 +21,7 @@ from workers.bytelevel.decoding import ByteView, decode_bytes
 from workers.bytelevel.incremental import TreeStream
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next
-from workers.protocol import ModelCard, Plausibility, Sampling
+from workers.protocol import ModelCard, Plausibility, Sampling, Selective
 
 TOL = 1e-9
 Mode = Literal["canonical", "all"]
@@ -259,3 +259,46 @@ def test_the_level_follows_the_tokenizers(bpe: Tiny, spm: Tiny) -> None:
         decode_level("auto", [_codec(bpe, "a"), _codec(spm, "v", backend="vllm")])
     assert (unsupported.value.status, unsupported.value.code) == (501, "byte_level_unsupported")
     assert decode_level("token", [_codec(bpe, "v", backend="vllm")] * 2) == "token"
+
+
+def test_uscd_by_bytes_contrasts_only_where_the_standard_view_is_uncertain(bpe: Tiny) -> None:
+    """USCD's step (workers.decoding.selective) over the 257 symbols, against its formula in float64."""
+    prompts = [prompt_of(bpe, "abc ab abc"), prompt_of(bpe, "abc")]
+    a, min_ratio = 0.7, 2 / 3
+    standard = [brute_next(bpe, prompts[0], b"", "all")]
+    threshold = float(np.exp(standard[0]).max()) + 1e-6  # the first step is uncertain; later ones may not be
+    rule = Selective(measure="top1", threshold=threshold, min_ratio=min_ratio)
+    views = [ByteView(states_of(bpe, prompts[0])), ByteView(states_of(bpe, prompts[1]), -a)]
+    out = decode_bytes(views, Sampling(max_tokens=8, temperature=0.0, top_p=1.0), rule=rule, topk=257)
+    data = b""
+    for step in out.steps:
+        p0, p1 = (np.exp(brute_next(bpe, p, data, "all")) for p in prompts)
+        allowed = allowed_next(data)
+        if p0.max() < threshold:
+            mix = p0 - a * p1
+            keep = (p0 >= min_ratio * p0.mean()) & (mix > 0) & allowed
+            want = np.where(keep, np.log(np.where(keep, mix, 1.0)), -np.inf)
+        else:
+            want = np.where(allowed, np.log(p0), -np.inf)
+        want -= scipy.special.logsumexp(want)
+        assert step.contrasted is bool(p0.max() < threshold)
+        assert step.token == int(np.argmax(want))
+        np.testing.assert_allclose(step.top_logprobs, np.sort(want[np.isfinite(want)])[::-1], atol=TOL, rtol=0)
+        if step.token != END:
+            data += bytes([step.token])
+    assert out.steps[0].contrasted
+
+
+def test_a_stop_string_ends_the_run_before_it_and_streams_only_what_stays(spm: Tiny) -> None:
+    prompt = prompt_of(spm, "ab c")
+    free = decode_bytes([ByteView(states_of(spm, prompt))], Sampling(max_tokens=10, temperature=0.0, top_p=1.0))
+    assert len(free.text) >= 3
+    stop = free.text[2]
+    streamed: list[int] = []
+    out = decode_bytes(
+        [ByteView(states_of(spm, prompt))],
+        Sampling(max_tokens=10, temperature=0.0, top_p=1.0, stop=[stop]),
+        on_step=lambda step: streamed.append(step.token),
+    )
+    assert out.finish_reason == "stop" and out.text == free.text[: free.text.index(stop)]
+    assert streamed == [s.token for s in out.steps] == list(out.text.encode())

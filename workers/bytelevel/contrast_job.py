@@ -12,7 +12,7 @@ from workers.bytelevel.job import encoder, hf_parts
 from workers.bytelevel.stepping import ByteStates
 from workers.decoding import Decoded
 from workers.outcomes import JobFailed
-from workers.protocol import ContrastJob, JobOutcome, steps_channel
+from workers.protocol import ContrastJob, JobOutcome
 
 if TYPE_CHECKING:
     from workers.jobs import JobExecutor
@@ -47,16 +47,9 @@ def run_byte_contrast(executor: JobExecutor, job: ContrastJob) -> JobOutcome:
     budget = executor.completion_budget(
         job.sampling, [(b, s.prefix_ids) for b, s in zip(backends, job.views, strict=True)]
     )
-    channel = steps_channel(job.job_id)
+    sampling = job.sampling.model_copy(update={"max_tokens": budget})
     try:
-        decoded = decode_bytes(
-            views,
-            job.sampling.model_copy(update={"max_tokens": budget}),
-            plausibility=job.plausibility,
-            rule=job.selective,
-            topk=job.topk,
-            on_step=lambda step: executor.redis.publish(channel, step.model_dump_json()),
-        )
+        decoded = decode_bytes(views, sampling, **executor.contrast_options(job))
     except CoverSetTooLarge as exc:
         message = f"byte-level decoding needs more than {exc.limit} cover states in a view; raise max_states"
         raise JobFailed("cover_set_too_large", message, 422) from exc
@@ -67,10 +60,4 @@ def run_byte_contrast(executor: JobExecutor, job: ContrastJob) -> JobOutcome:
     record = Decoded(answer, decoded.finish_reason, [])
     rid = executor.store_completion(job.tenant, shown, spec.prefix_ids, record, job.retain)
     executor.keep_steps(job.job_id, decoded.steps)
-    return JobOutcome(
-        job_id=job.job_id,
-        ok=True,
-        record_id=rid,
-        completion_ids=decoded.completion,
-        finish_reason=decoded.finish_reason,
-    )
+    return executor.completed(job, rid, Decoded(decoded.completion, decoded.finish_reason, decoded.steps))

@@ -21,7 +21,6 @@ back; its `text` is the character its byte begins ("" for the bytes after a char
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 from workers.bytelevel.stats import LOG_FLOOR
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next, pending
-from workers.decoding import combine, selective
+from workers.decoding import StepSink, combine, rank_of, seeded, selective, top_finite
 from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
 from workers.sampling import sample_next
 
@@ -85,10 +84,6 @@ def byte_step(
     return view_logprobs, torch.log_softmax(combined.masked_fill(~keep, -math.inf), dim=-1), contrasted
 
 
-def _rank(logp: torch.Tensor, symbol: int) -> int:
-    return int((logp > logp[symbol]).sum()) + 1
-
-
 def _stop_cut(text: str, stops: list[str]) -> int | None:
     cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(cuts) if cuts else None
@@ -110,18 +105,13 @@ def decode_bytes(
     on_step: Callable[[DecodeStep], Any] | None = None,
 ) -> ByteDecoded:
     """Draw bytes until max_tokens bytes, the end symbol, or a stop string (see the module)."""
-    seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded(sampling)
     data = b""
     steps: list[DecodeStep] = []
-    sent = 0
+    sink = StepSink(on_step)
 
     def emit(upto: int) -> None:
-        nonlocal sent
-        if on_step is not None:
-            for step in steps[sent:upto]:
-                on_step(step)
-        sent = max(sent, upto)
+        sink.emit(steps, upto)
 
     for _ in range(sampling.max_tokens):
         if data:
@@ -131,19 +121,14 @@ def decode_bytes(
             [v.states.distribution() for v in views], views, allowed_next(data), plausibility, rule
         )
         symbol = sample_next(combined, sampling, generator)
-        top = combined.topk(min(topk, combined.shape[0])) if topk else None
-        finite = (
-            []
-            if top is None
-            else [(i, v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if math.isfinite(v)]
-        )
+        finite = top_finite(combined, topk)
         steps.append(
             DecodeStep(
                 token=symbol,
                 top_ids=[i for i, _ in finite],
                 top_logprobs=[v for _, v in finite],
                 view_logprobs=[float(lp[symbol]) for lp in view_logprobs],
-                view_ranks=[_rank(lp, symbol) for lp in view_logprobs],
+                view_ranks=[rank_of(lp, symbol) for lp in view_logprobs],
                 contrasted=contrasted,
                 text="",
             )
