@@ -134,8 +134,12 @@ def _settled(completion: list[int], detokenize: Callable[[list[int]], str], stop
     """How many tokens no later stop string can take back: those before a tail of the text that could still
     grow into a stop (vLLM holds back the same tail before it streams)."""
     text = detokenize(completion)
-    pending = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-    return _tokens_within(completion, detokenize, len(text) - pending)
+    return _tokens_within(completion, detokenize, len(text) - held_back(text, stops))
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could still grow into a stop string."""
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
 def _tokens_within(completion: list[int], detokenize: Callable[[list[int]], str], chars: int) -> int:

@@ -31,7 +31,7 @@ import torch
 from workers.bytelevel.stats import LOG_FLOOR
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next, pending
-from workers.decoding import StepSink, combine, rank_of, seeded, selective, top_finite
+from workers.decoding import StepSink, combine, held_back, rank_of, seeded, selective, top_finite
 from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
 from workers.sampling import sample_next
 
@@ -79,19 +79,14 @@ def byte_step(
             combined = combine(floored, weights, None)
     else:
         combined, contrasted = selective(view_logprobs, weights, rule)
-        if not bool(torch.isfinite(combined[keep]).any()):
-            combined, contrasted = combine(floored, weights, None), False
+        if not bool(torch.isfinite(combined[keep]).any()):  # as USCD does when its contrast keeps nothing
+            combined, contrasted = view_logprobs[0], False
     return view_logprobs, torch.log_softmax(combined.masked_fill(~keep, -math.inf), dim=-1), contrasted
 
 
 def _stop_cut(text: str, stops: list[str]) -> int | None:
     cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(cuts) if cuts else None
-
-
-def _held(text: str, stops: list[str]) -> int:
-    """Characters at the end of `text` that could still grow into a stop string."""
-    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
 @torch.inference_mode()
@@ -109,10 +104,6 @@ def decode_bytes(
     data = b""
     steps: list[DecodeStep] = []
     sink = StepSink(on_step)
-
-    def emit(upto: int) -> None:
-        sink.emit(steps, upto)
-
     for _ in range(sampling.max_tokens):
         if data:
             for view in views:
@@ -134,7 +125,7 @@ def decode_bytes(
             )
         )
         if symbol == END:
-            emit(len(steps))
+            sink.emit(steps, len(steps))
             return ByteDecoded(data, [*data, END], "stop", steps)
         data += bytes([symbol])
         if pending(data):
@@ -144,9 +135,9 @@ def decode_bytes(
         cut = _stop_cut(text, sampling.stop)
         if cut is not None:
             keep = len(text[:cut].encode())
-            emit(keep)
+            sink.emit(steps, keep)
             return ByteDecoded(data[:keep], list(data[:keep]), "stop", steps[:keep])
-        emit(len(data) - len(text[len(text) - _held(text, sampling.stop) :].encode()))
+        sink.emit(steps, len(data) - len(text[len(text) - held_back(text, sampling.stop) :].encode()))
     complete = len(data) - pending(data)
-    emit(complete)
+    sink.emit(steps, complete)
     return ByteDecoded(data[:complete], list(data[:complete]), "length", steps[:complete])
