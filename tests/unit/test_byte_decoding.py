@@ -17,7 +17,7 @@ from app.serving.byte_steps import decode_level
 from app.serving.text import TextCodec
 from tests.unit.test_byte_level import Tiny, _brute_force, _byte_level_bpe, _sentencepiece
 from workers.bytelevel.covers import CoverSetTooLarge, char_starts
-from workers.bytelevel.decoding import ByteView, decode_bytes
+from workers.bytelevel.decoding import ByteDecoded, ByteView, decode_bytes
 from workers.bytelevel.incremental import TreeStream
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next
@@ -302,3 +302,29 @@ def test_a_stop_string_ends_the_run_before_it_and_streams_only_what_stays(spm: T
     )
     assert out.finish_reason == "stop" and out.text == free.text[: free.text.index(stop)]
     assert streamed == [s.token for s in out.steps] == list(out.text.encode())
+
+
+class Unigram:
+    """A model that ignores its context: every state's next token is "é" (one two-byte token) with probability
+    0.9, the rest spread evenly. Enough to steer a run into a character that max_tokens cuts."""
+
+    def __init__(self, tiny: Tiny) -> None:
+        size = len(tiny.tokenizer)
+        e_acute = tiny.encode(["é"])[0]
+        assert len(e_acute) == 1 and tiny.vocab.token_bytes[e_acute[0]] == "é".encode()
+        row = np.full(size, math.log(0.1 / (size - 1)))
+        row[e_acute[0]] = math.log(0.9)
+        self.root_row = row
+
+    def rows(self, tokens: list[int], parents: list[int]) -> np.ndarray:
+        return np.tile(self.root_row, (len(tokens), 1))
+
+
+def test_max_tokens_counts_bytes_and_drops_a_cut_character(bpe: Tiny) -> None:
+    def run(n: int) -> ByteDecoded:
+        states = ByteStates(Unigram(bpe), bpe.vocab, lambda t: bpe.encode([t])[0], [int(bpe.tokenizer.eos_token_id)])
+        return decode_bytes([ByteView(states)], Sampling(max_tokens=n, temperature=0.0, top_p=1.0))
+
+    whole, cut = run(4), run(5)
+    assert whole.text == cut.text == "éé" and whole.finish_reason == cut.finish_reason == "length"
+    assert [s.text for s in cut.steps] == ["é", "", "é", ""] and cut.completion == list("éé".encode())

@@ -18,10 +18,12 @@ tokens; "all": every token sequence whose bytes are a prefix of x_1..x_m (exact 
 Both sets only grow from one byte to the next.
 
 Cost: each state is computed once, by one position of a growing tree forward (workers.bytelevel.incremental) when it
-first appears (about one new state per byte for text the tokenizer splits as it goes); after that a state keeps
-only the log-probabilities of the tokens that still begin with the bytes generated since it, a range that shrinks
-with each byte and is dropped when empty. A step costs the forward of its new states, one O(V) pass per new state
-and a small sum per live state. The states are bounded by `max_states` (CoverSetTooLarge).
+first appears; after that a state keeps only the log-probabilities of the tokens that still begin with the bytes
+generated since it, a range that shrinks with each byte and is dropped when empty. A step costs the forward of its
+new states (in the canonical mode about one per byte: the encoding's last token changes as a word grows; measured
+with SmolLM2, 40 states for 40 bytes, 97% of the time in those forwards), one O(V) pass per new state and a small
+sum per live state. So decoding by bytes costs about one single-position forward per byte and view, where the
+token path takes one per token. The states are bounded by `max_states` (CoverSetTooLarge).
 """
 
 from __future__ import annotations
