@@ -93,6 +93,10 @@ def rank_of(logp: torch.Tensor, token: int) -> int:
     return int((logp > logp[token]).sum()) + 1
 
 
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def seeded(sampling: Sampling) -> torch.Generator:
     """The job's random stream: its seed, or a fresh one."""
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
@@ -212,6 +216,7 @@ def decode(
             view_logprobs=[float(lp[token]) for lp in view_logprobs],
             view_ranks=[rank_of(lp, token) for lp in view_logprobs],
             contrasted=contrasted,
+            logprob=finite_or_none(float(combined[token])),
         )
         steps.append(step)
         completion.append(token)

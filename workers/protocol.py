@@ -363,6 +363,7 @@ class DecodeStep(BaseModel):
     view_logprobs: list[float]
     view_ranks: list[int]
     contrasted: bool | None = None  # selective contrast (USCD): whether this step was contrasted
+    logprob: float | None = None  # the chosen id's logprob under the combined distribution
     text: str | None = None  # byte level: the character this step's byte begins ("" for the others and the end)
 
 

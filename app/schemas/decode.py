@@ -119,6 +119,7 @@ class StepOut(BaseModel):
     top_logprobs: list[TopToken]
     views: list[ViewScore]
     contrasted: bool | None = Field(default=None, description="uscd: whether this step was contrasted")
+    logprob: float | None = Field(default=None, description="the chosen id's logprob under the combined distribution")
 
 
 class DecodeResponse(BaseModel):

@@ -61,6 +61,7 @@ def test_contrast_across_tokenizers_decodes_by_bytes(service: httpx.Client) -> N
     for step in steps:
         assert len(step["views"]) == 2 and all(math.isfinite(v["logprob"]) and v["logprob"] <= 0 for v in step["views"])
         assert step["top_logprobs"][0]["id"] == step["id"]  # greedy: the combined distribution's best symbol
+        assert step["logprob"] == step["top_logprobs"][0]["logprob"] <= 0
         assert step["contrasted"] is None
     assert body["usage"]["completion_tokens"] == len(steps)
     # the record: the aligned view's prompt and the answer re-tokenised by its tokenizer, scored by its model
@@ -101,3 +102,20 @@ def test_level_byte_on_one_tokenizer_and_refusals(service: httpx.Client) -> None
         response = service.post("/v1/decode/contrastive", json={"prompt": PROMPT, "max_tokens": 8, **extra})
         assert response.status_code == status, response.text
         assert response.json()["error"]["code"] == code
+
+
+def test_uscd_by_bytes_streams_whether_each_step_was_contrasted(service: httpx.Client) -> None:
+    preset = {
+        "name": "uscd",
+        "model": MODEL,
+        "lame_prompt": PROMPT,
+        "uncertainty": "top1",
+        "threshold": 0.9,
+    }
+    request = {"preset": preset, "level": "byte", "max_tokens": 8, "temperature": 0, "top_logprobs": 3}
+    body = _decode(service, prompt="Rome is the capital of Italy.\nParis is the capital of", **request)
+    assert body["level"] == "byte" and all(isinstance(s["contrasted"], bool) for s in body["steps"])
+    uncertain = [s["contrasted"] for s in body["steps"]]
+    events = _streamed(service, prompt="Rome is the capital of Italy.\nParis is the capital of", **request)
+    assert [d["contrasted"] for e, d in events if e == "step"] == uncertain
+    assert [d for e, d in events if e == "step"] == body["steps"]

@@ -158,7 +158,7 @@ def test_byte_contrast_equals_the_float64_reference(preset: str, bpe: Tiny, spm:
     for step in out.steps:
         dists = [brute_next(t, p, data, "all") for t, p in pair]
         want = combined_reference(dists, weights, temps, data, alpha)
-        assert step.token == int(np.argmax(want))
+        assert step.token == int(np.argmax(want)) and step.logprob == pytest.approx(want[step.token], abs=TOL)
         finite = np.sort(want[np.isfinite(want)])[::-1]
         np.testing.assert_allclose(step.top_logprobs, finite, atol=TOL, rtol=0)
         for got, d, tau in zip(step.view_logprobs, dists, temps, strict=True):

@@ -31,7 +31,7 @@ import torch
 from workers.bytelevel.stats import LOG_FLOOR
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next, pending
-from workers.decoding import StepSink, combine, held_back, rank_of, seeded, selective, top_finite
+from workers.decoding import StepSink, combine, finite_or_none, held_back, rank_of, seeded, selective, top_finite
 from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
 from workers.sampling import sample_next
 
@@ -121,6 +121,7 @@ def decode_bytes(
                 view_logprobs=[float(lp[symbol]) for lp in view_logprobs],
                 view_ranks=[rank_of(lp, symbol) for lp in view_logprobs],
                 contrasted=contrasted,
+                logprob=finite_or_none(float(combined[symbol])),
                 text="",
             )
         )
