@@ -89,8 +89,39 @@ def selective(view_logprobs: list[torch.Tensor], weights: list[float], rule: Sel
     return torch.log_softmax(score, dim=-1), True
 
 
-def _rank(logp: torch.Tensor, token: int) -> int:
+def rank_of(logp: torch.Tensor, token: int) -> int:
     return int((logp > logp[token]).sum()) + 1
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def seeded(sampling: Sampling) -> torch.Generator:
+    """The job's random stream: its seed, or a fresh one."""
+    seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    return torch.Generator().manual_seed(seed)
+
+
+def top_finite(combined: torch.Tensor, topk: int) -> list[tuple[int, float]]:
+    """The `topk` most likely ids of a log-distribution and their logprobs, leaving out those it drops (-inf)."""
+    if not topk:
+        return []
+    top = combined.topk(min(topk, combined.shape[0]))
+    return [(i, v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if math.isfinite(v)]
+
+
+class StepSink:
+    """Hands steps to `on_step` in order, each once, as far as the caller says they are settled."""
+
+    def __init__(self, on_step: Callable[[DecodeStep], Any] | None) -> None:
+        self.on_step, self.sent = on_step, 0
+
+    def emit(self, steps: list[DecodeStep], upto: int) -> None:
+        if self.on_step is not None:
+            for step in steps[self.sent : upto]:
+                self.on_step(step)
+        self.sent = max(self.sent, upto)
 
 
 def tokens_before_stop(completion: list[int], detokenize: Callable[[list[int]], str], stops: list[str]) -> int:
@@ -107,8 +138,12 @@ def _settled(completion: list[int], detokenize: Callable[[list[int]], str], stop
     """How many tokens no later stop string can take back: those before a tail of the text that could still
     grow into a stop (vLLM holds back the same tail before it streams)."""
     text = detokenize(completion)
-    pending = max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-    return _tokens_within(completion, detokenize, len(text) - pending)
+    return _tokens_within(completion, detokenize, len(text) - held_back(text, stops))
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could still grow into a stop string."""
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
 def _tokens_within(completion: list[int], detokenize: Callable[[list[int]], str], chars: int) -> int:
@@ -135,8 +170,7 @@ def decode(
 
     With stop strings, a step reaches `on_step` only once no stop can take it back, and a completion that hit a
     stop ends before it (`tokens_before_stop`): streamed steps, the answer's steps and its tokens all agree."""
-    seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded(sampling)
     # The views of one model decode as one batch: one forward per model per step.
     groups: dict[int, list[int]] = {}
     for i, view in enumerate(views):
@@ -157,14 +191,10 @@ def decode(
         len(views) == 1 and weights == [1.0] and views[0].temperature == 1.0 and plausibility is None and rule is None
     )
     stops = sampling.stop if detokenize is not None else []
-    sent = 0
+    sink = StepSink(on_step)
 
     def emit(upto: int) -> None:
-        nonlocal sent
-        if on_step is not None:
-            for step in steps[sent:upto]:
-                on_step(step)
-        sent = max(sent, upto)
+        sink.emit(steps, upto)
 
     for _ in range(sampling.max_tokens):
         view_logprobs = [
@@ -178,19 +208,15 @@ def decode(
         # Plain sampling works on the raw logits as vLLM's sampler does (a repetition penalty depends on their sign).
         scores = logits[0].double() if plain else combined
         token = sample_next(scores, sampling, generator, views[0].prefix_ids, completion)
-        top = combined.topk(min(topk, combined.shape[0])) if topk else None
-        finite = (
-            []
-            if top is None
-            else [(i, v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if math.isfinite(v)]
-        )
+        finite = top_finite(combined, topk)
         step = DecodeStep(
             token=token,
             top_ids=[i for i, _ in finite],
             top_logprobs=[v for _, v in finite],
             view_logprobs=[float(lp[token]) for lp in view_logprobs],
-            view_ranks=[_rank(lp, token) for lp in view_logprobs],
+            view_ranks=[rank_of(lp, token) for lp in view_logprobs],
             contrasted=contrasted,
+            logprob=finite_or_none(float(combined[token])),
         )
         steps.append(step)
         completion.append(token)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 import numpy as np
 import redis
@@ -14,6 +15,7 @@ from safetensors.torch import save as st_save_torch
 
 from workers.attribution_job import run_attribution_job
 from workers.backends.base import Backend
+from workers.bytelevel.contrast_job import run_byte_contrast
 from workers.bytelevel.job import run_bytes_job
 from workers.capture import (
     Unembedding,
@@ -38,6 +40,7 @@ from workers.protocol import (
     BytesJob,
     ContrastJob,
     CrossJob,
+    DecodeStep,
     GenerateJob,
     HeadJob,
     JobOutcome,
@@ -265,15 +268,18 @@ class JobExecutor:
     def generation_budget(self, job: GenerateJob, backend: Backend) -> Sampling:
         """The job's sampling with max_tokens bounded by the model's limits (a bad prompt raises JobFailed)."""
         self.check_ids(job.prompt_ids, backend)
-        return job.sampling.model_copy(update={"max_tokens": self._budget(job.sampling, [(backend, job.prompt_ids)])})
+        budget = self.completion_budget(job.sampling, [(backend, job.prompt_ids)])
+        return job.sampling.model_copy(update={"max_tokens": budget})
 
     def generation_stored(
         self, job: GenerateJob, backend: Backend, decoded: Decoded, hidden: torch.Tensor | None
     ) -> JobOutcome:
-        rid = self._store_completion(job.tenant, backend, job.prompt_ids, decoded, job.retain, hidden=hidden)
-        return self._completed(job, rid, decoded)
+        rid = self.store_completion(job.tenant, backend, job.prompt_ids, decoded, job.retain, hidden=hidden)
+        return self.completed(job, rid, decoded)
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:
+        if job.level == "byte":
+            return run_byte_contrast(self, job)
         views = []
         for spec in job.views:
             backend = self.backend_for(spec.model, spec.fingerprint)
@@ -283,25 +289,31 @@ class JobExecutor:
             raise JobFailed("tokenizer_mismatch", "the views' models do not share a vocabulary")
         if job.record_view >= len(views) or (job.plausibility is not None and job.plausibility.view >= len(views)):
             raise JobFailed("invalid_view", "record_view and plausibility.view must name one of the views")
-        budget = self._budget(job.sampling, [(view.backend, view.prefix_ids) for view in views])
-        channel = steps_channel(job.job_id)
-        decoded = decode(
-            views,
-            job.sampling.model_copy(update={"max_tokens": budget}),
-            plausibility=job.plausibility,
-            rule=job.selective,
-            topk=job.topk,
-            detokenize=views[0].backend.decode,
-            on_step=lambda step: self.redis.publish(channel, step.model_dump_json()),
-        )
+        budget = self.completion_budget(job.sampling, [(view.backend, view.prefix_ids) for view in views])
+        sampling = job.sampling.model_copy(update={"max_tokens": budget})
+        decoded = decode(views, sampling, detokenize=views[0].backend.decode, **self.contrast_options(job))
         shown = views[job.record_view]
-        rid = self._store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded, job.retain)
-        steps = "[" + ",".join(step.model_dump_json() for step in decoded.steps) + "]"
-        self.redis.set(steps_key(job.job_id), steps, ex=STEPS_TTL_S)
-        return self._completed(job, rid, decoded)
+        rid = self.store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded, job.retain)
+        self.keep_steps(job.job_id, decoded.steps)
+        return self.completed(job, rid, decoded)
+
+    def contrast_options(self, job: ContrastJob) -> dict[str, Any]:
+        """What either decoding loop takes from a contrastive job: the cut or USCD's rule, top-k, and the stream."""
+        channel = steps_channel(job.job_id)
+        return {
+            "plausibility": job.plausibility,
+            "rule": job.selective,
+            "topk": job.topk,
+            "on_step": lambda step: self.redis.publish(channel, step.model_dump_json()),
+        }
+
+    def keep_steps(self, job_id: str, steps: list[DecodeStep]) -> None:
+        """A contrastive job's steps, where the gateway reads them (JSON list)."""
+        listed = "[" + ",".join(step.model_dump_json() for step in steps) + "]"
+        self.redis.set(steps_key(job_id), listed, ex=STEPS_TTL_S)
 
     @staticmethod
-    def _completed(job: GenerateJob | ContrastJob, rid: str, decoded: Decoded) -> JobOutcome:
+    def completed(job: GenerateJob | ContrastJob, rid: str, decoded: Decoded) -> JobOutcome:
         return JobOutcome(
             job_id=job.job_id,
             ok=True,
@@ -311,7 +323,7 @@ class JobExecutor:
         )
 
     @staticmethod
-    def _budget(sampling: Sampling, prefixes: list[tuple[Backend, list[int]]]) -> int:
+    def completion_budget(sampling: Sampling, prefixes: list[tuple[Backend, list[int]]]) -> int:
         """max_tokens, bounded by every model's limit and the room left in its context."""
         budget = min(
             [sampling.max_tokens]
@@ -321,7 +333,7 @@ class JobExecutor:
             raise JobFailed("context_length_exceeded", "no room left in the context for a completion")
         return budget
 
-    def _store_completion(
+    def store_completion(
         self,
         tenant: str,
         backend: Backend,

@@ -342,6 +342,8 @@ class ContrastJob(_JobBase):
     topk: int = Field(default=5, ge=0, le=100)
     record_view: int = Field(default=0, ge=0)
     retain: Retain = "full"
+    level: Literal["token", "byte"] = "token"  # byte: steps by bytes (workers/bytelevel/decoding.py)
+    max_states: int = Field(default=8192, ge=2)  # byte level: the bound on each view's cover states
 
 
 def steps_key(job_id: str) -> str:
@@ -361,6 +363,8 @@ class DecodeStep(BaseModel):
     view_logprobs: list[float]
     view_ranks: list[int]
     contrasted: bool | None = None  # selective contrast (USCD): whether this step was contrasted
+    logprob: float | None = None  # the chosen id's logprob under the combined distribution
+    text: str | None = None  # byte level: the character this step's byte begins ("" for the others and the end)
 
 
 HEAD_KINDS = ("pawn", "los", "probe")

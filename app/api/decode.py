@@ -34,8 +34,8 @@ async def contrastive(body: DecodeRequest, services: ServicesDep, tenant: Tenant
         )
     outcome = raise_for_outcome(await services.jobs.run(job))
     raw = as_bytes(await services.redis.get(steps_key(job.job_id))) or b"[]"
-    steps = [step_out(DecodeStep.model_validate(s), codec) for s in json.loads(raw)]
-    return {**summary(outcome, codec, stops, views, usage_prompt), "steps": steps}
+    steps = [step_out(DecodeStep.model_validate(s), codec, job.level) for s in json.loads(raw)]
+    return {**summary(outcome, codec, stops, views, usage_prompt, job.level), "steps": steps}
 
 
 async def stream_steps(
@@ -45,12 +45,12 @@ async def stream_steps(
     try:
         async for item in services.jobs.stream(job):
             if isinstance(item, DecodeStep):
-                yield format_sse_event(data_str=json.dumps(step_out(item, codec)), event="step")
+                yield format_sse_event(data_str=json.dumps(step_out(item, codec, job.level)), event="step")
             elif not item.ok:
                 error = item.error.model_dump() if item.error else {}
                 yield format_sse_event(data_str=json.dumps({"error": error}), event="error")
             else:
-                result = summary(item, codec, stops, views, usage_prompt)
+                result = summary(item, codec, stops, views, usage_prompt, job.level)
                 yield format_sse_event(data_str=json.dumps(result), event="done")
     except ApiError as exc:
         yield format_sse_event(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_STATES_LIMIT = 32_768
+
+
+def max_states_field(description: str) -> Any:
+    """The bound on cover states (forward positions) of byte-level work: 8192 unless asked, at most 32,768."""
+    return Field(default=8192, ge=2, le=MAX_STATES_LIMIT, strict=True, description=description)
 
 
 class BytesRequest(BaseModel):
@@ -18,12 +23,8 @@ class BytesRequest(BaseModel):
         description="canonical: the tokenizer's own encodings of the text's prefixes, as the paper restricts "
         "cover encodings to valid ones; all: every tokenization (exponential, for short texts)",
     )
-    max_states: int = Field(
-        default=8192,
-        ge=2,
-        le=MAX_STATES_LIMIT,
-        strict=True,
-        description="bound on the forward positions (cover states) the text may need; a text over it is refused",
+    max_states: int = max_states_field(
+        "bound on the forward positions (cover states) the text may need; a text over it is refused"
     )
     distributions: bool = Field(default=False, strict=True, description="also return each byte's 256 logprobs")
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from app.schemas.bytes import max_states_field
 from app.schemas.generate import SamplingRequest
 from app.schemas.tokens import Usage
 
@@ -77,7 +78,22 @@ class PlausibilityIn(BaseModel):
 
 
 class DecodeRequest(SamplingRequest):
+    max_tokens: int = Field(
+        default=64,
+        ge=1,
+        strict=True,
+        description="steps: tokens, or at the byte level bytes (UTF-8; a character cut by the limit is dropped)",
+    )
     prompt: str = Field(min_length=1)
+    level: Literal["auto", "token", "byte"] = Field(
+        default="auto",
+        description="token: the views' models must share a tokenizer; byte: step by bytes, each view's exact "
+        "next-byte distribution (Phan et al. 2024), for models that tokenize differently; auto: token where the "
+        "tokenizers agree, else byte",
+    )
+    max_states: int = max_states_field(
+        "byte level: bound on each view's cover states (forward positions); a run over it is refused"
+    )
     views: list[ViewIn] | None = Field(default=None, min_length=1)
     preset: Preset | None = None
     plausibility: PlausibilityIn | None = None
@@ -103,10 +119,16 @@ class StepOut(BaseModel):
     top_logprobs: list[TopToken]
     views: list[ViewScore]
     contrasted: bool | None = Field(default=None, description="uscd: whether this step was contrasted")
+    logprob: float | None = Field(default=None, description="the chosen id's logprob under the combined distribution")
 
 
 class DecodeResponse(BaseModel):
     record_id: str
+    level: Literal["token", "byte"] = Field(
+        default="token",
+        description="byte: steps are bytes (id the byte, 256 the end of text) and the record holds "
+        "the text re-tokenised by record_view's model",
+    )
     text: str
     finish_reason: str
     usage: Usage

@@ -9,6 +9,7 @@ from typing import Any
 from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.schemas.decode import DecodeRequest, Preset, ViewIn
+from app.serving.byte_steps import SYMBOLS, byte_step_out, byte_text, decode_level
 from app.serving.inputs import check_length, sampling_of, top_k, truncate_at_stop
 from app.serving.jobs import new_job_id
 from app.serving.services import Services
@@ -148,8 +149,7 @@ async def build_job(
                 temperature=view.temperature,
             )
         )
-    if len({(c.tokenizer_id, c.card.vocab_size) for c in codecs}) != 1:
-        raise ApiError(422, "tokenizer_mismatch", "every view's model must share one tokenizer", "views")
+    level = decode_level(body.level, codecs)
     group = group_name(v.model for v in decode_views)
     if not await services.catalog.live_workers(group):
         raise ApiError(
@@ -164,7 +164,7 @@ async def build_job(
     await charge(services.redis, tenant, "tokens", tokens, settings.rate_limit_tpm)
     rule = None
     if body.preset is not None and body.preset.name == "uscd":
-        rule = uscd_rule(body.preset, codecs[0].card.vocab_size)
+        rule = uscd_rule(body.preset, SYMBOLS if level == "byte" else codecs[0].card.vocab_size)
     job = ContrastJob(
         job_id=new_job_id(),
         tenant=tenant,
@@ -177,6 +177,8 @@ async def build_job(
         topk=k,
         record_view=body.record_view,
         retain=body.retain or codecs[body.record_view].card.retain,
+        level=level,  # type: ignore[arg-type]
+        max_states=body.max_states,
     )
     return job, views, codecs[0], stops
 
@@ -188,7 +190,9 @@ def _model_param(preset: Preset | None, model: str, view: int) -> str:
     return "preset." + next((f for f in PRESET_MODELS if getattr(preset, f) == model), "model")
 
 
-def step_out(step: DecodeStep, codec: TextCodec) -> dict[str, Any]:
+def step_out(step: DecodeStep, codec: TextCodec, level: str = "token") -> dict[str, Any]:
+    if level == "byte":
+        return byte_step_out(step)
     pieces = codec.pieces()
     return {
         "id": step.token,
@@ -199,18 +203,20 @@ def step_out(step: DecodeStep, codec: TextCodec) -> dict[str, Any]:
         ],
         "views": [{"logprob": lp, "rank": r} for lp, r in zip(step.view_logprobs, step.view_ranks, strict=True)],
         "contrasted": step.contrasted,
+        "logprob": step.logprob,
     }
 
 
 def summary(
-    outcome: JobOutcome, codec: TextCodec, stops: list[str], views: list[ViewIn], prompt_tokens: int
+    outcome: JobOutcome, codec: TextCodec, stops: list[str], views: list[ViewIn], prompt_tokens: int, level: str
 ) -> dict[str, Any]:
     completion = outcome.completion_ids or []
-    text = codec.decode(completion)
+    text = byte_text(completion) if level == "byte" else codec.decode(completion)
     if outcome.finish_reason == "stop":
         text = truncate_at_stop(text, stops)
     return {
         "record_id": outcome.record_id,
+        "level": level,
         "text": text,
         "finish_reason": outcome.finish_reason,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(completion)},

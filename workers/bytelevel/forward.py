@@ -32,12 +32,17 @@ def ancestor_mask(parents: np.ndarray) -> np.ndarray:
 
 def _attention_masks(model: Any, allowed: torch.Tensor, depths: torch.Tensor, rows: slice) -> Any:
     """The prepared 4D mask(s) for the queries `rows` over keys [0, rows.stop): one mask, or one per layer type."""
+    return prepared_masks(model, allowed[rows, : rows.stop], depths[rows], depths[: rows.stop])
+
+
+def prepared_masks(model: Any, mask: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor) -> Any:
+    """The prepared 4D mask(s) for a block of queries over keys (bool [q, k], True where attended), as transformers
+    takes them as is: one mask, or one per layer type, with any sliding window applied by position."""
     config = model.config.get_text_config()
     window = getattr(config, "sliding_window", None)
     layer_types = set(getattr(config, "layer_types", None) or [])
     eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
     dtype = next(model.parameters()).dtype
-    mask = allowed[rows, : rows.stop]
 
     def prepared(mask: torch.Tensor) -> torch.Tensor:
         if not eager:
@@ -48,7 +53,7 @@ def _attention_masks(model: Any, allowed: torch.Tensor, depths: torch.Tensor, ro
         return prepared(mask)
     masks = {kind: prepared(mask) for kind in layer_types}
     if window and "sliding_attention" in layer_types:
-        near = (depths[rows, None] - depths[None, : rows.stop]) < window
+        near = (query_positions[:, None] - key_positions[None, :]) < window
         masks["sliding_attention"] = prepared(mask & near)
     return masks
 

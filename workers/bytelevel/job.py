@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -32,21 +33,32 @@ def start_token(card: Any) -> int:
     raise JobFailed("byte_level_unsupported", f"{card.name!r} has no BOS or end-of-text token to start from")
 
 
-def byte_level(backend: Any, text: str, mode: str, max_states: int) -> ByteLevel:
-    """A text's exact byte-level distributions under an hf backend's model (the work of a bytes job)."""
+def hf_parts(backend: Any) -> tuple[Any, Any, ByteVocab]:
+    """An hf backend's model, tokenizer and byte vocabulary (built once per model); 501 on other backends."""
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
     if model is None or tokenizer is None:
-        raise JobFailed("byte_level_unsupported", "byte-level scoring runs on the transformers (hf) backend", 501)
-    card = backend.card
-    vocab = _VOCABS.get(card.fingerprint)
+        raise JobFailed("byte_level_unsupported", "byte-level work runs on the transformers (hf) backend", 501)
+    vocab = _VOCABS.get(backend.card.fingerprint)
     if vocab is None:
-        vocab = _VOCABS[card.fingerprint] = vocab_from_tokenizer(tokenizer)
-    data, start = text.encode("utf-8"), start_token(card)
+        vocab = _VOCABS[backend.card.fingerprint] = vocab_from_tokenizer(tokenizer)
+    return model, tokenizer, vocab
+
+
+def encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
+    """Texts to token ids as the covers take them: no special tokens added, none read from the text."""
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
         out = tokenizer(texts, add_special_tokens=False, split_special_tokens=True).input_ids
         return [list(ids) for ids in out]
 
+    return encode_batch
+
+
+def byte_level(backend: Any, text: str, mode: str, max_states: int) -> ByteLevel:
+    """A text's exact byte-level distributions under an hf backend's model (the work of a bytes job)."""
+    model, tokenizer, vocab = hf_parts(backend)
+    card = backend.card
+    data, start, encode_batch = text.encode("utf-8"), start_token(card), encoder(tokenizer)
     try:
         if mode == "all":
             plan = all_plan(vocab, data, start, max_states)
