@@ -13,6 +13,7 @@ import torch
 
 from workers.bytelevel.covers import (
     CoverSetTooLarge,
+    EncodingNotSpelled,
     all_plan,
     byte_distributions,
     canonical_plan,
@@ -207,6 +208,17 @@ def test_a_plan_over_the_bound_is_refused(tiny: Tiny) -> None:
         all_plan(tiny.vocab, text, tiny.bos, 50)
     with pytest.raises(CoverSetTooLarge):
         canonical_plan(tiny.vocab, text, tiny.encode, tiny.bos, 10)
+
+
+def test_a_tokenizer_whose_encoding_does_not_spell_the_text_is_refused(tiny: Tiny) -> None:
+    marker = tiny.vocab.byte_tokens[ord(" ")] if tiny.vocab.byte_tokens[ord(" ")] is not None else 0
+
+    def with_leading_space(texts: list[str]) -> list[list[int]]:  # as a legacy SentencePiece adds "▁"
+        return [[marker, *ids] for ids in tiny.encode(texts)]
+
+    with pytest.raises(EncodingNotSpelled):
+        canonical_plan(tiny.vocab, b"ab bc", with_leading_space, tiny.bos, 10_000)
+    assert canonical_plan(tiny.vocab, b"ab bc", tiny.encode, tiny.bos, 10_000).size > 1
 
 
 def test_vocab_ranges() -> None:

@@ -68,6 +68,11 @@ class ByteNotCovered(ValueError):
     """No tokenization in the plan reaches a byte of the text (a byte the vocabulary cannot spell)."""
 
 
+class EncodingNotSpelled(ValueError):
+    """The tokenizer's own encoding of the text does not spell its bytes (e.g. a SentencePiece tokenizer that
+    adds a leading space marker): its encodings are no covers of the text, and the canonical mode has no states."""
+
+
 @dataclass(frozen=True)
 class CoverPlan:
     """A trie of states: node 0 is the start token alone; node i > 0 is node parents[i] followed by tokens[i].
@@ -150,7 +155,13 @@ def canonical_plan(
     starts = char_starts(text)
     ends = [*starts, len(text)]  # the whole text's encoding too: its token-prefixes are states
     prefixes = [text[:i].decode("utf-8") for i in ends]
-    for i, ids in zip(ends, encode_batch(prefixes), strict=True):
+    encodings = encode_batch(prefixes)
+    if b"".join(vocab.token_bytes[t] or b"" for t in encodings[-1]) != text:
+        raise EncodingNotSpelled(
+            "the tokenizer's encoding of the text does not spell its bytes (it adds or changes characters, e.g. a "
+            "leading space marker), so byte-level probabilities of its canonical encodings are not defined"
+        )
+    for i, ids in zip(ends, encodings, strict=True):
         trie.insert(ids, vocab)
         end = next((j for j in starts if j > i), len(text))
         for k in range(i + 1, end):  # inside a multi-byte character: its first bytes as single-byte tokens

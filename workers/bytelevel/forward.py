@@ -19,20 +19,16 @@ from workers.bytelevel.covers import CoverPlan, RowsFn
 from workers.capture import Unembedding
 
 
-def ancestor_mask(parents: np.ndarray) -> np.ndarray:
-    """bool [N, N]: row i is True at i and at every ancestor of i (parents come before their children)."""
-    size = parents.shape[0]
-    mask = np.zeros((size, size), dtype=bool)
-    for i in range(size):
-        if parents[i] >= 0:
-            mask[i] = mask[parents[i]]
-        mask[i, i] = True
+def ancestor_rows(parents: np.ndarray, rows: slice) -> np.ndarray:
+    """bool [len(rows), rows.stop]: row r is True at node rows.start + r and at each of its ancestors (parents
+    come before their children, so no key of a row lies past it). Built a block of rows at a time: the whole
+    [N, N] mask would be a gigabyte at the largest plans."""
+    mask = np.zeros((rows.stop - rows.start, rows.stop), dtype=bool)
+    for r, node in enumerate(range(rows.start, rows.stop)):
+        while node >= 0:
+            mask[r, node] = True
+            node = int(parents[node])
     return mask
-
-
-def _attention_masks(model: Any, allowed: torch.Tensor, depths: torch.Tensor, rows: slice) -> Any:
-    """The prepared 4D mask(s) for the queries `rows` over keys [0, rows.stop): one mask, or one per layer type."""
-    return prepared_masks(model, allowed[rows, : rows.stop], depths[rows], depths[: rows.stop])
 
 
 def prepared_masks(model: Any, mask: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor) -> Any:
@@ -64,7 +60,6 @@ def tree_hidden(model: Any, plan: CoverPlan, chunk: int = 1024) -> torch.Tensor:
     plans one forward per `chunk` nodes through a cache of full (never windowed) layers, so that attention
     memory stays chunk x N."""
     decoder = model.base_model
-    allowed = torch.from_numpy(ancestor_mask(plan.parents))
     depths = torch.from_numpy(plan.depths)
     tokens = torch.from_numpy(plan.tokens)
     cache = DynamicCache() if plan.size > chunk else None
@@ -75,7 +70,9 @@ def tree_hidden(model: Any, plan: CoverPlan, chunk: int = 1024) -> torch.Tensor:
             decoder(
                 input_ids=tokens[rows][None],
                 position_ids=depths[rows][None],
-                attention_mask=_attention_masks(model, allowed, depths, rows),
+                attention_mask=prepared_masks(
+                    model, torch.from_numpy(ancestor_rows(plan.parents, rows)), depths[rows], depths[: rows.stop]
+                ),
                 past_key_values=cache,
                 use_cache=cache is not None,
             ).last_hidden_state[0]

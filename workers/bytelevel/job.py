@@ -11,6 +11,7 @@ from workers.bytelevel.covers import (
     ByteLevel,
     ByteNotCovered,
     CoverSetTooLarge,
+    EncodingNotSpelled,
     all_plan,
     byte_distributions,
     canonical_plan,
@@ -71,6 +72,8 @@ def byte_level(backend: Any, text: str, mode: str, max_states: int) -> ByteLevel
         raise JobFailed("cover_set_too_large", str(exc), 422) from exc
     except ByteNotCovered as exc:
         raise JobFailed("byte_not_covered", str(exc), 422) from exc
+    except EncodingNotSpelled as exc:
+        raise JobFailed("byte_level_unsupported", str(exc), 422) from exc
 
 
 def run_bytes_job(client: redis.Redis, backend: Any, job: BytesJob, ttl_s: int) -> JobOutcome:

@@ -7,7 +7,7 @@ import time
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from safetensors.numpy import load as st_load
 
 from workers.protocol import ProtocolError, encode_arrays
@@ -36,7 +36,7 @@ def decode_byte_record(meta_blob: bytes, arrays_blob: bytes) -> tuple[ByteRecord
     try:
         meta = ByteRecordMeta.model_validate_json(meta_blob)
         arrays = st_load(arrays_blob)
-    except (ValidationError, Exception) as exc:
+    except Exception as exc:  # pydantic.ValidationError, or safetensors errors of its own types
         raise ProtocolError(f"unreadable byte record: {exc}") from exc
     logprob, logdist = arrays.get("logprob"), arrays.get("logdist")
     n = meta.n_bytes
