@@ -107,11 +107,15 @@ def _save_with_smollm2_tokenizer(folder: Path, model: Any) -> str:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Tiny random models that share SmolLM2's tokenizer, saved as local HF folders: a Llama, a Gemma-2 with
-    final-logit soft-capping, and a Cohere whose logits are scaled (so they are not W·h)."""
+    final-logit soft-capping, a Cohere whose logits are scaled by `logit_scale` (W·h times a constant the
+    unembedding knows), and a Falcon-H1 whose `lm_head_multiplier` the unembedding does not model (its logits are
+    not W·h: it keeps full rows)."""
     import torch
     from transformers import (
         CohereConfig,
         CohereForCausalLM,
+        FalconH1Config,
+        FalconH1ForCausalLM,
         Gemma2Config,
         Gemma2ForCausalLM,
         LlamaConfig,
@@ -121,12 +125,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny")
     gemma2 = Gemma2Config(**SMALL, head_dim=16, final_logit_softcapping=5.0, sliding_window=16)
+    mamba = {"mamba_d_ssm": 64, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 16, "mamba_n_groups": 1}
+    falcon_h1 = FalconH1Config(**SMALL, **mamba, lm_head_multiplier=0.5)
     return {
         "tiny-llama": _save_with_smollm2_tokenizer(root / "llama", LlamaForCausalLM(LlamaConfig(**SMALL))),
         "tiny-gemma2": _save_with_smollm2_tokenizer(root / "gemma2", Gemma2ForCausalLM(gemma2)),
         "tiny-cohere": _save_with_smollm2_tokenizer(
             root / "cohere", CohereForCausalLM(CohereConfig(**SMALL, logit_scale=0.5))
         ),
+        "tiny-falcon-h1": _save_with_smollm2_tokenizer(root / "falcon-h1", FalconH1ForCausalLM(falcon_h1)),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,20 +30,33 @@ class Unembedding:
     weight: torch.Tensor  # [V, d], in the model's dtype
     bias: torch.Tensor | None = None
     softcap: float | None = None  # Gemma-2 style final logit soft-capping
+    scale: float = 1.0  # a constant factor on the logits (Cohere's logit_scale, Granite's 1 / logits_scaling)
 
     @property
     def vocab_size(self) -> int:
         return int(self.weight.shape[0])
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits for hidden states [n, d]; the matmul runs in the model's own dtype."""
-        out = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias).float()
+    def logits(self, hidden: torch.Tensor, keep_float64: bool = False) -> torch.Tensor:
+        """float32 logits for hidden states [n, d] (a float64 model's stay float64 with `keep_float64`); the matmul
+        and the scale run in the model's own dtype, as the models apply them."""
+        out = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
+        if self.scale != 1.0:
+            out = out * self.scale
+        out = out if keep_float64 and out.dtype == torch.float64 else out.float()
         if self.softcap is not None:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
 
     def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.logits(hidden), dim=-1)
+
+
+def logit_scale(config: Any) -> float:
+    """The constant factor a model's forward puts on W·h, from its config: Cohere's `logit_scale`, Granite's
+    division by `logits_scaling` (vLLM's LogitsProcessor applies the same); 1 for other models."""
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    divisor = getattr(config, "logits_scaling", None)
+    return scale / float(divisor) if divisor else scale
 
 
 @torch.inference_mode()

@@ -32,11 +32,11 @@ SINGLE_FAMILIES = ("uncertainty", "membership", "detect")
 @pytest.fixture(scope="module")
 def retain_service(tiny_models: dict[str, str]) -> Iterator[LocalService]:
     """tiny-llama keeps full records by default; tiny-gemma2 (the reference model of two-model analyses) and
-    tiny-cohere (whose logits are not W·h: it keeps rows) statistics only. One worker hosts all three."""
+    tiny-falcon-h1 (whose logits are not W·h: it keeps rows) statistics only. One worker hosts all three."""
     models = [
         {"name": "tiny-llama", "source": "hf", "path": tiny_models["tiny-llama"]},
         {"name": "tiny-gemma2", "source": "hf", "path": tiny_models["tiny-gemma2"], "retain": "stats"},
-        {"name": "tiny-cohere", "source": "hf", "path": tiny_models["tiny-cohere"], "retain": "stats"},
+        {"name": "tiny-falcon-h1", "source": "hf", "path": tiny_models["tiny-falcon-h1"], "retain": "stats"},
     ]
     with LocalService(env=service_env(models), log_dir=ARTIFACTS / "retain") as service:
         yield service
@@ -90,7 +90,7 @@ def rows(client: httpx.Client, record_id: str, **query: Any) -> np.ndarray:
 
 def test_models_say_their_default(alpha: httpx.Client) -> None:
     retain = {m["id"]: m["retain"] for m in ok(alpha.get("/v1/models"))["data"]}
-    assert retain == {"tiny-llama": "full", "tiny-gemma2": "stats", "tiny-cohere": "stats"}
+    assert retain == {"tiny-llama": "full", "tiny-gemma2": "stats", "tiny-falcon-h1": "stats"}
 
 
 def test_stats_record_keeps_no_rows_and_answers_as_a_full_one(
@@ -184,16 +184,16 @@ def test_two_model_analysis_upgrades_when_asked(alpha: httpx.Client) -> None:
 def test_model_default_is_honoured_and_overridden(
     alpha: httpx.Client, store: redis.Redis, tiny_models: dict[str, str]
 ) -> None:
-    """tiny-cohere keeps rows (not hidden states) when it keeps anything: its default, stats, stores neither."""
-    kept = score(alpha, "tiny-cohere", TEXT)
+    """tiny-falcon-h1 keeps rows (not hidden states) when it keeps anything: its default, stats, stores neither."""
+    kept = score(alpha, "tiny-falcon-h1", TEXT)
     assert ok(alpha.get(f"/v1/records/{kept['record_id']}"))["retain"] == "stats"
     assert fields(store, "alpha", kept["record_id"]) == {"meta", "stats"}
     refused(alpha.get(f"/v1/records/{kept['record_id']}/logprobs"), 409, "rows_not_retained")
-    full = score(alpha, "tiny-cohere", TEXT + " In full.", "full")
+    full = score(alpha, "tiny-falcon-h1", TEXT + " In full.", "full")
     assert fields(store, "alpha", full["record_id"]) == {"meta", "stats", "rows"}
     ids = [t["id"] for t in full["tokens"]]
     np.testing.assert_allclose(
-        rows(alpha, full["record_id"]), hf_logprobs(tiny_models["tiny-cohere"], ids)[:-1], atol=TOL
+        rows(alpha, full["record_id"]), hf_logprobs(tiny_models["tiny-falcon-h1"], ids)[:-1], atol=TOL
     )
 
 

@@ -1,6 +1,7 @@
 """Storage modes on tiny random models that the test builds: exact hidden states (with and without final
 logit soft-capping), opt-in lossy float16, and the full-rows fallback for a model whose logits are not W·h
-(Cohere scales them by `logit_scale`), all served from local HF folders through the real service."""
+(Falcon-H1 multiplies them by an `lm_head_multiplier` the unembedding does not model; Cohere's `logit_scale` it
+does), all served from local HF folders through the real service."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def float16_bound(path: str, ids: list[int]) -> np.ndarray:
     [
         ("tiny-llama", "tiny-llama", "hidden", 1e-4),
         ("tiny-gemma2", "tiny-gemma2", "hidden", 1e-4),
-        ("tiny-cohere", "tiny-cohere", "rows", 1e-4),
+        ("tiny-cohere", "tiny-cohere", "hidden", 1e-4),
+        ("tiny-falcon-h1", "tiny-falcon-h1", "rows", 1e-4),
         ("tiny-llama-f16", "tiny-llama", "hidden", None),
     ],
 )
@@ -75,10 +77,10 @@ def test_rows_rebuild_the_models_own_logprobs(
 
 
 def test_byte_level_is_refused_for_a_model_whose_logits_are_not_w_h(tiny_service: str) -> None:
-    """Byte-level scoring reads every cover state's logits as W·h (workers/bytelevel/forward.py); Cohere scales
-    its logits, so those would be another model's distributions: refused with a code, not answered wrongly."""
+    """Byte-level scoring reads every cover state's logits from the unembedding (workers/bytelevel/forward.py);
+    Falcon-H1's multiplier is not in it, so those would be another model's distributions: refused with a code."""
     with httpx.Client(base_url=tiny_service, timeout=120) as client:
-        refused = client.post("/v1/bytes", json={"model": "tiny-cohere", "text": "ab"})
+        refused = client.post("/v1/bytes", json={"model": "tiny-falcon-h1", "text": "ab"})
         assert refused.status_code == 501, refused.text
         assert refused.json()["error"]["code"] == "byte_level_unsupported"
         served = client.post("/v1/bytes", json={"model": "tiny-llama", "text": "ab"})

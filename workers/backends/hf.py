@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from workers.backends.cards import build_card
-from workers.capture import Unembedding
+from workers.capture import Unembedding, logit_scale
 from workers.config import ModelSpec
 from workers.models import safetensors_dir, served_fingerprint
 
@@ -107,6 +107,7 @@ class HFBackend:
             weight=out.weight.detach(),
             bias=None if getattr(out, "bias", None) is None else out.bias.detach(),
             softcap=getattr(config, "final_logit_softcapping", None),
+            scale=logit_scale(config),
         )
         model_dtype = str(self.model.dtype).removeprefix("torch.")
         self.spec = spec

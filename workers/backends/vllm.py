@@ -44,7 +44,7 @@ from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
 from workers.backends.cards import build_card
-from workers.capture import Unembedding
+from workers.capture import Unembedding, logit_scale
 from workers.config import ModelSpec
 from workers.generations import Finished
 from workers.models import safetensors_dir, served_fingerprint
@@ -77,6 +77,7 @@ def unembedding_from_files(folder: Path, config: Any, dtype: torch.dtype) -> Une
         weight=weight.to(dtype),
         bias=None if bias is None else bias.to(dtype),
         softcap=getattr(config, "final_logit_softcapping", None),
+        scale=logit_scale(config),
     )
 
 

@@ -85,11 +85,7 @@ def head_rows(hidden: torch.Tensor, head: Unembedding) -> RowsFn:
     in the model's precision: float64 for a float64 model, float32 otherwise (as token scoring computes them)."""
 
     def rows(nodes: np.ndarray) -> np.ndarray:
-        h = hidden[torch.from_numpy(nodes)].to(head.weight.dtype)
-        logits = torch.nn.functional.linear(h, head.weight, head.bias)
-        logits = logits if logits.dtype == torch.float64 else logits.float()
-        if head.softcap is not None:
-            logits = torch.tanh(logits / head.softcap) * head.softcap
+        logits = head.logits(hidden[torch.from_numpy(nodes)], keep_float64=True)
         out: np.ndarray = torch.log_softmax(logits, dim=-1).numpy().astype(np.float64)
         return out
 
