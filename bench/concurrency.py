@@ -11,6 +11,7 @@ hits); a level sends max(--requests, concurrency) requests: tokens scored (or ge
 time.
 
 Usage: python -m bench.concurrency [--levels 1 4 16 64] [--tokens 100 1000] [--requests 16] [--generate 64]
+       [--generate-levels 1 4 16 64]
        [--dtype auto|bfloat16|float16|float32] [--skip-hf]
 """
 
@@ -35,10 +36,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from app.launcher.local_service import ROOT, LocalService, free_port
 from bench.texts import text_of_tokens
 from workers.config import PACKAGED_MODELS, CommonSettings
+from workers.lifecycle import die_with_parent
 from workers.models import safetensors_dir
 
 MODEL = "smollm2-135m-instruct"
 KV_BYTES = 1 << 30
+LOGITS_BYTES = 2 << 30  # the bare forward's logits at once
 GENERATE_PROMPT = 100  # tokens of each generation's prompt
 # 16 entries per read; the gateway admits every request of the highest level (its default sheds load at 32
 # requests at work at once, which 64 simultaneous arrivals can pass while they are tokenized)
@@ -75,7 +78,9 @@ def start_vllm_server(folder: str, port: int, log: Any, *options: str) -> subpro
         str(KV_BYTES),
         *options,
     ]
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
+    return subprocess.Popen(  # dies with the bench (a bench killed outright left it running)
+        args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy(), preexec_fn=die_with_parent
+    )
 
 
 def wait_up(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
@@ -102,8 +107,15 @@ async def main_async(args: argparse.Namespace) -> None:
     sizes = [max(args.requests, c) for c in args.levels]
     texts = {
         n: [text_of_tokens(n, encode, salt=f"r{r}-{i}") for r in range(len(args.levels)) for i in range(sizes[r])]
-        for n in [*args.tokens, GENERATE_PROMPT]
+        for n in args.tokens
     }
+    args.generate_levels = args.generate_levels or args.levels
+    gen_sizes = [max(args.requests, c) for c in args.generate_levels]
+    prompts = [
+        text_of_tokens(GENERATE_PROMPT, encode, salt=f"g{r}-{i}")
+        for r in range(len(args.generate_levels))
+        for i in range(gen_sizes[r])
+    ]
     ids = {n: [encode(t) for t in ts] for n, ts in texts.items()}
     engine = {"max_model_len": 4096, "kv_cache_memory_bytes": KV_BYTES}
     spec = {"name": MODEL, "backend": "vllm", "dtype": args.dtype, "engine": engine}
@@ -150,20 +162,20 @@ async def main_async(args: argparse.Namespace) -> None:
                             flush=True,
                         )
                 if args.generate:
-                    await generation(client, ours.base_url, f"http://127.0.0.1:{port}", texts, sizes, args)
+                    await generation(client, ours.base_url, f"http://127.0.0.1:{port}", prompts, gen_sizes, args)
         finally:
             server.terminate()
             server.wait(timeout=60)
 
 
 async def generation(
-    client: httpx.AsyncClient, ours: str, theirs: str, texts: dict[int, list[str]], sizes: list[int], args: Any
+    client: httpx.AsyncClient, ours: str, theirs: str, prompts: list[str], sizes: list[int], args: Any
 ) -> None:
     """Greedy generation of up to --generate tokens after a ~100-token prompt: ours (the record kept) against vLLM's
     server returning the top 20 logprobs of each generated token."""
     print(f"{'new':>6s} {'conc':>5s} {'ours vLLM':>10s} {'vllm serve':>11s} {'ratio':>6s}   (generated tokens/s)")
-    for r, c in enumerate(args.levels):
-        batch = texts[GENERATE_PROMPT][sum(sizes[:r]) : sum(sizes[: r + 1])]
+    for r, c in enumerate(args.generate_levels):
+        batch = prompts[sum(sizes[:r]) : sum(sizes[: r + 1])]
         common = {"model": MODEL, "max_tokens": args.generate, "temperature": 0.0}
         ours_bodies = [{**common, "prompt": t} for t in batch]
         their_bodies = [{**common, "prompt": t, "logprobs": 20} for t in batch]
@@ -196,15 +208,18 @@ _MODEL: Any = None
 
 
 def bare_forward(folder: Any, sequences: list[list[int]], batch: int) -> float:
-    """Tokens per second of transformers' own forward over the sequences, `batch` at a time (right-padded)."""
+    """Tokens per second of transformers' own forward over the sequences, `batch` at a time (right-padded; fewer
+    where the batch's logits would pass LOGITS_BYTES, as anyone running it on this machine would)."""
     global _MODEL
     if _MODEL is None:
         torch.set_num_threads(2)
         _MODEL = AutoModelForCausalLM.from_pretrained(folder).eval()
     started = time.perf_counter()
+    # the logits of a batch are batch x width x V floats (64 x 1,000 x 49,152: 12.6 GB): at most LOGITS_BYTES at once
+    step = max(1, min(batch, LOGITS_BYTES // (4 * max(len(s) for s in sequences) * _MODEL.config.vocab_size)))
     with torch.inference_mode():
-        for lo in range(0, len(sequences), batch):
-            group = sequences[lo : lo + batch]
+        for lo in range(0, len(sequences), step):
+            group = sequences[lo : lo + step]
             width = max(len(s) for s in group)
             ids = torch.tensor([s + [0] * (width - len(s)) for s in group])
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in group])
@@ -220,6 +235,7 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=64, help="new tokens per generation (0: skip)")
     parser.add_argument("--dtype", default="auto", help="both vLLM engines' dtype (auto: what vLLM picks)")
     parser.add_argument("--skip-hf", action="store_true", help="no transformers-backend columns")
+    parser.add_argument("--generate-levels", type=int, nargs="*", default=None, help="default: --levels")
     asyncio.run(main_async(parser.parse_args()))
 
 
