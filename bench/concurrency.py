@@ -187,7 +187,8 @@ async def generation(
 
 async def generated(client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]], i: int) -> int:
     answer = await client.post(url, json=bodies[i])
-    answer.raise_for_status()
+    if answer.status_code >= 400:
+        raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:500]}")
     return int(answer.json()["usage"]["completion_tokens"])
 
 
