@@ -111,7 +111,7 @@ async def main_async(args: argparse.Namespace) -> None:
     }
     args.generate_levels = args.generate_levels or args.levels
     gen_sizes = [max(args.requests, c) for c in args.generate_levels]
-    prompts = [
+    generation_prompts = [
         text_of_tokens(GENERATE_PROMPT, encode, salt=f"g{r}-{i}")
         for r in range(len(args.generate_levels))
         for i in range(gen_sizes[r])
@@ -162,7 +162,9 @@ async def main_async(args: argparse.Namespace) -> None:
                             flush=True,
                         )
                 if args.generate:
-                    await generation(client, ours.base_url, f"http://127.0.0.1:{port}", prompts, gen_sizes, args)
+                    await generation(
+                        client, ours.base_url, f"http://127.0.0.1:{port}", generation_prompts, gen_sizes, args
+                    )
         finally:
             server.terminate()
             server.wait(timeout=60)
