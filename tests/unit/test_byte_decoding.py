@@ -16,7 +16,7 @@ from app.platform.errors import ApiError
 from app.serving.byte_steps import decode_level
 from app.serving.text import TextCodec
 from tests.unit.test_byte_level import Tiny, _brute_force, _byte_level_bpe, _sentencepiece
-from workers.bytelevel.covers import CoverSetTooLarge, char_starts
+from workers.bytelevel.covers import CoverSetTooLarge, EncodingNotSpelled, char_starts
 from workers.bytelevel.decoding import ByteDecoded, ByteView, decode_bytes
 from workers.bytelevel.incremental import TreeStream
 from workers.bytelevel.stepping import END, ByteStates
@@ -328,3 +328,16 @@ def test_max_tokens_counts_bytes_and_drops_a_cut_character(bpe: Tiny) -> None:
     whole, cut = run(4), run(5)
     assert whole.text == cut.text == "éé" and whole.finish_reason == cut.finish_reason == "length"
     assert [s.text for s in cut.steps] == ["é", "", "é", ""] and cut.completion == list("éé".encode())
+
+
+def test_a_tokenizer_whose_encoding_does_not_spell_the_bytes_is_refused(bpe: Tiny) -> None:
+    space = bpe.vocab.byte_tokens[ord(" ")]
+    assert space is not None
+
+    def with_leading_space(text: str) -> list[int]:  # as a legacy SentencePiece adds "▁"
+        return [space, *bpe.encode([text])[0]]
+
+    eos = [int(bpe.tokenizer.eos_token_id)]
+    states = ByteStates(Unigram(bpe), bpe.vocab, with_leading_space, eos, "canonical")
+    with pytest.raises(EncodingNotSpelled):
+        states.advance(ord("a"))

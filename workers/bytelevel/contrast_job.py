@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.bytelevel.covers import ByteNotCovered, CoverSetTooLarge
+from workers.bytelevel.covers import ByteNotCovered, CoverSetTooLarge, EncodingNotSpelled
 from workers.bytelevel.decoding import ByteView, decode_bytes
 from workers.bytelevel.incremental import TreeStream
 from workers.bytelevel.job import encoder, hf_parts
@@ -55,6 +55,8 @@ def run_byte_contrast(executor: JobExecutor, job: ContrastJob) -> JobOutcome:
         raise JobFailed("cover_set_too_large", message, 422) from exc
     except ByteNotCovered as exc:
         raise JobFailed("byte_not_covered", str(exc), 422) from exc
+    except EncodingNotSpelled as exc:
+        raise JobFailed("byte_level_unsupported", str(exc), 422) from exc
     shown, spec = backends[job.record_view], job.views[job.record_view]
     answer = encoder(shown.tokenizer)([decoded.text])[0] if decoded.data else []  # type: ignore[attr-defined]
     record = Decoded(answer, decoded.finish_reason, [])

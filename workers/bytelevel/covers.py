@@ -138,6 +138,15 @@ class _Trie:
         )
 
 
+def check_spelled(vocab: ByteVocab, ids: list[int], text: bytes) -> None:
+    """EncodingNotSpelled unless the tokenizer's encoding `ids` of `text` spells exactly its bytes."""
+    if b"".join(vocab.token_bytes[t] or b"" for t in ids) != text:
+        raise EncodingNotSpelled(
+            "the tokenizer's encoding of the text does not spell its bytes (it adds or changes characters, e.g. a "
+            "leading space marker), so byte-level probabilities of its canonical encodings are not defined"
+        )
+
+
 def char_starts(text: bytes) -> list[int]:
     """Byte offsets where a UTF-8 character starts (continuation bytes are 0b10xxxxxx)."""
     return [i for i, b in enumerate(text) if b & 0xC0 != 0x80]
@@ -156,11 +165,7 @@ def canonical_plan(
     ends = [*starts, len(text)]  # the whole text's encoding too: its token-prefixes are states
     prefixes = [text[:i].decode("utf-8") for i in ends]
     encodings = encode_batch(prefixes)
-    if b"".join(vocab.token_bytes[t] or b"" for t in encodings[-1]) != text:
-        raise EncodingNotSpelled(
-            "the tokenizer's encoding of the text does not spell its bytes (it adds or changes characters, e.g. a "
-            "leading space marker), so byte-level probabilities of its canonical encodings are not defined"
-        )
+    check_spelled(vocab, encodings[-1], text)
     for i, ids in zip(ends, encodings, strict=True):
         trie.insert(ids, vocab)
         end = next((j for j in starts if j > i), len(text))

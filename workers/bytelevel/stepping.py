@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from workers.bytelevel.covers import ByteNotCovered, CoverSetTooLarge
+from workers.bytelevel.covers import ByteNotCovered, CoverSetTooLarge, check_spelled
 from workers.bytelevel.utf8 import pending
 from workers.bytelevel.vocab import ByteVocab
 
@@ -155,6 +155,7 @@ class ByteStates:
         else:
             boundary = len(self.text) - pending(self.text)  # where the last complete character ends
             ids = self.encode(self.text[:boundary].decode("utf-8"))
+            check_spelled(self.vocab, ids, self.text[:boundary])
             singles = [self.vocab.byte_tokens[b] for b in self.text[boundary:]]
             new += self._insert(0, [*ids, *(s for s in singles if s is not None)])
         if new:
