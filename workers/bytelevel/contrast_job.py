@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.bytelevel.covers import ByteNotCovered, CoverSetTooLarge, EncodingNotSpelled
 from workers.bytelevel.decoding import ByteView, decode_bytes
 from workers.bytelevel.incremental import TreeStream
-from workers.bytelevel.job import encoder, hf_parts
+from workers.bytelevel.job import byte_level_failures, encoder, hf_parts
 from workers.bytelevel.stepping import ByteStates
 from workers.decoding import Decoded
 from workers.outcomes import JobFailed
@@ -48,15 +47,10 @@ def run_byte_contrast(executor: JobExecutor, job: ContrastJob) -> JobOutcome:
         job.sampling, [(b, s.prefix_ids) for b, s in zip(backends, job.views, strict=True)]
     )
     sampling = job.sampling.model_copy(update={"max_tokens": budget})
-    try:
+    with byte_level_failures(
+        lambda exc: f"byte-level decoding needs more than {exc.limit} cover states in a view; raise max_states"
+    ):
         decoded = decode_bytes(views, sampling, **executor.contrast_options(job))
-    except CoverSetTooLarge as exc:
-        message = f"byte-level decoding needs more than {exc.limit} cover states in a view; raise max_states"
-        raise JobFailed("cover_set_too_large", message, 422) from exc
-    except ByteNotCovered as exc:
-        raise JobFailed("byte_not_covered", str(exc), 422) from exc
-    except EncodingNotSpelled as exc:
-        raise JobFailed("byte_level_unsupported", str(exc), 422) from exc
     shown, spec = backends[job.record_view], job.views[job.record_view]
     answer = encoder(shown.tokenizer)([decoded.text])[0] if decoded.data else []  # type: ignore[attr-defined]
     record = Decoded(answer, decoded.finish_reason, [])

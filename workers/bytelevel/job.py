@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -60,7 +61,7 @@ def byte_level(backend: Any, text: str, mode: str, max_states: int) -> ByteLevel
     model, tokenizer, vocab = hf_parts(backend)
     card = backend.card
     data, start, encode_batch = text.encode("utf-8"), start_token(card), encoder(tokenizer)
-    try:
+    with byte_level_failures():
         if mode == "all":
             plan = all_plan(vocab, data, start, max_states)
         else:
@@ -68,8 +69,15 @@ def byte_level(backend: Any, text: str, mode: str, max_states: int) -> ByteLevel
         if int(plan.depths.max()) + 1 > card.context_length:
             raise JobFailed("context_length_exceeded", f"the text's tokenizations run past {card.context_length}")
         return byte_distributions(plan, vocab, head_rows(tree_hidden(model, plan), backend.head))
+
+
+@contextmanager
+def byte_level_failures(too_large: Callable[[CoverSetTooLarge], str] = str) -> Iterator[None]:
+    """The byte-level work's own failures as the job's 422s (`too_large` words the state bound's)."""
+    try:
+        yield
     except CoverSetTooLarge as exc:
-        raise JobFailed("cover_set_too_large", str(exc), 422) from exc
+        raise JobFailed("cover_set_too_large", too_large(exc), 422) from exc
     except ByteNotCovered as exc:
         raise JobFailed("byte_not_covered", str(exc), 422) from exc
     except EncodingNotSpelled as exc:
