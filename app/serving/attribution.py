@@ -14,6 +14,7 @@ from app.schemas.attribution import AttributionRequest
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
+from app.serving.text import share_tokenizer
 from workers.protocol import (
     AttributionJob,
     AttributionResult,
@@ -83,7 +84,7 @@ async def _replacements(
         return replacement_ids(context, stats["topk_ids"])
     other = await services.catalog.card(body.replacement_model)
     codecs = [await services.catalog.codec(c) for c in (card, other)]
-    if len({(c.tokenizer_id, c.card.vocab_size) for c in codecs}) != 1:
+    if not share_tokenizer(codecs):
         raise ApiError(
             422,
             "tokenizer_mismatch",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.platform.errors import ApiError
-from app.serving.text import TextCodec
+from app.serving.text import TextCodec, share_tokenizer
 from workers.protocol import DecodeStep
 
 END = 256
@@ -16,7 +16,7 @@ SYMBOLS = 257  # the 256 bytes and the end: what a byte-level step chooses among
 def decode_level(requested: str, codecs: list[TextCodec]) -> str:
     """ "token" or "byte": auto takes tokens where every view's model shares one tokenizer. Byte-level decoding runs
     on the transformers backend only (501 otherwise, as POST /v1/bytes)."""
-    shared = len({(c.tokenizer_id, c.card.vocab_size) for c in codecs}) == 1
+    shared = share_tokenizer(codecs)
     level = ("token" if shared else "byte") if requested == "auto" else requested
     if level == "token" and not shared:
         raise ApiError(

@@ -17,7 +17,7 @@ from app.serving.chat_template import ChatTemplateError
 from app.serving.inputs import check_length, input_ids
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
-from app.serving.text import TextCodec
+from app.serving.text import TextCodec, share_tokenizer
 from workers.bytelevel.stats import byte_cross
 from workers.protocol import RecordMeta, Retain
 
@@ -126,7 +126,7 @@ async def model_pair(
     for name, param in ((model, "model"), (reference_model, "reference_model")):
         codecs.append(await services.catalog.codec(await services.catalog.card(name, param)))
     codec_p, codec_q = codecs
-    if codec_p.tokenizer_id != codec_q.tokenizer_id or codec_p.card.vocab_size != codec_q.card.vocab_size:
+    if not share_tokenizer(codecs):
         if text is None or given is not None:
             raise ApiError(
                 422,

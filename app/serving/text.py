@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -118,3 +119,8 @@ class TextCodec:
             texts.append(window[len(prefix) :])
             emitted = t + 1
         return tuple(texts)
+
+
+def share_tokenizer(codecs: Iterable[TextCodec]) -> bool:
+    """Whether these models tokenize alike (one tokenizer, one vocabulary size): their token ids line up."""
+    return len({(c.tokenizer_id, c.card.vocab_size) for c in codecs}) == 1
