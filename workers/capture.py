@@ -8,7 +8,9 @@ and the handful of statistics every single-model analysis needs. Rows are proces
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,9 +125,12 @@ def _statistics(
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in STAT_ARRAYS}
     done = 0
     for logits in chunks:
-        for sub in range(0, logits.shape[0], STAT_ROWS):
-            rows = logits[sub : sub + STAT_ROWS]
-            stats = row_statistics(rows, targets[done + sub : done + sub + rows.shape[0]], topk)
+        n = logits.shape[0]
+        blocks = [
+            (logits[sub : sub + STAT_ROWS], targets[done + sub : done + min(sub + STAT_ROWS, n)])
+            for sub in range(0, n, STAT_ROWS)
+        ]
+        for stats in _blocks_statistics(blocks, topk):
             for name, value in stats.items():
                 parts[name].append(value)
         done += logits.shape[0]
@@ -134,6 +139,32 @@ def _statistics(
         name: (torch.cat(parts[name]).numpy() if parts[name] else np.zeros(empty[name])).astype(STAT_ARRAYS[name][0])
         for name in STAT_ARRAYS
     }
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}  # by size: the statistics pool of the worker's thread setting
+_pools_lock = threading.Lock()
+
+
+def _blocks_statistics(blocks: list[tuple[torch.Tensor, torch.Tensor]], topk: int) -> list[dict[str, torch.Tensor]]:
+    """`row_statistics` of each block, in order, the blocks spread over the process's torch threads, each block on
+    one thread. A block's ~15 operations are too small to split between threads: run that way, every operation pays
+    a barrier, and on a busy machine a descheduled thread stalls the other (2 threads: 2x slower than 1)."""
+    threads = torch.get_num_threads()
+    if threads == 1 or len(blocks) == 1:
+        return [row_statistics(rows, targets, topk) for rows, targets in blocks]
+    with _pools_lock:
+        pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads, "statistics"))
+    torch.set_num_threads(1)  # for the blocks' threads (each takes the setting when it first runs torch)
+    try:
+        return list(pool.map(lambda block: _one_thread_statistics(block[0], block[1], topk), blocks))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _one_thread_statistics(rows: torch.Tensor, targets: torch.Tensor, topk: int) -> dict[str, torch.Tensor]:
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return row_statistics(rows, targets, topk)
 
 
 @torch.inference_mode()

@@ -8,7 +8,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from workers.capture import Unembedding, capture_statistics, rebuild_rows, row_statistics
+from workers.capture import Unembedding, capture_statistics, logits_statistics, rebuild_rows, row_statistics
 
 
 def random_logits(rng: np.random.Generator, n: int, vocab: int, scale: float) -> np.ndarray:
@@ -90,3 +90,22 @@ def test_capture_rejects_misaligned_inputs() -> None:
     head = Unembedding(torch.zeros(10, 4))
     with pytest.raises(ValueError, match="hidden states"):
         capture_statistics(torch.zeros(3, 4), torch.arange(3), head, 2)
+
+
+def test_statistics_spread_over_threads_equal_one_thread_and_restore_the_setting() -> None:
+    """Blocks go to a pool, each on one torch thread: the same numbers as all on one thread, in order, and the
+    process's thread setting back as it was."""
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(3 * rng.standard_normal((77, 5000)).astype(np.float32))
+    ids = torch.from_numpy(rng.integers(0, 5000, 78))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = logits_statistics(logits, ids, 6)
+        torch.set_num_threads(2)
+        spread = logits_statistics(logits, ids, 6)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for name in alone:
+        np.testing.assert_array_equal(spread[name], alone[name])
