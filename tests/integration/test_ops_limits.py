@@ -157,10 +157,24 @@ def test_unfinished_batches_have_a_lifetime_and_a_quota(limited: LocalService) -
 
 
 def test_a_batch_input_that_keeps_failing_is_given_up_after_a_few_tries(limited: LocalService) -> None:
-    """Over the tokens-per-minute budget every time: retried ATTEMPTS times, then its line says why."""
-    long_text = text_of_tokens(TPM + 100, lambda t: [0] * len(t.split()), salt=uuid.uuid4().hex[:8])
+    """Over what is left of the tokens-per-minute budget every time: retried ATTEMPTS times, then its line says
+    why; an input that alone needs more than the whole budget fails at once (no retry could pass)."""
     with client(limited, "key-gamma") as gamma:
-        batch = gamma.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": long_text, "custom_id": "big"}]})
+
+        def encode(text: str) -> list[int]:
+            return list(gamma.post("/tokenize", json={"model": MODEL, "prompt": text}).json()["tokens"])
+
+        left = 60 - time.time() % 60
+        if left < 20:  # the budget counts per calendar minute: the retries must fall in the one that was spent
+            time.sleep(left + 0.5)
+        spent = gamma.post(
+            "/v1/score", json={"model": MODEL, "text": text_of_tokens(TPM // 2, encode, uuid.uuid4().hex)}
+        )
+        assert spent.status_code == 200, spent.text
+        fits_alone = text_of_tokens(TPM - 20, encode, salt=uuid.uuid4().hex[:8])  # > what is left, <= the budget
+        too_big = text_of_tokens(TPM + 100, encode, salt=uuid.uuid4().hex[:8])
+        inputs = [{"text": fits_alone, "custom_id": "late"}, {"text": too_big, "custom_id": "big"}]
+        batch = gamma.post("/v1/batches", json={"model": MODEL, "inputs": inputs})
         assert batch.status_code == 200, batch.text
         status: dict[str, Any] = {}
         for _ in range(600):
@@ -168,10 +182,17 @@ def test_a_batch_input_that_keeps_failing_is_given_up_after_a_few_tries(limited:
             if status["status"] == "completed":
                 break
             time.sleep(0.2)
-        assert (status["status"], status["completed"], status["failed"]) == ("completed", 0, 1)
-        (line,) = [json.loads(x) for x in gamma.get(f"/v1/batches/{status['id']}/results").text.splitlines()]
-        assert line["custom_id"] == "big" and line["error"]["code"] == "tokens_rate_limited"
-        assert line["error"]["attempts"] == ATTEMPTS
+        assert (status["status"], status["completed"], status["failed"]) == ("completed", 0, 2)
+        lines = {
+            x["custom_id"]: x
+            for x in map(json.loads, gamma.get(f"/v1/batches/{status['id']}/results").text.splitlines())
+        }
+        assert lines["late"]["error"]["code"] == "tokens_rate_limited"
+        assert lines["late"]["error"]["attempts"] == ATTEMPTS
+        assert lines["big"]["error"]["code"] == "tokens_over_budget" and "attempts" not in lines["big"]["error"]
+        direct = gamma.post("/v1/score", json={"model": MODEL, "text": too_big})
+        assert direct.status_code == 413 and direct.json()["error"]["code"] == "tokens_over_budget"
+        assert "Retry-After" not in direct.headers
 
 
 def test_one_tenants_flood_of_requests_does_not_queue_ahead_of_anothers_request(limited: LocalService) -> None:
