@@ -15,24 +15,26 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import logging
 import os
 import signal
 import sys
 
-log = logging.getLogger(__name__)
-
 PR_SET_PDEATHSIG = 1
 
 
+# libc's prctl, looked up once in the parent: `die_with_parent` also runs as a `preexec_fn`, between fork and
+# exec, where a parent's other threads may hold the locks that loading a library or logging would take.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def die_with_parent() -> None:
-    """Ask for SIGKILL when the parent dies (Linux); if it has died already, die now."""
-    if not sys.platform.startswith("linux"):
+    """Ask for SIGKILL when the parent dies (Linux); if it has died already, die now. Safe between fork and exec:
+    a system call and nothing else (no library loading, no logging)."""
+    if _PRCTL is None:
         return
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os.write(2, f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}\n".encode())
         return
     if parent == 1 or os.getppid() != parent:  # the parent went before the request took hold
         os._exit(1)
