@@ -17,7 +17,7 @@ from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from workers.heads.data import Example
-from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters
+from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters, weighted_criterion
 from workers.protocol import HeadMetrics
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
@@ -145,6 +145,15 @@ class Inputs:
             self.hidden = [e.hidden for e in examples if e.hidden is not None]
             self.has_next = np.array([e.hidden is not None and bool(e.hidden[-1].any()) for e in examples])
 
+    def uniform(self, sel: torch.Tensor) -> torch.Tensor:
+        """Uniform position weights over each selected example's span [n, Tmax]."""
+        m = self.mask[sel].to(torch.float32)
+        return m / m.sum(dim=1, keepdim=True)
+
+    def zero_shot(self, sel: torch.Tensor) -> torch.Tensor:
+        """The Fast-DetectGPT criterion of each selected example (the gate-weighted criterion at uniform weights)."""
+        return weighted_criterion(self.feats[sel], self.uniform(sel))
+
     def projected(self, model: Pawn) -> tuple[torch.Tensor, torch.Tensor]:
         """Current and following projected hidden states [N, Tmax, r] under the model's projection."""
         n, t_max = self.mask.shape
@@ -179,6 +188,8 @@ def _fit_normalisers(model: nn.Module, inputs: Inputs, idx: np.ndarray, params: 
         model.hid_mean, model.hid_proj = _principal_directions(
             [inputs.hidden[i][:-1] for i in idx], model.hid_proj.shape[1], seed
         )
+        mean, std = _standardiser(inputs.zero_shot(sel))
+        model.crit_mean, model.crit_std = mean.reshape(1), std.reshape(1)
 
 
 def _principal_directions(hidden: list[np.ndarray], r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,15 +264,78 @@ def _fit_probe(model: Probe, inputs: Inputs, train: np.ndarray, val: np.ndarray)
     fit(np.sort(np.concatenate([train, val])), best[1])
 
 
+def _readout_inputs(model: Pawn, inputs: Inputs, idx: np.ndarray, projected: Any) -> torch.Tensor:
+    """What the read-out of `model` sees for the examples idx [n, F + width + 1] (no gradient)."""
+    seen: list[torch.Tensor] = []
+    hook = model.out.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            _logits(model, inputs, idx, projected)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def _logistic(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An L2-regularised logistic regression (the bias free) by L-BFGS: weights [d] and bias []."""
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss: torch.Tensor = loss_fn(x @ w + b, y) + 0.5 * l2 * (w * w).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return w.detach(), b.detach()
+
+
+def _start_at_zero_shot(model: Pawn, inputs: Inputs, train: np.ndarray, projected: Any, params: dict[str, Any]) -> None:
+    """Set the read-out to a logistic fit of the zero-shot inputs it sees while the gate is uniform (as it starts):
+    the criterion (READOUT_INIT "criterion") or the criterion and the mean normalised token features ("linear");
+    every other read-out weight starts at zero."""
+    x = _readout_inputs(model, inputs, train, projected)
+    n_feats = model.feat_mean.shape[0]
+    columns = [x.shape[1] - 1] if READOUT_INIT == "criterion" else [*range(n_feats), x.shape[1] - 1]
+    w, b = _logistic(x[:, columns], inputs.labels[train], READOUT_L2)
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.weight[0, columns] = w
+        model.out.bias.fill_(float(b))
+
+
+READOUT_INIT = "criterion"
+READOUT_L2 = 1e-2
+ANCHOR = 1.0
+
+
 def _fit_net(
     model: nn.Module, inputs: Inputs, train: np.ndarray, val: np.ndarray, params: dict[str, Any], seed: int
 ) -> None:
     projected = inputs.projected(model) if isinstance(model, Pawn) else None
-    opt = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
+    anchored: list[nn.Parameter] = []
+    if isinstance(model, Pawn):
+        _start_at_zero_shot(model, inputs, train, projected, params)
+        anchored = [model.out.weight]
+    start = [p.detach().clone() for p in anchored]
+    groups = [
+        {"params": [p for p in model.parameters() if all(p is not a for a in anchored)]},
+        {"params": anchored, "weight_decay": 0.0},  # pulled back to where it started instead
+    ]
+    opt = torch.optim.AdamW(groups, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
     loss_fn = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(seed)
     size = min(int(params["batch_size"]), max(4, len(train) // 8))  # small sets still take several steps an epoch
-    best_loss, best_state, since = math.inf, {k: v.clone() for k, v in model.state_dict().items()}, 0
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(loss_fn(_logits(model, inputs, val, projected), inputs.labels[val]))
+
+    best_loss, best_state, since = val_loss(), {k: v.clone() for k, v in model.state_dict().items()}, 0
     for _ in range(int(params["max_epochs"])):
         model.train()
         order = train[torch.randperm(len(train), generator=gen).numpy()]
@@ -269,13 +343,13 @@ def _fit_net(
             batch = order[lo : lo + size]
             opt.zero_grad()
             loss = loss_fn(_logits(model, inputs, batch, projected), inputs.labels[batch])
+            if anchored:
+                loss = loss + ANCHOR * sum(((p - p0) ** 2).sum() for p, p0 in zip(anchored, start, strict=True))
             loss.backward()
             opt.step()
-        model.eval()
-        with torch.no_grad():
-            val_loss = float(loss_fn(_logits(model, inputs, val, projected), inputs.labels[val]))
-        if val_loss < best_loss - 1e-4:
-            best_loss, best_state, since = val_loss, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        current = val_loss()
+        if current < best_loss - 1e-4:
+            best_loss, best_state, since = current, {k: v.clone() for k, v in model.state_dict().items()}, 0
         else:
             since += 1
             if since >= int(params["patience"]):
