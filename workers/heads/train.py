@@ -22,6 +22,8 @@ from workers.protocol import HeadMetrics
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
 PCA_SAMPLE = 10000  # hidden-state rows that fit the gate's projection
+READOUT_L2 = 1e-2  # the logistic fit that starts PAWN's read-out (standardised input)
+ANCHOR = 1.0  # PAWN: the pull of the read-out's weights back to their start (per squared unit, beside the loss)
 Progress = Callable[[str, float], None]
 _BLAS = ThreadpoolController()
 
@@ -293,49 +295,62 @@ def _logistic(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor
     return w.detach(), b.detach()
 
 
-def _start_at_zero_shot(model: Pawn, inputs: Inputs, train: np.ndarray, projected: Any, params: dict[str, Any]) -> None:
-    """Set the read-out to a logistic fit of the zero-shot inputs it sees while the gate is uniform (as it starts):
-    the criterion (READOUT_INIT "criterion") or the criterion and the mean normalised token features ("linear");
-    every other read-out weight starts at zero."""
+def _start_at_zero_shot(model: Pawn, inputs: Inputs, train: np.ndarray, projected: Any) -> None:
+    """Start the read-out at the best zero-shot score it can express: while the gate is uniform (as it starts) its
+    inputs include the Fast-DetectGPT criterion and each token feature's plain mean (the mean log-probability: the
+    geometric mean probability's logarithm). The one of them with the highest training AUROC (either way round;
+    the criterion wins ties) gets the weight and bias of a logistic fit on the training examples, every other
+    read-out weight zero, so the head's scores rank the examples exactly as that zero-shot score does."""
     x = _readout_inputs(model, inputs, train, projected)
-    n_feats = model.feat_mean.shape[0]
-    columns = [x.shape[1] - 1] if READOUT_INIT == "criterion" else [*range(n_feats), x.shape[1] - 1]
-    w, b = _logistic(x[:, columns], inputs.labels[train], READOUT_L2)
+    y = inputs.labels[train]
+    candidates = [x.shape[1] - 1, *range(model.feat_mean.shape[0])]  # the criterion first
+    separation = [abs(auroc(x[y == 1, c].numpy(), x[y == 0, c].numpy()) - 0.5) for c in candidates]
+    column = candidates[int(np.argmax(separation))]
+    w, b = _logistic(x[:, column : column + 1], y, READOUT_L2)
     with torch.no_grad():
         model.out.weight.zero_()
-        model.out.weight[0, columns] = w
+        model.out.weight[0, column] = w[0]
         model.out.bias.fill_(float(b))
 
 
-READOUT_INIT = "criterion"
-READOUT_L2 = 1e-2
-ANCHOR = 1.0
+def _validation_score(logits: torch.Tensor, labels: torch.Tensor, by_auroc: bool) -> float:
+    """Lower is better: the loss, or minus the AUROC (a thousandth of the loss breaking its many ties)."""
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+    if not by_auroc:
+        return loss
+    y, s = labels.numpy(), logits.numpy()
+    return -auroc(s[y == 1], s[y == 0]) + 1e-3 * loss
 
 
 def _fit_net(
     model: nn.Module, inputs: Inputs, train: np.ndarray, val: np.ndarray, params: dict[str, Any], seed: int
 ) -> None:
-    projected = inputs.projected(model) if isinstance(model, Pawn) else None
-    anchored: list[nn.Parameter] = []
+    """AdamW on minibatches, early-stopped on the validation split. A PAWN head starts at its zero-shot read-out
+    (`_start_at_zero_shot`), keeps that start unless training ranks the validation split better (it stops on the
+    validation AUROC), and its read-out weights are pulled back towards their start (ANCHOR) instead of to zero."""
+    projected = None
+    anchored: list[torch.Tensor] = []
     if isinstance(model, Pawn):
-        _start_at_zero_shot(model, inputs, train, projected, params)
+        projected = inputs.projected(model)
+        _start_at_zero_shot(model, inputs, train, projected)
         anchored = [model.out.weight]
+    pawn = bool(anchored)
     start = [p.detach().clone() for p in anchored]
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [p for p in model.parameters() if all(p is not a for a in anchored)]},
-        {"params": anchored, "weight_decay": 0.0},  # pulled back to where it started instead
+        {"params": anchored, "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
     loss_fn = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(seed)
     size = min(int(params["batch_size"]), max(4, len(train) // 8))  # small sets still take several steps an epoch
 
-    def val_loss() -> float:
+    def validation() -> float:
         model.eval()
         with torch.no_grad():
-            return float(loss_fn(_logits(model, inputs, val, projected), inputs.labels[val]))
+            return _validation_score(_logits(model, inputs, val, projected), inputs.labels[val], pawn)
 
-    best_loss, best_state, since = val_loss(), {k: v.clone() for k, v in model.state_dict().items()}, 0
+    best_score, best_state, since = validation(), {k: v.clone() for k, v in model.state_dict().items()}, 0
     for _ in range(int(params["max_epochs"])):
         model.train()
         order = train[torch.randperm(len(train), generator=gen).numpy()]
@@ -343,13 +358,13 @@ def _fit_net(
             batch = order[lo : lo + size]
             opt.zero_grad()
             loss = loss_fn(_logits(model, inputs, batch, projected), inputs.labels[batch])
-            if anchored:
-                loss = loss + ANCHOR * sum(((p - p0) ** 2).sum() for p, p0 in zip(anchored, start, strict=True))
+            for p, p0 in zip(anchored, start, strict=True):
+                loss = loss + ANCHOR * ((p - p0) ** 2).sum()
             loss.backward()
             opt.step()
-        current = val_loss()
-        if current < best_loss - 1e-4:
-            best_loss, best_state, since = current, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        score = validation()
+        if score < best_score - 1e-4:
+            best_score, best_state, since = score, {k: v.clone() for k, v in model.state_dict().items()}, 0
         else:
             since += 1
             if since >= int(params["patience"]):
