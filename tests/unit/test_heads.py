@@ -254,3 +254,27 @@ def test_stored_hidden_states_decode_and_page_in_every_storage_dtype(dtype: torc
     np.testing.assert_array_equal(hidden_float32(blob), hidden.float().numpy())
     page = st_load_torch(slice_hidden(blob, 2, 6))["hidden"]
     assert page.dtype == dtype and torch.equal(page, hidden[2:6])
+
+
+def test_pawn_starts_at_the_zero_shot_criterion() -> None:
+    """Before any gradient step the read-out ranks the examples exactly as Fast-DetectGPT does (it is the best
+    zero-shot input here), with every other read-out weight zero."""
+    from workers.heads.train import Inputs, _build, _fit_normalisers, _logits, _start_at_zero_shot
+
+    labels = np.array([0, 1] * 20)
+    examples, params = _examples("pawn", labels, signal=True, seed=8)
+    inputs = Inputs("pawn", examples)
+    model = _build("pawn", examples, params)
+    idx = np.arange(len(examples))
+    _fit_normalisers(model, inputs, idx, params, seed=0)
+    projected = inputs.projected(model)  # type: ignore[arg-type]
+    _start_at_zero_shot(model, inputs, idx, projected)  # type: ignore[arg-type]
+    weight = model.out.weight.detach().numpy()[0]  # type: ignore[union-attr, operator]
+    assert weight[-1] > 0 and np.count_nonzero(weight) == 1
+    with torch.no_grad():
+        logits = _logits(model, inputs, idx, projected).numpy()
+    fdg = []
+    for e in examples:  # float64 from the features: sum (lp + H) / sqrt(sum sigma^2)
+        f = e.feats.astype(np.float64)
+        fdg.append((f[:, 0] + f[:, 1]).sum() / math.sqrt((f[:, 4] ** 2).sum()))
+    assert np.array_equal(np.argsort(logits), np.argsort(fdg))
