@@ -15,6 +15,8 @@ the continuations of its opening fall on the same side), seeded.
 
 Zero-shot baseline: every method of the family, each oriented and chosen on the training split (the one with the
 highest training AUROC), reported on the test split; the best method on the test split itself is printed too.
+How firm a difference is: a 95% interval of each head's test AUROC minus the chosen zero-shot method's, from a
+paired bootstrap over the test split's passages (questions in (c)), resampled whole with all their texts.
 Then the training time on 1,000 records of 200 tokens (synthetic statistics and hidden states of SmolLM2's sizes,
 the worker's training code in this process, 2 threads) and the p50 latency of a head's analysis on a cached
 1,000-token record over HTTP.
@@ -166,6 +168,26 @@ def area(scores: list[float | None], labels: np.ndarray) -> float:
     return auroc(s[keep & (labels == 1)], s[keep & (labels == 0)])
 
 
+def bootstrap_differences(
+    heads: dict[str, np.ndarray], baseline: np.ndarray, labels: np.ndarray, groups: list[str], n: int = 2000
+) -> dict[str, tuple[float, float]]:
+    """Per head, a 95% percentile interval of AUROC(head) - AUROC(baseline) over resamples of whole groups (the same
+    resample for both: paired); seeded."""
+    rng = np.random.default_rng(0)
+    names = sorted(set(groups))
+    members = {g: [i for i, x in enumerate(groups) if x == g] for g in names}
+    diffs: dict[str, list[float]] = {k: [] for k in heads}
+    for _ in range(n):
+        rows = np.array([i for g in rng.choice(len(names), len(names)) for i in members[names[g]]])
+        y = labels[rows]
+        if y.min() == y.max():
+            continue
+        base = area(list(baseline[rows]), y)
+        for k, scores in heads.items():
+            diffs[k].append(area(list(scores[rows]), y) - base)
+    return {k: (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) for k, d in diffs.items()}
+
+
 def compare(
     client: httpx.Client,
     title: str,
@@ -200,6 +222,9 @@ def compare(
         return area([None if x.get(method) is None else s * x[method] for x in test_seq], test_labels)
 
     zero_shot = test_area(chosen, sign)
+    baseline = np.array([np.nan if x.get(chosen) is None else sign * x[chosen] for x in test_seq])
+    head_scores = {k: np.array([s[heads[k]["name"]] for s in test_seq]) for k in KINDS}
+    intervals = bootstrap_differences(head_scores, baseline, test_labels, [r["group"] for r in test_rows])
     oracle = max(((m, max(test_area(m, 1.0), test_area(m, -1.0))) for m in oriented), key=lambda item: item[1])
     result = {
         "title": title,
@@ -207,11 +232,17 @@ def compare(
         "n_test": [int((test_labels == 0).sum()), int((test_labels == 1).sum())],
         "zero_shot": (chosen, sign, zero_shot),
         "oracle": oracle,
-        "heads": {k: (area([s[heads[k]["name"]] for s in test_seq], test_labels), heads[k]) for k in KINDS},
+        "heads": {k: (area(list(head_scores[k]), test_labels), heads[k]) for k in KINDS},
+        "minus_zero_shot_ci95": intervals,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "heads"}), flush=True)
     for kind, (a, head) in result["heads"].items():
-        print(f"  {title}: {kind} test AUROC {a:.3f} (CV {head['metrics']['auroc']:.3f})", flush=True)
+        low, high = intervals[kind]
+        print(
+            f"  {title}: {kind} test AUROC {a:.3f} (CV {head['metrics']['auroc']:.3f}); minus zero-shot "
+            f"{a - zero_shot:+.3f}, 95% interval {low:+.3f} to {high:+.3f}",
+            flush=True,
+        )
     return result
 
 
@@ -318,6 +349,12 @@ def main() -> None:
                 f"| {r['title']} | {r['n_train'][0]}/{r['n_train'][1]} | {r['n_test'][0]}/{r['n_test'][1]} | "
                 f"{m}{'' if s > 0 else ' (negated)'} {z:.3f} | {om} {oz:.3f} | {cells} |"
             )
+    print("\nhead minus zero-shot (chosen on train), test AUROC, 95% interval from a paired bootstrap over passages:")
+    for key in ("a", "b", "c"):
+        if key in results:
+            intervals = results[key]["minus_zero_shot_ci95"].items()
+            cells = ", ".join(f"{k} {lo:+.3f} to {hi:+.3f}" for k, (lo, hi) in intervals)
+            print(f"  {results[key]['title']}: {cells}")
     print(json.dumps({k: v for k, v in results.items() if k in ("training_time", "latency")}))
 
 

@@ -2,14 +2,21 @@
 from the weights a worker stored (the modules' state dicts, float32). tests/unit/test_heads_forward.py checks them
 against the torch modules and against a plain loop.
 
-Each forward returns the head's logit for the sequence and, for the pooled kinds, the weight of each position."""
+Each forward returns the head's logit for the sequence and, for the pooled kinds, the weight of each position.
+
+A PAWN head stored before its read-out took the gate-weighted criterion has no `crit_mean` weight: it is read as it
+was trained (the pooled token features alone)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from workers.protocol import PAWN_FEATURES
+
 POSITION_SCALE = 8.0  # as in workers/heads/models.py
 LOS_LOG_FLOOR = 1e-12
+CRITERION_COLUMNS = tuple(PAWN_FEATURES.index(name) for name in ("logprob", "entropy", "logp_std"))
+CRITERION_FLOOR = 1e-4  # as in workers/heads/models.py
 
 
 def _linear(w: dict[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:
@@ -48,7 +55,19 @@ def pawn_forward(
     gate_in = np.concatenate([z[current], z[following], pos], axis=1)  # row -1 of z: the zeros
     gate = _linear(w, "g2", _relu(_linear(w, "g1", gate_in)))[:, 0]
     weights = _softmax(gate)
-    return float(_linear(w, "out", weights @ token)[0]), weights
+    pooled = weights @ token
+    if "crit_mean" in w:
+        pooled = np.append(pooled, (weighted_criterion(feats, weights) - w["crit_mean"][0]) / w["crit_std"][0])
+    return float(_linear(w, "out", pooled)[0]), weights
+
+
+def weighted_criterion(feats: np.ndarray, weights: np.ndarray) -> float:
+    """Fast-DetectGPT's analytic criterion (Bao et al. 2024) under position weights w: sum w (lp + H) /
+    sqrt(sum w^2 (sigma^2 + floor)); uniform weights give the paper's sum (lp + H) / sqrt(sum sigma^2) (but for
+    the floor)."""
+    lp, entropy, std = (feats[:, c].astype(np.float64) for c in CRITERION_COLUMNS)
+    w2 = weights * weights
+    return float(weights @ (lp + entropy) / np.sqrt(w2 @ (std * std + CRITERION_FLOOR)))
 
 
 def los_forward(w: dict[str, np.ndarray], feats: np.ndarray) -> tuple[float, np.ndarray]:

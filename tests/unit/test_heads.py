@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.analysis.heads import los_forward, pawn_forward, probe_forward
+from app.analysis.heads import los_forward, pawn_forward, probe_forward, weighted_criterion
 from workers.heads.data import example_inputs
 from workers.heads.models import Los, Pawn, Probe
+from workers.heads.models import weighted_criterion as torch_criterion
 from workers.heads.train import auroc, train_head
 from workers.protocol import HEAD_PARAMS, head_params, los_features, pawn_features
 
@@ -24,7 +25,7 @@ def _randomised(model: torch.nn.Module, seed: int) -> dict[str, np.ndarray]:
     with torch.no_grad():
         for tensor in model.state_dict().values():
             tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.5)
-        for name in ("feat_std", "std"):
+        for name in ("feat_std", "std", "crit_std"):
             if hasattr(model, name):
                 getattr(model, name).abs_().add_(0.5)
     model.eval()
@@ -57,6 +58,10 @@ def _reference_pawn(w: dict[str, np.ndarray], feats: np.ndarray, cur: np.ndarray
     e = [math.exp(g - m) for g in gates]
     weights = [v / sum(e) for v in e]
     pooled = [sum(weights[t] * tokens[t][j] for t in range(len(feats))) for j in range(len(tokens[0]))]
+    if "crit_mean" in w:  # Fast-DetectGPT's criterion under the gate's weights: features 0, 1, 4 are lp, H, std
+        above = sum(weights[t] * (float(feats[t, 0]) + float(feats[t, 1])) for t in range(len(feats)))
+        spread = sum(weights[t] ** 2 * (float(feats[t, 4]) ** 2 + 1e-4) for t in range(len(feats)))
+        pooled.append((above / math.sqrt(spread) - w["crit_mean"][0]) / w["crit_std"][0])
     return lin("out", pooled)[0], np.array(weights)
 
 
@@ -83,6 +88,26 @@ def test_pawn_forward_matches_torch_and_a_plain_loop() -> None:
     assert abs(logit - ref_logit) <= 1e-5 * max(1.0, abs(logit))
     assert np.abs(weights - ref_weights).max() <= 1e-5
     assert weights.std() > 1e-3  # the gate does weigh positions differently
+    # a head stored before the read-out took the criterion (no crit_* weights, one read-out input fewer)
+    old = {k: v for k, v in w.items() if not k.startswith("crit_")}
+    old["out.weight"] = w["out.weight"][:, :-1]
+    old_logit, old_weights = pawn_forward(old, feats, hidden, np.arange(t), np.append(np.arange(1, t), -1), pos)
+    ref_old, _ = _reference_pawn(old, feats, cur, nxt, pos)
+    assert abs(old_logit - ref_old) <= 1e-5 * max(1.0, abs(ref_old)) and np.array_equal(old_weights, weights)
+
+
+def test_the_weighted_criterion_at_uniform_weights_is_fast_detectgpts() -> None:
+    """Bao et al. 2024's analytic criterion sum (lp + H) / sqrt(sum sigma^2), in float64 from the statistics."""
+    stats, _ = _synthetic(np.random.default_rng(6), 1, True, t=40)
+    feats = pawn_features(stats, np.arange(40))
+    lp, h = stats["logprob"].astype(np.float64), stats["entropy"].astype(np.float64)
+    var = stats["logp_m2"].astype(np.float64) - h**2
+    expected = (lp + h).sum() / math.sqrt(var.sum())
+    for scale in (1 / 40, 1.0):  # the weights' scale cancels
+        uniform = np.full(40, scale)
+        assert abs(weighted_criterion(feats, uniform) - expected) <= 1e-4 * abs(expected)
+        got = float(torch_criterion(torch.from_numpy(feats)[None], torch.from_numpy(uniform).float()[None])[0])
+        assert abs(got - expected) <= 1e-4 * abs(expected)
 
 
 def test_los_and_probe_forward_match_torch_and_a_plain_loop() -> None:
@@ -229,3 +254,27 @@ def test_stored_hidden_states_decode_and_page_in_every_storage_dtype(dtype: torc
     np.testing.assert_array_equal(hidden_float32(blob), hidden.float().numpy())
     page = st_load_torch(slice_hidden(blob, 2, 6))["hidden"]
     assert page.dtype == dtype and torch.equal(page, hidden[2:6])
+
+
+def test_pawn_starts_at_the_zero_shot_criterion() -> None:
+    """Before any gradient step the read-out ranks the examples exactly as Fast-DetectGPT does (it is the best
+    zero-shot input here), with every other read-out weight zero."""
+    from workers.heads.train import Inputs, _build, _fit_normalisers, _logits, _start_at_zero_shot
+
+    labels = np.array([0, 1] * 20)
+    examples, params = _examples("pawn", labels, signal=True, seed=8)
+    inputs = Inputs("pawn", examples)
+    model = _build("pawn", examples, params)
+    idx = np.arange(len(examples))
+    _fit_normalisers(model, inputs, idx, params, seed=0)
+    projected = inputs.projected(model)  # type: ignore[arg-type]
+    _start_at_zero_shot(model, inputs, idx, projected)  # type: ignore[arg-type]
+    weight = model.out.weight.detach().numpy()[0]  # type: ignore[union-attr, operator]
+    assert weight[-1] > 0 and np.count_nonzero(weight) == 1
+    with torch.no_grad():
+        logits = _logits(model, inputs, idx, projected).numpy()
+    fdg = []
+    for e in examples:  # float64 from the features: sum (lp + H) / sqrt(sum sigma^2)
+        f = e.feats.astype(np.float64)
+        fdg.append((f[:, 0] + f[:, 1]).sum() / math.sqrt((f[:, 4] ** 2).sum()))
+    assert np.array_equal(np.argsort(logits), np.argsort(fdg))

@@ -5,7 +5,10 @@ Both pooled kinds pass each position's normalised inputs on beside the MLP's out
 token statistic, the zero-shot baselines' shape, is then one weight away).
 
 - PAWN (arXiv 2501.03940): per-token features -> MLP; a gate from the projected hidden states of the current and
-  next position and the position -> softmax over the sequence -> weighted sum of the token features -> logit.
+  next position and the position -> softmax over the sequence -> weighted sum of the token features -> logit. The
+  read-out also sees the gate-weighted Fast-DetectGPT criterion (Bao et al. 2024, arXiv 2310.05130), a ratio of
+  sums that no linear read-out of pooled means can form (`weighted_criterion`); training starts from a logistic
+  fit of the read-out at uniform weights, where that input is the zero-shot criterion itself (workers/heads/train).
 - LOS: each position's sorted top-k probabilities and the actual token's probability (and their logarithms) -> a
   position-wise MLP ->
   attention and mean pooling over positions -> logit.
@@ -19,11 +22,31 @@ import math
 import torch
 from torch import nn
 
+from workers.protocol import PAWN_FEATURES
+
 POSITION_SCALE = 8.0  # the gate sees log(1 + t) / POSITION_SCALE
 
 
 def position_feature(positions: torch.Tensor) -> torch.Tensor:
     return torch.log1p(positions.to(torch.float32)) / POSITION_SCALE
+
+
+# The raw token features the criterion reads; its denominator's floor per unit of sum w_t^2 (nats^2), far below
+# any real token's variance, keeps it finite (and differentiable) on spans of near-certain tokens.
+CRITERION_COLUMNS = (PAWN_FEATURES.index("logprob"), PAWN_FEATURES.index("entropy"), PAWN_FEATURES.index("logp_std"))
+CRITERION_FLOOR = 1e-4
+
+
+def weighted_criterion(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Fast-DetectGPT's analytic criterion with position weights w_t (zero where masked): sum_t w_t (lp_t + H_t) /
+    sqrt(sum_t w_t^2 sigma_t^2), the standardised weighted sum of each token's log-probability above its expectation
+    (mu_t = -H_t, variance sigma_t^2) under the model's own distribution. Uniform weights give the paper's
+    sum_t (lp_t + H_t) / sqrt(sum_t sigma_t^2) (but for the floor), whatever the weights' scale.
+    feats [B, T, F] raw, weights [B, T] -> [B]."""
+    lp, entropy, std = (feats[..., c] for c in CRITERION_COLUMNS)
+    numerator = (weights * (lp + entropy)).sum(dim=-1)
+    w2 = weights * weights
+    return numerator / torch.sqrt((w2 * (std * std + CRITERION_FLOOR)).sum(dim=-1))
 
 
 def _masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,10 +55,15 @@ def _masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Pawn(nn.Module):
+    """The read-out's inputs: the gate-weighted token features (normalised inputs, then the MLP's outputs) and the
+    gate-weighted criterion, standardised by `crit_mean`/`crit_std` (fitted as the zero-shot criterion's)."""
+
     feat_mean: torch.Tensor
     feat_std: torch.Tensor
     hid_mean: torch.Tensor
     hid_proj: torch.Tensor
+    crit_mean: torch.Tensor
+    crit_std: torch.Tensor
 
     def __init__(self, n_features: int, hidden_size: int, gate_dims: int, width: int, gate_width: int) -> None:
         super().__init__()
@@ -43,11 +71,13 @@ class Pawn(nn.Module):
         self.register_buffer("feat_std", torch.ones(n_features))
         self.register_buffer("hid_mean", torch.zeros(hidden_size))
         self.register_buffer("hid_proj", torch.zeros(hidden_size, gate_dims))
+        self.register_buffer("crit_mean", torch.zeros(1))
+        self.register_buffer("crit_std", torch.ones(1))
         self.f1 = nn.Linear(n_features, width)
         self.f2 = nn.Linear(width, width)
         self.g1 = nn.Linear(2 * gate_dims + 1, gate_width)
         self.g2 = nn.Linear(gate_width, 1)
-        self.out = nn.Linear(n_features + width, 1)
+        self.out = nn.Linear(n_features + width + 1, 1)  # the criterion last
         self.dropout = nn.Dropout(0.0)
         nn.init.zeros_(self.g2.weight)  # training starts from the plain mean over positions
         nn.init.zeros_(self.g2.bias)
@@ -69,8 +99,9 @@ class Pawn(nn.Module):
         gate_in = torch.cat([current, following, position_feature(positions).unsqueeze(-1)], dim=-1)
         gate = self.g2(torch.relu(self.g1(gate_in))).squeeze(-1)
         weights = _masked_softmax(gate, mask)
-        pooled = (weights.unsqueeze(-1) * token).sum(dim=1)
-        return self.out(self.dropout(pooled)).squeeze(-1), weights
+        pooled = self.dropout((weights.unsqueeze(-1) * token).sum(dim=1))
+        criterion = (weighted_criterion(feats, weights) - self.crit_mean) / self.crit_std
+        return self.out(torch.cat([pooled, criterion.unsqueeze(-1)], dim=-1)).squeeze(-1), weights
 
 
 LOS_LOG_FLOOR = 1e-12

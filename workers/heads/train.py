@@ -17,11 +17,13 @@ from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from workers.heads.data import Example
-from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters
+from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters, weighted_criterion
 from workers.protocol import HeadMetrics
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
 PCA_SAMPLE = 10000  # hidden-state rows that fit the gate's projection
+READOUT_L2 = 1e-2  # the logistic fit that starts PAWN's read-out (standardised input)
+ANCHOR = 1.0  # PAWN: the pull of the read-out's weights back to their start (per squared unit, beside the loss)
 Progress = Callable[[str, float], None]
 _BLAS = ThreadpoolController()
 
@@ -145,6 +147,15 @@ class Inputs:
             self.hidden = [e.hidden for e in examples if e.hidden is not None]
             self.has_next = np.array([e.hidden is not None and bool(e.hidden[-1].any()) for e in examples])
 
+    def uniform(self, sel: torch.Tensor) -> torch.Tensor:
+        """Uniform position weights over each selected example's span [n, Tmax]."""
+        m = self.mask[sel].to(torch.float32)
+        return m / m.sum(dim=1, keepdim=True)
+
+    def zero_shot(self, sel: torch.Tensor) -> torch.Tensor:
+        """The Fast-DetectGPT criterion of each selected example (the gate-weighted criterion at uniform weights)."""
+        return weighted_criterion(self.feats[sel], self.uniform(sel))
+
     def projected(self, model: Pawn) -> tuple[torch.Tensor, torch.Tensor]:
         """Current and following projected hidden states [N, Tmax, r] under the model's projection."""
         n, t_max = self.mask.shape
@@ -179,6 +190,8 @@ def _fit_normalisers(model: nn.Module, inputs: Inputs, idx: np.ndarray, params: 
         model.hid_mean, model.hid_proj = _principal_directions(
             [inputs.hidden[i][:-1] for i in idx], model.hid_proj.shape[1], seed
         )
+        mean, std = _standardiser(inputs.zero_shot(sel))
+        model.crit_mean, model.crit_std = mean.reshape(1), std.reshape(1)
 
 
 def _principal_directions(hidden: list[np.ndarray], r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,15 +266,91 @@ def _fit_probe(model: Probe, inputs: Inputs, train: np.ndarray, val: np.ndarray)
     fit(np.sort(np.concatenate([train, val])), best[1])
 
 
+def _readout_inputs(model: Pawn, inputs: Inputs, idx: np.ndarray, projected: Any) -> torch.Tensor:
+    """What the read-out of `model` sees for the examples idx [n, F + width + 1] (no gradient)."""
+    seen: list[torch.Tensor] = []
+    hook = model.out.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            _logits(model, inputs, idx, projected)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def _logistic(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An L2-regularised logistic regression (the bias free) by L-BFGS: weights [d] and bias []."""
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss: torch.Tensor = loss_fn(x @ w + b, y) + 0.5 * l2 * (w * w).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return w.detach(), b.detach()
+
+
+def _start_at_zero_shot(model: Pawn, inputs: Inputs, train: np.ndarray, projected: Any) -> None:
+    """Start the read-out at the best zero-shot score it can express: while the gate is uniform (as it starts) its
+    inputs include the Fast-DetectGPT criterion and each token feature's plain mean (the mean log-probability: the
+    geometric mean probability's logarithm). The one of them with the highest training AUROC (either way round;
+    the criterion wins ties) gets the weight and bias of a logistic fit on the training examples, every other
+    read-out weight zero, so the head's scores rank the examples exactly as that zero-shot score does."""
+    x = _readout_inputs(model, inputs, train, projected)
+    y = inputs.labels[train]
+    candidates = [x.shape[1] - 1, *range(model.feat_mean.shape[0])]  # the criterion first
+    separation = [abs(auroc(x[y == 1, c].numpy(), x[y == 0, c].numpy()) - 0.5) for c in candidates]
+    column = candidates[int(np.argmax(separation))]
+    w, b = _logistic(x[:, column : column + 1], y, READOUT_L2)
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.weight[0, column] = w[0]
+        model.out.bias.fill_(float(b))
+
+
+def _validation_score(logits: torch.Tensor, labels: torch.Tensor, by_auroc: bool) -> float:
+    """Lower is better: the loss, or minus the AUROC (a thousandth of the loss breaking its many ties)."""
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+    if not by_auroc:
+        return loss
+    y, s = labels.numpy(), logits.numpy()
+    return -auroc(s[y == 1], s[y == 0]) + 1e-3 * loss
+
+
 def _fit_net(
     model: nn.Module, inputs: Inputs, train: np.ndarray, val: np.ndarray, params: dict[str, Any], seed: int
 ) -> None:
-    projected = inputs.projected(model) if isinstance(model, Pawn) else None
-    opt = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
+    """AdamW on minibatches, early-stopped on the validation split. A PAWN head starts at its zero-shot read-out
+    (`_start_at_zero_shot`), keeps that start unless training ranks the validation split better (it stops on the
+    validation AUROC), and its read-out weights are pulled back towards their start (ANCHOR) instead of to zero."""
+    projected = None
+    anchored: list[torch.Tensor] = []
+    if isinstance(model, Pawn):
+        projected = inputs.projected(model)
+        _start_at_zero_shot(model, inputs, train, projected)
+        anchored = [model.out.weight]
+    pawn = bool(anchored)
+    start = [p.detach().clone() for p in anchored]
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in model.parameters() if all(p is not a for a in anchored)]},
+        {"params": anchored, "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
     loss_fn = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(seed)
     size = min(int(params["batch_size"]), max(4, len(train) // 8))  # small sets still take several steps an epoch
-    best_loss, best_state, since = math.inf, {k: v.clone() for k, v in model.state_dict().items()}, 0
+
+    def validation() -> float:
+        model.eval()
+        with torch.no_grad():
+            return _validation_score(_logits(model, inputs, val, projected), inputs.labels[val], pawn)
+
+    best_score, best_state, since = validation(), {k: v.clone() for k, v in model.state_dict().items()}, 0
     for _ in range(int(params["max_epochs"])):
         model.train()
         order = train[torch.randperm(len(train), generator=gen).numpy()]
@@ -269,13 +358,13 @@ def _fit_net(
             batch = order[lo : lo + size]
             opt.zero_grad()
             loss = loss_fn(_logits(model, inputs, batch, projected), inputs.labels[batch])
+            for p, p0 in zip(anchored, start, strict=True):
+                loss = loss + ANCHOR * ((p - p0) ** 2).sum()
             loss.backward()
             opt.step()
-        model.eval()
-        with torch.no_grad():
-            val_loss = float(loss_fn(_logits(model, inputs, val, projected), inputs.labels[val]))
-        if val_loss < best_loss - 1e-4:
-            best_loss, best_state, since = val_loss, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        score = validation()
+        if score < best_score - 1e-4:
+            best_score, best_state, since = score, {k: v.clone() for k, v in model.state_dict().items()}, 0
         else:
             since += 1
             if since >= int(params["patience"]):
