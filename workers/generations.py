@@ -69,6 +69,8 @@ class JoinableStreams(Protocol):
 
     def keep_streams(self, streams: Any, rows: list[int]) -> Any: ...
 
+    def next_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
 
 class SteppedGenerations:
     """The pool of a backend that decodes through `start`/`step` over joinable streams (transformers)."""
@@ -100,7 +102,7 @@ class SteppedGenerations:
         joining, self.waiting = self.waiting, []
         try:
             streams, states = self.ops.prefill([prompt for _, prompt in joining])
-            logits = self.backend.head.logits(torch.stack([hidden[-1] for hidden in states]))
+            logits = self.ops.next_logits(torch.stack([hidden[-1] for hidden in states]))
         except Exception as exc:  # e.g. out of memory: each alone, so that a bad one fails alone
             if len(joining) == 1:
                 return [Finished(joining[0][0].key, [], "error", exc)]
@@ -147,7 +149,7 @@ class SteppedGenerations:
         hidden = self.ops.feed(self.streams, tokens)
         for row, sequence in enumerate(self.rows):
             sequence.states.append(hidden[row : row + 1])
-        self.logits = self.backend.head.logits(hidden)
+        self.logits = self.ops.next_logits(hidden)
         return finished
 
     def _sample(self, sequence: _Sequence, logits: torch.Tensor) -> Finished | None:

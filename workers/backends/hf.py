@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from workers.backends.cards import build_card
 from workers.capture import Unembedding, logit_scale
@@ -168,10 +169,25 @@ class HFBackend:
 
     def start(self, prefixes: list[list[int]]) -> tuple[Streams, torch.Tensor]:
         streams, states = self.prefill(prefixes)
-        return streams, self.head.logits(torch.stack([hidden[-1] for hidden in states]))
+        return streams, self.next_logits(torch.stack([hidden[-1] for hidden in states]))
 
     def step(self, state: Streams, tokens: list[int]) -> torch.Tensor:
-        return self.head.logits(self.feed(state, tokens))
+        return self.next_logits(self.feed(state, tokens))
+
+    @torch.inference_mode()
+    def next_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [n, V] of final hidden states [n, d], as the model computes them: W·h where the probe
+        found the unembedding to rebuild its rows, else the model's own output head (its forward's tail run on these
+        states: e.g. Falcon-H1's `lm_head_multiplier`, which the unembedding does not model)."""
+        if self.card.storage == "hidden":
+            return self.head.logits(hidden)
+        own = BaseModelOutputWithPast(last_hidden_state=hidden[:, None, :])  # type: ignore[arg-type]
+        self.decoder.forward = lambda *args, **kwargs: own
+        try:
+            logits: torch.Tensor = self.model(input_ids=torch.zeros(hidden.shape[0], 1, dtype=torch.long)).logits
+        finally:
+            del self.decoder.forward  # the class's forward again
+        return logits[:, -1].float()
 
     @torch.inference_mode()
     def prefill(self, prefixes: list[list[int]]) -> tuple[Streams, list[torch.Tensor]]:
