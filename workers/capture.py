@@ -133,7 +133,7 @@ def _statistics(
         for stats in _blocks_statistics(blocks, topk):
             for name, value in stats.items():
                 parts[name].append(value)
-        done += logits.shape[0]
+        done += n
     empty = {name: (0,) if trailing is None else (0, topk) for name, (_, trailing) in STAT_ARRAYS.items()}
     return {
         name: (torch.cat(parts[name]).numpy() if parts[name] else np.zeros(empty[name])).astype(STAT_ARRAYS[name][0])

@@ -724,6 +724,11 @@ PAWN_FEATURES = (
     "margin",  # p1 - p2
 )
 LOGPROB_FLOOR = -50.0
+# PAWN's read-out criterion (Fast-DetectGPT under the gate's weights) reads these raw token features; its
+# denominator's floor per unit of sum w_t^2 (nats^2), far below any real token's variance, keeps it finite (and
+# differentiable) on spans of near-certain tokens. One definition for the worker's torch forward and the gateway's.
+CRITERION_COLUMNS = tuple(PAWN_FEATURES.index(name) for name in ("logprob", "entropy", "logp_std"))
+CRITERION_FLOOR = 1e-4
 
 
 def pawn_features(stats: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.protocol import PAWN_FEATURES
+from workers.protocol import CRITERION_COLUMNS, CRITERION_FLOOR
 
 POSITION_SCALE = 8.0  # as in workers/heads/models.py
 LOS_LOG_FLOOR = 1e-12
-CRITERION_COLUMNS = tuple(PAWN_FEATURES.index(name) for name in ("logprob", "entropy", "logp_std"))
-CRITERION_FLOOR = 1e-4  # as in workers/heads/models.py
 
 
 def _linear(w: dict[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:

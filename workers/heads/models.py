@@ -22,19 +22,13 @@ import math
 import torch
 from torch import nn
 
-from workers.protocol import PAWN_FEATURES
+from workers.protocol import CRITERION_COLUMNS, CRITERION_FLOOR
 
 POSITION_SCALE = 8.0  # the gate sees log(1 + t) / POSITION_SCALE
 
 
 def position_feature(positions: torch.Tensor) -> torch.Tensor:
     return torch.log1p(positions.to(torch.float32)) / POSITION_SCALE
-
-
-# The raw token features the criterion reads; its denominator's floor per unit of sum w_t^2 (nats^2), far below
-# any real token's variance, keeps it finite (and differentiable) on spans of near-certain tokens.
-CRITERION_COLUMNS = (PAWN_FEATURES.index("logprob"), PAWN_FEATURES.index("entropy"), PAWN_FEATURES.index("logp_std"))
-CRITERION_FLOOR = 1e-4
 
 
 def weighted_criterion(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
