@@ -45,11 +45,14 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def continuation(client: httpx.Client, writer: str, opening: str, seed: int) -> str:
-    """`writer`'s passage from `opening` (sampled at T = 0.8, top-p 0.95, seeded), cut to PASSAGE_WORDS words."""
+def continuation(
+    client: httpx.Client, writer: str, opening: str, seed: int, sampling: dict[str, float] | None = None
+) -> str:
+    """`writer`'s passage from `opening` (sampled at T = 0.8, top-p 0.95 unless `sampling` says otherwise, seeded),
+    cut to PASSAGE_WORDS words."""
+    sampling = sampling or {"temperature": 0.8, "top_p": 0.95}
     body = client.post(
-        "/v1/generate",
-        json={"model": writer, "prompt": opening, "max_tokens": 110, "temperature": 0.8, "top_p": 0.95, "seed": seed},
+        "/v1/generate", json={"model": writer, "prompt": opening, "max_tokens": 110, **sampling, "seed": seed}
     )
     body.raise_for_status()
     return " ".join((opening + body.json()["text"]).split()[:PASSAGE_WORDS])

