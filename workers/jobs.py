@@ -20,6 +20,7 @@ from workers.bytelevel.job import run_bytes_job
 from workers.capture import (
     Unembedding,
     capture_statistics,
+    capture_statistics_many,
     chunk_rows_for,
     cross_statistics,
     logits_statistics,
@@ -128,15 +129,24 @@ class JobExecutor:
             return {indices[0]: self.run(group[0])}
         try:
             hidden = backend.hidden_states_batch([job.token_ids for job in group])
+            hidden = [states[: len(job.token_ids) - 1] for job, states in zip(group, hidden, strict=True)]
+            ids = [torch.tensor(job.token_ids) for job in group]
+            stats = capture_statistics_many(hidden, ids, backend.head, CAPTURE_TOPK)  # shared unembedding matmuls
         except Exception:  # e.g. out of memory for the batch: each job alone, so a bad one fails alone
             log.exception("a batched forward of %d jobs failed; running them one at a time", len(group))
             return {i: self.run(job) for i, job in zip(indices, group, strict=True)}
         return {
-            i: alone(job, partial(self.score_stored, job, backend, states))
-            for i, job, states in zip(indices, group, hidden, strict=True)
+            i: alone(job, partial(self.score_stored, job, backend, states, job_stats))
+            for i, job, states, job_stats in zip(indices, group, hidden, stats, strict=True)
         }
 
-    def score_stored(self, job: ScoreJob, backend: Backend, hidden: torch.Tensor | None = None) -> JobOutcome:
+    def score_stored(
+        self,
+        job: ScoreJob,
+        backend: Backend,
+        hidden: torch.Tensor | None = None,
+        stats: dict[str, np.ndarray] | None = None,
+    ) -> JobOutcome:
         self._capture_and_store(
             job.tenant,
             job.record_id,
@@ -146,6 +156,7 @@ class JobExecutor:
             retain=job.retain,
             n_prompt=job.n_prompt,
             hidden=hidden,
+            stats=stats,
         )
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
@@ -193,10 +204,11 @@ class JobExecutor:
         n_prompt: int | None = None,
         finish_reason: str | None = None,
         hidden: torch.Tensor | None = None,
+        stats: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Capture the statistics of `token_ids` and store the record; `hidden`, when given, holds the hidden states
-        of (at least) all their tokens but the last, the rows the record keeps. With retain "stats" neither the
-        hidden states nor the rows are sent to Redis."""
+        of (at least) all their tokens but the last, the rows the record keeps, and `stats`, when given, their
+        statistics already captured. With retain "stats" neither the hidden states nor the rows are sent to Redis."""
         card = backend.card
         ids = torch.tensor(token_ids)
         payload: dict[str, bytes] = {}
@@ -204,7 +216,8 @@ class JobExecutor:
             hidden = (backend.hidden_states(token_ids) if hidden is None else hidden)[: len(token_ids) - 1]
             if hidden.shape[0] != len(token_ids) - 1:
                 raise RuntimeError(f"{hidden.shape[0]} hidden states for {len(token_ids)} tokens")
-            stats = capture_statistics(hidden, ids, backend.head, CAPTURE_TOPK)
+            if stats is None:
+                stats = capture_statistics(hidden, ids, backend.head, CAPTURE_TOPK)
             if retain == "full":
                 payload["hidden"] = st_save_torch({"hidden": hidden.to(STORAGE_DTYPES[card.hidden_dtype]).contiguous()})
         else:  # logits are not W·h for this model: keep its own rows, and take the statistics from them

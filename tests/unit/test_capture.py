@@ -8,7 +8,14 @@ import scipy.special
 import scipy.stats
 import torch
 
-from workers.capture import Unembedding, capture_statistics, logits_statistics, rebuild_rows, row_statistics
+from workers.capture import (
+    Unembedding,
+    capture_statistics,
+    capture_statistics_many,
+    logits_statistics,
+    rebuild_rows,
+    row_statistics,
+)
 
 
 def random_logits(rng: np.random.Generator, n: int, vocab: int, scale: float) -> np.ndarray:
@@ -71,6 +78,29 @@ def test_capture_over_chunks_equals_one_pass() -> None:
     logits = (hidden.double() @ head.weight.double().T).numpy()
     ref = reference(logits.astype(np.float32), ids[1:].numpy(), 5)
     np.testing.assert_allclose(chunked["logprob"], ref["logprob"], atol=1e-4)
+
+
+def test_sequences_captured_together_equal_each_captured_alone() -> None:
+    """Several sequences' rows through shared matmuls (chunks that cross from one sequence to the next): each
+    sequence's statistics are its own, in its own length, and match the float64 reference."""
+    rng = np.random.default_rng(3)
+    head = Unembedding(torch.from_numpy(rng.standard_normal((300, 16)).astype(np.float32)))
+    lengths = [12, 1, 30, 7]
+    hidden = [torch.from_numpy(rng.standard_normal((n, 16)).astype(np.float32)) for n in lengths]
+    ids = [torch.from_numpy(rng.integers(0, 300, n + 1)) for n in lengths]
+    together = capture_statistics_many(hidden, ids, head, 5, chunk_rows=16)
+    assert len(together) == len(lengths)
+    for states, tokens, stats in zip(hidden, ids, together, strict=True):
+        alone = capture_statistics(states, tokens, head, 5)
+        for name in alone:
+            assert stats[name].shape == alone[name].shape
+            np.testing.assert_allclose(stats[name], alone[name], rtol=1e-5, atol=1e-5)
+        logits = (states.double() @ head.weight.double().T).numpy()
+        ref = reference(logits.astype(np.float32), tokens[1:].numpy(), 5)
+        np.testing.assert_allclose(stats["logprob"], ref["logprob"], atol=1e-4)
+        np.testing.assert_array_equal(stats["rank"], ref["rank"])
+    with pytest.raises(ValueError, match="hidden states"):
+        capture_statistics_many(hidden, [ids[1], *ids[1:]], head, 5)
 
 
 def test_rebuild_rows_is_log_softmax_of_w_h_with_bias_and_softcap() -> None:
