@@ -27,6 +27,7 @@ WRITERS = ("smollm2-135m-instruct", "gemma-3-270m")
 DEV_SET = Path(__file__).parent / "data" / "detection_dev.jsonl"
 OPENING_WORDS = 16
 PASSAGE_WORDS = 90
+NUCLEUS_SAMPLING = {"temperature": 0.8, "top_p": 0.95}  # how the dev set's machine text is sampled
 
 
 def finite(values: list[float | None]) -> np.ndarray:
@@ -46,11 +47,9 @@ def bootstrap_interval(
 
 
 def continuation(
-    client: httpx.Client, writer: str, opening: str, seed: int, sampling: dict[str, float] | None = None
+    client: httpx.Client, writer: str, opening: str, seed: int, sampling: dict[str, float] = NUCLEUS_SAMPLING
 ) -> str:
-    """`writer`'s passage from `opening` (sampled at T = 0.8, top-p 0.95 unless `sampling` says otherwise, seeded),
-    cut to PASSAGE_WORDS words."""
-    sampling = sampling or {"temperature": 0.8, "top_p": 0.95}
+    """`writer`'s passage from `opening` (sampled as `sampling` says, seeded), cut to PASSAGE_WORDS words."""
     body = client.post(
         "/v1/generate", json={"model": writer, "prompt": opening, "max_tokens": 110, **sampling, "seed": seed}
     )

@@ -372,6 +372,7 @@ def main() -> None:
             intervals = results[key]["minus_zero_shot_ci95"].items()
             cells = ", ".join(f"{k} {lo:+.3f} to {hi:+.3f}" for k, (lo, hi) in intervals)
             print(f"  {results[key]['title']}: {cells}")
+    print("\n| set, machine text | zero-shot (chosen on train) | pawn | los | probe |\n|---|---:|---:|---:|---:|")
     for key in ("a", "b"):
         for decoding, cells in results.get(key, {}).get("by_decoding", {}).items():
             row = " | ".join(f"{a:.3f}" for a in cells.values())

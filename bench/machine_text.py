@@ -22,13 +22,13 @@ import httpx
 
 from app.launcher.local_service import LocalService
 from app.serving import corpus
-from bench.detection_auroc import DEV_SET, OPENING_WORDS, PASSAGE_WORDS, WRITERS, continuation
+from bench.detection_auroc import DEV_SET, NUCLEUS_SAMPLING, OPENING_WORDS, PASSAGE_WORDS, WRITERS, continuation
 
 MACHINE_SET = Path(__file__).parent / "data" / "machine_text.jsonl"
 PURE_SET = Path(__file__).parent / "data" / "machine_text_pure.jsonl"
 NUCLEUS_OPENINGS = 200  # the nucleus set's openings, which the pure set leaves out
 DECODINGS = {  # name: (file, sampling parameters, seed offset apart from the dev set's)
-    "nucleus": (MACHINE_SET, {"temperature": 0.8, "top_p": 0.95}, 10_000),
+    "nucleus": (MACHINE_SET, NUCLEUS_SAMPLING, 10_000),
     "pure": (PURE_SET, {"temperature": 1.0, "top_p": 1.0}, 20_000),
 }
 
