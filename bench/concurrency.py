@@ -12,7 +12,7 @@ time.
 
 Usage: python -m bench.concurrency [--levels 1 4 16 64] [--tokens 100 1000] [--requests 16] [--generate 64]
        [--generate-levels 1 4 16 64]
-       [--dtype auto|bfloat16|float16|float32] [--skip-hf]
+       [--dtype auto|bfloat16|float16|float32] [--skip-hf | --skip-vllm]
 """
 
 from __future__ import annotations
@@ -123,20 +123,23 @@ async def main_async(args: argparse.Namespace) -> None:
     (ROOT / "artifacts").mkdir(exist_ok=True)
     with (
         open(ROOT / "artifacts" / "vllm-serve.log", "ab") as serve_log,
-        LocalService(env={"LOGPROBE_MODELS": json.dumps([spec]), **SERVICE_ENV}) as ours,
+        LocalService(env={"LOGPROBE_MODELS": json.dumps([spec]), **SERVICE_ENV})
+        if not args.skip_vllm
+        else nullcontext() as ours,
         LocalService(env={"LOGPROBE_WORKER_THREADS": "2", **SERVICE_ENV})
         if not args.skip_hf
         else nullcontext() as ours_hf,
     ):
         options = ["--max-model-len", "4096", "--max-logprobs", "20", "--dtype", args.dtype]
-        server = start_vllm_server(str(folder), port, serve_log, *options)
+        server = start_vllm_server(str(folder), port, serve_log, *options) if ours is not None else None
         try:
-            wait_up(f"http://127.0.0.1:{port}/health", server)
-            card = httpx.get(f"{ours.base_url}/v1/models").json()["data"][0]
-            print(
-                f"vLLM backend: dtype {card['dtype']}, storage {card['storage']}; vllm serve: the same folder, "
-                f"--dtype {args.dtype}"
-            )
+            if ours is not None and server is not None:
+                wait_up(f"http://127.0.0.1:{port}/health", server)
+                card = httpx.get(f"{ours.base_url}/v1/models").json()["data"][0]
+                print(
+                    f"vLLM backend: dtype {card['dtype']}, storage {card['storage']}; vllm serve: the same folder, "
+                    f"--dtype {args.dtype}"
+                )
             async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
                 print(
                     f"{'tokens':>6s} {'conc':>5s} {'ours vLLM':>10s} {'vllm serve':>11s} {'ratio':>6s}"
@@ -150,9 +153,10 @@ async def main_async(args: argparse.Namespace) -> None:
                             {"model": MODEL, "prompt": ids[n][i], "max_tokens": 1, "prompt_logprobs": 1} for i in batch
                         ]
                         vllm_url = f"http://127.0.0.1:{port}/v1/completions"
-                        ours_rate = await level(partial(score, client, ours.base_url, scored), len(batch), c)
-                        theirs_rate = await level(partial(complete, client, vllm_url, prompts), len(batch), c)
-                        hf_rate = bare_rate = float("nan")
+                        ours_rate = theirs_rate = hf_rate = bare_rate = float("nan")
+                        if ours is not None:
+                            ours_rate = await level(partial(score, client, ours.base_url, scored), len(batch), c)
+                            theirs_rate = await level(partial(complete, client, vllm_url, prompts), len(batch), c)
                         if ours_hf is not None:
                             hf_rate = await level(partial(score, client, ours_hf.base_url, scored), len(batch), c)
                             bare_rate = bare_forward(folder, [ids[n][i] for i in batch], c)
@@ -161,13 +165,14 @@ async def main_async(args: argparse.Namespace) -> None:
                             f" {hf_rate:8.0f} {bare_rate:8.0f} {hf_rate / bare_rate:5.2f}x",
                             flush=True,
                         )
-                if args.generate:
+                if args.generate and ours is not None:
                     await generation(
                         client, ours.base_url, f"http://127.0.0.1:{port}", generation_prompts, gen_sizes, args
                     )
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=60)
 
 
 async def generation(
@@ -238,6 +243,9 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=64, help="new tokens per generation (0: skip)")
     parser.add_argument("--dtype", default="auto", help="both vLLM engines' dtype (auto: what vLLM picks)")
     parser.add_argument("--skip-hf", action="store_true", help="no transformers-backend columns")
+    parser.add_argument(
+        "--skip-vllm", action="store_true", help="no vLLM columns (no engines beside the transformers cells)"
+    )
     parser.add_argument("--generate-levels", type=int, nargs="*", default=None, help="default: --levels")
     asyncio.run(main_async(parser.parse_args()))
 

@@ -13,13 +13,15 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from workers.backends.base import Backend
+from workers.capture import capture_statistics_many
 from workers.decoding import Decoded, tokens_before_stop
 from workers.generations import Finished, GenerationPool, SteppedGenerations
 from workers.outcomes import JobFailed, alone, refused, worker_error
-from workers.protocol import AnyJob, GenerateJob, JobOutcome, Sampling, ScoreJob
+from workers.protocol import CAPTURE_TOPK, AnyJob, GenerateJob, JobOutcome, Sampling, ScoreJob
 
 if TYPE_CHECKING:
     from workers.jobs import JobExecutor
@@ -172,15 +174,19 @@ class InFlight:
         return done
 
     def _scored(self, states: list[tuple[str, torch.Tensor]], backend: Backend) -> Done:
-        done: Done = []
+        """Sequences the pooling engine finished in one step, scorings and generations' records alike: their
+        statistics through shared unembedding matmuls, then each record stored alone."""
+        finished: list[tuple[AnyJob, Decoded | None, torch.Tensor]] = []
         for key, hidden in states:
             decoded = self.capturing.get(key)
-            job = self._forget(key)
+            finished.append((self._forget(key), decoded, hidden))
+        done: Done = []
+        for (job, decoded, hidden), stats in zip(finished, _statistics(finished, backend), strict=True):
             if isinstance(job, GenerateJob) and decoded is not None:
-                work = partial(self.executor.generation_stored, job, backend, decoded, hidden)
+                work = partial(self.executor.generation_stored, job, backend, decoded, hidden, stats)
             else:
                 assert isinstance(job, ScoreJob)
-                work = partial(self.executor.score_stored, job, backend, hidden)
+                work = partial(self.executor.score_stored, job, backend, hidden, stats)
             done.append((job, alone(job, work)))
         return done
 
@@ -204,3 +210,25 @@ def _kept(completion: list[int], finish_reason: str, sampling: Sampling, backend
     if finish_reason == "stop" and sampling.stop:
         completion = completion[: tokens_before_stop(completion, backend.decode, sampling.stop)]
     return Decoded(completion, finish_reason, steps=[])
+
+
+def _statistics(
+    finished: list[tuple[AnyJob, Decoded | None, torch.Tensor]], backend: Backend
+) -> list[dict[str, np.ndarray] | None]:
+    """The statistics of finished sequences' rows, through shared unembedding matmuls (each matmul streams all
+    of W); None for every one if that fails, so that each captures its own and a bad one fails alone."""
+    ids = [torch.tensor(_sequence(job, decoded)) for job, decoded, _ in finished]
+    hidden = [states[: len(tokens) - 1] for (_, _, states), tokens in zip(finished, ids, strict=True)]
+    try:
+        return list(capture_statistics_many(hidden, ids, backend.head, CAPTURE_TOPK))
+    except Exception:
+        log.exception("shared statistics of %d sequences failed; each captures its own", len(finished))
+        return [None] * len(finished)
+
+
+def _sequence(job: AnyJob, decoded: Decoded | None) -> list[int]:
+    """The tokens of a scoring's record, or of a generation's (prompt + completion)."""
+    if isinstance(job, GenerateJob) and decoded is not None:
+        return job.prompt_ids + decoded.completion
+    assert isinstance(job, ScoreJob)
+    return job.token_ids

@@ -285,9 +285,16 @@ class JobExecutor:
         return job.sampling.model_copy(update={"max_tokens": budget})
 
     def generation_stored(
-        self, job: GenerateJob, backend: Backend, decoded: Decoded, hidden: torch.Tensor | None
+        self,
+        job: GenerateJob,
+        backend: Backend,
+        decoded: Decoded,
+        hidden: torch.Tensor | None,
+        stats: dict[str, np.ndarray] | None = None,
     ) -> JobOutcome:
-        rid = self.store_completion(job.tenant, backend, job.prompt_ids, decoded, job.retain, hidden=hidden)
+        rid = self.store_completion(
+            job.tenant, backend, job.prompt_ids, decoded, job.retain, hidden=hidden, stats=stats
+        )
         return self.completed(job, rid, decoded)
 
     def _contrast(self, job: ContrastJob) -> JobOutcome:
@@ -354,8 +361,10 @@ class JobExecutor:
         decoded: Decoded,
         retain: Retain,
         hidden: torch.Tensor | None = None,
+        stats: dict[str, np.ndarray] | None = None,
     ) -> str:
-        """Capture and store the record of prefix + completion under the backend's model; its id."""
+        """Capture and store the record of prefix + completion under the backend's model (`hidden` and `stats`,
+        when given, as `_capture_and_store` takes them); its id."""
         full = prefix + decoded.completion
         options = {"kind": "generate", "n_prompt": len(prefix)}
         rid = record_id(self.secret, tenant, backend.card.fingerprint, full, options)
@@ -369,6 +378,7 @@ class JobExecutor:
             n_prompt=len(prefix),
             finish_reason=decoded.finish_reason,
             hidden=hidden,
+            stats=stats,
         )
         return rid
 

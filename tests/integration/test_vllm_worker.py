@@ -143,6 +143,25 @@ def test_concurrent_generations_equal_sequential_ones(client: httpx.Client) -> N
         assert [t["logprob"] for t in a["tokens"]] == pytest.approx([t["logprob"] for t in b["tokens"]], abs=1e-5)
 
 
+def test_scorings_finished_together_keep_their_own_statistics(client: httpx.Client) -> None:
+    """Scorings that the pooling engine finishes in one step share the unembedding matmuls of their statistics:
+    each record's statistics are still those of its own rows (mixed lengths, so a misplaced split shows)."""
+    texts = [" ".join([f"Sentence {i} of the batch, about topic {i * 7}."] * (1 + 2 * i)) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        bodies = list(
+            pool.map(lambda text: client.post("/v1/score", json={"model": MODEL, "text": text}).json(), texts)
+        )
+    for body in bodies:
+        ids = [t["id"] for t in body["tokens"]]
+        response = client.get(f"/v1/records/{body['record_id']}/logprobs", params={"start": 1, "stop": len(ids)})
+        rows = st_load(response.content)["logprobs"].astype(np.float64)
+        chosen = rows[np.arange(len(ids) - 1), ids[1:]]
+        entropy = -(np.exp(rows) * rows).sum(axis=1)
+        got = body["tokens"][1:]
+        assert np.abs(np.array([t["logprob"] for t in got]) - chosen).max() <= 1e-5
+        assert np.abs(np.array([t["entropy"] for t in got]) - entropy).max() <= 1e-4
+
+
 # ---------------------------------------------------------------- engines stop with their worker (last: they stop it)
 
 
