@@ -8,6 +8,7 @@ and the handful of statistics every single-model analysis needs. Rows are proces
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections.abc import Iterator
@@ -39,16 +40,31 @@ class Unembedding:
     def vocab_size(self) -> int:
         return int(self.weight.shape[0])
 
-    def logits(self, hidden: torch.Tensor, keep_float64: bool = False) -> torch.Tensor:
-        """float32 logits for hidden states [n, d] (a float64 model's stay float64 with `keep_float64`); the matmul
-        and the scale run in the model's own dtype, as the models apply them."""
-        out = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def to(self, device: str | torch.device) -> Unembedding:
+        """The same unembedding with its weights on `device` (a GPU worker's: see `device_logits`)."""
+        bias = None if self.bias is None else self.bias.to(device)
+        return dataclasses.replace(self, weight=self.weight.to(device), bias=bias)
+
+    def device_logits(self, hidden: torch.Tensor, keep_float64: bool = False) -> torch.Tensor:
+        """float32 logits for hidden states [n, d] (a float64 model's stay float64 with `keep_float64`), on the
+        weights' device; the matmul and the scale run in the model's own dtype, as the models apply them. On a GPU
+        worker this is the engine's own kind of arithmetic, and the rows never cross to the CPU."""
+        hidden = hidden.to(self.weight.device, self.weight.dtype)
+        out = torch.nn.functional.linear(hidden, self.weight, self.bias)
         if self.scale != 1.0:
             out = out * self.scale
         out = out if keep_float64 and out.dtype == torch.float64 else out.float()
         if self.softcap is not None:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
+
+    def logits(self, hidden: torch.Tensor, keep_float64: bool = False) -> torch.Tensor:
+        """`device_logits` on the CPU (where the caller goes on with them)."""
+        return self.device_logits(hidden, keep_float64).cpu()
 
     def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.logits(hidden), dim=-1)
@@ -125,7 +141,8 @@ def capture_statistics_many(
     rows = hidden[0] if len(hidden) == 1 else torch.cat(hidden)
     targets = torch.cat([ids[1:] for ids in token_ids]).long()
     step = chunk_rows or chunk_rows_for(head.vocab_size)
-    stats = _statistics((head.logits(rows[lo : lo + step]) for lo in range(0, rows.shape[0], step)), targets, topk)
+    chunks = (head.device_logits(rows[lo : lo + step]) for lo in range(0, rows.shape[0], step))
+    stats = _statistics(chunks, targets.to(head.device), topk)
     bounds = np.cumsum([0, *(states.shape[0] for states in hidden)])
     return [{name: value[lo:hi] for name, value in stats.items()} for lo, hi in itertools.pairwise(bounds)]
 
@@ -144,13 +161,17 @@ def _statistics(chunks: Iterator[torch.Tensor], targets: torch.Tensor, topk: int
     done = 0
     for logits in chunks:
         n = logits.shape[0]
-        blocks = [
-            (logits[sub : sub + STAT_ROWS], targets[done + sub : done + min(sub + STAT_ROWS, n)])
-            for sub in range(0, n, STAT_ROWS)
-        ]
-        for stats in _blocks_statistics(blocks, topk):
+        if logits.device.type == "cpu":
+            blocks = [
+                (logits[sub : sub + STAT_ROWS], targets[done + sub : done + min(sub + STAT_ROWS, n)])
+                for sub in range(0, n, STAT_ROWS)
+            ]
+            found = _blocks_statistics(blocks, topk)
+        else:  # an accelerator takes the whole chunk in each operation
+            found = [row_statistics(logits, targets[done : done + n], topk)]
+        for stats in found:
             for name, value in stats.items():
-                parts[name].append(value)
+                parts[name].append(value.cpu())
         done += n
     empty = {name: (0,) if trailing is None else (0, topk) for name, (_, trailing) in STAT_ARRAYS.items()}
     return {
@@ -191,7 +212,9 @@ def rebuild_rows(hidden: torch.Tensor, head: Unembedding) -> np.ndarray:
     chunk_rows = chunk_rows_for(head.vocab_size)
     out = np.empty((hidden.shape[0], head.vocab_size), dtype=np.float32)
     for lo in range(0, hidden.shape[0], chunk_rows):
-        out[lo : lo + chunk_rows] = head.logprobs(hidden[lo : lo + chunk_rows]).numpy()
+        out[lo : lo + chunk_rows] = (
+            torch.log_softmax(head.device_logits(hidden[lo : lo + chunk_rows]), dim=-1).cpu().numpy()
+        )
     return out
 
 

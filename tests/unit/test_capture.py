@@ -116,6 +116,32 @@ def test_rebuild_rows_is_log_softmax_of_w_h_with_bias_and_softcap() -> None:
     assert rows.dtype == np.float32
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (a vLLM worker's device)")
+def test_statistics_and_rows_on_the_gpu_match_the_reference() -> None:
+    """A GPU worker's unembedding stays on its device: W·h and the statistics run there, whole chunks at a time,
+    and come back as the CPU's do."""
+    rng = np.random.default_rng(4)
+    cpu = Unembedding(torch.from_numpy(rng.standard_normal((3000, 32)).astype(np.float32)))
+    gpu = cpu.to("cuda")
+    assert gpu.device.type == "cuda" and cpu.device.type == "cpu"
+    lengths = [40, 3, 25]
+    hidden = [torch.from_numpy(rng.standard_normal((n, 32)).astype(np.float32)) for n in lengths]
+    ids = [torch.from_numpy(rng.integers(0, 3000, n + 1)) for n in lengths]
+    on_gpu = capture_statistics_many(hidden, ids, gpu, 5, chunk_rows=24)
+    on_cpu = capture_statistics_many(hidden, ids, cpu, 5, chunk_rows=24)
+    for states, tokens, stats, same in zip(hidden, ids, on_gpu, on_cpu, strict=True):
+        logits = (states.double() @ cpu.weight.double().T).numpy()
+        ref = reference(logits.astype(np.float32), tokens[1:].numpy(), 5)
+        np.testing.assert_allclose(stats["logprob"], ref["logprob"], atol=1e-4)
+        np.testing.assert_allclose(stats["entropy"], ref["entropy"], atol=1e-4)
+        np.testing.assert_allclose(stats["topk_logprobs"], same["topk_logprobs"], atol=1e-4)
+        assert {name: value.dtype for name, value in stats.items()} == {n: v.dtype for n, v in same.items()}
+    rows = rebuild_rows(hidden[0], gpu)
+    assert rows.dtype == np.float32
+    np.testing.assert_allclose(rows, rebuild_rows(hidden[0], cpu), atol=1e-4)
+    assert cpu.logits(hidden[0]).device.type == "cpu" and gpu.logits(hidden[0]).device.type == "cpu"
+
+
 def test_capture_rejects_misaligned_inputs() -> None:
     head = Unembedding(torch.zeros(10, 4))
     with pytest.raises(ValueError, match="hidden states"):

@@ -139,7 +139,9 @@ class VLLMBackend:
         )
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         config = AutoConfig.from_pretrained(folder).get_text_config()
-        self.head = unembedding_from_files(folder, config, self.dtype)
+        # On the engines' device: W·h and the statistics of every record run where the engine runs (a GPU's W·h
+        # in the engine's own kind of arithmetic; on the worker's CPU they would cost more than the forward).
+        self.head = unembedding_from_files(folder, config, self.dtype).to(device)
         try:
             generation_eos = GenerationConfig.from_pretrained(folder).eos_token_id
         except OSError:  # no generation_config.json
