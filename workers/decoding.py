@@ -154,86 +154,110 @@ def _tokens_within(completion: list[int], detokenize: Callable[[list[int]], str]
     return keep
 
 
-@torch.inference_mode()
-def decode(
-    views: list[View],
-    sampling: Sampling,
-    *,
-    plausibility: Plausibility | None = None,
-    rule: Selective | None = None,
-    topk: int = 0,
-    eos_ids: set[int] | None = None,
-    detokenize: Callable[[list[int]], str] | None = None,
-    on_step: Callable[[DecodeStep], Any] | None = None,
-) -> Decoded:
-    """Run the loop until max_tokens, an end-of-sequence token of the first view, or a stop string.
+class Contrast:
+    """One decoding between its steps: the views' rule, its random stream, the completion and the steps so far.
+    `decode` runs one alone; `workers/contrasts.py` runs several side by side, their views' streams batched per
+    model across requests. Either way `take` makes each step from the same numbers."""
 
-    With stop strings, a step reaches `on_step` only once no stop can take it back, and a completion that hit a
-    stop ends before it (`tokens_before_stop`): streamed steps, the answer's steps and its tokens all agree."""
-    generator = seeded(sampling)
-    # The views of one model decode as one batch: one forward per model per step.
+    def __init__(
+        self,
+        views: list[View],
+        sampling: Sampling,
+        *,
+        plausibility: Plausibility | None = None,
+        rule: Selective | None = None,
+        topk: int = 0,
+        eos_ids: set[int] | None = None,
+        detokenize: Callable[[list[int]], str] | None = None,
+        on_step: Callable[[DecodeStep], Any] | None = None,
+    ) -> None:
+        self.views, self.sampling, self.plausibility, self.rule, self.topk = views, sampling, plausibility, rule, topk
+        self.generator = seeded(sampling)
+        self.eos = eos_ids if eos_ids is not None else set(views[0].backend.card.eos_token_ids)
+        self.detokenize = detokenize
+        self.stops = sampling.stop if detokenize is not None else []
+        self.weights = [view.weight for view in views]
+        self.plain = (
+            len(views) == 1
+            and self.weights == [1.0]
+            and views[0].temperature == 1.0
+            and plausibility is None
+            and rule is None
+        )
+        self.completion: list[int] = []
+        self.steps: list[DecodeStep] = []
+        self.sink = StepSink(on_step)
+
+    def take(self, logits: list[torch.Tensor]) -> Decoded | None:
+        """One step from each view's next-token logits: the token drawn and its step kept (and sent once no stop
+        string can take it back); the decoding, if this step ended it."""
+        views, completion, steps = self.views, self.completion, self.steps
+        view_logprobs = [
+            torch.log_softmax(raw.double() / view.temperature, dim=-1) for raw, view in zip(logits, views, strict=True)
+        ]
+        contrasted = None
+        if self.rule is None:
+            combined = combine(view_logprobs, self.weights, self.plausibility)
+        else:
+            combined, contrasted = selective(view_logprobs, self.weights, self.rule)
+        # Plain sampling works on the raw logits as vLLM's sampler does (a repetition penalty depends on their sign).
+        scores = logits[0].double() if self.plain else combined
+        token = sample_next(scores, self.sampling, self.generator, views[0].prefix_ids, completion)
+        finite = top_finite(combined, self.topk)
+        steps.append(
+            DecodeStep(
+                token=token,
+                top_ids=[i for i, _ in finite],
+                top_logprobs=[v for _, v in finite],
+                view_logprobs=[float(lp[token]) for lp in view_logprobs],
+                view_ranks=[rank_of(lp, token) for lp in view_logprobs],
+                contrasted=contrasted,
+                logprob=finite_or_none(float(combined[token])),
+            )
+        )
+        completion.append(token)
+        if self.stops and self.detokenize is not None:
+            if stop_hit(self.detokenize(completion), self.stops):
+                keep = tokens_before_stop(completion, self.detokenize, self.stops)
+                self.sink.emit(steps, keep)
+                return Decoded(completion[:keep], "stop", steps[:keep])
+            self.sink.emit(steps, _settled(completion, self.detokenize, self.stops))
+        else:
+            self.sink.emit(steps, len(steps))
+        if token in self.eos or len(completion) >= self.sampling.max_tokens:
+            self.sink.emit(steps, len(steps))
+            return Decoded(completion, "stop" if token in self.eos else "length", steps)
+        return None
+
+
+def view_groups(views: list[View]) -> dict[int, list[int]]:
+    """The views' indices by model (backend): the views of one model decode as one batch."""
     groups: dict[int, list[int]] = {}
     for i, view in enumerate(views):
         groups.setdefault(id(view.backend), []).append(i)
+    return groups
+
+
+@torch.inference_mode()
+def decode(views: list[View], sampling: Sampling, **options: Any) -> Decoded:
+    """Run one decoding (`Contrast`, with its options) until max_tokens, an end-of-sequence token of the first
+    view, or a stop string; one forward per model per step.
+
+    With stop strings, a step reaches `on_step` only once no stop can take it back, and a completion that hit a
+    stop ends before it (`tokens_before_stop`): streamed steps, the answer's steps and its tokens all agree."""
+    contrast = Contrast(views, sampling, **options)
     streams = []
     logits: list[torch.Tensor] = [torch.empty(0)] * len(views)
-    for members in groups.values():
+    for members in view_groups(views).values():
         backend = views[members[0]].backend
         state, first = backend.start([views[i].prefix_ids for i in members])
         streams.append((backend, state, members))
         for row, i in enumerate(members):
             logits[i] = first[row]
-    eos = eos_ids if eos_ids is not None else set(views[0].backend.card.eos_token_ids)
-    completion: list[int] = []
-    steps: list[DecodeStep] = []
-    weights = [view.weight for view in views]
-    plain = (
-        len(views) == 1 and weights == [1.0] and views[0].temperature == 1.0 and plausibility is None and rule is None
-    )
-    stops = sampling.stop if detokenize is not None else []
-    sink = StepSink(on_step)
-
-    def emit(upto: int) -> None:
-        sink.emit(steps, upto)
-
-    for _ in range(sampling.max_tokens):
-        view_logprobs = [
-            torch.log_softmax(raw.double() / view.temperature, dim=-1) for raw, view in zip(logits, views, strict=True)
-        ]
-        contrasted = None
-        if rule is None:
-            combined = combine(view_logprobs, weights, plausibility)
-        else:
-            combined, contrasted = selective(view_logprobs, weights, rule)
-        # Plain sampling works on the raw logits as vLLM's sampler does (a repetition penalty depends on their sign).
-        scores = logits[0].double() if plain else combined
-        token = sample_next(scores, sampling, generator, views[0].prefix_ids, completion)
-        finite = top_finite(combined, topk)
-        step = DecodeStep(
-            token=token,
-            top_ids=[i for i, _ in finite],
-            top_logprobs=[v for _, v in finite],
-            view_logprobs=[float(lp[token]) for lp in view_logprobs],
-            view_ranks=[rank_of(lp, token) for lp in view_logprobs],
-            contrasted=contrasted,
-            logprob=finite_or_none(float(combined[token])),
-        )
-        steps.append(step)
-        completion.append(token)
-        if stops and detokenize is not None:
-            if stop_hit(detokenize(completion), stops):
-                keep = tokens_before_stop(completion, detokenize, stops)
-                emit(keep)
-                return Decoded(completion[:keep], "stop", steps[:keep])
-            emit(_settled(completion, detokenize, stops))
-        else:
-            emit(len(steps))
-        if token in eos:
-            emit(len(steps))
-            return Decoded(completion, "stop", steps)
+    while (decoded := contrast.take(logits)) is None:
+        token = contrast.completion[-1]
         for backend, state, members in streams:
             following = backend.step(state, [token] * len(members))
             for row, i in enumerate(members):
                 logits[i] = following[row]
-    emit(len(steps))
-    return Decoded(completion, "length", steps)
+    return decoded

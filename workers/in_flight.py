@@ -1,10 +1,12 @@
 """Jobs in flight on a worker's engines, run as one continuous batch per model.
 
 Generations join their model's running batch as they arrive and leave it when they end (`generations.py` for
-transformers, the generate engine's own scheduler for vLLM). On an engine with its own scheduler (vLLM), scoring
-requests too join the pooling engine's running batch as they arrive, and the record of a finished generation is
-captured there; elsewhere scoring runs at once as batched forwards (`JobExecutor.run_scores`). Every job's record
-is stored as soon as its request finishes, and a job that fails, fails alone.
+transformers, the generate engine's own scheduler for vLLM); so do token-level contrastive decodings whose views'
+models can batch their streams (`contrasts.py`, transformers: one batch per model across requests). On an engine
+with its own scheduler (vLLM), scoring requests too join the pooling engine's running batch as they arrive, and the
+record of a finished generation is captured there; elsewhere scoring runs at once as batched forwards
+(`JobExecutor.run_scores`). Every job's record is stored as soon as its request finishes, and a job that fails,
+fails alone.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 
 from workers.backends.base import Backend
 from workers.capture import capture_statistics_many
-from workers.decoding import Decoded, tokens_before_stop
+from workers.contrasts import ContrastDone, SteppedContrasts, joinable
+from workers.decoding import Contrast, Decoded, View, tokens_before_stop
 from workers.generations import Finished, GenerationPool, SteppedGenerations
 from workers.outcomes import JobFailed, alone, refused, worker_error
-from workers.protocol import CAPTURE_TOPK, AnyJob, GenerateJob, JobOutcome, Sampling, ScoreJob
+from workers.protocol import CAPTURE_TOPK, AnyJob, ContrastJob, GenerateJob, JobOutcome, Sampling, ScoreJob
 
 if TYPE_CHECKING:
     from workers.jobs import JobExecutor
@@ -29,6 +32,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Done = list[tuple[AnyJob, JobOutcome]]
+Stepped = GenerateJob | ContrastJob  # jobs that run step by step in a running batch
+
+
+def stepped_tokens(job: Stepped) -> int:
+    """The tokens a generation or a decoding may come to hold in the running batch: each stream's prompt and
+    completion."""
+    if isinstance(job, GenerateJob):
+        return len(job.prompt_ids) + job.sampling.max_tokens
+    return sum(len(view.prefix_ids) + job.sampling.max_tokens for view in job.views)
 
 
 class InFlight:
@@ -39,6 +51,8 @@ class InFlight:
         self.jobs: dict[str, AnyJob] = {}  # by job id: every job admitted and not finished
         self.samplings: dict[str, Sampling] = {}  # a generation's sampling, as bounded by its model
         self.capturing: dict[str, Decoded] = {}  # a finished generation whose states the pooling engine computes
+        self.contrasts = SteppedContrasts()  # token-level contrastive decodings, across models and requests
+        self.contrast_views: dict[str, list[View]] = {}  # a decoding's views, for its record
         self.early: Done = []  # finished while `run` waited for its own jobs: answered by the next `advance`
 
     def __len__(self) -> int:
@@ -61,15 +75,19 @@ class InFlight:
 
     # ------------------------------------------------------------ admission
 
-    def admit(self, jobs: list[ScoreJob | GenerateJob]) -> Done:
+    def admit(self, jobs: list[ScoreJob | Stepped]) -> Done:
         """Take jobs into their models' running batches; the outcomes of those that ended at once (refused,
-        already stored, or scored at once by a backend without a scheduler of its own)."""
+        already stored, scored at once by a backend without a scheduler of its own, or a decoding whose views
+        cannot batch across requests, run alone)."""
         done: Done = []
         now: list[ScoreJob] = []
         for job in jobs:
             try:
                 if isinstance(job, GenerateJob):
                     self._admit_generation(job)
+                elif isinstance(job, ContrastJob):
+                    if not self._admit_contrast(job):
+                        done.append((job, self.executor.run(job)))
                 elif not self._admit_score(job):
                     now.append(job)
             except JobFailed as failed:
@@ -86,6 +104,17 @@ class InFlight:
         sampling = self.executor.generation_budget(job, backend)
         self._generation_pool(job.model).join(job.job_id, job.prompt_ids, sampling)
         self.jobs[job.job_id], self.samplings[job.job_id] = job, sampling
+
+    def _admit_contrast(self, job: ContrastJob) -> bool:
+        """Whether the decoding joined the running contrastive batch (else it runs alone, at once)."""
+        if job.level != "token":
+            return False
+        views, sampling = self.executor.contrast_views(job)
+        if not all(joinable(view.backend) for view in views):
+            return False
+        self.contrasts.join(job.job_id, Contrast(views, sampling, **self.executor.contrast_options(job, views)))
+        self.jobs[job.job_id], self.contrast_views[job.job_id] = job, views
+        return True
 
     def _admit_score(self, job: ScoreJob) -> bool:
         """Whether the job joined the pooling engine's batch (else it is scored at once, with the others)."""
@@ -108,29 +137,49 @@ class InFlight:
         done, self.early = self.early, []
         for model, pool in list(self.generations.items()):
             if len(pool):
-                finished = self._step(model, pool, self.generations, done)
-                done.extend(self._generated(finished, self.executor.backends[model]))
+                finished = self._step(model, pool, done)
+                if finished is None:
+                    del self.generations[model]  # it starts afresh
+                done.extend(self._generated(finished or [], self.executor.backends[model]))
         for model, pool in list(self.scorings.items()):
             if pool is not None and len(pool):
-                states = self._step(model, pool, self.scorings, done)
-                done.extend(self._scored(states, self.executor.backends[model]))
+                states = self._step(model, pool, done)
+                if states is None:
+                    del self.scorings[model]
+                done.extend(self._scored(states or [], self.executor.backends[model]))
+        if len(self.contrasts):
+            done.extend(self._contrasted(self._step("contrastive decodings", self.contrasts, done) or []))
         return done
 
-    def _step(self, model: str, pool: Any, pools: dict[str, Any], done: Done) -> list[Any]:
+    def _step(self, name: str, pool: Any, done: Done) -> list[Any] | None:
+        """One step of a running batch; None if it failed (the jobs it held fail, each a worker_error)."""
         try:
             return list(pool.advance())
         except Exception as exc:
-            log.exception("the running batch of %s failed", model)
-            del pools[model]
+            log.exception("the running batch of %s failed", name)
             for key in pool.abandon():
                 done.append((self.jobs[key], worker_error(self.jobs[key], exc)))
                 self._forget(key)
-            return []
+            return None
 
     def _forget(self, key: str) -> AnyJob:
         self.samplings.pop(key, None)
         self.capturing.pop(key, None)
+        self.contrast_views.pop(key, None)
         return self.jobs.pop(key)
+
+    def _contrasted(self, ended: list[ContrastDone]) -> Done:
+        """Decodings that ended: each record stored (and steps kept) alone."""
+        done: Done = []
+        for one in ended:
+            views = self.contrast_views[one.key]
+            job = self._forget(one.key)
+            assert isinstance(job, ContrastJob)
+            if one.decoded is None:
+                done.append((job, worker_error(job, one.error or RuntimeError("no decoding"))))
+            else:
+                done.append((job, alone(job, partial(self.executor.contrast_done, job, views, one.decoded))))
+        return done
 
     def _generated(self, finished: list[Finished], backend: Backend) -> Done:
         """Generations that ended: their records are captured by the pooling engine's batch where there is one,
@@ -190,7 +239,7 @@ class InFlight:
             done.append((job, alone(job, work)))
         return done
 
-    def run(self, jobs: list[ScoreJob | GenerateJob]) -> list[JobOutcome]:
+    def run(self, jobs: list[ScoreJob | Stepped]) -> list[JobOutcome]:
         """Run jobs to their end (with whatever else is in flight); their outcomes, in order. Other jobs that
         finish meanwhile are answered by the next `advance`."""
         outcomes = {job.job_id: outcome for job, outcome in self.admit(jobs)}

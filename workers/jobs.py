@@ -300,6 +300,12 @@ class JobExecutor:
     def _contrast(self, job: ContrastJob) -> JobOutcome:
         if job.level == "byte":
             return run_byte_contrast(self, job)
+        views, sampling = self.contrast_views(job)
+        return self.contrast_done(job, views, decode(views, sampling, **self.contrast_options(job, views)))
+
+    def contrast_views(self, job: ContrastJob) -> tuple[list[View], Sampling]:
+        """A token-level contrastive job's views, and its sampling with max_tokens bounded by every view's model (a
+        bad job raises JobFailed)."""
         views = []
         for spec in job.views:
             backend = self.backend_for(spec.model, spec.fingerprint)
@@ -310,21 +316,25 @@ class JobExecutor:
         if job.record_view >= len(views) or (job.plausibility is not None and job.plausibility.view >= len(views)):
             raise JobFailed("invalid_view", "record_view and plausibility.view must name one of the views")
         budget = self.completion_budget(job.sampling, [(view.backend, view.prefix_ids) for view in views])
-        sampling = job.sampling.model_copy(update={"max_tokens": budget})
-        decoded = decode(views, sampling, detokenize=views[0].backend.decode, **self.contrast_options(job))
+        return views, job.sampling.model_copy(update={"max_tokens": budget})
+
+    def contrast_done(self, job: ContrastJob, views: list[View], decoded: Decoded) -> JobOutcome:
+        """A finished decoding: its record stored under the record view's model, its steps kept; the outcome."""
         shown = views[job.record_view]
         rid = self.store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded, job.retain)
         self.keep_steps(job.job_id, decoded.steps)
         return self.completed(job, rid, decoded)
 
-    def contrast_options(self, job: ContrastJob) -> dict[str, Any]:
-        """What either decoding loop takes from a contrastive job: the cut or USCD's rule, top-k, and the stream."""
+    def contrast_options(self, job: ContrastJob, views: list[View] | None = None) -> dict[str, Any]:
+        """What either decoding loop takes from a contrastive job: the cut or USCD's rule, top-k, and the stream
+        (and, given the token views, the first view's detokenizer for stop strings)."""
         channel = steps_channel(job.job_id)
         return {
             "plausibility": job.plausibility,
             "rule": job.selective,
             "topk": job.topk,
             "on_step": lambda step: self.redis.publish(channel, step.model_dump_json()),
+            **({"detokenize": views[0].backend.decode} if views else {}),
         }
 
     def keep_steps(self, job_id: str, steps: list[DecodeStep]) -> None:

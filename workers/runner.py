@@ -23,6 +23,7 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
+from workers.in_flight import Stepped, stepped_tokens
 from workers.jobs import JobExecutor
 from workers.lifecycle import arm_children
 from workers.outcomes import REDIS_LOST, worker_error
@@ -35,6 +36,7 @@ from workers.protocol import (
     MAX_GROUP,
     SECRET_KEY,
     AnyJob,
+    ContrastJob,
     GenerateJob,
     JobError,
     JobOutcome,
@@ -100,7 +102,8 @@ class Worker:
         self.done = threading.Event()  # set when serve() returns; the heartbeat holds jobs until then
         self.held: dict[tuple[str, bytes], AnyJob] = {}  # the stream entries taken and not yet settled
         self.held_lock = threading.Lock()
-        self.waiting: list[tuple[str, bytes, GenerateJob]] = []  # generations read, waiting for room in the batch
+        # generations and token-level contrastive decodings read, waiting for room in the running batch
+        self.waiting: list[tuple[str, bytes, Stepped]] = []
         self.running: dict[str, tuple[str, bytes, int]] = {}  # job id -> its entry and its generation tokens
         self.last_intake = 1  # jobs taken by the last read of an idle worker (with what it gathered)
         specs = [m for m in settings.models if not model_names or m.name in model_names]
@@ -295,7 +298,7 @@ class Worker:
             self._hold(stream, entry_id, job)  # held fresh by the heartbeat until settled
             if isinstance(job, ScoreJob):
                 scores.append((stream, entry_id, job))
-            elif isinstance(job, GenerateJob):
+            elif isinstance(job, GenerateJob) or (isinstance(job, ContrastJob) and job.level == "token"):
                 self.waiting.append((stream, entry_id, job))
             else:
                 others.append((stream, entry_id, job))
@@ -314,12 +317,12 @@ class Worker:
             self.held[(stream, entry_id)] = job
 
     def _admit(self) -> None:
-        """Move waiting generations into the running batch while they fit its token budget."""
+        """Move waiting generations and decodings into the running batch while they fit its token budget."""
         used = sum(tokens for _, _, tokens in self.running.values())
-        taken: list[tuple[str, bytes, ScoreJob | GenerateJob, int]] = []
+        taken: list[tuple[str, bytes, ScoreJob | Stepped, int]] = []
         while self.waiting:
             stream, entry_id, job = self.waiting[0]
-            tokens = len(job.prompt_ids) + job.sampling.max_tokens
+            tokens = stepped_tokens(job)
             if (self.running or taken) and used + tokens > self.settings.worker_generation_tokens:
                 break
             self.waiting.pop(0)
@@ -327,7 +330,7 @@ class Worker:
             taken.append((stream, entry_id, job, tokens))
         self._take(taken)
 
-    def _take(self, taken: list[tuple[str, bytes, ScoreJob | GenerateJob, int]]) -> None:
+    def _take(self, taken: list[tuple[str, bytes, ScoreJob | Stepped, int]]) -> None:
         """Hand jobs to the engines' running batches; settle those that ended at once. A second entry of a job
         already running (a gateway re-submits after a Redis outage or failover) is settled without an outcome:
         the running one answers the job."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -119,6 +120,36 @@ def test_every_step_matches_the_float64_reference(
             assert view_score["logprob"] == pytest.approx(lp[step["id"]], abs=TOL)
             assert view_score["rank"] == 1 + int(np.sum(lp > lp[step["id"]]))
         completion.append(step["id"])
+
+
+def test_concurrent_decodings_equal_each_decoded_alone(trio_service: httpx.Client) -> None:
+    """Decodings read together run side by side, every view's stream of one model a row of that model's batch
+    whatever request it belongs to (rows of other lengths join and leave between steps): each answer, its steps
+    and its record are what the same request gets alone."""
+    requests = [
+        {
+            "prompt": f"{PROMPT} Number {i}." + " Slowly." * i,
+            "preset": preset,
+            "max_tokens": 12 + 2 * i,
+            "temperature": 1.0,
+            "seed": i,
+            "top_logprobs": 5,
+            **({"stop": ["e"]} if i == 5 else {}),
+        }
+        for i, (preset, _) in enumerate(PRESETS * 2)
+    ]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        responses = list(pool.map(lambda body: trio_service.post("/v1/decode/contrastive", json=body), requests))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    alone = [trio_service.post("/v1/decode/contrastive", json=body).json() for body in requests]
+    for together, single in zip([r.json() for r in responses], alone, strict=True):
+        assert [s["id"] for s in together["steps"]] == [s["id"] for s in single["steps"]]
+        assert (together["text"], together["record_id"]) == (single["text"], single["record_id"])
+        for a, b in zip(together["steps"], single["steps"], strict=True):
+            assert [v["logprob"] for v in a["views"]] == pytest.approx([v["logprob"] for v in b["views"]], abs=TOL)
+            assert [t["logprob"] for t in a["top_logprobs"]] == pytest.approx(
+                [t["logprob"] for t in b["top_logprobs"]], abs=TOL
+            )
 
 
 def test_ed_with_alpha_zero_is_the_base_models_greedy_output(trio_service: httpx.Client) -> None:

@@ -162,6 +162,35 @@ def test_scorings_finished_together_keep_their_own_statistics(client: httpx.Clie
         assert np.abs(np.array([t["entropy"] for t in got]) - entropy).max() <= 1e-4
 
 
+def test_contrastive_decodings_on_vllm_equal_transformers(client: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
+    """Decodings whose views' engines cannot batch their streams across requests (vLLM's) still run, each alone:
+    two read together, every greedy step the float64 combination of transformers' own rows."""
+    a = 0.5
+    prompts = ["Name a colour.", "Name a river."]
+    body = {"preset": {"name": "prompt_contrast", "model": MODEL, "alpha": a}, "max_tokens": 4, "temperature": 0}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(lambda p: client.post("/v1/decode/contrastive", json={**body, "prompt": p}).json(), prompts)
+        )
+    model, tokenizer = hf_smollm2
+    for prompt, answer in zip(prompts, answers, strict=True):
+        chat = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
+        )
+        done: list[int] = []
+        for step in answer["steps"]:
+            with torch.inference_mode():
+                views = [
+                    torch.log_softmax(model(input_ids=torch.tensor([prefix + done])).logits[0, -1].double(), -1)
+                    for prefix in (list(chat), list(tokenizer(prompt).input_ids))
+                ]
+            assert step["id"] == int(torch.log_softmax((1 + a) * views[0] - a * views[1], -1).argmax())
+            for got, logp in zip(step["views"], views, strict=True):
+                assert got["logprob"] == pytest.approx(float(logp[step["id"]]), abs=1e-3)
+            done.append(step["id"])
+        assert len(done) == 4
+
+
 # ---------------------------------------------------------------- engines stop with their worker (last: they stop it)
 
 

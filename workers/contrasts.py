@@ -1,0 +1,153 @@
+"""Contrastive decodings of many requests side by side, step by step: every view's stream of one model, whatever
+request it belongs to, is a row of that model's one running batch (continuous batching across requests, for
+backends whose streams can take in and let go of rows between steps, i.e. transformers).
+
+Each decoding makes its steps exactly as it would alone (`decoding.Contrast`, the same code `decode` runs): its own
+seeded generator, its own views' rows of logits, the same stop, end-of-sequence and length rules. Requests join
+through one batched prefill per model and leave without disturbing the others (`hf.join_streams`, `keep_streams`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workers.decoding import Contrast, Decoded
+from workers.generations import JoinableStreams
+
+
+@dataclass
+class ContrastDone:
+    """A decoding that ended: what it decoded, or the error that ended it alone (its prefill failed)."""
+
+    key: str
+    decoded: Decoded | None
+    error: Exception | None = None
+
+
+@dataclass
+class _Batch:
+    """One model's running streams: row r is view `members[r][1]` of the decoding `members[r][0]`."""
+
+    ops: Any  # the backend, as JoinableStreams
+    streams: Any = None
+    logits: torch.Tensor | None = None  # [rows, V]: each row's next-token logits
+    members: list[tuple[str, int]] = field(default_factory=list)
+
+
+def joinable(backend: Any) -> bool:
+    """Whether a backend's decoding streams can join a running batch (transformers'; not vLLM's engines)."""
+    return all(callable(getattr(backend, name, None)) for name in ("prefill", "feed", "join_streams", "keep_streams"))
+
+
+class SteppedContrasts:
+    """Contrastive decodings in flight on one worker; `advance` moves each one step and hands back those that
+    ended."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, Contrast] = {}
+        self.waiting: dict[str, Contrast] = {}
+        self.batches: dict[int, _Batch] = {}  # by id(backend)
+
+    def __len__(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def join(self, key: str, contrast: Contrast) -> None:
+        """Queue a decoding; its views are prefilled (with the others that joined since) at the next `advance`."""
+        self.waiting[key] = contrast
+
+    @torch.inference_mode()
+    def advance(self) -> list[ContrastDone]:
+        """One step of every decoding: prefill those waiting, draw each one's next token, hand back those that
+        ended, and run one forward per model for the rest."""
+        done = self._prefill_waiting() if self.waiting else []
+        ended: set[str] = set()
+        rows = self._logits_by_view()
+        for key, contrast in self.running.items():
+            decoded = contrast.take([rows[(key, i)] for i in range(len(contrast.views))])
+            if decoded is not None:
+                ended.add(key)
+                done.append(ContrastDone(key, decoded))
+        for key in ended:
+            del self.running[key]
+        for backend_id, batch in list(self.batches.items()):
+            staying = [r for r, (key, _) in enumerate(batch.members) if key not in ended]
+            if not staying:
+                del self.batches[backend_id]
+                continue
+            if len(staying) < len(batch.members):
+                batch.streams = batch.ops.keep_streams(batch.streams, staying)
+                batch.members = [batch.members[r] for r in staying]
+            tokens = [self.running[key].completion[-1] for key, _ in batch.members]
+            batch.logits = batch.ops.next_logits(batch.ops.feed(batch.streams, tokens))
+        return done
+
+    def _logits_by_view(self) -> dict[tuple[str, int], torch.Tensor]:
+        out: dict[tuple[str, int], torch.Tensor] = {}
+        for batch in self.batches.values():
+            assert batch.logits is not None
+            for row, member in enumerate(batch.members):
+                out[member] = batch.logits[row]
+        return out
+
+    def _prefill_waiting(self) -> list[ContrastDone]:
+        """Prefill the waiting decodings' views, one batch per model, and add their rows to the running batches.
+        Decodings whose model's running streams cannot take in rows wait until those are done. If a batched
+        prefill fails, each decoding is prefilled alone, so that a bad one fails alone."""
+        joining = {key: c for key, c in self.waiting.items() if all(self._can_join(v.backend) for v in c.views)}
+        if not joining:
+            return []
+        for key in joining:
+            del self.waiting[key]
+        try:
+            prepared = _prefilled(joining)
+        except Exception as exc:
+            if len(joining) == 1:
+                return [ContrastDone(key, None, exc) for key in joining]
+            failed = []
+            for key, contrast in joining.items():
+                self.waiting = {key: contrast, **self.waiting}
+                failed.extend(self._prefill_waiting())
+            return failed
+        for backend_id, (ops, streams, logits, members) in prepared.items():
+            batch = self.batches.get(backend_id)
+            if batch is None:
+                self.batches[backend_id] = _Batch(ops, streams, logits, members)
+            else:
+                assert batch.logits is not None
+                batch.streams = ops.join_streams(batch.streams, streams)
+                batch.logits = torch.cat([batch.logits, logits])
+                batch.members += members
+        self.running.update(joining)
+        return []
+
+    def _can_join(self, backend: Any) -> bool:
+        batch = self.batches.get(id(backend))
+        return batch is None or bool(backend.can_join(batch.streams))
+
+    def abandon(self) -> list[str]:
+        """Drop every decoding (after a failure); their keys."""
+        keys = [*self.running, *self.waiting]
+        self.running, self.waiting, self.batches = {}, {}, {}
+        return keys
+
+
+Prepared = tuple[JoinableStreams, Any, torch.Tensor, list[tuple[str, int]]]  # ops, streams, logits, members
+
+
+def _prefilled(joining: dict[str, Contrast]) -> dict[int, Prepared]:
+    """For each model, the joining decodings' views prefilled as one batch: its streams, their next-token logits
+    and whose views they are."""
+    prefixes: dict[int, tuple[Any, list[list[int]], list[tuple[str, int]]]] = {}
+    for key, contrast in joining.items():
+        for i, view in enumerate(contrast.views):
+            _, ids, members = prefixes.setdefault(id(view.backend), (view.backend, [], []))
+            ids.append(view.prefix_ids)
+            members.append((key, i))
+    out = {}
+    for backend_id, (ops, ids, members) in prefixes.items():
+        streams, states = ops.prefill(ids)
+        out[backend_id] = (ops, streams, ops.next_logits(torch.stack([hidden[-1] for hidden in states])), members)
+    return out
