@@ -111,6 +111,29 @@ def top_finite(combined: torch.Tensor, topk: int) -> list[tuple[int, float]]:
     return [(i, v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if math.isfinite(v)]
 
 
+def decode_step(
+    token: int,
+    combined: torch.Tensor,
+    view_logprobs: list[torch.Tensor],
+    contrasted: bool | None,
+    topk: int,
+    **extra: Any,
+) -> DecodeStep:
+    """A step as answers and streams report it: the token, the combined distribution's top-k and the token's
+    logprob in it, each view's logprob and rank of the token."""
+    finite = top_finite(combined, topk)
+    return DecodeStep(
+        token=token,
+        top_ids=[i for i, _ in finite],
+        top_logprobs=[v for _, v in finite],
+        view_logprobs=[float(lp[token]) for lp in view_logprobs],
+        view_ranks=[rank_of(lp, token) for lp in view_logprobs],
+        contrasted=contrasted,
+        logprob=finite_or_none(float(combined[token])),
+        **extra,
+    )
+
+
 class StepSink:
     """Hands steps to `on_step` in order, each once, as far as the caller says they are settled."""
 
@@ -203,18 +226,7 @@ class Contrast:
         # Plain sampling works on the raw logits as vLLM's sampler does (a repetition penalty depends on their sign).
         scores = logits[0].double() if self.plain else combined
         token = sample_next(scores, self.sampling, self.generator, views[0].prefix_ids, completion)
-        finite = top_finite(combined, self.topk)
-        steps.append(
-            DecodeStep(
-                token=token,
-                top_ids=[i for i, _ in finite],
-                top_logprobs=[v for _, v in finite],
-                view_logprobs=[float(lp[token]) for lp in view_logprobs],
-                view_ranks=[rank_of(lp, token) for lp in view_logprobs],
-                contrasted=contrasted,
-                logprob=finite_or_none(float(combined[token])),
-            )
-        )
+        steps.append(decode_step(token, combined, view_logprobs, contrasted, self.topk))
         completion.append(token)
         if self.stops and self.detokenize is not None:
             if stop_hit(self.detokenize(completion), self.stops):

@@ -31,7 +31,7 @@ import torch
 from workers.bytelevel.stats import LOG_FLOOR
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next, pending
-from workers.decoding import StepSink, combine, finite_or_none, held_back, rank_of, seeded, selective, top_finite
+from workers.decoding import StepSink, combine, decode_step, held_back, seeded, selective
 from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
 from workers.sampling import sample_next
 
@@ -112,19 +112,7 @@ def decode_bytes(
             [v.states.distribution() for v in views], views, allowed_next(data), plausibility, rule
         )
         symbol = sample_next(combined, sampling, generator)
-        finite = top_finite(combined, topk)
-        steps.append(
-            DecodeStep(
-                token=symbol,
-                top_ids=[i for i, _ in finite],
-                top_logprobs=[v for _, v in finite],
-                view_logprobs=[float(lp[symbol]) for lp in view_logprobs],
-                view_ranks=[rank_of(lp, symbol) for lp in view_logprobs],
-                contrasted=contrasted,
-                logprob=finite_or_none(float(combined[symbol])),
-                text="",
-            )
-        )
+        steps.append(decode_step(symbol, combined, view_logprobs, contrasted, topk, text=""))
         if symbol == END:
             sink.emit(steps, len(steps))
             return ByteDecoded(data, [*data, END], "stop", steps)
