@@ -1,10 +1,11 @@
 """Contrastive decodings of many requests side by side, step by step: every view's stream of one model, whatever
 request it belongs to, is a row of that model's one running batch (continuous batching across requests, for
-backends whose streams can take in and let go of rows between steps, i.e. transformers).
+backends whose streams can take in and let go of rows between steps: transformers' KV caches, and vLLM's streams,
+which its pooling engine re-reads whole at every step).
 
 Each decoding makes its steps exactly as it would alone (`decoding.Contrast`, the same code `decode` runs): its own
 seeded generator, its own views' rows of logits, the same stop, end-of-sequence and length rules. Requests join
-through one batched prefill per model and leave without disturbing the others (`hf.join_streams`, `keep_streams`).
+through one batched prefill per model and leave without disturbing the others (`join_streams`, `keep_streams`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class _Batch:
 
 
 def joinable(backend: Any) -> bool:
-    """Whether a backend's decoding streams can join a running batch (transformers'; not vLLM's engines)."""
+    """Whether a backend's decoding streams can join a running batch (`JoinableStreams`; else its decodings run
+    alone)."""
     return all(callable(getattr(backend, name, None)) for name in ("prefill", "feed", "join_streams", "keep_streams"))
 
 

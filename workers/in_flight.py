@@ -1,12 +1,11 @@
 """Jobs in flight on a worker's engines, run as one continuous batch per model.
 
 Generations join their model's running batch as they arrive and leave it when they end (`generations.py` for
-transformers, the generate engine's own scheduler for vLLM); so do token-level contrastive decodings whose views'
-models can batch their streams (`contrasts.py`, transformers: one batch per model across requests). On an engine
-with its own scheduler (vLLM), scoring requests too join the pooling engine's running batch as they arrive, and the
-record of a finished generation is captured there; elsewhere scoring runs at once as batched forwards
-(`JobExecutor.run_scores`). Every job's record is stored as soon as its request finishes, and a job that fails,
-fails alone.
+transformers, the generate engine's own scheduler for vLLM); so do token-level contrastive decodings (`contrasts.py`:
+one batch of streams per model across requests, on either backend). On an engine with its own scheduler (vLLM),
+scoring requests too join the pooling engine's running batch as they arrive, and the record of a finished generation
+is captured there; elsewhere scoring runs at once as batched forwards (`JobExecutor.run_scores`). Every job's record
+is stored as soon as its request finishes, and a job that fails, fails alone.
 """
 
 from __future__ import annotations

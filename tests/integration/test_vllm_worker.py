@@ -163,8 +163,8 @@ def test_scorings_finished_together_keep_their_own_statistics(client: httpx.Clie
 
 
 def test_contrastive_decodings_on_vllm_equal_transformers(client: httpx.Client, hf_smollm2: tuple[Any, Any]) -> None:
-    """Decodings whose views' engines cannot batch their streams across requests (vLLM's) still run, each alone:
-    two read together, every greedy step the float64 combination of transformers' own rows."""
+    """Two decodings read together share each step's one read of their streams through the pooling engine: every
+    greedy step is the float64 combination of transformers' own rows."""
     a = 0.5
     prompts = ["Name a colour.", "Name a river."]
     body = {"preset": {"name": "prompt_contrast", "model": MODEL, "alpha": a}, "max_tokens": 4, "temperature": 0}

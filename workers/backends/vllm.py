@@ -21,7 +21,8 @@ Either way a spec's `engine` may set `kv_cache_memory_bytes` for the model, spli
 
 Contrastive decoding needs every view's full distribution at each step, which vLLM's sampler does not
 expose; its streams re-read prefix + completion through the pooling engine at each step, so a step costs
-one prefill of the stream rather than one token (vLLM's `logprobs=-1` would cost a V-entry dict instead).
+one prefill of the stream rather than one token (vLLM's `logprobs=-1` would cost a V-entry dict instead). The
+streams of concurrent decodings are read in one `encode` per step (workers/contrasts.py).
 """
 
 from __future__ import annotations
@@ -204,19 +205,40 @@ class VLLMBackend:
         return torch.from_numpy(rows)
 
     # ------------------------------------------------------------ decoding streams (contrastive views)
+    # A stream is its tokens, re-read whole through the pooling engine at every step (no KV cache is kept between
+    # steps), so the streams of any requests join and leave a running batch as lists do (workers/contrasts.py).
+
+    def prefill(self, prefixes: list[list[int]]) -> tuple[list[list[int]], list[torch.Tensor]]:
+        streams = [list(p) for p in prefixes]
+        return streams, self._hidden_batch(streams)
+
+    def feed(self, streams: list[list[int]], tokens: list[int]) -> torch.Tensor:
+        """One token more on each stream; their last hidden states [B, d], all streams in one `encode`."""
+        for stream, token in zip(streams, tokens, strict=True):
+            stream.append(token)
+        return torch.stack([hidden[-1] for hidden in self._hidden_batch(streams)])
+
+    def next_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head.logits(hidden)
+
+    @staticmethod
+    def can_join(streams: list[list[int]]) -> bool:
+        return True
+
+    @staticmethod
+    def join_streams(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
+        return a + b
+
+    @staticmethod
+    def keep_streams(streams: list[list[int]], rows: list[int]) -> list[list[int]]:
+        return [streams[r] for r in rows]
 
     def start(self, prefixes: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
-        streams = [list(p) for p in prefixes]
-        return streams, self._next_logits(streams)
+        streams, states = self.prefill(prefixes)
+        return streams, self.next_logits(torch.stack([hidden[-1] for hidden in states]))
 
     def step(self, state: list[list[int]], tokens: list[int]) -> torch.Tensor:
-        for stream, token in zip(state, tokens, strict=True):
-            stream.append(token)
-        return self._next_logits(state)
-
-    def _next_logits(self, streams: list[list[int]]) -> torch.Tensor:
-        last = torch.stack([hidden[-1] for hidden in self._hidden_batch(streams)])
-        return self.head.logits(last)
+        return self.next_logits(self.feed(state, tokens))
 
     # ------------------------------------------------------------ plain generation
 
