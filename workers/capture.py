@@ -25,6 +25,8 @@ from workers.protocol import STAT_ARRAYS
 # ones (1,000 SmolLM2 rows: 370 ms in chunks of 256+, 550 ms in chunks of 64). Bounded by logits memory.
 LOGITS_BUDGET = 64 * 1024 * 1024  # float32 logits per matmul (256 MiB)
 STAT_ROWS = 8  # rows per statistics pass: 8 x 49,152 float32 rows stay in L2
+# Values per statistics pass on an accelerator (a GPU worker's): large blocks, each temporary at most 64 MiB
+ACCELERATOR_BLOCK = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -161,14 +163,12 @@ def _statistics(chunks: Iterator[torch.Tensor], targets: torch.Tensor, topk: int
     done = 0
     for logits in chunks:
         n = logits.shape[0]
-        if logits.device.type == "cpu":
-            blocks = [
-                (logits[sub : sub + STAT_ROWS], targets[done + sub : done + min(sub + STAT_ROWS, n)])
-                for sub in range(0, n, STAT_ROWS)
-            ]
-            found = _blocks_statistics(blocks, topk)
-        else:  # an accelerator takes the whole chunk in each operation
-            found = [row_statistics(logits, targets[done : done + n], topk)]
+        on_cpu = logits.device.type == "cpu"
+        rows = STAT_ROWS if on_cpu else max(1, ACCELERATOR_BLOCK // logits.shape[1])
+        blocks = [
+            (logits[sub : sub + rows], targets[done + sub : done + min(sub + rows, n)]) for sub in range(0, n, rows)
+        ]
+        found = _blocks_statistics(blocks, topk) if on_cpu else [row_statistics(r, t, topk) for r, t in blocks]
         for stats in found:
             for name, value in stats.items():
                 parts[name].append(value.cpu())
