@@ -287,8 +287,8 @@ class Worker:
 
     def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
         """Entries read together: rejected and cancelled ones settle at once, scoring jobs run together (batched
-        forwards, or the pooling engine's running batch), generations join the running batch (or wait for room in
-        it), the rest run one after another."""
+        forwards, or the pooling engine's running batch), generations and token-level contrastive decodings join
+        the running batch (or wait for room in it), the rest run one after another."""
         scores: list[tuple[str, bytes, ScoreJob]] = []
         others: list[tuple[str, bytes, AnyJob]] = []
         for stream, entry_id, fields in entries:
