@@ -69,7 +69,8 @@ class Unembedding:
         return self.device_logits(hidden, keep_float64).cpu()
 
     def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.logits(hidden), dim=-1)
+        """Full log-probability rows on the CPU, normalised where the logits were computed."""
+        return torch.log_softmax(self.device_logits(hidden), dim=-1).cpu()
 
 
 def logit_scale(config: Any) -> float:
@@ -212,9 +213,7 @@ def rebuild_rows(hidden: torch.Tensor, head: Unembedding) -> np.ndarray:
     chunk_rows = chunk_rows_for(head.vocab_size)
     out = np.empty((hidden.shape[0], head.vocab_size), dtype=np.float32)
     for lo in range(0, hidden.shape[0], chunk_rows):
-        out[lo : lo + chunk_rows] = (
-            torch.log_softmax(head.device_logits(hidden[lo : lo + chunk_rows]), dim=-1).cpu().numpy()
-        )
+        out[lo : lo + chunk_rows] = head.logprobs(hidden[lo : lo + chunk_rows]).numpy()
     return out
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from workers.decoding import Contrast, Decoded
-from workers.generations import JoinableStreams
 
 
 @dataclass
@@ -32,7 +31,7 @@ class ContrastDone:
 class _Batch:
     """One model's running streams: row r is view `members[r][1]` of the decoding `members[r][0]`."""
 
-    ops: Any  # the backend, as JoinableStreams
+    ops: Any  # the backend (workers.generations.JoinableStreams, with its `start`)
     streams: Any = None
     logits: torch.Tensor | None = None  # [rows, V]: each row's next-token logits
     members: list[tuple[str, int]] = field(default_factory=list)
@@ -41,7 +40,8 @@ class _Batch:
 def joinable(backend: Any) -> bool:
     """Whether a backend's decoding streams can join a running batch (`JoinableStreams`; else its decodings run
     alone)."""
-    return all(callable(getattr(backend, name, None)) for name in ("prefill", "feed", "join_streams", "keep_streams"))
+    names = ("feed", "next_logits", "can_join", "join_streams", "keep_streams")
+    return all(callable(getattr(backend, name, None)) for name in names)
 
 
 class SteppedContrasts:
@@ -136,20 +136,16 @@ class SteppedContrasts:
         return keys
 
 
-Prepared = tuple[JoinableStreams, Any, torch.Tensor, list[tuple[str, int]]]  # ops, streams, logits, members
+Prepared = tuple[Any, Any, torch.Tensor, list[tuple[str, int]]]  # backend, streams, logits, members
 
 
 def _prefilled(joining: dict[str, Contrast]) -> dict[int, Prepared]:
-    """For each model, the joining decodings' views prefilled as one batch: its streams, their next-token logits
-    and whose views they are."""
+    """For each model, the joining decodings' views started as one batch (the backend's `start`): its streams,
+    their next-token logits and whose views they are."""
     prefixes: dict[int, tuple[Any, list[list[int]], list[tuple[str, int]]]] = {}
     for key, contrast in joining.items():
         for i, view in enumerate(contrast.views):
             _, ids, members = prefixes.setdefault(id(view.backend), (view.backend, [], []))
             ids.append(view.prefix_ids)
             members.append((key, i))
-    out = {}
-    for backend_id, (ops, ids, members) in prefixes.items():
-        streams, states = ops.prefill(ids)
-        out[backend_id] = (ops, streams, ops.next_logits(torch.stack([hidden[-1] for hidden in states])), members)
-    return out
+    return {backend_id: (ops, *ops.start(ids), members) for backend_id, (ops, ids, members) in prefixes.items()}

@@ -242,14 +242,6 @@ class Contrast:
         return None
 
 
-def view_groups(views: list[View]) -> dict[int, list[int]]:
-    """The views' indices by model (backend): the views of one model decode as one batch."""
-    groups: dict[int, list[int]] = {}
-    for i, view in enumerate(views):
-        groups.setdefault(id(view.backend), []).append(i)
-    return groups
-
-
 @torch.inference_mode()
 def decode(views: list[View], sampling: Sampling, **options: Any) -> Decoded:
     """Run one decoding (`Contrast`, with its options) until max_tokens, an end-of-sequence token of the first
@@ -258,9 +250,12 @@ def decode(views: list[View], sampling: Sampling, **options: Any) -> Decoded:
     With stop strings, a step reaches `on_step` only once no stop can take it back, and a completion that hit a
     stop ends before it (`tokens_before_stop`): streamed steps, the answer's steps and its tokens all agree."""
     contrast = Contrast(views, sampling, **options)
+    groups: dict[int, list[int]] = {}  # the views of one model decode as one batch
+    for i, view in enumerate(views):
+        groups.setdefault(id(view.backend), []).append(i)
     streams = []
     logits: list[torch.Tensor] = [torch.empty(0)] * len(views)
-    for members in view_groups(views).values():
+    for members in groups.values():
         backend = views[members[0]].backend
         state, first = backend.start([views[i].prefix_ids for i in members])
         streams.append((backend, state, members))
