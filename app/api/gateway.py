@@ -33,6 +33,7 @@ from app.platform.errors import ERROR_RESPONSES, install_error_handlers
 from app.platform.limits import BodyLimit, InflightLimit
 from app.platform.observe import Observe
 from app.platform.settings import Settings, get_settings
+from app.platform.shutdown import within
 from app.serving.jobs import client_gone
 from app.serving.services import Services
 
@@ -54,10 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await runner.start()
         try:
             yield
-        finally:
-            await runner.stop()
-            await services.jobs.stop()
-            await services.redis.aclose()
+        finally:  # each step bounded: one that hangs must not keep the process (and its workers) alive
+            await within(runner.stop(), "the batch runner")
+            await within(services.jobs.stop(), "the reply listener")
+            await within(services.redis.aclose(), "the Redis connections")
 
     async def watch_client(request: Request) -> None:
         """Let jobs waited on in this request see whether its client is still there."""
