@@ -10,6 +10,7 @@ through one batched prefill per model and leave without disturbing the others (`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,13 @@ import torch
 
 from workers.decoding import Contrast, Decoded
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ContrastDone:
-    """A decoding that ended: what it decoded, or the error that ended it alone (its prefill failed)."""
+    """A decoding that ended: what it decoded, or the error that ended it (its prefill, its own step, or the
+    forward of a model it had a row in failed)."""
 
     key: str
     decoded: Decoded | None
@@ -52,6 +56,7 @@ class SteppedContrasts:
         self.running: dict[str, Contrast] = {}
         self.waiting: dict[str, Contrast] = {}
         self.batches: dict[int, _Batch] = {}  # by id(backend)
+        self.ending: list[ContrastDone] = []  # ended in the step under way
 
     def __len__(self) -> int:
         return len(self.running) + len(self.waiting)
@@ -63,28 +68,75 @@ class SteppedContrasts:
     @torch.inference_mode()
     def advance(self) -> list[ContrastDone]:
         """One step of every decoding: prefill those waiting, draw each one's next token, hand back those that
-        ended, and run one forward per model for the rest."""
+        ended, and run one forward per model for the rest. A decoding whose step fails (its own numbers, or the
+        forward of a model it has a row in) ends with that error; the others go on."""
         done = self._prefill_waiting() if self.waiting else []
+        self.ending = done  # what `abandon` still answers if something below fails after all
         ended: set[str] = set()
         rows = self._logits_by_view()
         for key, contrast in self.running.items():
-            decoded = contrast.take([rows[(key, i)] for i in range(len(contrast.views))])
+            try:
+                decoded = contrast.take([rows[(key, i)] for i in range(len(contrast.views))])
+            except Exception as exc:  # this decoding's own step (a row of NaNs, a stop check): it fails alone
+                log.exception("contrastive decoding %s failed", key)
+                done.append(ContrastDone(key, None, exc))
+                ended.add(key)
+                continue
             if decoded is not None:
                 ended.add(key)
                 done.append(ContrastDone(key, decoded))
         for key in ended:
             del self.running[key]
-        for backend_id, batch in list(self.batches.items()):
-            staying = [r for r, (key, _) in enumerate(batch.members) if key not in ended]
-            if not staying:
-                del self.batches[backend_id]
-                continue
-            if len(staying) < len(batch.members):
-                batch.streams = batch.ops.keep_streams(batch.streams, staying)
-                batch.members = [batch.members[r] for r in staying]
-            tokens = [self.running[key].completion[-1] for key, _ in batch.members]
-            batch.logits = batch.ops.next_logits(batch.ops.feed(batch.streams, tokens))
+        for key, error in self._feed(ended).items():
+            del self.running[key]
+            done.append(ContrastDone(key, None, error))
+        self.ending = []
         return done
+
+    def _feed(self, leaving: set[str]) -> dict[str, Exception]:
+        """Drop the rows of the decodings leaving and run each model's forward for the rest: the decodings with a
+        row in a model whose forward failed, each with that error (their rows leave the other models too)."""
+        failed: dict[str, Exception] = {}
+        for backend_id, batch in list(self.batches.items()):
+            try:
+                if self._drop_rows(backend_id, batch, leaving | set(failed)):
+                    tokens = [self.running[key].completion[-1] for key, _ in batch.members]
+                    batch.logits = batch.ops.next_logits(batch.ops.feed(batch.streams, tokens))
+            except Exception as exc:  # e.g. out of memory: this model's streams start afresh
+                log.exception("a step of %d contrastive streams failed", len(batch.members))
+                self.batches.pop(backend_id, None)
+                failed.update({key: exc for key, _ in batch.members if key not in leaving and key not in failed})
+        return failed | self._drop_everywhere(set(failed))
+
+    def _drop_everywhere(self, keys: set[str]) -> dict[str, Exception]:
+        """Drop the rows of `keys` from every model's batch, between steps; the decodings that fail with a batch
+        that could not let go of rows."""
+        failed: dict[str, Exception] = {}
+        while keys:
+            more: set[str] = set()
+            for backend_id, batch in list(self.batches.items()):
+                try:
+                    self._drop_rows(backend_id, batch, keys)
+                except Exception as exc:
+                    log.exception("contrastive streams could not let %d rows go", len(keys))
+                    self.batches.pop(backend_id, None)
+                    lost = {key for key, _ in batch.members} - keys - failed.keys()
+                    failed.update({key: exc for key in lost})
+                    more |= lost
+            keys = more
+        return failed
+
+    def _drop_rows(self, backend_id: int, batch: _Batch, keys: set[str]) -> bool:
+        """Let the rows of `keys` go from one model's batch (its logits too); whether any rows stay."""
+        staying = [r for r, (key, _) in enumerate(batch.members) if key not in keys]
+        if not staying:
+            del self.batches[backend_id]
+            return False
+        if len(staying) < len(batch.members):
+            batch.streams = batch.ops.keep_streams(batch.streams, staying)
+            batch.members = [batch.members[r] for r in staying]
+            batch.logits = None if batch.logits is None else batch.logits[staying]
+        return True
 
     def _logits_by_view(self) -> dict[tuple[str, int], torch.Tensor]:
         out: dict[tuple[str, int], torch.Tensor] = {}
@@ -113,16 +165,23 @@ class SteppedContrasts:
                 self.waiting = {key: contrast, **self.waiting}
                 failed.extend(self._prefill_waiting())
             return failed
-        for backend_id, (ops, streams, logits, members) in prepared.items():
-            batch = self.batches.get(backend_id)
-            if batch is None:
-                self.batches[backend_id] = _Batch(ops, streams, logits, members)
-            else:
-                assert batch.logits is not None
-                batch.streams = ops.join_streams(batch.streams, streams)
-                batch.logits = torch.cat([batch.logits, logits])
-                batch.members += members
         self.running.update(joining)
+        try:
+            for backend_id, (ops, streams, logits, members) in prepared.items():
+                batch = self.batches.get(backend_id)
+                if batch is None:
+                    self.batches[backend_id] = _Batch(ops, streams, logits, members)
+                else:
+                    assert batch.logits is not None
+                    joined = ops.join_streams(batch.streams, streams), torch.cat([batch.logits, logits])
+                    batch.streams, batch.logits = joined
+                    batch.members += members
+        except Exception as exc:  # the running decodings keep their rows; the joining ones fail
+            log.exception("%d contrastive decodings could not join the running streams", len(joining))
+            lost = {key: exc for key in joining} | self._drop_everywhere(set(joining))
+            for key in lost:
+                del self.running[key]
+            return [ContrastDone(key, None, error) for key, error in lost.items()]
         return []
 
     def _can_join(self, backend: Any) -> bool:
@@ -130,9 +189,9 @@ class SteppedContrasts:
         return batch is None or bool(backend.can_join(batch.streams))
 
     def abandon(self) -> list[str]:
-        """Drop every decoding (after a failure); their keys."""
-        keys = [*self.running, *self.waiting]
-        self.running, self.waiting, self.batches = {}, {}, {}
+        """Drop every decoding (after a failure); their keys, with those of decodings that ended in the failed step."""
+        keys = [*(one.key for one in self.ending), *self.running, *self.waiting]
+        self.running, self.waiting, self.batches, self.ending = {}, {}, {}, []
         return keys
 
 

@@ -8,6 +8,7 @@ batched prefill and leave without disturbing the others (`hf.join_streams`, `hf.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,11 +19,13 @@ from workers.backends.base import Backend, sample_next, stop_hit
 from workers.decoding import tokens_before_stop
 from workers.protocol import Sampling
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Finished:
     """A generation that ended: its completion (cut before a stop string) and why it ended, or the error that
-    ended it alone (its prefill failed)."""
+    ended it (its prefill, its sampling, or the step of the batch it was in failed)."""
 
     key: str
     completion: list[int]
@@ -111,30 +114,37 @@ class SteppedGenerations:
                 self.waiting = [one]
                 failed.extend(self._prefill_waiting())
             return failed
+        try:
+            self._add(joining, streams, logits)
+        except Exception as exc:  # the running sequences keep their rows; the joining ones fail
+            log.exception("%d generations could not join the running batch", len(joining))
+            return [Finished(sequence.key, [], "error", exc) for sequence, _ in joining]
         for (sequence, _), hidden in zip(joining, states, strict=True):
             sequence.states.append(hidden)
-        self._add(joining, streams, logits)
         return []
 
     def _add(self, joining: list[tuple[_Sequence, list[int]]], streams: Any, logits: torch.Tensor) -> None:
-        if self.streams is None:
-            self.streams, self.logits = streams, logits
-        else:
+        if self.streams is not None:
             assert self.logits is not None
-            self.streams = self.ops.join_streams(self.streams, streams)
-            self.logits = torch.cat([self.logits, logits])
+            streams, logits = self.ops.join_streams(self.streams, streams), torch.cat([self.logits, logits])
+        self.streams, self.logits = streams, logits
         self.rows.extend(sequence for sequence, _ in joining)
 
     def advance(self) -> list[Finished]:
         """Sample one token for every sequence, hand back those that ended, and run one batched forward for the
-        rest."""
+        rest. A sequence whose sampling fails ends with that error alone; if the forward fails, the sequences it
+        held do (the batch starts afresh), while those that ended before it keep their answers."""
         finished = self._prefill_waiting() if self.waiting else []
         if not self.rows:
             return finished
         assert self.logits is not None
         staying: list[int] = []
         for row, sequence in enumerate(self.rows):
-            done = self._sample(sequence, self.logits[row])
+            try:
+                done = self._sample(sequence, self.logits[row])
+            except Exception as exc:  # its own numbers (a row of NaNs, say): it fails alone
+                log.exception("generation %s failed", sequence.key)
+                done = Finished(sequence.key, [], "error", exc)
             if done is None:
                 staying.append(row)
             else:
@@ -142,14 +152,20 @@ class SteppedGenerations:
         if not staying:
             self.rows, self.streams, self.logits = [], None, None
             return finished
+        keys = [self.rows[row].key for row in staying]
         tokens = [self.rows[row].completion[-1] for row in staying]
-        if len(staying) < len(self.rows):
-            self.streams = self.ops.keep_streams(self.streams, staying)
-            self.rows = [self.rows[row] for row in staying]
-        hidden = self.ops.feed(self.streams, tokens)
+        try:
+            if len(staying) < len(self.rows):
+                self.streams = self.ops.keep_streams(self.streams, staying)
+                self.rows = [self.rows[row] for row in staying]
+            hidden = self.ops.feed(self.streams, tokens)
+            self.logits = self.ops.next_logits(hidden)
+        except Exception as exc:  # e.g. out of memory
+            log.exception("a step of %d generations failed", len(keys))
+            self.rows, self.streams, self.logits = [], None, None
+            return finished + [Finished(key, [], "error", exc) for key in keys]
         for row, sequence in enumerate(self.rows):
             sequence.states.append(hidden[row : row + 1])
-        self.logits = self.ops.next_logits(hidden)
         return finished
 
     def _sample(self, sequence: _Sequence, logits: torch.Tensor) -> Finished | None:

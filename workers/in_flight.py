@@ -224,6 +224,8 @@ class InFlight:
     def _scored(self, states: list[tuple[str, torch.Tensor]], backend: Backend) -> Done:
         """Sequences the pooling engine finished in one step, scorings and generations' records alike: their
         statistics through shared unembedding matmuls, then each record stored alone."""
+        if not states:  # a step that finished nothing (a chunk of a long prefill)
+            return []
         finished: list[tuple[AnyJob, Decoded | None, torch.Tensor]] = []
         for key, hidden in states:
             decoded = self.capturing.get(key)

@@ -1,0 +1,125 @@
+"""A job that fails inside a running batch fails alone (issue #14): a decoding or generation whose own step fails
+ends with its error while the others go on; a model whose forward fails ends only the jobs with a row in it; jobs
+that ended in the failing step keep their answers. Real tiny random models in transformers; the fault is a
+backend whose forward over running streams raises once, at a given call (as running out of memory would)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from workers.backends import load_backend
+from workers.config import ModelSpec
+from workers.contrasts import ContrastDone, SteppedContrasts
+from workers.decoding import Contrast, View, decode
+from workers.generations import Finished, SteppedGenerations
+from workers.protocol import Sampling
+
+PROMPTS = [[1, 504, 3218, 314], [1, 2000, 45], [1, 77, 78, 79, 80, 81]]
+
+
+class FeedFails:
+    """A backend whose forward over running streams raises at its `after`-th call (once)."""
+
+    def __init__(self, backend: Any, after: int) -> None:
+        self.backend, self.after, self.calls = backend, after, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def feed(self, streams: Any, tokens: list[int]) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.after:
+            raise RuntimeError("out of memory (injected)")
+        return self.backend.feed(streams, tokens)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """Two models (two loads of the tiny Llama: each its own running batch)."""
+    data = Path(tmp_path_factory.mktemp("data"))
+    spec = ModelSpec(name="tiny-llama", source="hf", path=tiny_models["tiny-llama"])
+    return load_backend(spec, data), load_backend(spec, data)
+
+
+def sampling(max_tokens: int, seed: int, stop: list[str] | None = None) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=1.0, top_p=1.0, seed=seed, stop=stop or [])
+
+
+def run_contrasts(pool: SteppedContrasts) -> dict[str, ContrastDone]:
+    ended: dict[str, ContrastDone] = {}
+    while len(pool):
+        for one in pool.advance():
+            assert one.key not in ended  # answered once
+            ended[one.key] = one
+    return ended
+
+
+def test_a_decoding_whose_step_fails_fails_alone(backends: tuple[Any, Any]) -> None:
+    a, b = backends
+
+    def broken(ids: list[int]) -> str:
+        if len(ids) >= 3:
+            raise ValueError("cannot detokenize")
+        return str(ids)
+
+    views = [[View(a, p, 1.5), View(b, p, -0.5)] for p in PROMPTS]
+    pool = SteppedContrasts()
+    pool.join("good-0", Contrast(views[0], sampling(6, 1)))
+    pool.join("bad", Contrast(views[1], sampling(6, 2, stop=["zz"]), detokenize=broken))
+    pool.join("good-2", Contrast(views[2], sampling(5, 3)))
+    ended = run_contrasts(pool)
+    assert isinstance(ended["bad"].error, ValueError) and ended["bad"].decoded is None
+    for key, prompt_views, spec in (("good-0", views[0], sampling(6, 1)), ("good-2", views[2], sampling(5, 3))):
+        got = ended[key].decoded
+        assert got is not None and ended[key].error is None
+        alone = decode(prompt_views, spec)
+        assert got.completion == alone.completion
+        for step, same in zip(got.steps, alone.steps, strict=True):
+            assert step.view_logprobs == pytest.approx(same.view_logprobs, abs=1e-5)
+
+
+def test_a_model_whose_forward_fails_ends_only_the_decodings_with_a_row_in_it(backends: tuple[Any, Any]) -> None:
+    """Model B's forward fails at its third step: the decodings with a view on B fail with that error, one on A
+    alone decodes on as if alone, and one on B that ended in that very step keeps its answer."""
+    a, b = backends
+    failing = FeedFails(b, after=3)
+    pool = SteppedContrasts()
+    pool.join("a-only", Contrast([View(a, PROMPTS[0], 1.0, 0.7)], sampling(6, 4)))
+    pool.join("a-and-b", Contrast([View(a, PROMPTS[1], 1.5), View(failing, PROMPTS[1], -0.5)], sampling(6, 5)))
+    pool.join("b-ends-then", Contrast([View(failing, PROMPTS[2], 1.0, 0.7)], sampling(3, 6)))
+    pool.join("b-only", Contrast([View(failing, PROMPTS[0], 1.0, 0.7)], sampling(6, 7)))
+    ended = run_contrasts(pool)
+    assert set(ended) == {"a-only", "a-and-b", "b-ends-then", "b-only"}
+    for key in ("a-and-b", "b-only"):
+        assert ended[key].decoded is None and "injected" in str(ended[key].error)
+    kept = ended["b-ends-then"].decoded
+    assert kept is not None and kept.completion == decode([View(b, PROMPTS[2], 1.0, 0.7)], sampling(3, 6)).completion
+    alone = ended["a-only"].decoded
+    assert alone is not None and alone.completion == decode([View(a, PROMPTS[0], 1.0, 0.7)], sampling(6, 4)).completion
+    assert not pool.batches and not pool.running
+
+
+def test_generations_that_ended_before_a_failed_step_keep_their_answers(backends: tuple[Any, Any]) -> None:
+    a, _ = backends
+    pool = SteppedGenerations(a, FeedFails(a, after=3))
+    pool.join("short", PROMPTS[0], sampling(3, 1))
+    pool.join("long-1", PROMPTS[1], sampling(8, 2))
+    pool.join("long-2", PROMPTS[2], sampling(8, 3))
+    ended: dict[str, Finished] = {}
+    while len(pool):
+        for one in pool.advance():
+            assert one.key not in ended
+            ended[one.key] = one
+    assert ended["short"].error is None and len(ended["short"].completion) == 3
+    alone = SteppedGenerations(a, a)
+    alone.join("short", PROMPTS[0], sampling(3, 1))
+    (same,) = alone.advance() + alone.advance() + alone.advance()
+    assert ended["short"].completion == same.completion
+    for key in ("long-1", "long-2"):
+        assert ended[key].finish_reason == "error" and "injected" in str(ended[key].error)
+    pool.join("after", PROMPTS[1], sampling(2, 9))  # the model's batch starts afresh
+    assert [f.error for f in pool.advance() + pool.advance()] == [None]
