@@ -17,7 +17,10 @@ Memory: on a GPU, `gpu_memory_utilization` is the model's share of the device. O
 number as a share of the node's RAM and subtracts what the process already holds, so an engine that starts after
 other models were loaded can find a negative budget and fail; CPU engines therefore get a fixed KV-cache size in
 bytes (`kv_cache_memory_bytes`, default CPU_KV_CACHE_BYTES per model), which does not depend on what else runs.
-Either way a spec's `engine` may set `kv_cache_memory_bytes` for the model, split between its engines.
+Either way a spec's `engine` may set `kv_cache_memory_bytes` for the model, split between its engines. On a GPU
+the worker process itself needs what the engines' shares leave (DEFAULT_GPU_SHARE leaves 15%): its CUDA context,
+its own copy of the unembedding (V x d in the engine's dtype: ~1 GB for Llama 3 8B) and the statistics' blocks
+(64 MiB temporaries); several models on one device must leave that much for each.
 
 Contrastive decoding needs every view's full distribution at each step, which vLLM's sampler does not
 expose; its streams re-read prefix + completion through the pooling engine at each step, so a step costs
