@@ -198,7 +198,12 @@ class InFlight:
                     (job, alone(job, partial(self.executor.generation_stored, job, backend, decoded, f.states)))
                 )
             else:
-                kept.append((job, _kept(f.completion, f.finish_reason, self.samplings[f.key], backend)))
+                try:
+                    kept.append((job, _kept(f.completion, f.finish_reason, self.samplings[f.key], backend)))
+                except Exception as exc:  # its stop check failed: it fails alone
+                    log.exception("generation %s could not be cut at its stop string", job.job_id)
+                    self._forget(f.key)
+                    done.append((job, worker_error(job, exc)))
         scoring = self._scoring_pool(kept[0][0].model) if kept else None
         if scoring is not None and backend.card.storage == "hidden":
             for job, decoded in kept:

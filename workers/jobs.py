@@ -29,7 +29,7 @@ from workers.capture import (
 from workers.decoding import Decoded, View, decode
 from workers.heads.job import run_head_job
 from workers.in_flight import InFlight
-from workers.outcomes import JobFailed, alone, refused
+from workers.outcomes import JobFailed, alone, refused, worker_error
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
     CAPTURE_TOPK,
@@ -110,13 +110,17 @@ class JobExecutor:
             try:
                 backend = self.backend_for(job.model, job.fingerprint)
                 self.check_ids(job.token_ids, backend)
+                stored = self.complete(job.tenant, job.record_id, job.retain, backend.card.storage)
             except JobFailed as failed:
                 outcomes[i] = refused(job, failed)
                 continue
-            if self.complete(job.tenant, job.record_id, job.retain, backend.card.storage):
+            except Exception as exc:  # Redis lost, say: this job alone
+                outcomes[i] = worker_error(job, exc)
+                continue
+            if stored:
                 outcomes[i] = JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
             elif backend.card.storage != "hidden":
-                outcomes[i] = self.run(job)
+                outcomes[i] = alone(job, partial(self.run, job))
             else:
                 todo.setdefault(job.model, []).append(i)
         for model, indices in todo.items():
@@ -126,7 +130,7 @@ class JobExecutor:
 
     def _score_group(self, group: list[ScoreJob], indices: list[int], backend: Backend) -> dict[int, JobOutcome]:
         if len(group) == 1:
-            return {indices[0]: self.run(group[0])}
+            return {indices[0]: alone(group[0], partial(self.run, group[0]))}
         try:
             hidden = backend.hidden_states_batch([job.token_ids for job in group])
             hidden = [states[: len(job.token_ids) - 1] for job, states in zip(group, hidden, strict=True)]
@@ -134,7 +138,7 @@ class JobExecutor:
             stats = capture_statistics_many(hidden, ids, backend.head, CAPTURE_TOPK)  # shared unembedding matmuls
         except Exception:  # e.g. out of memory for the batch: each job alone, so a bad one fails alone
             log.exception("a batched forward of %d jobs failed; running them one at a time", len(group))
-            return {i: self.run(job) for i, job in zip(indices, group, strict=True)}
+            return {i: alone(job, partial(self.run, job)) for i, job in zip(indices, group, strict=True)}
         return {
             i: alone(job, partial(self.score_stored, job, backend, states, job_stats))
             for i, job, states, job_stats in zip(indices, group, hidden, stats, strict=True)

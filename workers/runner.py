@@ -291,25 +291,27 @@ class Worker:
         the running batch (or wait for room in it), the rest run one after another."""
         scores: list[tuple[str, bytes, ScoreJob]] = []
         others: list[tuple[str, bytes, AnyJob]] = []
-        for stream, entry_id, fields in entries:
-            job = self._accept(stream, entry_id, fields)
-            if job is None:
-                continue
-            self._hold(stream, entry_id, job)  # held fresh by the heartbeat until settled
-            if isinstance(job, ScoreJob):
-                scores.append((stream, entry_id, job))
-            elif isinstance(job, GenerateJob) or (isinstance(job, ContrastJob) and job.level == "token"):
-                self.waiting.append((stream, entry_id, job))
-            else:
-                others.append((stream, entry_id, job))
         try:
+            for stream, entry_id, fields in entries:
+                job = self._accept(stream, entry_id, fields)
+                if job is None:
+                    continue
+                self._hold(stream, entry_id, job)  # held fresh by the heartbeat until settled
+                if isinstance(job, ScoreJob):
+                    scores.append((stream, entry_id, job))
+                elif isinstance(job, GenerateJob) or (isinstance(job, ContrastJob) and job.level == "token"):
+                    self.waiting.append((stream, entry_id, job))
+                else:
+                    others.append((stream, entry_id, job))
             self._take([(s, e, j, 0) for s, e, j in scores])  # scored at once, or joining the pooling engine's batch
             self._admit()
             for stream, entry_id, job in others:
                 self._run([(stream, entry_id)], [job], lambda jobs: [self.executor.run(jobs[0])])
-        finally:  # none stays held after a failure: the visibility timeout hands it to another delivery
+        finally:  # after a failure (Redis lost mid-way) none stays held but the running and the waiting: the
+            # visibility timeout hands the others to another delivery
+            loose = [*others, *((s, e, j) for s, e, j in scores if self.running.get(j.job_id, ("", b""))[1] != e)]
             with self.held_lock:
-                for stream, entry_id, _ in others:
+                for stream, entry_id, _ in loose:
                     self.held.pop((stream, entry_id), None)
 
     def _hold(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
@@ -323,7 +325,7 @@ class Worker:
         while self.waiting:
             stream, entry_id, job = self.waiting[0]
             tokens = stepped_tokens(job)
-            if (self.running or taken) and used + tokens > self.settings.worker_generation_tokens:
+            if used and used + tokens > self.settings.worker_generation_tokens:  # a larger one runs when none else
                 break
             self.waiting.pop(0)
             used += tokens
@@ -348,9 +350,9 @@ class Worker:
         done: list[tuple[AnyJob, JobOutcome]]
         try:
             done = self.executor.in_flight.admit(jobs)
-        except Exception as exc:  # a bug: these jobs fail, the worker goes on
+        except Exception as exc:  # a bug: the jobs not in a running batch fail, the worker goes on
             log.exception("jobs %s could not be admitted", [one.job_id for one in jobs])
-            done = [(one, worker_error(one, exc)) for one in jobs]
+            done = [(one, worker_error(one, exc)) for one in jobs if one.job_id not in self.executor.in_flight.jobs]
         for finished, outcome in done:
             self._finish(finished, outcome)
 
@@ -361,6 +363,9 @@ class Worker:
         self._admit()
 
     def _finish(self, job: AnyJob, outcome: JobOutcome) -> None:
+        if job.job_id not in self.running:  # already answered (a failure settled it): one answer per job
+            log.warning("job %s finished again; its first outcome stands", job.job_id)
+            return
         stream, entry_id, _ = self.running.pop(job.job_id)
         self._settle(stream, entry_id, job, outcome)
         log.info("job %s %s %s", job.job_id, job.kind, "ok" if outcome.ok else outcome.error)

@@ -1,22 +1,29 @@
-"""A job that fails inside a running batch fails alone (issue #14): a decoding or generation whose own step fails
-ends with its error while the others go on; a model whose forward fails ends only the jobs with a row in it; jobs
-that ended in the failing step keep their answers. Real tiny random models in transformers; the fault is a
-backend whose forward over running streams raises once, at a given call (as running out of memory would)."""
+"""A job that fails inside a batch fails alone (issue #14): a decoding or generation whose own step fails ends with
+its error while the others go on; a model whose forward fails ends only the jobs with a row in it; jobs that ended
+in the failing step keep their answers; a scoring whose forward fails fails alone; entries read when Redis goes
+away are not held. Real tiny random models in transformers and a real Redis; the faults are injected (a forward
+that raises once, as running out of memory would; a connection that drops once)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import torch
 
+from app.launcher.embedded import EmbeddedRedis
 from workers.backends import load_backend
 from workers.config import ModelSpec
 from workers.contrasts import ContrastDone, SteppedContrasts
 from workers.decoding import Contrast, View, decode
 from workers.generations import Finished, SteppedGenerations
-from workers.protocol import Sampling
+from workers.jobs import JobExecutor
+from workers.protocol import Sampling, ScoreJob, record_id
+from workers.runner import Worker, WorkerSettings
 
 PROMPTS = [[1, 504, 3218, 314], [1, 2000, 45], [1, 77, 78, 79, 80, 81]]
 
@@ -123,3 +130,95 @@ def test_generations_that_ended_before_a_failed_step_keep_their_answers(backends
         assert ended[key].finish_reason == "error" and "injected" in str(ended[key].error)
     pool.join("after", PROMPTS[1], sampling(2, 9))  # the model's batch starts afresh
     assert [f.error for f in pool.advance() + pool.advance()] == [None]
+
+
+class StatesFail:
+    """A backend whose forward fails on one poisoned sequence, alone or in a batch (as a resource failure would)."""
+
+    def __init__(self, backend: Any, poison: list[int]) -> None:
+        self.backend, self.poison = backend, poison
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def hidden_states_batch(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        if self.poison in sequences:
+            raise RuntimeError("out of memory (injected)")
+        return self.backend.hidden_states_batch(sequences)  # type: ignore[no-any-return]
+
+    def hidden_states(self, token_ids: list[int]) -> torch.Tensor:
+        return self.hidden_states_batch([token_ids])[0]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("failures") / "redis")
+    try:
+        client = redis.Redis.from_url(embedded.start())
+        yield client
+        client.close()
+    finally:
+        embedded.stop()
+
+
+def score_job(n: int, ids: list[int], fingerprint: str) -> ScoreJob:
+    rid = record_id(b"secret", "alpha", fingerprint, ids, {})
+    return ScoreJob(
+        job_id=f"job-{n}", tenant="alpha", model="tiny-llama", fingerprint=fingerprint, record_id=rid, token_ids=ids
+    )
+
+
+class LosesRedis(redis.Redis):
+    """A client whose connection drops at its `after`-th EXISTS (a Redis restart in the middle of an intake)."""
+
+    def __init__(self, *args: Any, after: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.after, self.calls = after, 0
+
+    def exists(self, *names: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.after:
+            raise redis.ConnectionError("Connection reset by peer (injected)")
+        return super().exists(*names)
+
+
+def test_jobs_read_when_redis_is_lost_mid_intake_are_not_held(redis_server: redis.Redis) -> None:
+    """Entries taken before Redis went away are let go (the heartbeat no longer keeps them fresh), so that the
+    visibility timeout hands them to another delivery instead of leaving them pending for as long as this worker
+    lives."""
+    worker = Worker.__new__(Worker)
+    worker.settings = WorkerSettings()
+    worker.redis = LosesRedis(connection_pool=redis_server.connection_pool, after=3)
+    worker.held, worker.held_lock, worker.waiting, worker.running = {}, threading.Lock(), [], {}
+    entries = [
+        ("lp:jobs:test", f"1-{n}".encode(), {b"job": score_job(n, [1, 2, n], "f").model_dump_json().encode()})
+        for n in range(4)
+    ]
+    with pytest.raises(redis.ConnectionError):
+        worker._handle_many(entries)
+    assert worker.held == {}
+
+
+def test_a_scoring_whose_forward_fails_fails_alone(backends: tuple[Any, Any], redis_server: redis.Redis) -> None:
+    """Scorings read together: the batched forward fails on one of them, each then runs alone, and only that one
+    fails (a 500 of its own); the others' records are stored as alone."""
+    a, _ = backends
+    poison = PROMPTS[1] + [11, 12]
+    executor = JobExecutor(redis_server, {"tiny-llama": StatesFail(a, poison)}, b"secret", 600)
+
+    def job(n: int, ids: list[int]) -> ScoreJob:
+        rid = record_id(b"secret", "alpha", a.card.fingerprint, ids, {})
+        return ScoreJob(
+            job_id=f"job-{n}",
+            tenant="alpha",
+            model="tiny-llama",
+            fingerprint=a.card.fingerprint,
+            record_id=rid,
+            token_ids=ids,
+        )
+
+    jobs = [job(0, PROMPTS[0] + [7, 8]), job(1, poison), job(2, PROMPTS[2] + [9, 10])]
+    outcomes = executor.run_scores(jobs)
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert outcomes[1].error is not None and outcomes[1].error.code == "worker_error"
+    assert [o.record_id for o in outcomes[::2]] == [jobs[0].record_id, jobs[2].record_id]

@@ -323,31 +323,40 @@ class _EnginePool:
         self.engine.llm_engine.add_request(request, TokensPrompt(prompt_token_ids=token_ids), params)
         self.keys[request] = key
 
-    def _step(self) -> list[Any]:
-        results = []
+    def _step(self) -> None:
+        """One engine step; the requests it finished wait in `ready` (a request whose result cannot be read stays
+        in `keys`, for `abandon`)."""
         for out in self.engine.llm_engine.step():
             if out.finished and out.request_id in self.keys:
-                results.append(self._result(self.keys.pop(out.request_id), out))
-        return results
+                self.ready.append(self._result(self.keys[out.request_id], out))
+                del self.keys[out.request_id]
 
     def _result(self, key: str, out: Any) -> Any:
         raise NotImplementedError
 
+    @staticmethod
+    def _key(result: Any) -> str:
+        raise NotImplementedError
+
     def advance(self) -> list[Any]:
         """One engine step (it waits for the engine to produce one); the requests finished since the last call."""
+        if self.keys:
+            self._step()
         ready, self.ready = self.ready, []
-        return ready + (self._step() if self.keys else [])
+        return ready
 
     def drain(self) -> None:
         while self.keys:
-            self.ready.extend(self._step())
+            self._step()
 
     def abandon(self) -> list[str]:
-        """Abort every request in flight (after a failure); the keys dropped."""
-        keys, self.keys, self.ready = self.keys, {}, []
+        """Abort every request in flight (after a failure); the keys dropped, with those of requests that had
+        finished and not yet been handed over."""
+        keys, self.keys = self.keys, {}
+        finished, self.ready = [self._key(result) for result in self.ready], []
         with contextlib.suppress(Exception):
             self.engine.llm_engine.abort_request(list(keys))
-        return list(keys.values())
+        return [*finished, *keys.values()]
 
 
 class EngineScores(_EnginePool):
@@ -365,6 +374,10 @@ class EngineScores(_EnginePool):
         # The pooler hands back the engine's states (upcast at most): casting to its dtype is lossless.
         return key, out.outputs.data.to("cpu", self.dtype)
 
+    @staticmethod
+    def _key(result: tuple[str, torch.Tensor]) -> str:
+        return result[0]
+
 
 class EngineGenerations(_EnginePool):
     """The generate engine's pool: each generation's completion, as `LLM.generate` gives it."""
@@ -381,3 +394,7 @@ class EngineGenerations(_EnginePool):
     def _result(self, key: str, out: Any) -> Finished:
         completion, reason = _completion(out)
         return Finished(key, completion, reason)
+
+    @staticmethod
+    def _key(result: Finished) -> str:
+        return result.key
