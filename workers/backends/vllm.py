@@ -313,7 +313,7 @@ class _EnginePool:
     def __init__(self, engine: LLM) -> None:
         self.engine = engine
         self.keys: dict[str, str] = {}  # our request id (vLLM's external id, which outputs carry) -> caller's key
-        self.ready: list[Any] = []
+        self.ready: list[tuple[str, Any]] = []  # finished, not yet handed over: the caller's key and the result
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.ready)
@@ -328,14 +328,11 @@ class _EnginePool:
         in `keys`, for `abandon`)."""
         for out in self.engine.llm_engine.step():
             if out.finished and out.request_id in self.keys:
-                self.ready.append(self._result(self.keys[out.request_id], out))
+                key = self.keys[out.request_id]
+                self.ready.append((key, self._result(key, out)))
                 del self.keys[out.request_id]
 
     def _result(self, key: str, out: Any) -> Any:
-        raise NotImplementedError
-
-    @staticmethod
-    def _key(result: Any) -> str:
         raise NotImplementedError
 
     def advance(self) -> list[Any]:
@@ -343,7 +340,7 @@ class _EnginePool:
         if self.keys:
             self._step()
         ready, self.ready = self.ready, []
-        return ready
+        return [result for _, result in ready]
 
     def drain(self) -> None:
         while self.keys:
@@ -353,7 +350,7 @@ class _EnginePool:
         """Abort every request in flight (after a failure); the keys dropped, with those of requests that had
         finished and not yet been handed over."""
         keys, self.keys = self.keys, {}
-        finished, self.ready = [self._key(result) for result in self.ready], []
+        finished, self.ready = [key for key, _ in self.ready], []
         with contextlib.suppress(Exception):
             self.engine.llm_engine.abort_request(list(keys))
         return [*finished, *keys.values()]
@@ -374,10 +371,6 @@ class EngineScores(_EnginePool):
         # The pooler hands back the engine's states (upcast at most): casting to its dtype is lossless.
         return key, out.outputs.data.to("cpu", self.dtype)
 
-    @staticmethod
-    def _key(result: tuple[str, torch.Tensor]) -> str:
-        return result[0]
-
 
 class EngineGenerations(_EnginePool):
     """The generate engine's pool: each generation's completion, as `LLM.generate` gives it."""
@@ -394,7 +387,3 @@ class EngineGenerations(_EnginePool):
     def _result(self, key: str, out: Any) -> Finished:
         completion, reason = _completion(out)
         return Finished(key, completion, reason)
-
-    @staticmethod
-    def _key(result: Finished) -> str:
-        return result.key
