@@ -10,7 +10,7 @@ from workers.capture import Unembedding
 from workers.protocol import ModelCard
 from workers.sampling import sample_next
 
-__all__ = ["Backend", "sample_next", "stop_hit"]
+__all__ = ["Backend", "StreamSteps", "sample_next", "stop_hit"]
 
 
 class Backend(Protocol):
@@ -51,6 +51,26 @@ class Backend(Protocol):
     def tokenizer_json(self) -> str:
         """The tokenizer as `tokenizers` JSON, published for the gateway."""
         ...
+
+
+class _Streams(Protocol):
+    def prefill(self, prefixes: list[list[int]]) -> tuple[Any, list[torch.Tensor]]: ...
+
+    def feed(self, streams: Any, tokens: list[int]) -> torch.Tensor: ...
+
+    def next_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+class StreamSteps:
+    """`Backend.start` and `Backend.step` of a backend whose streams take `prefill`, `feed` and `next_logits`
+    (both backends; `workers.generations.JoinableStreams`)."""
+
+    def start(self: _Streams, prefixes: list[list[int]]) -> tuple[Any, torch.Tensor]:
+        streams, states = self.prefill(prefixes)
+        return streams, self.next_logits(torch.stack([hidden[-1] for hidden in states]))
+
+    def step(self: _Streams, state: Any, tokens: list[int]) -> torch.Tensor:
+        return self.next_logits(self.feed(state, tokens))
 
 
 def stop_hit(text: str, stops: list[str]) -> bool:

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from workers.backends.base import StreamSteps
 from workers.backends.cards import build_card
 from workers.capture import Unembedding, logit_scale
 from workers.config import ModelSpec
@@ -92,7 +93,7 @@ def keep_streams(streams: Streams, rows: list[int]) -> Streams:
     return Streams(s.cache, mask, s.positions[index])
 
 
-class HFBackend:
+class HFBackend(StreamSteps):
     """A causal LM loaded with transformers; hidden states come from its decoder, logits from its head."""
 
     def __init__(self, spec: ModelSpec, data_dir: Path) -> None:
@@ -166,13 +167,6 @@ class HFBackend:
 
     def full_rows(self, token_ids: list[int]) -> torch.Tensor:
         return self.reference_logprobs(token_ids)
-
-    def start(self, prefixes: list[list[int]]) -> tuple[Streams, torch.Tensor]:
-        streams, states = self.prefill(prefixes)
-        return streams, self.next_logits(torch.stack([hidden[-1] for hidden in states]))
-
-    def step(self, state: Streams, tokens: list[int]) -> torch.Tensor:
-        return self.next_logits(self.feed(state, tokens))
 
     @torch.inference_mode()
     def next_logits(self, hidden: torch.Tensor) -> torch.Tensor:

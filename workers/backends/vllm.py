@@ -47,6 +47,7 @@ from vllm.config import PoolerConfig
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
+from workers.backends.base import StreamSteps
 from workers.backends.cards import build_card
 from workers.capture import Unembedding, logit_scale
 from workers.config import ModelSpec
@@ -106,7 +107,7 @@ def whole_prompts(device: str) -> dict[str, Any]:
     return {"enable_chunked_prefill": False} if device == "cpu" else {}
 
 
-class VLLMBackend:
+class VLLMBackend(StreamSteps):
     """A causal LM served by vLLM: hidden states from a pooling engine, sampling from a generate engine."""
 
     def __init__(self, spec: ModelSpec, data_dir: Path) -> None:
@@ -235,13 +236,6 @@ class VLLMBackend:
     @staticmethod
     def keep_streams(streams: list[list[int]], rows: list[int]) -> list[list[int]]:
         return [streams[r] for r in rows]
-
-    def start(self, prefixes: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
-        streams, states = self.prefill(prefixes)
-        return streams, self.next_logits(torch.stack([hidden[-1] for hidden in states]))
-
-    def step(self, state: list[list[int]], tokens: list[int]) -> torch.Tensor:
-        return self.next_logits(self.feed(state, tokens))
 
     # ------------------------------------------------------------ plain generation
 
