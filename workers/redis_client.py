@@ -18,6 +18,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     ClusterDownError,
@@ -103,8 +104,10 @@ def is_cluster(url: str, setting: bool | None = None) -> bool:
         probe.close()
 
 
-def _cluster_options() -> dict[str, Any]:
-    return {"retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), CLUSTER_RETRIES), "require_full_coverage": False}
+def _cluster_options(retry: type[Retry] | type[AsyncRetry] = Retry) -> dict[str, Any]:
+    """A cluster client's options; `retry` is the retry class of its kind (an asyncio client needs the asyncio
+    one: redis-py 8.2 replaces a blocking Retry given to it, and with it any custom policy, and warns)."""
+    return {"retry": retry(ExponentialBackoff(cap=2.0, base=0.1), CLUSTER_RETRIES), "require_full_coverage": False}
 
 
 def connect(url: str, cluster: bool | None = None, **options: Any) -> redis.Redis:
@@ -117,6 +120,6 @@ def connect(url: str, cluster: bool | None = None, **options: Any) -> redis.Redi
 def connect_async(url: str, cluster: bool | None = None, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client (the gateway's); a RedisCluster speaks the same commands, so callers keep one type."""
     if is_cluster(url, cluster):
-        client = PatientAsyncCluster.from_url(url, **_cluster_options(), **options)
+        client = PatientAsyncCluster.from_url(url, **_cluster_options(AsyncRetry), **options)
         return cast(redis.asyncio.Redis, client)
     return redis.asyncio.Redis.from_url(url, **options)

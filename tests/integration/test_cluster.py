@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
 
 from app.launcher.cluster import EmbeddedCluster
 from app.launcher.local_service import LocalService
@@ -33,7 +34,7 @@ from workers.protocol import (
     jobs_stream,
     record_key,
 )
-from workers.redis_client import connect, connect_async, is_cluster
+from workers.redis_client import CLUSTER_RETRIES, connect, connect_async, is_cluster
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,8 @@ def test_streamed_steps_cross_the_cluster(alpha_c: httpx.Client) -> None:
 
 async def test_a_notice_published_on_any_master_reaches_a_listener(redis_cluster: EmbeddedCluster) -> None:
     listener = connect_async(redis_cluster.url)
+    # the failover policy is the asyncio client's own (a blocking Retry would be replaced by redis-py, with a warning)
+    assert isinstance(listener.retry, AsyncRetry) and listener.retry.get_retries() == CLUSTER_RETRIES
     await listener.ping()  # as the gateway's listener does: the client learns the slot map first
     masters = redis_cluster.masters()
     async with listener.pubsub() as pubsub:
