@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from workers.backends.base import Backend
+from workers.lanes import checkpoint
 from workers.protocol import AttributionTarget, ReagentParams
 
 # Log-probabilities of each sequence's target after its last token, and the target's rank (1 = most likely).
@@ -196,6 +197,7 @@ def backend_scorer(backend: Backend) -> Scorer:
         logp = np.empty(len(sequences))
         ranks = np.empty(len(sequences), dtype=np.int64)
         for group in _groups(sequences):
+            checkpoint()  # a slice: one batched forward
             batch = [sequences[i] for i in group]
             if backend.card.storage == "hidden":
                 hidden = backend.hidden_states_batch(batch)

@@ -29,6 +29,7 @@ from workers.capture import (
 from workers.decoding import Decoded, View, decode
 from workers.heads.job import run_head_job
 from workers.in_flight import InFlight
+from workers.lanes import checkpoint
 from workers.outcomes import JobFailed, alone, refused, worker_error
 from workers.probe import STORAGE_DTYPES
 from workers.protocol import (
@@ -442,13 +443,11 @@ class JobExecutor:
         if p.meta.vocab_size != q.meta.vocab_size:
             raise JobFailed("tokenizer_mismatch", "the two models do not share a vocabulary")
         step = max(1, chunk_rows_for(p.meta.vocab_size) // 2)
-        parts = [
-            cross_statistics(
-                torch.from_numpy(p.logprobs(p_rows[lo : lo + step])),
-                torch.from_numpy(q.logprobs(q_rows[lo : lo + step])),
-            )
-            for lo in range(0, len(p_rows), step)
-        ]
+        parts = []
+        for lo in range(0, len(p_rows), step):
+            checkpoint()  # a slice: one chunk of rows
+            p_chunk = torch.from_numpy(p.logprobs(p_rows[lo : lo + step]))
+            parts.append(cross_statistics(p_chunk, torch.from_numpy(q.logprobs(q_rows[lo : lo + step]))))
         arrays = {name: np.concatenate([part[name] for part in parts]) for name in CROSS_ARRAYS}
         self.redis.set(cross_key(job.tenant, job.cross_id), encode_arrays(arrays), ex=self.record_ttl_s)
         return JobOutcome(job_id=job.job_id, ok=True)

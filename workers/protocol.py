@@ -228,6 +228,9 @@ class _JobBase(BaseModel):
     model: str
     fingerprint: str
     enqueued_at: float = Field(default_factory=time.time)
+    # When the job's answer stops being wanted (Unix time; the request's timeout): a worker does not start a job past
+    # it, and heavy work stops at the slice that passes it. None: no deadline.
+    deadline: float | None = None
 
 
 class ScoreJob(_JobBase):

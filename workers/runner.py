@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -25,6 +24,7 @@ from workers.backends.base import Backend
 from workers.config import CommonSettings
 from workers.in_flight import Stepped, stepped_tokens
 from workers.jobs import JobExecutor
+from workers.lanes import HeavyTurn, Stopped, Turns, stopped_error
 from workers.lifecycle import arm_children
 from workers.outcomes import REDIS_LOST, worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
@@ -38,6 +38,7 @@ from workers.protocol import (
     AnyJob,
     ContrastJob,
     GenerateJob,
+    HeadJob,
     JobError,
     JobOutcome,
     ProtocolError,
@@ -48,6 +49,7 @@ from workers.protocol import (
     card_key,
     decode_job,
     group_name,
+    head_key,
     inflight_key,
     job_outcome_key,
     jobs_stream,
@@ -84,6 +86,9 @@ class WorkerSettings(CommonSettings):
     # budget still runs, once nothing else is generating.
     worker_max_sequences: int = Field(default=32, ge=1, le=1024)
     worker_generation_tokens: int = Field(default=65536, ge=1)
+    # Heavy jobs (head training, attribution, byte-level work, exports, cross-model statistics) running at once, each
+    # in a thread of its own taking turns by slices (workers.lanes); more wait, the least served tenant's first.
+    worker_heavy_jobs: int = Field(default=4, ge=1, le=64)
 
 
 class Worker:
@@ -106,6 +111,10 @@ class Worker:
         self.waiting: list[tuple[str, bytes, Stepped]] = []
         self.running: dict[str, tuple[str, bytes, int]] = {}  # job id -> its entry and its generation tokens
         self.last_intake = 1  # jobs taken by the last read of an idle worker (with what it gathered)
+        self.turns = Turns(settings.worker_threads)
+        self.heavy_lock = threading.Lock()
+        self.heavy_queue: list[tuple[str, bytes, AnyJob]] = []  # heavy jobs read, waiting for a thread
+        self.heavy_active: dict[str, str] = {}  # job id -> tenant of the heavy jobs running
         specs = [m for m in settings.models if not model_names or m.name in model_names]
         if not specs:
             raise SystemExit(f"none of {model_names} is configured; configured: {[m.name for m in settings.models]}")
@@ -178,23 +187,29 @@ class Worker:
         log.info("worker %s serving %s", self.id, sorted(self.backends))
         last_reclaim = 0.0
         backoff = 0.5
-        while not self.stopping.is_set() or self.running or self.waiting:
+        while not self.stopping.is_set() or self.running or self.waiting or self.heavy_active:
             try:
                 busy = bool(self.running or self.waiting)
+                entries: list[tuple[str, bytes, dict[bytes, bytes]]] = []
                 if not self.stopping.is_set():
                     if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
                         last_reclaim = time.monotonic()
-                        self._reclaim()
+                        entries += self._reclaim()
                     room = self.settings.worker_max_sequences - len(self.running) - len(self.waiting)
                     if room > 0:
                         count = min(self.settings.worker_batch_jobs, room)
-                        entries = self._read(count, None if busy else 1000)  # a running batch only looks for newcomers
-                        if entries and not busy:
-                            entries += self._gather(len(entries), count)
-                            self.last_intake = len(entries)
+                        read = self._read(count, None if busy else 1000)  # a running batch only looks for newcomers
+                        if read and not busy:
+                            read += self._gather(len(read), count)
+                            self.last_intake = len(read)
+                        entries += read
+                elif not busy:  # stopping: heavy jobs end at their next slice
+                    self.stopping.wait(0.05)
+                if entries or self.running or self.waiting:
+                    with self.turns.interactive():  # heavy jobs' slices wait meanwhile
                         self._handle_many(entries)
-                if self.running or self.waiting:
-                    self._advance()
+                        if self.running or self.waiting:
+                            self._advance()
                 backoff = 0.5
             except TRANSIENT as exc:  # Redis away, or a cluster failing over: the client finds the new master
                 if self.stopping.is_set():  # what it held is reclaimed by others after the visibility timeout
@@ -241,13 +256,13 @@ class Worker:
             out += more
         return out
 
-    def _reclaim(self) -> None:
+    def _reclaim(self) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
         """Take over jobs left pending by consumers that went silent (e.g. a killed worker); a job delivered
         max_deliveries times without finishing goes to the dead-letter stream and its client gets an error."""
         idle_ms = self.settings.visibility_timeout_s * 1000
+        taken = []
         for stream in self.streams:
             pending: Any = self.redis.xpending_range(stream, CONSUMER_GROUP, min="-", max="+", count=16, idle=idle_ms)
-            taken = []
             for entry in pending:
                 entry_id = entry["message_id"]
                 if entry["times_delivered"] >= self.settings.max_deliveries:
@@ -260,7 +275,7 @@ class Worker:
                         taken.append((stream, claimed_id, fields))
                     else:
                         self.redis.xack(stream, CONSUMER_GROUP, claimed_id)
-            self._handle_many(taken)
+        return taken
 
     def _dead_letter(self, stream: str, entry_id: bytes, deliveries: int) -> None:
         found: Any = self.redis.xrange(stream, entry_id, entry_id)
@@ -288,7 +303,7 @@ class Worker:
     def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
         """Entries read together: rejected and cancelled ones settle at once, scoring jobs run together (batched
         forwards, or the pooling engine's running batch), generations and token-level contrastive decodings join
-        the running batch (or wait for room in it), the rest run one after another."""
+        the running batch (or wait for room in it), the rest are heavy: each runs in its own thread, in slices."""
         scores: list[tuple[str, bytes, ScoreJob]] = []
         others: list[tuple[str, bytes, AnyJob]] = []
         try:
@@ -305,14 +320,78 @@ class Worker:
                     others.append((stream, entry_id, job))
             self._take([(s, e, j, 0) for s, e, j in scores])  # scored at once, or joining the pooling engine's batch
             self._admit()
-            for stream, entry_id, job in others:
-                self._run([(stream, entry_id)], [job], lambda jobs: [self.executor.run(jobs[0])])
-        finally:  # after a failure (Redis lost mid-way) none stays held but the running and the waiting: the
-            # visibility timeout hands the others to another delivery
+            self._start_heavy(others)
+            others = []
+        finally:  # after a failure (Redis lost mid-way) none stays held but the running, the waiting and the heavy:
+            # the visibility timeout hands the others to another delivery
             loose = [*others, *((s, e, j) for s, e, j in scores if self.running.get(j.job_id, ("", b""))[1] != e)]
             with self.held_lock:
                 for stream, entry_id, _ in loose:
                     self.held.pop((stream, entry_id), None)
+
+    # ------------------------------------------------------------ heavy jobs
+
+    def _start_heavy(self, entries: list[tuple[str, bytes, AnyJob]]) -> None:
+        """Start heavy jobs in threads of their own while there is room; the rest wait (held), the job of the tenant
+        with the fewest heavy jobs running first."""
+        with self.heavy_lock:
+            self.heavy_queue += entries
+            while self.heavy_queue and len(self.heavy_active) < self.settings.worker_heavy_jobs:
+                running = list(self.heavy_active.values())
+                pick = min(range(len(self.heavy_queue)), key=lambda i: running.count(self.heavy_queue[i][2].tenant))
+                stream, entry_id, job = self.heavy_queue.pop(pick)
+                self.heavy_active[job.job_id] = job.tenant
+                threading.Thread(
+                    target=self._run_heavy, args=(stream, entry_id, job), name=f"heavy-{job.kind}", daemon=True
+                ).start()
+
+    def _run_heavy(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
+        """One heavy job, in slices between which the main loop's work and other tenants' heavy jobs run; it ends
+        within one slice of its cancellation or deadline (answered as such), or of the worker stopping (left for
+        another delivery)."""
+        turn = HeavyTurn(job.job_id, job.tenant, job.deadline, lambda: self._cancelled(job), self.stopping)
+        started = time.perf_counter()
+        outcome: JobOutcome | None = None
+
+        def work() -> None:
+            nonlocal outcome
+            outcome = self.executor.run(job)
+
+        try:
+            self.turns.run(turn, work)
+        except Stopped as stop:
+            log.info("job %s %s stopped after %d turns: %s", job.job_id, job.kind, turn.turns, stop)
+            if stop.reason != "stopping":
+                outcome = JobOutcome(job_id=job.job_id, ok=False, error=stopped_error(stop.reason, str(stop)))
+        except Exception as exc:  # a bug or resource failure: this job alone
+            log.exception("job %s failed", job.job_id)
+            outcome = worker_error(job, exc)
+        finally:
+            with self.heavy_lock:
+                self.heavy_active.pop(job.job_id, None)
+        if outcome is None:  # the worker stops: the entry is let go, and another delivery runs the job
+            with self.held_lock:
+                self.held.pop((stream, entry_id), None)
+        else:
+            self._settle(stream, entry_id, job, outcome)
+            log.info(
+                "job %s %s %s in %.3fs (%d turns)",
+                job.job_id,
+                job.kind,
+                "ok" if outcome.ok else outcome.error,
+                time.perf_counter() - started,
+                turn.turns,
+            )
+        self._start_heavy([])
+
+    def _cancelled(self, job: AnyJob) -> bool:
+        """Whether the job's client cancelled it (a 504, a client gone), or, for a head, the head was deleted."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(cancel_key(job.job_id))
+        if isinstance(job, HeadJob):
+            pipe.exists(head_key(job.tenant, job.head_id))
+        cancelled, *alive = pipe.execute()
+        return bool(cancelled) or (bool(alive) and not alive[0])
 
     def _hold(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
         with self.held_lock:
@@ -382,32 +461,14 @@ class Worker:
             self._settle(stream, entry_id)
             return None
         if self.redis.exists(cancel_key(job.job_id)):
-            log.info("job %s skipped: its client went away before it started", job.job_id)
-            error = JobError(code="cancelled", message="the client went away before the job started", status=499)
-            self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
-            return None
-        return job
-
-    def _run(
-        self, entries: list[tuple[str, bytes]], jobs: list[Any], execute: Callable[[list[Any]], list[JobOutcome]]
-    ) -> None:
-        """Run jobs and settle each with its outcome."""
-        started = time.perf_counter()
-        try:
-            outcomes: list[JobOutcome] = execute(jobs)
-        except Exception as exc:  # a bug or resource failure: report it, keep serving
-            log.exception("jobs %s failed", [job.job_id for job in jobs])
-            outcomes = [worker_error(job, exc) for job in jobs]
-        for (stream, entry_id), job, outcome in zip(entries, jobs, outcomes, strict=True):
-            self._settle(stream, entry_id, job, outcome)
-            log.info(
-                "job %s %s %s in %.3fs%s",
-                job.job_id,
-                job.kind,
-                "ok" if outcome.ok else outcome.error,
-                time.perf_counter() - started,
-                f" (batch of {len(jobs)})" if len(jobs) > 1 else "",
-            )
+            error = stopped_error("cancelled", "the client went away before the job started")
+        elif job.deadline is not None and time.time() > job.deadline:
+            error = stopped_error("deadline", "the job's deadline passed before it started")
+        else:
+            return job
+        log.info("job %s skipped: %s", job.job_id, error.message)
+        self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
+        return None
 
     def _settle(
         self, stream: str, entry_id: bytes, job: AnyJob | None = None, outcome: JobOutcome | None = None

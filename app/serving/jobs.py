@@ -165,6 +165,7 @@ class JobQueue:
                         return outcome
                     await self.redis.set(key, job.job_id, ex=int(self.timeout_s) + 60)  # its client left: run ours
         started = time.perf_counter()
+        job.deadline = time.time() + self.timeout_s  # past it no one waits: the worker neither starts nor goes on
         async with self._turn(job):
             await self.submit(job)
             outcome = await self.wait(job.job_id, resubmit=job)
@@ -187,6 +188,7 @@ class JobQueue:
         return self.share.turn(job.tenant, job.model)
 
     async def _relay(self, pubsub: PubSub, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
+        job.deadline = time.time() + self.timeout_s
         await self.submit(job)
         waiter = asyncio.create_task(self.wait(job.job_id))
         try:
@@ -198,7 +200,10 @@ class JobQueue:
                     break
             yield waiter.result()
         finally:
-            waiter.cancel()
+            if not waiter.done() or waiter.exception() is not None:  # cut (its client left), failed or timed out
+                waiter.cancel()  # the worker stops the job
+                with contextlib.suppress(*TRANSIENT):
+                    await self._cancel(job.job_id, job)
 
     async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
         """The job's outcome, woken by the done channel and re-read every RECHECK_S. If Redis went away
@@ -231,6 +236,8 @@ class JobQueue:
                         raise ClientGone(job_id)
                     remaining = deadline - loop.time()
                     if remaining <= 0:
+                        if resubmit is not None:  # our own job: the worker stops it too, no one reads its answer
+                            await self._cancel(job_id, resubmit)
                         raise ApiError(504, "job_timeout", f"no worker finished the job within {self.timeout_s:.0f}s")
                     if future.done():  # woken, but the outcome was not readable: wait for the next notice
                         self._waiters[job_id].remove(future)
@@ -245,8 +252,9 @@ class JobQueue:
                 self._waiters.pop(job_id, None)
 
     async def _cancel(self, job_id: str, job: AnyJob | None) -> None:
-        """Mark the job cancelled (a worker that has not started it skips it) and free its inflight key, so
-        that an identical request later runs its own job; a request that had joined it re-submits."""
+        """Mark the job cancelled (a worker that has not started it skips it, heavy work stops at its next slice)
+        and free its inflight key, so that an identical request later runs its own job; a request that had joined
+        it re-submits."""
         metrics.CANCELLED.inc()
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(cancel_key(job_id), 1, ex=int(self.timeout_s) + 60)

@@ -32,6 +32,7 @@ from workers.bytelevel.stats import LOG_FLOOR
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next, pending
 from workers.decoding import StepSink, combine, decode_step, held_back, seeded, selective
+from workers.lanes import checkpoint
 from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
 from workers.sampling import sample_next
 
@@ -105,6 +106,7 @@ def decode_bytes(
     steps: list[DecodeStep] = []
     sink = StepSink(on_step)
     for _ in range(sampling.max_tokens):
+        checkpoint()  # a slice: one byte
         if data:
             for view in views:
                 view.states.advance(data[-1])

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from workers.bytelevel.covers import CoverPlan, RowsFn
 from workers.capture import Unembedding
+from workers.lanes import checkpoint
 
 
 def ancestor_rows(parents: np.ndarray, rows: slice) -> np.ndarray:
@@ -65,6 +66,7 @@ def tree_hidden(model: Any, plan: CoverPlan, chunk: int = 1024) -> torch.Tensor:
     cache = DynamicCache() if plan.size > chunk else None
     parts = []
     for lo in range(0, plan.size, chunk):
+        checkpoint()  # a slice: one chunk of the tree
         rows = slice(lo, min(plan.size, lo + chunk))
         parts.append(
             decoder(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from workers.lanes import checkpoint
 from workers.protocol import (
     HeadJob,
     ProtocolError,
@@ -71,6 +72,7 @@ def read_examples(client: redis.Redis, job: HeadJob, params: dict[str, float | i
     needs_hidden = job.head_kind in ("pawn", "probe")
     out = []
     for example in job.examples:
+        checkpoint()  # a slice: one record read
         fields = ["meta", "stats", "hidden"] if needs_hidden else ["meta", "stats"]
         raw = [as_bytes(v) for v in client.hmget(record_key(job.tenant, example.record_id), fields)]
         if raw[0] is None or raw[1] is None:

@@ -12,6 +12,7 @@ from safetensors.numpy import save as st_save
 
 from workers.heads.data import HeadInputError, read_examples
 from workers.heads.train import train_head
+from workers.lanes import Stopped
 from workers.protocol import (
     HEAD_WRITE_IF_EXISTS,
     HeadError,
@@ -60,6 +61,14 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
             writer.update(stage=stage, progress=round(fraction, 4))
 
         trained = train_head(job.head_kind, examples, job.seed, params, job.target_fpr, progress)
+    except Stopped as stop:  # a deleted head stays deleted: its writes are no-ops
+        if stop.reason == "stopping":
+            writer.update(status="queued", stage="waiting for a worker (the last one stopped)", progress=0.0)
+        else:
+            code = "cancelled" if stop.reason == "cancelled" else "deadline_exceeded"
+            error = HeadError(code=code, message=str(stop))
+            writer.update(status="failed", stage="", error=error, finished_at=time.time())
+        raise
     except (HeadInputError, ValueError) as exc:
         code = exc.code if isinstance(exc, HeadInputError) else "invalid_params"
         writer.update(status="failed", stage="", error=HeadError(code=code, message=str(exc)), finished_at=time.time())

@@ -18,6 +18,7 @@ from torch import nn
 
 from workers.heads.data import Example
 from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters, weighted_criterion
+from workers.lanes import checkpoint
 from workers.protocol import HeadMetrics
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
@@ -259,6 +260,7 @@ def _fit_probe(model: Probe, inputs: Inputs, train: np.ndarray, val: np.ndarray)
 
     best = (math.inf, PROBE_L2[-1])
     for l2 in PROBE_L2:
+        checkpoint()  # a slice: one fit
         fit(train, l2)
         with torch.no_grad():
             val_loss = float(loss_fn(model(inputs.pooled[val]), inputs.labels[val]))
@@ -362,6 +364,7 @@ def _fit_net(
                 loss = loss + ANCHOR * ((p - p0) ** 2).sum()
             loss.backward()
             opt.step()
+            checkpoint()  # a slice: one mini-batch
         score = validation()
         if score < best_score - 1e-4:
             best_score, best_state, since = score, {k: v.clone() for k, v in model.state_dict().items()}, 0
