@@ -134,6 +134,12 @@ def alive_key(model: str, worker_id: str) -> str:
     return f"lp:alive:{model}:{worker_id}"
 
 
+def serving_key(queue: str) -> str:
+    """Refreshed by every live worker of the queue (a model or a group of models) on each heartbeat, expiring soon
+    after the last one stops: one key a waiter reads to learn that no worker is left to answer."""
+    return f"lp:serving:{queue}"
+
+
 def alive_pattern(model: str) -> str:
     return f"lp:alive:{model}:*"
 

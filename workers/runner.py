@@ -54,6 +54,7 @@ from workers.protocol import (
     job_outcome_key,
     jobs_stream,
     new_secret,
+    serving_key,
     tokenizer_key,
 )
 from workers.redis_client import REDIS_ERRORS, TRANSIENT, connect
@@ -149,6 +150,7 @@ class Worker:
                 self.redis.set(tokenizer_key(card.fingerprint), backend.tokenizer_json())
         for queue in self.queues:
             self.redis.set(alive_key(queue, self.id), self.id, ex=ALIVE_TTL_S)
+            self.redis.set(serving_key(queue), self.id, ex=ALIVE_TTL_S)
         for stream in self.streams:
             try:
                 self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)

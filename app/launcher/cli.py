@@ -29,35 +29,53 @@ def serve(
         int, typer.Option(min=1, envvar="LOGPROBE_GATEWAY_WORKERS", help="gateway processes sharing the port")
     ] = 1,
 ) -> None:
-    """Run the gateway; with no REDIS_URL, also a private Redis; and `workers` CPU worker processes."""
+    """Run the gateway; with no REDIS_URL, also a private Redis; and `workers` CPU worker processes. The workers
+    and the private Redis are started again when they die; SIGTERM stops everything as Ctrl-C does."""
     import shutil
     import tempfile
 
     import uvicorn
 
     from app.api.gateway import create_app
-    from app.launcher.embedded import EmbeddedRedis
+    from app.launcher.embedded import EmbeddedRedis, RedisInUse
+    from app.launcher.supervisor import Child, Supervisor
     from app.platform.settings import Settings, open_on_loopback
     from workers.lifecycle import die_with_parent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     open_on_loopback(settings, host or settings.host)  # no keys: anonymous on a loopback address only, else exit
+    host, port = host or settings.host, port or settings.port
+    if not _port_free(host, port):  # before anything is started or touched
+        raise _fail(f"port {port} on {host} is in use (another logprobe serve?); refusing to start", 1)
+    supervised = []
     embedded = None
     if not settings.redis_url:
-        embedded = EmbeddedRedis(settings.data_dir / "redis" / str(port or settings.port))
-        settings.redis_url = embedded.start()
+        embedded = EmbeddedRedis(settings.data_dir / "redis" / str(port))
+        try:
+            settings.redis_url = embedded.start()
+        except RedisInUse as exc:
+            raise _fail(f"{exc} (another logprobe serve?); refusing to start", 1) from exc
         log.info("embedded Redis at %s", settings.redis_url)
+        supervised.append(Child("embedded Redis", lambda: _restarted(embedded), embedded.process))
     env = {**os.environ, "REDIS_URL": settings.redis_url}
-    children = [
-        subprocess.Popen([sys.executable, "-m", "workers"], env=env, preexec_fn=die_with_parent) for _ in range(workers)
-    ]
-    host, port = host or settings.host, port or settings.port
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "workers"], env=env, preexec_fn=die_with_parent)
+
+    supervised += [Child(f"worker {i}", start_worker) for i in range(workers)]
+    supervisor = Supervisor(supervised).start()
+    signal.signal(signal.SIGTERM, _stop_on_term)  # uvicorn re-raises it after its own shutdown: then we clean up
     metrics_dir = None
     try:
         if gateway_workers == 1:
             uvicorn.run(
-                create_app(settings), host=host, port=port, log_level="info", timeout_keep_alive=settings.keep_alive_s
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level="info",
+                timeout_keep_alive=settings.keep_alive_s,
+                timeout_graceful_shutdown=settings.shutdown_grace_s,
             )
         else:  # each process builds its app from the environment; their metrics meet in one folder
             metrics_dir = tempfile.mkdtemp(prefix="logprobe-metrics-")
@@ -70,12 +88,15 @@ def serve(
                 port=port,
                 log_level="info",
                 timeout_keep_alive=settings.keep_alive_s,
+                timeout_graceful_shutdown=settings.shutdown_grace_s,
             )
     finally:
+        supervisor.stop_restarting()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        children = [c.process for c in supervised if c.process is not None and c.name.startswith("worker")]
         for child in children:
-            child.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGTERM)  # each drains: heavy jobs stop at their next slice, left for later
         deadline = time.monotonic() + 15
         for child in children:
             try:
@@ -84,6 +105,30 @@ def serve(
                 child.kill()
         if embedded is not None:
             embedded.stop()
+        supervisor.close()  # last: what it started again dies with its thread
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether the gateway could bind host:port now (as uvicorn binds: with SO_REUSEADDR)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _restarted(embedded: Any) -> subprocess.Popen[bytes]:
+    embedded.start()
+    return embedded.process  # type: ignore[no-any-return]
+
+
+def _stop_on_term(signum: int, frame: Any) -> None:
+    """SIGTERM ends `serve` through its clean-up, as Ctrl-C does (the default action would skip it)."""
+    raise KeyboardInterrupt
 
 
 @app.command()

@@ -24,6 +24,10 @@ def redis_server_binary() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
 
 
+class RedisInUse(RuntimeError):
+    """Another live server answers on the embedded Redis's socket (another `logprobe serve`)."""
+
+
 class EmbeddedRedis:
     """A redis-server on a unix socket in `folder`; no persistence (it is a cache and a queue). It is a child of
     this process and dies with it, even when this process is killed outright."""
@@ -38,8 +42,16 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def start(self, timeout_s: float = 10.0) -> str:
+        """Start the server (again, after it died); RedisInUse, touching nothing, if a live one holds the socket."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.stop()  # a server left over from a killed run
+        if self.socket.exists():
+            if self._answers():
+                raise RedisInUse(f"a Redis server already answers at {self.socket}")
+            self.socket.unlink(missing_ok=True)  # left by a server that died
+        if self.process is not None:  # the one that died (or hangs without answering): reaped
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
         self.process = subprocess.Popen(
             [
                 str(redis_server_binary()),
@@ -74,6 +86,15 @@ class EmbeddedRedis:
                 time.sleep(0.05)
             finally:
                 client.close()
+
+    def _answers(self) -> bool:
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.socket.exists():

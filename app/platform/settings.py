@@ -44,6 +44,9 @@ class Settings(CommonSettings):
     # Idle keep-alive connections stay open this long: longer than clients' own pool expiry (httpx 5 s, load
     # balancers 60 s), so a client never reuses a connection the server is closing at that moment.
     keep_alive_s: int = Field(default=KEEP_ALIVE_S, ge=1)
+    # On SIGTERM or Ctrl-C, requests under way get this long to finish before `serve` stops its workers (whose
+    # heavy jobs then stop at their next slice and wait in Redis for another delivery).
+    shutdown_grace_s: int = Field(default=10, ge=0)
     # Per gateway process, beyond either a 429 `overloaded`: requests at once (waiting on workers included), and
     # requests working in the process at once (those waiting on a worker do not count).
     max_inflight: int = Field(default=256, ge=1)

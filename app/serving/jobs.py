@@ -41,6 +41,7 @@ from workers.protocol import (
     inflight_key,
     job_outcome_key,
     jobs_stream,
+    serving_key,
     steps_channel,
 )
 from workers.redis_client import TRANSIENT
@@ -55,6 +56,8 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return nil end
 return redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 """
 RECHECK_S = 2.0  # how often a waiter re-reads the outcome key in case a notification was lost
+# A job whose queue has had no live worker this long is answered 503 (a worker refreshes its mark every 5 s).
+UNSERVED_S = 8.0
 PROBE_S = 0.5  # how often a waiter with a client asks whether that client is still connected
 # Whether the current request's client has gone away (set per request by the app; None outside requests).
 client_gone: ContextVar[Callable[[], Awaitable[bool]] | None] = ContextVar("client_gone", default=None)
@@ -214,6 +217,7 @@ class JobQueue:
         self._waiters.setdefault(job_id, []).append(future)
         deadline = loop.time() + self.timeout_s
         outage = False
+        unserved_since: float | None = None
         gone = client_gone.get()
         try:
             with parked():  # waiting on a worker: not busy in this process
@@ -229,6 +233,18 @@ class JobQueue:
                             self._groups.clear()
                             await self.submit(resubmit)
                         outage = False
+                        if resubmit is not None and not await self.redis.exists(serving_key(resubmit.model)):
+                            unserved_since = unserved_since or loop.time()
+                            if loop.time() - unserved_since > UNSERVED_S:
+                                await self._cancel(job_id, resubmit)  # a worker that comes back skips it
+                                raise ApiError(
+                                    503,
+                                    "model_unavailable",
+                                    f"no live worker serves {resubmit.model!r}; retry shortly",
+                                    headers={"Retry-After": "5"},
+                                )
+                        else:
+                            unserved_since = None
                     except TRANSIENT:
                         outage = True  # keep waiting through the outage or failover; the deadline still holds
                     if gone is not None and await gone():
