@@ -762,6 +762,21 @@ def los_features(stats: dict[str, np.ndarray], rows: np.ndarray, topk: int) -> n
     return out
 
 
+def head_training_bytes(kind: str, positions: list[int], hidden_size: int, params: dict[str, float | int | str]) -> int:
+    """What a head's training holds for its inputs, in bytes (workers.heads.train.Inputs, float32): each example's
+    features at its positions padded to the longest, and pawn's hidden states (one more row each); a probe keeps one
+    pooled state per example beside one record's states at a time. `positions`: per distinct example, its span's
+    length capped at `max_positions`. The gateway refuses a head above its budget before accepting it."""
+    n, longest = len(positions), max(positions, default=0)
+    if kind == "probe":
+        return 4 * hidden_size * (n + longest)
+    features = len(PAWN_FEATURES) if kind == "pawn" else int(params["topk"]) + 1
+    padded = n * longest * (4 * features + 9)  # float32 features, int64 positions, bool mask
+    if kind == "pawn":
+        padded += 4 * hidden_size * sum(p + 1 for p in positions)
+    return padded
+
+
 def hidden_float32(blob: bytes) -> np.ndarray:
     """A record's stored hidden states (safetensors, float32, float16 or bfloat16) as float32 [positions, D]."""
     _, header, data = _safetensors_parts(blob)

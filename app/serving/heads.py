@@ -7,6 +7,7 @@ stream, where a worker trains the head from the records and writes its weights (
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -36,6 +37,7 @@ from workers.protocol import (
     head_index_key,
     head_key,
     head_params,
+    head_training_bytes,
 )
 
 log = logging.getLogger("app.serving.heads")
@@ -187,10 +189,14 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
 
 
 async def create_head(services: Services, tenant: str, body: HeadRequest) -> Head:
+    body = body.model_copy(update={"examples": _distinct(body.examples)})  # a repeated example is trained once
     labels = _labels(body.examples)
     card = await services.catalog.card(body.model)
     params = _check_request(body, card)
     given = await _given_records(services, tenant, body, card)
+    codec = await services.catalog.codec(card)
+    tokenized = await asyncio.to_thread(_tokenized, body, given, codec, services.settings.max_positions)
+    _check_budget(body, card, params, given, tokenized, services.settings.max_head_training_bytes)
     index = head_index_key(tenant)
     await quotas.check_room(services.redis, index, MAX_HEADS_PER_TENANT, "heads", lambda h: head_key(tenant, h))
     to_score = len(body.examples) - len(given)
@@ -223,7 +229,7 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
     except ApiError:
         await services.redis.delete(key)
         raise
-    task = asyncio.create_task(_prepare(services, tenant, state, body, labels, given, card))
+    task = asyncio.create_task(_prepare(services, tenant, state, body, labels, given, tokenized, card))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return to_response(state)
@@ -236,13 +242,14 @@ async def _prepare(
     body: HeadRequest,
     labels: list[int],
     given: dict[int, RecordMeta],
+    tokenized: dict[int, list[int]],
     card: ModelCard,
 ) -> None:
     """Score the texts, resolve each example's span, submit the training job; a failure fails the head."""
     client_gone.set(None)  # the request that started this has been answered; its client leaving cancels nothing
     try:
         codec = await services.catalog.codec(card)
-        metas = await _score_texts(services, tenant, state, body, given, card, codec)
+        metas = await _score_texts(services, tenant, state, body, given, tokenized, card)
         examples = [
             HeadExample(record_id=meta.record_id, label=labels[i], **_span(body, example, meta, codec, i))  # type: ignore[arg-type]
             for i, (example, meta) in enumerate(zip(body.examples, metas, strict=True))
@@ -287,8 +294,8 @@ async def _score_texts(
     state: HeadState,
     body: HeadRequest,
     given: dict[int, RecordMeta],
+    tokenized: dict[int, list[int]],
     card: ModelCard,
-    codec: TextCodec,
 ) -> list[RecordMeta]:
     gate = asyncio.Semaphore(SCORING_CONCURRENCY)
     todo = [i for i in range(len(body.examples)) if i not in given]
@@ -296,13 +303,11 @@ async def _score_texts(
 
     async def score(i: int) -> tuple[int, RecordMeta]:
         nonlocal done
-        example = body.examples[i]
         async with gate:
             try:
-                ids = input_ids(codec, example.text, example.messages, False, services.settings.max_positions)
                 # pawn and probe heads read hidden states: their texts are scored with full rows
                 retain: Retain | None = None if body.kind == "los" else "full"
-                meta, _, _ = await scored_record(services, tenant, card, ids, retain)
+                meta, _, _ = await scored_record(services, tenant, card, tokenized[i], retain)
             except ApiError as exc:
                 raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
         done += 1
@@ -313,6 +318,51 @@ async def _score_texts(
 
     scored = dict(await asyncio.gather(*(score(i) for i in todo)))
     return [given[i] if i in given else scored[i] for i in range(len(body.examples))]
+
+
+def _distinct(examples: list[HeadExampleIn]) -> list[HeadExampleIn]:
+    """The examples with exact repeats (same input and label) dropped, in their first order."""
+    return list({json.dumps(e.model_dump(mode="json"), sort_keys=True): e for e in examples}.values())
+
+
+def _tokenized(
+    body: HeadRequest, given: dict[int, RecordMeta], codec: TextCodec, max_positions: int
+) -> dict[int, list[int]]:
+    """The token ids of every example given as a text or a chat (run off the event loop: thousands of texts)."""
+    out = {}
+    for i, example in enumerate(body.examples):
+        if i in given:
+            continue
+        try:
+            out[i] = input_ids(codec, example.text, example.messages, False, max_positions)
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
+    return out
+
+
+def _check_budget(
+    body: HeadRequest,
+    card: ModelCard,
+    params: dict[str, float | int | str],
+    given: dict[int, RecordMeta],
+    tokenized: dict[int, list[int]],
+    limit: int,
+) -> None:
+    """422 before anything runs when the training would hold more than `limit` bytes of inputs."""
+    cap = int(params["max_positions"])
+    positions = [
+        min(cap, (len(given[i].token_ids) if i in given else len(tokenized[i])) - 1) for i in range(len(body.examples))
+    ]
+    need = head_training_bytes(body.kind, positions, card.hidden_size, params)
+    if need > limit:
+        raise ApiError(
+            422,
+            "training_too_large",
+            f"training this head would hold about {need / 2**20:,.0f} MiB of inputs ({len(positions)} distinct "
+            f"examples, up to {max(positions)} positions each); the limit is {limit / 2**20:,.0f} MiB "
+            "(max_head_training_bytes): use fewer or shorter examples, or a lower params.max_positions",
+            "examples",
+        )
 
 
 def _span(body: HeadRequest, example: HeadExampleIn, meta: RecordMeta, codec: TextCodec, i: int) -> dict[str, Any]:

@@ -211,13 +211,22 @@ def test_each_bad_input_has_its_own_code(
         assert response.json()["error"]["code"] == code, response.text
     assert all(h["name"] != "bad" for h in alpha.get("/v1/heads").json()["data"])  # nothing was stored
 
-    # A text that cannot be scored fails the head after the 202, with a clear status and no weights.
+    # A text that cannot be scored is refused before anything runs, naming the example (texts are tokenized first).
     too_long = {"text": "word " * 20000, "label": 1}
     response = alpha.post(
         "/v1/heads", json={"name": "doomed", "kind": "los", "model": MODEL, "examples": [*texts, too_long]}
     )
+    error = response.json()["error"]
+    assert response.status_code == 422 and error["code"] == "context_length_exceeded"
+    assert error["param"] == f"examples.{len(texts)}"
+    # A head still training cannot answer yet (at the largest sizes it trains for minutes; deleting it stops it).
+    slow = {"max_epochs": 1000, "patience": 1000, "width": 1024, "batch_size": 1}
+    response = alpha.post(
+        "/v1/heads", json={"name": "slow", "kind": "los", "model": MODEL, "examples": texts, "params": slow}
+    )
     assert response.status_code == 202
-    head = wait_head(alpha, response.json()["id"])
-    assert head["status"] == "failed" and head["error"]["code"] == "context_length_exceeded" and head["metrics"] is None
-    refused = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": "Hello there.", "heads": [head["id"]]})
+    refused = alpha.post(
+        "/v1/analysis/detect", json={"model": MODEL, "text": "Hello there.", "heads": [response.json()["id"]]}
+    )
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "head_not_ready"
+    assert alpha.delete(f"/v1/heads/{response.json()['id']}").status_code in (200, 204)

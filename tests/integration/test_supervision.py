@@ -1,7 +1,8 @@
-"""Processes that die: `logprobe serve` starts its worker and its Redis again after kill -9, stops everything
-cleanly on SIGTERM as on Ctrl-C (a heavy job under way is left for another delivery, its worker says so), and a
-second `serve` on the same port refuses without touching the first; a gateway whose model has no live worker left
-answers 503 `model_unavailable` within seconds instead of waiting out the job timeout."""
+"""Processes that die, and what a head may hold. `logprobe serve` starts its worker and its Redis again after
+kill -9, stops everything cleanly on SIGTERM as on Ctrl-C (a heavy job under way is left for another delivery, its
+worker says so), and a second `serve` on the same port refuses without touching the first; a gateway whose model
+has no live worker left answers 503 `model_unavailable` within seconds instead of waiting out the job timeout. A
+head whose inputs exceed the training budget is refused up front; repeated examples are trained once."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.launcher.local_service import ROOT, LocalService, free_port, wait_ready
 from bench.texts import PASSAGE
@@ -101,15 +104,49 @@ def test_serve_restarts_what_dies_refuses_a_second_start_and_stops_on_sigterm() 
     assert leftovers.strip() == ""
 
 
-def test_a_request_for_a_model_whose_workers_died_is_answered_503_within_seconds() -> None:
-    env = {"LOGPROBE_DATA_DIR": str(DATA_DIR), "LOGPROBE_API_KEYS": json.dumps(KEYS), "LOGPROBE_JOB_TIMEOUT_S": "120"}
-    with LocalService(env=env, log_dir=ARTIFACTS / "unserved") as service:
-        client = httpx.Client(base_url=service.base_url, headers={"Authorization": "Bearer key-alpha"}, timeout=300)
-        assert client.post("/v1/score", json={"model": MODEL, "text": "A worker is here."}).status_code == 200
-        service.workers[0].kill()
-        service.workers[0].wait()
-        answer = client.post("/v1/score", json={"model": MODEL, "text": "No worker is left to read this."})
+@pytest.fixture(scope="module")
+def small_budget() -> Iterator[LocalService]:
+    """A service of its own: a head training budget of 1 MiB, and a worker this module kills last."""
+    env = {
+        "LOGPROBE_DATA_DIR": str(DATA_DIR),
+        "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_JOB_TIMEOUT_S": "120",
+        "LOGPROBE_MAX_HEAD_TRAINING_BYTES": str(1 << 20),
+    }
+    with LocalService(env=env, log_dir=ARTIFACTS / "small-budget") as service:
+        yield service
+
+
+def head_body(examples: list[dict[str, object]]) -> dict[str, object]:
+    return {"model": MODEL, "name": "budgeted", "family": "detect", "kind": "pawn", "seed": 1, "examples": examples}
+
+
+def test_a_head_over_the_training_budget_is_refused_before_anything_runs(small_budget: LocalService) -> None:
+    with httpx.Client(base_url=small_budget.base_url, headers={"Authorization": "Bearer key-alpha"}) as client:
+        examples = [{"text": f"Example {i}: " + PASSAGE, "label": i % 2} for i in range(12)]  # 12 x ~120 positions
+        refused = client.post("/v1/heads", json=head_body(examples), timeout=60)
+        error = refused.json()["error"]
+        assert refused.status_code == 422 and error["code"] == "training_too_large", refused.text
+        assert "the limit is 1 MiB" in error["message"] and "12 distinct examples" in error["message"]
+        assert client.get("/v1/heads").json()["data"] == []  # nothing stored, no slot taken
+
+
+def test_repeated_examples_are_trained_once(small_budget: LocalService) -> None:
+    with httpx.Client(base_url=small_budget.base_url, headers={"Authorization": "Bearer key-alpha"}) as client:
+        examples = [{"text": f"Short example {i}.", "label": i % 2} for i in range(10)]
+        created = client.post("/v1/heads", json={**head_body(examples * 3), "kind": "los"}, timeout=60)
+        assert created.status_code == 202, created.text
+        assert created.json()["examples"] == {"0": 5, "1": 5}  # 30 given, 10 distinct
+
+
+def test_a_request_for_a_model_whose_workers_died_is_answered_503_within_seconds(small_budget: LocalService) -> None:
+    with httpx.Client(base_url=small_budget.base_url, headers={"Authorization": "Bearer key-alpha"}) as client:
+        assert (
+            client.post("/v1/score", json={"model": MODEL, "text": "A worker is here."}, timeout=120).status_code == 200
+        )
+        small_budget.workers[0].kill()
+        small_budget.workers[0].wait()
+        answer = client.post("/v1/score", json={"model": MODEL, "text": "No worker is left to read this."}, timeout=300)
         # not 504 job_timeout: the gateway saw that no worker is left, long before the job's timeout
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_unavailable"
         assert answer.headers["Retry-After"]
-        client.close()

@@ -11,8 +11,10 @@ import redis
 
 from workers.lanes import checkpoint
 from workers.protocol import (
+    HeadExample,
     HeadJob,
     ProtocolError,
+    RecordMeta,
     as_bytes,
     decode_meta,
     decode_stats,
@@ -68,36 +70,56 @@ def example_inputs(
     return Example(label, positions, pawn_features(stats, rows), hidden=ext)
 
 
+def unique_examples(job: HeadJob) -> list[HeadExample]:
+    """The job's examples with exact duplicates (same record, span and label) dropped: each is trained once."""
+    return list({(e.record_id, e.start, e.stop, e.label): e for e in job.examples}.values())
+
+
 def read_examples(client: redis.Redis, job: HeadJob, params: dict[str, float | int | str]) -> list[Example]:
+    """Each distinct example's inputs. Records are read one at a time and each once, however many examples name
+    it; only the examples' own rows are kept (a record's hidden states are dropped once its examples are built)."""
     needs_hidden = job.head_kind in ("pawn", "probe")
-    out = []
-    for example in job.examples:
+    examples = unique_examples(job)
+    by_record: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        by_record.setdefault(example.record_id, []).append(i)
+    out: list[Example | None] = [None] * len(examples)
+    for record_id, indices in by_record.items():
         checkpoint()  # a slice: one record read
-        fields = ["meta", "stats", "hidden"] if needs_hidden else ["meta", "stats"]
-        raw = [as_bytes(v) for v in client.hmget(record_key(job.tenant, example.record_id), fields)]
-        if raw[0] is None or raw[1] is None:
-            raise HeadInputError("unknown_record", f"record {example.record_id} is gone (expired or evicted)")
-        try:
-            meta = decode_meta(raw[0])
-            stats = decode_stats(raw[1], len(meta.token_ids) - 1, meta.topk)
-            hidden = hidden_float32(raw[2]) if needs_hidden and raw[2] is not None else None
-        except ProtocolError as exc:
-            raise HeadInputError("record_corrupt", f"record {example.record_id}: {exc}") from exc
-        if meta.fingerprint != job.fingerprint:
-            raise HeadInputError("mixed_models", f"record {example.record_id} was made by other weights")
-        if needs_hidden and meta.retain == "stats":
-            raise HeadInputError(
-                "rows_not_retained",
-                f"a {job.head_kind} head needs final hidden states; record {example.record_id} keeps statistics only",
-            )
-        if needs_hidden and hidden is None:
-            raise HeadInputError(
-                "hidden_states_not_stored",
-                f"a {job.head_kind} head needs final hidden states; {meta.model} stores full rows instead",
-            )
-        if not 1 <= example.start < example.stop <= len(meta.token_ids):
-            raise HeadInputError("invalid_span", f"positions [{example.start}, {example.stop}) outside the record")
-        if job.head_kind == "los" and int(params["topk"]) > meta.topk:
-            raise HeadInputError("invalid_params", f"topk is at most {meta.topk}, the captured alternatives")
-        out.append(example_inputs(job.head_kind, example.label, stats, hidden, example.start, example.stop, params))
-    return out
+        meta, stats, hidden = _read_record(client, job, record_id, needs_hidden, params)
+        for i in indices:
+            example = examples[i]
+            if not 1 <= example.start < example.stop <= len(meta.token_ids):
+                raise HeadInputError("invalid_span", f"positions [{example.start}, {example.stop}) outside the record")
+            out[i] = example_inputs(job.head_kind, example.label, stats, hidden, example.start, example.stop, params)
+    return [e for e in out if e is not None]
+
+
+def _read_record(
+    client: redis.Redis, job: HeadJob, record_id: str, needs_hidden: bool, params: dict[str, float | int | str]
+) -> tuple[RecordMeta, dict[str, np.ndarray], np.ndarray | None]:
+    fields = ["meta", "stats", "hidden"] if needs_hidden else ["meta", "stats"]
+    raw = [as_bytes(v) for v in client.hmget(record_key(job.tenant, record_id), fields)]
+    if raw[0] is None or raw[1] is None:
+        raise HeadInputError("unknown_record", f"record {record_id} is gone (expired or evicted)")
+    try:
+        meta = decode_meta(raw[0])
+        stats = decode_stats(raw[1], len(meta.token_ids) - 1, meta.topk)
+        hidden = hidden_float32(raw[2]) if needs_hidden and raw[2] is not None else None
+    except ProtocolError as exc:
+        raise HeadInputError("record_corrupt", f"record {record_id}: {exc}") from exc
+    if meta.fingerprint != job.fingerprint:
+        raise HeadInputError("mixed_models", f"record {record_id} was made by other weights")
+    if needs_hidden and meta.retain == "stats":
+        raise HeadInputError(
+            "rows_not_retained",
+            f"a {job.head_kind} head needs final hidden states; record {record_id} keeps statistics only",
+        )
+    if needs_hidden and hidden is None:
+        raise HeadInputError(
+            "hidden_states_not_stored",
+            f"a {job.head_kind} head needs final hidden states; {meta.model} stores full rows instead",
+        )
+    if job.head_kind == "los" and int(params["topk"]) > meta.topk:
+        raise HeadInputError("invalid_params", f"topk is at most {meta.topk}, the captured alternatives")
+    return meta, stats, hidden
