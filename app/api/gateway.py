@@ -30,10 +30,12 @@ from app.batches.runner import BatchRunner
 from app.platform import logs
 from app.platform.bodies import JsonBodyCheck
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
+from app.platform.leases import LeasedWork
 from app.platform.limits import BodyLimit, InflightLimit
 from app.platform.observe import Observe
 from app.platform.settings import Settings, get_settings
 from app.platform.shutdown import within
+from app.serving.heads import PREPARING, resume_preparation
 from app.serving.jobs import client_gone
 from app.serving.services import Services
 
@@ -51,11 +53,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         app.state.keys = services.keys
         runner = BatchRunner(services, settings.batch_concurrency, settings.record_ttl_s)
+        services.preparations = LeasedWork(
+            services.redis, PREPARING, "head-prep", lambda name: resume_preparation(services, name)
+        )
         await services.jobs.start()
         await runner.start()
+        await services.preparations.start()
         try:
             yield
         finally:  # each step bounded: one that hangs must not keep the process (and its workers) alive
+            await within(services.preparations.stop(), "the head preparations")
             await within(runner.stop(), "the batch runner")
             await within(services.jobs.stop(), "the reply listener")
             await within(services.redis.aclose(), "the Redis connections")

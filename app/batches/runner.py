@@ -12,10 +12,8 @@ input; then the input's line carries the last error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import uuid
 from typing import Any
 
 import redis.exceptions
@@ -23,6 +21,7 @@ from redis.asyncio import Redis
 
 from app.batches.store import ACTIVE, batch_key, drop_finished, finish_batch, forget_batch, start_batch, write_line
 from app.platform.errors import ApiError
+from app.platform.leases import LeasedWork
 from app.schemas.analysis import AnalysisRequest
 from app.serving import quotas
 from app.serving.analyses import analyse
@@ -33,8 +32,6 @@ from workers.protocol import as_bytes
 
 log = logging.getLogger("app.batches.runner")
 
-LEASE_S = 30
-SWEEP_S = 2.0
 # The codes the service raises when it pushes back or is briefly away: worth another try.
 RETRY_CODES = frozenset(
     {
@@ -70,7 +67,7 @@ def error_line(line: dict[str, Any], code: str, message: str, **extra: Any) -> d
 
 
 class BatchRunner:
-    """Drives the active batches this gateway holds a lease on, a few inputs at a time."""
+    """Drives the active batches this gateway holds a lease on (app.platform.leases), a few inputs at a time."""
 
     def __init__(
         self,
@@ -86,56 +83,13 @@ class BatchRunner:
         self.ttl_s = ttl_s
         self.max_attempts = max(1, max_attempts)
         self.max_delay_s = max_delay_s
-        self.owner = uuid.uuid4().hex
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self.leases = LeasedWork(self.redis, ACTIVE, "batch", self._drive_inputs)
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep(), name="batch-sweeper")
+        await self.leases.start()
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._sweeper, *self._running.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _sweep(self) -> None:
-        while True:
-            try:
-                for member in await self.redis.smembers(ACTIVE):
-                    name = (as_bytes(member) or b"").decode()
-                    if name not in self._running and await self._take_lease(name):
-                        task = asyncio.create_task(self._drive(name), name=f"batch-{name}")
-                        self._running[name] = task
-                        task.add_done_callback(lambda _, n=name: self._running.pop(n, None))  # type: ignore[misc]
-            except Exception:  # Redis away: try again at the next sweep
-                log.warning("batch sweep failed", exc_info=True)
-            await asyncio.sleep(SWEEP_S)
-
-    async def _take_lease(self, name: str) -> bool:
-        lease = f"lp:batch-lease:{name}"
-        taken = await self.redis.set(lease, self.owner, nx=True, ex=LEASE_S)
-        return bool(taken) or (await self.redis.get(lease)) == self.owner.encode()
-
-    async def _renew(self, name: str) -> None:
-        while True:
-            await asyncio.sleep(LEASE_S / 3)
-            await self.redis.set(f"lp:batch-lease:{name}", self.owner, xx=True, ex=LEASE_S)
-
-    async def _drive(self, name: str) -> None:
-        renew = asyncio.create_task(self._renew(name))
-        try:
-            await self._drive_inputs(name)
-        except Exception:  # Redis away or a bug: the lease lapses and a sweep resumes the batch
-            log.exception("batch %s interrupted", name)
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
-            with contextlib.suppress(redis.exceptions.RedisError):
-                await self.redis.delete(f"lp:batch-lease:{name}")
+        await self.leases.stop()
 
     async def _drive_inputs(self, name: str) -> None:
         BULK.set(True)  # this task's jobs (and its input tasks') take the bulk lane

@@ -101,6 +101,11 @@ class LocalService:
             self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.tmp / "metrics")
         for _ in range(self.n_workers):
             self.start_worker()
+        self.start_gateway()
+        return self
+
+    def start_gateway(self) -> None:
+        """Start the gateway (again, after kill_gateway) and wait until it is ready."""
         self.gateway = self._spawn(
             [
                 sys.executable,
@@ -122,7 +127,12 @@ class LocalService:
             "gateway.log",
         )
         wait_ready(self.base_url, [self.gateway, *self.workers])
-        return self
+
+    def kill_gateway(self) -> None:
+        """kill -9 the gateway: what it was doing is left as a crash leaves it."""
+        if self.gateway is not None:
+            self.gateway.kill()
+            self.gateway.wait()
 
     @property
     def redis_url(self) -> str:

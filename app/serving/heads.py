@@ -46,7 +46,7 @@ MIN_EXAMPLES = 10
 MIN_PER_CLASS = 4
 MAX_HEADS_PER_TENANT = 100
 SCORING_CONCURRENCY = 4
-_tasks: set[asyncio.Task[None]] = set()  # training preparations running in this process
+PREPARING = "lp:heads-preparing"  # heads being prepared ("<tenant>\x1f<head id>"): leased, resumed by any gateway
 
 
 def new_head_id() -> str:
@@ -218,7 +218,8 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
     )
     key = head_key(tenant, state.head_id)
     pipe = services.redis.pipeline(transaction=True)
-    pipe.hset(key, "state", state.model_dump_json())
+    # the request stays beside the state until the training job is submitted: another gateway resumes from it
+    pipe.hset(key, mapping={"state": state.model_dump_json(), "request": body.model_dump_json()})
     pipe.expire(key, quotas.OBJECT_TTL_S)
     await pipe.execute()
     entry = {"name": state.name, "created_at": state.created_at}
@@ -229,10 +230,51 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
     except ApiError:
         await services.redis.delete(key)
         raise
-    task = asyncio.create_task(_prepare(services, tenant, state, body, labels, given, tokenized, card))
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    await services.preparations.add(
+        _preparation(tenant, state.head_id),
+        lambda: _prepare(services, tenant, state, body, labels, given, tokenized, card),
+    )
     return to_response(state)
+
+
+def _preparation(tenant: str, head_id: str) -> str:
+    return f"{tenant}\x1f{head_id}"
+
+
+async def resume_preparation(services: Services, name: str) -> None:
+    """Prepare a head again from its stored request, after the gateway that was preparing it stopped (its lease
+    lapsed): scored texts are found cached, the rest are scored, and the training job is submitted. A head that
+    can no longer be prepared (its model changed, a record expired) fails with the reason."""
+    tenant, head_id = name.split("\x1f", 1)
+    raw_state, raw_request = map(as_bytes, await services.redis.hmget(head_key(tenant, head_id), ["state", "request"]))
+    state = None if raw_state is None else HeadState.model_validate_json(raw_state)
+    if state is None or raw_request is None or state.status not in ("scoring", "queued"):
+        await _prepared(services, tenant, head_id)
+        return
+    log.info("resuming the preparation of head %s", head_id)
+    body = HeadRequest.model_validate_json(raw_request)
+    try:
+        card = await services.catalog.card(body.model)
+        if card.fingerprint != state.fingerprint:
+            raise ApiError(
+                409, "model_changed", f"{card.name!r} was reloaded with other weights; create the head again"
+            )
+        given = await _given_records(services, tenant, body, card)
+        codec = await services.catalog.codec(card)
+        tokenized = await asyncio.to_thread(_tokenized, body, given, codec, services.settings.max_positions)
+    except ApiError as exc:
+        await _fail(services, tenant, state, exc.code, exc.message)
+        await _prepared(services, tenant, head_id)
+        return
+    await _prepare(services, tenant, state, body, _labels(body.examples), given, tokenized, card)
+
+
+async def _prepared(services: Services, tenant: str, head_id: str) -> None:
+    """The head's preparation is over (its job submitted, or it failed): no gateway resumes it."""
+    pipe = services.redis.pipeline(transaction=False)
+    pipe.srem(PREPARING, _preparation(tenant, head_id))
+    pipe.hdel(head_key(tenant, head_id), "request")
+    await pipe.execute()
 
 
 async def _prepare(
@@ -274,6 +316,7 @@ async def _prepare(
     except Exception as exc:  # a bug: the head says so rather than staying in `scoring`
         log.exception("preparing head %s failed", state.head_id)
         await _fail(services, tenant, state, "internal", f"{type(exc).__name__}: {exc}")
+    await _prepared(services, tenant, state.head_id)  # not reached when Redis went away: then it is resumed
 
 
 async def _fail(services: Services, tenant: str, state: HeadState, code: str, message: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from app.platform.auth import KeyRing
+from app.platform.leases import LeasedWork
 from app.platform.settings import Settings
 from app.serving.catalog import ModelCatalog
 from app.serving.frequencies import FrequencyTables
@@ -25,6 +26,7 @@ class Services:
     store: RecordStore
     keys: KeyRing
     frequencies: FrequencyTables
+    preparations: LeasedWork = field(init=False)  # heads being prepared (set by the app's lifespan)
     _secret: bytes | None = field(default=None, repr=False)
 
     @classmethod

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,26 @@ def test_repeated_examples_are_trained_once(small_budget: LocalService) -> None:
         created = client.post("/v1/heads", json={**head_body(examples * 3), "kind": "los"}, timeout=60)
         assert created.status_code == 202, created.text
         assert created.json()["examples"] == {"0": 5, "1": 5}  # 30 given, 10 distinct
+
+
+def test_a_head_whose_gateway_is_killed_while_it_prepares_is_resumed_by_the_next_one(
+    small_budget: LocalService,
+) -> None:
+    salt = uuid.uuid4().hex[:8]
+    examples = [{"text": f"{salt} text {i}: the keeper climbed the steps.", "label": i % 2} for i in range(120)]
+    headers = {"Authorization": "Bearer key-alpha"}
+    with httpx.Client(base_url=small_budget.base_url, headers=headers, timeout=60) as client:
+        created = client.post("/v1/heads", json={**head_body(examples), "kind": "los", "name": f"resumed_{salt}"})
+        assert created.status_code == 202, created.text
+        head_id = created.json()["id"]
+        assert client.get(f"/v1/heads/{head_id}").json()["status"] == "scoring"
+    small_budget.kill_gateway()  # mid-way through scoring 120 texts
+    small_budget.start_gateway()
+    with httpx.Client(base_url=small_budget.base_url, headers=headers, timeout=60) as client:
+        wait_for(lambda: client.get(f"/v1/heads/{head_id}").json()["status"] in ("succeeded", "failed"))
+        head = client.get(f"/v1/heads/{head_id}").json()
+    assert head["status"] == "succeeded", head  # its lease lapsed, and the new gateway resumed it
+    assert "resuming the preparation of head" in (ARTIFACTS / "small-budget" / "gateway.log").read_text()
 
 
 def test_a_request_for_a_model_whose_workers_died_is_answered_503_within_seconds(small_budget: LocalService) -> None:
