@@ -22,6 +22,7 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
+from workers.heads.job import abandon_head
 from workers.in_flight import Stepped, stepped_tokens
 from workers.jobs import JobExecutor
 from workers.lanes import HeavyTurn, Stopped, Turns, stopped_error
@@ -300,6 +301,8 @@ class Worker:
             self._settle(stream, entry_id)
             return
         error = JobError(code="job_failed", message=f"the job failed on {deliveries} deliveries", status=500)
+        if isinstance(job, HeadJob):
+            abandon_head(self.redis, job, f"{error.message} (its workers died or lost Redis each time)")
         self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
 
     def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:

@@ -96,5 +96,12 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
     return JobOutcome(job_id=job.job_id, ok=True)
 
 
+def abandon_head(client: redis.Redis, job: HeadJob, message: str) -> None:
+    """A training job given up on (dead-lettered after its deliveries): its head fails with the reason instead of
+    staying `training`."""
+    error = HeadError(code="training_failed", message=message)
+    HeadWriter(client, job).update(status="failed", stage="", error=error, finished_at=time.time())
+
+
 def _failed(job: HeadJob, code: str, message: str, status: int = 422) -> JobOutcome:
     return JobOutcome(job_id=job.job_id, ok=False, error=JobError(code=code, message=message, status=status))
