@@ -21,7 +21,8 @@ from bench.storage import bench_redis
 from bench.texts import text_of_tokens
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings
-from workers.jobs import JobExecutor
+from workers.handlers.base import Context
+from workers.handlers.registry import run_job
 from workers.protocol import CAPTURE_TOPK, STAT_ARRAYS, Retain, ScoreJob, record_key
 
 MODES: tuple[Retain, ...] = ("full", "stats")
@@ -58,7 +59,7 @@ def main() -> None:
         for m, name in enumerate(("smollm2-135m-instruct", "gemma-3-270m")):
             backend = HFBackend(PACKAGED_MODELS[name], data_dir)
             card = backend.card
-            executor = JobExecutor(client, {name: backend}, b"bench", 3600)
+            ctx = Context.build(client, {name: backend}, b"bench", 3600)
             print(f"\n{name}: d={card.hidden_size} V={card.vocab_size} hidden dtype={card.hidden_dtype}")
             print(
                 f"{'retain':7s} {'positions':>9s} {'meta':>7s} {'stats':>8s} {'hidden':>9s} "
@@ -78,7 +79,7 @@ def main() -> None:
                         token_ids=ids,
                         retain=retain,
                     )
-                    outcome = executor.run(job)
+                    outcome = run_job(job, ctx)
                     assert outcome.ok, outcome.error
                     fields, used = measure(client, record_key("bench", job.record_id))
                     assert ("hidden" in fields) == (retain == "full")
@@ -103,7 +104,7 @@ def main() -> None:
                     "meta_per_position": fit(positions, meta_bytes)[0],
                     "stats_per_position": fit(positions, stats_bytes)[0],
                 }
-            del backend, executor
+            del backend, ctx
     report(rows)
 
 

@@ -20,7 +20,8 @@ from app.launcher.embedded import EmbeddedRedis
 from bench.texts import text_of_tokens
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings
-from workers.jobs import JobExecutor
+from workers.handlers.base import Context
+from workers.handlers.registry import run_job
 from workers.probe import verify_rebuild
 from workers.protocol import RowsJob, ScoreJob, export_key, record_key
 
@@ -57,9 +58,9 @@ def measure(client: redis.Redis, data_dir: Path, tokens: int) -> None:
         verify_rebuild(backend, backend.encode("A short probe text for the rebuild check."))
         card = backend.card
         ids = backend.encode(text_of_tokens(tokens, backend.encode))
-        executor = JobExecutor(client, {name: backend}, b"bench", 3600)
+        ctx = Context.build(client, {name: backend}, b"bench", 3600)
         common = {"tenant": "bench", "model": name, "fingerprint": card.fingerprint, "record_id": f"{m:032x}"}
-        executor.run(ScoreJob(job_id="s", token_ids=ids, **common))
+        run_job(ScoreJob(job_id="s", token_ids=ids, **common), ctx)
         key = record_key("bench", common["record_id"])
         stored = sum(int(client.hstrlen(key, field)) for field in client.hkeys(key))
         positions = len(ids) - 1
@@ -70,14 +71,14 @@ def measure(client: redis.Redis, data_dir: Path, tokens: int) -> None:
         error = 0.0
         for start in range(1, len(ids), WINDOW):
             stop = min(start + WINDOW, len(ids))
-            executor.run(RowsJob(job_id="x", start=start, stop=stop, **common))
+            run_job(RowsJob(job_id="x", start=start, stop=stop, **common), ctx)
             rows = torch.from_numpy(load(client.get(export_key("x")))["logprobs"])
             error = max(error, float((rows - reference[start - 1 : stop - 1]).abs().max()))
         print(
             f"{name:24s} {card.vocab_size:8d} {card.hidden_size:5d} {positions:9d} {per_position:10.0f} "
             f"{row:10d} {row / per_position:7.1f}x {card.vocab_size / card.hidden_size:5.0f}x {error:24.2e}"
         )
-        del backend, executor
+        del backend, ctx
 
 
 if __name__ == "__main__":

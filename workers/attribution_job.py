@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from workers.attribution import backend_scorer, occlusion, reagent
+from workers.engines import check_ids
+from workers.handlers.base import Context, Handler
 from workers.outcomes import JobFailed
 from workers.protocol import (
+    AnyJob,
     AttributionJob,
     AttributionResult,
     JobOutcome,
@@ -15,15 +16,13 @@ from workers.protocol import (
     reagent_min_passes,
 )
 
-if TYPE_CHECKING:
-    from workers.jobs import JobExecutor
-
 RESULT_TTL_S = 3600
 
 
-def run_attribution_job(executor: JobExecutor, job: AttributionJob) -> JobOutcome:
-    backend = executor.backend_for(job.model, job.fingerprint)
-    executor.check_ids(job.token_ids, backend)
+def run_attribution_job(job: AnyJob, ctx: Context) -> JobOutcome:
+    assert isinstance(job, AttributionJob)
+    backend = ctx.engines.backend_for(job.model, job.fingerprint)
+    check_ids(job.token_ids, backend)
     n = len(job.token_ids)
     if len(set(job.positions)) != len(job.positions) or not all(2 <= t < n for t in job.positions):
         raise JobFailed("invalid_positions", f"target positions must be distinct and lie in [2, {n - 1}]")
@@ -39,7 +38,7 @@ def run_attribution_job(executor: JobExecutor, job: AttributionJob) -> JobOutcom
         _check_budget(reagent_min_passes(job.positions, job.reagent), job.max_passes)
         targets = reagent(job.token_ids, job.positions, job.replacements, job.reagent, job.seed, job.max_passes, score)
     result = AttributionResult(targets=targets, passes=sum(t.passes for t in targets))
-    executor.redis.set(attribution_key(job.job_id), result.model_dump_json(), ex=RESULT_TTL_S)
+    ctx.redis.set(attribution_key(job.job_id), result.model_dump_json(), ex=RESULT_TTL_S)
     return JobOutcome(job_id=job.job_id, ok=True)
 
 
@@ -48,3 +47,6 @@ def _check_budget(needed: int, max_passes: int) -> None:
         raise JobFailed(
             "max_passes_too_small", f"these targets need at least {needed} forward passes; max_passes is {max_passes}"
         )
+
+
+ATTRIBUTION = Handler("attribution", "heavy", run_attribution_job)

@@ -4,15 +4,15 @@ Generations join their model's running batch as they arrive and leave it when th
 transformers, the generate engine's own scheduler for vLLM); so do token-level contrastive decodings (`contrasts.py`:
 one batch of streams per model across requests, on either backend). On an engine with its own scheduler (vLLM),
 scoring requests too join the pooling engine's running batch as they arrive, and the record of a finished generation
-is captured there; elsewhere scoring runs at once as batched forwards (`JobExecutor.run_scores`). Every job's record
-is stored as soon as its request finishes, and a job that fails, fails alone.
+is captured there; elsewhere scoring runs at once as batched forwards (`handlers.score.score_together`). Every job's
+record is stored as soon as its request finishes, and a job that fails, fails alone.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,12 +21,14 @@ from workers.backends.base import Backend
 from workers.capture import capture_statistics_many
 from workers.contrasts import ContrastDone, SteppedContrasts, joinable
 from workers.decoding import Contrast, Decoded, View, tokens_before_stop
+from workers.engines import check_ids
 from workers.generations import Finished, GenerationPool, SteppedGenerations
+from workers.handlers.base import Context, answered
+from workers.handlers.contrast import contrast_alone, contrast_done, contrast_options, contrast_views
+from workers.handlers.generate import generation_budget, generation_stored
+from workers.handlers.score import score_stored, score_together
 from workers.outcomes import JobFailed, alone, refused, worker_error
 from workers.protocol import CAPTURE_TOPK, AnyJob, ContrastJob, GenerateJob, JobOutcome, Sampling, ScoreJob
-
-if TYPE_CHECKING:
-    from workers.jobs import JobExecutor
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,8 @@ def stepped_tokens(job: Stepped) -> int:
 
 
 class InFlight:
-    def __init__(self, executor: JobExecutor) -> None:
-        self.executor = executor
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
         self.generations: dict[str, GenerationPool] = {}  # by model
         self.scorings: dict[str, Any] = {}  # by model, for engines with their own scheduler (vLLM's EngineScores)
         self.jobs: dict[str, AnyJob] = {}  # by job id: every job admitted and not finished
@@ -60,7 +62,7 @@ class InFlight:
     def _generation_pool(self, model: str) -> GenerationPool:
         pool = self.generations.get(model)
         if pool is None:
-            backend = self.executor.backends[model]
+            backend = self.ctx.engines.backends[model]
             own = getattr(backend, "generations", None)  # an engine with its own scheduler (vLLM)
             pool = own() if own is not None else SteppedGenerations(backend, backend)  # type: ignore[arg-type]
             self.generations[model] = pool
@@ -68,7 +70,7 @@ class InFlight:
 
     def _scoring_pool(self, model: str) -> Any:
         if model not in self.scorings:
-            own = getattr(self.executor.backends.get(model), "scorings", None)
+            own = getattr(self.ctx.engines.backends.get(model), "scorings", None)
             self.scorings[model] = own() if own is not None else None
         return self.scorings[model]
 
@@ -86,7 +88,7 @@ class InFlight:
                     self._admit_generation(job)
                 elif isinstance(job, ContrastJob):
                     if not self._admit_contrast(job):
-                        done.append((job, self.executor.run(job)))
+                        done.append((job, answered(contrast_alone, job, self.ctx)))
                 elif not self._admit_score(job):
                     now.append(job)
             except JobFailed as failed:
@@ -95,12 +97,12 @@ class InFlight:
                 log.exception("job %s could not join the batch of %s", job.job_id, job.model)
                 done.append((job, worker_error(job, exc)))
         if now:
-            done.extend(zip(now, self.executor.run_scores(now), strict=True))
+            done.extend(zip(now, score_together(now, self.ctx), strict=True))
         return done
 
     def _admit_generation(self, job: GenerateJob) -> None:
-        backend = self.executor.backend_for(job.model, job.fingerprint)
-        sampling = self.executor.generation_budget(job, backend)
+        backend = self.ctx.engines.backend_for(job.model, job.fingerprint)
+        sampling = generation_budget(job, backend)
         self._generation_pool(job.model).join(job.job_id, job.prompt_ids, sampling)
         self.jobs[job.job_id], self.samplings[job.job_id] = job, sampling
 
@@ -108,10 +110,10 @@ class InFlight:
         """Whether the decoding joined the running contrastive batch (else it runs alone, at once)."""
         if job.level != "token":
             return False
-        views, sampling = self.executor.contrast_views(job)
+        views, sampling = contrast_views(job, self.ctx)
         if not all(joinable(view.backend) for view in views):
             return False
-        self.contrasts.join(job.job_id, Contrast(views, sampling, **self.executor.contrast_options(job, views)))
+        self.contrasts.join(job.job_id, Contrast(views, sampling, **contrast_options(job, self.ctx.redis, views)))
         self.jobs[job.job_id], self.contrast_views[job.job_id] = job, views
         return True
 
@@ -120,9 +122,9 @@ class InFlight:
         pool = self._scoring_pool(job.model)
         if pool is None:
             return False
-        backend = self.executor.backend_for(job.model, job.fingerprint)
-        self.executor.check_ids(job.token_ids, backend)
-        if backend.card.storage != "hidden" or self.executor.complete(job.tenant, job.record_id, job.retain):
+        backend = self.ctx.engines.backend_for(job.model, job.fingerprint)
+        check_ids(job.token_ids, backend)
+        if backend.card.storage != "hidden" or self.ctx.records.complete(job.tenant, job.record_id, job.retain):
             return False
         pool.join(job.job_id, job.token_ids)
         self.jobs[job.job_id] = job
@@ -139,13 +141,13 @@ class InFlight:
                 finished = self._step(model, pool, done)
                 if finished is None:
                     del self.generations[model]  # it starts afresh
-                done.extend(self._generated(finished or [], self.executor.backends[model]))
+                done.extend(self._generated(finished or [], self.ctx.engines.backends[model]))
         for model, pool in list(self.scorings.items()):
             if pool is not None and len(pool):
                 states = self._step(model, pool, done)
                 if states is None:
                     del self.scorings[model]
-                done.extend(self._scored(states or [], self.executor.backends[model]))
+                done.extend(self._scored(states or [], self.ctx.engines.backends[model]))
         if len(self.contrasts):
             done.extend(self._contrasted(self._step("contrastive decodings", self.contrasts, done) or []))
         return done
@@ -177,7 +179,7 @@ class InFlight:
             if one.decoded is None:
                 done.append((job, worker_error(job, one.error or RuntimeError("no decoding"))))
             else:
-                done.append((job, alone(job, partial(self.executor.contrast_done, job, views, one.decoded))))
+                done.append((job, alone(job, partial(contrast_done, job, views, one.decoded, self.ctx))))
         return done
 
     def _generated(self, finished: list[Finished], backend: Backend) -> Done:
@@ -194,9 +196,8 @@ class InFlight:
             elif f.states is not None and backend.card.storage == "hidden":  # the decoding loop computed them
                 self._forget(f.key)
                 decoded = Decoded(f.completion, f.finish_reason, steps=[])
-                done.append(
-                    (job, alone(job, partial(self.executor.generation_stored, job, backend, decoded, f.states)))
-                )
+                stored = partial(generation_stored, job, backend, decoded, self.ctx.records, f.states)
+                done.append((job, alone(job, stored)))
             else:
                 try:
                     kept.append((job, _kept(f.completion, f.finish_reason, self.samplings[f.key], backend)))
@@ -223,7 +224,7 @@ class InFlight:
                 log.exception("a batched capture of %d generations failed; capturing them one at a time", len(kept))
         for (job, decoded), states in zip(kept, hidden, strict=True):
             self._forget(job.job_id)
-            done.append((job, alone(job, partial(self.executor.generation_stored, job, backend, decoded, states))))
+            done.append((job, alone(job, partial(generation_stored, job, backend, decoded, self.ctx.records, states))))
         return done
 
     def _scored(self, states: list[tuple[str, torch.Tensor]], backend: Backend) -> Done:
@@ -238,10 +239,10 @@ class InFlight:
         done: Done = []
         for (job, decoded, hidden), stats in zip(finished, _statistics(finished, backend), strict=True):
             if isinstance(job, GenerateJob) and decoded is not None:
-                work = partial(self.executor.generation_stored, job, backend, decoded, hidden, stats)
+                work = partial(generation_stored, job, backend, decoded, self.ctx.records, hidden, stats)
             else:
                 assert isinstance(job, ScoreJob)
-                work = partial(self.executor.score_stored, job, backend, hidden, stats)
+                work = partial(score_stored, job, backend, self.ctx.records, hidden, stats)
             done.append((job, alone(job, work)))
         return done
 

@@ -22,9 +22,10 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
+from workers.handlers.base import Context
+from workers.handlers.registry import handler_for, run_job
 from workers.heads.job import abandon_head
-from workers.in_flight import Stepped, stepped_tokens
-from workers.jobs import JobExecutor
+from workers.in_flight import InFlight, Stepped, stepped_tokens
 from workers.lanes import HeavyTurn, Stopped, Turns, stopped_error
 from workers.lifecycle import arm_children
 from workers.outcomes import REDIS_LOST, worker_error
@@ -130,7 +131,8 @@ class Worker:
         else:
             self.redis.set(SECRET_KEY, new_secret(), nx=True)
             secret = as_bytes(self.redis.get(SECRET_KEY)) or b""
-        self.executor = JobExecutor(self.redis, self.backends, secret, settings.record_ttl_s)
+        self.ctx = Context.build(self.redis, self.backends, secret, settings.record_ttl_s)
+        self.in_flight = InFlight(self.ctx)  # generations, decodings, and scoring on engines with their own scheduler
         names = sorted(self.backends)
         # Each model's own stream, and one per group of hosted models for jobs that need several at once.
         self.queues = [
@@ -317,9 +319,12 @@ class Worker:
                 if job is None:
                     continue
                 self._hold(stream, entry_id, job)  # held fresh by the heartbeat until settled
-                if isinstance(job, ScoreJob):
+                lane = handler_for(job).lane_of(job)
+                if lane == "scoring":
+                    assert isinstance(job, ScoreJob)
                     scores.append((stream, entry_id, job))
-                elif isinstance(job, GenerateJob) or (isinstance(job, ContrastJob) and job.level == "token"):
+                elif lane == "stepped":
+                    assert isinstance(job, GenerateJob | ContrastJob)
                     self.waiting.append((stream, entry_id, job))
                 else:
                     others.append((stream, entry_id, job))
@@ -360,7 +365,7 @@ class Worker:
 
         def work() -> None:
             nonlocal outcome
-            outcome = self.executor.run(job)
+            outcome = run_job(job, self.ctx)
 
         try:
             self.turns.run(turn, work)
@@ -433,16 +438,16 @@ class Worker:
             return
         done: list[tuple[AnyJob, JobOutcome]]
         try:
-            done = self.executor.in_flight.admit(jobs)
+            done = self.in_flight.admit(jobs)
         except Exception as exc:  # a bug: the jobs not in a running batch fail, the worker goes on
             log.exception("jobs %s could not be admitted", [one.job_id for one in jobs])
-            done = [(one, worker_error(one, exc)) for one in jobs if one.job_id not in self.executor.in_flight.jobs]
+            done = [(one, worker_error(one, exc)) for one in jobs if one.job_id not in self.in_flight.jobs]
         for finished, outcome in done:
             self._finish(finished, outcome)
 
     def _advance(self) -> None:
         """One step of the running batches; settle the jobs that ended, and let waiting ones in."""
-        for job, outcome in self.executor.in_flight.advance():
+        for job, outcome in self.in_flight.advance():
             self._finish(job, outcome)
         self._admit()
 

@@ -19,7 +19,10 @@ from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 from workers.backends.hf import HFBackend
 from workers.config import ModelSpec
-from workers.jobs import JobExecutor
+from workers.handlers.base import Context
+from workers.handlers.registry import run_job
+from workers.handlers.score import score_together
+from workers.in_flight import InFlight
 from workers.protocol import (
     CONSUMER_GROUP,
     GenerateJob,
@@ -80,12 +83,12 @@ def _stored_record(client: redis.Redis, tenant: str, rid: str) -> tuple[dict[str
 
 def test_a_batch_of_mixed_lengths_stores_the_records_scored_alone(backend: HFBackend, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    executor = JobExecutor(client, {MODEL: backend}, SECRET, 600)
+    ctx = Context.build(client, {MODEL: backend}, SECRET, 600)
     batched, alone = _jobs(backend, "batchtest"), _jobs(backend, "alonetest")
-    outcomes = executor.run_scores(batched)
+    outcomes = score_together(batched, ctx)
     assert [o.ok for o in outcomes] == [True] * len(TEXTS)
     for job in alone:
-        assert executor.run(job).ok
+        assert run_job(job, ctx).ok
     for b, a in zip(batched, alone, strict=True):
         (b_stats, _), (a_stats, _) = _stored(client, b), _stored(client, a)
         assert np.abs(b_stats["logprob"] - a_stats["logprob"]).max() <= 1e-5
@@ -99,11 +102,11 @@ def test_a_batch_of_mixed_lengths_stores_the_records_scored_alone(backend: HFBac
 
 def test_a_bad_job_in_a_batch_fails_alone(backend: HFBackend, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    executor = JobExecutor(client, {MODEL: backend}, SECRET, 600)
+    ctx = Context.build(client, {MODEL: backend}, SECRET, 600)
     jobs = _jobs(backend, "poisontest")
     jobs[2] = jobs[2].model_copy(update={"token_ids": [1, 2, 10**9]})
     jobs[3] = jobs[3].model_copy(update={"fingerprint": "another-model"})
-    outcomes = executor.run_scores(jobs)
+    outcomes = score_together(jobs, ctx)
     assert [o.ok for o in outcomes] == [True, True, False, False, True]
     assert (outcomes[2].error and outcomes[2].error.code, outcomes[3].error and outcomes[3].error.code) == (
         "invalid_token_ids",
@@ -135,9 +138,9 @@ def _generations(backend: HFBackend, tenant: str) -> list[GenerateJob]:
 
 def test_generations_joining_a_running_batch_sample_what_each_samples_alone(backend: HFBackend, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    executor = JobExecutor(client, {MODEL: backend}, SECRET, 600)
+    ctx = Context.build(client, {MODEL: backend}, SECRET, 600)
     jobs = _generations(backend, "gentest")
-    running = executor.in_flight
+    running = InFlight(ctx)
     alone = {job.job_id: running.run([job])[0] for job in jobs}
     assert running.admit(jobs[:2]) == []
     together, steps, sizes = {}, 0, []
@@ -171,14 +174,15 @@ def test_generations_joining_a_running_batch_sample_what_each_samples_alone(back
 
 def test_a_bad_generation_is_refused_alone_while_the_batch_runs(backend: HFBackend, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    executor = JobExecutor(client, {MODEL: backend}, SECRET, 600)
+    ctx = Context.build(client, {MODEL: backend}, SECRET, 600)
     jobs = _generations(backend, "genpoison")
     jobs[1] = jobs[1].model_copy(update={"prompt_ids": [1, 2, 10**9]})
-    refused = executor.in_flight.admit(jobs)
+    running = InFlight(ctx)
+    refused = running.admit(jobs)
     assert [(o.job_id, o.error and o.error.code) for _, o in refused] == [("genpoison-1", "invalid_token_ids")]
     done = {}
-    while len(executor.in_flight):
-        done.update((job.job_id, outcome) for job, outcome in executor.in_flight.advance())
+    while len(running):
+        done.update((job.job_id, outcome) for job, outcome in running.advance())
     assert sorted(done) == ["genpoison-0", "genpoison-2", "genpoison-3", "genpoison-4"]
     assert all(o.ok for o in done.values())
 

@@ -21,7 +21,8 @@ from workers.config import ModelSpec
 from workers.contrasts import ContrastDone, SteppedContrasts
 from workers.decoding import Contrast, View, decode
 from workers.generations import Finished, SteppedGenerations
-from workers.jobs import JobExecutor
+from workers.handlers.base import Context
+from workers.handlers.score import score_together
 from workers.protocol import Sampling, ScoreJob, record_id
 from workers.runner import Worker, WorkerSettings
 
@@ -204,7 +205,7 @@ def test_a_scoring_whose_forward_fails_fails_alone(backends: tuple[Any, Any], re
     fails (a 500 of its own); the others' records are stored as alone."""
     a, _ = backends
     poison = PROMPTS[1] + [11, 12]
-    executor = JobExecutor(redis_server, {"tiny-llama": StatesFail(a, poison)}, b"secret", 600)
+    ctx = Context.build(redis_server, {"tiny-llama": StatesFail(a, poison)}, b"secret", 600)
 
     def job(n: int, ids: list[int]) -> ScoreJob:
         rid = record_id(b"secret", "alpha", a.card.fingerprint, ids, {})
@@ -218,7 +219,7 @@ def test_a_scoring_whose_forward_fails_fails_alone(backends: tuple[Any, Any], re
         )
 
     jobs = [job(0, PROMPTS[0] + [7, 8]), job(1, poison), job(2, PROMPTS[2] + [9, 10])]
-    outcomes = executor.run_scores(jobs)
+    outcomes = score_together(jobs, ctx)
     assert [o.ok for o in outcomes] == [True, False, True]
     assert outcomes[1].error is not None and outcomes[1].error.code == "worker_error"
     assert [o.record_id for o in outcomes[::2]] == [jobs[0].record_id, jobs[2].record_id]

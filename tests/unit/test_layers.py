@@ -109,3 +109,34 @@ def test_every_folder_says_what_lives_there_and_what_it_may_import() -> None:
         doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
         assert doc, f"{folder.relative_to(ROOT)}/__init__.py has no docstring"
         assert "import" in doc.lower(), f"{folder.relative_to(ROOT)}/__init__.py does not say what it may import"
+
+
+def test_no_import_circle() -> None:
+    """No module reaches itself through the project's own imports (each one counted, as above)."""
+    known = modules()
+    graph: dict[str, set[str]] = {name: set() for name in known}
+    for name, path in known.items():
+        for _, target in imports(path):
+            parts = target.split(".")
+            found = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in known), None)
+            if found is not None and found != name and found not in ("app", "workers"):
+                graph[name].add(found)
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                circles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert circles == []

@@ -11,8 +11,9 @@ import torch
 from safetensors.numpy import save as st_save_numpy
 from safetensors.torch import save as st_save_torch
 
-from workers.jobs import JobFailed, _stored_hidden, _stored_rows
+from workers.outcomes import JobFailed
 from workers.protocol import RecordMeta
+from workers.record_store import _stored_hidden, _stored_rows
 
 META = RecordMeta(
     record_id="r",

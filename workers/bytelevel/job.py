@@ -20,8 +20,9 @@ from workers.bytelevel.covers import (
 from workers.bytelevel.forward import head_rows, tree_hidden
 from workers.bytelevel.records import ByteRecordMeta, encode_byte_record
 from workers.bytelevel.vocab import ByteVocab, vocab_from_tokenizer
+from workers.handlers.base import Context, Handler
 from workers.outcomes import JobFailed
-from workers.protocol import BytesJob, JobOutcome, bytes_key
+from workers.protocol import AnyJob, BytesJob, JobOutcome, bytes_key
 
 _VOCABS: dict[str, ByteVocab] = {}  # per model fingerprint: built once (a second or two for 262k tokens)
 
@@ -104,3 +105,11 @@ def run_bytes_job(client: redis.Redis, backend: Any, job: BytesJob, ttl_s: int) 
     pipe.expire(key, ttl_s)
     pipe.execute()
     return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
+
+
+def bytes_job(job: AnyJob, ctx: Context) -> JobOutcome:
+    assert isinstance(job, BytesJob)
+    return run_bytes_job(ctx.redis, ctx.engines.backend_for(job.model, job.fingerprint), job, ctx.records.record_ttl_s)
+
+
+BYTES = Handler("bytes", "heavy", bytes_job)

@@ -10,11 +10,13 @@ from typing import Any
 import redis
 from safetensors.numpy import save as st_save
 
+from workers.handlers.base import Context, Handler
 from workers.heads.data import HeadInputError, read_examples
 from workers.heads.train import train_head
 from workers.lanes import Stopped
 from workers.protocol import (
     HEAD_WRITE_IF_EXISTS,
+    AnyJob,
     HeadError,
     HeadJob,
     HeadState,
@@ -105,3 +107,11 @@ def abandon_head(client: redis.Redis, job: HeadJob, message: str) -> None:
 
 def _failed(job: HeadJob, code: str, message: str, status: int = 422) -> JobOutcome:
     return JobOutcome(job_id=job.job_id, ok=False, error=JobError(code=code, message=message, status=status))
+
+
+def train_head_job(job: AnyJob, ctx: Context) -> JobOutcome:
+    assert isinstance(job, HeadJob)
+    return run_head_job(ctx.redis, job)  # reads records only: no backend, no weights
+
+
+TRAIN_HEAD = Handler("train_head", "heavy", train_head_job)

@@ -1,0 +1,57 @@
+"""What a job handler is, and what it is given: the engines, a record writer and Redis (for the answers it leaves
+there). A handler never calls back into the worker; the worker picks the lane from the handler:
+
+- "scoring": scoring jobs, read together and scored in shared forwards (or the pooling engine's running batch);
+- "stepped": generations and token-level decodings, joining the running batch step by step;
+- "heavy": everything else, in a thread of its own taking turns by slices (workers.lanes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from redis import Redis
+
+from workers.backends.base import Backend
+from workers.engines import Engines
+from workers.outcomes import JobFailed, refused
+from workers.protocol import AnyJob, JobOutcome
+from workers.record_store import RecordWriter
+
+Lane = Literal["scoring", "stepped", "heavy"]
+
+
+@dataclass
+class Context:
+    """What handlers are given."""
+
+    redis: Redis
+    engines: Engines
+    records: RecordWriter
+
+    @classmethod
+    def build(cls, client: Redis, backends: dict[str, Backend], secret: bytes, record_ttl_s: int) -> Context:
+        return cls(client, Engines(backends), RecordWriter(client, secret, record_ttl_s))
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A job kind's handler: its lane (a function of the job where the kind has two) and how to run one job alone
+    (None for a kind that runs only in the running batch: workers.in_flight)."""
+
+    kind: str
+    lane: Lane | Callable[[AnyJob], Lane]
+    run: Callable[[AnyJob, Context], JobOutcome] | None
+
+    def lane_of(self, job: AnyJob) -> Lane:
+        return self.lane if isinstance(self.lane, str) else self.lane(job)
+
+
+def answered(run: Callable[[AnyJob, Context], JobOutcome], job: AnyJob, ctx: Context) -> JobOutcome:
+    """A job run alone: a refusal of its input becomes its 4xx outcome (other failures propagate)."""
+    try:
+        return run(job, ctx)
+    except JobFailed as failed:
+        return refused(job, failed)
