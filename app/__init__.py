@@ -12,7 +12,7 @@ The tree reads as the architecture; imports run one way, top to bottom (tests/un
     client/     the Python client: httpx, pydantic, numpy and `schemas`, nothing else
     web/        the page (static HTML and JS)
 
-`workers/` imports nothing from here; the contract between the two is `workers/protocol.py` (and, for byte-level
-records, `workers/bytelevel/records.py` and `stats.py`); both build their Redis clients (one server or a Redis
-Cluster) with `workers/redis_client.py`.
+`workers/` imports nothing from here; the contract between the two is the `workers/contract/` package, by topic
+(and, for byte-level records, `workers/bytelevel/records.py` and `stats.py`); both build their Redis clients (one
+server or a Redis Cluster) with `workers/redis_client.py`.
 """

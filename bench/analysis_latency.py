@@ -13,7 +13,8 @@ from tokenizers import Tokenizer
 
 from app.launcher.local_service import LocalService
 from bench.texts import text_of_tokens
-from workers.protocol import ModelCard, card_key, tokenizer_key
+from workers.contract.cards import ModelCard
+from workers.contract.keys import card_key, tokenizer_key
 
 MODEL = "smollm2-135m-instruct"
 

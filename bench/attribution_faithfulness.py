@@ -29,7 +29,7 @@ from app.serving.attribution import replacement_ids
 from workers.attribution import backend_scorer, occlusion, reagent
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings
-from workers.protocol import ReagentParams
+from workers.contract.jobs import ReagentParams
 
 MODEL = "smollm2-135m-instruct"
 TEXTS = [

@@ -20,8 +20,8 @@ from workers.backends.hf import HFBackend
 from workers.bytelevel.contrast_job import byte_view
 from workers.bytelevel.decoding import decode_bytes
 from workers.config import PACKAGED_MODELS, CommonSettings
+from workers.contract.jobs import Sampling
 from workers.decoding import View, decode
-from workers.protocol import Sampling
 
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
 PROMPT = "Write one sentence about a river in winter."

@@ -20,7 +20,7 @@ from workers.backends.hf import HFBackend
 from workers.bytelevel.job import byte_level
 from workers.capture import capture_statistics
 from workers.config import PACKAGED_MODELS, CommonSettings
-from workers.protocol import CAPTURE_TOPK
+from workers.contract.names import CAPTURE_TOPK
 
 PASSAGE = (
     "The river froze early that year, and the ferry stopped running before the first snow. People crossed on "

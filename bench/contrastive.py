@@ -19,8 +19,8 @@ from transformers import DynamicCache
 from app.launcher.local_service import LocalService
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings
+from workers.contract.jobs import Sampling
 from workers.decoding import View, decode
-from workers.protocol import Sampling
 
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Describe a harbour town at dawn."

@@ -49,9 +49,11 @@ from app.launcher.local_service import LocalService
 from app.serving import corpus
 from bench.machine_text import DECODINGS
 from bench.texts import text_of_tokens
+from workers.contract.cards import ModelCard
+from workers.contract.heads import head_params
+from workers.contract.keys import card_key, tokenizer_key
 from workers.heads.data import Example
 from workers.heads.train import train_head
-from workers.protocol import ModelCard, card_key, head_params, tokenizer_key
 
 SCORER = "smollm2-135m-instruct"
 DEV_SET = Path(__file__).parent / "data" / "detection_dev.jsonl"

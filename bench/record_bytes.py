@@ -21,9 +21,12 @@ from bench.storage import bench_redis
 from bench.texts import text_of_tokens
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings
+from workers.contract.jobs import ScoreJob
+from workers.contract.keys import record_key
+from workers.contract.names import CAPTURE_TOPK, Retain
+from workers.contract.records import STAT_ARRAYS
 from workers.handlers.base import Context
 from workers.handlers.registry import run_job
-from workers.protocol import CAPTURE_TOPK, STAT_ARRAYS, Retain, ScoreJob, record_key
 
 MODES: tuple[Retain, ...] = ("full", "stats")
 # The extrapolation's target: Llama-3-8B in bf16, a million documents of 500 tokens.

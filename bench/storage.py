@@ -20,10 +20,11 @@ from app.launcher.embedded import EmbeddedRedis
 from bench.texts import text_of_tokens
 from workers.backends.hf import HFBackend
 from workers.config import PACKAGED_MODELS, CommonSettings
+from workers.contract.jobs import RowsJob, ScoreJob
+from workers.contract.keys import export_key, record_key
 from workers.handlers.base import Context
 from workers.handlers.registry import run_job
 from workers.probe import verify_rebuild
-from workers.protocol import RowsJob, ScoreJob, export_key, record_key
 
 WINDOW = 64  # positions per export, as a client pages through a long record
 

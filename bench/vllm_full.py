@@ -33,7 +33,7 @@ from bench.texts import text_of_tokens
 from workers.backends.vllm import VLLMBackend
 from workers.capture import capture_statistics, rebuild_rows
 from workers.config import CommonSettings, ModelSpec
-from workers.protocol import Sampling
+from workers.contract.jobs import Sampling
 
 MODEL = "smollm2-135m-instruct"
 

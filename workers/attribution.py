@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from workers.backends.base import Backend
+from workers.contract.jobs import AttributionTarget, ReagentParams
 from workers.lanes import checkpoint
-from workers.protocol import AttributionTarget, ReagentParams
 
 # Log-probabilities of each sequence's target after its last token, and the target's rank (1 = most likely).
 Scorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from workers.attribution import backend_scorer, occlusion, reagent
-from workers.engines import check_ids
-from workers.handlers.base import Context, Handler
-from workers.outcomes import JobFailed
-from workers.protocol import (
+from workers.contract.jobs import (
     AnyJob,
     AttributionJob,
     AttributionResult,
     JobOutcome,
-    attribution_key,
     occlusion_passes,
     reagent_min_passes,
 )
+from workers.contract.keys import attribution_key
+from workers.engines import check_ids
+from workers.handlers.base import Context, Handler
+from workers.outcomes import JobFailed
 
 RESULT_TTL_S = 3600
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.protocol import STAT_ARRAYS
+from workers.contract.records import STAT_ARRAYS
 
 # Rows per unembedding matmul: each matmul streams all of W from memory, so few large ones beat many small
 # ones (1,000 SmolLM2 rows: 370 ms in chunks of 256+, 550 ms in chunks of 64). Bounded by logits memory.

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from workers.protocol import Retain
+from workers.contract.names import Retain
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from workers.backends.base import Backend, sample_next, stop_hit
-from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
+from workers.contract.jobs import DecodeStep, Plausibility, Sampling, Selective
 
 
 @dataclass

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from workers.backends.base import Backend
+from workers.contract.jobs import Sampling
 from workers.outcomes import JobFailed
-from workers.protocol import Sampling
 
 
 class Engines:

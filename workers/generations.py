@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import torch
 
 from workers.backends.base import Backend, sample_next, stop_hit
+from workers.contract.jobs import Sampling
 from workers.decoding import tokens_before_stop
-from workers.protocol import Sampling
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ import torch
 
 from workers.backends.base import Backend
 from workers.capture import capture_statistics_many
+from workers.contract.jobs import AnyJob, ContrastJob, GenerateJob, JobOutcome, Sampling, ScoreJob
+from workers.contract.names import CAPTURE_TOPK
 from workers.contrasts import ContrastDone, SteppedContrasts, joinable
 from workers.decoding import Contrast, Decoded, View, tokens_before_stop
 from workers.engines import check_ids
@@ -28,7 +30,6 @@ from workers.handlers.contrast import contrast_alone, contrast_done, contrast_op
 from workers.handlers.generate import generation_budget, generation_stored
 from workers.handlers.score import score_stored, score_together
 from workers.outcomes import JobFailed, alone, refused, worker_error
-from workers.protocol import CAPTURE_TOPK, AnyJob, ContrastJob, GenerateJob, JobOutcome, Sampling, ScoreJob
 
 log = logging.getLogger(__name__)
 

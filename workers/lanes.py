@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from workers.protocol import JobError
+from workers.contract.jobs import JobError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from workers.protocol import AnyJob, JobError, JobOutcome
+from workers.contract.jobs import AnyJob, JobError, JobOutcome
 from workers.redis_client import TRANSIENT
 
 REDIS_LOST = "redis_lost"  # the code of an outcome never published: its job is delivered again

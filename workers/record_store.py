@@ -12,23 +12,13 @@ from safetensors.torch import save as st_save_torch
 
 from workers.backends.base import Backend
 from workers.capture import Unembedding, capture_statistics, logits_statistics, rebuild_rows
+from workers.contract.cards import ModelCard
+from workers.contract.keys import record_key
+from workers.contract.names import CAPTURE_TOPK, ProtocolError, Retain, as_bytes, record_id
+from workers.contract.records import RECORD_CORE_FIELDS, RecordMeta, decode_meta, encode_arrays, rows_field
 from workers.decoding import Decoded
 from workers.outcomes import JobFailed
 from workers.probe import STORAGE_DTYPES
-from workers.protocol import (
-    CAPTURE_TOPK,
-    RECORD_CORE_FIELDS,
-    ModelCard,
-    ProtocolError,
-    RecordMeta,
-    Retain,
-    as_bytes,
-    decode_meta,
-    encode_arrays,
-    record_id,
-    record_key,
-    rows_field,
-)
 
 
 class RecordWriter:

@@ -4,7 +4,7 @@ Both sides build their clients here: the gateway an asyncio one, workers and too
 client follows MOVED/ASK redirects and re-reads the slot map after a failover by itself, and its commands here
 wait out a failover for up to RIDE_THROUGH_S; the errors a failover raises while it lasts (a dead master,
 CLUSTERDOWN, a slot not covered yet) are `TRANSIENT`: past that, callers retry them or answer 503 with Retry-After.
-Keys that one transaction or script touches share a hash slot (workers.protocol).
+Keys that one transaction or script touches share a hash slot (workers.contract.keys).
 """
 
 from __future__ import annotations

@@ -22,6 +22,26 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
+from workers.contract.jobs import AnyJob, ContrastJob, GenerateJob, HeadJob, JobError, JobOutcome, ScoreJob, decode_job
+from workers.contract.keys import (
+    CONSUMER_GROUP,
+    DEAD_LETTER_STREAM,
+    DONE_CHANNEL,
+    LANES,
+    MAX_GROUP,
+    SECRET_KEY,
+    alive_key,
+    cancel_key,
+    card_key,
+    group_name,
+    head_key,
+    inflight_key,
+    job_outcome_key,
+    jobs_stream,
+    serving_key,
+    tokenizer_key,
+)
+from workers.contract.names import ProtocolError, as_bytes, new_secret
 from workers.handlers.base import Context
 from workers.handlers.registry import handler_for, run_job
 from workers.heads.job import abandon_head
@@ -30,35 +50,6 @@ from workers.lanes import HeavyTurn, Stopped, Turns, stopped_error
 from workers.lifecycle import arm_children
 from workers.outcomes import REDIS_LOST, worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
-from workers.protocol import (
-    CONSUMER_GROUP,
-    DEAD_LETTER_STREAM,
-    DONE_CHANNEL,
-    LANES,
-    MAX_GROUP,
-    SECRET_KEY,
-    AnyJob,
-    ContrastJob,
-    GenerateJob,
-    HeadJob,
-    JobError,
-    JobOutcome,
-    ProtocolError,
-    ScoreJob,
-    alive_key,
-    as_bytes,
-    cancel_key,
-    card_key,
-    decode_job,
-    group_name,
-    head_key,
-    inflight_key,
-    job_outcome_key,
-    jobs_stream,
-    new_secret,
-    serving_key,
-    tokenizer_key,
-)
 from workers.redis_client import REDIS_ERRORS, TRANSIENT, connect
 
 log = logging.getLogger("workers")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from workers.protocol import Sampling
+from workers.contract.jobs import Sampling
 
 SAMPLING_EPS = 1e-5  # vLLM's: a temperature below this is greedy
 

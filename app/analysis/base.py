@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from workers.protocol import RecordMeta
+from workers.contract.records import RecordMeta
 
 Level = Literal["token", "sequence"]
 Family = Literal["uncertainty", "detect", "membership", "compare"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.protocol import CRITERION_COLUMNS, CRITERION_FLOOR
+from workers.contract.head_features import CRITERION_COLUMNS, CRITERION_FLOOR
 
 POSITION_SCALE = 8.0  # as in workers/heads/models.py
 LOS_LOG_FLOOR = 1e-12

@@ -19,7 +19,9 @@ from app.serving.contrast import build_job, step_out, summary
 from app.serving.jobs import raise_for_outcome
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import ContrastJob, DecodeStep, as_bytes, steps_key
+from workers.contract.jobs import ContrastJob, DecodeStep
+from workers.contract.keys import steps_key
+from workers.contract.names import as_bytes
 
 router = APIRouter(tags=["decoding"])
 

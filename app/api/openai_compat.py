@@ -56,7 +56,7 @@ from app.serving.jobs import new_job_id
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import DecodeStep, Sampling
+from workers.contract.jobs import DecodeStep, Sampling
 
 router = APIRouter(tags=["openai-compatible"])
 CHAT_MAX_TOKENS = 256  # a chat that names no max_tokens

@@ -17,7 +17,9 @@ from app.serving.scoring import upgraded
 from app.serving.services import Services
 from app.serving.store import require_rows
 from app.serving.tokens import token_rows
-from workers.protocol import PAWN_FEATURES, RecordMeta, RowsJob, los_features, pawn_features, slice_hidden
+from workers.contract.head_features import PAWN_FEATURES, los_features, pawn_features
+from workers.contract.jobs import RowsJob
+from workers.contract.records import RecordMeta, slice_hidden
 
 router = APIRouter(tags=["records"])
 

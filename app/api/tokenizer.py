@@ -15,7 +15,7 @@ from app.schemas.openai import DetokenizeRequest, TokenizeRequest
 from app.serving.chat_template import ChatTemplateError
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import ModelCard
+from workers.contract.cards import ModelCard
 
 router = APIRouter(tags=["vllm-compatible"])
 

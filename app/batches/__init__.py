@@ -2,5 +2,5 @@
 
 `submit` checks a batch request and stores it, `store` keeps batches in Redis, `runner` drives them (a leased
 runner in every gateway). May import `app.serving`, `app.analysis`, `app.schemas`, `app.platform` and
-`workers.protocol`; never `app.api`.
+`workers.contract`; never `app.api`.
 """

@@ -28,7 +28,7 @@ from app.serving.analyses import analyse
 from app.serving.jobs import BULK
 from app.serving.scoring import record_for
 from app.serving.services import Services
-from workers.protocol import as_bytes
+from workers.contract.names import as_bytes
 
 log = logging.getLogger("app.batches.runner")
 

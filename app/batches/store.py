@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from app.platform.errors import ApiError
 from app.serving import quotas
-from workers.protocol import as_bytes
+from workers.contract.names import as_bytes
 
 ACTIVE = "lp:batches:active"  # members "tenant\x1fid": batches not finished yet
 FINISHED = ("completed", "cancelled")

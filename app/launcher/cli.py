@@ -145,7 +145,7 @@ def worker_alive() -> None:
     import socket
 
     from workers.config import CommonSettings
-    from workers.protocol import alive_on_host
+    from workers.contract.keys import alive_on_host
     from workers.redis_client import REDIS_ERRORS, connect
 
     settings = CommonSettings()

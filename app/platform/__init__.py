@@ -2,5 +2,5 @@
 validation messages that name the field, the JSON body check, JSON logs, Prometheus metrics, API keys and
 tenants, rate and admission limits, the request-observing ASGI middleware (with the catch-all for 500s).
 
-Imports nothing from the rest of `app` (only `workers.config` / `workers.protocol` for shared settings).
+Imports nothing from the rest of `app` (only `workers.config` / `workers.contract` for shared settings).
 """

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import redis.exceptions
 from redis.asyncio import Redis
 
-from workers.protocol import as_bytes
+from workers.contract.names import as_bytes
 
 log = logging.getLogger("app.platform.leases")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from workers.config import CommonSettings
-from workers.protocol import valid_tenant
+from workers.contract.names import valid_tenant
 
 KEEP_ALIVE_S = 75
 OPEN_TOP_LOGPROBS = 100  # alternatives per token at most, export on (the OpenAI routes' extension; OpenAI: 20)
@@ -35,7 +35,7 @@ class Settings(CommonSettings):
     max_attribution_passes: int = Field(default=16384, ge=1)  # forward passes one attribution request may ask for
     max_attribution_tokens: int = Field(default=1 << 23, ge=1)  # and tokens read by them (passes x context tokens)
     max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
-    # What one head's training may hold for its inputs (workers.protocol.head_training_bytes); larger requests 422.
+    # What one head's training may hold for its inputs (contract.heads.head_training_bytes); larger requests 422.
     max_head_training_bytes: int = Field(default=2 * 1024**3, ge=1024)
     job_timeout_s: float = Field(default=300.0, gt=0)
     max_queue_depth: int = Field(default=256, ge=1)  # per model: beyond it new jobs get 429

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.tokens import ChatMessage, TokenOut
 
-Retain = Literal["full", "stats"]  # as workers.protocol.Retain (the client imports neither workers nor safetensors)
+# as workers.contract.names.Retain (the client imports neither workers nor safetensors)
+Retain = Literal["full", "stats"]
 
 RETAIN = (
     "what the record keeps: 'full' (hidden states too: full rows can be exported and compared across models) or "

@@ -31,7 +31,7 @@ from app.serving.pairs import Pair, chat_reply, context_pair, model_pair
 from app.serving.scoring import record_for
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import RecordMeta
+from workers.contract.records import RecordMeta
 
 PAIRED_FAMILIES = ("compare", "detect")
 

@@ -15,16 +15,10 @@ from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import share_tokenizer
-from workers.protocol import (
-    AttributionJob,
-    AttributionResult,
-    ModelCard,
-    ReagentParams,
-    as_bytes,
-    attribution_key,
-    occlusion_passes,
-    reagent_min_passes,
-)
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import AttributionJob, AttributionResult, ReagentParams, occlusion_passes, reagent_min_passes
+from workers.contract.keys import attribution_key
+from workers.contract.names import as_bytes
 
 TOP = 10  # most important context tokens listed per target
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from app.platform.errors import ApiError
 from app.serving.text import TextCodec, share_tokenizer
-from workers.protocol import DecodeStep
+from workers.contract.jobs import DecodeStep
 
 END = 256
 SYMBOLS = 257  # the 256 bytes and the end: what a byte-level step chooses among

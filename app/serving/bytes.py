@@ -14,7 +14,11 @@ from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.services import Services
 from workers.bytelevel.records import ByteRecordMeta, decode_byte_record
 from workers.bytelevel.stats import byte_stats
-from workers.protocol import BytesJob, ModelCard, ProtocolError, RecordMeta, as_bytes, bytes_key, record_id
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import BytesJob
+from workers.contract.keys import bytes_key
+from workers.contract.names import ProtocolError, as_bytes, record_id
+from workers.contract.records import RecordMeta
 
 MAX_TEXT_BYTES = 4096
 DEFAULT_MAX_STATES = 8192

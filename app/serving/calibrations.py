@@ -17,7 +17,8 @@ from app.schemas.calibrations import Calibration, CalibrationRequest, MethodFit
 from app.serving import quotas
 from app.serving.analyses import analyse
 from app.serving.services import Services
-from workers.protocol import as_bytes, tenant_tag
+from workers.contract.keys import tenant_tag
+from workers.contract.names import as_bytes
 
 CONCURRENCY = 4  # texts scored and analysed at once while fitting
 

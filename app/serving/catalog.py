@@ -9,7 +9,9 @@ from redis.asyncio import Redis
 from app.platform.errors import ApiError
 from app.serving.text import TextCodec
 from workers.config import ModelSpec
-from workers.protocol import ModelCard, alive_pattern, as_bytes, card_key, tokenizer_key
+from workers.contract.cards import ModelCard
+from workers.contract.keys import alive_pattern, card_key, tokenizer_key
+from workers.contract.names import as_bytes
 
 CARD_TTL_S = 2.0
 

@@ -24,17 +24,10 @@ from app.serving.jobs import generation_job, new_job_id, raise_for_outcome
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import (
-    CAPTURE_TOPK,
-    ContrastJob,
-    DecodeStep,
-    DecodeView,
-    JobOutcome,
-    ModelCard,
-    Sampling,
-    as_bytes,
-    steps_key,
-)
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import ContrastJob, DecodeStep, DecodeView, JobOutcome, Sampling
+from workers.contract.keys import steps_key
+from workers.contract.names import CAPTURE_TOPK, as_bytes
 
 LOGPROB_FLOOR = -9999.0  # what vLLM and OpenAI send for -inf (JSON has no infinity)
 T = TypeVar("T")

@@ -14,7 +14,8 @@ from app.serving.inputs import check_length, sampling_of, top_k, truncate_at_sto
 from app.serving.jobs import new_job_id
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import ContrastJob, DecodeStep, DecodeView, JobOutcome, Plausibility, Selective, group_name
+from workers.contract.jobs import ContrastJob, DecodeStep, DecodeView, JobOutcome, Plausibility, Selective
+from workers.contract.keys import group_name
 
 MAX_VIEWS = 8
 

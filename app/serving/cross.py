@@ -8,18 +8,10 @@ from app.platform.errors import ApiError
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.services import Services
 from app.serving.store import require_rows
-from workers.protocol import (
-    MAX_JOB_POSITIONS,
-    CrossJob,
-    CrossSide,
-    ProtocolError,
-    RecordMeta,
-    as_bytes,
-    cross_id,
-    cross_key,
-    decode_cross,
-    group_name,
-)
+from workers.contract.jobs import CrossJob, CrossSide, cross_id
+from workers.contract.keys import cross_key, group_name
+from workers.contract.names import MAX_JOB_POSITIONS, ProtocolError, as_bytes
+from workers.contract.records import RecordMeta, decode_cross
 
 
 def check_positions(meta: RecordMeta, positions: np.ndarray) -> None:

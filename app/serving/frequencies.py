@@ -18,7 +18,8 @@ from safetensors.numpy import save as st_save
 from app.platform.errors import ApiError
 from app.serving import corpus, quotas
 from app.serving.text import TextCodec
-from workers.protocol import as_bytes, tenant_tag
+from workers.contract.keys import tenant_tag
+from workers.contract.names import as_bytes
 
 DEFAULT_TABLE = "default"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -14,7 +14,11 @@ from threadpoolctl import ThreadpoolController
 from app.analysis.heads import los_forward, pawn_forward, probe_forward, sigmoid
 from app.platform.errors import ApiError
 from app.serving.services import Services
-from workers.protocol import HeadState, RecordMeta, as_bytes, head_key, los_features, pawn_features
+from workers.contract.head_features import los_features, pawn_features
+from workers.contract.heads import HeadState
+from workers.contract.keys import head_key
+from workers.contract.names import as_bytes
+from workers.contract.records import RecordMeta
 
 CACHE_SIZE = 64  # decoded weights kept per gateway process, keyed by the head's stored state
 # A head's matrices are small: BLAS threads cost more than they give (10x under CPU contention), so one thread.

@@ -24,21 +24,12 @@ from app.serving.pairs import chat_reply
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import (
-    HEAD_WRITE_IF_EXISTS,
-    HeadError,
-    HeadExample,
-    HeadJob,
-    HeadState,
-    ModelCard,
-    RecordMeta,
-    Retain,
-    as_bytes,
-    head_index_key,
-    head_key,
-    head_params,
-    head_training_bytes,
-)
+from workers.contract.cards import ModelCard
+from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadState, head_params, head_training_bytes
+from workers.contract.jobs import HeadExample, HeadJob
+from workers.contract.keys import head_index_key, head_key
+from workers.contract.names import Retain, as_bytes
+from workers.contract.records import RecordMeta
 
 log = logging.getLogger("app.serving.heads")
 

@@ -10,7 +10,8 @@ from app.schemas.generate import SamplingRequest
 from app.schemas.tokens import ChatMessage
 from app.serving.chat_template import ChatTemplateError
 from app.serving.text import TextCodec
-from workers.protocol import ModelCard, Sampling
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import Sampling
 
 
 def chat_token_ids(codec: TextCodec, messages: list[dict[str, Any]], *args: Any) -> list[int]:

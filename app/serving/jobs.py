@@ -22,28 +22,29 @@ from app.platform import metrics
 from app.platform.errors import ApiError, ClientGone
 from app.platform.limits import parked
 from app.serving.fair_share import FairShare
-from workers.protocol import (
-    BULK_LANE,
-    CONSUMER_GROUP,
-    DONE_CHANNEL,
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import (
     AnyJob,
     ContrastJob,
     DecodeStep,
     GenerateJob,
     JobOutcome,
-    ModelCard,
-    Retain,
     Sampling,
     ScoreJob,
-    as_bytes,
-    cancel_key,
     encode_job,
+)
+from workers.contract.keys import (
+    BULK_LANE,
+    CONSUMER_GROUP,
+    DONE_CHANNEL,
+    cancel_key,
     inflight_key,
     job_outcome_key,
     jobs_stream,
     serving_key,
     steps_channel,
 )
+from workers.contract.names import Retain, as_bytes
 from workers.redis_client import TRANSIENT
 
 log = logging.getLogger("app.serving.jobs")

@@ -19,7 +19,8 @@ from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec, share_tokenizer
 from workers.bytelevel.stats import byte_cross
-from workers.protocol import RecordMeta, Retain
+from workers.contract.names import Retain
+from workers.contract.records import RecordMeta
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.platform.errors import ApiError
-from workers.protocol import as_bytes
+from workers.contract.names import as_bytes
 
 
 def _env_int(name: str, default: int) -> int:

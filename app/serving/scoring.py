@@ -12,7 +12,10 @@ from app.serving.inputs import input_ids
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from workers.protocol import ModelCard, RecordMeta, Retain, ScoreJob, record_id
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import ScoreJob
+from workers.contract.names import Retain, record_id
+from workers.contract.records import RecordMeta
 
 SCORE_OPTIONS = {"kind": "score"}
 

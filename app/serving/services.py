@@ -13,7 +13,8 @@ from app.serving.catalog import ModelCatalog
 from app.serving.frequencies import FrequencyTables
 from app.serving.jobs import JobQueue
 from app.serving.store import RecordStore
-from workers.protocol import SECRET_KEY, as_bytes, new_secret
+from workers.contract.keys import SECRET_KEY
+from workers.contract.names import as_bytes, new_secret
 from workers.redis_client import connect_async
 
 

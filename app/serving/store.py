@@ -8,17 +8,9 @@ import numpy as np
 from redis.asyncio import Redis
 
 from app.platform.errors import ApiError
-from workers.protocol import (
-    ProtocolError,
-    RecordMeta,
-    as_bytes,
-    decode_meta,
-    decode_stats,
-    export_key,
-    hidden_float32,
-    record_key,
-    valid_record_id,
-)
+from workers.contract.keys import export_key, record_key
+from workers.contract.names import ProtocolError, as_bytes, valid_record_id
+from workers.contract.records import RecordMeta, decode_meta, decode_stats, hidden_float32
 
 log = logging.getLogger("app.serving.store")
 

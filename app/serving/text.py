@@ -11,7 +11,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from app.serving.chat_template import render_chat
-from workers.protocol import ModelCard
+from workers.contract.cards import ModelCard
 
 CONTEXT_TOKENS = 4  # tokens decoded before the new ones, so decoders see the context they depend on
 TEXTS_CACHED = 256  # token-text lists kept per tokenizer

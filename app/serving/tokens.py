@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from app.serving.text import TextCodec
-from workers.protocol import RecordMeta
+from workers.contract.records import RecordMeta
 
 
 def token_rows(

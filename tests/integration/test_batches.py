@@ -17,7 +17,7 @@ from app.batches.runner import RETRY_CODES, retry_delay
 from app.batches.store import batch_key, create_batch
 from app.launcher.local_service import ROOT
 from tests.conftest import MODEL
-from workers.protocol import BULK_LANE, jobs_stream
+from workers.contract.keys import BULK_LANE, jobs_stream
 
 TEXTS = [
     "The committee met in Geneva to discuss the railway.",

@@ -24,16 +24,9 @@ from tests.integration import test_analysis_api as analysis_suite
 from tests.integration import test_batches as batches_suite
 from tests.integration import test_contrastive as contrast_suite
 from tests.integration import test_spine as spine_suite
-from workers.protocol import (
-    DONE_CHANNEL,
-    ModelCard,
-    ScoreJob,
-    card_key,
-    encode_job,
-    job_outcome_key,
-    jobs_stream,
-    record_key,
-)
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import ScoreJob, encode_job
+from workers.contract.keys import DONE_CHANNEL, card_key, job_outcome_key, jobs_stream, record_key
 from workers.redis_client import CLUSTER_RETRIES, connect, connect_async, is_cluster
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from app.launcher.local_service import ROOT
 from workers.config import CommonSettings, ModelSpec
-from workers.protocol import alive_key, alive_on_host
+from workers.contract.keys import alive_key, alive_on_host
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]

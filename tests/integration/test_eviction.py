@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.conftest import MODEL
-from workers.protocol import record_key
+from workers.contract.keys import record_key
 
 
 def test_an_evicted_record_is_scored_again_for_a_text_and_gone_for_an_id(

@@ -26,7 +26,8 @@ from app.launcher.cluster import RedisNode
 from app.launcher.local_service import LocalService
 from bench.texts import text_of_tokens
 from tests.conftest import ARTIFACTS, DATA_DIR, KEYS, MODEL
-from workers.protocol import CONSUMER_GROUP, alive_key, decode_job, job_outcome_key, jobs_stream
+from workers.contract.jobs import decode_job
+from workers.contract.keys import CONSUMER_GROUP, alive_key, job_outcome_key, jobs_stream
 
 VISIBILITY_S = 6
 

@@ -17,7 +17,9 @@ import redis
 
 from bench.texts import PASSAGE
 from tests.conftest import ARTIFACTS, MODEL
-from workers.protocol import JobOutcome, ModelCard, ScoreJob, card_key, encode_job, job_outcome_key, jobs_stream
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import JobOutcome, ScoreJob, encode_job
+from workers.contract.keys import card_key, job_outcome_key, jobs_stream
 
 WORKER_LOG = ARTIFACTS / "worker0.log"
 LARGEST = {"max_epochs": 1000, "patience": 1000, "width": 1024, "gate_width": 1024, "batch_size": 1}

@@ -19,16 +19,9 @@ import redis
 from app.launcher.local_service import LocalService
 from bench.texts import text_of_tokens
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
-from workers.protocol import (
-    CONSUMER_GROUP,
-    DEAD_LETTER_STREAM,
-    ModelCard,
-    ScoreJob,
-    card_key,
-    encode_job,
-    job_outcome_key,
-    jobs_stream,
-)
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import ScoreJob, encode_job
+from workers.contract.keys import CONSUMER_GROUP, DEAD_LETTER_STREAM, card_key, job_outcome_key, jobs_stream
 
 KEYS = {
     "key-alpha": "alpha",

@@ -22,7 +22,7 @@ from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, hf_logprobs, service_env
 from tests.integration.test_batches import wait_finished
 from tests.integration.test_heads import wait_head
-from workers.protocol import record_key
+from workers.contract.keys import record_key
 
 TEXT = "The lighthouse keeper wrote down every ship that passed, and the weather on each day."
 TOL = 1e-4  # float32 rows against the float64 reference

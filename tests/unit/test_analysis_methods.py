@@ -12,7 +12,7 @@ from app.analysis import REGISTRY
 from app.analysis.base import Context, Positions
 from app.analysis.run import resolve_params, run_methods, select_methods
 from workers.capture import cross_statistics, row_statistics
-from workers.protocol import RecordMeta
+from workers.contract.records import RecordMeta
 
 V = 3000
 TOL = 1e-6

@@ -24,7 +24,8 @@ from app.schemas.analysis import SpanRange
 from app.serving.analyses import span_positions
 from app.serving.cross import check_positions
 from workers.capture import row_statistics
-from workers.protocol import MAX_JOB_POSITIONS, RecordMeta
+from workers.contract.names import MAX_JOB_POSITIONS
+from workers.contract.records import RecordMeta
 
 V = 500
 

@@ -13,8 +13,8 @@ import torch
 from app.schemas.decode import Preset
 from app.serving.contrast import uscd_rule
 from workers.attribution import occlusion, reagent
+from workers.contract.jobs import ReagentParams, Selective
 from workers.decoding import selective
-from workers.protocol import ReagentParams, Selective
 
 IDS = [5, 6, 7, 8, 9, 10, 11]  # target: token 6 (11), decided by token 3 (8)
 

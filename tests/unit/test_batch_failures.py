@@ -18,12 +18,13 @@ import torch
 from app.launcher.embedded import EmbeddedRedis
 from workers.backends import load_backend
 from workers.config import ModelSpec
+from workers.contract.jobs import Sampling, ScoreJob
+from workers.contract.names import record_id
 from workers.contrasts import ContrastDone, SteppedContrasts
 from workers.decoding import Contrast, View, decode
 from workers.generations import Finished, SteppedGenerations
 from workers.handlers.base import Context
 from workers.handlers.score import score_together
-from workers.protocol import Sampling, ScoreJob, record_id
 from workers.runner import Worker, WorkerSettings
 
 PROMPTS = [[1, 504, 3218, 314], [1, 2000, 45], [1, 77, 78, 79, 80, 81]]

@@ -21,7 +21,8 @@ from workers.bytelevel.decoding import ByteDecoded, ByteView, decode_bytes
 from workers.bytelevel.incremental import TreeStream
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next
-from workers.protocol import ModelCard, Plausibility, Sampling, Selective
+from workers.contract.cards import ModelCard
+from workers.contract.jobs import Plausibility, Sampling, Selective
 
 TOL = 1e-9
 Mode = Literal["canonical", "all"]

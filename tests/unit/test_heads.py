@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from app.analysis.heads import los_forward, pawn_forward, probe_forward, weighted_criterion
+from workers.contract.head_features import los_features, pawn_features
+from workers.contract.heads import HEAD_PARAMS, head_params
 from workers.heads.data import example_inputs
 from workers.heads.models import Los, Pawn, Probe
 from workers.heads.models import weighted_criterion as torch_criterion
 from workers.heads.train import auroc, train_head
-from workers.protocol import HEAD_PARAMS, head_params, los_features, pawn_features
 
 D = 16
 
@@ -247,7 +248,7 @@ def test_stored_hidden_states_decode_and_page_in_every_storage_dtype(dtype: torc
     from safetensors.torch import load as st_load_torch
     from safetensors.torch import save as st_save_torch
 
-    from workers.protocol import hidden_float32, slice_hidden
+    from workers.contract.records import hidden_float32, slice_hidden
 
     hidden = torch.randn(9, 7, generator=torch.Generator().manual_seed(0)).to(dtype)
     blob = st_save_torch({"hidden": hidden})

@@ -10,25 +10,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The byte-level records' format and their statistics: contract both sides read, like workers.protocol.
+# The byte-level records' format and their statistics: contract both sides read, like workers.contract.
 BYTE_CONTRACT = ("workers.bytelevel.records", "workers.bytelevel.stats")
 # What each part of the tree may import, besides itself (third-party packages are another test's business).
 ALLOWED: dict[str, set[str]] = {
     "app.schemas": set(),
     "app.client": {"app.schemas"},
-    "app.platform": {"workers.config", "workers.protocol"},
-    "app.analysis": {"app.schemas", "workers.protocol"},
+    "app.platform": {"workers.config", "workers.contract"},
+    "app.analysis": {"app.schemas", "workers.contract"},
     "app.serving": {
         "app.analysis",
         "app.schemas",
         "app.platform",
         "workers.config",
-        "workers.protocol",
+        "workers.contract",
         *BYTE_CONTRACT,
         "workers.redis_client",
     },
-    "app.batches": {"app.serving", "app.analysis", "app.schemas", "app.platform", "workers.protocol"},
-    "app.api": {"app.batches", "app.serving", "app.analysis", "app.schemas", "app.platform", "workers.protocol"},
+    "app.batches": {"app.serving", "app.analysis", "app.schemas", "app.platform", "workers.contract"},
+    "app.api": {"app.batches", "app.serving", "app.analysis", "app.schemas", "app.platform", "workers.contract"},
     "app.launcher": {"app", "workers"},
     "workers": {"workers"},
 }

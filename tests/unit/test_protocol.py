@@ -7,20 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
-from workers.protocol import (
-    MAX_JOB_POSITIONS,
-    STAT_ARRAYS,
-    CrossSide,
-    ProtocolError,
-    ScoreJob,
-    decode_job,
-    decode_meta,
-    decode_stats,
-    encode_arrays,
-    encode_job,
-    record_id,
-    record_key,
-)
+from workers.contract.jobs import CrossSide, ScoreJob, decode_job, encode_job
+from workers.contract.keys import record_key
+from workers.contract.names import MAX_JOB_POSITIONS, ProtocolError, record_id
+from workers.contract.records import STAT_ARRAYS, decode_meta, decode_stats, encode_arrays
 
 
 def stats(n: int, k: int) -> dict[str, np.ndarray]:
@@ -117,7 +107,8 @@ def test_the_public_twins_of_contract_types_say_the_same() -> None:
 
     from app.schemas.attribution import ReagentOptions
     from app.schemas.score import Retain as PublicRetain
-    from workers.protocol import ReagentParams, Retain
+    from workers.contract.jobs import ReagentParams
+    from workers.contract.names import Retain
 
     assert get_args(PublicRetain) == get_args(Retain)
     public, contract = ReagentOptions.model_json_schema(), ReagentParams.model_json_schema()

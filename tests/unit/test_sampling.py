@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workers.backends.base import sample_next
-from workers.protocol import Sampling
+from workers.contract.jobs import Sampling
 from workers.sampling import filtered_logits, penalised_logits
 
 V = 50

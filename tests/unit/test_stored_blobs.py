@@ -11,8 +11,8 @@ import torch
 from safetensors.numpy import save as st_save_numpy
 from safetensors.torch import save as st_save_torch
 
+from workers.contract.records import RecordMeta
 from workers.outcomes import JobFailed
-from workers.protocol import RecordMeta
 from workers.record_store import _stored_hidden, _stored_rows
 
 META = RecordMeta(

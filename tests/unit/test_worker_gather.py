@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from app.launcher.embedded import EmbeddedRedis
-from workers.protocol import CONSUMER_GROUP
+from workers.contract.keys import CONSUMER_GROUP
 from workers.runner import Worker, WorkerSettings
 
 STREAM = "test:gather:jobs"

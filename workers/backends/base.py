@@ -7,7 +7,7 @@ from typing import Any, Protocol
 import torch
 
 from workers.capture import Unembedding
-from workers.protocol import ModelCard
+from workers.contract.cards import ModelCard
 from workers.sampling import sample_next
 
 __all__ = ["Backend", "StreamSteps", "sample_next", "stop_hit"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from workers.capture import Unembedding
 from workers.config import ModelSpec
-from workers.protocol import ModelCard
+from workers.contract.cards import ModelCard
 
 
 def adds_bos(tokenizer: Any) -> bool:

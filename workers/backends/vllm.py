@@ -51,9 +51,9 @@ from workers.backends.base import StreamSteps
 from workers.backends.cards import build_card
 from workers.capture import Unembedding, logit_scale
 from workers.config import ModelSpec
+from workers.contract.jobs import Sampling
 from workers.generations import Finished
 from workers.models import safetensors_dir, served_fingerprint
-from workers.protocol import Sampling
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import torch
 from workers.bytelevel.stats import LOG_FLOOR
 from workers.bytelevel.stepping import END, ByteStates
 from workers.bytelevel.utf8 import allowed_next, pending
+from workers.contract.jobs import DecodeStep, Plausibility, Sampling, Selective
 from workers.decoding import StepSink, combine, decode_step, held_back, seeded, selective
 from workers.lanes import checkpoint
-from workers.protocol import DecodeStep, Plausibility, Sampling, Selective
 from workers.sampling import sample_next
 
 

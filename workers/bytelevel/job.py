@@ -20,9 +20,10 @@ from workers.bytelevel.covers import (
 from workers.bytelevel.forward import head_rows, tree_hidden
 from workers.bytelevel.records import ByteRecordMeta, encode_byte_record
 from workers.bytelevel.vocab import ByteVocab, vocab_from_tokenizer
+from workers.contract.jobs import AnyJob, BytesJob, JobOutcome
+from workers.contract.keys import bytes_key
 from workers.handlers.base import Context, Handler
 from workers.outcomes import JobFailed
-from workers.protocol import AnyJob, BytesJob, JobOutcome, bytes_key
 
 _VOCABS: dict[str, ByteVocab] = {}  # per model fingerprint: built once (a second or two for 262k tokens)
 

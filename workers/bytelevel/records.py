@@ -10,7 +10,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 from safetensors.numpy import load as st_load
 
-from workers.protocol import ProtocolError, encode_arrays
+from workers.contract.names import ProtocolError
+from workers.contract.records import encode_arrays
 
 
 class ByteRecordMeta(BaseModel):

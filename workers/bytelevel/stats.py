@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.protocol import CAPTURE_TOPK
+from workers.contract.names import CAPTURE_TOPK
 
 LOG_FLOOR = -700.0  # a byte no tokenization reaches has probability 0: its log is floored (exp underflows here)
 

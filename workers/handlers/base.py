@@ -15,9 +15,9 @@ from typing import Literal
 from redis import Redis
 
 from workers.backends.base import Backend
+from workers.contract.jobs import AnyJob, JobOutcome
 from workers.engines import Engines
 from workers.outcomes import JobFailed, refused
-from workers.protocol import AnyJob, JobOutcome
 from workers.record_store import RecordWriter
 
 Lane = Literal["scoring", "stepped", "heavy"]

@@ -10,12 +10,13 @@ import redis
 from workers.bytelevel.contrast_job import byte_view
 from workers.bytelevel.decoding import decode_bytes
 from workers.bytelevel.job import byte_level_failures, encoder
+from workers.contract.jobs import AnyJob, ContrastJob, DecodeStep, JobOutcome, Sampling
+from workers.contract.keys import steps_channel, steps_key
 from workers.decoding import Decoded, View, decode
 from workers.engines import check_ids, completion_budget
 from workers.handlers.base import Context, Handler, Lane
 from workers.handlers.generate import completed
 from workers.outcomes import JobFailed
-from workers.protocol import AnyJob, ContrastJob, DecodeStep, JobOutcome, Sampling, steps_channel, steps_key
 
 STEPS_TTL_S = 3600
 

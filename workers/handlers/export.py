@@ -7,20 +7,13 @@ import numpy as np
 import torch
 
 from workers.capture import chunk_rows_for, cross_statistics
+from workers.contract.jobs import AnyJob, CrossJob, JobOutcome, RowsJob
+from workers.contract.keys import cross_key, export_key
+from workers.contract.names import MAX_BLOB_BYTES
+from workers.contract.records import CROSS_ARRAYS, encode_arrays
 from workers.handlers.base import Context, Handler
 from workers.lanes import checkpoint
 from workers.outcomes import JobFailed
-from workers.protocol import (
-    CROSS_ARRAYS,
-    MAX_BLOB_BYTES,
-    AnyJob,
-    CrossJob,
-    JobOutcome,
-    RowsJob,
-    cross_key,
-    encode_arrays,
-    export_key,
-)
 
 EXPORT_TTL_S = 120
 

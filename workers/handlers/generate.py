@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from workers.backends.base import Backend
+from workers.contract.jobs import ContrastJob, GenerateJob, JobOutcome, Sampling
 from workers.decoding import Decoded
 from workers.engines import check_ids, completion_budget
 from workers.handlers.base import Handler
-from workers.protocol import ContrastJob, GenerateJob, JobOutcome, Sampling
 from workers.record_store import RecordWriter
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from workers.attribution_job import ATTRIBUTION
 from workers.bytelevel.job import BYTES
+from workers.contract.jobs import AnyJob, JobOutcome
 from workers.handlers.base import Context, Handler, answered
 from workers.handlers.contrast import CONTRAST
 from workers.handlers.export import CROSS, ROWS
 from workers.handlers.generate import GENERATE
 from workers.handlers.score import SCORE
 from workers.heads.job import TRAIN_HEAD
-from workers.protocol import AnyJob, JobOutcome
 
 HANDLERS: dict[str, Handler] = {
     handler.kind: handler for handler in (SCORE, GENERATE, CONTRAST, ROWS, CROSS, TRAIN_HEAD, ATTRIBUTION, BYTES)

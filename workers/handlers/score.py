@@ -11,10 +11,11 @@ import torch
 
 from workers.backends.base import Backend
 from workers.capture import capture_statistics_many
+from workers.contract.jobs import AnyJob, JobOutcome, ScoreJob
+from workers.contract.names import CAPTURE_TOPK
 from workers.engines import check_ids
 from workers.handlers.base import Context, Handler, answered
 from workers.outcomes import JobFailed, alone, refused, worker_error
-from workers.protocol import CAPTURE_TOPK, AnyJob, JobOutcome, ScoreJob
 from workers.record_store import RecordWriter
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """A head's training inputs, read from the stored records: per example the per-position features of its span
-(`workers.protocol.pawn_features` / `los_features`, the same the gateway computes) and, for the kinds that need
-them, the final hidden states."""
+(`workers.contract.head_features`: `pawn_features` / `los_features`, the same the gateway computes) and, for the
+kinds that need them, the final hidden states."""
 
 from __future__ import annotations
 
@@ -9,20 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from workers.contract.head_features import los_features, pawn_features
+from workers.contract.jobs import HeadExample, HeadJob
+from workers.contract.keys import record_key
+from workers.contract.names import ProtocolError, as_bytes
+from workers.contract.records import RecordMeta, decode_meta, decode_stats, hidden_float32
 from workers.lanes import checkpoint
-from workers.protocol import (
-    HeadExample,
-    HeadJob,
-    ProtocolError,
-    RecordMeta,
-    as_bytes,
-    decode_meta,
-    decode_stats,
-    hidden_float32,
-    los_features,
-    pawn_features,
-    record_key,
-)
 
 
 class HeadInputError(Exception):

@@ -10,22 +10,14 @@ from typing import Any
 import redis
 from safetensors.numpy import save as st_save
 
+from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadState, head_params
+from workers.contract.jobs import AnyJob, HeadJob, JobError, JobOutcome
+from workers.contract.keys import head_key
+from workers.contract.names import as_bytes
 from workers.handlers.base import Context, Handler
 from workers.heads.data import HeadInputError, read_examples
 from workers.heads.train import train_head
 from workers.lanes import Stopped
-from workers.protocol import (
-    HEAD_WRITE_IF_EXISTS,
-    AnyJob,
-    HeadError,
-    HeadJob,
-    HeadState,
-    JobError,
-    JobOutcome,
-    as_bytes,
-    head_key,
-    head_params,
-)
 
 log = logging.getLogger(__name__)
 

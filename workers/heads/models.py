@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from workers.protocol import CRITERION_COLUMNS, CRITERION_FLOOR
+from workers.contract.head_features import CRITERION_COLUMNS, CRITERION_FLOOR
 
 POSITION_SCALE = 8.0  # the gate sees log(1 + t) / POSITION_SCALE
 

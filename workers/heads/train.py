@@ -16,10 +16,10 @@ import torch
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
+from workers.contract.heads import HeadMetrics
 from workers.heads.data import Example
 from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters, weighted_criterion
 from workers.lanes import checkpoint
-from workers.protocol import HeadMetrics
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
 PCA_SAMPLE = 10000  # hidden-state rows that fit the gate's projection

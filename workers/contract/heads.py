@@ -1,0 +1,152 @@
+"""Heads: their ids, states and parameters, and what training one may hold."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from workers.contract.head_features import PAWN_FEATURES
+from workers.contract.names import CAPTURE_TOPK
+
+HEAD_KINDS = ("pawn", "los", "probe")
+
+HEAD_ID_PATTERN = r"^head_[0-9a-f]{24}$"
+
+
+class HeadError(BaseModel):
+    code: str
+    message: str
+
+
+class HeadMetrics(BaseModel):
+    """k-fold cross-validated metrics: every example is scored by a head that never saw it."""
+
+    folds: int
+    auroc: float  # the mean of the folds' AUROCs
+    auroc_folds: list[float]
+    auroc_pooled: float  # over all out-of-fold scores at once (what the threshold is chosen on)
+    auroc_ci95: tuple[float, float]
+    target_fpr: float
+    threshold: float  # decide label 1 when the score > threshold (from the out-of-fold scores of label 0)
+    tpr: float
+    fpr: float
+    confidence: str
+
+
+class HeadState(BaseModel):
+    head_id: str
+    name: str
+    kind: Literal["pawn", "los", "probe"]
+    family: str
+    model: str
+    fingerprint: str
+    hidden_size: int
+    span: Any
+    status: Literal["scoring", "queued", "training", "succeeded", "failed"]
+    stage: str = ""
+    progress: float = 0.0
+    seed: int
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+    examples: dict[str, int] = Field(default_factory=dict)  # per label ("0", "1")
+    metrics: HeadMetrics | None = None
+    training_time_s: float | None = None
+    n_parameters: int | None = None
+    error: HeadError | None = None
+    created_at: float = Field(default_factory=time.time)
+    finished_at: float | None = None
+    expires_at: int | None = None
+
+
+# Writes a head's hash only while it exists (a head deleted during training stays deleted).
+HEAD_WRITE_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# How the pooled networks (pawn, los) train, by default.
+_NETWORK_TRAINING: dict[str, float | int | str] = {
+    "folds": 5,
+    "max_epochs": 60,
+    "patience": 10,
+    "lr": 1e-2,
+    "weight_decay": 0.1,
+    "dropout": 0.1,
+    "batch_size": 32,
+    "val_fraction": 0.2,
+}
+
+# Each kind's parameters and their defaults; a request's `params` may override any of them (and nothing else).
+HEAD_PARAMS: dict[str, dict[str, float | int | str]] = {
+    "pawn": {
+        **_NETWORK_TRAINING,
+        "width": 32,  # token-feature MLP
+        "gate_dims": 32,  # principal directions of the hidden states the gate sees
+        "gate_width": 32,
+        "max_positions": 1024,  # positions per example used in training (the first of the span)
+    },
+    "los": {
+        **_NETWORK_TRAINING,
+        "width": 32,
+        "topk": 20,
+        "max_positions": 1024,
+    },
+    "probe": {"folds": 5, "val_fraction": 0.2, "pool": "mean", "max_positions": 1 << 20},
+}
+
+HEAD_PARAM_CHOICES = {"pool": ("mean", "last")}
+
+HEAD_PARAM_MAX = {
+    "folds": 20,
+    "max_epochs": 1000,
+    "patience": 1000,
+    "lr": 1.0,
+    "weight_decay": 100.0,
+    "batch_size": 4096,
+    "width": 1024,
+    "gate_dims": 256,
+    "gate_width": 1024,
+    "topk": CAPTURE_TOPK,
+    "max_positions": 1 << 20,
+}
+
+
+def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, float | int | str]:
+    """The kind's defaults overridden by `given`; ValueError naming what is wrong."""
+    defaults = HEAD_PARAMS[kind]
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"{kind} heads take no parameter {unknown[0]!r}; they take {sorted(defaults)}")
+    out = dict(defaults)
+    for name, value in given.items():
+        default = defaults[name]
+        if isinstance(default, str):
+            if value not in HEAD_PARAM_CHOICES[name]:
+                raise ValueError(f"{name} is one of {list(HEAD_PARAM_CHOICES[name])}")
+        elif isinstance(value, str | bool) or not value > 0:
+            raise ValueError(f"{name} must be a positive number")
+        elif isinstance(default, int) and (int(value) != value or (name == "folds" and value < 2)):
+            raise ValueError(f"{name} must be an integer" + (" of at least 2" if name == "folds" else ""))
+        elif name in ("val_fraction", "dropout") and value >= 1:
+            raise ValueError(f"{name} must lie in (0, 1)")
+        elif value > HEAD_PARAM_MAX.get(name, value):
+            raise ValueError(f"{name} is at most {HEAD_PARAM_MAX[name]}")
+        out[name] = int(value) if isinstance(default, int) else value
+    return out
+
+
+def head_training_bytes(kind: str, positions: list[int], hidden_size: int, params: dict[str, float | int | str]) -> int:
+    """What a head's training holds for its inputs, in bytes (workers.heads.train.Inputs, float32): each example's
+    features at its positions padded to the longest, and pawn's hidden states (one more row each); a probe keeps one
+    pooled state per example beside one record's states at a time. `positions`: per distinct example, its span's
+    length capped at `max_positions`. The gateway refuses a head above its budget before accepting it."""
+    n, longest = len(positions), max(positions, default=0)
+    if kind == "probe":
+        return 4 * hidden_size * (n + longest)
+    features = len(PAWN_FEATURES) if kind == "pawn" else int(params["topk"]) + 1
+    padded = n * longest * (4 * features + 9)  # float32 features, int64 positions, bool mask
+    if kind == "pawn":
+        padded += 4 * hidden_size * sum(p + 1 for p in positions)
+    return padded

@@ -1,0 +1,269 @@
+"""The jobs workers take from the streams (JSON validated by pydantic, never pickled), and their outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from workers.contract.heads import HEAD_ID_PATTERN
+from workers.contract.names import MAX_JOB_POSITIONS, ProtocolError, RecordId, Retain, TenantName
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int = Field(ge=1)
+    temperature: float = Field(ge=0.0)
+    top_p: float = Field(gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    # vLLM's sampling fields, applied as its sampler does (workers/sampling.py); the defaults change nothing
+    top_k: int = Field(default=0, ge=0, description="0: every token")
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+
+
+class _JobBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+    job_id: str
+    tenant: TenantName
+    model: str
+    fingerprint: str
+    enqueued_at: float = Field(default_factory=time.time)
+    # When the job's answer stops being wanted (Unix time; the request's timeout): a worker does not start a job past
+    # it, and heavy work stops at the slice that passes it. None: no deadline.
+    deadline: float | None = None
+
+
+class ScoreJob(_JobBase):
+    kind: Literal["score"] = "score"
+    record_id: RecordId
+    token_ids: list[int] = Field(min_length=1)
+    n_prompt: int | None = None
+    retain: Retain = "full"
+
+
+class GenerateJob(_JobBase):
+    kind: Literal["generate"] = "generate"
+    prompt_ids: list[int] = Field(min_length=1)
+    sampling: Sampling
+    retain: Retain = "full"
+
+
+class RowsJob(_JobBase):
+    """Rebuild full log-probability rows for positions [start, stop) of a stored record."""
+
+    kind: Literal["rows"] = "rows"
+    record_id: RecordId
+    start: int = Field(ge=1)
+    stop: int = Field(ge=2)
+
+
+class CrossSide(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    record_id: RecordId
+    model: str
+    fingerprint: str
+    positions: list[int] = Field(min_length=1, max_length=MAX_JOB_POSITIONS)
+
+
+class CrossJob(_JobBase):
+    """Statistics that need two full distributions at once (KL, cross-entropy, ranks across models), for
+    aligned positions of two records over the same vocabulary: p from one side, q from the other."""
+
+    kind: Literal["cross"] = "cross"
+    cross_id: str
+    p: CrossSide
+    q: CrossSide
+
+
+def cross_id(p: CrossSide, q: CrossSide) -> str:
+    body = json.dumps([p.record_id, p.positions, q.record_id, q.positions]).encode()
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+class DecodeView(BaseModel):
+    """One view of a contrastive decoding job: a model reading its own prefix, weighted in the combination."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    fingerprint: str
+    prefix_ids: list[int] = Field(min_length=1)
+    weight: float
+    temperature: float = Field(default=1.0, gt=0.0)
+
+
+class Plausibility(BaseModel):
+    """Contrastive decoding's cut: keep tokens whose probability under `view` is >= alpha * its maximum."""
+
+    model_config = ConfigDict(extra="forbid")
+    view: int = Field(ge=0)
+    alpha: float = Field(gt=0.0, le=1.0)
+
+
+class Selective(BaseModel):
+    """USCD's rule (workers/decoding.py): contrast the views only at steps where view 0 is uncertain."""
+
+    model_config = ConfigDict(extra="forbid")
+    measure: Literal["std", "top1", "entropy"]
+    threshold: float = Field(ge=0.0)
+    min_ratio: float = Field(ge=0.0)
+
+
+class ContrastJob(_JobBase):
+    """Sample from log_softmax(sum_i w_i log p_i(y | prefix_i, y_<t)), each view with its own KV cache."""
+
+    kind: Literal["contrast"] = "contrast"
+    views: list[DecodeView] = Field(min_length=1, max_length=16)
+    sampling: Sampling
+    plausibility: Plausibility | None = None
+    selective: Selective | None = None
+    topk: int = Field(default=5, ge=0, le=100)
+    record_view: int = Field(default=0, ge=0)
+    retain: Retain = "full"
+    level: Literal["token", "byte"] = "token"  # byte: steps by bytes (workers/bytelevel/decoding.py)
+    max_states: int = Field(default=8192, ge=2)  # byte level: the bound on each view's cover states
+
+
+class DecodeStep(BaseModel):
+    token: int
+    top_ids: list[int]
+    top_logprobs: list[float]
+    view_logprobs: list[float]
+    view_ranks: list[int]
+    contrasted: bool | None = None  # selective contrast (USCD): whether this step was contrasted
+    logprob: float | None = None  # the chosen id's logprob under the combined distribution
+    text: str | None = None  # byte level: the character this step's byte begins ("" for the others and the end)
+
+
+class HeadExample(BaseModel):
+    """One labelled record of a training set, with the positions [start, stop) its span names."""
+
+    model_config = ConfigDict(extra="forbid")
+    record_id: RecordId
+    label: Literal[0, 1]
+    start: int = Field(ge=1)
+    stop: int = Field(ge=2)
+
+
+class HeadJob(_JobBase):
+    """Train a head on stored records (workers/heads); the worker writes its state and weights under head_key."""
+
+    kind: Literal["train_head"] = "train_head"
+    head_id: Annotated[str, Field(pattern=HEAD_ID_PATTERN)]
+    head_kind: Literal["pawn", "los", "probe"]
+    examples: list[HeadExample] = Field(min_length=2, max_length=100_000)
+    seed: int
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+    target_fpr: float = Field(gt=0.0, lt=1.0)
+
+
+class ReagentParams(BaseModel):
+    """ReAGent's search (Zhao & Shan 2024; defaults of the reference code as packaged in inseq); the gateway's
+    public twin is app.schemas.attribution.ReagentOptions."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_probes: int = Field(default=16, ge=1, le=256)
+    replacing_ratio: float = Field(default=0.3, gt=0.0, lt=1.0)
+    keep_top_n: int = Field(default=5, ge=1, le=1024)
+    stop_top_k: int = Field(default=3, ge=1, le=1024)
+
+
+class AttributionJob(_JobBase):
+    """Importance of each context token for the tokens at `positions` (workers/attribution.py), by forward passes
+    of perturbed contexts of `token_ids`; `replacements[i]` stands in for token i in ReAGent (-1: never replaced).
+    The answer (AttributionResult JSON) is left under attribution_key(job_id)."""
+
+    kind: Literal["attribution"] = "attribution"
+    token_ids: list[int] = Field(min_length=2)
+    positions: list[int] = Field(min_length=1, max_length=256)
+    method: Literal["reagent", "occlusion"]
+    replacements: list[int] = Field(default_factory=list)
+    seed: int = Field(ge=0)
+    max_passes: int = Field(ge=1)
+    reagent: ReagentParams = Field(default_factory=ReagentParams)
+
+
+def occlusion_passes(positions: list[int]) -> int:
+    """Forward passes occlusion needs: the whole context, then each context token left out."""
+    return sum(t + 1 for t in positions)
+
+
+def reagent_min_passes(positions: list[int], params: ReagentParams) -> int:
+    """Forward passes ReAGent needs for one round of every probe on every target (plus the whole contexts)."""
+    return len(positions) * (1 + 2 * params.num_probes)
+
+
+class AttributionTarget(BaseModel):
+    position: int
+    logprob: float  # log p(token at `position` | its whole context), from the same batched forwards
+    importance: list[float]  # one per context token 0 .. position-1
+    passes: int
+    converged: bool | None = None  # ReAGent: some probe met the stopping condition within the budget
+
+
+class AttributionResult(BaseModel):
+    targets: list[AttributionTarget]
+    passes: int
+
+
+class BytesJob(_JobBase):
+    """Byte-level log-probabilities of a text (workers/bytelevel), stored by the worker under bytes_key."""
+
+    kind: Literal["bytes"] = "bytes"
+    record_id: RecordId
+    text: str = Field(min_length=1)
+    mode: Literal["canonical", "all"] = "canonical"
+    max_states: int = Field(ge=2)
+
+
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob
+
+Job = Annotated[AnyJob, Field(discriminator="kind")]
+
+
+class _JobEnvelope(BaseModel):
+    job: Job
+
+
+def encode_job(job: AnyJob) -> dict[str, str]:
+    return {"job": job.model_dump_json()}
+
+
+def decode_job(fields: dict[bytes, bytes] | dict[str, str]) -> AnyJob:
+    """Parse a stream entry; anything but one JSON job of a known kind is a ProtocolError."""
+    raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+    if set(raw) != {"job"}:
+        raise ProtocolError(f"unexpected stream fields {sorted(raw)}")
+    body = raw["job"]
+    try:
+        return _JobEnvelope.model_validate_json(
+            b'{"job":' + (body if isinstance(body, bytes) else body.encode()) + b"}"
+        ).job
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid job: {exc.errors()[:3]}") from exc
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    status: int = 422
+
+
+class JobOutcome(BaseModel):
+    """Written by the worker under job_outcome_key, then announced on DONE_CHANNEL."""
+
+    job_id: str
+    ok: bool
+    record_id: str | None = None
+    error: JobError | None = None
+    completion_ids: list[int] | None = None
+    finish_reason: str | None = None
+    worker: str | None = None

@@ -1,0 +1,130 @@
+"""Redis keys, streams and channels: the job plane, records, models, and tenants' objects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from workers.contract.names import ProtocolError, valid_record_id, valid_tenant
+
+CONSUMER_GROUP = "workers"
+
+# Redis Cluster puts a key in the hash slot of the part of its name in braces (its hash tag). The job plane is one
+# slot: a worker reads all its streams in one XREADGROUP, and settles a job (its outcome, the inflight mark, the
+# ack and delete of its entry) in one transaction. Its entries are small (token ids);
+# records, the bulk of the data, spread over every slot by their own names. Objects a tenant creates share the
+# tenant's slot with the tenant's index of them (tenant_tag).
+JOBS_TAG = "{jobs}"
+
+DONE_CHANNEL = "lp:done"  # published outside transactions (a cluster pipeline refuses PUBLISH); every node relays it
+
+DEAD_LETTER_STREAM = "lp:dead"
+
+SECRET_KEY = "lp:secret"
+
+BULK_LANE = "bulk"  # jobs submitted for batches; workers take interactive jobs first
+
+LANES = ("", BULK_LANE)
+
+
+def jobs_stream(model: str, lane: str = "") -> str:
+    """The stream of a model's jobs in a lane; jobs that need several models use the stream of their group_name.
+
+    Each model has two lanes: requests that a client waits on, and the bulk of batches. A worker reads both and
+    runs the interactive ones first, so one tenant's large batch never queues ahead of another's request."""
+    return f"lp:{JOBS_TAG}:queue:{model}" + (f":{lane}" if lane else "")
+
+
+MAX_GROUP = 3  # workers consume the streams of every group of up to this many of their models
+
+
+def group_name(models: Iterable[str]) -> str:
+    """Workers that host all these models consume the group's stream; a group of one is the model itself."""
+    return "|".join(sorted(set(models)))
+
+
+def tenant_tag(tenant: str) -> str:
+    """The hash tag of a tenant's objects and their indexes (a tenant name never holds braces)."""
+    return "{" + tenant + "}"
+
+
+def cross_key(tenant: str, cross_id: str) -> str:
+    return f"lp:cross:{tenant}:{cross_id}"
+
+
+def job_outcome_key(job_id: str) -> str:
+    return f"lp:{JOBS_TAG}:job:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    """Set by the gateway when a job's client went away; a worker that has not started the job skips it."""
+    return f"lp:{JOBS_TAG}:cancel:{job_id}"
+
+
+def inflight_key(tenant: str, record_id: str) -> str:
+    return f"lp:{JOBS_TAG}:inflight:{tenant}:{record_id}"
+
+
+def record_key(tenant: str, record_id: str) -> str:
+    if not (valid_tenant(tenant) and valid_record_id(record_id)):
+        raise ProtocolError(f"not a tenant and record id: {tenant!r}, {record_id!r}")
+    return f"lp:rec:{tenant}:{record_id}"
+
+
+def card_key(model: str) -> str:
+    return f"lp:card:{model}"
+
+
+def tokenizer_key(fingerprint: str) -> str:
+    return f"lp:tokenizer:{fingerprint}"
+
+
+def alive_key(model: str, worker_id: str) -> str:
+    return f"lp:alive:{model}:{worker_id}"
+
+
+def serving_key(queue: str) -> str:
+    """Refreshed by every live worker of the queue (a model or a group of models) on each heartbeat, expiring soon
+    after the last one stops: one key a waiter reads to learn that no worker is left to answer."""
+    return f"lp:serving:{queue}"
+
+
+def alive_pattern(model: str) -> str:
+    return f"lp:alive:{model}:*"
+
+
+def alive_on_host(client: Any, host: str) -> bool:
+    """Whether a worker of `host` (a container's hostname) has announced a model within its alive TTL."""
+    return next(iter(client.scan_iter(match=alive_key("*", f"{host}-*"), count=1000)), None) is not None
+
+
+def export_key(job_id: str) -> str:
+    return f"lp:export:{job_id}"
+
+
+def steps_key(job_id: str) -> str:
+    """Where a contrastive job leaves its per-step details (JSON list)."""
+    return f"lp:steps:{job_id}"
+
+
+def steps_channel(job_id: str) -> str:
+    """Where a contrastive job publishes each step as it is taken (for streaming)."""
+    return f"lp:stream:{job_id}"
+
+
+def attribution_key(job_id: str) -> str:
+    return f"lp:attribution:{job_id}"
+
+
+def bytes_key(tenant: str, record_id: str) -> str:
+    if not (valid_tenant(tenant) and valid_record_id(record_id)):
+        raise ProtocolError(f"not a tenant and record id: {tenant!r}, {record_id!r}")
+    return f"lp:bytes:{tenant}:{record_id}"
+
+
+def head_key(tenant: str, head_id: str) -> str:
+    return f"lp:head:{tenant_tag(tenant)}:{head_id}"
+
+
+def head_index_key(tenant: str) -> str:
+    return f"lp:head-index:{tenant_tag(tenant)}"
