@@ -44,7 +44,6 @@ from workers.contract.keys import (
 from workers.contract.names import ProtocolError, as_bytes, new_secret
 from workers.handlers.base import Context
 from workers.handlers.registry import handler_for, run_job
-from workers.heads.job import abandon_head
 from workers.in_flight import InFlight, Stepped, stepped_tokens
 from workers.lanes import HeavyTurn, Stopped, Turns, stopped_error
 from workers.lifecycle import arm_children
@@ -294,8 +293,7 @@ class Worker:
             self._settle(stream, entry_id)
             return
         error = JobError(code="job_failed", message=f"the job failed on {deliveries} deliveries", status=500)
-        if isinstance(job, HeadJob):
-            abandon_head(self.redis, job, f"{error.message} (its workers died or lost Redis each time)")
+        self._abandon(job, "training_failed", f"{error.message} (its workers died or lost Redis each time)")
         self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
 
     def _handle_many(self, entries: list[tuple[str, bytes, dict[bytes, bytes]]]) -> None:
@@ -468,8 +466,18 @@ class Worker:
         else:
             return job
         log.info("job %s skipped: %s", job.job_id, error.message)
+        self._abandon(job, error.code, error.message)
         self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=error))
         return None
+
+    def _abandon(self, job: AnyJob, code: str, message: str) -> None:
+        """Tell the job's handler that it is given up without running to its end (e.g. a head then fails)."""
+        abandon = handler_for(job).abandon
+        if abandon is not None:
+            try:
+                abandon(job, self.ctx, code, message)
+            except REDIS_ERRORS:
+                log.warning("job %s: its handler could not record that it was given up", job.job_id)
 
     def _settle(
         self, stream: str, entry_id: bytes, job: AnyJob | None = None, outcome: JobOutcome | None = None

@@ -107,12 +107,13 @@ def test_serve_restarts_what_dies_refuses_a_second_start_and_stops_on_sigterm() 
 
 @pytest.fixture(scope="module")
 def small_budget() -> Iterator[LocalService]:
-    """A service of its own: a head training budget of 1 MiB, and a worker this module kills last."""
+    """A service of its own: a head training budget of 1 MiB and 20 s, and a worker this module kills last."""
     env = {
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
         "LOGPROBE_API_KEYS": json.dumps(KEYS),
         "LOGPROBE_JOB_TIMEOUT_S": "120",
         "LOGPROBE_MAX_HEAD_TRAINING_BYTES": str(1 << 20),
+        "LOGPROBE_MAX_HEAD_TRAINING_S": "20",
     }
     with LocalService(env=env, log_dir=ARTIFACTS / "small-budget") as service:
         yield service
@@ -130,6 +131,19 @@ def test_a_head_over_the_training_budget_is_refused_before_anything_runs(small_b
         assert refused.status_code == 422 and error["code"] == "training_too_large", refused.text
         assert "the limit is 1 MiB" in error["message"] and "12 distinct examples" in error["message"]
         assert client.get("/v1/heads").json()["data"] == []  # nothing stored, no slot taken
+
+
+def test_a_head_past_its_time_budget_stops_and_fails_saying_so(small_budget: LocalService) -> None:
+    with httpx.Client(base_url=small_budget.base_url, headers={"Authorization": "Bearer key-alpha"}) as client:
+        examples = [{"text": f"Timed example {i}.", "label": i % 2} for i in range(10)]
+        slow = {"max_epochs": 1000, "patience": 1000, "width": 1024, "batch_size": 1}  # minutes, alone
+        body = {**head_body(examples), "kind": "los", "name": "timed", "params": slow}
+        created = client.post("/v1/heads", json=body, timeout=60)
+        assert created.status_code == 202, created.text
+        head_id = created.json()["id"]
+        wait_for(lambda: client.get(f"/v1/heads/{head_id}").json()["status"] == "failed")
+        error = client.get(f"/v1/heads/{head_id}").json()["error"]
+        assert error["code"] == "deadline_exceeded" and "max_head_training_s" in error["message"]
 
 
 def test_repeated_examples_are_trained_once(small_budget: LocalService) -> None:

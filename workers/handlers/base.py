@@ -38,12 +38,14 @@ class Context:
 
 @dataclass(frozen=True)
 class Handler:
-    """A job kind's handler: its lane (a function of the job where the kind has two) and how to run one job alone
-    (None for a kind that runs only in the running batch: workers.in_flight)."""
+    """A job kind's handler: its lane (a function of the job where the kind has two), how to run one job alone
+    (None for a kind that runs only in the running batch: workers.in_flight), and what to do when the worker gives
+    a job up without running it to its end (its deadline passed before it started; dead-lettered)."""
 
     kind: str
     lane: Lane | Callable[[AnyJob], Lane]
     run: Callable[[AnyJob, Context], JobOutcome] | None
+    abandon: Callable[[AnyJob, Context, str, str], None] | None = None  # job, context, code, message
 
     def lane_of(self, job: AnyJob) -> Lane:
         return self.lane if isinstance(self.lane, str) else self.lane(job)

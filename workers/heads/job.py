@@ -59,9 +59,10 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
         if stop.reason == "stopping":
             writer.update(status="queued", stage="waiting for a worker (the last one stopped)", progress=0.0)
         else:
-            code = "cancelled" if stop.reason == "cancelled" else "deadline_exceeded"
-            error = HeadError(code=code, message=str(stop))
-            writer.update(status="failed", stage="", error=error, finished_at=time.time())
+            code, message = ("cancelled", str(stop)) if stop.reason == "cancelled" else _out_of_time(job)
+            writer.update(
+                status="failed", stage="", error=HeadError(code=code, message=message), finished_at=time.time()
+            )
         raise
     except (HeadInputError, ValueError) as exc:
         code = exc.code if isinstance(exc, HeadInputError) else "invalid_params"
@@ -90,11 +91,19 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
     return JobOutcome(job_id=job.job_id, ok=True)
 
 
-def abandon_head(client: redis.Redis, job: HeadJob, message: str) -> None:
-    """A training job given up on (dead-lettered after its deliveries): its head fails with the reason instead of
-    staying `training`."""
-    error = HeadError(code="training_failed", message=message)
-    HeadWriter(client, job).update(status="failed", stage="", error=error, finished_at=time.time())
+def _out_of_time(job: HeadJob) -> tuple[str, str]:
+    allowed = (job.deadline or job.enqueued_at) - job.enqueued_at
+    return "deadline_exceeded", f"training ran past its time budget of {allowed:.0f} s (max_head_training_s)"
+
+
+def abandon_head(job: AnyJob, ctx: Context, code: str, message: str) -> None:
+    """A training job given up on (its deadline passed while it waited, or dead-lettered after its deliveries):
+    its head fails with the reason instead of staying `queued` or `training`."""
+    assert isinstance(job, HeadJob)
+    if code == "deadline_exceeded":
+        code, message = _out_of_time(job)
+    error = HeadError(code=code, message=message)
+    HeadWriter(ctx.redis, job).update(status="failed", stage="", error=error, finished_at=time.time())
 
 
 def _failed(job: HeadJob, code: str, message: str, status: int = 422) -> JobOutcome:
@@ -106,4 +115,4 @@ def train_head_job(job: AnyJob, ctx: Context) -> JobOutcome:
     return run_head_job(ctx.redis, job)  # reads records only: no backend, no weights
 
 
-TRAIN_HEAD = Handler("train_head", "heavy", train_head_job)
+TRAIN_HEAD = Handler("train_head", "heavy", train_head_job, abandon_head)
