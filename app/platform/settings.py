@@ -37,6 +37,8 @@ class Settings(CommonSettings):
     max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     # What one head's training may hold for its inputs (contract.heads.head_training_bytes); larger requests 422.
     max_head_training_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    # How long a head may wait and train once submitted: past it the worker stops it and the head fails, saying so.
+    max_head_training_s: float = Field(default=3600.0, gt=0)
     job_timeout_s: float = Field(default=300.0, gt=0)
     max_queue_depth: int = Field(default=256, ge=1)  # per model: beyond it new jobs get 429
     # Per model and gateway process, a tenant's interactive jobs in the queue at once; its others wait their turn

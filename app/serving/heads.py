@@ -298,6 +298,7 @@ async def _prepare(
             seed=state.seed,
             params=state.params,
             target_fpr=body.target_fpr,
+            deadline=time.time() + services.settings.max_head_training_s,
         )
         state = state.model_copy(update={"status": "queued", "stage": "waiting for a worker", "progress": 0.0})
         if await _write_state(services, tenant, state):
