@@ -38,7 +38,7 @@ from workers.lanes import checkpoint
 # Log-probabilities of each sequence's target after its last token, and the target's rank (1 = most likely).
 Scorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
 
-BATCH_TOKENS = 2048  # padded tokens in one forward: one slice of the heavy lane (about a second on 2 CPU cores)
+BATCH_TOKENS = 512  # padded tokens in one forward: one slice of the heavy lane (a fraction of a second on 2 CPU cores)
 BATCH_ROWS = 128  # sequences in one forward (bounds the [rows, V] float64 logits)
 DELTA_EPS = 1e-6  # d/2 + 1/2 is kept inside (0, 1) so its logit is finite
 
