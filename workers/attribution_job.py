@@ -49,4 +49,4 @@ def _check_budget(needed: int, max_passes: int) -> None:
         )
 
 
-ATTRIBUTION = Handler("attribution", "heavy", run_attribution_job)
+ATTRIBUTION = Handler("attribution", run_attribution_job)

@@ -22,14 +22,28 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
-from workers.contract.jobs import AnyJob, ContrastJob, GenerateJob, HeadJob, JobError, JobOutcome, ScoreJob, decode_job
+from workers.contract.jobs import (
+    AnyJob,
+    ContrastJob,
+    GenerateJob,
+    HeadJob,
+    JobError,
+    JobOutcome,
+    ScoreJob,
+    decode_job,
+    job_lane,
+)
 from workers.contract.keys import (
+    BULK_LANE,
     CONSUMER_GROUP,
     DEAD_LETTER_STREAM,
     DONE_CHANNEL,
+    HEAVY_LANE,
     LANES,
     MAX_GROUP,
+    SCORING_LANE,
     SECRET_KEY,
+    STEPPED_LANE,
     alive_key,
     cancel_key,
     card_key,
@@ -82,6 +96,9 @@ class WorkerSettings(CommonSettings):
     # Heavy jobs (head training, attribution, byte-level work, exports, cross-model statistics) running at once, each
     # in a thread of its own taking turns by slices (workers.lanes); more wait, the least served tenant's first.
     worker_heavy_jobs: int = Field(default=4, ge=1, le=64)
+    # Batches' jobs (the bulk lane) taken per read, and only when nothing a client waits on was there: a small round,
+    # so that a request arriving meanwhile waits for little.
+    worker_bulk_jobs: int = Field(default=2, ge=1, le=256)
 
 
 class Worker:
@@ -131,7 +148,8 @@ class Worker:
             for group in itertools.combinations(names, size)
         ]
         # Interactive lanes first: entries are handled in the order they are read.
-        self.streams = {jobs_stream(queue, lane): ">" for lane in LANES for queue in self.queues}
+        self.lane_streams = {lane: [jobs_stream(queue, lane) for queue in self.queues] for lane in LANES}
+        self.streams = {stream: ">" for lane in LANES for stream in self.lane_streams[lane]}  # all of them
 
     # ------------------------------------------------------------ registration
 
@@ -191,13 +209,16 @@ class Worker:
                         last_reclaim = time.monotonic()
                         entries += self._reclaim()
                     room = self.settings.worker_max_sequences - len(self.running) - len(self.waiting)
-                    if room > 0:
-                        count = min(self.settings.worker_batch_jobs, room)
-                        read = self._read(count, None if busy else 1000)  # a running batch only looks for newcomers
-                        if read and not busy:
-                            read += self._gather(len(read), count)
-                            self.last_intake = len(read)
-                        entries += read
+                    count = min(self.settings.worker_batch_jobs, room) if room > 0 else self.settings.worker_batch_jobs
+                    lanes = self._open_lanes(room)
+                    read = self._read(lanes, count, None)  # what a client waits on first, without waiting
+                    if not read:  # then a few of the batches' jobs; an idle worker waits for either
+                        bulk = {**lanes, **{stream: ">" for stream in self.lane_streams[BULK_LANE]}}
+                        read = self._read(bulk, self.settings.worker_bulk_jobs, None if busy else 1000)
+                    if read and not busy:
+                        read += self._gather(lanes, len(read), count)
+                        self.last_intake = len(read)
+                    entries += read
                 elif not busy:  # stopping: heavy jobs end at their next slice
                     self.stopping.wait(0.05)
                 if entries or self.running or self.waiting:
@@ -220,17 +241,30 @@ class Worker:
         self._retire()
         log.info("worker %s stopped", self.id)
 
-    def _read(self, count: int, block_ms: int | None) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+    def _open_lanes(self, room: int) -> dict[str, str]:
+        """The streams to read now: scoring always, stepped jobs while the running batch has room, heavy jobs while
+        a heavy slot is free (so a busy worker takes nothing it cannot start, and another worker can)."""
+        lanes = [SCORING_LANE]
+        if room > 0:
+            lanes.append(STEPPED_LANE)
+        with self.heavy_lock:
+            if len(self.heavy_active) + len(self.heavy_queue) < self.settings.worker_heavy_jobs:
+                lanes.append(HEAVY_LANE)
+        return {stream: ">" for lane in lanes for stream in self.lane_streams[lane]}
+
+    def _read(
+        self, streams: dict[str, str], count: int, block_ms: int | None
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
         read: Any = self.redis.xreadgroup(
             CONSUMER_GROUP,
             self.id,
-            self.streams,  # type: ignore[arg-type]
+            streams,  # type: ignore[arg-type]
             count=count,
             block=block_ms,
         )
         return [(stream.decode(), entry_id, fields) for stream, entries in read or [] for entry_id, fields in entries]
 
-    def _gather(self, have: int, count: int) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+    def _gather(self, streams: dict[str, str], have: int, count: int) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
         """More jobs for an idle worker's batch, when fewer arrived than it took last time: their callers are then
         most likely on their way back (clients that send their next request when an answer comes), and a batch
         started now would leave them a batch of their own after it (under four such clients, batches of 1 and 3
@@ -245,7 +279,7 @@ class Worker:
             wait = min(gap, deadline - time.monotonic())
             if wait <= 0:
                 break
-            more = self._read(count - have - len(out), max(1, round(wait * 1000)))  # block=0 would wait forever
+            more = self._read(streams, count - have - len(out), max(1, round(wait * 1000)))  # block=0: forever
             if not more:
                 break
             out += more
@@ -308,11 +342,11 @@ class Worker:
                 if job is None:
                     continue
                 self._hold(stream, entry_id, job)  # held fresh by the heartbeat until settled
-                lane = handler_for(job).lane_of(job)
-                if lane == "scoring":
+                lane = job_lane(job)
+                if lane == SCORING_LANE:
                     assert isinstance(job, ScoreJob)
                     scores.append((stream, entry_id, job))
-                elif lane == "stepped":
+                elif lane == STEPPED_LANE:
                     assert isinstance(job, GenerateJob | ContrastJob)
                     self.waiting.append((stream, entry_id, job))
                 else:

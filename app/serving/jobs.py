@@ -32,6 +32,7 @@ from workers.contract.jobs import (
     Sampling,
     ScoreJob,
     encode_job,
+    job_lane,
 )
 from workers.contract.keys import (
     BULK_LANE,
@@ -142,7 +143,7 @@ class JobQueue:
         self._groups.add(stream)
 
     async def submit(self, job: AnyJob) -> str:
-        stream = jobs_stream(job.model, BULK_LANE if BULK.get() else "")
+        stream = jobs_stream(job.model, BULK_LANE if BULK.get() else job_lane(job))
         await self._ensure_group(stream)
         # Workers delete finished entries, so the stream's length is the number of waiting and running jobs;
         # the check and the add are one script, so concurrent requests cannot overshoot the limit together.

@@ -20,7 +20,7 @@ from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
 from workers.backends.hf import HFBackend
 from workers.config import ModelSpec
 from workers.contract.jobs import GenerateJob, Sampling, ScoreJob
-from workers.contract.keys import CONSUMER_GROUP, jobs_stream, record_key
+from workers.contract.keys import CONSUMER_GROUP, SCORING_LANE, STEPPED_LANE, jobs_stream, record_key
 from workers.contract.names import record_id
 from workers.contract.records import decode_meta, decode_stats
 from workers.handlers.base import Context
@@ -199,7 +199,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[LocalService]:
 @pytest.mark.parametrize("route", ["/v1/score", "/v1/generate"])
 def test_kill_9_of_a_worker_holding_a_batch_loses_no_job(pair: LocalService, route: str) -> None:
     r = redis.Redis.from_url(pair.redis_url)
-    stream = jobs_stream(MODEL)
+    stream = jobs_stream(MODEL, SCORING_LANE if route == "/v1/score" else STEPPED_LANE)
     victim, survivor = pair.workers
     survivor.send_signal(signal.SIGSTOP)  # the victim takes the jobs
     victim.send_signal(signal.SIGSTOP)

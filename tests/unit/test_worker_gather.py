@@ -16,6 +16,7 @@ from workers.contract.keys import CONSUMER_GROUP
 from workers.runner import Worker, WorkerSettings
 
 STREAM = "test:gather:jobs"
+LANE = {STREAM: ">"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,6 @@ def _worker(client: redis.Redis, gather_ms: float, last_intake: int) -> Worker:
     worker.settings = WorkerSettings(worker_gather_ms=gather_ms)
     worker.redis = client
     worker.id = "gather-test"
-    worker.streams = {STREAM: ">"}
     worker.last_intake = last_intake
     return worker
 
@@ -61,20 +61,20 @@ def test_an_idle_worker_gathers_the_callers_of_its_last_batch(client: redis.Redi
     worker = _worker(client, gather_ms=1000, last_intake=4)
     client.xadd(STREAM, {"n": "1"})
     late = _add_later(client, [0.05, 0.05, 0.05, 0.05])  # four more, each well within the gap after the one before
-    first = worker._read(16, 1000)
-    gathered = worker._gather(len(first), 16)
+    first = worker._read(LANE, 16, 1000)
+    gathered = worker._gather(LANE, len(first), 16)
     late.join()
     assert (len(first), len(gathered)) == (1, 4)  # all that kept coming, not only the last intake's number
-    assert worker._read(16, None) == []
+    assert worker._read(LANE, 16, None) == []
 
 
 def test_the_gather_stops_when_arrivals_stop(client: redis.Redis) -> None:
     worker = _worker(client, gather_ms=200, last_intake=8)
     for _ in range(2):
         client.xadd(STREAM, {"n": "1"})
-    first = worker._read(16, 1000)
+    first = worker._read(LANE, 16, 1000)
     late = _add_later(client, [0.05, 1.5])  # one within the gap, one long after it
-    gathered = worker._gather(len(first), 16)
+    gathered = worker._gather(LANE, len(first), 16)
     late.join()
     assert (len(first), len(gathered)) == (2, 1)
 
@@ -84,7 +84,7 @@ def test_no_gather_after_a_single_job_or_when_turned_off(client: redis.Redis) ->
         worker = _worker(client, gather_ms=gather_ms, last_intake=last_intake)
         client.xadd(STREAM, {"n": "1"})
         late = _add_later(client, [0.05])
-        first = worker._read(16, 1000)
-        assert (len(first), len(worker._gather(len(first), 16))) == (1, 0)
+        first = worker._read(LANE, 16, 1000)
+        assert (len(first), len(worker._gather(LANE, len(first), 16))) == (1, 0)
         late.join()
-        assert len(worker._read(16, None)) == 1
+        assert len(worker._read(LANE, 16, None)) == 1

@@ -47,6 +47,7 @@ from typing import Literal
 import numpy as np
 
 from workers.bytelevel.vocab import ByteVocab
+from workers.lanes import checkpoint
 
 Mode = Literal["canonical", "all"]
 MODES = ("canonical", "all")
@@ -218,6 +219,7 @@ def byte_distributions(plan: CoverPlan, vocab: ByteVocab, rows: RowsFn, chunk: i
     mass = np.zeros((n, 256))
     scale = np.full(n, -np.inf)  # mass[m] is held as exp(-scale[m]) * U_m: states far down would underflow
     for lo in range(0, plan.size, chunk):
+        checkpoint()  # a slice: one chunk of nodes' distributions
         nodes = np.arange(lo, min(plan.size, lo + chunk))
         raw = rows(nodes)
         block = np.exp(raw[:, vocab.order])  # probabilities, the tokens sorted by their bytes

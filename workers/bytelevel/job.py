@@ -113,4 +113,4 @@ def bytes_job(job: AnyJob, ctx: Context) -> JobOutcome:
     return run_bytes_job(ctx.redis, ctx.engines.backend_for(job.model, job.fingerprint), job, ctx.records.record_ttl_s)
 
 
-BYTES = Handler("bytes", "heavy", bytes_job)
+BYTES = Handler("bytes", bytes_job)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workers.contract.heads import HEAD_ID_PATTERN
+from workers.contract.keys import HEAVY_LANE, SCORING_LANE, STEPPED_LANE
 from workers.contract.names import MAX_JOB_POSITIONS, ProtocolError, RecordId, Retain, TenantName
 
 
@@ -225,6 +226,16 @@ class BytesJob(_JobBase):
 
 
 AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob
+
+
+def job_lane(job: AnyJob) -> str:
+    """The lane (workers.contract.keys.LANES) a job waits in and runs in, unless it is a batch's (BULK_LANE)."""
+    if isinstance(job, ScoreJob):
+        return SCORING_LANE
+    if isinstance(job, GenerateJob) or (isinstance(job, ContrastJob) and job.level == "token"):
+        return STEPPED_LANE
+    return HEAVY_LANE
+
 
 Job = Annotated[AnyJob, Field(discriminator="kind")]
 

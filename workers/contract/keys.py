@@ -22,16 +22,21 @@ DEAD_LETTER_STREAM = "lp:dead"
 
 SECRET_KEY = "lp:secret"
 
-BULK_LANE = "bulk"  # jobs submitted for batches; workers take interactive jobs first
-
-LANES = ("", BULK_LANE)
+# A model's jobs wait in one stream per lane: scoring (read whenever a worker reads), stepped (generations and
+# token-level decodings: read while the running batch has room), heavy (read while the worker can start one), and
+# bulk (batches' jobs: read a few at a time, only when nothing a client waits on is there). So a score never queues
+# behind another tenant's generations or heavy jobs in a stream, and a busy worker hoards nothing it cannot start.
+SCORING_LANE = ""
+STEPPED_LANE = "stepped"
+HEAVY_LANE = "heavy"
+BULK_LANE = "bulk"
+LANES = (SCORING_LANE, STEPPED_LANE, HEAVY_LANE, BULK_LANE)
 
 
 def jobs_stream(model: str, lane: str = "") -> str:
     """The stream of a model's jobs in a lane; jobs that need several models use the stream of their group_name.
 
-    Each model has two lanes: requests that a client waits on, and the bulk of batches. A worker reads both and
-    runs the interactive ones first, so one tenant's large batch never queues ahead of another's request."""
+    See LANES: the lanes of work a client waits on, and the bulk of batches."""
     return f"lp:{JOBS_TAG}:queue:{model}" + (f":{lane}" if lane else "")
 
 

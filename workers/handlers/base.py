@@ -1,16 +1,14 @@
 """What a job handler is, and what it is given: the engines, a record writer and Redis (for the answers it leaves
-there). A handler never calls back into the worker; the worker picks the lane from the handler:
-
-- "scoring": scoring jobs, read together and scored in shared forwards (or the pooling engine's running batch);
-- "stepped": generations and token-level decodings, joining the running batch step by step;
-- "heavy": everything else, in a thread of its own taking turns by slices (workers.lanes).
+there). A handler never calls back into the worker. How the worker runs a job follows its lane
+(workers.contract.jobs.job_lane): scoring jobs read together share forwards (or the pooling engine's running batch),
+stepped ones (generations, token-level decodings) join the running batch, heavy ones run in a thread of their own
+taking turns by slices (workers.lanes); the handler's `run` is how one job runs alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from redis import Redis
 
@@ -19,8 +17,6 @@ from workers.contract.jobs import AnyJob, JobOutcome
 from workers.engines import Engines
 from workers.outcomes import JobFailed, refused
 from workers.record_store import RecordWriter
-
-Lane = Literal["scoring", "stepped", "heavy"]
 
 
 @dataclass
@@ -38,17 +34,13 @@ class Context:
 
 @dataclass(frozen=True)
 class Handler:
-    """A job kind's handler: its lane (a function of the job where the kind has two), how to run one job alone
-    (None for a kind that runs only in the running batch: workers.in_flight), and what to do when the worker gives
-    a job up without running it to its end (its deadline passed before it started; dead-lettered)."""
+    """A job kind's handler: how to run one job alone (None for a kind that runs only in the running batch:
+    workers.in_flight), and what to do when the worker gives a job up without running it to its end (its deadline
+    passed before it started; dead-lettered)."""
 
     kind: str
-    lane: Lane | Callable[[AnyJob], Lane]
     run: Callable[[AnyJob, Context], JobOutcome] | None
     abandon: Callable[[AnyJob, Context, str, str], None] | None = None  # job, context, code, message
-
-    def lane_of(self, job: AnyJob) -> Lane:
-        return self.lane if isinstance(self.lane, str) else self.lane(job)
 
 
 def answered(run: Callable[[AnyJob, Context], JobOutcome], job: AnyJob, ctx: Context) -> JobOutcome:

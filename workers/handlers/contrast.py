@@ -14,7 +14,7 @@ from workers.contract.jobs import AnyJob, ContrastJob, DecodeStep, JobOutcome, S
 from workers.contract.keys import steps_channel, steps_key
 from workers.decoding import Decoded, View, decode
 from workers.engines import check_ids, completion_budget
-from workers.handlers.base import Context, Handler, Lane
+from workers.handlers.base import Context, Handler
 from workers.handlers.generate import completed
 from workers.outcomes import JobFailed
 
@@ -101,9 +101,4 @@ def byte_contrast(job: ContrastJob, ctx: Context) -> JobOutcome:
     return completed(job, rid, Decoded(decoded.completion, decoded.finish_reason, decoded.steps))
 
 
-def _lane(job: AnyJob) -> Lane:
-    assert isinstance(job, ContrastJob)
-    return "stepped" if job.level == "token" else "heavy"
-
-
-CONTRAST = Handler("contrast", _lane, contrast_alone)
+CONTRAST = Handler("contrast", contrast_alone)

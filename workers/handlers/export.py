@@ -56,5 +56,5 @@ def cross(job: AnyJob, ctx: Context) -> JobOutcome:
     return JobOutcome(job_id=job.job_id, ok=True)
 
 
-ROWS = Handler("rows", "heavy", export_rows)
-CROSS = Handler("cross", "heavy", cross)
+ROWS = Handler("rows", export_rows)
+CROSS = Handler("cross", cross)

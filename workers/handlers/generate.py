@@ -43,4 +43,4 @@ def completed(job: GenerateJob | ContrastJob, rid: str, decoded: Decoded) -> Job
     )
 
 
-GENERATE = Handler("generate", "stepped", None)
+GENERATE = Handler("generate", None)

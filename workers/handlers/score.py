@@ -111,4 +111,4 @@ def _batches(order: list[int], jobs: list[ScoreJob]) -> list[list[int]]:
     return groups
 
 
-SCORE = Handler("score", "scoring", score_one)
+SCORE = Handler("score", score_one)

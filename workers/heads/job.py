@@ -115,4 +115,4 @@ def train_head_job(job: AnyJob, ctx: Context) -> JobOutcome:
     return run_head_job(ctx.redis, job)  # reads records only: no backend, no weights
 
 
-TRAIN_HEAD = Handler("train_head", "heavy", train_head_job, abandon_head)
+TRAIN_HEAD = Handler("train_head", train_head_job, abandon_head)
