@@ -11,7 +11,7 @@ Rows (A's load, started before B's requests and kept up while they run):
 
 Goal (issue #29): B's p95 within 2x its alone p95 + 0.5 s in every row; A's attribution at most 1.3x slower beside B.
 
-Usage: python -m bench.noisy_neighbour [--requests 20]
+Usage: python -m bench.noisy_neighbour [--requests 20] [--only byte-level batch …]
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 ("A's 64 concurrent generations", lambda: generations(a)),
             ]
             for name, load in loads:
+                if args.only and not any(word in name for word in args.only):
+                    continue
                 async with in_background(load):
                     rows.append((name, await b_latencies(b, args.requests)))
                 await asyncio.sleep(2)  # what A left settles
@@ -155,6 +157,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 p50, p95 = statistics.median(values), percentile(values, 0.95)
                 print(f"{name:42s} {p50:7.2f} {p95:7.2f} {p95 / alone_p95:9.2f}x {'met' if p95 <= goal else 'NOT':>5s}")
 
+            if args.only:
+                return
             started = time.perf_counter()
             await attribution(a, 150)
             alone = time.perf_counter() - started
@@ -174,6 +178,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--only", nargs="*", default=[], help="rows whose name holds one of these words (and alone)")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -148,6 +148,9 @@ def check_spelled(vocab: ByteVocab, ids: list[int], text: bytes) -> None:
         )
 
 
+PREFIXES_PER_SLICE = 256
+
+
 def char_starts(text: bytes) -> list[int]:
     """Byte offsets where a UTF-8 character starts (continuation bytes are 0b10xxxxxx)."""
     return [i for i, b in enumerate(text) if b & 0xC0 != 0x80]
@@ -165,7 +168,10 @@ def canonical_plan(
     starts = char_starts(text)
     ends = [*starts, len(text)]  # the whole text's encoding too: its token-prefixes are states
     prefixes = [text[:i].decode("utf-8") for i in ends]
-    encodings = encode_batch(prefixes)
+    encodings: list[list[int]] = []
+    for lo in range(0, len(prefixes), PREFIXES_PER_SLICE):
+        checkpoint()  # a slice: one group of the prefixes' encodings (all of them are O(bytes²) to tokenize)
+        encodings += encode_batch(prefixes[lo : lo + PREFIXES_PER_SLICE])
     check_spelled(vocab, encodings[-1], text)
     for i, ids in zip(ends, encodings, strict=True):
         trie.insert(ids, vocab)
