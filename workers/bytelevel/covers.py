@@ -212,7 +212,7 @@ class ByteLevel:
     states: int
 
 
-def byte_distributions(plan: CoverPlan, vocab: ByteVocab, rows: RowsFn, chunk: int = 64) -> ByteLevel:
+def byte_distributions(plan: CoverPlan, vocab: ByteVocab, rows: RowsFn, chunk: int = 32) -> ByteLevel:
     """Every byte's exact conditional distribution over the plan's covers (the module's U_m), in float64.
 
     `rows(nodes)` gives the model's next-token log-probabilities after each node's token sequence."""

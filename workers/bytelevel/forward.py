@@ -56,7 +56,7 @@ def prepared_masks(model: Any, mask: torch.Tensor, query_positions: torch.Tensor
 
 
 @torch.inference_mode()
-def tree_hidden(model: Any, plan: CoverPlan, chunk: int = 256) -> torch.Tensor:
+def tree_hidden(model: Any, plan: CoverPlan, chunk: int = 128) -> torch.Tensor:
     """Final hidden states [N, d] of every node of the plan, from the model's decoder: one forward, or for large
     plans one forward per `chunk` nodes through a cache of full (never windowed) layers, so that attention
     memory stays chunk x N."""
