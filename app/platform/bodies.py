@@ -4,6 +4,7 @@
   Redis and JSON answers cannot encode it. 422 `invalid_text`, `param` the path of the string (or key).
 - NaN and ±Infinity (Python's JSON reader takes them, strict JSON has no such numbers): 422 `invalid_request`,
   "must be a finite number", whatever bound the field has.
+- JSON nested deeper than Python's reader can follow (`[` x 100,000 …): 400 `malformed_json`, saying so.
 
 A byte scan finds bodies that may hold either (an escape of a surrogate, or the words NaN / Infinity); only those
 are parsed here, and only the ones that really hold one are walked for its path.
@@ -68,10 +69,11 @@ def body_problem(body: bytes) -> Problem | None:
     if not SUSPECT.search(body):
         return None
     try:
-        value = json.loads(body)
+        return first_problem(json.loads(body))
     except ValueError:
         return None  # the route answers malformed_json
-    return first_problem(value)
+    except RecursionError:
+        return Problem((), "the JSON body nests arrays or objects too deeply to read", "malformed_json")
 
 
 class JsonBodyCheck:
@@ -94,6 +96,7 @@ class JsonBodyCheck:
         body = b"".join(chunks)
         problem = body_problem(body)
         if problem is not None:
-            await error_response(422, problem.code, problem.text(), problem.param)(scope, receive, send)
+            status = 400 if problem.code == "malformed_json" else 422
+            await error_response(status, problem.code, problem.text(), problem.param)(scope, receive, send)
             return
         await self.app(scope, replay_body(body, receive), send)

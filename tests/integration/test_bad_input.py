@@ -108,6 +108,14 @@ def test_non_finite_numbers_are_refused_by_name(alpha: httpx.Client, path: str, 
     assert (error["param"], error["message"]) == (param, f"{param}: must be a finite number")
 
 
+def test_a_body_nested_too_deeply_is_malformed_json_and_the_service_lives_on(alpha: httpx.Client) -> None:
+    raw = b"[" * 100_000 + b'"NaN"'  # was a 500: RecursionError escaped the body check
+    response = alpha.post("/v1/score", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_json"
+    assert "too deeply" in response.json()["error"]["message"]
+    assert alpha.post("/v1/score", json={"model": MODEL, "text": "Still here."}).status_code == 200
+
+
 def test_a_bad_span_names_the_span_once(alpha: httpx.Client) -> None:
     response = alpha.post("/v1/analysis/uncertainty", json={"model": MODEL, "text": "x", "span": "bogus"})
     assert response.status_code == 422

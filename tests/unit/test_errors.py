@@ -142,6 +142,11 @@ def test_body_check_lets_good_bodies_through(body: bytes) -> None:
     assert body_problem(body) is None
 
 
+def test_a_body_nested_too_deeply_is_malformed_json_not_a_crash() -> None:
+    problem = body_problem(b"[" * 100_000 + b'"NaN"')  # the byte scan sends it to the reader, which recurses
+    assert problem is not None and problem.code == "malformed_json" and "too deeply" in problem.text()
+
+
 def test_error_types_are_client_errors_for_4xx() -> None:
     assert error_type(405) == error_type(422) == error_type(499) == "invalid_request_error"
     assert error_type(404) == "not_found_error" and error_type(401) == "authentication_error"
