@@ -62,7 +62,8 @@ def job_outcome_key(job_id: str) -> str:
 
 
 def cancel_key(job_id: str) -> str:
-    """Set by the gateway when a job's client went away; a worker that has not started the job skips it."""
+    """Set by the gateway when a job's client went away or its wait timed out (504): a worker that has not started
+    the job skips it, and heavy work stops at its next slice."""
     return f"lp:{JOBS_TAG}:cancel:{job_id}"
 
 
