@@ -59,7 +59,7 @@ from workers.contract.names import ProtocolError, as_bytes, new_secret
 from workers.handlers.base import Context
 from workers.handlers.registry import handler_for, run_job
 from workers.in_flight import InFlight, Stepped, stepped_tokens
-from workers.lanes import HeavyTurn, Stopped, Turns, stopped_error
+from workers.lanes import CANCEL_CHECK_S, HeavyTurn, Stopped, Turns, stopped_error
 from workers.lifecycle import arm_children
 from workers.outcomes import REDIS_LOST, worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
@@ -198,7 +198,7 @@ class Worker:
         self._announce()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         log.info("worker %s serving %s", self.id, sorted(self.backends))
-        last_reclaim = 0.0
+        last_reclaim = last_cancel_check = 0.0
         backoff = 0.5
         while not self.stopping.is_set() or self.running or self.waiting or self.heavy_active:
             try:
@@ -224,6 +224,9 @@ class Worker:
                 if entries or self.running or self.waiting:
                     with self.turns.interactive():  # heavy jobs' slices wait meanwhile
                         self._handle_many(entries)
+                        if time.monotonic() - last_cancel_check > CANCEL_CHECK_S:
+                            last_cancel_check = time.monotonic()
+                            self._stop_left()
                         if self.running or self.waiting:
                             self._advance()
                 backoff = 0.5
@@ -425,6 +428,36 @@ class Worker:
             pipe.exists(head_key(job.tenant, job.head_id))
         cancelled, *alive = pipe.execute()
         return bool(cancelled) or (bool(alive) and not alive[0])
+
+    def _stop_left(self) -> None:
+        """Generations, decodings and engine scorings whose clients left (the gateway set their cancel keys: a cut
+        stream, a 504) or whose deadlines passed: those waiting are answered at once, those running leave their
+        batches between two steps, the others going on."""
+        jobs = [*(job for _, _, job in self.waiting), *self.in_flight.jobs.values()]
+        if not jobs:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.exists(cancel_key(job.job_id))
+        now = time.time()
+        stops: dict[str, JobError] = {}
+        for job, cancelled in zip(jobs, pipe.execute(), strict=True):
+            if cancelled:
+                stops[job.job_id] = stopped_error("cancelled", "the client went away; the job stopped")
+            elif job.deadline is not None and now > job.deadline:
+                stops[job.job_id] = stopped_error("deadline", "the job's deadline passed; it stopped")
+        if not stops:
+            return
+        waiting = []
+        for stream, entry_id, job in self.waiting:
+            if job.job_id in stops:
+                self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=stops[job.job_id]))
+            else:
+                waiting.append((stream, entry_id, job))
+        self.waiting = waiting
+        for job, outcome in self.in_flight.cancel(stops):
+            self._finish(job, outcome)
+        log.info("jobs stopped between steps: %s", {key: error.code for key, error in stops.items()})
 
     def _hold(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
         with self.held_lock:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 
+import anyio
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
@@ -207,7 +208,8 @@ class JobQueue:
         finally:
             if not waiter.done() or waiter.exception() is not None:  # cut (its client left), failed or timed out
                 waiter.cancel()  # the worker stops the job
-                with contextlib.suppress(*TRANSIENT):
+                # shielded: a response cut by its client is cancelled at every await of its task (anyio's scopes)
+                with anyio.CancelScope(shield=True), contextlib.suppress(*TRANSIENT):
                     await self._cancel(job.job_id, job)
 
     async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
