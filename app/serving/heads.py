@@ -15,6 +15,7 @@ from typing import Any
 
 from app.analysis import REGISTRY
 from app.platform.errors import ApiError
+from app.platform.limits import charge
 from app.schemas.heads import Head, HeadExampleIn, HeadRequest
 from app.serving import quotas
 from app.serving.analyses import span_positions
@@ -188,6 +189,8 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
     codec = await services.catalog.codec(card)
     tokenized = await asyncio.to_thread(_tokenized, body, given, codec, services.settings.max_positions)
     _check_budget(body, card, params, given, tokenized, services.settings.max_head_training_bytes)
+    # the texts its preparation scores count against the tenant's token budget now, before anything is accepted
+    await charge(services.redis, tenant, "tokens", sum(map(len, tokenized.values())), services.settings.rate_limit_tpm)
     index = head_index_key(tenant)
     await quotas.check_room(services.redis, index, MAX_HEADS_PER_TENANT, "heads", lambda h: head_key(tenant, h))
     to_score = len(body.examples) - len(given)
@@ -342,7 +345,7 @@ async def _score_texts(
             try:
                 # pawn and probe heads read hidden states: their texts are scored with full rows
                 retain: Retain | None = None if body.kind == "los" else "full"
-                meta, _, _ = await scored_record(services, tenant, card, tokenized[i], retain)
+                meta, _, _ = await scored_record(services, tenant, card, tokenized[i], retain, charged=True)
             except ApiError as exc:
                 raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
         done += 1

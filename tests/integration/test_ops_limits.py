@@ -30,6 +30,7 @@ KEYS = {
     "key-delta": "delta",
     "key-epsilon": "epsilon",
     "key-zeta": "zeta",
+    "key-eta": "eta",
 }
 TTL_S = 3600
 SHARE = 3  # a tenant's jobs in the queue at once; the worker runs at most SHARE sequences at once too
@@ -232,3 +233,21 @@ def test_one_tenants_flood_of_requests_does_not_queue_ahead_of_anothers_request(
     # Behind at most SHARE of the flood's jobs in the queue (and beside SHARE in the worker); in one shared queue
     # it would have come after all 30.
     assert done_then <= 4 * SHARE
+
+
+def test_a_heads_examples_are_charged_to_the_token_budget_before_it_is_accepted(limited: LocalService) -> None:
+    """The texts a head's preparation would score count against the tokens per minute when it is asked for: more
+    than a whole minute's budget is refused at once, and no head is made."""
+    with client(limited, "key-eta") as eta:
+        salt = uuid.uuid4().hex
+        long = [
+            {"text": f"Example {i} ({salt}): " + "a fairly long sentence about nothing much at all. " * 6, "label": i % 2}
+            for i in range(10)
+        ]  # ~10 x 70 tokens: over TPM
+        short = [{"text": f"Short {i} ({salt}).", "label": i % 2} for i in range(10)]  # ~10 x 20 tokens
+        refused = eta.post("/v1/heads", json={"model": MODEL, "name": "big", "kind": "los", "examples": long})
+        assert refused.json()["error"]["code"] == "tokens_over_budget", refused.text
+        assert refused.status_code in (413, 422) and "Retry-After" not in refused.headers
+        assert eta.get("/v1/heads").json()["data"] == []
+        few = eta.post("/v1/heads", json={"model": MODEL, "name": "small", "kind": "los", "examples": short})
+        assert few.status_code == 202, few.text
