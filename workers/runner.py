@@ -26,7 +26,6 @@ from workers.contract.jobs import (
     AnyJob,
     ContrastJob,
     GenerateJob,
-    HeadJob,
     JobError,
     JobOutcome,
     ScoreJob,
@@ -48,7 +47,6 @@ from workers.contract.keys import (
     cancel_key,
     card_key,
     group_name,
-    head_key,
     inflight_key,
     job_outcome_key,
     jobs_stream,
@@ -421,13 +419,12 @@ class Worker:
         self._start_heavy([])
 
     def _cancelled(self, job: AnyJob) -> bool:
-        """Whether the job's client cancelled it (a 504, a client gone), or, for a head, the head was deleted."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(cancel_key(job.job_id))
-        if isinstance(job, HeadJob):
-            pipe.exists(head_key(job.tenant, job.head_id))
-        cancelled, *alive = pipe.execute()
-        return bool(cancelled) or (bool(alive) and not alive[0])
+        """Whether the job's client cancelled it (a 504, a client gone), or what it works for is gone (its
+        handler says: a deleted head)."""
+        if self.redis.exists(cancel_key(job.job_id)):
+            return True
+        gone = handler_for(job).gone
+        return gone is not None and gone(job, self.redis)
 
     def _stop_left(self) -> None:
         """Generations, decodings and engine scorings whose clients left (the gateway set their cancel keys: a cut
