@@ -144,6 +144,10 @@ class JobQueue:
         self._groups.add(stream)
 
     async def submit(self, job: AnyJob) -> str:
+        """Add the job to its lane's stream, if that has room. A job without a deadline of its own gets the wait's:
+        past it no one waits for its answer, so a worker neither starts it nor goes on with it."""
+        if job.deadline is None:
+            job.deadline = time.time() + self.timeout_s
         stream = jobs_stream(job.model, BULK_LANE if BULK.get() else job_lane(job))
         await self._ensure_group(stream)
         # Workers delete finished entries, so the stream's length is the number of waiting and running jobs;
@@ -171,7 +175,6 @@ class JobQueue:
                         return outcome
                     await self.redis.set(key, job.job_id, ex=int(self.timeout_s) + 60)  # its client left: run ours
         started = time.perf_counter()
-        job.deadline = time.time() + self.timeout_s  # past it no one waits: the worker neither starts nor goes on
         async with self._turn(job):
             await self.submit(job)
             outcome = await self.wait(job.job_id, resubmit=job)
@@ -194,7 +197,6 @@ class JobQueue:
         return self.share.turn(job.tenant, job.model)
 
     async def _relay(self, pubsub: PubSub, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
-        job.deadline = time.time() + self.timeout_s
         await self.submit(job)
         waiter = asyncio.create_task(self.wait(job.job_id))
         try:
