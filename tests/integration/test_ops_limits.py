@@ -241,7 +241,7 @@ def test_a_heads_examples_are_charged_to_the_token_budget_before_it_is_accepted(
     with client(limited, "key-eta") as eta:
         salt = uuid.uuid4().hex
         long = [
-            {"text": f"Example {i} ({salt}): " + "a fairly long sentence about nothing much at all. " * 6, "label": i % 2}
+            {"text": f"Example {i} ({salt}): " + "a long sentence about nothing much at all. " * 6, "label": i % 2}
             for i in range(10)
         ]  # ~10 x 70 tokens: over TPM
         short = [{"text": f"Short {i} ({salt}).", "label": i % 2} for i in range(10)]  # ~10 x 20 tokens

@@ -159,11 +159,14 @@ def test_generations_joining_the_running_engine_sample_what_each_samples_alone(v
     assert len(pool) == 0
 
 
-def test_a_generation_that_leaves_the_running_engine_is_aborted_and_the_others_go_on(vllm_fp32: Any, hf: HFBackend) -> None:
+def test_a_generation_that_leaves_the_running_engine_is_aborted(vllm_fp32: Any, hf: HFBackend) -> None:
     """A client gone: its request is aborted in the engine between two steps; the others sample what they sample
     alone, and nothing of it comes back."""
     prompts = [hf.encode(PROMPT), hf.encode("Once upon a time")]
-    samplings = [Sampling(max_tokens=16, temperature=0.0, top_p=1.0), Sampling(max_tokens=200, temperature=0.0, top_p=1.0)]
+    samplings = [
+        Sampling(max_tokens=16, temperature=0.0, top_p=1.0),
+        Sampling(max_tokens=200, temperature=0.0, top_p=1.0),
+    ]
     eos = vllm_fp32.card.eos_token_ids
     alone = vllm_fp32.sample(prompts[0], samplings[0], eos)
     pool = vllm_fp32.generations()
