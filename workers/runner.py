@@ -206,17 +206,7 @@ class Worker:
                     if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
                         last_reclaim = time.monotonic()
                         entries += self._reclaim()
-                    room = self.settings.worker_max_sequences - len(self.running) - len(self.waiting)
-                    count = min(self.settings.worker_batch_jobs, room) if room > 0 else self.settings.worker_batch_jobs
-                    lanes = self._open_lanes(room)
-                    read = self._read(lanes, count, None)  # what a client waits on first, without waiting
-                    if not read:  # then a few of the batches' jobs; an idle worker waits for either
-                        bulk = {**lanes, **{stream: ">" for stream in self.lane_streams[BULK_LANE]}}
-                        read = self._read(bulk, self.settings.worker_bulk_jobs, None if busy else 1000)
-                    if read and not busy:
-                        read += self._gather(lanes, len(read), count)
-                        self.last_intake = len(read)
-                    entries += read
+                    entries += self._intake(busy)
                 elif not busy:  # stopping: heavy jobs end at their next slice
                     self.stopping.wait(0.05)
                 if entries or self.running or self.waiting:
@@ -242,15 +232,33 @@ class Worker:
         self._retire()
         log.info("worker %s stopped", self.id)
 
-    def _open_lanes(self, room: int) -> dict[str, str]:
-        """The streams to read now: scoring always, stepped jobs while the running batch has room, heavy jobs while
-        a heavy slot is free (so a busy worker takes nothing it cannot start, and another worker can)."""
-        lanes = [SCORING_LANE]
-        if room > 0:
-            lanes.append(STEPPED_LANE)
+    def _intake(self, busy: bool) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """The entries to take now: what a client waits on first, without waiting (scoring always, stepped jobs while
+        the running batch has room, heavy jobs as many as heavy slots are free: a busy worker takes nothing it
+        cannot start, and another worker can); when there was none, a few of the batches' jobs, an idle worker
+        waiting up to a second for either."""
+        room = self.settings.worker_max_sequences - len(self.running) - len(self.waiting)
+        count = min(self.settings.worker_batch_jobs, room) if room > 0 else self.settings.worker_batch_jobs
+        lanes = self._lane_streams(SCORING_LANE, *([STEPPED_LANE] if room > 0 else []))
         with self.heavy_lock:
-            if len(self.heavy_active) + len(self.heavy_queue) < self.settings.worker_heavy_jobs:
-                lanes.append(HEAVY_LANE)
+            heavy_room = self.settings.worker_heavy_jobs - len(self.heavy_active) - len(self.heavy_queue)
+        heavy = self._lane_streams(HEAVY_LANE) if heavy_room > 0 else {}
+        read = self._read(lanes, count, None)
+        for stream in heavy:  # COUNT is per stream: one at a time, so that the heavy slots bound the whole
+            if heavy_room > 0:
+                taken = self._read({stream: ">"}, heavy_room, None)
+                heavy_room -= len(taken)
+                read += taken
+        if not read:
+            waits = heavy if heavy_room >= self.settings.worker_bulk_jobs else {}  # COUNT below is per stream
+            bulk = {**lanes, **waits, **self._lane_streams(BULK_LANE)}
+            read = self._read(bulk, self.settings.worker_bulk_jobs, None if busy else 1000)
+        if read and not busy:
+            read += self._gather(lanes, len(read), count)
+            self.last_intake = len(read)
+        return read
+
+    def _lane_streams(self, *lanes: str) -> dict[str, str]:
         return {stream: ">" for lane in lanes for stream in self.lane_streams[lane]}
 
     def _read(
