@@ -28,8 +28,11 @@ from app.api import (
 )
 from app.batches.runner import BatchRunner
 from app.platform import logs
+from app.platform.auth import KeyRing
 from app.platform.bodies import JsonBodyCheck
+from app.platform.body_deadline import BodyDeadline
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
+from app.platform.key_gate import KeyGate
 from app.platform.leases import LeasedWork
 from app.platform.limits import BodyLimit, InflightLimit
 from app.platform.observe import Observe
@@ -87,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         busy_limit=settings.max_busy,
         caller_limit=settings.max_inflight_per_key,
     )
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_read_timeout_s)  # a body that never ends: 408
+    app.add_middleware(KeyGate, keys=KeyRing(settings.api_keys), router=app.router)  # no key: 401, no place held
 
     app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
 
