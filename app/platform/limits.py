@@ -121,11 +121,18 @@ def parked() -> Iterator[None]:
 
 
 def parked_receive(receive: Receive) -> Receive:
-    """A `receive` that counts as parked while it waits: a body still arriving costs this process nothing."""
+    """A `receive` that counts as parked while it waits for the body: a body still arriving costs this process
+    nothing. (Once the body is whole, waits for a disconnect pass through as they are.)"""
+    whole = False
 
     async def wait() -> Message:
-        with parked():
+        nonlocal whole
+        if whole:
             return await receive()
+        with parked():
+            message = await receive()
+        whole = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
 
     return wait
 
