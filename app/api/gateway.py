@@ -29,8 +29,11 @@ from app.api import (
 )
 from app.batches.runner import BatchRunner
 from app.platform import logs
+from app.platform.auth import KeyRing
 from app.platform.bodies import JsonBodyCheck
+from app.platform.body_deadline import BodyDeadline
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
+from app.platform.key_gate import KeyGate, public_routes
 from app.platform.leases import LeasedWork
 from app.platform.limits import BodyLimit, InflightLimit
 from app.platform.observe import Observe
@@ -41,6 +44,28 @@ from app.serving.jobs import client_gone
 from app.serving.services import Services
 
 log = logging.getLogger("app")
+ROUTERS = [
+    module.router
+    for module in (
+        health,
+        models,
+        score,
+        byte_level,
+        generate,
+        records,
+        analysis,
+        attribution,
+        lens,
+        calibrations,
+        heads,
+        frequency_tables,
+        decode,
+        openai_compat,
+        tokenizer,
+        batches,
+        web,
+    )
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,27 +113,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         busy_limit=settings.max_busy,
         caller_limit=settings.max_inflight_per_key,
     )
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_read_timeout_s)  # a body that never ends: 408
+    routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
+    app.add_middleware(KeyGate, keys=KeyRing(settings.api_keys), public=public_routes(routes))  # no key: 401 here
 
     app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
 
-    for module in (
-        health,
-        models,
-        score,
-        byte_level,
-        generate,
-        records,
-        analysis,
-        attribution,
-        lens,
-        calibrations,
-        heads,
-        frequency_tables,
-        decode,
-        openai_compat,
-        tokenizer,
-        batches,
-        web,
-    ):
-        app.include_router(module.router, responses=ERROR_RESPONSES)
+    for router in ROUTERS:
+        app.include_router(router, responses=ERROR_RESPONSES)
     return app

@@ -39,6 +39,7 @@ def serve(
     from app.api.gateway import create_app
     from app.launcher.embedded import EmbeddedRedis, RedisInUse
     from app.launcher.supervisor import Child, Supervisor
+    from app.platform.connections import HTTP_PROTOCOL
     from app.platform.settings import Settings, open_on_loopback
     from workers.lifecycle import die_with_parent
 
@@ -74,6 +75,7 @@ def serve(
                 host=host,
                 port=port,
                 log_level="info",
+                http=HTTP_PROTOCOL,  # head size and connection deadlines (app/platform/connections.py)
                 timeout_keep_alive=settings.keep_alive_s,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
             )
@@ -87,6 +89,7 @@ def serve(
                 host=host,
                 port=port,
                 log_level="info",
+                http=HTTP_PROTOCOL,  # head size and connection deadlines (app/platform/connections.py)
                 timeout_keep_alive=settings.keep_alive_s,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
             )

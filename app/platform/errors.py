@@ -57,6 +57,9 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
 
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, self.message, self.param, self.headers)
+
 
 class ClientGone(Exception):
     """The client of the request waiting on a job disconnected; the job was cancelled if it had not started."""
@@ -100,7 +103,7 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
+        return exc.response()
 
     app.add_exception_handler(RequestValidationError, _validation_error)
 

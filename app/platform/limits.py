@@ -120,6 +120,23 @@ def parked() -> Iterator[None]:
                 ticket.limiter.busy += 1
 
 
+def parked_receive(receive: Receive) -> Receive:
+    """A `receive` that counts as parked while it waits for the body: a body still arriving costs this process
+    nothing. (Once the body is whole, waits for a disconnect pass through as they are.)"""
+    whole = False
+
+    async def wait() -> Message:
+        nonlocal whole
+        if whole:
+            return await receive()
+        with parked():
+            message = await receive()
+        whole = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return wait
+
+
 def bearer_key(header: str) -> str:
     """The API key an Authorization header presents ("Bearer <key>", the scheme in any case); "" if none."""
     scheme, _, token = header.partition(" ")
@@ -140,7 +157,9 @@ class InflightLimit:
     Waiting requests cost the event loop nothing, so `limit` can be generous. Working ones (analyses, answers
     being built) share one core: a few at a time answer fast, many at a time all answer late (BENCHMARKS.md).
     One API key (as authentication reads it; anonymous callers share one) holds at most `caller_limit` of the
-    `limit` places, so a client that opens hundreds of requests leaves room for everyone else's.
+    `limit` places, so a client that opens hundreds of requests leaves room for everyone else's. Callers without a
+    valid key never get here (`app.platform.key_gate`), and a request whose body is still arriving waits as a
+    parked one does: a slow body is not work (and has a deadline, `app.platform.body_deadline`).
     """
 
     EXEMPT = ("/healthz", "/readyz", "/metrics")
@@ -167,7 +186,7 @@ class InflightLimit:
         ticket = Ticket(self)
         token = admitted.set(ticket)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, parked_receive(receive), send)
         finally:
             admitted.reset(token)
             ticket.done = True

@@ -19,7 +19,7 @@ from app.platform.limits import charge
 from app.schemas.heads import Head, HeadExampleIn, HeadRequest
 from app.serving import quotas
 from app.serving.analyses import span_positions
-from app.serving.inputs import input_ids
+from app.serving.inputs import token_ids
 from app.serving.jobs import client_gone, new_job_id
 from app.serving.pairs import chat_reply
 from app.serving.scoring import scored_record
@@ -286,10 +286,7 @@ async def _prepare(
     try:
         codec = await services.catalog.codec(card)
         metas = await _score_texts(services, tenant, state, body, given, tokenized, card)
-        examples = [
-            HeadExample(record_id=meta.record_id, label=labels[i], **_span(body, example, meta, codec, i))  # type: ignore[arg-type]
-            for i, (example, meta) in enumerate(zip(body.examples, metas, strict=True))
-        ]
+        examples = await asyncio.to_thread(_examples, body, labels, metas, codec)  # chats are tokenized again
         job = HeadJob(
             job_id=new_job_id(),
             tenant=tenant,
@@ -372,7 +369,7 @@ def _tokenized(
         if i in given:
             continue
         try:
-            out[i] = input_ids(codec, example.text, example.messages, False, max_positions)
+            out[i] = token_ids(codec, example.text, example.messages, False, max_positions)
         except ApiError as exc:
             raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
     return out
@@ -401,6 +398,13 @@ def _check_budget(
             "(max_head_training_bytes): use fewer or shorter examples, or a lower params.max_positions",
             "examples",
         )
+
+
+def _examples(body: HeadRequest, labels: list[int], metas: list[RecordMeta], codec: TextCodec) -> list[HeadExample]:
+    return [
+        HeadExample(record_id=meta.record_id, label=labels[i], **_span(body, example, meta, codec, i))  # type: ignore[arg-type]
+        for i, (example, meta) in enumerate(zip(body.examples, metas, strict=True))
+    ]
 
 
 def _span(body: HeadRequest, example: HeadExampleIn, meta: RecordMeta, codec: TextCodec, i: int) -> dict[str, Any]:

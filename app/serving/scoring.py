@@ -136,6 +136,6 @@ async def record_for(
         raise ApiError(422, "missing_input", "give a `record_id`, or a `model` with a `text` or `messages`", "model")
     card = await services.catalog.card(model)
     codec = await services.catalog.codec(card)
-    ids = input_ids(codec, text, messages, add_generation_prompt, services.settings.max_positions)
+    ids = await input_ids(codec, text, messages, add_generation_prompt, services.settings.max_positions)
     meta, stats, cached = await scored_record(services, tenant, card, ids, retain)
     return meta, stats, codec, cached
