@@ -58,6 +58,27 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
 
 
+STORAGE_FULL_RETRY_S = 30  # memory frees as records expire or an operator acts: not within a second
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether Redis refused a write for want of memory (maxmemory reached and nothing it may evict). Redis 6.2
+    reports it from inside a script as a plain error whose text carries the OOM reply."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
+def storage_full() -> JSONResponse:
+    """The answer while Redis is full: 503 `storage_full`, with a Retry-After."""
+    return error_response(
+        503,
+        "storage_full",
+        "the store is full (Redis reached its memory limit); retry later",
+        headers={"Retry-After": str(STORAGE_FULL_RETRY_S)},
+    )
+
+
 class ClientGone(Exception):
     """The client of the request waiting on a job disconnected; the job was cancelled if it had not started."""
 
@@ -129,3 +150,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             503, "redis_unavailable", "the job store is unavailable; retry shortly", headers={"Retry-After": "2"}
         )
+
+    @app.exception_handler(redis.exceptions.ResponseError)  # OutOfMemoryError is one; a script's OOM another
+    async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
+        if not is_storage_full(exc):
+            raise exc  # any other refusal is the service's own failure: Observe answers 500 and logs it
+        log.warning("redis is full: %s", exc)
+        return storage_full()
