@@ -9,7 +9,8 @@ from redis.exceptions import RedisError
 
 from app.api.deps import ServicesDep
 from app.platform import metrics
-from app.platform.errors import STORAGE_FULL_RETRY_S, is_storage_full
+from app.platform.errors import STORAGE_FULL_RETRY_S
+from workers.redis_client import storage_full as is_storage_full
 
 PROBE_KEY = "lp:ready-probe"  # one tiny write: a Redis that refuses it for want of memory refuses requests too
 

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.platform.validation import MAX_PROBLEMS, not_found, problems
+from workers.redis_client import STORAGE_FULL
+from workers.redis_client import storage_full as is_storage_full
 
 log = logging.getLogger("app")
 
@@ -61,22 +63,9 @@ class ApiError(Exception):
 STORAGE_FULL_RETRY_S = 30  # memory frees as records expire or an operator acts: not within a second
 
 
-def is_storage_full(exc: BaseException) -> bool:
-    """Whether Redis refused a write for want of memory (maxmemory reached and nothing it may evict). Redis 6.2
-    reports it from inside a script as a plain error whose text carries the OOM reply."""
-    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
-        isinstance(exc, redis.exceptions.ResponseError) and "OOM command not allowed" in str(exc)
-    )
-
-
-def storage_full() -> JSONResponse:
+def storage_full(message: str = "the store is full (Redis reached its memory limit); retry later") -> ApiError:
     """The answer while Redis is full: 503 `storage_full`, with a Retry-After."""
-    return error_response(
-        503,
-        "storage_full",
-        "the store is full (Redis reached its memory limit); retry later",
-        headers={"Retry-After": str(STORAGE_FULL_RETRY_S)},
-    )
+    return ApiError(503, STORAGE_FULL, message, headers={"Retry-After": str(STORAGE_FULL_RETRY_S)})
 
 
 class ClientGone(Exception):
@@ -156,4 +145,5 @@ def install_error_handlers(app: FastAPI) -> None:
         if not is_storage_full(exc):
             raise exc  # any other refusal is the service's own failure: Observe answers 500 and logs it
         log.warning("redis is full: %s", exc)
-        return storage_full()
+        full = storage_full()
+        return error_response(full.status, full.code, full.message, headers=full.headers)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis
 
+from bench.texts import PASSAGE
 from tests.conftest import MODEL
 
 
@@ -41,6 +42,22 @@ def test_a_full_redis_answers_503_storage_full_and_readyz_says_so(
     ready = httpx.get(f"{service}/readyz", timeout=30)
     assert ready.status_code == 503 and ready.json()["storage_full"] is True
     assert int(ready.headers["Retry-After"]) > 0
+
+
+def test_a_record_too_large_for_the_room_left_is_503_storage_full_not_a_worker_error(
+    alpha: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """The job is accepted (its entry is small) but the worker cannot keep the record: the same 503."""
+    before = {k: v for k, v in redis_client.config_get("maxmemory*").items() if k in ("maxmemory", "maxmemory-policy")}
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", int(redis_client.info("memory")["used_memory"]) + 256 * 1024)
+    try:  # ~240 positions at ~2.5 KB each: more than the room left
+        refused = alpha.post("/v1/score", json={"model": MODEL, "text": f"{uuid.uuid4().hex} " + PASSAGE * 3})
+    finally:
+        redis_client.config_set("maxmemory", before["maxmemory"])
+        redis_client.config_set("maxmemory-policy", before["maxmemory-policy"])
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "storage_full" and int(refused.headers["Retry-After"]) > 0
 
 
 def test_with_room_again_scores_and_readyz_answer_as_before(alpha: httpx.Client, service: str) -> None:
