@@ -2,8 +2,9 @@
 set of the failed indices, all under the tenant; plus the set of batches not finished yet, and per tenant an
 index of its batches (a sorted set by creation time) and a hash of its unfinished ones (the quota).
 
-An unfinished batch lives at most OBJECT_TTL_S, a finished one the record TTL. A line is written, and a batch
-finished, only while the batch is still running (one script each), so a cancelled or deleted batch never moves.
+An unfinished batch lives at most OBJECT_TTL_S, a finished one the record TTL: deadlines, not Redis TTLs, so that
+eviction never takes a batch (workers/contract/lifetimes.py). A line is written, and a batch finished, only while
+the batch is still running (one script each), so a cancelled or deleted batch never moves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from redis.asyncio import Redis
 
 from app.platform.errors import ApiError
 from app.serving import quotas
+from workers.contract.keys import tenant_tag
+from workers.contract.lifetimes import announce, expiry_key, keep_until
 from workers.contract.names import as_bytes
 
 ACTIVE = "lp:batches:active"  # members "tenant\x1fid": batches not finished yet
@@ -28,24 +31,25 @@ _RUNNING = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'completed' or s == 'cancelled' then return 0 end
 """
-# KEYS: batch, results, failed. ARGV: index, line, failed (1/0).
+# KEYS: batch, results, failed, the batch's expiry set. ARGV: index, line, failed (1/0). The parts end with the batch.
 _WRITE_LINE = (
     _RUNNING
     + """
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[3], ARGV[1]) else redis.call('SREM', KEYS[3], ARGV[1]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) redis.call('PEXPIRE', KEYS[3], ttl) end
+local deadline = redis.call('ZSCORE', KEYS[4], KEYS[1])
+if deadline then redis.call('ZADD', KEYS[4], deadline, KEYS[2], deadline, KEYS[3]) end
 return 1
 """
 )
-# KEYS: batch, inputs, results, failed. ARGV: status, now, ttl. (The indexes live in other hash slots: finish_batch
-# updates them after, and a runner's sweep drops a finished batch it still finds in ACTIVE.)
+# KEYS: batch, inputs, results, failed, the batch's expiry set. ARGV: status, now, ttl. (The indexes live in other
+# hash slots: finish_batch updates them after, and a runner's sweep drops a finished batch it still finds in ACTIVE.)
 _FINISH = (
     _RUNNING
     + """
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local deadline = tonumber(ARGV[2]) + tonumber(ARGV[3])
+for i = 1, 4 do redis.call('ZADD', KEYS[5], deadline, KEYS[i]) end
 return 1
 """
 )
@@ -63,11 +67,11 @@ def batch_key(tenant: str, batch_id: str, part: str = "") -> str:
 
 
 def index_key(tenant: str) -> str:
-    return f"lp:batch-index:{tenant}"
+    return f"lp:batch-index:{tenant_tag(tenant)}"
 
 
 def unfinished_key(tenant: str) -> str:
-    return f"lp:batch-unfinished:{tenant}"
+    return f"lp:batch-unfinished:{tenant_tag(tenant)}"
 
 
 def not_found(batch_id: str) -> ApiError:
@@ -86,9 +90,9 @@ async def create_batch(
         mapping={"spec": json.dumps(spec), "status": "queued", "total": len(inputs), "created_at": now},
     )
     pipe.rpush(batch_key(tenant, batch_id, "inputs"), *(json.dumps(item) for item in inputs))
-    for part in ("", "inputs"):
-        pipe.expire(batch_key(tenant, batch_id, part), ttl)
+    keep_until(pipe, now + ttl, batch_key(tenant, batch_id), batch_key(tenant, batch_id, "inputs"))
     await pipe.execute()
+    await announce(redis, batch_key(tenant, batch_id))
     limit = quotas.MAX_ACTIVE_BATCHES_PER_TENANT
     try:
         await quotas.claim(
@@ -102,8 +106,9 @@ async def create_batch(
     pipe = redis.pipeline(transaction=True)
     pipe.zremrangebyscore(index_key(tenant), "-inf", now - ttl - finished_ttl_s)  # surely expired
     pipe.zadd(index_key(tenant), {batch_id: now})
-    pipe.expire(index_key(tenant), ttl + finished_ttl_s)
+    keep_until(pipe, now + ttl + finished_ttl_s, index_key(tenant))
     await pipe.execute()
+    await announce(redis, index_key(tenant))
     return batch_id
 
 
@@ -122,17 +127,19 @@ async def statuses(redis: Redis, tenant: str, batch_ids: list[str]) -> list[dict
         pipe.hgetall(batch_key(tenant, batch_id))
         pipe.hlen(batch_key(tenant, batch_id, "results"))
         pipe.scard(batch_key(tenant, batch_id, "failed"))
-        pipe.ttl(batch_key(tenant, batch_id))
+        pipe.zscore(expiry_key(batch_key(tenant, batch_id)), batch_key(tenant, batch_id))
     replies = await pipe.execute()
     out = []
     for i, batch_id in enumerate(batch_ids):
-        fields, done, failed, ttl = replies[4 * i : 4 * i + 4]
+        fields, done, failed, deadline = replies[4 * i : 4 * i + 4]
         if fields:
-            out.append(_status(batch_id, fields, int(done), int(failed), int(ttl)))
+            out.append(_status(batch_id, fields, int(done), int(failed), deadline))
     return out
 
 
-def _status(batch_id: str, fields: dict[bytes, bytes], done: int, failed: int, ttl: int) -> dict[str, Any]:
+def _status(
+    batch_id: str, fields: dict[bytes, bytes], done: int, failed: int, deadline: float | None
+) -> dict[str, Any]:
     values = {k.decode(): v.decode() for k, v in fields.items()}
     spec, total = json.loads(values["spec"]), int(values["total"])
     return {
@@ -147,7 +154,7 @@ def _status(batch_id: str, fields: dict[bytes, bytes], done: int, failed: int, t
         "cancelled": total - done if values["status"] == "cancelled" else 0,
         "created_at": int(values["created_at"]),
         "finished_at": int(values["finished_at"]) if "finished_at" in values else None,
-        "expires_at": int(time.time()) + ttl if ttl > 0 else None,
+        "expires_at": int(deadline) if deadline is not None else None,
     }
 
 
@@ -177,6 +184,7 @@ async def start_batch(redis: Redis, tenant: str, batch_id: str) -> bool:
 async def write_line(redis: Redis, tenant: str, batch_id: str, index: int, line: dict[str, Any], failed: bool) -> bool:
     """Keep an input's result line, unless the batch was cancelled or deleted meanwhile."""
     keys = [batch_key(tenant, batch_id, part) for part in ("", "results", "failed")]
+    keys.append(expiry_key(keys[0]))
     args = [str(index), json.dumps(line), "1" if failed else "0"]
     return bool(await redis.register_script(_WRITE_LINE)(keys=keys, args=args))
 
@@ -185,9 +193,11 @@ async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, tt
     """Mark a running batch `status` (completed or cancelled) and give its keys the finished lifetime; False
     when it had finished already or is gone."""
     keys = [batch_key(tenant, batch_id, part) for part in PARTS]
+    keys.append(expiry_key(keys[0]))
     args: list[str | int] = [status, int(time.time()), ttl_s]
     if not await redis.register_script(_FINISH)(keys=keys, args=args):
         return False
+    await announce(redis, keys[0])
     await drop_finished(redis, tenant, batch_id)
     return True
 
