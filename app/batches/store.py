@@ -1,5 +1,6 @@
 """Batches in Redis: a hash (spec, status, times), a list of inputs, a hash of result lines by input index and a
-set of the failed indices, all under the tenant; plus the set of batches not finished yet, and per tenant an
+set of the failed indices, all under the tenant (a finished batch keeps no inputs: only the custom ids of those that
+never ran, which its `cancelled` lines name); plus the set of batches not finished yet, and per tenant an
 index of its batches (a sorted set by creation time) and a hash of its unfinished ones (the quota).
 
 An unfinished batch lives at most OBJECT_TTL_S, a finished one the record TTL: deadlines, not Redis TTLs, so that
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from app.platform.errors import ApiError
 from app.serving import quotas
@@ -25,7 +27,8 @@ from workers.contract.names import as_bytes
 
 ACTIVE = "lp:batches:active"  # members "tenant\x1fid": batches not finished yet
 FINISHED = ("completed", "cancelled")
-PARTS = ("", "inputs", "results", "failed")
+PARTS = ("", "inputs", "results", "failed", "ids")
+CHUNK = 500
 
 _RUNNING = """
 local s = redis.call('HGET', KEYS[1], 'status')
@@ -42,14 +45,14 @@ if deadline then redis.call('ZADD', KEYS[4], deadline, KEYS[2], deadline, KEYS[3
 return 1
 """
 )
-# KEYS: batch, inputs, results, failed, the batch's expiry set. ARGV: status, now, ttl. (The indexes live in other
+# KEYS: the parts (PARTS), the batch's expiry set. ARGV: status, now, ttl. (The indexes live in other
 # hash slots: finish_batch updates them after, and a runner's sweep drops a finished batch it still finds in ACTIVE.)
 _FINISH = (
     _RUNNING
     + """
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 local deadline = tonumber(ARGV[2]) + tonumber(ARGV[3])
-for i = 1, 4 do redis.call('ZADD', KEYS[5], deadline, KEYS[i]) end
+for i = 1, #KEYS - 1 do redis.call('ZADD', KEYS[#KEYS], deadline, KEYS[i]) end
 return 1
 """
 )
@@ -198,8 +201,29 @@ async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, tt
     if not await redis.register_script(_FINISH)(keys=keys, args=args):
         return False
     await announce(redis, keys[0])
+    await drop_inputs(redis, tenant, batch_id)
     await drop_finished(redis, tenant, batch_id)
     return True
+
+
+async def drop_inputs(redis: Redis, tenant: str, batch_id: str) -> None:
+    """A finished batch's inputs go (no line is written any more): the custom ids of those that never ran move to
+    the `ids` part, for their `cancelled` lines."""
+    inputs, results, ids = (batch_key(tenant, batch_id, part) for part in ("inputs", "results", "ids"))
+    total, never_ran = await redis.llen(inputs), dict[FieldT, EncodableT]()
+    for lo in range(0, total, CHUNK):
+        lines = await redis.hmget(results, [str(i) for i in range(lo, min(total, lo + CHUNK))])
+        if None in lines:
+            items = await redis.lrange(inputs, lo, lo + len(lines) - 1)
+            for i, (line, item) in enumerate(zip(lines, items, strict=False)):
+                custom_id = json.loads(item).get("custom_id") if line is None else None
+                if custom_id is not None:
+                    never_ran[str(lo + i)] = str(custom_id)
+    pipe = redis.pipeline(transaction=True)
+    if never_ran:
+        pipe.hset(ids, mapping=never_ran)
+    pipe.delete(inputs)
+    await pipe.execute()
 
 
 async def drop_finished(redis: Redis, tenant: str, batch_id: str) -> None:
@@ -234,20 +258,26 @@ async def delete_batch(redis: Redis, tenant: str, batch_id: str) -> None:
         raise not_found(batch_id)
 
 
-async def result_lines(redis: Redis, tenant: str, batch_id: str, total: int, chunk: int = 500) -> AsyncIterator[bytes]:
+async def result_lines(
+    redis: Redis, tenant: str, batch_id: str, total: int, chunk: int = CHUNK
+) -> AsyncIterator[bytes]:
     """The result lines in input order, read a chunk at a time; in a cancelled batch an input that never ran
-    gets a line with the error `cancelled`."""
+    gets a line with the error `cancelled` (its custom id from the `ids` part, or from the inputs while a finishing
+    gateway has not dropped them yet)."""
     key = batch_key(tenant, batch_id, "results")
     for lo in range(0, total, chunk):
         hi = min(total, lo + chunk)
         lines = await redis.hmget(key, [str(i) for i in range(lo, hi)])
+        ids: list[Any] = []
         inputs: list[Any] = []
         if None in lines:
+            ids = await redis.hmget(batch_key(tenant, batch_id, "ids"), [str(i) for i in range(lo, hi)])
             inputs = await redis.lrange(batch_key(tenant, batch_id, "inputs"), lo, hi - 1)
         for i, line in enumerate(lines):
             if line is None:
                 item = json.loads(inputs[i]) if i < len(inputs) else {}
-                line = json.dumps(cancelled_line(lo + i, item.get("custom_id")))
+                custom_id = (as_bytes(ids[i]) or b"").decode() if ids[i] is not None else item.get("custom_id")
+                line = json.dumps(cancelled_line(lo + i, custom_id))
             yield (as_bytes(line) or b"") + b"\n"
 
 
