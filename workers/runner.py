@@ -53,6 +53,7 @@ from workers.contract.keys import (
     serving_key,
     tokenizer_key,
 )
+from workers.contract.lifetimes import keep_until
 from workers.contract.names import ProtocolError, as_bytes, new_secret
 from workers.handlers.base import Context
 from workers.handlers.registry import handler_for, run_job
@@ -566,7 +567,8 @@ class Worker:
         pipe = self.redis.pipeline(transaction=True)
         if job is not None and outcome is not None:
             outcome.worker = self.id
-            pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
+            pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json())  # no TTL: eviction never takes it
+            keep_until(pipe, time.time() + OUTCOME_TTL_S, job_outcome_key(job.job_id))
             if isinstance(job, ScoreJob):
                 pipe.delete(inflight_key(job.tenant, job.record_id))
         pipe.xack(stream, CONSUMER_GROUP, entry_id)

@@ -33,6 +33,7 @@ from app.platform.auth import KeyRing
 from app.platform.bodies import JsonBodyCheck
 from app.platform.body_deadline import BodyDeadline
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
+from app.platform.expiry import ExpirySweeper
 from app.platform.key_gate import KeyGate, public_routes
 from app.platform.leases import LeasedWork
 from app.platform.limits import BodyLimit, InflightLimit
@@ -82,12 +83,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.preparations = LeasedWork(
             services.redis, PREPARING, "head-prep", lambda name: resume_preparation(services, name)
         )
+        sweeper = ExpirySweeper(services.redis, settings.expiry_sweep_s)
         await services.jobs.start()
         await runner.start()
         await services.preparations.start()
+        await sweeper.start()
         try:
             yield
         finally:  # each step bounded: one that hangs must not keep the process (and its workers) alive
+            await within(sweeper.stop(), "the expiry sweeper")
             await within(services.preparations.stop(), "the head preparations")
             await within(runner.stop(), "the batch runner")
             await within(services.jobs.stop(), "the reply listener")

@@ -13,16 +13,22 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.platform.errors import ApiError, error_response
+from workers.contract.keys import tenant_tag
+from workers.contract.lifetimes import announce, keep_until
 
 WINDOW_S = 60
 
 
 async def _add(redis: Redis, tenant: str, what: str, amount: int, now: float) -> int:
-    key = f"lp:rate:{tenant}:{what}:{int(now // WINDOW_S)}"
-    pipe = redis.pipeline(transaction=True)
+    """Count in this window's counter: it has no TTL (eviction must not reset it), its lifetime ends a window after
+    its own (workers/contract/lifetimes.py)."""
+    window = int(now // WINDOW_S)
+    key = f"lp:rate:{tenant_tag(tenant)}:{what}:{window}"
+    pipe = redis.pipeline(transaction=False)  # one round trip; the counter and its deadline share a slot
     pipe.incrby(key, amount)
-    pipe.expire(key, 2 * WINDOW_S)
-    used, _ = await pipe.execute()
+    keep_until(pipe, (window + 2) * WINDOW_S, key)
+    announce(pipe, key)
+    used, _, _ = await pipe.execute()
     return int(used)
 
 

@@ -73,6 +73,15 @@ class Settings(CommonSettings):
     # export on and CLOSED_TOP_LOGPROBS with it off. `top_alternatives()` is the policy.
     max_top_logprobs_out: int | None = Field(default=None, ge=0)
     json_logs: bool = True  # the gateway's logs as JSON lines with the request id
+    # How often each gateway deletes the durable objects (heads, calibrations, tables, batches, job outcomes, rate
+    # counters) whose lifetime has ended: they carry no Redis TTL, so that eviction never takes them.
+    expiry_sweep_s: float = Field(default=60.0, gt=0)
+    # `logprobe serve`'s private Redis (no REDIS_URL): its folder (one per port below it; default data_dir/redis),
+    # its memory limit (bytes or "512mb"; default a quarter of the machine's memory, at most 2 GiB; past it records
+    # are evicted, volatile-lru as in compose) and whether it keeps an append-only file there across restarts.
+    embedded_redis_dir: Path | None = None
+    embedded_redis_maxmemory: str | None = Field(default=None, pattern=r"^[0-9]+([kKmMgG][bB]?)?$")
+    embedded_redis_persist: bool = True
 
     @model_validator(mode="after")
     def _merge_keys_file(self) -> Settings:

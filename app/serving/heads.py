@@ -29,6 +29,7 @@ from workers.contract.cards import ModelCard
 from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadState, head_params, head_training_bytes
 from workers.contract.jobs import HeadExample, HeadJob
 from workers.contract.keys import head_index_key, head_key
+from workers.contract.lifetimes import announce, keep_until
 from workers.contract.names import Retain, as_bytes
 from workers.contract.records import RecordMeta
 
@@ -214,8 +215,9 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
     pipe = services.redis.pipeline(transaction=True)
     # the request stays beside the state until the training job is submitted: another gateway resumes from it
     pipe.hset(key, mapping={"state": state.model_dump_json(), "request": body.model_dump_json()})
-    pipe.expire(key, quotas.OBJECT_TTL_S)
+    keep_until(pipe, state.expires_at or quotas.expires_at(), key)  # a deadline, never a TTL: eviction spares it
     await pipe.execute()
+    await announce(services.redis, key)
     entry = {"name": state.name, "created_at": state.created_at}
     try:
         await quotas.claim(

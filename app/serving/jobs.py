@@ -20,7 +20,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
 from app.platform import metrics
-from app.platform.errors import ApiError, ClientGone
+from app.platform.errors import ApiError, ClientGone, storage_full
 from app.platform.limits import parked
 from app.serving.fair_share import FairShare
 from workers.contract.cards import ModelCard
@@ -47,7 +47,7 @@ from workers.contract.keys import (
     steps_channel,
 )
 from workers.contract.names import Retain, as_bytes
-from workers.redis_client import TRANSIENT
+from workers.redis_client import STORAGE_FULL, TRANSIENT
 
 log = logging.getLogger("app.serving.jobs")
 
@@ -292,6 +292,8 @@ def _cancelled(outcome: JobOutcome) -> bool:
 def raise_for_outcome(outcome: JobOutcome) -> JobOutcome:
     if not outcome.ok:
         error = outcome.error
+        if error is not None and error.code == STORAGE_FULL:  # the worker could not keep what it computed
+            raise storage_full(error.message)
         status = error.status if error else 500
         raise ApiError(
             424 if status >= 500 else status,

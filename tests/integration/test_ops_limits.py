@@ -22,6 +22,7 @@ from app.serving.calibrations import calibration_key
 from app.serving.frequencies import table_key
 from bench.texts import text_of_tokens
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
+from workers.contract.lifetimes import expiry_key
 
 KEYS = {
     "key-alpha": "alpha",
@@ -74,7 +75,9 @@ def assert_quota(response: httpx.Response, param: str) -> None:
 
 
 def assert_lifetime(r: redis.Redis, key: str) -> None:
-    assert 0 < r.ttl(key) <= TTL_S
+    """A deadline within TTL_S, and no Redis TTL: eviction never takes it (workers/contract/lifetimes.py)."""
+    deadline = r.zscore(expiry_key(key), key)
+    assert r.ttl(key) == -1 and deadline is not None and 0 < deadline - time.time() <= TTL_S
 
 
 def test_frequency_tables_have_a_lifetime_and_a_quota(limited: LocalService) -> None:
