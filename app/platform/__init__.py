@@ -3,5 +3,6 @@ validation messages that name the field, the JSON body check, JSON logs, Prometh
 tenants, rate and admission limits, the request-observing ASGI middleware (with the catch-all for 500s), and the
 sweep that ends durable objects' lifetimes.
 
-Imports nothing from the rest of `app` (only `workers.config` / `workers.contract` for shared settings).
+Imports nothing from the rest of `app` (only `workers.config` / `workers.contract` for shared settings, and
+`workers.redis_client` for what a Redis error means).
 """
