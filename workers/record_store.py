@@ -3,6 +3,8 @@ states or full rows) under its content-addressed key, upgrade a stats record to 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import redis
 import torch
@@ -16,6 +18,7 @@ from workers.contract.cards import ModelCard
 from workers.contract.keys import record_key
 from workers.contract.names import CAPTURE_TOPK, ProtocolError, Retain, as_bytes, record_id
 from workers.contract.records import RECORD_CORE_FIELDS, RecordMeta, decode_meta, encode_arrays, rows_field
+from workers.contract.usage import count_record_bytes
 from workers.decoding import Decoded
 from workers.outcomes import JobFailed
 from workers.probe import STORAGE_DTYPES
@@ -77,7 +80,7 @@ class RecordWriter:
             return  # stored meanwhile with as much as asked for (a record never loses its full rows)
         if existing is not None:  # a stats record upgraded: its rows join it, its statistics stay as they were
             self._write_record(
-                key, {"meta": existing.model_copy(update={"retain": "full"}).model_dump_json(), **payload}
+                tenant, key, {"meta": existing.model_copy(update={"retain": "full"}).model_dump_json(), **payload}
             )
             return
         meta = RecordMeta(
@@ -96,7 +99,7 @@ class RecordWriter:
             hidden_size=card.hidden_size,
             retain=retain,
         )
-        self._write_record(key, {"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload})
+        self._write_record(tenant, key, {"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload})
 
     def _kept_meta(self, key: str, card: ModelCard, token_ids: list[int]) -> RecordMeta | None:
         """The metadata of the whole record already stored under `key` for these tokens, if there is one (a damaged
@@ -116,11 +119,14 @@ class RecordWriter:
             return None
         return meta
 
-    def _write_record(self, key: str, fields: dict[str, bytes | str]) -> None:
+    def _write_record(self, tenant: str, key: str, fields: dict[str, bytes | str]) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self.record_ttl_s)
         pipe.execute()
+        usage = self.redis.pipeline(transaction=False)  # its own slots (the tenant's, and the sweep's list)
+        count_record_bytes(usage, tenant, sum(map(len, fields.values())), time.time(), self.record_ttl_s)
+        usage.execute()
 
     def store_completion(
         self,

@@ -37,6 +37,9 @@ class Settings(CommonSettings):
     max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     # What one head's training may hold for its inputs (contract.heads.head_training_bytes); larger requests 422.
     max_head_training_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    # Bytes of records one key may have written within the record lifetime (counted by the workers per day; a record
+    # evicted early still counts until its day ends): past it, new records are 429 quota_exceeded. 0: no quota.
+    max_record_bytes_per_tenant: int = Field(default=2 << 30, ge=0)
     # How long a head may wait and train once submitted: past it the worker stops it and the head fails, saying so.
     max_head_training_s: float = Field(default=3600.0, gt=0)
     job_timeout_s: float = Field(default=300.0, gt=0)

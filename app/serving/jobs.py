@@ -23,6 +23,7 @@ from app.platform import metrics
 from app.platform.errors import ApiError, ClientGone, storage_full
 from app.platform.limits import parked
 from app.serving.fair_share import FairShare
+from app.serving.usage import RecordQuota
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import (
     AnyJob,
@@ -87,8 +88,16 @@ def generation_job(
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, timeout_s: float, max_depth: int, tenant_share: int = 64) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        timeout_s: float,
+        max_depth: int,
+        tenant_share: int = 64,
+        record_quota: RecordQuota | None = None,
+    ) -> None:
         self.redis = redis
+        self.record_quota = record_quota
         self.timeout_s = timeout_s
         self.max_depth = max_depth
         self.share = FairShare(tenant_share)
@@ -148,6 +157,8 @@ class JobQueue:
         past it no one waits for its answer, so a worker neither starts it nor goes on with it."""
         if job.deadline is None:
             job.deadline = time.time() + self.timeout_s
+        if self.record_quota is not None:
+            await self.record_quota.check(self.redis, job)
         stream = jobs_stream(job.model, BULK_LANE if BULK.get() else job_lane(job))
         await self._ensure_group(stream)
         # Workers delete finished entries, so the stream's length is the number of waiting and running jobs;

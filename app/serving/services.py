@@ -13,6 +13,7 @@ from app.serving.catalog import ModelCatalog
 from app.serving.frequencies import FrequencyTables
 from app.serving.jobs import JobQueue
 from app.serving.store import RecordStore
+from app.serving.usage import RecordQuota
 from workers.contract.keys import SECRET_KEY
 from workers.contract.names import as_bytes, new_secret
 from workers.redis_client import connect_async
@@ -39,7 +40,13 @@ class Services:
             settings=settings,
             redis=redis,
             catalog=ModelCatalog(redis, settings.models),
-            jobs=JobQueue(redis, settings.job_timeout_s, settings.max_queue_depth, settings.tenant_share),
+            jobs=JobQueue(
+                redis,
+                settings.job_timeout_s,
+                settings.max_queue_depth,
+                settings.tenant_share,
+                RecordQuota(settings.max_record_bytes_per_tenant, settings.record_ttl_s),
+            ),
             store=RecordStore(redis),
             keys=KeyRing(settings.api_keys),
             frequencies=FrequencyTables(redis),
