@@ -227,6 +227,50 @@ def test_favicon_and_assets_are_served_and_nothing_is_missing(browser: Browser, 
     assert httpx.get(f"{service}/web/nothing.js").json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json"])
-def test_page_and_docs_are_served(service: str, path: str) -> None:
-    assert httpx.get(f"{service}{path}").status_code == 200
+def test_the_page_is_open_and_the_docs_need_a_key(service: str) -> None:
+    """The page is served to anyone (it holds no data; its calls carry the key); the API's description needs a
+    key unless LOGPROBE_PUBLIC_DOCS opens it (tests/integration/test_exposure.py)."""
+    assert httpx.get(f"{service}/").status_code == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        refused = httpx.get(f"{service}{path}")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", path
+        assert httpx.get(f"{service}{path}", headers={"Authorization": "Bearer key-alpha"}).status_code == 200, path
+
+
+def test_the_page_works_under_its_content_security_policy(page: Page, service: str) -> None:
+    """The page and its files come with a CSP that allows only the page's own scripts and styles (no inline ones,
+    no eval), nosniff and no framing; scoring and every colour legend run with nothing refused (the `page`
+    fixture fails a test on any CSP violation), and the legends are coloured through the DOM."""
+    for path in ("/", "/web/js/main.js", "/web/page.css"):
+        headers = httpx.get(f"{service}{path}").headers
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+    score(page)
+    assert page.evaluate("document.querySelector('#legend .bar').style.background").startswith("linear-gradient")
+    page.select_option("#metric", "gltr")
+    chips = page.locator("#legend .chip").evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    assert set(chips) == GLTR_COLOURS
+    assert page.csp_violations == []  # type: ignore[attr-defined]
+
+
+def test_the_api_key_stays_in_the_tab(browser: Browser, service: str) -> None:
+    """The key entered is kept in the tab's sessionStorage (a reload keeps it), never in localStorage; a key an
+    older page left in localStorage is removed; another tab of the same browser starts without it."""
+    page = open_page(browser, service)
+    try:
+        assert page.evaluate("localStorage.length") == 0
+        assert page.evaluate("sessionStorage.getItem('logprobe.key')") == "key-alpha"
+        other = page.context.new_page()  # a second tab: it would see what localStorage kept
+        other.goto(f"{service}/")
+        other.wait_for_function("document.querySelector('#apikey') !== null")
+        assert other.input_value("#apikey") == ""
+        other.close()
+        page.evaluate("localStorage.setItem('logprobe.key', 'left-by-an-older-page')")
+        page.reload()
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert page.input_value("#apikey") == "key-alpha"
+        assert page.evaluate("localStorage.getItem('logprobe.key')") is None
+    finally:
+        page.close()

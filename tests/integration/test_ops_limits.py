@@ -21,7 +21,7 @@ from app.launcher.local_service import LocalService
 from app.serving.calibrations import calibration_key
 from app.serving.frequencies import table_key
 from bench.texts import text_of_tokens
-from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
+from tests.conftest import ARTIFACTS, DATA_DIR, METRICS_AUTH, METRICS_KEY, MODEL
 from workers.contract.lifetimes import expiry_key
 
 KEYS = {
@@ -44,6 +44,7 @@ def limited() -> Iterator[LocalService]:
     env = {
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
         "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_METRICS_KEY": METRICS_KEY,
         "LOGPROBE_WORKER_THREADS": "1",
         "LOGPROBE_MAX_TABLES_PER_TENANT": "2",
         "LOGPROBE_MAX_CALIBRATIONS_PER_TENANT": "1",
@@ -205,7 +206,7 @@ def test_one_tenants_flood_of_requests_does_not_queue_ahead_of_anothers_request(
     flood, salt = 30, uuid.uuid4().hex[:8]
 
     async def waiting(client: httpx.AsyncClient) -> float:
-        metrics = (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics", headers=METRICS_AUTH)).text
         return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("logprobe_fair_share_"))
 
     async def run() -> tuple[httpx.Response, int, float]:

@@ -33,10 +33,15 @@ function modelChanged() {
   loadChoices();
 }
 
+// The API key lives in this tab's sessionStorage only: gone when the tab closes, never shared with other tabs or
+// written to disk as localStorage would keep it (a key kept there by an older page is removed).
+const KEY = "logprobe.key";
+
 function init() {
-  $("apikey").value = localStorage.getItem("logprobe.key") || "";
+  localStorage.removeItem(KEY);
+  $("apikey").value = sessionStorage.getItem(KEY) || "";
   $("apikey").addEventListener("change", () => {
-    localStorage.setItem("logprobe.key", $("apikey").value.trim());
+    sessionStorage.setItem(KEY, $("apikey").value.trim());
     forgetMethods();
     loadModels();
   });
