@@ -68,7 +68,8 @@ def open_page(browser: Browser, service: str, width: int = 1280, height: int = 9
     page.goto(f"{service}/")
     page.fill("#apikey", "key-alpha")
     page.dispatch_event("#apikey", "change")
-    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    # wait_for_function takes functions ("() => …") here: a bare expression is eval'd in the page, which its CSP refuses
+    page.wait_for_function("() => document.querySelector('#model').options.length > 0")
     return page
 
 

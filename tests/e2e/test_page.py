@@ -171,7 +171,7 @@ def test_detection_plot_against_a_calibration(page: Page, alpha: httpx.Client, b
     fresh = open_page(browser, service)  # a page that lists the new calibration
     try:
         options = "[...document.querySelectorAll('#calibration option')]"
-        fresh.wait_for_function(f"{options}.some(o => o.value === '{calibration['calibration_id']}')")
+        fresh.wait_for_function(f"() => {options}.some(o => o.value === '{calibration['calibration_id']}')")
         assert fresh.locator("#calibration").input_value() == calibration["calibration_id"]  # the newest is chosen
         score(fresh)
         fresh.wait_for_selector("#plot-detect .u-over")
@@ -258,19 +258,22 @@ def test_the_page_works_under_its_content_security_policy(page: Page, service: s
 def test_the_api_key_stays_in_the_tab(browser: Browser, service: str) -> None:
     """The key entered is kept in the tab's sessionStorage (a reload keeps it), never in localStorage; a key an
     older page left in localStorage is removed; another tab of the same browser starts without it."""
-    page = open_page(browser, service)
+    context = browser.new_context()
     try:
+        page = context.new_page()
+        page.goto(f"{service}/")
+        page.fill("#apikey", "key-alpha")
+        page.dispatch_event("#apikey", "change")
+        page.wait_for_function("() => document.querySelector('#model').options.length > 0")  # the key works
         assert page.evaluate("localStorage.length") == 0
         assert page.evaluate("sessionStorage.getItem('logprobe.key')") == "key-alpha"
-        other = page.context.new_page()  # a second tab: it would see what localStorage kept
+        other = context.new_page()  # a second tab: it would see what localStorage kept
         other.goto(f"{service}/")
-        other.wait_for_function("document.querySelector('#apikey') !== null")
         assert other.input_value("#apikey") == ""
-        other.close()
         page.evaluate("localStorage.setItem('logprobe.key', 'left-by-an-older-page')")
         page.reload()
-        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.wait_for_function("() => document.querySelector('#model').options.length > 0")
         assert page.input_value("#apikey") == "key-alpha"
         assert page.evaluate("localStorage.getItem('logprobe.key')") is None
     finally:
-        page.close()
+        context.close()

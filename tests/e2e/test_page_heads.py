@@ -37,7 +37,8 @@ def test_page_shows_a_heads_score_and_colours_by_its_gate(alpha: httpx.Client, b
     head = trained_head(alpha)
     page = open_page(browser, service)  # opened after training: the head is in the list
     try:
-        page.wait_for_function(f"[...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')")
+        listed = f"() => [...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')"
+        page.wait_for_function(listed)
         page.select_option("#head", str(head["id"]))
         page.fill("#text", TEXT)
         page.select_option("#metric", "head")
