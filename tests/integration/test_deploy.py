@@ -160,6 +160,31 @@ def test_the_gateway_needs_api_keys_and_nothing_opens_it() -> None:
             assert "LOGPROBE_API_KEYS" not in env and "LOGPROBE_API_KEYS_FILE" not in env, name
 
 
+PASSWORD = re.compile(r"\$\{REDIS_PASSWORD:\?[^}]+\}")  # required: compose refuses to start without it
+
+
+def test_redis_requires_a_password_and_every_client_is_given_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single Redis and every cluster node require REDIS_PASSWORD (replicas give it to their masters), their
+    redis-cli health checks and the cluster's init authenticate with it, and the gateway and workers are given it
+    in the setting they read (`CommonSettings.redis_auth`)."""
+    command = SERVICES["redis"]["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    assert PASSWORD.fullmatch(flags["--requirepass"])
+    for name in ["redis", *CLUSTER_NODES, "redis-cluster-init"]:
+        env = SERVICES[name]["environment"]
+        assert PASSWORD.fullmatch(env["REDISCLI_AUTH"]) and PASSWORD.fullmatch(env["REDIS_PASSWORD"]), name
+        if name in CLUSTER_NODES:
+            (script,) = SERVICES[name]["command"]
+            assert '--requirepass "$$REDIS_PASSWORD" --masterauth "$$REDIS_PASSWORD"' in script, name
+            assert SERVICES[name]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]  # REDISCLI_AUTH
+    for name in ("gateway", "worker-gpu", "worker-cpu"):
+        env = SERVICES[name]["environment"]
+        assert PASSWORD.fullmatch(env["REDIS_PASSWORD"]), name
+        assert "@" not in defaults(env["REDIS_URL"])  # the password is a setting, not part of the URL
+    monkeypatch.setenv("REDIS_PASSWORD", "from-the-environment")
+    assert CommonSettings().redis_auth() == {"password": "from-the-environment"}
+
+
 def test_interpolations_are_plain() -> None:
     """Compose's ${VAR:-default} ends at the first brace: no default may contain one."""
     text = (ROOT / "docker-compose.yml").read_text()
