@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.analysis.calibration import fit_threshold
+from app.platform import budget
 from app.platform.errors import ApiError
 from app.schemas.analysis import AnalysisRequest
 from app.schemas.calibrations import Calibration, CalibrationRequest, MethodFit
@@ -124,7 +125,8 @@ async def fit_calibration(services: Services, tenant: str, body: CalibrationRequ
             )
             return (await analyse("detect", request, services, tenant))["sequence"]  # type: ignore[no-any-return]
 
-    results = await asyncio.gather(*(scores(t.text) for t in body.texts))
+    with budget.adding_up():  # its texts' charges are one request's cost: past a minute's budget, a 422 at once
+        results = await asyncio.gather(*(scores(t.text) for t in body.texts))
     fits = {}
     for name in results[0]:
         values = np.array([r[name] if r[name] is not None else np.nan for r in results], dtype=np.float64)

@@ -185,6 +185,23 @@ def test_redis_requires_a_password_and_every_client_is_given_it(monkeypatch: pyt
     assert CommonSettings().redis_auth() == {"password": "from-the-environment"}
 
 
+def test_compose_ships_per_key_rate_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway runs with request and token budgets by default (the settings' own default is off, for `serve` on
+    one machine): the largest completion one request can ask for (256 prompts x best_of 16 x (1 + 1,024) tokens)
+    is more than a minute's tokens, so it is refused as such; one full-length request fits."""
+    from app.platform.settings import Settings
+    from app.schemas.openai import MAX_PROMPTS
+
+    gateway = SERVICES["gateway"]["environment"]
+    for name in ("LOGPROBE_RATE_LIMIT_RPM", "LOGPROBE_RATE_LIMIT_TPM"):
+        assert gateway[name].startswith(f"${{{name}:-"), name  # the operator may change or turn them off
+        monkeypatch.setenv(name, defaults(gateway[name]))
+    settings = Settings()
+    assert settings.rate_limit_rpm > 0 and settings.rate_limit_tpm > 0
+    assert MAX_PROMPTS * 16 * (1 + settings.max_new_tokens) > settings.rate_limit_tpm
+    assert settings.max_positions <= settings.rate_limit_tpm
+
+
 def test_interpolations_are_plain() -> None:
     """Compose's ${VAR:-default} ends at the first brace: no default may contain one."""
     text = (ROOT / "docker-compose.yml").read_text()
