@@ -82,6 +82,16 @@ def docs_access(request: Request) -> None:
         authenticate(request)
 
 
+def creator(request: Request) -> str:
+    """Who makes something (a calibration, a head), as listings show it: "key " and the first 8 hex digits of the
+    key's sha256 (never the key), or "anonymous" on a service without keys, where every caller is one tenant."""
+    key = bearer_key(request.headers.get("authorization", ""))
+    ring: KeyRing = request.app.state.keys
+    if not ring.enabled or not key:
+        return "anonymous"
+    return "key " + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
 async def current_tenant(request: Request) -> str:
     """The caller's tenant; one request counted against its per-minute limit (once per request)."""
     if not hasattr(request.state, "tenant"):
@@ -93,3 +103,4 @@ async def current_tenant(request: Request) -> str:
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
+CreatorDep = Annotated[str, Depends(creator)]

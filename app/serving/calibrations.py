@@ -109,7 +109,9 @@ def decisions(calibration: Calibration, sequence: dict[str, Any]) -> dict[str, d
     return out
 
 
-async def fit_calibration(services: Services, tenant: str, body: CalibrationRequest) -> Calibration:
+async def fit_calibration(
+    services: Services, tenant: str, body: CalibrationRequest, creator: str | None = None
+) -> Calibration:
     """Score every labelled text, fit a threshold per detect method at the target FPR, and store the result."""
     labels = np.array([t.label == "machine" for t in body.texts])
     if labels.sum() < 2 or (~labels).sum() < 2:
@@ -143,6 +145,8 @@ async def fit_calibration(services: Services, tenant: str, body: CalibrationRequ
         reference_model=body.reference_model,
         target_fpr=body.target_fpr,
         created_at=time.time(),
+        created_by=creator,
+        n_texts=len(body.texts),
         expires_at=deadline,
         methods=fits,
     )

@@ -6,9 +6,11 @@ the old result, a favicon, and a layout that stacks at 800 px. Screenshots are k
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 
+from app.launcher.local_service import ROOT
 from app.serving import corpus
 from tests.conftest import MODEL
 from tests.e2e.conftest import SLOW_MS, open_page, screenshot
@@ -151,6 +154,8 @@ def test_an_error_clears_the_previous_result(page: Page) -> None:
     score(page)
     assert page.locator("#tokens .tok").count() > 0
     page.select_option("#input-mode", "record")
+    placeholder = page.get_attribute("#record-id", "placeholder") or ""
+    assert "32 hex digits" in placeholder and "rec_" not in placeholder  # the ids' real shape
     page.fill("#record-id", "no-such-record")
     page.click("#open")
     page.wait_for_selector("#status.error")
@@ -172,9 +177,18 @@ def test_detection_plot_against_a_calibration(page: Page, alpha: httpx.Client, b
     try:
         options = "[...document.querySelectorAll('#calibration option')]"
         fresh.wait_for_function(f"() => {options}.some(o => o.value === '{calibration['calibration_id']}')")
-        assert fresh.locator("#calibration").input_value() == calibration["calibration_id"]  # the newest is chosen
+        # nothing applied that was not chosen: the newest calibration is listed, not picked
+        assert fresh.locator("#calibration").input_value() == ""
         score(fresh)
-        fresh.wait_for_selector("#plot-detect .u-over")
+        assert fresh.locator("#plot-detect-fig").is_hidden()
+        # each entry says who made it, when and on how many examples
+        assert calibration["created_by"] == "key " + hashlib.sha256(b"key-alpha").hexdigest()[:8]
+        assert calibration["n_texts"] == 6
+        option = fresh.locator(f"#calibration option[value='{calibration['calibration_id']}']").inner_text()
+        assert "made by you" in option and "6 examples" in option and " UTC" in option
+        fresh.select_option("#calibration", calibration["calibration_id"])  # chosen: applied to the shown text
+        fresh.wait_for_selector("#plot-detect .u-over", timeout=SLOW_MS)
+        assert calibration["calibration_id"] in fresh.locator("#plot-detect-caption").inner_text()
         detect = alpha.post(
             "/v1/analysis/detect",
             json={"record_id": record_id(fresh), "calibration_id": calibration["calibration_id"]},
@@ -225,6 +239,19 @@ def test_favicon_and_assets_are_served_and_nothing_is_missing(browser: Browser, 
     assert plotting.status_code == 200 and "uPlot" in plotting.text
     assert httpx.get(f"{service}/web/../api/web.py").status_code == 404
     assert httpx.get(f"{service}/web/nothing.js").json()["error"]["code"] == "not_found"
+
+
+def test_the_readme_names_the_pages_tabs() -> None:
+    """The README's page section counts and names the tabs the page has (it said "three" and listed five)."""
+    page = (ROOT / "app" / "web" / "index.html").read_text()
+    tabs = re.findall(r'<button role="tab" data-tab="\w+"[^>]*>([^<]+)</button>', page)
+    section = (ROOT / "README.md").read_text().split("## The page", 1)[1].split("\n## ", 1)[0]
+    said = re.search(r"(\w+) tabs — ([^—]+) —", section)
+    assert said, "the README's page section names its tabs"
+    numbers = {"Two": 2, "Three": 3, "Four": 4, "Five": 5, "Six": 6}
+    assert numbers[said.group(1)] == len(tabs) and [t.strip() for t in said.group(2).split(",")] == tabs
+    bolded = re.findall(r"^- \*\*(\w+)\*\*(?! \(in )", section, re.M)  # top-level entries not inside a tab
+    assert bolded == tabs
 
 
 def test_the_page_is_open_and_the_docs_need_a_key(service: str) -> None:

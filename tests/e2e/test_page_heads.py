@@ -4,6 +4,7 @@ artifacts/page-heads.png."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import httpx
@@ -39,6 +40,10 @@ def test_page_shows_a_heads_score_and_colours_by_its_gate(alpha: httpx.Client, b
     try:
         listed = f"() => [...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')"
         page.wait_for_function(listed)
+        assert page.locator("#head").input_value() == ""  # listed, not picked for you
+        assert head["created_by"] == "key " + hashlib.sha256(b"key-alpha").hexdigest()[:8]
+        option = page.locator(f"#head option[value='{head['id']}']").inner_text()
+        assert "made by you" in option and "12 examples" in option and " UTC" in option  # who, how many, when
         page.select_option("#head", str(head["id"]))
         page.fill("#text", TEXT)
         page.select_option("#metric", "head")

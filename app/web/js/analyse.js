@@ -128,8 +128,8 @@ function plotDetection(detect) {
   const decisions = Object.entries(detect.decisions || {}).filter(([name]) => detect.sequence[name] !== null && detect.sequence[name] !== undefined);
   if (!decisions.length) { clear("plot-detect"); return; }
   const margins = decisions.map(([name, d]) => d.sign * detect.sequence[name] - d.threshold);
-  $("plot-detect-caption").textContent = "detection scores against the calibration's thresholds: sign·score − threshold " +
-    "(above the dashed line: judged machine-written)";
+  $("plot-detect-caption").textContent = `detection scores against the thresholds of the calibration you chose, ` +
+    `${$("calibration").selectedOptions[0].textContent}: sign·score − threshold (above the dashed line: judged machine-written)`;
   bars("plot-detect", decisions.map(([name]) => name), [
     { label: "machine", colour: "#c0392b", values: margins.map((m) => (m > 0 ? m : null)) },
     { label: "human", colour: "#27ae60", values: margins.map((m) => (m > 0 ? null : m)) },
@@ -279,20 +279,43 @@ function exportJson() {
 }
 
 // ---- heads and calibrations for the chosen model ----
+// Nothing is applied that the user did not pick: both lists start at "none" (on a shared or anonymous service the
+// newest calibration may be someone else's), and each entry says who made it, when, and on how many examples.
+async function ownMaker() {
+  const key = $("apikey").value.trim();
+  if (!key || !(window.crypto && crypto.subtle)) return null;  // subtle crypto: https or localhost only
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key)));
+  return "key " + [...digest.slice(0, 4)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function provenance(item, examples, mine) {
+  const by = !item.created_by ? "maker unknown" : item.created_by === mine ? "made by you"
+    : item.created_by === "anonymous" ? "made by an anonymous caller" : `made by ${item.created_by}`;
+  const when = new Date(item.created_at * 1000).toISOString().slice(0, 16).replace("T", " ");
+  return `${by}, ${when} UTC, ${examples === null ? "?" : examples} examples`;
+}
+
 export async function loadChoices() {
   const model = $("model").value;
-  const [heads, calibrations] = await Promise.all([
+  const [heads, calibrations, mine] = await Promise.all([
     api("/v1/heads").then((r) => r.data).catch(() => []),
     api("/v1/calibrations").then((r) => r.data).catch(() => []),
+    ownMaker().catch(() => null),
   ]);
   state.heads = heads.filter((h) => h.status === "succeeded" && h.model === model);
   const head = $("head").value;
-  $("head").innerHTML = `<option value="">none</option>` +
-    state.heads.map((h) => `<option value="${esc(h.id)}">${esc(h.name)} (${esc(h.kind)}, ${esc(h.family)})</option>`).join("");
+  $("head").innerHTML = `<option value="">none</option>` + state.heads.map((h) => {
+    const n = Object.values(h.examples || {}).reduce((a, b) => a + b, 0);
+    return `<option value="${esc(h.id)}">${esc(h.name)} (${esc(h.kind)}, ${esc(h.family)}; ${esc(provenance(h, n, mine))})</option>`;
+  }).join("");
   if (state.heads.some((h) => h.id === head)) $("head").value = head;
   const usable = calibrations.filter((c) => c.model === model && c.reference_model === null);
-  $("calibration").innerHTML = `<option value="">none</option>` +  // newest first: the default is the newest
-    usable.map((c, i) => `<option value="${esc(c.calibration_id)}"${i === 0 ? " selected" : ""}>${esc(c.calibration_id)} (FPR ${c.target_fpr})</option>`).join("");
+  const calibration = $("calibration").value;
+  $("calibration").innerHTML = `<option value="">none</option>` + usable.map((c) => {
+    const n = c.n_texts ?? null;
+    return `<option value="${esc(c.calibration_id)}">${esc(c.calibration_id)} (FPR ${c.target_fpr}; ${esc(provenance(c, n, mine))})</option>`;
+  }).join("");
+  if (usable.some((c) => c.calibration_id === calibration)) $("calibration").value = calibration;  // kept, never picked
 }
 
 export function initAnalyse() {
@@ -304,7 +327,9 @@ export function initAnalyse() {
   setMode();
   for (const kind of ["score", "generate", "open"]) $(kind).addEventListener("click", () => busy("panel-analyse", "status", () => run(kind)));
   $("metric").addEventListener("change", () => { if (state.record) render(); else legend(); });
-  $("head").addEventListener("change", () => { if (state.record) busy("panel-analyse", "status", () => analyse(state.record.record_id)); });
+  for (const id of ["head", "calibration"]) {
+    $(id).addEventListener("change", () => { if (state.record) busy("panel-analyse", "status", () => analyse(state.record.record_id)); });
+  }
   $("export-csv").addEventListener("click", exportCsv);
   $("export-json").addEventListener("click", exportJson);
   attachTooltip($("tokens"), tooltip);
