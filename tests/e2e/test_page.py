@@ -128,6 +128,7 @@ def test_chat_generation_marks_the_completion_and_special_tokens(page: Page, alp
     page.wait_for_selector("#summary-table", timeout=SLOW_MS)
     record = alpha.get(f"/v1/records/{record_id(page)}").json()
     assert record["kind"] == "generate" and record["n_prompt"] is not None
+    assert "chat model" not in page.locator("#status").inner_text()  # chat input: no hint needed
     # the mark sits right before the first completion token
     before = page.evaluate(
         "(() => { const b = document.querySelector('#tokens .boundary'); let n = 0;"
@@ -148,6 +149,18 @@ def test_chat_generation_marks_the_completion_and_special_tokens(page: Page, alp
     page.wait_for_selector("#summary-table", timeout=SLOW_MS)
     assert page.locator("#tokens .tok").count() == record["n_tokens"]
     assert page.locator("#tokens .boundary").count() == 1
+
+
+def test_generating_from_text_on_a_chat_model_says_what_text_mode_does(page: Page) -> None:
+    """Text mode hands a chat model raw text to continue (it often just ends the turn): the status says so and
+    points to chat input."""
+    page.fill("#text", "What is the capital of France?")
+    page.fill("#max-tokens", "3")
+    page.click("#generate")
+    page.wait_for_selector("#summary-table", timeout=SLOW_MS)
+    status = page.locator("#status").inner_text()
+    assert f"{MODEL} is a chat model and text mode continues raw text" in status and "Input: chat" in status
+    assert record_id(page)  # the record id still ends the status line
 
 
 def test_an_error_clears_the_previous_result(page: Page) -> None:

@@ -19,7 +19,7 @@ async function loadModels() {
     const topK = Math.min(20, ...models.map((m) => m.max_top_logprobs ?? 20));
     $("topk").max = String(topK);
     if (Number($("topk").value) > topK) $("topk").value = String(topK);
-    $("model").innerHTML = models.map((m) => `<option value="${m.id}">${m.id}${m.ready ? "" : " (loading)"}</option>`).join("");
+    $("model").innerHTML = models.map((m) => `<option value="${m.id}" data-chat="${m.chat_template === true}">${m.id}${m.ready ? "" : " (loading)"}</option>`).join("");
     if (models.some((m) => m.id === current)) $("model").value = current;
     modelChanged();
   } catch (err) {
