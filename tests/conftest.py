@@ -17,6 +17,8 @@ from app.launcher.local_service import ROOT, LocalService
 
 MODEL = "smollm2-135m-instruct"
 KEYS = {"key-alpha": "alpha", "key-beta": "beta"}
+METRICS_KEY = "key-metrics"  # LOGPROBE_METRICS_KEY: /metrics opens to it alone (tenants' keys do not open it)
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_KEY}"}
 # The model cache outlives test runs: the GGUF is converted to safetensors once per machine.
 DATA_DIR = Path(os.environ.get("LOGPROBE_DATA_DIR", Path.home() / ".cache" / "logprobe"))
 ARTIFACTS = ROOT / "artifacts"
@@ -29,13 +31,18 @@ def service_env(models: list[Any], keys: bool = True, threads: int = 2) -> dict[
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
         "LOGPROBE_WORKER_THREADS": str(threads),
     }
-    return {**env, "LOGPROBE_API_KEYS": json.dumps(KEYS)} if keys else env
+    return {**env, "LOGPROBE_API_KEYS": json.dumps(KEYS), "LOGPROBE_METRICS_KEY": METRICS_KEY} if keys else env
 
 
 @pytest.fixture(scope="session")
 def local_service() -> Iterator[LocalService]:
     """Redis, one worker started on its own (`python -m workers`) and the gateway, with two API keys."""
-    env = {"LOGPROBE_DATA_DIR": str(DATA_DIR), "LOGPROBE_API_KEYS": json.dumps(KEYS), "LOGPROBE_WORKER_THREADS": "2"}
+    env = {
+        "LOGPROBE_DATA_DIR": str(DATA_DIR),
+        "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_METRICS_KEY": METRICS_KEY,
+        "LOGPROBE_WORKER_THREADS": "2",
+    }
     with LocalService(env=env, log_dir=ARTIFACTS) as service:
         yield service
 

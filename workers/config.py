@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.contract.names import Retain
@@ -56,6 +56,12 @@ class CommonSettings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "LOGPROBE_REDIS_URL"))
     # Whether REDIS_URL names a Redis Cluster (any one of its nodes); unset: the server is asked at start.
     redis_cluster: bool | None = None
+    # The password Redis requires (requirepass; every node of a cluster shares it), or a file holding it (a
+    # container secret). A password in REDIS_URL itself (redis://:password@host:6379/0) wins over both.
+    redis_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_PASSWORD", "LOGPROBE_REDIS_PASSWORD")
+    )
+    redis_password_file: Path | None = None
     data_dir: Path = Path.home() / ".cache" / "logprobe"
     # Model names (packaged) or full specs as JSON; a models file (JSON list of specs) adds more.
     models: Annotated[list[ModelSpec], NoDecode] = Field(default_factory=lambda: [PACKAGED_MODELS[DEFAULT_MODEL]])
@@ -79,6 +85,14 @@ class CommonSettings(BaseSettings):
             known = {m.name for m in self.models}
             self.models = self.models + [m for m in extra if m.name not in known]
         return self
+
+    def redis_auth(self) -> dict[str, Any]:
+        """What every Redis client of this process is given besides the URL: the password, when one is set."""
+        if self.redis_password is not None and self.redis_password.get_secret_value():
+            return {"password": self.redis_password.get_secret_value()}
+        if self.redis_password_file is not None:
+            return {"password": self.redis_password_file.read_text().strip()}
+        return {}
 
     def model_spec(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)

@@ -100,12 +100,12 @@ class PatientAsyncCluster(redis.asyncio.cluster.RedisCluster):
                 delay = min(2 * delay, 1.0)
 
 
-def is_cluster(url: str, setting: bool | None = None) -> bool:
+def is_cluster(url: str, setting: bool | None = None, password: str | None = None) -> bool:
     """`setting` when given (LOGPROBE_REDIS_CLUSTER), else whether the server at `url` runs in cluster mode;
     a server that cannot be asked now counts as a single Redis (set the setting in deployments)."""
     if setting is not None:
         return setting
-    probe = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    probe = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3, password=password)
     try:
         return bool(probe.info("cluster").get("cluster_enabled"))
     except redis.RedisError as exc:
@@ -122,15 +122,16 @@ def _cluster_options(retry: type[Retry] | type[AsyncRetry] = Retry) -> dict[str,
 
 
 def connect(url: str, cluster: bool | None = None, **options: Any) -> redis.Redis:
-    """A blocking client; a RedisCluster speaks the same commands, so callers keep one type."""
-    if is_cluster(url, cluster):
+    """A blocking client; a RedisCluster speaks the same commands, so callers keep one type. `password` (in
+    `options`, from CommonSettings.redis_auth) authenticates to the server, or to every node of a cluster."""
+    if is_cluster(url, cluster, options.get("password")):
         return cast(redis.Redis, PatientCluster.from_url(url, **_cluster_options(), **options))
     return redis.Redis.from_url(url, **options)
 
 
 def connect_async(url: str, cluster: bool | None = None, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client (the gateway's); a RedisCluster speaks the same commands, so callers keep one type."""
-    if is_cluster(url, cluster):
+    if is_cluster(url, cluster, options.get("password")):
         client = PatientAsyncCluster.from_url(url, **_cluster_options(AsyncRetry), **options)
         return cast(redis.asyncio.Redis, client)
     return redis.asyncio.Redis.from_url(url, **options)

@@ -111,6 +111,7 @@ class Worker:
             settings.redis_cluster,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=min(10.0, settings.redis_timeout_s),
+            **settings.redis_auth(),
         )
         self.stopping = threading.Event()
         self.done = threading.Event()  # set when serve() returns; the heartbeat holds jobs until then

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import ServicesDep, TenantDep
+from app.api.deps import CreatorDep, ServicesDep, TenantDep
 from app.schemas.calibrations import Calibration, CalibrationList, CalibrationRequest
 from app.serving.calibrations import delete_calibration, fit_calibration, get_calibration, list_calibrations
 
@@ -14,8 +14,10 @@ router = APIRouter(tags=["calibrations"])
 
 
 @router.post("/v1/calibrations", response_model=Calibration)
-async def create_calibration(body: CalibrationRequest, services: ServicesDep, tenant: TenantDep) -> Calibration:
-    return await fit_calibration(services, tenant, body)
+async def create_calibration(
+    body: CalibrationRequest, services: ServicesDep, tenant: TenantDep, creator: CreatorDep
+) -> Calibration:
+    return await fit_calibration(services, tenant, body, creator)
 
 
 @router.get("/v1/calibrations", response_model=CalibrationList)

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.platform.auth import TenantDep, current_tenant
+from app.platform.auth import CreatorDep, TenantDep, current_tenant
 from app.serving.services import Services
 
-__all__ = ["ServicesDep", "TenantDep", "current_tenant"]
+__all__ = ["CreatorDep", "ServicesDep", "TenantDep", "current_tenant"]
 
 
 def get_services(request: Request) -> Services:

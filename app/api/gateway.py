@@ -15,6 +15,7 @@ from app.api import (
     byte_level,
     calibrations,
     decode,
+    docs,
     frequency_tables,
     generate,
     heads,
@@ -65,6 +66,7 @@ ROUTERS = [
         tokenizer,
         batches,
         web,
+        docs,
     )
 ]
 
@@ -107,6 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         dependencies=[Depends(watch_client)],
         description="Full next-token distributions of language models, kept compactly and analysed.",
+        openapi_url=None,  # served by app/api/docs.py, behind a key unless LOGPROBE_PUBLIC_DOCS opens them
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(JsonBodyCheck)  # unencodable text, non-finite numbers: 422 before any route

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import ServicesDep, TenantDep
+from app.api.deps import CreatorDep, ServicesDep, TenantDep
 from app.schemas.heads import Head, HeadList, HeadRequest
 from app.serving.heads import create_head, delete_head, get_head, list_heads
 
@@ -14,10 +14,10 @@ router = APIRouter(tags=["heads"])
 
 
 @router.post("/v1/heads", response_model=Head, status_code=202)
-async def create(body: HeadRequest, services: ServicesDep, tenant: TenantDep) -> Head:
+async def create(body: HeadRequest, services: ServicesDep, tenant: TenantDep, creator: CreatorDep) -> Head:
     """Check the examples, then score the texts without a record and train the head in a worker: follow it with
     GET /v1/heads/{id} (status, progress, cross-validated metrics)."""
-    return await create_head(services, tenant, body)
+    return await create_head(services, tenant, body, creator)
 
 
 @router.get("/v1/heads", response_model=HeadList)

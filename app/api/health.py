@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from app.api.deps import ServicesDep
 from app.platform import metrics
+from app.platform.auth import metrics_access
 from app.platform.errors import STORAGE_FULL_RETRY_S
 from workers.redis_client import storage_full as is_storage_full
 
@@ -22,9 +23,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_access)])
 async def prometheus_metrics(services: ServicesDep) -> Response:
-    """Prometheus text format; no API key needed (scrapers sit on the deployment's network)."""
+    """Prometheus text format, for the metrics key (LOGPROBE_METRICS_KEY) unless LOGPROBE_PUBLIC_METRICS opens it."""
     try:
         body = await metrics.render(services.catalog)
     except RedisError:

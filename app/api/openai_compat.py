@@ -37,6 +37,7 @@ from app.serving.completions import (
     best,
     chat_ids,
     chat_logprob,
+    check_request_cost,
     completion_job,
     completion_logprobs,
     completion_text,
@@ -84,6 +85,7 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
     max_tokens = max_new(services, card, body.max_tokens, [ids for ids, _ in prompts])
     if max_tokens == 0 and tries > 1:
         raise ApiError(422, "invalid_request", "max_tokens 0 scores the prompt: n and best_of must be 1", "n")
+    check_request_cost(services, [ids for ids, _ in prompts], tries, max_tokens)
     samplings = [sampling_for(body, card, max_tokens, seed_of(body.seed, j)) for j in range(tries)]
     echo_logprobs = body.echo and body.logprobs is not None
     need_prompt = echo_logprobs or pk is not None
@@ -141,6 +143,7 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep, t
     k = top_k(body.top_logprobs, services.settings, MAX_TOP, default=0) if body.logprobs else 0
     pk = prompt_k(services, body.prompt_logprobs) if body.prompt_logprobs is not None else None
     max_tokens = max_new(services, card, body.max_completion_tokens or body.max_tokens or CHAT_MAX_TOKENS, [ids])
+    check_request_cost(services, [ids], body.n, max_tokens)
     samplings = [sampling_for(body, card, max_tokens, seed_of(body.seed, j)) for j in range(body.n)]
     last = body.messages[-1]
     echoed = last.content if body.echo and last.role == "assistant" else ""

@@ -157,7 +157,7 @@ def worker_alive() -> None:
     if not settings.redis_url:
         raise typer.Exit(2)
     try:
-        client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=3)
+        client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=3, **settings.redis_auth())
         alive = alive_on_host(client, socket.gethostname())
     except REDIS_ERRORS:
         alive = False

@@ -9,6 +9,7 @@ process that started it (as the service's processes do: app/launcher/local_servi
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import socket
@@ -56,12 +57,20 @@ def _wait(check: object, what: str, timeout_s: float) -> None:
 
 
 class RedisNode:
-    """One redis-server on host:port, a cluster node when `cluster`; its files and log in `folder`."""
+    """One redis-server on host:port, a cluster node when `cluster`; its files and log in `folder`. With `password`
+    it requires it of every client (requirepass) and, as a replica, gives it to its master (masterauth)."""
 
     def __init__(
-        self, folder: Path, host: str = "127.0.0.1", port: int = 0, cluster: bool = False, node_timeout_ms: int = 2000
+        self,
+        folder: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        cluster: bool = False,
+        node_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
         self.folder = folder
+        self.password = password
         self.host = host
         self.port = port or free_cluster_port(host)
         self.cluster = cluster
@@ -77,7 +86,9 @@ class RedisNode:
         return f"redis://{self.address}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=5, socket_connect_timeout=2)
+        return redis.Redis(
+            host=self.host, port=self.port, socket_timeout=5, socket_connect_timeout=2, password=self.password
+        )
 
     def start(self, prefix: list[str] | None = None) -> RedisNode:
         """Start the server (behind `prefix`, e.g. `ip netns exec NAME`) and wait until it answers."""
@@ -87,6 +98,8 @@ class RedisNode:
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.folder / "nodes.conf")]
             args += ["--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no"]
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         with (self.folder / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [*(prefix or []), *args], stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
@@ -117,16 +130,24 @@ class RedisNode:
 
 
 class EmbeddedCluster:
-    """A Redis Cluster of `masters` masters with `replicas` replicas each, on free ports of `host`."""
+    """A Redis Cluster of `masters` masters with `replicas` replicas each, on free ports of `host`; every node
+    requires `password` when one is given (and replicas give it to their masters)."""
 
     def __init__(
-        self, folder: Path, masters: int = 3, replicas: int = 1, host: str = "127.0.0.1", node_timeout_ms: int = 2000
+        self,
+        folder: Path,
+        masters: int = 3,
+        replicas: int = 1,
+        host: str = "127.0.0.1",
+        node_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
         self.folder = folder
         self.n_masters = masters
         self.replicas = replicas
+        self.password = password
         self.nodes = [
-            RedisNode(folder / f"node{i}", host, cluster=True, node_timeout_ms=node_timeout_ms)
+            RedisNode(folder / f"node{i}", host, cluster=True, node_timeout_ms=node_timeout_ms, password=password)
             for i in range(masters * (1 + replicas))
         ]
 
@@ -141,11 +162,13 @@ class EmbeddedCluster:
                 node.start()
             cli = redis_server_binary().with_name("redis-cli")
             create = ["--cluster", "create", *(node.address for node in self.nodes)]
+            auth = {"REDISCLI_AUTH": self.password} if self.password else {}  # as compose's init service gives it
             subprocess.run(
                 [str(cli), *create, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True,
                 capture_output=True,
                 timeout=timeout_s,
+                env={**os.environ, **auth},
             )
             self.wait_healthy(timeout_s)
         except BaseException:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.platform import budget
 from app.platform.errors import ApiError, error_response
 from workers.contract.keys import tenant_tag
 from workers.contract.lifetimes import announce, keep_until
@@ -34,15 +35,11 @@ async def _add(redis: Redis, tenant: str, what: str, amount: int, now: float) ->
 
 async def charge(redis: Redis, tenant: str, what: str, amount: int, limit: int) -> None:
     """Count `amount` against this minute's budget; over `limit`, a 429 that says when the window resets. A request
-    that alone needs more than a whole minute's budget is a 413 (no retry could pass) and is not counted."""
+    that alone needs more than a whole minute's budget is a 422 `request_exceeds_budget` (no retry could pass) and
+    is not counted (app/platform/budget.py)."""
     if limit <= 0 or amount <= 0:
         return
-    if amount > limit:
-        raise ApiError(
-            413,
-            f"{what}_over_budget",
-            f"this request needs {amount} {what}, more than the {limit} per minute this key may use; split it",
-        )
+    budget.fits_with_what_it_spent(what, amount, limit)
     now = time.time()
     if await _add(redis, tenant, what, amount, now) > limit:
         retry = max(1, math.ceil(WINDOW_S - now % WINDOW_S))

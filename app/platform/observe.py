@@ -1,4 +1,5 @@
-"""ASGI middleware: a request id (echoed in X-Request-Id and in every log line), the latency metric by route,
+"""ASGI middleware: a request id (echoed in X-Request-Id and in every log line), two security headers on every
+answer (`X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`), the latency metric by route,
 one access log line per request, and the last word on unexpected errors: a 500 in the error envelope, with the
 request id, logged with its traceback, and the connection kept (an exception that reached the server would make
 it drop the keep-alive connection; once an answer has begun there is nothing else to do).
@@ -19,6 +20,8 @@ from app.platform import logs, metrics
 from app.platform.errors import internal_error
 
 log = logging.getLogger("app")
+# No answer is sniffed into another type (a JSON error echoing text is never run as HTML) or framed by another site.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
 
 
 class Observe:
@@ -39,7 +42,8 @@ class Observe:
             nonlocal status, started_answer
             if message["type"] == "http.response.start":
                 status, started_answer = message["status"], True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                own = [(b"x-request-id", rid.encode("latin-1")), *SECURITY_HEADERS]
+                message["headers"] = [*message.get("headers", []), *own]
             await send(message)
 
         try:

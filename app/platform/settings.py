@@ -8,7 +8,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from workers.config import CommonSettings
 from workers.contract.names import valid_tenant
@@ -27,6 +27,12 @@ class Settings(CommonSettings):
     api_keys: dict[str, str] = Field(default_factory=dict)
     api_keys_file: Path | None = None
     allow_anonymous: bool = False
+    # /metrics counts every tenant's work: with API keys on, only this scrape key opens it (not a tenant's key),
+    # unless public_metrics opens it to whoever reaches the port. With keys off, it is open like everything else.
+    metrics_key: SecretStr | None = None
+    public_metrics: bool = False
+    # /docs, /redoc and /openapi.json: with API keys on, a valid key is needed, unless public_docs opens them.
+    public_docs: bool = False
 
     default_top_logprobs: int = 5
     max_top_logprobs: int = 20  # the captured top-k

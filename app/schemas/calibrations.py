@@ -38,6 +38,10 @@ class Calibration(BaseModel):
     reference_model: str | None
     target_fpr: float
     created_at: float
+    created_by: str | None = Field(
+        default=None, description='who made it: "key " and 8 hex digits of its key\'s sha256, or "anonymous"'
+    )
+    n_texts: int | None = Field(default=None, description="the labelled texts it was fitted on")
     expires_at: int | None = Field(default=None, description="unix time the calibration is deleted at")
     methods: dict[str, MethodFit]
 

@@ -78,6 +78,9 @@ class Head(BaseModel):
     n_parameters: int | None = None
     error: HeadErrorOut | None = None
     created_at: float
+    created_by: str | None = Field(
+        default=None, description='who made it: "key " and 8 hex digits of its key\'s sha256, or "anonymous"'
+    )
     finished_at: float | None = None
     expires_at: int | None = None
 

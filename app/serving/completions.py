@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from app.platform.budget import check_fits
 from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
@@ -152,6 +153,14 @@ def max_new(services: Services, card: ModelCard, requested: int | None, prompts:
 def seed_of(seed: int | None, index: int) -> int | None:
     """The seed of a request's index-th sample, as vLLM derives it for n > 1."""
     return None if seed is None else (seed + index) % 2**63
+
+
+def check_request_cost(services: Services, prompts: list[list[int]], choices: int, max_tokens: int) -> None:
+    """Before any job: 422 `request_exceeds_budget` when the request's tokens — each prompt and its max_tokens, once
+    per choice (`best_of` included) — are more than a minute of the tenant's LOGPROBE_RATE_LIMIT_TPM. Its choices
+    are charged one by one as they start, which would otherwise end in a 429 that no retry could pass."""
+    cost = sum(len(ids) + max_tokens for ids in prompts) * choices
+    check_fits("tokens", cost, services.settings.rate_limit_tpm)
 
 
 # ------------------------------------------------------------------ jobs

@@ -181,7 +181,7 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
 # ---------------------------------------------------------------- creating
 
 
-async def create_head(services: Services, tenant: str, body: HeadRequest) -> Head:
+async def create_head(services: Services, tenant: str, body: HeadRequest, creator: str | None = None) -> Head:
     body = body.model_copy(update={"examples": _distinct(body.examples)})  # a repeated example is trained once
     labels = _labels(body.examples)
     card = await services.catalog.card(body.model)
@@ -210,6 +210,7 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
         params=params,
         examples={"0": labels.count(0), "1": labels.count(1)},
         expires_at=quotas.expires_at(),
+        created_by=creator,
     )
     key = head_key(tenant, state.head_id)
     pipe = services.redis.pipeline(transaction=True)

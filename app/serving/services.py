@@ -35,7 +35,9 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (logprobe serve starts an embedded Redis for you)")
-        redis = connect_async(settings.redis_url, settings.redis_cluster, health_check_interval=30)
+        redis = connect_async(
+            settings.redis_url, settings.redis_cluster, health_check_interval=30, **settings.redis_auth()
+        )
         return cls(
             settings=settings,
             redis=redis,

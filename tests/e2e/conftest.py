@@ -53,18 +53,23 @@ def browser() -> Iterator[Browser]:
 
 def open_page(browser: Browser, service: str, width: int = 1280, height: int = 900) -> Page:
     """The page at `width` px with key-alpha entered and the model list loaded; failed responses are kept in
-    `page.failures` and errors the page's scripts raise in `page.script_errors`."""
+    `page.failures`, errors the page's scripts raise in `page.script_errors`, and what the browser refused under
+    the page's Content-Security-Policy in `page.csp_violations`."""
     page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
     failures: list[str] = []
     script_errors: list[str] = []
+    csp_violations: list[str] = []
     page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.on("pageerror", lambda e: script_errors.append(str(e)))
+    page.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
     page.failures = failures  # type: ignore[attr-defined]
     page.script_errors = script_errors  # type: ignore[attr-defined]
+    page.csp_violations = csp_violations  # type: ignore[attr-defined]
     page.goto(f"{service}/")
     page.fill("#apikey", "key-alpha")
     page.dispatch_event("#apikey", "change")
-    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    # wait_for_function takes functions ("() => …") here: a bare expression is eval'd in the page, which its CSP refuses
+    page.wait_for_function("() => document.querySelector('#model').options.length > 0")
     return page
 
 
@@ -72,7 +77,9 @@ def open_page(browser: Browser, service: str, width: int = 1280, height: int = 9
 def page(browser: Browser, service: str) -> Iterator[Page]:
     page = open_page(browser, service)
     yield page
+    violations = page.csp_violations  # type: ignore[attr-defined]
     page.close()
+    assert violations == [], violations  # every panel works under the page's Content-Security-Policy
 
 
 def screenshot(page: Page, name: str, selector: str | None = None) -> None:

@@ -6,9 +6,11 @@ the old result, a favicon, and a layout that stacks at 800 px. Screenshots are k
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 
+from app.launcher.local_service import ROOT
 from app.serving import corpus
 from tests.conftest import MODEL
 from tests.e2e.conftest import SLOW_MS, open_page, screenshot
@@ -125,6 +128,7 @@ def test_chat_generation_marks_the_completion_and_special_tokens(page: Page, alp
     page.wait_for_selector("#summary-table", timeout=SLOW_MS)
     record = alpha.get(f"/v1/records/{record_id(page)}").json()
     assert record["kind"] == "generate" and record["n_prompt"] is not None
+    assert "chat model" not in page.locator("#status").inner_text()  # chat input: no hint needed
     # the mark sits right before the first completion token
     before = page.evaluate(
         "(() => { const b = document.querySelector('#tokens .boundary'); let n = 0;"
@@ -147,10 +151,24 @@ def test_chat_generation_marks_the_completion_and_special_tokens(page: Page, alp
     assert page.locator("#tokens .boundary").count() == 1
 
 
+def test_generating_from_text_on_a_chat_model_says_what_text_mode_does(page: Page) -> None:
+    """Text mode hands a chat model raw text to continue (it often just ends the turn): the status says so and
+    points to chat input."""
+    page.fill("#text", "What is the capital of France?")
+    page.fill("#max-tokens", "3")
+    page.click("#generate")
+    page.wait_for_selector("#summary-table", timeout=SLOW_MS)
+    status = page.locator("#status").inner_text()
+    assert f"{MODEL} is a chat model and text mode continues raw text" in status and "Input: chat" in status
+    assert record_id(page)  # the record id still ends the status line
+
+
 def test_an_error_clears_the_previous_result(page: Page) -> None:
     score(page)
     assert page.locator("#tokens .tok").count() > 0
     page.select_option("#input-mode", "record")
+    placeholder = page.get_attribute("#record-id", "placeholder") or ""
+    assert "32 hex digits" in placeholder and "rec_" not in placeholder  # the ids' real shape
     page.fill("#record-id", "no-such-record")
     page.click("#open")
     page.wait_for_selector("#status.error")
@@ -171,10 +189,19 @@ def test_detection_plot_against_a_calibration(page: Page, alpha: httpx.Client, b
     fresh = open_page(browser, service)  # a page that lists the new calibration
     try:
         options = "[...document.querySelectorAll('#calibration option')]"
-        fresh.wait_for_function(f"{options}.some(o => o.value === '{calibration['calibration_id']}')")
-        assert fresh.locator("#calibration").input_value() == calibration["calibration_id"]  # the newest is chosen
+        fresh.wait_for_function(f"() => {options}.some(o => o.value === '{calibration['calibration_id']}')")
+        # nothing applied that was not chosen: the newest calibration is listed, not picked
+        assert fresh.locator("#calibration").input_value() == ""
         score(fresh)
-        fresh.wait_for_selector("#plot-detect .u-over")
+        assert fresh.locator("#plot-detect-fig").is_hidden()
+        # each entry says who made it, when and on how many examples
+        assert calibration["created_by"] == "key " + hashlib.sha256(b"key-alpha").hexdigest()[:8]
+        assert calibration["n_texts"] == 6
+        option = fresh.locator(f"#calibration option[value='{calibration['calibration_id']}']").inner_text()
+        assert "made by you" in option and "6 examples" in option and " UTC" in option
+        fresh.select_option("#calibration", calibration["calibration_id"])  # chosen: applied to the shown text
+        fresh.wait_for_selector("#plot-detect .u-over", timeout=SLOW_MS)
+        assert calibration["calibration_id"] in fresh.locator("#plot-detect-caption").inner_text()
         detect = alpha.post(
             "/v1/analysis/detect",
             json={"record_id": record_id(fresh), "calibration_id": calibration["calibration_id"]},
@@ -223,10 +250,71 @@ def test_favicon_and_assets_are_served_and_nothing_is_missing(browser: Browser, 
     assert favicon.status_code == 200 and favicon.headers["content-type"].startswith("image/svg+xml")
     plotting = httpx.get(f"{service}/web/vendor/uplot/uPlot.iife.min.js")
     assert plotting.status_code == 200 and "uPlot" in plotting.text
-    assert httpx.get(f"{service}/web/../api/web.py").status_code == 404
+    # httpx resolves "..": /api/web.py, no route; without a key the key gate answers 401 before routing
+    assert httpx.get(f"{service}/web/../api/web.py", headers={"Authorization": "Bearer key-alpha"}).status_code == 404
     assert httpx.get(f"{service}/web/nothing.js").json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json"])
-def test_page_and_docs_are_served(service: str, path: str) -> None:
-    assert httpx.get(f"{service}{path}").status_code == 200
+def test_the_readme_names_the_pages_tabs() -> None:
+    """The README's page section counts and names the tabs the page has (it said "three" and listed five)."""
+    page = (ROOT / "app" / "web" / "index.html").read_text()
+    tabs = re.findall(r'<button role="tab" data-tab="\w+"[^>]*>([^<]+)</button>', page)
+    section = (ROOT / "README.md").read_text().split("## The page", 1)[1].split("\n## ", 1)[0]
+    said = re.search(r"(\w+) tabs — ([^—]+) —", section)
+    assert said, "the README's page section names its tabs"
+    numbers = {"Two": 2, "Three": 3, "Four": 4, "Five": 5, "Six": 6}
+    assert numbers[said.group(1)] == len(tabs) and [t.strip() for t in said.group(2).split(",")] == tabs
+    bolded = re.findall(r"^- \*\*(\w+)\*\*(?! \(in )", section, re.M)  # top-level entries not inside a tab
+    assert bolded == tabs
+
+
+def test_the_page_is_open_and_the_docs_need_a_key(service: str) -> None:
+    """The page is served to anyone (it holds no data; its calls carry the key); the API's description needs a
+    key unless LOGPROBE_PUBLIC_DOCS opens it (tests/integration/test_exposure.py)."""
+    assert httpx.get(f"{service}/").status_code == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        refused = httpx.get(f"{service}{path}")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", path
+        assert httpx.get(f"{service}{path}", headers={"Authorization": "Bearer key-alpha"}).status_code == 200, path
+
+
+def test_the_page_works_under_its_content_security_policy(page: Page, service: str) -> None:
+    """The page and its files come with a CSP that allows only the page's own scripts and styles (no inline ones,
+    no eval), nosniff and no framing; scoring and every colour legend run with nothing refused (the `page`
+    fixture fails a test on any CSP violation), and the legends are coloured through the DOM."""
+    for path in ("/", "/web/js/main.js", "/web/page.css"):
+        headers = httpx.get(f"{service}{path}").headers
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "style-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+    score(page)
+    assert page.evaluate("document.querySelector('#legend .bar').style.background").startswith("linear-gradient")
+    page.select_option("#metric", "gltr")
+    chips = page.locator("#legend .chip").evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    assert set(chips) == GLTR_COLOURS
+    assert page.csp_violations == []  # type: ignore[attr-defined]
+
+
+def test_the_api_key_stays_in_the_tab(browser: Browser, service: str) -> None:
+    """The key entered is kept in the tab's sessionStorage (a reload keeps it), never in localStorage; a key an
+    older page left in localStorage is removed; another tab of the same browser starts without it."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{service}/")
+        page.fill("#apikey", "key-alpha")
+        page.dispatch_event("#apikey", "change")
+        page.wait_for_function("() => document.querySelector('#model').options.length > 0")  # the key works
+        assert page.evaluate("localStorage.length") == 0
+        assert page.evaluate("sessionStorage.getItem('logprobe.key')") == "key-alpha"
+        other = context.new_page()  # a second tab: it would see what localStorage kept
+        other.goto(f"{service}/")
+        assert other.input_value("#apikey") == ""
+        page.evaluate("localStorage.setItem('logprobe.key', 'left-by-an-older-page')")
+        page.reload()
+        page.wait_for_function("() => document.querySelector('#model').options.length > 0")
+        assert page.input_value("#apikey") == "key-alpha"
+        assert page.evaluate("localStorage.getItem('logprobe.key')") is None
+    finally:
+        context.close()

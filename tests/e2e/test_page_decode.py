@@ -44,7 +44,9 @@ def test_streamed_steps_equal_the_answer(page: Page, alpha: httpx.Client) -> Non
     chips = page.locator("#dec-text .tok").evaluate_all("els => els.map(e => e.textContent)")
     assert "".join(chips).replace("⏎", "\n") == "".join(s["text"] for s in answer["steps"])
     header = page.locator("#dec-steps thead").inner_text()
-    assert "view 0" in header and "view 1" in header and "context" in header
+    assert "with the context" in header and "without the context" in header  # what each view is
+    assert "view 0" not in header and "view 1" not in header
+    assert "with the context: log p" in page.locator("#dec-text .tok").first.get_attribute("title") or ""
     screenshot(page, "page-decode")
 
 

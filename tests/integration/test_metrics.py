@@ -1,4 +1,4 @@
-"""/metrics parses with prometheus_client's own parser, needs no key, and its counters move with requests;
+"""/metrics parses with prometheus_client's own parser, opens to the metrics key, and its counters move with requests;
 the gateway's log lines are JSON carrying the request id the response echoes."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import json
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ARTIFACTS, MODEL
+from tests.conftest import ARTIFACTS, METRICS_AUTH, MODEL
 
 
 def scrape(service: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = httpx.get(f"{service}/metrics")
+    response = httpx.get(f"{service}/metrics", headers=METRICS_AUTH)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value

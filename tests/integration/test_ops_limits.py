@@ -21,7 +21,7 @@ from app.launcher.local_service import LocalService
 from app.serving.calibrations import calibration_key
 from app.serving.frequencies import table_key
 from bench.texts import text_of_tokens
-from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
+from tests.conftest import ARTIFACTS, DATA_DIR, METRICS_AUTH, METRICS_KEY, MODEL
 from workers.contract.lifetimes import expiry_key
 
 KEYS = {
@@ -32,6 +32,8 @@ KEYS = {
     "key-epsilon": "epsilon",
     "key-zeta": "zeta",
     "key-eta": "eta",
+    "key-theta": "theta",
+    "key-iota": "iota",
 }
 TTL_S = 3600
 SHARE = 3  # a tenant's jobs in the queue at once; the worker runs at most SHARE sequences at once too
@@ -44,6 +46,7 @@ def limited() -> Iterator[LocalService]:
     env = {
         "LOGPROBE_DATA_DIR": str(DATA_DIR),
         "LOGPROBE_API_KEYS": json.dumps(KEYS),
+        "LOGPROBE_METRICS_KEY": METRICS_KEY,
         "LOGPROBE_WORKER_THREADS": "1",
         "LOGPROBE_MAX_TABLES_PER_TENANT": "2",
         "LOGPROBE_MAX_CALIBRATIONS_PER_TENANT": "1",
@@ -193,10 +196,53 @@ def test_a_batch_input_that_keeps_failing_is_given_up_after_a_few_tries(limited:
         }
         assert lines["late"]["error"]["code"] == "tokens_rate_limited"
         assert lines["late"]["error"]["attempts"] == ATTEMPTS
-        assert lines["big"]["error"]["code"] == "tokens_over_budget" and "attempts" not in lines["big"]["error"]
+        assert lines["big"]["error"]["code"] == "request_exceeds_budget" and "attempts" not in lines["big"]["error"]
         direct = gamma.post("/v1/score", json={"model": MODEL, "text": too_big})
-        assert direct.status_code == 413 and direct.json()["error"]["code"] == "tokens_over_budget"
+        assert direct.status_code == 422 and direct.json()["error"]["code"] == "request_exceeds_budget"
+        assert "LOGPROBE_RATE_LIMIT_TPM" in direct.json()["error"]["message"]
         assert "Retry-After" not in direct.headers
+
+
+def assert_exceeds_budget(response: httpx.Response) -> None:
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "request_exceeds_budget" and "LOGPROBE_RATE_LIMIT_TPM" in error["message"]
+    assert "Retry-After" not in response.headers
+
+
+def test_a_completion_whose_choices_together_exceed_the_budget_is_refused_before_any_runs(
+    limited: LocalService,
+) -> None:
+    """Each choice alone fits the TPM budget, together they cannot: 422 `request_exceeds_budget` up front (not a 429
+    after some choices ran, that no retry could pass), nothing counted: a request that fits passes at once."""
+    prompt = f"Count the boats in the bay {uuid.uuid4().hex[:6]}:"
+    each = TPM // 4 + 10  # prompt + max_tokens of one choice: four of them are more than TPM
+    with client(limited, "key-iota") as iota:
+        n_prompt = len(iota.post("/tokenize", json={"model": MODEL, "prompt": prompt}).json()["tokens"])
+        max_tokens = each - n_prompt
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        assert_exceeds_budget(iota.post("/v1/completions", json={**body, "n": 1, "best_of": 4}))
+        assert_exceeds_budget(iota.post("/v1/completions", json={**body, "prompt": [prompt] * 4}))
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+        assert_exceeds_budget(iota.post("/v1/chat/completions", json={**chat, "n": 4}))
+        fits = iota.post("/v1/completions", json={**body, "max_tokens": 4, "n": 2})
+        assert fits.status_code == 200, fits.text  # nothing of the refused ones was counted
+
+
+def test_a_calibration_whose_texts_together_exceed_the_budget_says_so(limited: LocalService) -> None:
+    """A calibration scores its texts one by one, each within the budget: once they add up to more than a minute's
+    budget it is a 422 `request_exceeds_budget`, not a 429 that no retry could pass."""
+    with client(limited, "key-theta") as theta:
+
+        def encode(text: str) -> list[int]:
+            return list(theta.post("/tokenize", json={"model": MODEL, "prompt": text}).json()["tokens"])
+
+        salt = uuid.uuid4().hex[:8]
+        texts = [
+            {"text": text_of_tokens(TPM // 4 + 20, encode, f"{salt}{i}"), "label": label}
+            for i, label in enumerate(["human", "human", "machine", "machine"])
+        ]
+        assert_exceeds_budget(theta.post("/v1/calibrations", json={"model": MODEL, "texts": texts}))
 
 
 def test_one_tenants_flood_of_requests_does_not_queue_ahead_of_anothers_request(limited: LocalService) -> None:
@@ -205,7 +251,7 @@ def test_one_tenants_flood_of_requests_does_not_queue_ahead_of_anothers_request(
     flood, salt = 30, uuid.uuid4().hex[:8]
 
     async def waiting(client: httpx.AsyncClient) -> float:
-        metrics = (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics", headers=METRICS_AUTH)).text
         return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("logprobe_fair_share_"))
 
     async def run() -> tuple[httpx.Response, int, float]:
@@ -249,8 +295,8 @@ def test_a_heads_examples_are_charged_to_the_token_budget_before_it_is_accepted(
         ]  # ~10 x 70 tokens: over TPM
         short = [{"text": f"Short {i} ({salt}).", "label": i % 2} for i in range(10)]  # ~10 x 20 tokens
         refused = eta.post("/v1/heads", json={"model": MODEL, "name": "big", "kind": "los", "examples": long})
-        assert refused.json()["error"]["code"] == "tokens_over_budget", refused.text
-        assert refused.status_code in (413, 422) and "Retry-After" not in refused.headers
+        assert refused.json()["error"]["code"] == "request_exceeds_budget", refused.text
+        assert refused.status_code == 422 and "Retry-After" not in refused.headers
         assert eta.get("/v1/heads").json()["data"] == []
         few = eta.post("/v1/heads", json={"model": MODEL, "name": "small", "kind": "los", "examples": short})
         assert few.status_code == 202, few.text

@@ -55,6 +55,7 @@ class HeadState(BaseModel):
     n_parameters: int | None = None
     error: HeadError | None = None
     created_at: float = Field(default_factory=time.time)
+    created_by: str | None = None  # "key <8 hex of its sha256>" or "anonymous" (app/platform/auth.py)
     finished_at: float | None = None
     expires_at: int | None = None
 

@@ -9,7 +9,7 @@ import {
 } from "./tokens.js";
 
 const UNCERTAINTY = ["perplexity", "geometric_mean_prob", "arithmetic_mean_prob", "mean_entropy", "max_entropy", "mean_kurtosis", "entropy_trend"];
-const state = { record: null, tokens: [], headWeights: null, headName: null, heads: [], attribution: null, asked: 0 };
+const state = { record: null, tokens: [], headWeights: null, headName: null, headNote: null, heads: [], attribution: null, asked: 0 };
 const ROLES = ["system", "user", "assistant", "developer", "tool"];
 
 export function topK() {
@@ -47,11 +47,12 @@ function colour(i) {
   const token = state.tokens[i];
   if (token.logprob === null) return null;
   const metric = $("metric").value;
-  if (metric === "head") {
+  if (metric === "head") {  // from the least weight to the most; a gate that weighs all alike colours nothing
     const weights = state.headWeights;
-    if (!weights || weights[i] === undefined) return null;
-    const top = Math.max(...Object.values(weights));
-    return heat(weights[i] / Math.max(top, 1e-12));
+    if (!weights || weights[i] === undefined || uniform(weights)) return null;
+    const values = Object.values(weights);
+    const lo = Math.min(...values), hi = Math.max(...values);
+    return heat((weights[i] - lo) / (hi - lo));
   }
   if (metric === "prob") return heat(-token.logprob / Math.log(1000));  // log scale: p = 1 .. p <= 0.001
   if (metric === "entropy") return heat(token.entropy / Math.max(state.maxEntropy, 1e-9));
@@ -59,10 +60,20 @@ function colour(i) {
   return GLTR[gltrBucket(token.rank)][1];
 }
 
+function uniform(weights) {
+  const values = Object.values(weights);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  return hi - lo <= 1e-6 * Math.max(Math.abs(hi), 1e-12);
+}
+
 function legend() {
   if (state.attribution) { attributionLegend("legend", state.attribution); return; }
   const metric = $("metric").value;
   if (metric === "gltr") { gltrLegend("legend"); return; }
+  if (metric === "head" && (state.headNote || (state.headWeights && uniform(state.headWeights)))) {  // say why nothing is coloured
+    $("legend").textContent = state.headNote || `${state.headName} weighs every token the same here: no token stands out, so none is coloured`;
+    return;
+  }
   const [lo, hi] = { prob: ["p = 1", "p ≤ 0.001"], entropy: ["certain", "most uncertain here"], rank: ["rank 1", "rank ≥ 1000"],
     head: [`${state.headName || "head (pick one)"}: little weight`, "most weight"] }[metric];
   gradientLegend("legend", lo, hi);
@@ -90,7 +101,7 @@ function tooltip(i) {
 
 // ---- results ----
 export function clearResults() {
-  state.record = null; state.tokens = []; state.headWeights = null; state.headName = null;
+  state.record = null; state.tokens = []; state.headWeights = null; state.headName = null; state.headNote = null;
   dropAttribution();
   $("tokens").textContent = "";
   $("summary").textContent = "";
@@ -128,8 +139,8 @@ function plotDetection(detect) {
   const decisions = Object.entries(detect.decisions || {}).filter(([name]) => detect.sequence[name] !== null && detect.sequence[name] !== undefined);
   if (!decisions.length) { clear("plot-detect"); return; }
   const margins = decisions.map(([name, d]) => d.sign * detect.sequence[name] - d.threshold);
-  $("plot-detect-caption").textContent = "detection scores against the calibration's thresholds: sign·score − threshold " +
-    "(above the dashed line: judged machine-written)";
+  $("plot-detect-caption").textContent = `detection scores against the thresholds of the calibration you chose, ` +
+    `${$("calibration").selectedOptions[0].textContent}: sign·score − threshold (above the dashed line: judged machine-written)`;
   bars("plot-detect", decisions.map(([name]) => name), [
     { label: "machine", colour: "#c0392b", values: margins.map((m) => (m > 0 ? m : null)) },
     { label: "human", colour: "#27ae60", values: margins.map((m) => (m > 0 ? null : m)) },
@@ -137,7 +148,7 @@ function plotDetection(detect) {
 }
 
 async function headSection(recordId) {
-  state.headWeights = null; state.headName = null;
+  state.headWeights = null; state.headName = null; state.headNote = null;
   const head = state.heads.find((h) => h.id === $("head").value);
   if (!head) return "";
   const answer = await api(`/v1/analysis/${head.family}`, { record_id: recordId, methods: [], heads: [head.id] });
@@ -146,6 +157,8 @@ async function headSection(recordId) {
   if (answer.tokens.length && head.name in answer.tokens[0].values) {
     state.headName = head.name;
     state.headWeights = Object.fromEntries(answer.tokens.map((t) => [t.position, t.values[head.name]]));
+  } else {
+    state.headNote = `${head.name} (${head.kind}) scores the whole text and gives no per-token weights, so no token is coloured`;
   }
   const auroc = head.metrics && head.metrics.auroc !== undefined ? `, CV AUROC ${head.metrics.auroc.toFixed(3)}` : "";
   return `<h2>Trained head</h2><table id="heads-table" class="summary"><tr><td>${esc(head.name)} (${esc(head.kind)}, ${esc(head.family)}${auroc})</td>` +
@@ -199,7 +212,12 @@ async function run(kind) {
     const maxTokens = Math.max(1, Math.round(Number($("max-tokens").value)) || 48);
     const body = await api("/v1/generate", { model, ...(input || { prompt: $("text").value }), max_tokens: maxTokens, temperature: 0.7, top_logprobs: k });
     const record = await api(`/v1/records/${body.record_id}?top_logprobs=${k}`);
-    await show(record, `generated ${body.usage.completion_tokens} tokens (${body.finish_reason}) · record ${body.record_id}`);
+    // text mode gives a chat model raw text to continue, not a turn to answer: it often just ends the turn
+    const chatModel = $("model").selectedOptions[0]?.dataset.chat === "true";
+    const ended = record.tokens.slice(record.n_prompt).every((t) => t.special);
+    const hint = !input && chatModel ? ` · ${ended ? "it only ended the turn: " : ""}${model} is a chat model and text mode continues ` +
+      "raw text; choose Input: chat for an answer" : "";
+    await show(record, `generated ${body.usage.completion_tokens} tokens (${body.finish_reason})${hint} · record ${body.record_id}`);
   }
 }
 
@@ -279,20 +297,43 @@ function exportJson() {
 }
 
 // ---- heads and calibrations for the chosen model ----
+// Nothing is applied that the user did not pick: both lists start at "none" (on a shared or anonymous service the
+// newest calibration may be someone else's), and each entry says who made it, when, and on how many examples.
+async function ownMaker() {
+  const key = $("apikey").value.trim();
+  if (!key || !(window.crypto && crypto.subtle)) return null;  // subtle crypto: https or localhost only
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key)));
+  return "key " + [...digest.slice(0, 4)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function provenance(item, examples, mine) {
+  const by = !item.created_by ? "maker unknown" : item.created_by === mine ? "made by you"
+    : item.created_by === "anonymous" ? "made by an anonymous caller" : `made by ${item.created_by}`;
+  const when = new Date(item.created_at * 1000).toISOString().slice(0, 16).replace("T", " ");
+  return `${by}, ${when} UTC, ${examples === null ? "?" : examples} examples`;
+}
+
 export async function loadChoices() {
   const model = $("model").value;
-  const [heads, calibrations] = await Promise.all([
+  const [heads, calibrations, mine] = await Promise.all([
     api("/v1/heads").then((r) => r.data).catch(() => []),
     api("/v1/calibrations").then((r) => r.data).catch(() => []),
+    ownMaker().catch(() => null),
   ]);
   state.heads = heads.filter((h) => h.status === "succeeded" && h.model === model);
   const head = $("head").value;
-  $("head").innerHTML = `<option value="">none</option>` +
-    state.heads.map((h) => `<option value="${esc(h.id)}">${esc(h.name)} (${esc(h.kind)}, ${esc(h.family)})</option>`).join("");
+  $("head").innerHTML = `<option value="">none</option>` + state.heads.map((h) => {
+    const n = Object.values(h.examples || {}).reduce((a, b) => a + b, 0);
+    return `<option value="${esc(h.id)}">${esc(h.name)} (${esc(h.kind)}, ${esc(h.family)}; ${esc(provenance(h, n, mine))})</option>`;
+  }).join("");
   if (state.heads.some((h) => h.id === head)) $("head").value = head;
   const usable = calibrations.filter((c) => c.model === model && c.reference_model === null);
-  $("calibration").innerHTML = `<option value="">none</option>` +  // newest first: the default is the newest
-    usable.map((c, i) => `<option value="${esc(c.calibration_id)}"${i === 0 ? " selected" : ""}>${esc(c.calibration_id)} (FPR ${c.target_fpr})</option>`).join("");
+  const calibration = $("calibration").value;
+  $("calibration").innerHTML = `<option value="">none</option>` + usable.map((c) => {
+    const n = c.n_texts ?? null;
+    return `<option value="${esc(c.calibration_id)}">${esc(c.calibration_id)} (FPR ${c.target_fpr}; ${esc(provenance(c, n, mine))})</option>`;
+  }).join("");
+  if (usable.some((c) => c.calibration_id === calibration)) $("calibration").value = calibration;  // kept, never picked
 }
 
 export function initAnalyse() {
@@ -304,7 +345,9 @@ export function initAnalyse() {
   setMode();
   for (const kind of ["score", "generate", "open"]) $(kind).addEventListener("click", () => busy("panel-analyse", "status", () => run(kind)));
   $("metric").addEventListener("change", () => { if (state.record) render(); else legend(); });
-  $("head").addEventListener("change", () => { if (state.record) busy("panel-analyse", "status", () => analyse(state.record.record_id)); });
+  for (const id of ["head", "calibration"]) {
+    $(id).addEventListener("change", () => { if (state.record) busy("panel-analyse", "status", () => analyse(state.record.record_id)); });
+  }
   $("export-csv").addEventListener("click", exportCsv);
   $("export-json").addEventListener("click", exportJson);
   attachTooltip($("tokens"), tooltip);

@@ -36,8 +36,9 @@ export function attributionLegend(id, a) {
   const [lo, bar, hi] = a.method === "occlusion"
     ? [`−${top}: lowers p(target)`, `${shade(LOWERS, 1)}, ${shade(LOWERS, 0)}, ${shade(RAISES, 1)}`, `+${top}: raises p(target)`]
     : ["0", `${shade(SHARE, 0)}, ${shade(SHARE, 1)}`, `${top} of the importance`];
-  $(id).innerHTML = `<span>${esc(a.method)}:</span><span>${esc(lo)}</span><span class="bar" style="background:linear-gradient(90deg, ${bar})"></span>` +
+  $(id).innerHTML = `<span>${esc(a.method)}:</span><span>${esc(lo)}</span><span class="bar"></span>` +
     `<span>${esc(hi)}</span><span class="tok target">target</span>`;
+  $(id).querySelector(".bar").style.background = `linear-gradient(90deg, ${bar})`;  // no inline styles (CSP)
 }
 
 export function attributionSummary(a) {

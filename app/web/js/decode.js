@@ -13,9 +13,28 @@ const EXAMPLE_VIEWS = (model) => JSON.stringify([
   { model, template: "chat", weight: 1.5 },
   { model, template: "raw", weight: -0.5 },
 ], null, 1);
+// What each preset's views are, in the order the service builds them (app/serving/contrast.py).
+const ROLES = {
+  cad: ["with the context", "without the context"],
+  prompt_contrast: ["chat prompt", "bare prompt"],
+  cd: ["expert", "amateur"],
+  ed: ["base model, raw prompt", "aligned model, chat template"],
+  proxy: ["large base", "small tuned", "small base"],
+};
 let models = [];
 let steps = [];
+let roles = [];  // the running decode's view names
 
+// A view given as JSON: named by what sets it apart (model, template, system, context, prompt).
+function described(view) {
+  return [view.model, view.template || "chat", view.system ? "system prompt" : "", view.context ? "+ context" : "",
+    view.prompt ? "own prompt" : ""].filter(Boolean).join(", ");
+}
+
+function roleNames(body) {
+  if (body.views) return body.views.map(described);
+  return ROLES[body.preset.name] || [];
+}
 function fields() {
   const preset = $("dec-preset").value;
   const box = $("dec-fields");
@@ -59,10 +78,14 @@ export function request() {
   return body;
 }
 
+function role(i) {
+  return roles[i] || `view ${i}`;
+}
+
 function header(views) {
   const cells = views.map((v, i) => (v
-    ? `<th title="${esc(JSON.stringify(v))}">view ${i} · ×${Number(v.weight).toPrecision(3)}<br><small>${esc(v.model)}, ${esc(v.template)}${v.context ? " + context" : ""}</small><br>log p · rank</th>`
-    : `<th>view ${i}<br>log p · rank</th>`));
+    ? `<th title="${esc(JSON.stringify(v))}">${esc(role(i))} · ×${Number(v.weight).toPrecision(3)}<br><small>${esc(v.model)}, ${esc(v.template)}${v.context ? " + context" : ""}</small><br>log p · rank</th>`
+    : `<th>${esc(role(i))}<br>log p · rank</th>`));
   $("dec-steps").querySelector("thead").innerHTML = `<tr><th>step</th><th>token</th>${cells.join("")}<th>combined top alternatives</th></tr>`;
 }
 
@@ -74,7 +97,7 @@ function addStep(step) {
   chip.className = "tok" + (step.special ? " special" : "");
   chip.textContent = step.special ? step.text : step.text.replace(/\n/g, "⏎");
   chip.dataset.index = i;
-  chip.title = `step ${i}: ` + step.views.map((v, j) => `view ${j} log p ${v.logprob.toFixed(3)}, rank ${v.rank}`).join("; ");
+  chip.title = `step ${i}: ` + step.views.map((v, j) => `${role(j)}: log p ${v.logprob.toFixed(3)}, rank ${v.rank}`).join("; ");
   $("dec-text").appendChild(chip);
   const row = document.createElement("tr");
   row.dataset.id = step.id;
@@ -96,6 +119,7 @@ function clearResults() {
 async function run() {
   clearResults();
   const body = { ...request(), stream: true };
+  roles = roleNames(body);
   setStatus("dec-status", "decoding…");
   for await (const { event, data } of events("/v1/decode/contrastive", body)) {
     if (event === "step") {

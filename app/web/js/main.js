@@ -19,7 +19,7 @@ async function loadModels() {
     const topK = Math.min(20, ...models.map((m) => m.max_top_logprobs ?? 20));
     $("topk").max = String(topK);
     if (Number($("topk").value) > topK) $("topk").value = String(topK);
-    $("model").innerHTML = models.map((m) => `<option value="${m.id}">${m.id}${m.ready ? "" : " (loading)"}</option>`).join("");
+    $("model").innerHTML = models.map((m) => `<option value="${m.id}" data-chat="${m.chat_template === true}">${m.id}${m.ready ? "" : " (loading)"}</option>`).join("");
     if (models.some((m) => m.id === current)) $("model").value = current;
     modelChanged();
   } catch (err) {
@@ -33,10 +33,15 @@ function modelChanged() {
   loadChoices();
 }
 
+// The API key lives in this tab's sessionStorage only: gone when the tab closes, never shared with other tabs or
+// written to disk as localStorage would keep it (a key kept there by an older page is removed).
+const KEY = "logprobe.key";
+
 function init() {
-  $("apikey").value = localStorage.getItem("logprobe.key") || "";
+  localStorage.removeItem(KEY);
+  $("apikey").value = sessionStorage.getItem(KEY) || "";
   $("apikey").addEventListener("change", () => {
-    localStorage.setItem("logprobe.key", $("apikey").value.trim());
+    sessionStorage.setItem(KEY, $("apikey").value.trim());
     forgetMethods();
     loadModels();
   });

@@ -13,12 +13,15 @@ export function gltrBucket(rank) {
   return GLTR.findIndex(([edge]) => rank <= edge);
 }
 
+// Colours are set through the DOM, never in markup: the page's Content-Security-Policy refuses inline styles.
 export function gradientLegend(id, lo, hi) {
-  $(id).innerHTML = `<span>${esc(lo)}</span><span class="bar" style="background:linear-gradient(90deg, ${heat(0)}, ${heat(0.5)}, ${heat(1)})"></span><span>${esc(hi)}</span>`;
+  $(id).innerHTML = `<span>${esc(lo)}</span><span class="bar"></span><span>${esc(hi)}</span>`;
+  $(id).querySelector(".bar").style.background = `linear-gradient(90deg, ${heat(0)}, ${heat(0.5)}, ${heat(1)})`;
 }
 
 export function gltrLegend(id) {
-  $(id).innerHTML = GLTR.map(([, c, name]) => `<span style="background:${c};padding:0 6px;border-radius:3px">${name}</span>`).join(" ");
+  $(id).innerHTML = GLTR.map(([, , name]) => `<span class="chip">${name}</span>`).join(" ");
+  $(id).querySelectorAll(".chip").forEach((chip, i) => { chip.style.background = GLTR[i][1]; });
 }
 
 // Render tokens into `box`. `colour(i)` gives a CSS colour or null; `kind(i)` an extra class ("first", "ctx");
