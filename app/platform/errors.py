@@ -87,6 +87,14 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def shutting_down() -> JSONResponse:
+    """The answer to a request still running when the gateway's shutdown grace (`shutdown_grace_s`) ended: another
+    gateway, or this one restarted, can take it."""
+    return error_response(
+        503, "shutting_down", "the gateway stopped before this request finished; retry", headers={"Retry-After": "2"}
+    )
+
+
 def internal_error(request_id: str) -> JSONResponse:
     """The answer to an unexpected failure: a 500 in the envelope, naming the request for its log lines."""
     return error_response(

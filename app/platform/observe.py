@@ -1,8 +1,9 @@
 """ASGI middleware: a request id (echoed in X-Request-Id and in every log line), two security headers on every
-answer (`X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`), the latency metric by route,
-one access log line per request, and the last word on unexpected errors: a 500 in the error envelope, with the
-request id, logged with its traceback, and the connection kept (an exception that reached the server would make
-it drop the keep-alive connection; once an answer has begun there is nothing else to do).
+answer (`X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`), the latency metric by route, one access log
+line per request, a 503 `shutting_down` (with Retry-After) for a request the server cancels when its shutdown grace
+ends, and the last word on unexpected errors: a 500 in the error envelope, with the request id, logged with its
+traceback, and the connection kept (an exception that reached the server would make it drop the keep-alive
+connection; once an answer has begun there is nothing else to do).
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's disconnect from the routes
 (they poll it to cancel jobs whose client went away).
@@ -10,6 +11,8 @@ Plain ASGI rather than Starlette's BaseHTTPMiddleware, which hides a client's di
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -17,7 +20,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.platform import logs, metrics
-from app.platform.errors import internal_error
+from app.platform.errors import internal_error, shutting_down
 
 log = logging.getLogger("app")
 # No answer is sniffed into another type (a JSON error echoing text is never run as HTML) or framed by another site.
@@ -48,6 +51,11 @@ class Observe:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:  # the server's shutdown grace ended with this request still running
+            if not started_answer:
+                with contextlib.suppress(Exception):
+                    await shutting_down()(scope, receive, send_with_id)
+            raise
         except Exception:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             if started_answer:

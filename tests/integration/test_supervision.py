@@ -47,10 +47,10 @@ def wait_for(check: object, bound_s: float = 180) -> None:
         time.sleep(0.3)
 
 
-def post_ignoring_errors(url: str, body: dict[str, object]) -> None:
-    """A request cut by the server's shutdown: whatever it ends with is not what the test checks."""
+def post_keeping_answer(url: str, body: dict[str, object], answers: list[httpx.Response]) -> None:
+    """A request the server's shutdown cuts: its answer, if one came."""
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(url, json=body, timeout=120)
+        answers.append(httpx.post(url, json=body, timeout=120))
 
 
 def score(base: str, text: str) -> httpx.Response:
@@ -92,10 +92,18 @@ def test_serve_restarts_what_dies_refuses_a_second_start_and_stops_on_sigterm(tm
 
             # SIGTERM while a long attribution runs: the worker stops it at its next slice and leaves it pending
             body = {"model": MODEL, "text": PASSAGE * 3, "positions": [250], "method": "occlusion"}
-            threading.Thread(target=post_ignoring_errors, args=(f"{base}/v1/analysis/attribution", body)).start()
+            answers: list[httpx.Response] = []
+            cut = threading.Thread(
+                target=post_keeping_answer, args=(f"{base}/v1/analysis/attribution", body, answers)
+            )
+            cut.start()
             time.sleep(3)  # under way
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
+            cut.join()
+            # still running when the shutdown grace ended: a 503 the client may retry elsewhere, not a 500
+            assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(503, "shutting_down")]
+            assert answers[0].headers["Retry-After"] == "2"
         finally:
             if proc.poll() is None:
                 proc.kill()
