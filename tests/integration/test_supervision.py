@@ -62,6 +62,7 @@ def test_serve_restarts_what_dies_refuses_a_second_start_and_stops_on_sigterm(tm
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LOGPROBE_REDIS_URL", "LOGPROBE_API_KEYS")}
     env.update({"LOGPROBE_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)})
     env["LOGPROBE_EMBEDDED_REDIS_DIR"] = str(tmp_path / "redis")  # its append-only file too: never the real home
+    env.update({"LOGPROBE_VISIBILITY_TIMEOUT_S": "6", "LOGPROBE_RECLAIM_EVERY_S": "1"})  # a dead worker's job: soon
     ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / "serve-supervised.log"
     base = f"http://127.0.0.1:{port}"
@@ -76,12 +77,23 @@ def test_serve_restarts_what_dies_refuses_a_second_start_and_stops_on_sigterm(tm
             assert second.returncode == 1 and "in use" in second.stderr and "Traceback" not in second.stderr
             assert score(base, "The first serve is untouched.").status_code == 200  # its Redis still answers
 
+            # a head training (for minutes) when its worker is killed: the restarted worker takes the job over
+            examples = [{"text": f"Example {i}: " + PASSAGE[: 100 + 9 * i], "label": i % 2} for i in range(10)]
+            params = {"max_epochs": 1000, "patience": 1000, "width": 1024, "gate_width": 1024, "batch_size": 1}
+            head = {"model": MODEL, "name": "survivor", "kind": "pawn", "examples": examples, "params": params}
+            head_id = httpx.post(f"{base}/v1/heads", json=head, timeout=120).json()["id"]
+            head_url = f"{base}/v1/heads/{head_id}"
+            wait_for(lambda: httpx.get(head_url).json()["status"] == "training")
             worker = child_running(proc.pid, "-m workers")
             assert worker is not None
             os.kill(worker, signal.SIGKILL)
             wait_for(lambda: (w := child_running(proc.pid, "-m workers")) is not None and w != worker)
             wait_ready(base, [proc])
             assert score(base, "After the worker died.").status_code == 200
+            wait_for(lambda: "(delivery 2)" in log_path.read_text(errors="replace"))  # reclaimed, running again
+            assert httpx.get(head_url).json()["status"] == "training"
+            assert httpx.delete(head_url).status_code in (200, 204)  # and it still stops when asked
+            wait_for(lambda: "train_head stopped after" in log_path.read_text(errors="replace"))
 
             server = child_running(proc.pid, "redis-server")
             assert server is not None
