@@ -1,0 +1,45 @@
+"""A job whose wait times out (504) is cancelled for the worker too (#29): the gateway sets its cancel key, which a
+worker reads before starting it and heavy work reads between slices (tests/integration/test_lanes.py shows a heavy
+job stop on it). A real Redis, the gateway's own JobQueue, no worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio
+
+from app.launcher.embedded import EmbeddedRedis
+from app.platform.errors import ApiError
+from app.serving.jobs import JobQueue
+from workers.contract.jobs import LensJob
+from workers.contract.keys import cancel_key
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("timeout") / "redis")
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+
+
+def test_a_wait_that_times_out_cancels_its_job_and_carries_its_deadline(url: str) -> None:
+    job = LensJob(job_id="slow-one", tenant="alpha", model="m", fingerprint="f", token_ids=[1, 2], layers=[0])
+
+    async def run() -> tuple[ApiError, bool]:
+        client = redis.asyncio.Redis.from_url(url)
+        queue = JobQueue(client, timeout_s=0.6, max_depth=8)
+        try:
+            with pytest.raises(ApiError) as refused:
+                await queue.run(job)
+            return refused.value, bool(await client.exists(cancel_key(job.job_id)))
+        finally:
+            await client.aclose()
+
+    error, cancelled = asyncio.run(run())
+    assert (error.status, error.code) == (504, "job_timeout")
+    assert cancelled  # a worker skips it, or stops it at its next slice
+    assert job.deadline is not None and job.deadline - job.enqueued_at < 5  # the wait's own deadline, set on submit
