@@ -215,9 +215,9 @@ async def generate(
 ) -> Generated:
     """One choice, run to its end; `score_only` (`max_tokens: 0`) scores the prompt (its record is the choice's).
 
-    A choice whose alternatives the record keeps is a plain generation, which the worker runs in its model's
-    continuous batch; its logprobs are read from its record (the model's own, as vLLM reports them). Wider
-    alternatives come from a decoding job's steps."""
+    A choice whose alternatives the record keeps (every choice: `top_k` holds each route to the captured top-k) is
+    a plain generation, which the worker runs in its model's continuous batch; its logprobs are read from its
+    record (the model's own, as vLLM reports them). Otherwise they come from a decoding job's steps."""
     if score_only:
         meta, scored, _ = await scored_record(services, tenant, codec.card, ids)
         return Generated(ids, [], [], "length", meta.record_id, scored)
