@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.analysis.base import REGISTRY, Context, Family, Method
+from app.analysis.base import REGISTRY, Context, Family, Method, ParamError
 
 
 class AnalysisError(ValueError):
@@ -89,8 +89,8 @@ def resolve_params(methods: list[Method], given: dict[str, dict[str, Any]]) -> d
         raise AnalysisError("invalid_params", f"parameters for methods not run: {sorted(stray)}", "params")
     try:
         return {m.name: m.resolve_params(given.get(m.name, {})) for m in methods}
-    except ValueError as exc:
-        raise AnalysisError("invalid_params", str(exc), "params") from exc
+    except ParamError as exc:
+        raise AnalysisError("invalid_params", str(exc), f"params.{exc.path}") from exc
 
 
 def finite_or_none(value: float) -> float | None:

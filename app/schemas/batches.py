@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,7 +30,7 @@ class BatchAnalysis(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Family
     methods: list[str] | None = None
-    params: dict[str, dict[str, float]] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     span: SpanName | SpanRange | list[int] = "all"
     frequency_table: str = DEFAULT_TABLE
     reference_model: str | None = None
