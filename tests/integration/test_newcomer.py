@@ -55,3 +55,19 @@ def test_well_typed_parameters_still_run(alpha: httpx.Client) -> None:
     assert len(answer.json()["details"]["entropy_trend.blocks"]) == -(-answer.json()["n_positions"] // 2)
     member = {"model": MODEL, "text": TEXT, "methods": ["min_k"], "params": {"min_k": {"k": 1}}}  # an int for a float
     assert alpha.post("/v1/analysis/membership", json=member).status_code == 200
+
+
+# ------------------------------------------------------------------ item 16: undefined is null, with a reason
+
+
+def test_the_entropy_trend_of_a_single_block_is_null_and_says_why(alpha: httpx.Client) -> None:
+    answer = alpha.post("/v1/analysis/uncertainty", json={"model": MODEL, "text": TEXT})  # as the README runs it
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["n_positions"] <= 16 and len(body["details"]["entropy_trend.blocks"]) == 1
+    assert body["sequence"]["entropy_trend.slope"] is None
+    assert "two blocks" in body["undefined"]["entropy_trend.slope"]
+    two = {"model": MODEL, "text": TEXT, "params": {"entropy_trend": {"block_size": 4}}}
+    sloped = alpha.post("/v1/analysis/uncertainty", json=two).json()
+    assert isinstance(sloped["sequence"]["entropy_trend.slope"], float)
+    assert "entropy_trend.slope" not in sloped["undefined"]
