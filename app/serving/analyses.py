@@ -45,7 +45,9 @@ def _list_positions(span: list[int], n_tokens: int) -> np.ndarray:
             f"a span lists at most {n_tokens - 1} positions: each position of this record (1 to {n_tokens - 1}) once",
             "span",
         )
-    if not span or min(span) < 1 or max(span) >= n_tokens:
+    if not span:
+        raise ApiError(422, "invalid_span", 'a span lists at least one position (or use "all")', "span")
+    if min(span) < 1 or max(span) >= n_tokens:
         raise ApiError(422, "invalid_span", f"positions must lie in [1, {n_tokens - 1}]", "span")
     if len(set(span)) != len(span):
         repeated = next(t for t, count in Counter(span).items() if count > 1)

@@ -139,7 +139,7 @@ async def build_job(
         card = await services.catalog.card(view.model, _model_param(body.preset, view.model, i))
         codec = await services.catalog.codec(card)
         ids = view_prefix(codec, view, body.prompt)
-        check_length(card, len(ids) + body.max_tokens, settings.max_positions)
+        check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
         codecs.append(codec)
         decode_views.append(
             DecodeView(

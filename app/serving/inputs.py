@@ -32,26 +32,42 @@ def input_ids(
     messages: list[ChatMessage] | None,
     add_generation_prompt: bool,
     max_positions: int,
+    text_param: str = "text",
 ) -> list[int]:
-    """Token ids for a text or a chat, with the errors users can act on."""
+    """Token ids for a text or a chat, with the errors users can act on; `text_param` is what the request calls
+    its text (`prompt` on /v1/generate)."""
     if (text is None) == (messages is None):
-        raise ApiError(422, "missing_input", "give exactly one of `text` (or `prompt`) and `messages`")
+        raise ApiError(422, "missing_input", f"give exactly one of `{text_param}` and `messages`", text_param)
+    param = text_param if text is not None else "messages"
     if text is not None:
         if not text:
-            raise ApiError(422, "empty_text", "the text is empty", "text")
+            raise ApiError(422, "empty_text", f"the {text_param} is empty", text_param)
         ids = codec.encode(text)
     else:
         ids = chat_token_ids(codec, [m.model_dump() for m in messages or []], add_generation_prompt)
-    check_length(codec.card, len(ids), max_positions)
+    check_length(codec.card, len(ids), max_positions, param)
     if not ids:
-        raise ApiError(422, "empty_text", "the input has no tokens")
+        raise ApiError(422, "empty_text", "the input has no tokens", param)
     return ids
 
 
-def check_length(card: ModelCard, n: int, max_positions: int) -> None:
+def check_length(card: ModelCard, n: int, max_positions: int, param: str, new_tokens: int = 0) -> None:
+    """422 `context_length_exceeded` when an input of `n` tokens (named `param`), plus the `new_tokens` a
+    generation may add, exceeds the model's context or the service's limit; `param` is `max_tokens` when the
+    input fits and only the tokens to generate do not."""
     limit = min(card.context_length, max_positions)
     if n > limit:
-        raise ApiError(422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}")
+        raise ApiError(
+            422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}", param
+        )
+    if n + new_tokens > limit:
+        raise ApiError(
+            422,
+            "context_length_exceeded",
+            f"{n} tokens and max_tokens {new_tokens} exceed the limit of {limit} for {card.name!r}; "
+            f"max_tokens may be at most {limit - n}",
+            "max_tokens",
+        )
 
 
 def top_limit(settings: Settings, cap: int) -> int:

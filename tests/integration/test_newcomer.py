@@ -71,3 +71,61 @@ def test_the_entropy_trend_of_a_single_block_is_null_and_says_why(alpha: httpx.C
     sloped = alpha.post("/v1/analysis/uncertainty", json=two).json()
     assert isinstance(sloped["sequence"]["entropy_trend.slope"], float)
     assert "entropy_trend.slope" not in sloped["undefined"]
+
+
+# ------------------------------------------------------------------ item 20: `param` names the field
+
+
+def test_context_length_exceeded_names_the_input_or_max_tokens(alpha: httpx.Client) -> None:
+    long = "word " * 9000  # over the 8,192 positions
+    refused(alpha.post("/v1/score", json={"model": MODEL, "text": long}), 422, "context_length_exceeded", "text")
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": long}]}
+    refused(alpha.post("/v1/score", json=chat), 422, "context_length_exceeded", "messages")
+    prompt = {"model": MODEL, "prompt": long, "max_tokens": 1}
+    refused(alpha.post("/v1/generate", json=prompt), 422, "context_length_exceeded", "prompt")
+    n = alpha.post("/tokenize", json={"model": MODEL, "prompt": "word " * 7800}).json()["count"]
+    fits = {"model": MODEL, "prompt": "word " * 7800, "max_tokens": 1000}
+    message = refused(alpha.post("/v1/generate", json=fits), 422, "context_length_exceeded", "max_tokens")
+    assert f"at most {8192 - n}" in message
+    completion = {"model": MODEL, "prompt": [long, "short"], "max_tokens": 1}
+    refused(alpha.post("/v1/completions", json=completion), 422, "context_length_exceeded", "prompt.0")
+    context = {"model": MODEL, "text": "A short text.", "context": long}
+    refused(alpha.post("/v1/analysis/compare", json=context), 422, "context_length_exceeded", "context")
+
+
+def test_cover_set_too_large_names_max_states(alpha: httpx.Client) -> None:
+    body = {"model": MODEL, "text": "A text of some length, which needs more than two cover states.", "max_states": 2}
+    message = refused(alpha.post("/v1/bytes", json=body), 422, "cover_set_too_large", "max_states")
+    assert "2" in message
+
+
+def test_an_empty_generate_prompt_names_prompt(alpha: httpx.Client) -> None:
+    message = refused(alpha.post("/v1/generate", json={"model": MODEL, "prompt": ""}), 422, "empty_text", "prompt")
+    assert "prompt" in message
+
+
+def test_an_unknown_replacement_model_names_replacement_model(alpha: httpx.Client) -> None:
+    body = {"model": MODEL, "text": TEXT, "positions": [4], "method": "reagent", "replacement_model": "no-such-model"}
+    refused(alpha.post("/v1/analysis/attribution", json=body), 404, "model_not_found", "replacement_model")
+
+
+def test_an_unknown_frequency_table_names_the_field_that_named_it(alpha: httpx.Client) -> None:
+    refused(alpha.get("/v1/frequency-tables/nope"), 404, "frequency_table_not_found", "name")
+    refused(alpha.delete("/v1/frequency-tables/nope"), 404, "frequency_table_not_found", "name")
+    body = {"model": MODEL, "text": TEXT, "methods": ["dc_pdd"], "frequency_table": "nope"}
+    refused(alpha.post("/v1/analysis/membership", json=body), 404, "frequency_table_not_found", "frequency_table")
+
+
+def test_an_empty_span_says_it_lists_no_position(alpha: httpx.Client) -> None:
+    body = {"model": MODEL, "text": TEXT, "span": []}
+    message = refused(alpha.post("/v1/analysis/uncertainty", json=body), 422, "invalid_span", "span")
+    assert "at least one position" in message and "must lie in" not in message
+
+
+def test_a_negative_token_id_is_one_message_about_that_id(alpha: httpx.Client) -> None:
+    body = {"model": MODEL, "prompt": [-1], "max_tokens": 1}
+    message = refused(alpha.post("/v1/completions", json=body), 422, "invalid_request", "prompt.0")
+    assert "greater than or equal to 0" in message and "string" not in message and ";" not in message
+    nested = {"model": MODEL, "prompt": [[5, -2]], "max_tokens": 1}
+    message = refused(alpha.post("/v1/completions", json=nested), 422, "invalid_request", "prompt.0.1")
+    assert "greater than or equal to 0" in message and "string" not in message
