@@ -30,6 +30,7 @@ from app.batches.runner import BatchRunner
 from app.platform import logs
 from app.platform.bodies import JsonBodyCheck
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
+from app.platform.head import HeadAsGet
 from app.platform.leases import LeasedWork
 from app.platform.limits import BodyLimit, InflightLimit
 from app.platform.observe import Observe
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         busy_limit=settings.max_busy,
         caller_limit=settings.max_inflight_per_key,
     )
+    app.add_middleware(HeadAsGet)  # HEAD wherever GET is
 
     app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
 

@@ -8,12 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.analysis import DEFAULT_TABLE, Family, SpanName, SpanRange
 from app.schemas.score import RETAIN, Retain
-from app.schemas.tokens import ChatMessage
+from app.schemas.tokens import ChatMessage, Text
 
 
 class BatchInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(default=None, min_length=1)
+    text: Text | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     custom_id: str | None = Field(default=None, max_length=256, description="echoed in the input's result line")
 

@@ -45,3 +45,4 @@ class Calibration(BaseModel):
 class CalibrationList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Calibration] = Field(description="newest first")
+    has_more: bool = False

@@ -128,7 +128,7 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_special_tokens: bool | None = Field(default=None, strict=True, description="default: true for a prompt")
     add_generation_prompt: bool = Field(default=True, strict=True)
     continue_final_message: bool = Field(default=False, strict=True)

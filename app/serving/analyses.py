@@ -140,7 +140,7 @@ def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> tuple[
 
 async def analyse(family: Family, body: AnalysisRequest, services: Services, tenant: str) -> dict[str, Any]:
     try:
-        methods = select_methods(family, body.methods, analysis_inputs(family, body))
+        methods = select_methods(family, body.methods, analysis_inputs(family, body), bool(body.heads))
         params = resolve_params(methods, body.params)
     except AnalysisError as exc:
         raise ApiError(422, exc.code, str(exc), exc.param) from exc

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import MODEL
 
 TEXT = "Water boils at 100 degrees Celsius at sea level."  # the README's uncertainty example
+PRESET = {"name": "prompt_contrast", "model": MODEL, "alpha": 0.5}
 
 
 def refused(response: httpx.Response, status: int, code: str, param: str | None) -> str:
@@ -129,3 +130,82 @@ def test_a_negative_token_id_is_one_message_about_that_id(alpha: httpx.Client) -
     nested = {"model": MODEL, "prompt": [[5, -2]], "max_tokens": 1}
     message = refused(alpha.post("/v1/completions", json=nested), 422, "invalid_request", "prompt.0.1")
     assert "greater than or equal to 0" in message and "string" not in message
+
+
+# ------------------------------------------------------------------ item 21: wrong but 200
+
+
+def test_the_default_table_of_an_unknown_model_is_a_404(alpha: httpx.Client) -> None:
+    refused(alpha.get("/v1/frequency-tables/default", params={"model": "nope"}), 404, "model_not_found", "model")
+    assert alpha.get("/v1/frequency-tables/default", params={"model": MODEL}).status_code == 200
+
+
+def test_no_methods_and_no_heads_is_nothing_to_run(alpha: httpx.Client) -> None:
+    body = {"model": MODEL, "text": TEXT, "methods": []}
+    refused(alpha.post("/v1/analysis/uncertainty", json=body), 422, "invalid_request", "methods")
+    batch = {"model": MODEL, "inputs": [{"text": TEXT}], "analyses": [{"family": "detect", "methods": []}]}
+    refused(alpha.post("/v1/batches", json=batch), 422, "invalid_request", "methods")
+
+
+def test_tokenize_refuses_an_empty_chat(alpha: httpx.Client) -> None:
+    refused(alpha.post("/tokenize", json={"model": MODEL, "messages": []}), 422, "invalid_request", "messages")
+
+
+def test_batches_page_after_a_known_batch_only(alpha: httpx.Client) -> None:
+    ids = [
+        alpha.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": f"Paged batch {i}."}]}).json()["id"]
+        for i in range(2)
+    ]
+    listed = [b["id"] for b in alpha.get("/v1/batches", params={"limit": 100}).json()["data"]]
+    assert set(ids) <= set(listed)
+    first = alpha.get("/v1/batches", params={"limit": 1}).json()
+    assert [b["id"] for b in first["data"]] == listed[:1] and first["has_more"] is True
+    after = alpha.get("/v1/batches", params={"limit": 2, "after": listed[0]}).json()
+    assert [b["id"] for b in after["data"]] == listed[1:3]
+    refused(alpha.get("/v1/batches", params={"after": "batch_" + "0" * 32}), 404, "batch_not_found", "after")
+
+
+@pytest.mark.parametrize("path", ["/v1/calibrations", "/v1/heads", "/v1/batches"])
+@pytest.mark.parametrize("limit", ["-1", "abc", "0", "101"])
+def test_list_limits_are_checked(alpha: httpx.Client, path: str, limit: str) -> None:
+    refused(alpha.get(path, params={"limit": limit}), 422, "invalid_request", "limit")
+
+
+@pytest.mark.parametrize("path", ["/v1/calibrations", "/v1/heads"])
+def test_list_limits_cap_the_list(alpha: httpx.Client, path: str) -> None:
+    listed = alpha.get(path, params={"limit": 1})
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()["data"]) <= 1 and isinstance(listed.json()["has_more"], bool)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/models", "/v1/analysis/methods", "/v1/frequency-tables"])
+def test_head_answers_wherever_get_does(alpha: httpx.Client, path: str) -> None:
+    got = alpha.get(path)
+    head = alpha.head(path)
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"]
+    assert head.headers["X-Request-Id"]
+    assert alpha.get("/healthz").status_code == 200  # the connection still serves
+
+
+def test_head_on_a_post_route_is_still_405(alpha: httpx.Client) -> None:
+    response = alpha.head("/v1/score")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/batches", {"model": MODEL, "inputs": [{"text": "fine"}, {"text": ""}]}, "inputs.1.text"),
+        ("/v1/bytes", {"model": MODEL, "text": ""}, "text"),
+        ("/v1/decode/contrastive", {"prompt": "", "preset": PRESET, "max_tokens": 2}, "prompt"),
+        ("/v1/decode/contrastive", {"prompt": "x", "views": [{"model": MODEL, "prompt": ""}]}, "views.0.prompt"),
+        ("/v1/score", {"model": MODEL, "text": ""}, "text"),
+    ],
+)
+def test_an_empty_text_is_empty_text_everywhere(
+    alpha: httpx.Client, path: str, body: dict[str, Any], param: str
+) -> None:
+    refused(alpha.post(path, json=body), 422, "empty_text", param)
