@@ -48,10 +48,9 @@ class Param:
             raise ParamError(f"{method}.{self.name} must be an integer (not {as_json(given)})", method, self.name)
         if isinstance(given, bool) or not isinstance(given, int | float):
             raise ParamError(f"{method}.{self.name} must be a number (not {as_json(given)})", method, self.name)
-        value: float = given if self.kind == "int" else float(given)
-        if not self.low <= value <= self.high:
+        if not self.low <= given <= self.high:  # before float(): an integer past a float's range is out of range too
             raise ParamError(f"{method}.{self.name} must lie in [{self.low:g}, {self.high:g}]", method, self.name)
-        return value
+        return given if self.kind == "int" else float(given)
 
 
 class ParamError(ValueError):
