@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import MODEL
@@ -209,3 +210,32 @@ def test_an_empty_text_is_empty_text_everywhere(
     alpha: httpx.Client, path: str, body: dict[str, Any], param: str
 ) -> None:
     refused(alpha.post(path, json=body), 422, "empty_text", param)
+
+
+def test_the_last_tokens_own_state_is_exported_as_position_t(alpha: httpx.Client) -> None:
+    """Position t's state is token t-1's; position T (the number of tokens) is the last token's, which predicts what
+    follows the text: the state a generation from that text starts from."""
+    from safetensors.numpy import load as st_load
+
+    scored = alpha.post("/v1/score", json={"model": MODEL, "text": TEXT}).json()
+    rid, n = scored["record_id"], scored["n_tokens"]
+    kept = st_load(alpha.get(f"/v1/records/{rid}/hidden").content)["hidden"]
+    assert kept.shape[0] == n - 1
+    response = alpha.get(f"/v1/records/{rid}/hidden", params={"stop": n + 1})
+    assert response.status_code == 200, response.text
+    assert (response.headers["X-Logprobe-Start"], response.headers["X-Logprobe-Stop"]) == ("1", str(n + 1))
+    every = st_load(response.content)["hidden"]
+    assert every.shape == (n, kept.shape[1]) and every.dtype == kept.dtype
+    np.testing.assert_allclose(every[:-1], kept, rtol=1e-4, atol=1e-4)
+    last = st_load(alpha.get(f"/v1/records/{rid}/hidden", params={"start": n, "stop": n + 1}).content)["hidden"]
+    np.testing.assert_array_equal(last, every[-1:])
+    generated = alpha.post("/v1/generate", json={"model": MODEL, "prompt": TEXT, "max_tokens": 2, "temperature": 0})
+    record = generated.json()["record_id"]
+    ids = [t["id"] for t in scored["tokens"]]
+    assert [t["id"] for t in alpha.get(f"/v1/records/{record}").json()["tokens"][:n]] == ids
+    from_generation = st_load(alpha.get(f"/v1/records/{record}/hidden", params={"start": n, "stop": n + 1}).content)[
+        "hidden"
+    ]
+    np.testing.assert_allclose(last, from_generation, rtol=1e-4, atol=1e-4)  # the state the completion came from
+    refused(alpha.get(f"/v1/records/{rid}/hidden", params={"stop": n + 2}), 422, "invalid_positions", "stop")
+    refused(alpha.get(f"/v1/records/{rid}/hidden", params={"start": 0}), 422, "invalid_request", "start")
