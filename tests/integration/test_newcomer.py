@@ -4,6 +4,7 @@ were wrong but answered 200."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -239,3 +240,28 @@ def test_the_last_tokens_own_state_is_exported_as_position_t(alpha: httpx.Client
     np.testing.assert_allclose(last, from_generation, rtol=1e-4, atol=1e-4)  # the state the completion came from
     refused(alpha.get(f"/v1/records/{rid}/hidden", params={"stop": n + 2}), 422, "invalid_positions", "stop")
     refused(alpha.get(f"/v1/records/{rid}/hidden", params={"start": 0}), 422, "invalid_request", "start")
+
+
+# ------------------------------------------------------------------ item 17: a body that is not sent as JSON
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x", None]
+)
+def test_a_body_not_sent_as_json_says_so(alpha: httpx.Client, content_type: str | None) -> None:
+    body = json.dumps({"model": MODEL, "text": TEXT})
+    headers = {"content-type": content_type} if content_type else {}
+    for path in ("/v1/score", "/v1/heads"):  # curl -d without -H 'content-type: application/json' sends a form
+        response = alpha.post(path, content=body, headers=headers)
+        message = refused(response, 415, "unsupported_media_type", None)
+        assert "application/json" in message and (content_type or "without a Content-Type").split(";")[0] in message
+        assert "valid dictionary" not in message
+
+
+@pytest.mark.parametrize(
+    "headers", [{"content-type": "application/json; charset=utf-8"}, {"content-type": "application/merge-patch+json"}]
+)
+def test_json_bodies_pass_with_or_without_a_content_type(alpha: httpx.Client, headers: dict[str, str]) -> None:
+    body = json.dumps({"model": MODEL, "text": TEXT})
+    response = alpha.post("/v1/score", content=body, headers=headers)
+    assert response.status_code == 200, response.text
