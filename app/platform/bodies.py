@@ -109,7 +109,7 @@ class JsonBodyCheck:
 
 def is_json(scope: Scope) -> bool:
     """Whether the request's Content-Type is JSON (`application/json`, `application/*+json`)."""
-    given = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+    given: str = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
     return given == "application/json" or (given.startswith("application/") and given.endswith("+json"))
 
 
