@@ -57,9 +57,10 @@ class SteppedContrasts:
         self.waiting: dict[str, Contrast] = {}
         self.batches: dict[int, _Batch] = {}  # by id(backend)
         self.ending: list[ContrastDone] = []  # ended in the step under way
+        self.failed: list[ContrastDone] = []  # lost their rows while others left: answered by the next `advance`
 
     def __len__(self) -> int:
-        return len(self.running) + len(self.waiting)
+        return len(self.running) + len(self.waiting) + len(self.failed)
 
     def join(self, key: str, contrast: Contrast) -> None:
         """Queue a decoding; its views are prefilled (with the others that joined since) at the next `advance`."""
@@ -70,7 +71,8 @@ class SteppedContrasts:
         """One step of every decoding: prefill those waiting, draw each one's next token, hand back those that
         ended, and run one forward per model for the rest. A decoding whose step fails (its own numbers, or the
         forward of a model it has a row in) ends with that error; the others go on."""
-        done = self._prefill_waiting() if self.waiting else []
+        done, self.failed = self.failed, []
+        done += self._prefill_waiting() if self.waiting else []
         self.ending = done  # what `abandon` still answers if something below fails after all
         ended: set[str] = set()
         rows = self._logits_by_view()
@@ -188,10 +190,24 @@ class SteppedContrasts:
         batch = self.batches.get(id(backend))
         return batch is None or bool(backend.can_join(batch.streams))
 
+    def leave(self, keys: set[str]) -> list[str]:
+        """Drop these decodings between steps (their clients left), their rows let go of every model's streams; the
+        keys dropped. A decoding that loses its rows with them (streams that could not let go) fails at the next
+        `advance`."""
+        dropped = [key for key in self.waiting if key in keys]
+        self.waiting = {key: c for key, c in self.waiting.items() if key not in keys}
+        running = {key for key in self.running if key in keys}
+        for key in running:
+            del self.running[key]
+        for key, error in self._drop_everywhere(running).items():
+            del self.running[key]
+            self.failed.append(ContrastDone(key, None, error))
+        return dropped + sorted(running)
+
     def abandon(self) -> list[str]:
         """Drop every decoding (after a failure); their keys, with those of decodings that ended in the failed step."""
-        keys = [*(one.key for one in self.ending), *self.running, *self.waiting]
-        self.running, self.waiting, self.batches, self.ending = {}, {}, {}, []
+        keys = [*(one.key for one in (*self.failed, *self.ending)), *self.running, *self.waiting]
+        self.running, self.waiting, self.batches, self.ending, self.failed = {}, {}, {}, [], []
         return keys
 
 

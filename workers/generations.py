@@ -45,6 +45,10 @@ class GenerationPool(Protocol):
         """Drop every generation (after a failure); their keys."""
         ...
 
+    def leave(self, keys: set[str]) -> list[str]:
+        """Drop these generations between steps (their clients left), the others going on; the keys dropped."""
+        ...
+
     def __len__(self) -> int: ...
 
 
@@ -187,6 +191,23 @@ class SteppedGenerations:
         """The first `keep` tokens of the completion, with the states of prompt + those tokens but the last."""
         states = torch.cat(sequence.states)[: len(sequence.prompt) + keep - 1]
         return Finished(sequence.key, sequence.completion[:keep], reason, states=states)
+
+    def leave(self, keys: set[str]) -> list[str]:
+        """Drop these sequences between steps, their rows let go of the running streams; the keys dropped. If the
+        streams cannot let go of rows, the error propagates (the caller abandons the batch)."""
+        dropped = [s.key for s, _ in self.waiting if s.key in keys]
+        self.waiting = [(s, prompt) for s, prompt in self.waiting if s.key not in keys]
+        staying = [row for row, s in enumerate(self.rows) if s.key not in keys]
+        if len(staying) == len(self.rows):
+            return dropped
+        dropped += [s.key for s in self.rows if s.key in keys]
+        if not staying:
+            self.rows, self.streams, self.logits = [], None, None
+            return dropped
+        assert self.logits is not None
+        self.streams = self.ops.keep_streams(self.streams, staying)
+        self.rows, self.logits = [self.rows[row] for row in staying], self.logits[staying]
+        return dropped
 
     def abandon(self) -> list[str]:
         """Drop every sequence (after a failure); the keys dropped."""

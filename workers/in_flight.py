@@ -19,7 +19,7 @@ import torch
 
 from workers.backends.base import Backend
 from workers.capture import capture_statistics_many
-from workers.contract.jobs import AnyJob, ContrastJob, GenerateJob, JobOutcome, Sampling, ScoreJob
+from workers.contract.jobs import AnyJob, ContrastJob, GenerateJob, JobError, JobOutcome, Sampling, ScoreJob
 from workers.contract.names import CAPTURE_TOPK
 from workers.contrasts import ContrastDone, SteppedContrasts, joinable
 from workers.decoding import Contrast, Decoded, View, tokens_before_stop
@@ -163,6 +163,39 @@ class InFlight:
                 done.append((self.jobs[key], worker_error(self.jobs[key], exc)))
                 self._forget(key)
             return None
+
+    # ------------------------------------------------------------ leaving
+
+    def cancel(self, stops: dict[str, JobError]) -> Done:
+        """Stop these jobs between steps (their clients left, or their deadlines passed): their rows leave the running
+        batches, the others go on; each answered with its error. A batch that cannot let rows go fails the jobs it
+        held (each a worker_error), and starts afresh."""
+        keys = set(stops) & set(self.jobs)
+        done: Done = []
+        pools: list[tuple[str, Any, dict[str, Any]]] = [
+            *((model, pool, self.generations) for model, pool in self.generations.items()),
+            *((model, pool, self.scorings) for model, pool in self.scorings.items() if pool is not None),
+        ]
+        if len(self.contrasts):
+            pools.append(("contrastive decodings", self.contrasts, {}))
+        for name, pool, owner in pools:
+            try:
+                dropped = pool.leave(keys)
+            except Exception as exc:
+                log.exception("the running batch of %s could not let %d jobs go", name, len(keys))
+                dropped = []
+                for key in pool.abandon():
+                    if key in keys:
+                        dropped.append(key)
+                    else:
+                        done.append((self.jobs[key], worker_error(self.jobs[key], exc)))
+                        self._forget(key)
+                owner.pop(name, None)
+            for key in dropped:
+                if key in self.jobs:
+                    job = self._forget(key)
+                    done.append((job, JobOutcome(job_id=job.job_id, ok=False, error=stops[key])))
+        return done
 
     def _forget(self, key: str) -> AnyJob:
         self.samplings.pop(key, None)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from workers.contract.jobs import AnyJob, JobError, JobOutcome
-from workers.redis_client import TRANSIENT
+from workers.redis_client import STORAGE_FULL, TRANSIENT, storage_full
 
 REDIS_LOST = "redis_lost"  # the code of an outcome never published: its job is delivered again
 
@@ -31,6 +31,11 @@ def worker_error(job: AnyJob, exc: Exception) -> JobOutcome:
     """The outcome of a job that failed on something other than its input (a bug, a resource)."""
     if isinstance(exc, TRANSIENT):
         error = JobError(code=REDIS_LOST, message=f"Redis was lost mid-job: {exc}", status=503)
+        return JobOutcome(job_id=job.job_id, ok=False, error=error)
+    if storage_full(exc):
+        error = JobError(
+            code=STORAGE_FULL, message="Redis is full (its memory limit reached): nothing was kept", status=503
+        )
         return JobOutcome(job_id=job.job_id, ok=False, error=error)
     return JobOutcome(
         job_id=job.job_id, ok=False, error=JobError(code="worker_error", message=type(exc).__name__, status=500)

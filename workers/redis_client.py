@@ -41,6 +41,17 @@ TRANSIENT: tuple[type[Exception], ...] = (
 )
 # Every error a Redis call may raise (SlotNotCoveredError is the one outside RedisError).
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, SlotNotCoveredError)
+STORAGE_FULL = "storage_full"  # the error code of a write Redis refused for want of memory: 503 with Retry-After
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether Redis refused a write for want of memory: `maxmemory` reached and nothing it may evict (Redis 6.2
+    reports it from inside a script as a plain error that carries the OOM reply)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
 # A cluster client re-reads the slot map and retries this often before an error reaches the caller.
 CLUSTER_RETRIES = 10
 

@@ -26,7 +26,6 @@ from workers.contract.jobs import (
     AnyJob,
     ContrastJob,
     GenerateJob,
-    HeadJob,
     JobError,
     JobOutcome,
     ScoreJob,
@@ -48,18 +47,18 @@ from workers.contract.keys import (
     cancel_key,
     card_key,
     group_name,
-    head_key,
     inflight_key,
     job_outcome_key,
     jobs_stream,
     serving_key,
     tokenizer_key,
 )
+from workers.contract.lifetimes import keep_until
 from workers.contract.names import ProtocolError, as_bytes, new_secret
 from workers.handlers.base import Context
 from workers.handlers.registry import handler_for, run_job
 from workers.in_flight import InFlight, Stepped, stepped_tokens
-from workers.lanes import HeavyTurn, Stopped, Turns, stopped_error
+from workers.lanes import CANCEL_CHECK_S, HeavyTurn, Stopped, Turns, stopped_error
 from workers.lifecycle import arm_children
 from workers.outcomes import REDIS_LOST, worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
@@ -198,7 +197,7 @@ class Worker:
         self._announce()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         log.info("worker %s serving %s", self.id, sorted(self.backends))
-        last_reclaim = 0.0
+        last_reclaim = last_cancel_check = 0.0
         backoff = 0.5
         while not self.stopping.is_set() or self.running or self.waiting or self.heavy_active:
             try:
@@ -208,22 +207,15 @@ class Worker:
                     if time.monotonic() - last_reclaim > self.settings.reclaim_every_s:
                         last_reclaim = time.monotonic()
                         entries += self._reclaim()
-                    room = self.settings.worker_max_sequences - len(self.running) - len(self.waiting)
-                    count = min(self.settings.worker_batch_jobs, room) if room > 0 else self.settings.worker_batch_jobs
-                    lanes = self._open_lanes(room)
-                    read = self._read(lanes, count, None)  # what a client waits on first, without waiting
-                    if not read:  # then a few of the batches' jobs; an idle worker waits for either
-                        bulk = {**lanes, **{stream: ">" for stream in self.lane_streams[BULK_LANE]}}
-                        read = self._read(bulk, self.settings.worker_bulk_jobs, None if busy else 1000)
-                    if read and not busy:
-                        read += self._gather(lanes, len(read), count)
-                        self.last_intake = len(read)
-                    entries += read
+                    entries += self._intake(busy)
                 elif not busy:  # stopping: heavy jobs end at their next slice
                     self.stopping.wait(0.05)
                 if entries or self.running or self.waiting:
                     with self.turns.interactive():  # heavy jobs' slices wait meanwhile
                         self._handle_many(entries)
+                        if time.monotonic() - last_cancel_check > CANCEL_CHECK_S:
+                            last_cancel_check = time.monotonic()
+                            self._stop_left()
                         if self.running or self.waiting:
                             self._advance()
                 backoff = 0.5
@@ -241,15 +233,33 @@ class Worker:
         self._retire()
         log.info("worker %s stopped", self.id)
 
-    def _open_lanes(self, room: int) -> dict[str, str]:
-        """The streams to read now: scoring always, stepped jobs while the running batch has room, heavy jobs while
-        a heavy slot is free (so a busy worker takes nothing it cannot start, and another worker can)."""
-        lanes = [SCORING_LANE]
-        if room > 0:
-            lanes.append(STEPPED_LANE)
+    def _intake(self, busy: bool) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """The entries to take now: what a client waits on first, without waiting (scoring always, stepped jobs while
+        the running batch has room, heavy jobs as many as heavy slots are free: a busy worker takes nothing it
+        cannot start, and another worker can); when there was none, a few of the batches' jobs, an idle worker
+        waiting up to a second for either."""
+        room = self.settings.worker_max_sequences - len(self.running) - len(self.waiting)
+        count = min(self.settings.worker_batch_jobs, room) if room > 0 else self.settings.worker_batch_jobs
+        lanes = self._lane_streams(SCORING_LANE, *([STEPPED_LANE] if room > 0 else []))
         with self.heavy_lock:
-            if len(self.heavy_active) + len(self.heavy_queue) < self.settings.worker_heavy_jobs:
-                lanes.append(HEAVY_LANE)
+            heavy_room = self.settings.worker_heavy_jobs - len(self.heavy_active) - len(self.heavy_queue)
+        heavy = self._lane_streams(HEAVY_LANE) if heavy_room > 0 else {}
+        read = self._read(lanes, count, None)
+        for stream in heavy:  # COUNT is per stream: one at a time, so that the heavy slots bound the whole
+            if heavy_room > 0:
+                taken = self._read({stream: ">"}, heavy_room, None)
+                heavy_room -= len(taken)
+                read += taken
+        if not read:
+            waits = heavy if heavy_room >= self.settings.worker_bulk_jobs else {}  # COUNT below is per stream
+            bulk = {**lanes, **waits, **self._lane_streams(BULK_LANE)}
+            read = self._read(bulk, self.settings.worker_bulk_jobs, None if busy else 1000)
+        if read and not busy:
+            read += self._gather(lanes, len(read), count)
+            self.last_intake = len(read)
+        return read
+
+    def _lane_streams(self, *lanes: str) -> dict[str, str]:
         return {stream: ">" for lane in lanes for stream in self.lane_streams[lane]}
 
     def _read(
@@ -418,13 +428,42 @@ class Worker:
         self._start_heavy([])
 
     def _cancelled(self, job: AnyJob) -> bool:
-        """Whether the job's client cancelled it (a 504, a client gone), or, for a head, the head was deleted."""
+        """Whether the job's client cancelled it (a 504, a client gone), or what it works for is gone (its
+        handler says: a deleted head)."""
+        if self.redis.exists(cancel_key(job.job_id)):
+            return True
+        gone = handler_for(job).gone
+        return gone is not None and gone(job, self.redis)
+
+    def _stop_left(self) -> None:
+        """Generations, decodings and engine scorings whose clients left (the gateway set their cancel keys: a cut
+        stream, a 504) or whose deadlines passed: those waiting are answered at once, those running leave their
+        batches between two steps, the others going on."""
+        jobs = [*(job for _, _, job in self.waiting), *self.in_flight.jobs.values()]
+        if not jobs:
+            return
         pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(cancel_key(job.job_id))
-        if isinstance(job, HeadJob):
-            pipe.exists(head_key(job.tenant, job.head_id))
-        cancelled, *alive = pipe.execute()
-        return bool(cancelled) or (bool(alive) and not alive[0])
+        for job in jobs:
+            pipe.exists(cancel_key(job.job_id))
+        now = time.time()
+        stops: dict[str, JobError] = {}
+        for job, cancelled in zip(jobs, pipe.execute(), strict=True):
+            if cancelled:
+                stops[job.job_id] = stopped_error("cancelled", "the client went away; the job stopped")
+            elif job.deadline is not None and now > job.deadline:
+                stops[job.job_id] = stopped_error("deadline", "the job's deadline passed; it stopped")
+        if not stops:
+            return
+        waiting = []
+        for stream, entry_id, job in self.waiting:
+            if job.job_id in stops:
+                self._settle(stream, entry_id, job, JobOutcome(job_id=job.job_id, ok=False, error=stops[job.job_id]))
+            else:
+                waiting.append((stream, entry_id, job))
+        self.waiting = waiting
+        for job, outcome in self.in_flight.cancel(stops):
+            self._finish(job, outcome)
+        log.info("jobs stopped between steps: %s", {key: error.code for key, error in stops.items()})
 
     def _hold(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
         with self.held_lock:
@@ -528,7 +567,8 @@ class Worker:
         pipe = self.redis.pipeline(transaction=True)
         if job is not None and outcome is not None:
             outcome.worker = self.id
-            pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json(), ex=OUTCOME_TTL_S)
+            pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json())  # no TTL: eviction never takes it
+            keep_until(pipe, time.time() + OUTCOME_TTL_S, job_outcome_key(job.job_id))
             if isinstance(job, ScoreJob):
                 pipe.delete(inflight_key(job.tenant, job.record_id))
         pipe.xack(stream, CONSUMER_GROUP, entry_id)

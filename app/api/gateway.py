@@ -19,6 +19,7 @@ from app.api import (
     generate,
     heads,
     health,
+    lens,
     models,
     openai_compat,
     records,
@@ -28,9 +29,13 @@ from app.api import (
 )
 from app.batches.runner import BatchRunner
 from app.platform import logs
+from app.platform.auth import KeyRing
 from app.platform.bodies import JsonBodyCheck
+from app.platform.body_deadline import BodyDeadline
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
+from app.platform.expiry import ExpirySweeper
 from app.platform.head import HeadAsGet
+from app.platform.key_gate import KeyGate, public_routes
 from app.platform.leases import LeasedWork
 from app.platform.limits import BodyLimit, InflightLimit
 from app.platform.observe import Observe
@@ -41,6 +46,28 @@ from app.serving.jobs import client_gone
 from app.serving.services import Services
 
 log = logging.getLogger("app")
+ROUTERS = [
+    module.router
+    for module in (
+        health,
+        models,
+        score,
+        byte_level,
+        generate,
+        records,
+        analysis,
+        attribution,
+        lens,
+        calibrations,
+        heads,
+        frequency_tables,
+        decode,
+        openai_compat,
+        tokenizer,
+        batches,
+        web,
+    )
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,12 +84,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.preparations = LeasedWork(
             services.redis, PREPARING, "head-prep", lambda name: resume_preparation(services, name)
         )
+        sweeper = ExpirySweeper(services.redis, settings.expiry_sweep_s)
         await services.jobs.start()
         await runner.start()
         await services.preparations.start()
+        await sweeper.start()
         try:
             yield
         finally:  # each step bounded: one that hangs must not keep the process (and its workers) alive
+            await within(sweeper.stop(), "the expiry sweeper")
             await within(services.preparations.stop(), "the head preparations")
             await within(runner.stop(), "the batch runner")
             await within(services.jobs.stop(), "the reply listener")
@@ -88,27 +118,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         busy_limit=settings.max_busy,
         caller_limit=settings.max_inflight_per_key,
     )
-    app.add_middleware(HeadAsGet)  # HEAD wherever GET is
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_read_timeout_s)  # a body that never ends: 408
+    routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
+    app.add_middleware(KeyGate, keys=KeyRing(settings.api_keys), public=public_routes(routes))  # no key: 401 here
+    app.add_middleware(HeadAsGet)  # HEAD wherever GET is (outside the key gate: HEAD /healthz is as public as GET)
 
     app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
 
-    for module in (
-        health,
-        models,
-        score,
-        byte_level,
-        generate,
-        records,
-        analysis,
-        attribution,
-        calibrations,
-        heads,
-        frequency_tables,
-        decode,
-        openai_compat,
-        tokenizer,
-        batches,
-        web,
-    ):
-        app.include_router(module.router, responses=ERROR_RESPONSES)
+    for router in ROUTERS:
+        app.include_router(router, responses=ERROR_RESPONSES)
     return app

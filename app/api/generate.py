@@ -22,7 +22,7 @@ async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantD
     sampling = sampling_of(body, min(settings.max_new_tokens, card.max_new_tokens))
     stops = sampling.stop
     codec = await services.catalog.codec(card)
-    ids = input_ids(codec, body.prompt, body.messages, True, settings.max_positions, "prompt")
+    ids = await input_ids(codec, body.prompt, body.messages, True, settings.max_positions, "prompt")
     check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
     await charge(services.redis, tenant, "tokens", len(ids) + body.max_tokens, settings.rate_limit_tpm)
     job = generation_job(tenant, card, ids, sampling, body.retain)

@@ -9,6 +9,10 @@ from redis.exceptions import RedisError
 
 from app.api.deps import ServicesDep
 from app.platform import metrics
+from app.platform.errors import STORAGE_FULL_RETRY_S
+from workers.redis_client import storage_full as is_storage_full
+
+PROBE_KEY = "lp:ready-probe"  # one tiny write: a Redis that refuses it for want of memory refuses requests too
 
 router = APIRouter(tags=["health"])
 
@@ -30,11 +34,20 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready when Redis answers and every configured model has a live worker."""
+    """Ready when Redis answers and takes writes (not full: `storage_full`) and every configured model has a live
+    worker."""
     try:
         await services.redis.ping()
         workers = {name: await services.catalog.live_workers(name) for name in services.catalog.configured}
     except RedisError as exc:
         return JSONResponse({"ready": False, "redis": False, "error": str(exc)}, status_code=503)
+    try:
+        await services.redis.set(PROBE_KEY, 1, ex=60)
+    except RedisError as exc:
+        if not is_storage_full(exc):
+            return JSONResponse({"ready": False, "redis": False, "error": str(exc)}, status_code=503)
+        body = {"ready": False, "redis": True, "storage_full": True, "workers": workers, "error": str(exc)}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(STORAGE_FULL_RETRY_S)})
     ready = all(workers.values())
-    return JSONResponse({"ready": ready, "redis": True, "workers": workers}, status_code=200 if ready else 503)
+    body = {"ready": ready, "redis": True, "storage_full": False, "workers": workers}
+    return JSONResponse(body, status_code=200 if ready else 503)

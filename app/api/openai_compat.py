@@ -18,6 +18,7 @@ to 100 (OpenAI: 5 / 20), within the export policy (5 on a deployment without exp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -70,7 +71,7 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
     refuse_unsupported(body)
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
-    prompts = prompt_token_lists(codec, body, services.settings.max_positions)
+    prompts = await asyncio.to_thread(prompt_token_lists, codec, body, services.settings.max_positions)
     k = top_k(body.logprobs, services.settings, services.settings.max_top_logprobs, default=0, param="logprobs")
     pk = prompt_k(services, body.prompt_logprobs) if body.prompt_logprobs is not None else None
     tries = body.best_of or body.n
@@ -136,7 +137,7 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep, t
         raise ApiError(422, "logprobs_required", "top_logprobs needs logprobs: true", "top_logprobs")
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
-    ids = chat_ids(codec, body, services.settings.max_positions)
+    ids = await asyncio.to_thread(chat_ids, codec, body, services.settings.max_positions)
     cap = services.settings.max_top_logprobs
     k = top_k(body.top_logprobs, services.settings, cap, default=0) if body.logprobs else 0
     pk = prompt_k(services, body.prompt_logprobs) if body.prompt_logprobs is not None else None

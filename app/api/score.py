@@ -19,7 +19,7 @@ async def score(body: ScoreRequest, services: ServicesDep, tenant: TenantDep) ->
     k = top_k(body.top_logprobs, settings, settings.max_top_logprobs)
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
-    ids = input_ids(codec, body.text, body.messages, body.add_generation_prompt, settings.max_positions)
+    ids = await input_ids(codec, body.text, body.messages, body.add_generation_prompt, settings.max_positions)
     meta, stats, cached = await scored_record(services, tenant, card, ids, body.retain)
     return {
         "record_id": meta.record_id,

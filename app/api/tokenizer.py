@@ -4,6 +4,7 @@ answered as vLLM answers them (lm-evaluation-harness finds a remote tokenizer th
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -34,24 +35,28 @@ async def tokenize(body: TokenizeRequest, services: ServicesDep) -> dict[str, An
     card, codec = await _model(services, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(422, "missing_input", "give exactly one of `prompt` and `messages`", "prompt")
-    if body.prompt is not None:
-        ids = codec.encode(body.prompt, True if body.add_special_tokens is None else body.add_special_tokens)
-    else:
-        try:
-            ids = codec.encode_chat(
-                [m.model_dump() for m in body.messages or []],
-                body.add_generation_prompt,
-                body.continue_final_message,
-                body.chat_template_kwargs,
-                bool(body.add_special_tokens),
-            )
-        except LookupError as exc:
-            raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
-        except ChatTemplateError as exc:
-            raise ApiError(422, "chat_template_error", str(exc), "messages") from exc
+    ids = await asyncio.to_thread(_token_ids, codec, body)  # long texts take a while: the event loop serves on
     answer: dict[str, Any] = {"count": len(ids), "max_model_len": card.context_length, "tokens": ids}
     answer["token_strs"] = [codec.tokenizer.id_to_token(i) for i in ids] if body.return_token_strs else None
     return answer
+
+
+def _token_ids(codec: TextCodec, body: TokenizeRequest) -> list[int]:
+    """The prompt's or chat's ids, however long (lm-evaluation-harness counts whole documents this way)."""
+    if body.prompt is not None:
+        return codec.encode(body.prompt, True if body.add_special_tokens is None else body.add_special_tokens)
+    try:
+        return codec.encode_chat(
+            [m.model_dump() for m in body.messages or []],
+            body.add_generation_prompt,
+            body.continue_final_message,
+            body.chat_template_kwargs,
+            bool(body.add_special_tokens),
+        )
+    except LookupError as exc:
+        raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
+    except ChatTemplateError as exc:
+        raise ApiError(422, "chat_template_error", str(exc), "messages") from exc
 
 
 @router.post("/detokenize", dependencies=[Depends(current_tenant)])

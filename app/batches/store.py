@@ -1,9 +1,11 @@
 """Batches in Redis: a hash (spec, status, times), a list of inputs, a hash of result lines by input index and a
-set of the failed indices, all under the tenant; plus the set of batches not finished yet, and per tenant an
+set of the failed indices, all under the tenant (a finished batch keeps no inputs: only the custom ids of those that
+never ran, which its `cancelled` lines name); plus the set of batches not finished yet, and per tenant an
 index of its batches (a sorted set by creation time) and a hash of its unfinished ones (the quota).
 
-An unfinished batch lives at most OBJECT_TTL_S, a finished one the record TTL. A line is written, and a batch
-finished, only while the batch is still running (one script each), so a cancelled or deleted batch never moves.
+An unfinished batch lives at most OBJECT_TTL_S, a finished one the record TTL: deadlines, not Redis TTLs, so that
+eviction never takes a batch (workers/contract/lifetimes.py). A line is written, and a batch finished, only while
+the batch is still running (one script each), so a cancelled or deleted batch never moves.
 """
 
 from __future__ import annotations
@@ -15,37 +17,42 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from app.platform.errors import ApiError
 from app.serving import quotas
+from workers.contract.keys import tenant_tag
+from workers.contract.lifetimes import announce, expiry_key, keep_until
 from workers.contract.names import as_bytes
 
 ACTIVE = "lp:batches:active"  # members "tenant\x1fid": batches not finished yet
 FINISHED = ("completed", "cancelled")
-PARTS = ("", "inputs", "results", "failed")
+PARTS = ("", "inputs", "results", "failed", "ids")
+CHUNK = 500
 
 _RUNNING = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'completed' or s == 'cancelled' then return 0 end
 """
-# KEYS: batch, results, failed. ARGV: index, line, failed (1/0).
+# KEYS: batch, results, failed, the batch's expiry set. ARGV: index, line, failed (1/0). The parts end with the batch.
 _WRITE_LINE = (
     _RUNNING
     + """
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[3], ARGV[1]) else redis.call('SREM', KEYS[3], ARGV[1]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) redis.call('PEXPIRE', KEYS[3], ttl) end
+local deadline = redis.call('ZSCORE', KEYS[4], KEYS[1])
+if deadline then redis.call('ZADD', KEYS[4], deadline, KEYS[2], deadline, KEYS[3]) end
 return 1
 """
 )
-# KEYS: batch, inputs, results, failed. ARGV: status, now, ttl. (The indexes live in other hash slots: finish_batch
-# updates them after, and a runner's sweep drops a finished batch it still finds in ACTIVE.)
+# KEYS: the parts (PARTS), the batch's expiry set. ARGV: status, now, ttl. (The indexes live in other
+# hash slots: finish_batch updates them after, and a runner's sweep drops a finished batch it still finds in ACTIVE.)
 _FINISH = (
     _RUNNING
     + """
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local deadline = tonumber(ARGV[2]) + tonumber(ARGV[3])
+for i = 1, #KEYS - 1 do redis.call('ZADD', KEYS[#KEYS], deadline, KEYS[i]) end
 return 1
 """
 )
@@ -63,11 +70,11 @@ def batch_key(tenant: str, batch_id: str, part: str = "") -> str:
 
 
 def index_key(tenant: str) -> str:
-    return f"lp:batch-index:{tenant}"
+    return f"lp:batch-index:{tenant_tag(tenant)}"
 
 
 def unfinished_key(tenant: str) -> str:
-    return f"lp:batch-unfinished:{tenant}"
+    return f"lp:batch-unfinished:{tenant_tag(tenant)}"
 
 
 def not_found(batch_id: str) -> ApiError:
@@ -86,9 +93,9 @@ async def create_batch(
         mapping={"spec": json.dumps(spec), "status": "queued", "total": len(inputs), "created_at": now},
     )
     pipe.rpush(batch_key(tenant, batch_id, "inputs"), *(json.dumps(item) for item in inputs))
-    for part in ("", "inputs"):
-        pipe.expire(batch_key(tenant, batch_id, part), ttl)
+    keep_until(pipe, now + ttl, batch_key(tenant, batch_id), batch_key(tenant, batch_id, "inputs"))
     await pipe.execute()
+    await announce(redis, batch_key(tenant, batch_id))
     limit = quotas.MAX_ACTIVE_BATCHES_PER_TENANT
     try:
         await quotas.claim(
@@ -102,8 +109,9 @@ async def create_batch(
     pipe = redis.pipeline(transaction=True)
     pipe.zremrangebyscore(index_key(tenant), "-inf", now - ttl - finished_ttl_s)  # surely expired
     pipe.zadd(index_key(tenant), {batch_id: now})
-    pipe.expire(index_key(tenant), ttl + finished_ttl_s)
+    keep_until(pipe, now + ttl + finished_ttl_s, index_key(tenant))
     await pipe.execute()
+    await announce(redis, index_key(tenant))
     return batch_id
 
 
@@ -122,17 +130,19 @@ async def statuses(redis: Redis, tenant: str, batch_ids: list[str]) -> list[dict
         pipe.hgetall(batch_key(tenant, batch_id))
         pipe.hlen(batch_key(tenant, batch_id, "results"))
         pipe.scard(batch_key(tenant, batch_id, "failed"))
-        pipe.ttl(batch_key(tenant, batch_id))
+        pipe.zscore(expiry_key(batch_key(tenant, batch_id)), batch_key(tenant, batch_id))
     replies = await pipe.execute()
     out = []
     for i, batch_id in enumerate(batch_ids):
-        fields, done, failed, ttl = replies[4 * i : 4 * i + 4]
+        fields, done, failed, deadline = replies[4 * i : 4 * i + 4]
         if fields:
-            out.append(_status(batch_id, fields, int(done), int(failed), int(ttl)))
+            out.append(_status(batch_id, fields, int(done), int(failed), deadline))
     return out
 
 
-def _status(batch_id: str, fields: dict[bytes, bytes], done: int, failed: int, ttl: int) -> dict[str, Any]:
+def _status(
+    batch_id: str, fields: dict[bytes, bytes], done: int, failed: int, deadline: float | None
+) -> dict[str, Any]:
     values = {k.decode(): v.decode() for k, v in fields.items()}
     spec, total = json.loads(values["spec"]), int(values["total"])
     return {
@@ -147,7 +157,7 @@ def _status(batch_id: str, fields: dict[bytes, bytes], done: int, failed: int, t
         "cancelled": total - done if values["status"] == "cancelled" else 0,
         "created_at": int(values["created_at"]),
         "finished_at": int(values["finished_at"]) if "finished_at" in values else None,
-        "expires_at": int(time.time()) + ttl if ttl > 0 else None,
+        "expires_at": int(deadline) if deadline is not None else None,
     }
 
 
@@ -185,6 +195,7 @@ async def start_batch(redis: Redis, tenant: str, batch_id: str) -> bool:
 async def write_line(redis: Redis, tenant: str, batch_id: str, index: int, line: dict[str, Any], failed: bool) -> bool:
     """Keep an input's result line, unless the batch was cancelled or deleted meanwhile."""
     keys = [batch_key(tenant, batch_id, part) for part in ("", "results", "failed")]
+    keys.append(expiry_key(keys[0]))
     args = [str(index), json.dumps(line), "1" if failed else "0"]
     return bool(await redis.register_script(_WRITE_LINE)(keys=keys, args=args))
 
@@ -193,11 +204,34 @@ async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, tt
     """Mark a running batch `status` (completed or cancelled) and give its keys the finished lifetime; False
     when it had finished already or is gone."""
     keys = [batch_key(tenant, batch_id, part) for part in PARTS]
+    keys.append(expiry_key(keys[0]))
     args: list[str | int] = [status, int(time.time()), ttl_s]
     if not await redis.register_script(_FINISH)(keys=keys, args=args):
         return False
+    await announce(redis, keys[0])
+    await drop_inputs(redis, tenant, batch_id)
     await drop_finished(redis, tenant, batch_id)
     return True
+
+
+async def drop_inputs(redis: Redis, tenant: str, batch_id: str) -> None:
+    """A finished batch's inputs go (no line is written any more): the custom ids of those that never ran move to
+    the `ids` part, for their `cancelled` lines."""
+    inputs, results, ids = (batch_key(tenant, batch_id, part) for part in ("inputs", "results", "ids"))
+    total, never_ran = await redis.llen(inputs), dict[FieldT, EncodableT]()
+    for lo in range(0, total, CHUNK):
+        lines = await redis.hmget(results, [str(i) for i in range(lo, min(total, lo + CHUNK))])
+        if None in lines:
+            items = await redis.lrange(inputs, lo, lo + len(lines) - 1)
+            for i, (line, item) in enumerate(zip(lines, items, strict=False)):
+                custom_id = json.loads(item).get("custom_id") if line is None else None
+                if custom_id is not None:
+                    never_ran[str(lo + i)] = str(custom_id)
+    pipe = redis.pipeline(transaction=True)
+    if never_ran:
+        pipe.hset(ids, mapping=never_ran)
+    pipe.delete(inputs)
+    await pipe.execute()
 
 
 async def drop_finished(redis: Redis, tenant: str, batch_id: str) -> None:
@@ -232,20 +266,26 @@ async def delete_batch(redis: Redis, tenant: str, batch_id: str) -> None:
         raise not_found(batch_id)
 
 
-async def result_lines(redis: Redis, tenant: str, batch_id: str, total: int, chunk: int = 500) -> AsyncIterator[bytes]:
+async def result_lines(
+    redis: Redis, tenant: str, batch_id: str, total: int, chunk: int = CHUNK
+) -> AsyncIterator[bytes]:
     """The result lines in input order, read a chunk at a time; in a cancelled batch an input that never ran
-    gets a line with the error `cancelled`."""
+    gets a line with the error `cancelled` (its custom id from the `ids` part, or from the inputs while a finishing
+    gateway has not dropped them yet)."""
     key = batch_key(tenant, batch_id, "results")
     for lo in range(0, total, chunk):
         hi = min(total, lo + chunk)
         lines = await redis.hmget(key, [str(i) for i in range(lo, hi)])
+        ids: list[Any] = []
         inputs: list[Any] = []
         if None in lines:
+            ids = await redis.hmget(batch_key(tenant, batch_id, "ids"), [str(i) for i in range(lo, hi)])
             inputs = await redis.lrange(batch_key(tenant, batch_id, "inputs"), lo, hi - 1)
         for i, line in enumerate(lines):
             if line is None:
                 item = json.loads(inputs[i]) if i < len(inputs) else {}
-                line = json.dumps(cancelled_line(lo + i, item.get("custom_id")))
+                custom_id = (as_bytes(ids[i]) or b"").decode() if ids[i] is not None else item.get("custom_id")
+                line = json.dumps(cancelled_line(lo + i, custom_id))
             yield (as_bytes(line) or b"") + b"\n"
 
 

@@ -37,8 +37,9 @@ def serve(
     import uvicorn
 
     from app.api.gateway import create_app
-    from app.launcher.embedded import EmbeddedRedis, RedisInUse
+    from app.launcher.embedded import EmbeddedRedis, RedisInUse, default_maxmemory
     from app.launcher.supervisor import Child, Supervisor
+    from app.platform.connections import HTTP_PROTOCOL
     from app.platform.settings import Settings, open_on_loopback
     from workers.lifecycle import die_with_parent
 
@@ -51,12 +52,14 @@ def serve(
     supervised = []
     embedded = None
     if not settings.redis_url:
-        embedded = EmbeddedRedis(settings.data_dir / "redis" / str(port))
+        folder = (settings.embedded_redis_dir or settings.data_dir / "redis") / str(port)
+        maxmemory = settings.embedded_redis_maxmemory or default_maxmemory()
+        embedded = EmbeddedRedis(folder, maxmemory, settings.embedded_redis_persist)
         try:
             settings.redis_url = embedded.start()
         except RedisInUse as exc:
             raise _fail(f"{exc} (another logprobe serve?); refusing to start", 1) from exc
-        log.info("embedded Redis at %s", settings.redis_url)
+        log.info("embedded Redis at %s (maxmemory %s, persisted: %s)", settings.redis_url, maxmemory, embedded.persist)
         supervised.append(Child("embedded Redis", lambda: _restarted(embedded), embedded.process))
     env = {**os.environ, "REDIS_URL": settings.redis_url}
 
@@ -74,6 +77,7 @@ def serve(
                 host=host,
                 port=port,
                 log_level="info",
+                http=HTTP_PROTOCOL,  # head size and connection deadlines (app/platform/connections.py)
                 timeout_keep_alive=settings.keep_alive_s,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
             )
@@ -87,6 +91,7 @@ def serve(
                 host=host,
                 port=port,
                 log_level="info",
+                http=HTTP_PROTOCOL,  # head size and connection deadlines (app/platform/connections.py)
                 timeout_keep_alive=settings.keep_alive_s,
                 timeout_graceful_shutdown=settings.shutdown_grace_s,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import shutil
 import subprocess
 import time
@@ -24,18 +25,39 @@ def redis_server_binary() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
 
 
+EVICTION_POLICY = "volatile-lru"  # as docker-compose.yml: only keys with a TTL (records, the cache) are evicted
+
+
+def default_maxmemory() -> int:
+    """The embedded Redis's memory limit unless set: a quarter of this machine's memory, at most 2 GiB."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        ram = 8 << 30
+    return min(2 << 30, ram // 4)
+
+
 class RedisInUse(RuntimeError):
     """Another live server answers on the embedded Redis's socket (another `logprobe serve`)."""
 
 
 class EmbeddedRedis:
-    """A redis-server on a unix socket in `folder`; no persistence (it is a cache and a queue). It is a child of
-    this process and dies with it, even when this process is killed outright."""
+    """A redis-server on a unix socket in `folder`, evicting as compose's does (volatile-lru) under `maxmemory`
+    (bytes, or Redis's own units: "512mb"; None: no limit). With `persist` it keeps an append-only file in `folder`
+    (fsync every second) and loads it when started again, so heads, calibrations, tables and batches survive a
+    restart. It is a child of this process and dies with it, even when this process is killed outright."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, maxmemory: int | str | None = None, persist: bool = False) -> None:
         self.folder = folder
         self.socket = folder / "redis.sock"
+        self.maxmemory = maxmemory
+        self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _storage_args(self) -> list[str]:
+        limit = ["--maxmemory", str(self.maxmemory)] if self.maxmemory is not None else []
+        durable = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist else ["--appendonly", "no"]
+        return [*limit, "--maxmemory-policy", EVICTION_POLICY, "--save", "", *durable]
 
     @property
     def url(self) -> str:
@@ -63,10 +85,7 @@ class EmbeddedRedis:
                 "700",
                 "--dir",
                 str(self.folder),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *self._storage_args(),
                 "--logfile",
                 str(self.folder / "redis.log"),
             ],
@@ -99,7 +118,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         if self.socket.exists():
             with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection as it goes
-                redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)
+                redis.Redis(unix_socket_path=str(self.socket)).shutdown(nosave=True)  # the AOF is flushed still
             self.socket.unlink(missing_ok=True)
         elif self.process is not None:  # it never opened its socket: nothing asked it to shut down
             self.process.terminate()

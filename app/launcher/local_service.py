@@ -21,6 +21,7 @@ from types import TracebackType
 import httpx
 
 from app.launcher.embedded import EmbeddedRedis
+from app.platform.connections import HTTP_PROTOCOL
 from app.platform.settings import KEEP_ALIVE_S
 from workers.lifecycle import die_with_parent
 
@@ -123,6 +124,8 @@ class LocalService:
                 str(self.n_gateways),
                 "--timeout-keep-alive",
                 str(KEEP_ALIVE_S),
+                "--http",
+                HTTP_PROTOCOL,  # as `logprobe serve` runs it
             ],
             "gateway.log",
         )

@@ -38,13 +38,18 @@ def authenticate(request: Request) -> str:
     key = bearer_key(request.headers.get("authorization", ""))
     tenant = ring.tenant_for(key) if key else None
     if tenant is None:
-        raise ApiError(
-            401,
-            "invalid_api_key",
-            "a valid API key is required (Authorization: Bearer <key>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized()
     return tenant
+
+
+def unauthorized() -> ApiError:
+    """The answer to a request that needs an API key and presents no valid one."""
+    return ApiError(
+        401,
+        "invalid_api_key",
+        "a valid API key is required (Authorization: Bearer <key>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def current_tenant(request: Request) -> str:

@@ -5,6 +5,7 @@
 - NaN and ±Infinity (Python's JSON reader takes them, strict JSON has no such numbers): 422 `invalid_request`,
   "must be a finite number", whatever bound the field has.
 - JSON nested deeper than Python's reader can follow (`[` x 100,000 …): 400 `malformed_json`, saying so.
+- Bytes that are not text in the body's encoding (invalid UTF-8): 400 `malformed_json`, naming the first bad byte.
 - A body sent as something other than JSON (curl's `-d` alone sends a form) or without a content type (which the
   routes would not read as JSON): 415 `unsupported_media_type`, saying which content type to send.
 
@@ -66,8 +67,25 @@ def _bad_text(path: Path) -> Problem:
     )
 
 
+def encoding_problem(body: bytes) -> Problem | None:
+    """Whether the body fails to decode as JSON's reader decodes it (UTF-8, or UTF-16/32 by their byte order)."""
+    if body.isascii():
+        return None
+    encoding = json.detect_encoding(body)
+    try:
+        body.decode(encoding, "surrogatepass")  # as json.loads decodes bytes
+    except UnicodeDecodeError as exc:
+        name = "UTF-8" if encoding.startswith("utf-8") else encoding.upper()
+        where = f"byte 0x{body[exc.start]:02x} at offset {exc.start} ({exc.reason})"
+        return Problem((), f"the request body is not valid {name}: {where}", "malformed_json")
+    return None
+
+
 def body_problem(body: bytes) -> Problem | None:
     """What is wrong with a JSON body here, if anything (a body that is not JSON is left to the route)."""
+    bad_bytes = encoding_problem(body)
+    if bad_bytes is not None:
+        return bad_bytes
     if not SUSPECT.search(body):
         return None
     try:

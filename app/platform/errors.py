@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.platform.validation import MAX_PROBLEMS, not_found, problems
+from workers.redis_client import STORAGE_FULL
+from workers.redis_client import storage_full as is_storage_full
 
 log = logging.getLogger("app")
 
@@ -57,6 +59,17 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
 
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, self.message, self.param, self.headers)
+
+
+STORAGE_FULL_RETRY_S = 30  # memory frees as records expire or an operator acts: not within a second
+
+
+def storage_full(message: str = "the store is full (Redis reached its memory limit); retry later") -> ApiError:
+    """The answer while Redis is full: 503 `storage_full`, with a Retry-After."""
+    return ApiError(503, STORAGE_FULL, message, headers={"Retry-After": str(STORAGE_FULL_RETRY_S)})
+
 
 class ClientGone(Exception):
     """The client of the request waiting on a job disconnected; the job was cancelled if it had not started."""
@@ -100,7 +113,7 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
+        return exc.response()
 
     app.add_exception_handler(RequestValidationError, _validation_error)
 
@@ -129,3 +142,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             503, "redis_unavailable", "the job store is unavailable; retry shortly", headers={"Retry-After": "2"}
         )
+
+    @app.exception_handler(redis.exceptions.ResponseError)  # OutOfMemoryError is one; a script's OOM another
+    async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
+        if not is_storage_full(exc):
+            raise exc  # any other refusal is the service's own failure: Observe answers 500 and logs it
+        log.warning("redis is full: %s", exc)
+        full = storage_full()
+        return error_response(full.status, full.code, full.message, headers=full.headers)

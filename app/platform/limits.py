@@ -13,16 +13,22 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.platform.errors import ApiError, error_response
+from workers.contract.keys import tenant_tag
+from workers.contract.lifetimes import announce, keep_until
 
 WINDOW_S = 60
 
 
 async def _add(redis: Redis, tenant: str, what: str, amount: int, now: float) -> int:
-    key = f"lp:rate:{tenant}:{what}:{int(now // WINDOW_S)}"
-    pipe = redis.pipeline(transaction=True)
+    """Count in this window's counter: it has no TTL (eviction must not reset it), its lifetime ends a window after
+    its own (workers/contract/lifetimes.py)."""
+    window = int(now // WINDOW_S)
+    key = f"lp:rate:{tenant_tag(tenant)}:{what}:{window}"
+    pipe = redis.pipeline(transaction=False)  # one round trip; the counter and its deadline share a slot
     pipe.incrby(key, amount)
-    pipe.expire(key, 2 * WINDOW_S)
-    used, _ = await pipe.execute()
+    keep_until(pipe, (window + 2) * WINDOW_S, key)
+    announce(pipe, key)
+    used, _, _ = await pipe.execute()
     return int(used)
 
 
@@ -120,6 +126,23 @@ def parked() -> Iterator[None]:
                 ticket.limiter.busy += 1
 
 
+def parked_receive(receive: Receive) -> Receive:
+    """A `receive` that counts as parked while it waits for the body: a body still arriving costs this process
+    nothing. (Once the body is whole, waits for a disconnect pass through as they are.)"""
+    whole = False
+
+    async def wait() -> Message:
+        nonlocal whole
+        if whole:
+            return await receive()
+        with parked():
+            message = await receive()
+        whole = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return wait
+
+
 def bearer_key(header: str) -> str:
     """The API key an Authorization header presents ("Bearer <key>", the scheme in any case); "" if none."""
     scheme, _, token = header.partition(" ")
@@ -140,7 +163,9 @@ class InflightLimit:
     Waiting requests cost the event loop nothing, so `limit` can be generous. Working ones (analyses, answers
     being built) share one core: a few at a time answer fast, many at a time all answer late (BENCHMARKS.md).
     One API key (as authentication reads it; anonymous callers share one) holds at most `caller_limit` of the
-    `limit` places, so a client that opens hundreds of requests leaves room for everyone else's.
+    `limit` places, so a client that opens hundreds of requests leaves room for everyone else's. Callers without a
+    valid key never get here (`app.platform.key_gate`), and a request whose body is still arriving waits as a
+    parked one does: a slow body is not work (and has a deadline, `app.platform.body_deadline`).
     """
 
     EXEMPT = ("/healthz", "/readyz", "/metrics")
@@ -167,7 +192,7 @@ class InflightLimit:
         ticket = Ticket(self)
         token = admitted.set(ticket)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, parked_receive(receive), send)
         finally:
             admitted.reset(token)
             ticket.done = True

@@ -46,6 +46,13 @@ class Settings(CommonSettings):
     # here, so another tenant's job never queues behind all of them (app/serving/fair_share.py).
     tenant_share: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies get 413
+    # Slow or oversized requests (app/platform/connections.py, body_deadline.py): a request head over
+    # max_header_bytes is a 431; a head not whole header_read_timeout_s after the connection opened (or after its
+    # first byte) closes the connection, with a 408 if part of it came; a body not whole body_read_timeout_s after
+    # its head is a 408 `body_timeout`, and the connection is closed.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    header_read_timeout_s: float = Field(default=10.0, gt=0)
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
     # Idle keep-alive connections stay open this long: longer than clients' own pool expiry (httpx 5 s, load
     # balancers 60 s), so a client never reuses a connection the server is closing at that moment.
     keep_alive_s: int = Field(default=KEEP_ALIVE_S, ge=1)
@@ -67,6 +74,15 @@ class Settings(CommonSettings):
     # max_top_logprobs with export on and CLOSED_TOP_LOGPROBS with it off. `top_alternatives()` is the policy.
     max_top_logprobs_out: int | None = Field(default=None, ge=0)
     json_logs: bool = True  # the gateway's logs as JSON lines with the request id
+    # How often each gateway deletes the durable objects (heads, calibrations, tables, batches, job outcomes, rate
+    # counters) whose lifetime has ended: they carry no Redis TTL, so that eviction never takes them.
+    expiry_sweep_s: float = Field(default=60.0, gt=0)
+    # `logprobe serve`'s private Redis (no REDIS_URL): its folder (one per port below it; default data_dir/redis),
+    # its memory limit (bytes or "512mb"; default a quarter of the machine's memory, at most 2 GiB; past it records
+    # are evicted, volatile-lru as in compose) and whether it keeps an append-only file there across restarts.
+    embedded_redis_dir: Path | None = None
+    embedded_redis_maxmemory: str | None = Field(default=None, pattern=r"^[0-9]+([kKmMgG][bB]?)?$")
+    embedded_redis_persist: bool = True
 
     @model_validator(mode="after")
     def _merge_keys_file(self) -> Settings:

@@ -5,6 +5,7 @@ The routes and the batch runner both call `analyse`; the methods themselves are 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import Counter
 from typing import Any
@@ -130,12 +131,12 @@ async def _pair(body: AnalysisRequest, services: Services, tenant: str) -> Pair 
     return None
 
 
-def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> tuple[int, int] | None:
-    """The last assistant turn's reply, when the span needs it."""
+async def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> tuple[int, int] | None:
+    """The last assistant turn's reply, when the span needs it (the chat is tokenized again: in a thread)."""
     named = body.span == "last_turn" or (body.span in ("prompt", "completion") and shown.n_prompt is None)
     if not named or body.messages is None:
         return None
-    return chat_reply(codec, body.messages, shown.token_ids)
+    return await asyncio.to_thread(chat_reply, codec, body.messages, shown.token_ids)
 
 
 async def analyse(family: Family, body: AnalysisRequest, services: Services, tenant: str) -> dict[str, Any]:
@@ -157,12 +158,12 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
             messages=body.messages,
             retain=body.retain,
         )
-        shown, positions = meta, span_positions(body.span, meta, _reply(body, meta, codec))
+        shown, positions = meta, span_positions(body.span, meta, await _reply(body, meta, codec))
         context = Context(Positions.select(meta, stats, positions), {})
         head_input = (meta, stats, positions)
     else:
         meta, codec, cached, shown = pair.p.meta, pair.codec, pair.p.cached and pair.q.cached, pair.shown
-        positions = span_positions(body.span, shown, _reply(body, shown, codec))
+        positions = span_positions(body.span, shown, await _reply(body, shown, codec))
         p_positions = pair.p_positions(positions)
         head_input = (meta, pair.p.stats, p_positions)
         turns = pair.turns(positions)

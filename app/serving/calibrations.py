@@ -162,17 +162,18 @@ async def fit_calibration(services: Services, tenant: str, body: CalibrationRequ
         except ValueError:
             continue  # undefined on too many of these texts
         fits[name] = MethodFit(**fit.__dict__)
+    deadline = quotas.expires_at()
     calibration = Calibration(
         calibration_id=new_calibration_id(),
         model=body.model,
         reference_model=body.reference_model,
         target_fpr=body.target_fpr,
         created_at=time.time(),
-        expires_at=quotas.expires_at(),
+        expires_at=deadline,
         methods=fits,
     )
     key = calibration_key(tenant, calibration.calibration_id)
-    await services.redis.set(key, calibration.model_dump_json(), ex=quotas.OBJECT_TTL_S)
+    await quotas.store_durable(services.redis, key, calibration.model_dump_json(), deadline)
     entry = {"model": calibration.model, "created_at": calibration.created_at}
     try:
         await quotas.claim(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from redis.asyncio import Redis
@@ -63,7 +64,7 @@ class ModelCatalog:
                     "model",
                     headers={"Retry-After": "5"},
                 )
-            codec = TextCodec(card, raw.decode())
+            codec = await asyncio.to_thread(TextCodec, card, raw.decode())  # seconds for a large vocabulary
             self._codecs[card.fingerprint] = codec
         return codec
 

@@ -19,7 +19,7 @@ import numpy as np
 from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
-from app.serving.inputs import chat_token_ids, check_length, stop_list, top_k, truncate_at_stop
+from app.serving.inputs import chat_token_ids, check_length, stop_list, text_token_ids, top_k, truncate_at_stop
 from app.serving.jobs import NO_ROOM, generation_job, new_job_id, raise_for_outcome
 from app.serving.scoring import scored_record
 from app.serving.services import Services
@@ -73,7 +73,7 @@ def prompt_token_lists(codec: TextCodec, body: CompletionRequest, max_positions:
         if isinstance(item, str):
             if not item:
                 raise ApiError(422, "empty_text", "the prompt is empty", param)
-            ids, text = codec.encode(item, body.add_special_tokens), item
+            ids, text = text_token_ids(codec, item, max_positions, body.add_special_tokens, param), item
         else:
             ids = list(item)
             if any(t >= codec.card.vocab_size for t in ids):
@@ -102,6 +102,7 @@ def chat_ids(codec: TextCodec, body: ChatCompletionRequest, max_positions: int) 
         body.continue_final_message,
         body.chat_template_kwargs,
         body.add_special_tokens,
+        max_positions=max_positions,
     )
     if not ids:
         raise ApiError(422, "empty_text", "the input has no tokens", "messages")

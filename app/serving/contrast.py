@@ -3,6 +3,7 @@ contrast, USCD's selective contrast), each view's prefix tokenized, and the step
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -10,7 +11,15 @@ from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.schemas.decode import DecodeRequest, Preset, ViewIn
 from app.serving.byte_steps import SYMBOLS, byte_step_out, byte_text, decode_level
-from app.serving.inputs import check_length, sampling_of, top_k, truncate_at_stop
+from app.serving.inputs import (
+    check_length,
+    refused_if_too_long,
+    sampling_of,
+    text_token_ids,
+    token_limit,
+    top_k,
+    truncate_at_stop,
+)
 from app.serving.jobs import new_job_id
 from app.serving.services import Services
 from app.serving.text import TextCodec
@@ -101,16 +110,20 @@ def uscd_rule(preset: Preset, vocab_size: int) -> Selective:
     return Selective(measure=preset.uncertainty, threshold=threshold, min_ratio=preset.min_ratio)
 
 
-def view_prefix(codec: TextCodec, view: ViewIn, prompt: str) -> list[int]:
+def view_prefix(codec: TextCodec, view: ViewIn, prompt: str, max_positions: int) -> list[int]:
+    """The view's prompt as token ids (blocks: run it in a thread); one too long to fit refused untokenized."""
     prompt = view.prompt or prompt
     body = prompt if view.context is None else f"{view.context}\n\n{prompt}"
     if view.template == "raw":
-        return codec.encode(body if view.system is None else f"{view.system}\n\n{body}")
+        text = body if view.system is None else f"{view.system}\n\n{body}"
+        return text_token_ids(codec, text, max_positions, param="prompt")
     messages = ([{"role": "system", "content": view.system}] if view.system else []) + [
         {"role": "user", "content": body}
     ]
     try:
-        return codec.encode_chat(messages, add_generation_prompt=True)
+        with refused_if_too_long(codec.card, max_positions, "prompt"):
+            limit = token_limit(codec.card, max_positions)
+            return codec.encode_chat(messages, add_generation_prompt=True, max_tokens=limit)
     except LookupError as exc:
         raise ApiError(
             422, "no_chat_template", f"{view.model!r} has no chat template; use template raw", "views"
@@ -138,7 +151,7 @@ async def build_job(
     for i, view in enumerate(views):
         card = await services.catalog.card(view.model, _model_param(body.preset, view.model, i))
         codec = await services.catalog.codec(card)
-        ids = view_prefix(codec, view, body.prompt)
+        ids = await asyncio.to_thread(view_prefix, codec, view, body.prompt, settings.max_positions)
         check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
         codecs.append(codec)
         decode_views.append(

@@ -81,6 +81,7 @@ class FrequencyTables:
         if not await self.redis.hexists(index, entry):
             await quotas.check_room(self.redis, index, limit, "frequency_tables", key_of(tenant))
         counts = await asyncio.to_thread(count_tokens, codec, texts)
+        deadline = quotas.expires_at()
         info = {
             "name": name,
             "model": codec.card.name,
@@ -90,10 +91,10 @@ class FrequencyTables:
             "tokenizer_id": codec.tokenizer_id,
             "packaged": False,
             "created_at": int(time.time()),
-            "expires_at": quotas.expires_at(),
+            "expires_at": deadline,
         }
         key = table_key(tenant, codec.tokenizer_id, name)
-        await self.redis.set(key, st_save({"counts": counts}), ex=quotas.OBJECT_TTL_S)
+        await quotas.store_durable(self.redis, key, st_save({"counts": counts}), deadline)
         try:
             await quotas.claim(self.redis, index, entry, info, limit, "frequency_tables", key_of(tenant))
         except ApiError:

@@ -15,10 +15,11 @@ from typing import Any
 
 from app.analysis import REGISTRY
 from app.platform.errors import ApiError
+from app.platform.limits import charge
 from app.schemas.heads import Head, HeadExampleIn, HeadRequest
 from app.serving import quotas
 from app.serving.analyses import span_positions
-from app.serving.inputs import input_ids
+from app.serving.inputs import token_ids
 from app.serving.jobs import client_gone, new_job_id
 from app.serving.pairs import chat_reply
 from app.serving.scoring import scored_record
@@ -28,6 +29,7 @@ from workers.contract.cards import ModelCard
 from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadState, head_params, head_training_bytes
 from workers.contract.jobs import HeadExample, HeadJob
 from workers.contract.keys import head_index_key, head_key
+from workers.contract.lifetimes import announce, keep_until
 from workers.contract.names import Retain, as_bytes
 from workers.contract.records import RecordMeta
 
@@ -188,6 +190,8 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
     codec = await services.catalog.codec(card)
     tokenized = await asyncio.to_thread(_tokenized, body, given, codec, services.settings.max_positions)
     _check_budget(body, card, params, given, tokenized, services.settings.max_head_training_bytes)
+    # the texts its preparation scores count against the tenant's token budget now, before anything is accepted
+    await charge(services.redis, tenant, "tokens", sum(map(len, tokenized.values())), services.settings.rate_limit_tpm)
     index = head_index_key(tenant)
     await quotas.check_room(services.redis, index, MAX_HEADS_PER_TENANT, "heads", lambda h: head_key(tenant, h))
     to_score = len(body.examples) - len(given)
@@ -211,8 +215,9 @@ async def create_head(services: Services, tenant: str, body: HeadRequest) -> Hea
     pipe = services.redis.pipeline(transaction=True)
     # the request stays beside the state until the training job is submitted: another gateway resumes from it
     pipe.hset(key, mapping={"state": state.model_dump_json(), "request": body.model_dump_json()})
-    pipe.expire(key, quotas.OBJECT_TTL_S)
+    keep_until(pipe, state.expires_at or quotas.expires_at(), key)  # a deadline, never a TTL: eviction spares it
     await pipe.execute()
+    await announce(services.redis, key)
     entry = {"name": state.name, "created_at": state.created_at}
     try:
         await quotas.claim(
@@ -283,10 +288,7 @@ async def _prepare(
     try:
         codec = await services.catalog.codec(card)
         metas = await _score_texts(services, tenant, state, body, given, tokenized, card)
-        examples = [
-            HeadExample(record_id=meta.record_id, label=labels[i], **_span(body, example, meta, codec, i))  # type: ignore[arg-type]
-            for i, (example, meta) in enumerate(zip(body.examples, metas, strict=True))
-        ]
+        examples = await asyncio.to_thread(_examples, body, labels, metas, codec)  # chats are tokenized again
         job = HeadJob(
             job_id=new_job_id(),
             tenant=tenant,
@@ -342,7 +344,7 @@ async def _score_texts(
             try:
                 # pawn and probe heads read hidden states: their texts are scored with full rows
                 retain: Retain | None = None if body.kind == "los" else "full"
-                meta, _, _ = await scored_record(services, tenant, card, tokenized[i], retain)
+                meta, _, _ = await scored_record(services, tenant, card, tokenized[i], retain, charged=True)
             except ApiError as exc:
                 raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
         done += 1
@@ -369,7 +371,7 @@ def _tokenized(
         if i in given:
             continue
         try:
-            out[i] = input_ids(codec, example.text, example.messages, False, max_positions)
+            out[i] = token_ids(codec, example.text, example.messages, False, max_positions)
         except ApiError as exc:
             raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
     return out
@@ -398,6 +400,13 @@ def _check_budget(
             "(max_head_training_bytes): use fewer or shorter examples, or a lower params.max_positions",
             "examples",
         )
+
+
+def _examples(body: HeadRequest, labels: list[int], metas: list[RecordMeta], codec: TextCodec) -> list[HeadExample]:
+    return [
+        HeadExample(record_id=meta.record_id, label=labels[i], **_span(body, example, meta, codec, i))  # type: ignore[arg-type]
+        for i, (example, meta) in enumerate(zip(body.examples, metas, strict=True))
+    ]
 
 
 def _span(body: HeadRequest, example: HeadExampleIn, meta: RecordMeta, codec: TextCodec, i: int) -> dict[str, Any]:

@@ -14,12 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 
+import anyio
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
 from app.platform import metrics
-from app.platform.errors import ApiError, ClientGone
+from app.platform.errors import ApiError, ClientGone, storage_full
 from app.platform.limits import parked
 from app.serving.fair_share import FairShare
 from workers.contract.cards import ModelCard
@@ -46,7 +47,7 @@ from workers.contract.keys import (
     steps_channel,
 )
 from workers.contract.names import Retain, as_bytes
-from workers.redis_client import TRANSIENT
+from workers.redis_client import STORAGE_FULL, TRANSIENT
 
 log = logging.getLogger("app.serving.jobs")
 
@@ -143,6 +144,10 @@ class JobQueue:
         self._groups.add(stream)
 
     async def submit(self, job: AnyJob) -> str:
+        """Add the job to its lane's stream, if that has room. A job without a deadline of its own gets the wait's:
+        past it no one waits for its answer, so a worker neither starts it nor goes on with it."""
+        if job.deadline is None:
+            job.deadline = time.time() + self.timeout_s
         stream = jobs_stream(job.model, BULK_LANE if BULK.get() else job_lane(job))
         await self._ensure_group(stream)
         # Workers delete finished entries, so the stream's length is the number of waiting and running jobs;
@@ -170,7 +175,6 @@ class JobQueue:
                         return outcome
                     await self.redis.set(key, job.job_id, ex=int(self.timeout_s) + 60)  # its client left: run ours
         started = time.perf_counter()
-        job.deadline = time.time() + self.timeout_s  # past it no one waits: the worker neither starts nor goes on
         async with self._turn(job):
             await self.submit(job)
             outcome = await self.wait(job.job_id, resubmit=job)
@@ -193,7 +197,6 @@ class JobQueue:
         return self.share.turn(job.tenant, job.model)
 
     async def _relay(self, pubsub: PubSub, job: ContrastJob) -> AsyncIterator[DecodeStep | JobOutcome]:
-        job.deadline = time.time() + self.timeout_s
         await self.submit(job)
         waiter = asyncio.create_task(self.wait(job.job_id))
         try:
@@ -207,7 +210,8 @@ class JobQueue:
         finally:
             if not waiter.done() or waiter.exception() is not None:  # cut (its client left), failed or timed out
                 waiter.cancel()  # the worker stops the job
-                with contextlib.suppress(*TRANSIENT):
+                # shielded: a response cut by its client is cancelled at every await of its task (anyio's scopes)
+                with anyio.CancelScope(shield=True), contextlib.suppress(*TRANSIENT):
                     await self._cancel(job.job_id, job)
 
     async def wait(self, job_id: str, resubmit: AnyJob | None = None) -> JobOutcome:
@@ -295,6 +299,8 @@ def raise_for_outcome(outcome: JobOutcome, params: dict[str, str] | None = None)
     (`params`, then OUTCOME_PARAMS, by the error's code)."""
     if not outcome.ok:
         error = outcome.error
+        if error is not None and error.code == STORAGE_FULL:  # the worker could not keep what it computed
+            raise storage_full(error.message)
         status = error.status if error else 500
         code = error.code if error else "job_failed"
         raise ApiError(

@@ -14,7 +14,7 @@ from app.platform.errors import ApiError
 from app.schemas.tokens import ChatMessage
 from app.serving.bytes import byte_record
 from app.serving.chat_template import ChatTemplateError
-from app.serving.inputs import check_length, input_ids
+from app.serving.inputs import check_length, input_ids, text_token_ids
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec, share_tokenizer
@@ -143,8 +143,8 @@ async def model_pair(
         check_length(codec_q.card, len(ids), limit, "reference_model")
         p, q = given, await _scored(services, tenant, reference_model, ids, retain)
     else:
-        ids = input_ids(codec_p, text, messages, False, limit)
-        if input_ids(codec_q, text, messages, False, limit) != ids:
+        ids = await input_ids(codec_p, text, messages, False, limit)
+        if await input_ids(codec_q, text, messages, False, limit) != ids:
             raise ApiError(
                 422, "tokenizer_mismatch", "the two models' chat templates give different tokens", "messages"
             )
@@ -152,7 +152,7 @@ async def model_pair(
         p, q = await asyncio.gather(
             _scored(services, tenant, model, ids, retain), _scored(services, tenant, reference_model, ids, retain)
         )
-    ends = None if messages is None else message_ends(codec_p, messages)
+    ends = None if messages is None else await asyncio.to_thread(message_ends, codec_p, messages)
     return Pair(p=p, q=q, codec=codec_p, offset=0, shown=p.meta, message_ends=ends)
 
 
@@ -190,9 +190,9 @@ async def context_pair(
         raise ApiError(422, "missing_input", "a paired analysis needs a `model` (or a `record_id`)", "model")
     else:
         codec = await services.catalog.codec(await services.catalog.card(model))
-        alone = input_ids(codec, text, None, False, limit)
+        alone = await input_ids(codec, text, None, False, limit)
     bos = 1 if codec.card.add_bos and alone[:1] == [codec.card.bos_token_id] else 0
-    context_ids = codec.encode(context)
+    context_ids = await asyncio.to_thread(text_token_ids, codec, context, limit, True, "context")
     with_context = context_ids + alone[bos:]
     check_length(codec.card, len(with_context), limit, "context")
     name = codec.card.name

@@ -1,4 +1,7 @@
-"""Lifetimes and per-tenant quotas of what tenants create (frequency tables, calibrations, batches).
+"""Lifetimes and per-tenant quotas of what tenants create (frequency tables, calibrations, heads, batches).
+
+Their keys carry no Redis TTL, so that eviction never takes them: a deadline, swept by the gateways
+(workers/contract/lifetimes.py, app/platform/expiry.py).
 
 Each kind keeps a per-tenant index: a Redis hash from the object's id to a small JSON summary, so listing and
 counting never SCAN. An index holds at most its quota of entries; entries whose object is gone (expired, evicted,
@@ -17,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.platform.errors import ApiError
+from workers.contract.lifetimes import announce, expiry_key, keep_until
 from workers.contract.names import as_bytes
 
 
@@ -35,13 +39,14 @@ OBJECT_TTL_S = _env_int("LOGPROBE_OBJECT_TTL_S", 30 * 24 * 3600)  # tables, cali
 BATCH_MAX_ATTEMPTS = _env_int("LOGPROBE_BATCH_MAX_ATTEMPTS", 8)  # per input, on retryable errors
 BATCH_RETRY_MAX_DELAY_S = _env_float("LOGPROBE_BATCH_RETRY_MAX_DELAY_S", 30.0)  # the longest wait between tries
 
-# Add `field` to the index unless it is full (replacing an existing entry is always allowed); refresh its TTL.
+# KEYS: the index, its expiry set. Add `field` to the index unless it is full (replacing an existing entry is
+# always allowed); the index lives as long as its newest entry (a deadline, never a TTL: workers/contract/lifetimes).
 _CLAIM = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[4], KEYS[1])
 return 1
 """
 
@@ -79,11 +84,13 @@ async def claim(
 ) -> None:
     """Put `name` in the tenant's index, or 429 `quota_exceeded` when the index is full of live objects."""
     script = redis.register_script(_CLAIM)
-    args: list[str | int] = [name, json.dumps(entry), limit, ttl_s]
-    if not await script(keys=[index], args=args):
+    args: list[str | int] = [name, json.dumps(entry), limit, expires_at(ttl_s)]
+    keys = [index, expiry_key(index)]
+    if not await script(keys=keys, args=args):
         await live_entries(redis, index, key_of)  # drop what expired, then try once more
-        if not await script(keys=[index], args=args):
+        if not await script(keys=keys, args=args):
             raise quota_error(what, limit)
+    await announce(redis, index)
 
 
 async def check_room(redis: Redis, index: str, limit: int, what: str, key_of: Callable[[str], str]) -> None:
@@ -94,3 +101,12 @@ async def check_room(redis: Redis, index: str, limit: int, what: str, key_of: Ca
 
 def expires_at(ttl_s: int = OBJECT_TTL_S) -> int:
     return int(time.time()) + ttl_s
+
+
+async def store_durable(redis: Redis, key: str, value: bytes | str, deadline: int) -> None:
+    """SET `key` with no TTL (eviction never takes it) and its deadline (workers/contract/lifetimes.py)."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(key, value)
+    keep_until(pipe, deadline, key)
+    await pipe.execute()
+    await announce(redis, key)

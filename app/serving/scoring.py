@@ -29,12 +29,19 @@ def keeps(meta: RecordMeta, retain: Retain) -> bool:
 
 
 async def scored_record(
-    services: Services, tenant: str, card: ModelCard, ids: list[int], retain: Retain | None = None
+    services: Services,
+    tenant: str,
+    card: ModelCard,
+    ids: list[int],
+    retain: Retain | None = None,
+    charged: bool = False,
 ) -> tuple[RecordMeta, dict[str, np.ndarray], bool]:
     """The record for these tokens, scored if needed, and whether it was cached. A whole record is read or none
     (one HMGET): one that Redis evicted or expired, or that lacks a part, is scored again. `retain` (default: the
-    model's) says what a new record keeps; "full" re-scores a stored stats record so that it keeps full rows."""
-    await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
+    model's) says what a new record keeps; "full" re-scores a stored stats record so that it keeps full rows.
+    `charged`: the tokens were counted against the tenant's budget already (a head's examples, when it was asked)."""
+    if not charged:
+        await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
     rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
     wanted = retain or card.retain
     found = await services.store.read(tenant, rid)
@@ -148,6 +155,6 @@ async def record_for(
         raise ApiError(422, "missing_input", "give a `record_id`, or a `model` with a `text` or `messages`", "model")
     card = await services.catalog.card(model)
     codec = await services.catalog.codec(card)
-    ids = input_ids(codec, text, messages, add_generation_prompt, services.settings.max_positions)
+    ids = await input_ids(codec, text, messages, add_generation_prompt, services.settings.max_positions)
     meta, stats, cached = await scored_record(services, tenant, card, ids, retain)
     return meta, stats, codec, cached

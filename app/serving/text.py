@@ -11,25 +11,52 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from app.serving.chat_template import render_chat
+from app.serving.text_bound import chars_per_token
 from workers.contract.cards import ModelCard
 
 CONTEXT_TOKENS = 4  # tokens decoded before the new ones, so decoders see the context they depend on
 TEXTS_CACHED = 256  # token-text lists kept per tokenizer
 
 
+class TextTooLong(ValueError):
+    """A text with more characters than `max_tokens` tokens of this tokenizer can cover: refused untokenized."""
+
+    def __init__(self, chars: int, max_chars: int) -> None:
+        super().__init__(f"{chars} characters, more than the {max_chars} that fit")
+        self.chars, self.max_chars = chars, max_chars
+
+
 class TextCodec:
-    """Turns texts and chats into the token ids the model's worker would use, and ids back into text."""
+    """Turns texts and chats into the token ids the model's worker would use, and ids back into text.
+
+    Tokenizing goes through the tokenizer's batch call, which lets go of the GIL while it works, so a caller that
+    runs it in a thread leaves the event loop free. Given `max_tokens`, a text longer than that many tokens could
+    cover (`chars_per_token`, app/serving/text_bound.py) is refused with TextTooLong before it is tokenized.
+    """
 
     def __init__(self, card: ModelCard, tokenizer_json: str) -> None:
         self.card = card
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.tokenizer_id = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
+        self.chars_per_token = chars_per_token(tokenizer_json)  # None: no safe bound for this tokenizer
         self._pieces: list[str] | None = None
         # analyses of a cached record ask for the same token texts again and again
         self._texts = lru_cache(maxsize=TEXTS_CACHED)(self._token_texts)
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    def check_fits(self, text: str, max_tokens: int | None) -> None:
+        """TextTooLong if `text` has more characters than `max_tokens` tokens can cover (so more tokens)."""
+        if max_tokens is not None and self.chars_per_token is not None:
+            max_chars = max_tokens * self.chars_per_token
+            if len(text) > max_chars:
+                raise TextTooLong(len(text), max_chars)
+
+    def token_ids(self, text: str, add_special_tokens: bool) -> list[int]:
+        """The tokenizer's own ids for a text (its batch call: the GIL is free meanwhile)."""
+        return list(self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
+
+    def encode(self, text: str, add_special_tokens: bool = True, max_tokens: int | None = None) -> list[int]:
+        self.check_fits(text, max_tokens)
+        ids = self.token_ids(text, add_special_tokens)
         bos = self.card.bos_token_id
         if add_special_tokens and self.card.add_bos and bos is not None and ids[:1] != [bos]:
             ids = [bos, *ids]
@@ -60,13 +87,16 @@ class TextCodec:
         continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
         add_special_tokens: bool = False,
+        *,
+        max_tokens: int | None = None,
     ) -> list[int]:
         """As transformers' apply_chat_template: the template adds any special tokens itself (vLLM's
-        `add_special_tokens` adds the tokenizer's on top)."""
+        `add_special_tokens` adds the tokenizer's on top). `max_tokens` bounds the rendered chat."""
         rendered = self.render_chat(messages, add_generation_prompt, continue_final_message, template_kwargs)
+        self.check_fits(rendered, max_tokens)
         if add_special_tokens:
             return self.encode(rendered)
-        return list(self.tokenizer.encode(rendered, add_special_tokens=False).ids)
+        return self.token_ids(rendered, add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))

@@ -116,6 +116,23 @@ def test_a_body_nested_too_deeply_is_malformed_json_and_the_service_lives_on(alp
     assert alpha.post("/v1/score", json={"model": MODEL, "text": "Still here."}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "where"),
+    [
+        ("/v1/score", b'{"model": "%s", "text": "caf\xe9 au lait"}', "byte 0xe9 at offset"),  # Latin-1, not UTF-8
+        ("/v1/analysis/detect", b'{"model": "%s", "text": "x\xff"}', "byte 0xff at offset"),
+        ("/v1/chat/completions", b'{"model": "%s", "messages": [{"role": "user", "content": "\xc3"}]}', "0xc3"),
+    ],
+)
+def test_invalid_utf8_is_malformed_json_saying_so(alpha: httpx.Client, path: str, raw: bytes, where: str) -> None:
+    response = alpha.post(path, content=raw % MODEL.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text  # was 400 `http_error` "There was an error parsing the body"
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("malformed_json", None)
+    assert "not valid UTF-8" in error["message"] and where in error["message"]
+    assert alpha.post("/v1/score", json={"model": MODEL, "text": "caf\u00e9 au lait"}).status_code == 200
+
+
 def test_a_bad_span_names_the_span_once(alpha: httpx.Client) -> None:
     response = alpha.post("/v1/analysis/uncertainty", json={"model": MODEL, "text": "x", "span": "bogus"})
     assert response.status_code == 422

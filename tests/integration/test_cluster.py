@@ -231,3 +231,26 @@ def test_a_master_killed_mid_jobs_fails_over_and_every_request_is_answered_once(
     client = connect(redis_cluster.url)
     assert client.publish(DONE_CHANNEL, "nobody") >= 0
     client.close()
+
+
+async def test_the_expiry_sweep_ends_durable_keys_on_every_master(redis_cluster: EmbeddedCluster) -> None:
+    """Durable keys of many hash tags (so on several masters): each set's script runs on its own slot."""
+    from app.platform.expiry import sweep
+    from workers.contract.lifetimes import EXPIRY_SETS, announce, expiry_key, keep_until
+
+    client = connect_async(redis_cluster.url)
+    salt = uuid.uuid4().hex[:8]
+    keys = [f"lp:test:{{sweep-{salt}-{i}}}:object" for i in range(12)]
+    for i, key in enumerate(keys):  # the odd ones' deadlines pass at 2000, the others' at 4000
+        pipe = client.pipeline(transaction=True)
+        pipe.set(key, 1)
+        keep_until(pipe, 1000.0 if i % 2 else 3000.0, key)
+        await pipe.execute()
+        await announce(client, key)
+    await sweep(client, now=2000.0)
+    left = [key for key in keys if await client.exists(key)]
+    assert left == keys[::2]
+    await sweep(client, now=4000.0)
+    assert not [key for key in keys if await client.exists(key)]
+    assert not [key for key in keys if await client.sismember(EXPIRY_SETS, expiry_key(key))]
+    await client.aclose()

@@ -23,6 +23,7 @@ def test_serve_runs_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> No
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LOGPROBE_REDIS_URL", "LOGPROBE_API_KEYS")}
     env.update({"LOGPROBE_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)})
+    env["LOGPROBE_EMBEDDED_REDIS_DIR"] = str(tmp_path)  # its append-only file too: never the real home
     ARTIFACTS.mkdir(exist_ok=True)
     with (ARTIFACTS / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -42,9 +43,9 @@ def test_serve_runs_the_embedded_default_and_stops_cleanly(tmp_path: Path) -> No
         finally:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0
-    socket = DATA_DIR / "redis" / str(port) / "redis.sock"
+    socket = tmp_path / str(port) / "redis.sock"
     assert not socket.exists()
-    leftovers = subprocess.run(["pgrep", "-f", f"redis/{port}/redis"], capture_output=True, text=True).stdout
+    leftovers = subprocess.run(["pgrep", "-f", f"{tmp_path}/{port}/redis"], capture_output=True, text=True).stdout
     assert leftovers.strip() == ""
 
 

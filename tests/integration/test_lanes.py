@@ -81,6 +81,8 @@ def test_an_attribution_whose_client_leaves_stops_and_others_are_answered_meanwh
     text = f"{salt} " + PASSAGE * 4  # ~460 tokens: occlusion at position 300 takes minutes alone
     before = len(stopped_lines("attribution"))
     body = {"model": MODEL, "text": text, "positions": [300], "method": "occlusion", "max_passes": 5000}
+    with httpx.Client(base_url=service, headers={"Authorization": "Bearer key-alpha"}, timeout=300) as alpha:
+        assert alpha.post("/v1/score", json={"model": MODEL, "text": text}).status_code == 200  # its record first
 
     def leave_early() -> None:
         with (

@@ -22,6 +22,7 @@ from app.serving.calibrations import calibration_key
 from app.serving.frequencies import table_key
 from bench.texts import text_of_tokens
 from tests.conftest import ARTIFACTS, DATA_DIR, MODEL
+from workers.contract.lifetimes import expiry_key
 
 KEYS = {
     "key-alpha": "alpha",
@@ -30,6 +31,7 @@ KEYS = {
     "key-delta": "delta",
     "key-epsilon": "epsilon",
     "key-zeta": "zeta",
+    "key-eta": "eta",
 }
 TTL_S = 3600
 SHARE = 3  # a tenant's jobs in the queue at once; the worker runs at most SHARE sequences at once too
@@ -73,7 +75,9 @@ def assert_quota(response: httpx.Response, param: str) -> None:
 
 
 def assert_lifetime(r: redis.Redis, key: str) -> None:
-    assert 0 < r.ttl(key) <= TTL_S
+    """A deadline within TTL_S, and no Redis TTL: eviction never takes it (workers/contract/lifetimes.py)."""
+    deadline = r.zscore(expiry_key(key), key)
+    assert r.ttl(key) == -1 and deadline is not None and 0 < deadline - time.time() <= TTL_S
 
 
 def test_frequency_tables_have_a_lifetime_and_a_quota(limited: LocalService) -> None:
@@ -232,3 +236,21 @@ def test_one_tenants_flood_of_requests_does_not_queue_ahead_of_anothers_request(
     # Behind at most SHARE of the flood's jobs in the queue (and beside SHARE in the worker); in one shared queue
     # it would have come after all 30.
     assert done_then <= 4 * SHARE
+
+
+def test_a_heads_examples_are_charged_to_the_token_budget_before_it_is_accepted(limited: LocalService) -> None:
+    """The texts a head's preparation would score count against the tokens per minute when it is asked for: more
+    than a whole minute's budget is refused at once, and no head is made."""
+    with client(limited, "key-eta") as eta:
+        salt = uuid.uuid4().hex
+        long = [
+            {"text": f"Example {i} ({salt}): " + "a long sentence about nothing much at all. " * 6, "label": i % 2}
+            for i in range(10)
+        ]  # ~10 x 70 tokens: over TPM
+        short = [{"text": f"Short {i} ({salt}).", "label": i % 2} for i in range(10)]  # ~10 x 20 tokens
+        refused = eta.post("/v1/heads", json={"model": MODEL, "name": "big", "kind": "los", "examples": long})
+        assert refused.json()["error"]["code"] == "tokens_over_budget", refused.text
+        assert refused.status_code in (413, 422) and "Retry-After" not in refused.headers
+        assert eta.get("/v1/heads").json()["data"] == []
+        few = eta.post("/v1/heads", json={"model": MODEL, "name": "small", "kind": "los", "examples": short})
+        assert few.status_code == 202, few.text

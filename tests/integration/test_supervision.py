@@ -57,10 +57,11 @@ def score(base: str, text: str) -> httpx.Response:
     return httpx.post(f"{base}/v1/score", json={"model": MODEL, "text": text}, timeout=120)
 
 
-def test_serve_restarts_what_dies_refuses_a_second_start_and_stops_on_sigterm() -> None:
+def test_serve_restarts_what_dies_refuses_a_second_start_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LOGPROBE_REDIS_URL", "LOGPROBE_API_KEYS")}
     env.update({"LOGPROBE_DATA_DIR": str(DATA_DIR), "PYTHONPATH": str(ROOT)})
+    env["LOGPROBE_EMBEDDED_REDIS_DIR"] = str(tmp_path / "redis")  # its append-only file too: never the real home
     ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / "serve-supervised.log"
     base = f"http://127.0.0.1:{port}"

@@ -159,6 +159,29 @@ def test_generations_joining_the_running_engine_sample_what_each_samples_alone(v
     assert len(pool) == 0
 
 
+def test_a_generation_that_leaves_the_running_engine_is_aborted(vllm_fp32: Any, hf: HFBackend) -> None:
+    """A client gone: its request is aborted in the engine between two steps; the others sample what they sample
+    alone, and nothing of it comes back."""
+    prompts = [hf.encode(PROMPT), hf.encode("Once upon a time")]
+    samplings = [
+        Sampling(max_tokens=16, temperature=0.0, top_p=1.0),
+        Sampling(max_tokens=200, temperature=0.0, top_p=1.0),
+    ]
+    eos = vllm_fp32.card.eos_token_ids
+    alone = vllm_fp32.sample(prompts[0], samplings[0], eos)
+    pool = vllm_fp32.generations()
+    pool.join("stays", prompts[0], samplings[0])
+    pool.join("leaves", prompts[1], samplings[1])
+    got: dict[str, Any] = {}
+    for _ in range(3):
+        got.update((f.key, (f.completion, f.finish_reason)) for f in pool.advance())
+    assert pool.leave({"leaves", "unknown"}) == ["leaves"]
+    while len(pool):
+        got.update((f.key, (f.completion, f.finish_reason)) for f in pool.advance())
+    assert got == {"stays": alone}
+    assert not pool.engine.llm_engine.has_unfinished_requests()
+
+
 def test_sequences_joining_the_running_pooling_engine_get_the_states_they_get_alone(vllm_fp32: Any) -> None:
     """The worker's scoring pool: sequences of mixed lengths handed to the pooling engine while others run get
     the hidden states (and so the rows) each gets alone."""

@@ -224,3 +224,31 @@ def test_a_scoring_whose_forward_fails_fails_alone(backends: tuple[Any, Any], re
     assert [o.ok for o in outcomes] == [True, False, True]
     assert outcomes[1].error is not None and outcomes[1].error.code == "worker_error"
     assert [o.record_id for o in outcomes[::2]] == [jobs[0].record_id, jobs[2].record_id]
+
+
+def test_a_worker_takes_no_more_heavy_jobs_than_it_has_free_slots(redis_server: redis.Redis) -> None:
+    """Five heavy jobs wait, two slots are free (one of four runs, one waits): two entries are taken, the rest
+    stay in the stream for another worker; scoring jobs are taken beside them."""
+    from workers.contract.jobs import LensJob, encode_job
+    from workers.contract.keys import CONSUMER_GROUP, HEAVY_LANE, LANES, jobs_stream
+
+    worker = Worker.__new__(Worker)
+    worker.settings = WorkerSettings(worker_heavy_jobs=4)
+    worker.redis, worker.id = redis_server, "hoarder"
+    worker.waiting, worker.running, worker.last_intake = [], {}, 1
+    worker.heavy_lock, worker.heavy_active = threading.Lock(), {"running": "alpha"}
+    worker.heavy_queue = [("s", b"1-1", score_job(9, [1, 2], "f"))]
+    worker.lane_streams = {lane: [jobs_stream("hoard", lane)] for lane in LANES}
+    for stream in worker.lane_streams.values():
+        redis_server.xgroup_create(stream[0], CONSUMER_GROUP, id="0", mkstream=True)
+    heavy = jobs_stream("hoard", HEAVY_LANE)
+    for n in range(5):
+        job = LensJob(job_id=f"lens-{n}", tenant="alpha", model="hoard", fingerprint="f", token_ids=[1, 2], layers=[0])
+        redis_server.xadd(heavy, encode_job(job))
+    redis_server.xadd(jobs_stream("hoard"), encode_job(score_job(1, [1, 2, 3], "f")))
+    taken = worker._intake(busy=True)
+    assert sorted(stream for stream, _, _ in taken) == [jobs_stream("hoard"), heavy, heavy]
+    pending: Any = redis_server.xpending(heavy, CONSUMER_GROUP)
+    assert pending["pending"] == 2 and redis_server.xlen(heavy) == 5  # three never delivered: another worker's
+    worker.heavy_active = {f"r{n}": "alpha" for n in range(3)}
+    assert worker._intake(busy=True) == []  # no slot free: none taken

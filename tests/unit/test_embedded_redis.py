@@ -71,3 +71,29 @@ def test_a_cluster_node_dies_with_the_process_that_started_it(tmp_path: Path) ->
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive
+
+
+def test_the_embedded_redis_is_bounded_evicts_as_compose_does_and_keeps_its_data_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", maxmemory="64mb", persist=True)
+    server.start()
+    try:
+        client = redis.Redis(unix_socket_path=str(server.socket))
+        config = client.config_get("*")
+        assert int(config["maxmemory"]) == 64 * 1024 * 1024 and config["maxmemory-policy"] == "volatile-lru"
+        client.set("lp:kept", "yes")
+        client.close()
+        server.stop()
+        server.start()
+        client = redis.Redis(unix_socket_path=str(server.socket))
+        assert client.get("lp:kept") == b"yes"
+        client.close()
+    finally:
+        server.stop()
+    assert (tmp_path / "redis" / "appendonly.aof").exists()
+
+
+def test_the_default_memory_limit_is_a_quarter_of_the_machine_at_most_2_gib() -> None:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert embedded.default_maxmemory() == min(2 << 30, ram // 4)

@@ -16,7 +16,7 @@ BYTE_CONTRACT = ("workers.bytelevel.records", "workers.bytelevel.stats")
 ALLOWED: dict[str, set[str]] = {
     "app.schemas": set(),
     "app.client": {"app.schemas"},
-    "app.platform": {"workers.config", "workers.contract"},
+    "app.platform": {"workers.config", "workers.contract", "workers.redis_client"},
     "app.analysis": {"app.schemas", "workers.contract"},
     "app.serving": {
         "app.analysis",
@@ -28,7 +28,15 @@ ALLOWED: dict[str, set[str]] = {
         "workers.redis_client",
     },
     "app.batches": {"app.serving", "app.analysis", "app.schemas", "app.platform", "workers.contract"},
-    "app.api": {"app.batches", "app.serving", "app.analysis", "app.schemas", "app.platform", "workers.contract"},
+    "app.api": {
+        "app.batches",
+        "app.serving",
+        "app.analysis",
+        "app.schemas",
+        "app.platform",
+        "workers.contract",
+        "workers.redis_client",
+    },
     "app.launcher": {"app", "workers"},
     "workers": {"workers"},
 }

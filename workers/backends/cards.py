@@ -36,6 +36,7 @@ def build_card(
     fingerprint: str,
     context_length: int,
     generation_eos: int | list[int] | None,
+    layers: int | None = None,
 ) -> ModelCard:
     """The card of a model whose hidden states rebuild its rows (the load-time probe may change that)."""
     return ModelCard(
@@ -61,4 +62,5 @@ def build_card(
         lossy=spec.lossy_hidden_dtype is not None,
         max_new_tokens=spec.max_new_tokens,
         retain=spec.retain,
+        layers=layers,
     )

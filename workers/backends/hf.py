@@ -93,6 +93,16 @@ def keep_streams(streams: Streams, rows: list[int]) -> Streams:
     return Streams(s.cache, mask, s.positions[index])
 
 
+def final_norm(decoder: Any) -> Any:
+    """The norm a decoder applies to its last layer's output (Llama, Gemma, Qwen, Mistral: `norm`; Phi:
+    `final_layernorm`; GPT-2: `ln_f`), or None."""
+    for name in ("norm", "final_layernorm", "ln_f"):
+        module = getattr(decoder, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
 class HFBackend(StreamSteps):
     """A causal LM loaded with transformers; hidden states come from its decoder, logits from its head."""
 
@@ -122,6 +132,7 @@ class HFBackend(StreamSteps):
             fingerprint=served_fingerprint(source_fp, spec, "hf", model_dtype),
             context_length=int(getattr(config, "max_position_embeddings", 2048)),
             generation_eos=self.model.generation_config.eos_token_id,
+            layers=int(config.num_hidden_layers) if final_norm(self.decoder) is not None else None,
         )
         log.info("loaded %s (%s, %s) in %.1fs", spec.name, model_dtype, folder, time.perf_counter() - started)
 
@@ -159,6 +170,18 @@ class HFBackend(StreamSteps):
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
         hidden = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return [hidden[i, : len(s)] for i, s in enumerate(sequences)]
+
+    @torch.inference_mode()
+    def layer_states(self, token_ids: list[int], layers: list[int]) -> list[torch.Tensor]:
+        """The states [T, d] of `layers` (transformers' hidden_states indices: 0 = the embeddings, the last = the
+        decoder's output) as the unembedding reads them, from one forward: each layer below the last through the
+        model's final norm (the logit lens, nostalgebraist 2020), the last as the decoder returns it (so that its
+        rows are the record's)."""
+        states = self.decoder(input_ids=torch.tensor([token_ids]), output_hidden_states=True).hidden_states
+        norm = final_norm(self.decoder)
+        assert norm is not None
+        last = len(states) - 1
+        return [states[layer][0] if layer == last else norm(states[layer][0]) for layer in layers]
 
     @torch.inference_mode()
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:

@@ -340,6 +340,16 @@ class _EnginePool:
         while self.keys:
             self._step()
 
+    def leave(self, keys: set[str]) -> list[str]:
+        """Abort these requests (their clients left), finished or not; the keys dropped."""
+        requests = [request for request, key in self.keys.items() if key in keys]
+        dropped = [self.keys.pop(request) for request in requests]
+        dropped += [key for key, _ in self.ready if key in keys]
+        self.ready = [(key, result) for key, result in self.ready if key not in keys]
+        if requests:
+            self.engine.llm_engine.abort_request(requests)
+        return dropped
+
     def abandon(self) -> list[str]:
         """Abort every request in flight (after a failure); the keys dropped, with those of requests that had
         finished and not yet been handed over."""

@@ -30,3 +30,6 @@ class ModelCard(BaseModel):
     lossy: bool = False
     max_new_tokens: int
     retain: Retain = "full"  # what its records keep unless a request says otherwise
+    # Decoder layers whose states a lens reads (transformers' hidden_states: layers + 1 entries, 0 = embeddings);
+    # None: this backend does not expose intermediate layers.
+    layers: int | None = None

@@ -225,7 +225,39 @@ class BytesJob(_JobBase):
     max_states: int = Field(ge=2)
 
 
-AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob
+class LensJob(_JobBase):
+    """The logit lens over a text (workers/lens.py): every position's next-token distribution read from each asked
+    layer through the model's final norm and unembedding. The answer (LensResult JSON) is left under
+    lens_key(job_id)."""
+
+    kind: Literal["lens"] = "lens"
+    token_ids: list[int] = Field(min_length=2, max_length=MAX_JOB_POSITIONS)
+    layers: list[int] = Field(min_length=1, max_length=1024)  # transformers' hidden_states indices: 0 = embeddings
+    top_k: int = Field(default=0, ge=0, le=20)
+
+
+class LensLayer(BaseModel):
+    """One layer's reading of positions 1..T-1 (row i predicts token i+1), in float32 precision."""
+
+    layer: int
+    logprob: list[float]  # of the token that came
+    rank: list[int]  # 1 + the tokens more likely than it
+    entropy: list[float]  # nats
+    kl_to_final: list[float]  # KL(final || this layer), nats (tuned-lens' direction)
+    top1: list[int]  # the most likely token
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
+class LensResult(BaseModel):
+    layers: list[LensLayer]
+    final_top1: list[int]  # the final layer's most likely token, per position
+    n_layers: int  # the model's decoder layers: hidden_states has n_layers + 1 entries
+
+
+AnyJob = (
+    ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
+)
 
 
 def job_lane(job: AnyJob) -> str:

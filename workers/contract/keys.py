@@ -122,6 +122,11 @@ def attribution_key(job_id: str) -> str:
     return f"lp:attribution:{job_id}"
 
 
+def lens_key(job_id: str) -> str:
+    """A lens job's answer (LensResult JSON), read once by the gateway that asked."""
+    return f"lp:lens:{job_id}"
+
+
 def bytes_key(tenant: str, record_id: str) -> str:
     if not (valid_tenant(tenant) and valid_record_id(record_id)):
         raise ProtocolError(f"not a tenant and record id: {tenant!r}, {record_id!r}")

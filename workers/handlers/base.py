@@ -35,12 +35,14 @@ class Context:
 @dataclass(frozen=True)
 class Handler:
     """A job kind's handler: how to run one job alone (None for a kind that runs only in the running batch:
-    workers.in_flight), and what to do when the worker gives a job up without running it to its end (its deadline
-    passed before it started; dead-lettered)."""
+    workers.in_flight), what to do when the worker gives a job up without running it to its end (its deadline
+    passed before it started; dead-lettered), and whether what the job works for is gone (a deleted head: heavy
+    work asks between slices, beside the job's own cancellation)."""
 
     kind: str
     run: Callable[[AnyJob, Context], JobOutcome] | None
     abandon: Callable[[AnyJob, Context, str, str], None] | None = None  # job, context, code, message
+    gone: Callable[[AnyJob, Redis], bool] | None = None
 
 
 def answered(run: Callable[[AnyJob, Context], JobOutcome], job: AnyJob, ctx: Context) -> JobOutcome:

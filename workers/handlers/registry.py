@@ -11,9 +11,10 @@ from workers.handlers.export import CROSS, ROWS
 from workers.handlers.generate import GENERATE
 from workers.handlers.score import SCORE
 from workers.heads.job import TRAIN_HEAD
+from workers.lens import LENS
 
 HANDLERS: dict[str, Handler] = {
-    handler.kind: handler for handler in (SCORE, GENERATE, CONTRAST, ROWS, CROSS, TRAIN_HEAD, ATTRIBUTION, BYTES)
+    handler.kind: handler for handler in (SCORE, GENERATE, CONTRAST, ROWS, CROSS, TRAIN_HEAD, ATTRIBUTION, BYTES, LENS)
 }
 
 

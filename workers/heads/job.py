@@ -115,4 +115,10 @@ def train_head_job(job: AnyJob, ctx: Context) -> JobOutcome:
     return run_head_job(ctx.redis, job)  # reads records only: no backend, no weights
 
 
-TRAIN_HEAD = Handler("train_head", train_head_job, abandon_head)
+def head_deleted(job: AnyJob, client: redis.Redis) -> bool:
+    """Whether the head this job trains was deleted meanwhile (its training then stops at its next slice)."""
+    assert isinstance(job, HeadJob)
+    return not client.exists(head_key(job.tenant, job.head_id))
+
+
+TRAIN_HEAD = Handler("train_head", train_head_job, abandon_head, head_deleted)

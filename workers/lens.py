@@ -1,0 +1,83 @@
+"""The logit lens (nostalgebraist 2020, "interpreting GPT: the logit lens"): each layer's residual stream read as a
+next-token distribution through the model's own final norm and unembedding, beside the final layer's.
+
+One forward keeps every asked layer's states; the rows are then read in chunks of positions, a slice of heavy work
+each (workers.lanes), with the final distribution of the chunk computed once for all layers. KL is KL(final ||
+layer), the direction tuned-lens trains and reports (Belrose et al. 2023)."""
+
+from __future__ import annotations
+
+import torch
+
+from workers.capture import Unembedding, chunk_rows_for, row_statistics
+from workers.contract.jobs import AnyJob, JobOutcome, LensJob, LensLayer, LensResult
+from workers.contract.keys import lens_key
+from workers.engines import check_ids
+from workers.handlers.base import Context, Handler
+from workers.lanes import checkpoint
+from workers.outcomes import JobFailed
+
+RESULT_TTL_S = 3600
+
+
+def layer_readings(
+    states: list[torch.Tensor], final: torch.Tensor, token_ids: list[int], head: Unembedding, top_k: int
+) -> list[LensLayer]:
+    """Per layer (its states [T, d], already through the final norm) and position 1..T-1: the logprob and rank of
+    the token that came, the entropy, KL(final || layer) and the top_k alternatives."""
+    targets = torch.tensor(token_ids[1:])
+    rows = len(token_ids) - 1
+    step = chunk_rows_for(head.vocab_size)
+    parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in states]
+    for lo in range(0, rows, step):
+        hi = min(rows, lo + step)
+        final_logp = torch.log_softmax(head.logits(final[lo:hi]), dim=-1)
+        for i, layer_states in enumerate(states):
+            logits = head.logits(layer_states[lo:hi])
+            stats = row_statistics(logits, targets[lo:hi], max(1, top_k))
+            logp = torch.log_softmax(logits, dim=-1)
+            kl = torch.linalg.vecdot(final_logp.exp(), final_logp - logp)
+            parts[i].append({**stats, "kl": kl})
+            checkpoint()  # a slice: one chunk of positions of one layer
+    out = []
+    for layer_parts in parts:
+        joined = {name: torch.cat([p[name] for p in layer_parts]) for name in layer_parts[0]}
+        out.append(
+            LensLayer(
+                layer=0,
+                logprob=joined["logprob"].tolist(),
+                rank=joined["rank"].tolist(),
+                entropy=joined["entropy"].tolist(),
+                kl_to_final=joined["kl"].clamp_min(0.0).tolist(),
+                top1=joined["topk_ids"][:, 0].tolist(),
+                top_ids=joined["topk_ids"][:, :top_k].tolist(),
+                top_logprobs=joined["topk_logprobs"][:, :top_k].tolist(),
+            )
+        )
+    return out
+
+
+def run_lens_job(job: AnyJob, ctx: Context) -> JobOutcome:
+    assert isinstance(job, LensJob)
+    backend = ctx.engines.backend_for(job.model, job.fingerprint)
+    check_ids(job.token_ids, backend)
+    n_layers = backend.card.layers
+    layer_states = getattr(backend, "layer_states", None)
+    if n_layers is None or layer_states is None:
+        raise JobFailed(
+            "layers_unsupported", f"{job.model!r}'s backend ({backend.card.backend}) does not expose its layers", 501
+        )
+    if not all(0 <= layer <= n_layers for layer in job.layers):
+        raise JobFailed("invalid_layers", f"layers lie in [0, {n_layers}] ({job.model!r} has {n_layers} layers)")
+    checkpoint()
+    *states, final = layer_states(job.token_ids, [*job.layers, n_layers])
+    checkpoint()  # a slice: the forward
+    *readings, last = layer_readings([*states, final], final, job.token_ids, backend.head, job.top_k)
+    for layer, reading in zip(job.layers, readings, strict=True):
+        reading.layer = layer
+    result = LensResult(layers=readings, final_top1=last.top1, n_layers=n_layers)
+    ctx.redis.set(lens_key(job.job_id), result.model_dump_json(), ex=RESULT_TTL_S)
+    return JobOutcome(job_id=job.job_id, ok=True)
+
+
+LENS = Handler("lens", run_lens_job)
