@@ -9,6 +9,7 @@ holds, so they run in the gateway on cached records. A method returns NaN where 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,15 +41,33 @@ class Param:
     kind: ParamKind = "float"
 
     def resolve(self, given: Any, method: str) -> float:
-        """The value to run with (an int for integer parameters); ValueError if it is out of range."""
-        value = float(given)
-        if self.kind == "int":
-            if not value.is_integer():
-                raise ValueError(f"{method}.{self.name} must be an integer")
-            value = int(value)
-        if not self.low <= value <= self.high:
-            raise ValueError(f"{method}.{self.name} must lie in [{self.low:g}, {self.high:g}]")
-        return value
+        """The value to run with (an int for integer parameters); ParamError if it is not one or out of range.
+
+        As strict as the request's top level: `"16"`, `true` and, for an integer, `16.0` are refused."""
+        if self.kind == "int" and (isinstance(given, bool) or not isinstance(given, int)):
+            raise ParamError(f"{method}.{self.name} must be an integer (not {as_json(given)})", method, self.name)
+        if isinstance(given, bool) or not isinstance(given, int | float):
+            raise ParamError(f"{method}.{self.name} must be a number (not {as_json(given)})", method, self.name)
+        if not self.low <= given <= self.high:  # before float(): an integer past a float's range is out of range too
+            raise ParamError(f"{method}.{self.name} must lie in [{self.low:g}, {self.high:g}]", method, self.name)
+        return given if self.kind == "int" else float(given)
+
+
+class ParamError(ValueError):
+    """A method parameter that cannot run; `path` is where it sits under the request's `params`."""
+
+    def __init__(self, message: str, method: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.path = f"{method}.{name}" if name is not None else method
+
+
+def as_json(value: Any) -> str:
+    """A value as the request spelled it, for messages (`"16"`, `true`, `16.0`)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def variance_is_zero(var: Any, second_moment: Any) -> Any:
@@ -142,7 +161,7 @@ class Method:
         known = {p.name: p for p in self.params}
         unknown = set(given) - set(known)
         if unknown:
-            raise ValueError(f"{self.name}: unknown parameters {sorted(unknown)}; known: {sorted(known)}")
+            raise ParamError(f"{self.name}: unknown parameters {sorted(unknown)}; known: {sorted(known)}", self.name)
         return {p.name: p.resolve(given.get(p.name, p.default), self.name) for p in self.params}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.analysis.base import REGISTRY, Context, Family, Method
+from app.analysis.base import REGISTRY, Context, Family, Method, ParamError
 
 
 class AnalysisError(ValueError):
@@ -58,11 +58,19 @@ def missing_inputs(method: Method, family: Family, inputs: frozenset[str]) -> An
 
 
 def select_methods(
-    family: Family, names: Sequence[str] | None, inputs: frozenset[str] = ALWAYS_AVAILABLE
+    family: Family, names: Sequence[str] | None, inputs: frozenset[str] = ALWAYS_AVAILABLE, heads: bool = False
 ) -> list[Method]:
     """The named methods (default: those of the family that the request's inputs allow, e.g. a reference
-    model for "cross"); a named method whose inputs are missing is an error."""
+    model for "cross"); a named method whose inputs are missing is an error, and so is naming none at all unless
+    the request runs `heads`."""
     family_methods = {m.name: m for m in REGISTRY.family(family)}
+    if names is not None and not names and not heads:
+        raise AnalysisError(
+            "invalid_request",
+            "methods names no method and there are no `heads`: nothing to run (leave `methods` out for the whole "
+            "family)",
+            "methods",
+        )
     if names is None:
         chosen = [m for m in family_methods.values() if set(m.requires) <= inputs]
         if not chosen:
@@ -89,8 +97,8 @@ def resolve_params(methods: list[Method], given: dict[str, dict[str, Any]]) -> d
         raise AnalysisError("invalid_params", f"parameters for methods not run: {sorted(stray)}", "params")
     try:
         return {m.name: m.resolve_params(given.get(m.name, {})) for m in methods}
-    except ValueError as exc:
-        raise AnalysisError("invalid_params", str(exc), "params") from exc
+    except ParamError as exc:
+        raise AnalysisError("invalid_params", str(exc), f"params.{exc.path}") from exc
 
 
 def finite_or_none(value: float) -> float | None:

@@ -147,10 +147,11 @@ def block_means(values: np.ndarray, block: int) -> np.ndarray:
     ("entropy",),
     paper=SWIREASONING,
     params=(Param("block_size", 16, "positions per block", 1, 65536, kind="int"),),
+    undefined="the span fits in one block of `block_size` positions, and a slope needs at least two blocks",
 )
 def entropy_trend(ctx: Context) -> dict[str, float | list[float]]:
     """Block-wise mean entropy and its least-squares slope per block (SwiReasoning's block confidence from
-    entropy trends). `slope` is in nats per block; `blocks` lists the block means."""
+    entropy trends). `slope` is in nats per block (undefined for a single block); `blocks` lists the block means."""
     blocks = block_means(ctx.data.entropy, int(ctx.params["block_size"]))
-    slope = float(np.polyfit(np.arange(len(blocks)), blocks, 1)[0]) if len(blocks) > 1 else 0.0
+    slope = float(np.polyfit(np.arange(len(blocks)), blocks, 1)[0]) if len(blocks) > 1 else float("nan")
     return {"slope": slope, "blocks": blocks.tolist()}

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServicesDep, TenantDep
+from app.api.deps import ListLimit, ServicesDep, TenantDep
 from app.batches.store import batch_status, cancel_batch, delete_batch, list_batches, result_lines
 from app.batches.submit import submit_batch
 from app.platform.errors import ApiError
@@ -27,9 +27,15 @@ async def create(body: BatchRequest, services: ServicesDep, tenant: TenantDep) -
 
 @router.get("/v1/batches", response_model=BatchList)
 async def list_all(
-    services: ServicesDep, tenant: TenantDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+    services: ServicesDep,
+    tenant: TenantDep,
+    limit: ListLimit = 20,
+    after: Annotated[str | None, Query(max_length=64, description="the last id of the previous page")] = None,
 ) -> BatchList:
-    found, more = await list_batches(services.redis, tenant, limit)
+    listed = await list_batches(services.redis, tenant, limit, after)
+    if listed is None:
+        raise ApiError(404, "batch_not_found", f"no batch {after!r} to list after", "after")
+    found, more = listed
     return BatchList(data=[Batch.model_validate(b) for b in found], has_more=more)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import CreatorDep, ServicesDep, TenantDep
+from app.api.deps import CreatorDep, ListLimit, ServicesDep, TenantDep
 from app.schemas.calibrations import Calibration, CalibrationList, CalibrationRequest
 from app.serving.calibrations import delete_calibration, fit_calibration, get_calibration, list_calibrations
 
@@ -21,8 +21,9 @@ async def create_calibration(
 
 
 @router.get("/v1/calibrations", response_model=CalibrationList)
-async def list_all(services: ServicesDep, tenant: TenantDep) -> CalibrationList:
-    return CalibrationList(data=await list_calibrations(services, tenant))
+async def list_all(services: ServicesDep, tenant: TenantDep, limit: ListLimit = 100) -> CalibrationList:
+    found = await list_calibrations(services, tenant)
+    return CalibrationList(data=found[:limit], has_more=len(found) > limit)
 
 
 @router.get("/v1/calibrations/{calibration_id}", response_model=Calibration)

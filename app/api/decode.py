@@ -16,7 +16,7 @@ from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError
 from app.schemas.decode import DecodeRequest, DecodeResponse, ViewIn
 from app.serving.contrast import build_job, step_out, summary
-from app.serving.jobs import raise_for_outcome
+from app.serving.jobs import NO_ROOM, raise_for_outcome
 from app.serving.services import Services
 from app.serving.text import TextCodec
 from workers.contract.jobs import ContrastJob, DecodeStep
@@ -34,7 +34,7 @@ async def contrastive(body: DecodeRequest, services: ServicesDep, tenant: Tenant
         return StreamingResponse(
             stream_steps(job, views, codec, stops, services, usage_prompt), media_type="text/event-stream"
         )
-    outcome = raise_for_outcome(await services.jobs.run(job))
+    outcome = raise_for_outcome(await services.jobs.run(job), NO_ROOM)
     raw = as_bytes(await services.redis.get(steps_key(job.job_id))) or b"[]"
     steps = [step_out(DecodeStep.model_validate(s), codec, job.level) for s in json.loads(raw)]
     return {**summary(outcome, codec, stops, views, usage_prompt, job.level), "steps": steps}

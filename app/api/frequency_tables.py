@@ -44,11 +44,12 @@ async def list_tables(services: ServicesDep, tenant: TenantDep) -> FrequencyTabl
 
 @router.get("/v1/frequency-tables/{name}", response_model=FrequencyTable)
 async def get_table(name: Name, services: ServicesDep, tenant: TenantDep, model: ModelQuery = None) -> FrequencyTable:
+    tokenizer = await tokenizer_of(services, model)  # an unknown model is a 404, for `default` too
     if name == DEFAULT_TABLE:
         return PACKAGED
-    found = await services.frequencies.named(tenant, name, await tokenizer_of(services, model))
+    found = await services.frequencies.named(tenant, name, tokenizer)
     if not found:
-        raise not_found(name, model)
+        raise not_found(name, model, "name")
     if len(found) > 1:
         raise ApiError(
             422, "ambiguous_table", f"{len(found)} tables are called {name!r}: name the `model` whose is meant", "model"
@@ -64,5 +65,5 @@ async def delete_table(name: Name, services: ServicesDep, tenant: TenantDep, mod
             403, "frequency_table_protected", f"the packaged {DEFAULT_TABLE!r} table cannot be deleted", "name"
         )
     if not await services.frequencies.delete(tenant, name, await tokenizer_of(services, model)):
-        raise not_found(name, model)
+        raise not_found(name, model, "name")
     return Response(status_code=204)

@@ -35,6 +35,7 @@ from app.platform.bodies import JsonBodyCheck
 from app.platform.body_deadline import BodyDeadline
 from app.platform.errors import ERROR_RESPONSES, install_error_handlers
 from app.platform.expiry import ExpirySweeper
+from app.platform.head import HeadAsGet
 from app.platform.key_gate import KeyGate, public_routes
 from app.platform.leases import LeasedWork
 from app.platform.limits import BodyLimit, InflightLimit
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyDeadline, timeout_s=settings.body_read_timeout_s)  # a body that never ends: 408
     routes = [*app.router.routes, *(route for router in ROUTERS for route in router.routes)]
     app.add_middleware(KeyGate, keys=KeyRing(settings.api_keys), public=public_routes(routes))  # no key: 401 here
+    app.add_middleware(HeadAsGet)  # HEAD wherever GET is (outside the key gate: HEAD /healthz is as public as GET)
 
     app.add_middleware(Observe)  # outermost: sees every answer, the limits' too
 

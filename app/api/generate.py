@@ -8,7 +8,7 @@ from app.api.deps import ServicesDep, TenantDep
 from app.platform.limits import charge
 from app.schemas.generate import GenerateRequest, GenerateResponse
 from app.serving.inputs import check_length, input_ids, sampling_of, top_k, truncate_at_stop
-from app.serving.jobs import generation_job, raise_for_outcome
+from app.serving.jobs import NO_ROOM, generation_job, raise_for_outcome
 from app.serving.tokens import token_rows
 
 router = APIRouter(tags=["generation"])
@@ -22,11 +22,11 @@ async def generate(body: GenerateRequest, services: ServicesDep, tenant: TenantD
     sampling = sampling_of(body, min(settings.max_new_tokens, card.max_new_tokens))
     stops = sampling.stop
     codec = await services.catalog.codec(card)
-    ids = await input_ids(codec, body.prompt, body.messages, True, settings.max_positions)
-    check_length(card, len(ids) + body.max_tokens, settings.max_positions)
+    ids = await input_ids(codec, body.prompt, body.messages, True, settings.max_positions, "prompt")
+    check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
     await charge(services.redis, tenant, "tokens", len(ids) + body.max_tokens, settings.rate_limit_tpm)
     job = generation_job(tenant, card, ids, sampling, body.retain)
-    outcome = raise_for_outcome(await services.jobs.run(job))
+    outcome = raise_for_outcome(await services.jobs.run(job), NO_ROOM)
     assert outcome.record_id is not None and outcome.completion_ids is not None
     meta, stats = await services.store.require(tenant, outcome.record_id)
     text = codec.decode(outcome.completion_ids)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import CreatorDep, ServicesDep, TenantDep
+from app.api.deps import CreatorDep, ListLimit, ServicesDep, TenantDep
 from app.schemas.heads import Head, HeadList, HeadRequest
 from app.serving.heads import create_head, delete_head, get_head, list_heads
 
@@ -21,8 +21,9 @@ async def create(body: HeadRequest, services: ServicesDep, tenant: TenantDep, cr
 
 
 @router.get("/v1/heads", response_model=HeadList)
-async def list_all(services: ServicesDep, tenant: TenantDep) -> HeadList:
-    return HeadList(data=await list_heads(services, tenant))
+async def list_all(services: ServicesDep, tenant: TenantDep, limit: ListLimit = 100) -> HeadList:
+    found = await list_heads(services, tenant)
+    return HeadList(data=found[:limit], has_more=len(found) > limit)
 
 
 @router.get("/v1/heads/{head_id}", response_model=Head)

@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError, error_type
-from app.schemas.openai import MAX_TOP, ChatCompletionRequest, CompletionRequest
+from app.schemas.openai import ChatCompletionRequest, CompletionRequest
 from app.serving.completions import (
     Detokenizer,
     Generated,
@@ -73,7 +73,7 @@ async def completions(body: CompletionRequest, services: ServicesDep, tenant: Te
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     prompts = await asyncio.to_thread(prompt_token_lists, codec, body, services.settings.max_positions)
-    k = top_k(body.logprobs, services.settings, MAX_TOP, default=0, param="logprobs")
+    k = top_k(body.logprobs, services.settings, services.settings.max_top_logprobs, default=0, param="logprobs")
     pk = prompt_k(services, body.prompt_logprobs) if body.prompt_logprobs is not None else None
     tries = body.best_of or body.n
     if tries < body.n:
@@ -140,7 +140,8 @@ async def chat_completions(body: ChatCompletionRequest, services: ServicesDep, t
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     ids = await asyncio.to_thread(chat_ids, codec, body, services.settings.max_positions)
-    k = top_k(body.top_logprobs, services.settings, MAX_TOP, default=0) if body.logprobs else 0
+    cap = services.settings.max_top_logprobs
+    k = top_k(body.top_logprobs, services.settings, cap, default=0) if body.logprobs else 0
     pk = prompt_k(services, body.prompt_logprobs) if body.prompt_logprobs is not None else None
     max_tokens = max_new(services, card, body.max_completion_tokens or body.max_tokens or CHAT_MAX_TOKENS, [ids])
     check_request_cost(services, [ids], body.n, max_tokens)

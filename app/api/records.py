@@ -13,7 +13,7 @@ from app.platform.errors import ApiError
 from app.schemas.score import RecordResponse
 from app.serving.inputs import top_k
 from app.serving.jobs import new_job_id, raise_for_outcome
-from app.serving.scoring import upgraded
+from app.serving.scoring import upgraded, with_last_state
 from app.serving.services import Services
 from app.serving.store import require_rows
 from app.serving.tokens import token_rows
@@ -126,11 +126,12 @@ def check_export(allowed: bool) -> None:
         )
 
 
-def page(start: int, stop: int | None, n_tokens: int) -> int:
-    """The page's stop (default: the end); 422 unless 1 <= start < stop <= n_tokens."""
+def page(start: int, stop: int | None, n_tokens: int, end: int | None = None) -> int:
+    """The page's stop (default: n_tokens); 422 unless 1 <= start < stop <= end (default: n_tokens)."""
     stop = n_tokens if stop is None else stop
-    if not start < stop <= n_tokens:
-        raise ApiError(422, "invalid_positions", f"positions must satisfy 1 <= start < stop <= {n_tokens}", "stop")
+    end = n_tokens if end is None else end
+    if not start < stop <= end:
+        raise ApiError(422, "invalid_positions", f"positions must satisfy 1 <= start < stop <= {end}", "stop")
     return stop
 
 
@@ -141,7 +142,8 @@ def page(start: int, stop: int | None, n_tokens: int) -> int:
         200: {
             "content": {"application/octet-stream": {}},
             "description": "safetensors with `hidden`: [positions, hidden size] in the model's dtype; row i is the "
-            "final hidden state that predicted token start + i",
+            "final hidden state that predicted token start + i (position T, the number of tokens, is the last "
+            "token's own state, which predicts what follows the text)",
         }
     },
 )
@@ -149,21 +151,35 @@ async def get_hidden(
     record_id: str,
     services: ServicesDep,
     tenant: TenantDep,
-    start: Annotated[int, Query(ge=1, description="first position (the state that predicted token start)")] = 1,
-    stop: Annotated[int | None, Query(ge=2, description="one past the last position; default: the end")] = None,
+    start: Annotated[
+        int,
+        Query(ge=1, description="first position (the state that predicted token start: token start - 1's state)"),
+    ] = 1,
+    stop: Annotated[
+        int | None,
+        Query(
+            ge=2,
+            description="one past the last position; default: the number of tokens T; up to T + 1 to include the last "
+            "token's own state (position T, which predicts what follows the text)",
+        ),
+    ] = None,
     upgrade: Annotated[bool, Query(description=UPGRADE)] = False,
 ) -> Response:
-    """The stored final hidden states, as the worker computed them (log_softmax(W·h) is the distribution)."""
+    """The stored final hidden states, as the worker computed them (log_softmax(W·h) is the distribution). Position
+    t's state is token t - 1's, so positions 1..T cover every token's state; the last (position T), which a record
+    does not keep, comes from the record of the same tokens followed by the end-of-text token, scored if needed."""
     check_export(services.settings.allow_export)
     meta = await with_rows(services, tenant, record_id, upgrade)
-    stop = page(start, stop, len(meta.token_ids))
+    n_tokens = len(meta.token_ids)
+    stop = page(start, stop, n_tokens, n_tokens + 1)
     itemsize = {"float32": 4}.get(meta.hidden_dtype, 2)
     max_positions = max(1, services.settings.max_export_bytes // (itemsize * meta.hidden_size))
     if stop - start > max_positions:
         raise ApiError(
             422, "export_too_large", f"at most {max_positions} positions per request; page with start/stop", "stop"
         )
-    blob = slice_hidden(await services.store.hidden_blob(tenant, meta), start - 1, stop - 1)
+    source = await with_last_state(services, tenant, meta) if stop > n_tokens else meta
+    blob = slice_hidden(await services.store.hidden_blob(tenant, source), start - 1, stop - 1)
     return Response(
         blob,
         media_type="application/octet-stream",

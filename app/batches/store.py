@@ -161,11 +161,19 @@ def _status(
     }
 
 
-async def list_batches(redis: Redis, tenant: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
-    """The tenant's batches, newest first, at most `limit`, and whether there are more; ids that expired are
-    dropped from the index on the way."""
+async def list_batches(
+    redis: Redis, tenant: str, limit: int, after: str | None = None
+) -> tuple[list[dict[str, Any]], bool] | None:
+    """The tenant's batches, newest first, at most `limit` (those older than the batch `after`, when given), and
+    whether there are more; None when `after` names no batch of the tenant's. Ids that expired are dropped from
+    the index on the way."""
     found: list[dict[str, Any]] = []
     start = 0
+    if after is not None:
+        rank = await redis.zrevrank(index_key(tenant), after)
+        if not isinstance(rank, int) or not await statuses(redis, tenant, [after]):
+            return None
+        start = rank + 1
     while len(found) <= limit:
         ids = [(as_bytes(b) or b"").decode() for b in await redis.zrevrange(index_key(tenant), start, start + limit)]
         if not ids:

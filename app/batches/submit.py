@@ -28,7 +28,12 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
         try:
             request = AnalysisRequest.model_validate({"model": body.model, **source, **options})
             resolve_params(
-                select_methods(analysis.family, analysis.methods, analysis_inputs(analysis.family, request)),
+                select_methods(
+                    analysis.family,
+                    analysis.methods,
+                    analysis_inputs(analysis.family, request),
+                    bool(analysis.heads),
+                ),
                 analysis.params,
             )
         except AnalysisError as exc:

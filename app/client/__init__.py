@@ -198,9 +198,11 @@ class Calls:
         return Call("DELETE", f"/v1/frequency-tables/{name}", _nothing, None, _clean({"model": model}))
 
     @staticmethod
-    def calibrate(model: str, texts: list[dict[str, str]], **options: Any) -> Call[Calibration]:
+    def calibrate(model: str, examples: list[dict[str, Any]], **options: Any) -> Call[Calibration]:
+        # labels 0/1 go as `examples` (the shape heads take), "human"/"machine" as the older `texts`
+        field = "texts" if any(isinstance(e.get("label"), str) for e in examples) else "examples"
         return Call(
-            "POST", "/v1/calibrations", _model(Calibration), _clean({"model": model, "texts": texts, **options})
+            "POST", "/v1/calibrations", _model(Calibration), _clean({"model": model, field: examples, **options})
         )
 
     @staticmethod
@@ -356,9 +358,10 @@ class Client:
         """Delete the tables called `name` (only `model`'s tokenizer's, if given)."""
         self.send(Calls.delete_frequency_table(name, model))
 
-    def calibrate(self, model: str, texts: list[dict[str, str]], **options: Any) -> Calibration:
-        """Fit detection thresholds from texts labelled {"text", "label": "human" | "machine"}."""
-        return self.send(Calls.calibrate(model, texts, **options))
+    def calibrate(self, model: str, examples: list[dict[str, Any]], **options: Any) -> Calibration:
+        """Fit detection thresholds from labelled examples, as heads take them ({"text" | "messages" | "record_id",
+        "label": 0 | 1}, 1 machine-written), or texts labelled "human" | "machine"."""
+        return self.send(Calls.calibrate(model, examples, **options))
 
     def calibration(self, calibration_id: str) -> Calibration:
         return self.send(Calls.calibration(calibration_id))
@@ -543,8 +546,8 @@ class AsyncClient:
     async def delete_frequency_table(self, name: str, model: str | None = None) -> None:
         await self.send(Calls.delete_frequency_table(name, model))
 
-    async def calibrate(self, model: str, texts: list[dict[str, str]], **options: Any) -> Calibration:
-        return await self.send(Calls.calibrate(model, texts, **options))
+    async def calibrate(self, model: str, examples: list[dict[str, Any]], **options: Any) -> Calibration:
+        return await self.send(Calls.calibrate(model, examples, **options))
 
     async def calibration(self, calibration_id: str) -> Calibration:
         return await self.send(Calls.calibration(calibration_id))

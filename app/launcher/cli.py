@@ -167,7 +167,8 @@ def worker_alive() -> None:
 # ------------------------------------------------------------------ batch verbs over JSONL
 #
 # Every non-blank input line gets one output line, in order: its answer, or {"line": n, "error": {...}} (a line
-# that is not a JSON object, or one the service refused). Exit codes: 0 every line answered, 1 some line failed
+# that is not a JSON object, or one the service refused); `line` is the input's line number in its file (from 1,
+# blank lines counted, as an editor numbers them). Exit codes: 0 every line answered, 1 some line failed
 # (or the batch was refused or cancelled), 2 the input could not be read or the service not reached.
 
 UrlOpt = Annotated[str, typer.Option(envvar="LOGPROBE_URL", help="the service")]
@@ -241,7 +242,7 @@ def _run_jsonl(
         task = progress.add_task(path, total=len(requests))
 
         def call(item: tuple[int, Line]) -> dict[str, Any]:
-            index, request = item
+            index, request = item  # index: the line number in the file
             try:
                 if isinstance(request, LineError):
                     return _error(index, request.code, request.message)
@@ -259,7 +260,7 @@ def _run_jsonl(
             finally:
                 progress.advance(task)
 
-        for answer in pool.map(call, enumerate(requests)):
+        for answer in pool.map(call, requests):
             failed |= answer.get("error") is not None
             sink.write(json.dumps(answer) + "\n")
     if failed:
@@ -347,12 +348,12 @@ def batch(
         client.http.get("/healthz")
         out: dict[int, dict[str, Any]] = {}
         groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        for index, line in enumerate(lines):
+        for index, (_, line) in enumerate(lines):
             try:
                 item = _batch_input(line)
                 groups.setdefault(item.pop("model", None) or model, []).append((index, item))
             except LineError as exc:
-                out[index] = _batch_line(index, None, {"code": exc.code, "message": exc.message})
+                out[index] = _batch_line(index, lines[index][0], None, {"code": exc.code, "message": exc.message})
         created = []
         for name, members in groups.items():
             try:
@@ -360,7 +361,7 @@ def batch(
             except LogprobeError as exc:
                 typer.echo(f"batch refused: {exc.status} {exc.code}: {exc.message}", err=True)
                 error = {"status": exc.status, "code": exc.code, "message": exc.message}
-                out.update({i: _batch_line(i, item.get("custom_id"), error) for i, item in members})
+                out.update({i: _batch_line(i, lines[i][0], item.get("custom_id"), error) for i, item in members})
         progress = stack.enter_context(Progress(console=Console(stderr=True)))
         done: dict[str, int] = {}
         task = progress.add_task("batch " + ", ".join(b.id for b, _ in created), total=sum(b.total for b, _ in created))
@@ -374,7 +375,7 @@ def batch(
             cancelled |= client.wait_batch(batch_.id, poll_s=poll, on_status=seen).status == "cancelled"
             for result in client.batch_results(batch_.id):
                 index = members[result["index"]][0]
-                out[index] = {"line": index, **result, "index": index}
+                out[index] = {"line": lines[index][0], **result, "index": index}
         sink = _sink(stack, output)
         for index in range(len(lines)):
             sink.write(json.dumps(out[index]) + "\n")
@@ -402,14 +403,15 @@ def _batch_input(line: Line) -> dict[str, Any]:
     return {k: v for k, v in line.items() if k in BATCH_FIELDS or k == "model"}
 
 
-def _batch_line(index: int, custom_id: Any, error: dict[str, Any]) -> dict[str, Any]:
-    return {"line": index, "index": index, "custom_id": custom_id, "record_id": None, "results": None, "error": error}
+def _batch_line(index: int, line: int, custom_id: Any, error: dict[str, Any]) -> dict[str, Any]:
+    return {"line": line, "index": index, "custom_id": custom_id, "record_id": None, "results": None, "error": error}
 
 
-def _read_jsonl(source: str) -> list[Line]:
-    """Each non-blank line of a JSONL file (or of stdin for `-`): its JSON object, or a LineError."""
+def _read_jsonl(source: str) -> list[tuple[int, Line]]:
+    """Each non-blank line of a JSONL file (or of stdin for `-`) with its line number in the file (from 1, blank
+    lines counted): its JSON object, or a LineError."""
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    return [_parse_line(line) for line in text.splitlines() if line.strip()]
+    return [(number, _parse_line(line)) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _parse_line(line: str) -> Line:

@@ -6,6 +6,8 @@
   "must be a finite number", whatever bound the field has.
 - JSON nested deeper than Python's reader can follow (`[` x 100,000 …): 400 `malformed_json`, saying so.
 - Bytes that are not text in the body's encoding (invalid UTF-8): 400 `malformed_json`, naming the first bad byte.
+- A body sent as something other than JSON (curl's `-d` alone sends a form) or without a content type (which the
+  routes would not read as JSON): 415 `unsupported_media_type`, saying which content type to send.
 
 A byte scan finds bodies that may hold either (an escape of a surrogate, or the words NaN / Infinity); only those
 are parsed here, and only the ones that really hold one are walked for its path.
@@ -112,9 +114,29 @@ class JsonBodyCheck:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if body and not is_json(scope):
+            await _not_json(scope)(scope, receive, send)
+            return
         problem = body_problem(body)
         if problem is not None:
             status = 400 if problem.code == "malformed_json" else 422
             await error_response(status, problem.code, problem.text(), problem.param)(scope, receive, send)
             return
         await self.app(scope, replay_body(body, receive), send)
+
+
+def is_json(scope: Scope) -> bool:
+    """Whether the request's Content-Type is JSON (`application/json`, `application/*+json`)."""
+    given: str = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+    return given == "application/json" or (given.startswith("application/") and given.endswith("+json"))
+
+
+def _not_json(scope: Scope) -> Any:
+    given = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+    sent = f"sent as {given[:100]!r}" if given else "sent without a Content-Type"
+    return error_response(
+        415,
+        "unsupported_media_type",
+        f"the body is {sent}, but this service reads JSON: send it with 'Content-Type: application/json' "
+        "(curl: -H 'content-type: application/json')",
+    )

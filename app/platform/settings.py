@@ -14,7 +14,6 @@ from workers.config import CommonSettings
 from workers.contract.names import valid_tenant
 
 KEEP_ALIVE_S = 75
-OPEN_TOP_LOGPROBS = 100  # alternatives per token at most, export on (the OpenAI routes' extension; OpenAI: 20)
 CLOSED_TOP_LOGPROBS = 5  # export off: as many as OpenAI's original completions API gave
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -35,7 +34,9 @@ class Settings(CommonSettings):
     public_docs: bool = False
 
     default_top_logprobs: int = 5
-    max_top_logprobs: int = 20  # the captured top-k
+    # Alternatives per token at most, on every route (native and OpenAI alike; OpenAI's chat and vLLM allow 20 too):
+    # the top-k a record captures. /v1/models reports it as `max_top_logprobs`.
+    max_top_logprobs: int = Field(default=20, ge=0, le=20)
     max_positions: int = Field(default=8192, ge=2)  # tokens per request, before any job exists
     max_new_tokens: int = Field(default=1024, ge=1)
     max_attribution_passes: int = Field(default=16384, ge=1)  # forward passes one attribution request may ask for
@@ -78,8 +79,8 @@ class Settings(CommonSettings):
     batch_concurrency: int = Field(default=8, ge=1)  # inputs of one batch in flight in this gateway
     # Full distributions leak hidden prompts (PILS): a deployment may refuse raw export and keep the analyses.
     allow_export: bool = True
-    # Alternatives per token any answer may carry (every route, OpenAI's too): by default OPEN_TOP_LOGPROBS with
-    # export on and CLOSED_TOP_LOGPROBS with it off. `top_alternatives()` is the policy.
+    # Alternatives per token any answer may carry (every route, OpenAI's too), within max_top_logprobs: by default
+    # max_top_logprobs with export on and CLOSED_TOP_LOGPROBS with it off. `top_alternatives()` is the policy.
     max_top_logprobs_out: int | None = Field(default=None, ge=0)
     json_logs: bool = True  # the gateway's logs as JSON lines with the request id
     # How often each gateway deletes the durable objects (heads, calibrations, tables, batches, job outcomes, rate
@@ -104,8 +105,8 @@ class Settings(CommonSettings):
     def top_alternatives(self) -> int:
         """How many alternatives per token may leave the service, on any route."""
         if self.max_top_logprobs_out is not None:
-            return self.max_top_logprobs_out
-        return OPEN_TOP_LOGPROBS if self.allow_export else CLOSED_TOP_LOGPROBS
+            return min(self.max_top_logprobs_out, self.max_top_logprobs)
+        return self.max_top_logprobs if self.allow_export else min(CLOSED_TOP_LOGPROBS, self.max_top_logprobs)
 
     def check_access(self) -> None:
         """Production defaults are closed: no API keys and no explicit anonymous access refuses to start."""

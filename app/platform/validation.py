@@ -105,6 +105,12 @@ def _message(error: dict[str, Any]) -> str:
     return str(error.get("msg", "is invalid"))
 
 
+def _type_error(error: dict[str, Any]) -> bool:
+    """An error about the value's type (a string where a list was wanted…), not about its value."""
+    kind = str(error.get("type", ""))
+    return kind.endswith("_type") or kind in {"int_from_float", "int_parsing", "float_parsing", "is_instance_of"}
+
+
 def _code(error: dict[str, Any]) -> str:
     kind = str(error.get("type", ""))
     return kind if kind and kind not in BUILTIN_TYPES else "invalid_request"
@@ -129,7 +135,10 @@ def problems(errors: list[dict[str, Any]], body: Any) -> list[Problem]:
         branches = unions[item.union]
         inside = [b for b in branches if len(b.path) > len(item.union)]  # a branch took the value's shape
         if inside:
-            out.extend(Problem(b.path, _message(b.error), _code(b.error)) for b in inside)
+            # and of those, a branch that took the items' type too and found a value out of its range speaks for
+            # the union (`prompt: [-1]`: "prompt.0: ... greater than or equal to 0", not also "a valid string")
+            took = [b for b in inside if not _type_error(b.error)]
+            out.extend(Problem(b.path, _message(b.error), _code(b.error)) for b in took or inside)
             continue
         custom = [b for b in branches if _code(b.error) != "invalid_request"]
         if custom:  # a branch's own check spoke: its message says more than the list of shapes

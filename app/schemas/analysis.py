@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,7 +33,11 @@ class AnalysisRequest(BaseModel):
         "{start, stop}; or a list of distinct positions",
     )
     methods: list[str] | None = Field(default=None, description="default: every method of the family")
-    params: dict[str, dict[str, float]] = Field(default_factory=dict, description="per method, e.g. {min_k: {k: 0.1}}")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per method, e.g. {min_k: {k: 0.1}}; numbers as strict as the top level's (an integer parameter "
+        'takes an integer: not 16.0, "16" or true), checked per method (422 invalid_params, `param` its path)',
+    )
     frequency_table: str = Field(default=DEFAULT_TABLE, description="reference token frequencies for dc_pdd")
     reference_model: str | None = Field(
         default=None, description="compare/detect: the second model (reference, observer or base), same tokenizer"

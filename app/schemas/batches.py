@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.analysis import DEFAULT_TABLE, Family, SpanName, SpanRange
 from app.schemas.score import RETAIN, Retain
-from app.schemas.tokens import ChatMessage
+from app.schemas.tokens import ChatMessage, Text
 
 
 class BatchInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(default=None, min_length=1)
+    text: Text | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     custom_id: str | None = Field(default=None, max_length=256, description="echoed in the input's result line")
 
@@ -30,7 +30,7 @@ class BatchAnalysis(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: Family
     methods: list[str] | None = None
-    params: dict[str, dict[str, float]] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     span: SpanName | SpanRange | list[int] = "all"
     frequency_table: str = DEFAULT_TABLE
     reference_model: str | None = None

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.tokens import Text
+
 MAX_STATES_LIMIT = 32_768
 
 
@@ -17,7 +19,7 @@ def max_states_field(description: str) -> Any:
 class BytesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
-    text: str = Field(min_length=1)
+    text: Text
     mode: Literal["canonical", "all"] = Field(
         default="canonical",
         description="canonical: the tokenizer's own encodings of the text's prefixes, as the paper restricts "

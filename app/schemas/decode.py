@@ -9,7 +9,7 @@ from pydantic_core import PydanticCustomError
 
 from app.schemas.bytes import max_states_field
 from app.schemas.generate import SamplingRequest
-from app.schemas.tokens import Usage
+from app.schemas.tokens import Text, Usage
 
 
 class ViewIn(BaseModel):
@@ -18,9 +18,7 @@ class ViewIn(BaseModel):
     template: Literal["raw", "chat"] = "chat"
     system: str | None = None
     context: str | None = Field(default=None, description="text placed before the prompt")
-    prompt: str | None = Field(
-        default=None, min_length=1, description="this view's own prompt instead of the request's"
-    )
+    prompt: Text | None = Field(default=None, description="this view's own prompt instead of the request's")
     weight: float = Field(default=1.0, ge=-100, le=100, strict=True, description="not 0: a view that counts")
     temperature: float = Field(default=1.0, gt=0.0, le=100.0, strict=True, description="this view's own temperature")
 
@@ -47,8 +45,8 @@ class Preset(BaseModel):
     alpha: float | None = Field(default=None, ge=0.0, le=100.0, strict=True)
     lambda_: float | None = Field(default=None, alias="lambda", ge=-100.0, le=100.0, strict=True)
     amateur_temperature: float = Field(default=1.0, gt=0.0, le=100.0, strict=True)
-    lame_prompt: str | None = Field(
-        default=None, min_length=1, description="uscd: the request's prompt without its examples (the 'lame' prompt)"
+    lame_prompt: Text | None = Field(
+        default=None, description="uscd: the request's prompt without its examples (the 'lame' prompt)"
     )
     template: Literal["raw", "chat"] = Field(default="raw", description="uscd: how both prompts reach the model")
     uncertainty: Literal["std", "top1", "entropy"] = Field(
@@ -84,7 +82,7 @@ class DecodeRequest(SamplingRequest):
         strict=True,
         description="steps: tokens, or at the byte level bytes (UTF-8; a character cut by the limit is dropped)",
     )
-    prompt: str = Field(min_length=1)
+    prompt: Text
     level: Literal["auto", "token", "byte"] = Field(
         default="auto",
         description="token: the views' models must share a tokenizer; byte: step by bytes, each view's exact "

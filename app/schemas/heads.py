@@ -88,3 +88,4 @@ class Head(BaseModel):
 class HeadList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Head] = Field(description="newest first")
+    has_more: bool = False

@@ -26,7 +26,9 @@ class ModelInfo(BaseModel):
     lossy: bool | None = None
     rebuild_max_abs_error: float | None = None
     max_top_logprobs: int | None = Field(
-        default=None, description="alternatives per token that /v1/score, /v1/generate and records give at most"
+        default=None,
+        description="alternatives per token that every route gives at most (score, generate, records, decode, "
+        "the OpenAI routes' logprobs, top_logprobs and prompt_logprobs)",
     )
 
 

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.tokens import ChatMessage
 
-MAX_TOP = 100
 MAX_CHOICES = 16  # n and best_of per prompt
 MAX_PROMPTS = 256  # prompts in one /v1/completions request
 
@@ -84,7 +83,10 @@ class OpenAICommon(BaseModel):
     min_p: float = Field(default=0.0, ge=0.0, le=1.0, strict=True)
     repetition_penalty: float = Field(default=1.0, gt=0.0, strict=True)
     prompt_logprobs: int | None = Field(
-        default=None, ge=-1, le=MAX_TOP, strict=True, description="per prompt token: its logprob and the top-k"
+        default=None,
+        ge=-1,
+        strict=True,
+        description="per prompt token: its logprob and the top-k (k at most /v1/models' max_top_logprobs)",
     )
     return_tokens_as_token_ids: bool = Field(default=False, strict=True)
     return_token_ids: bool = Field(default=False, strict=True)
@@ -95,7 +97,7 @@ class CompletionRequest(OpenAICommon):
         description="a text, a list of texts, a list of token ids, or a list of token-id lists"
     )
     max_tokens: int | None = Field(default=16, ge=0, strict=True, description="0 with `echo`: score the prompt only")
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP, strict=True)
+    logprobs: int | None = Field(default=None, ge=0, strict=True, description="at most /v1/models' max_top_logprobs")
     echo: bool = Field(default=False, strict=True)
     best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES, strict=True)
     add_special_tokens: bool = Field(default=True, strict=True)
@@ -107,7 +109,10 @@ class ChatCompletionRequest(OpenAICommon):
     max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
     logprobs: bool = Field(default=False, strict=True)
     top_logprobs: int | None = Field(
-        default=None, ge=0, le=MAX_TOP, strict=True, description="needs `logprobs: true`, as in the OpenAI API"
+        default=None,
+        ge=0,
+        strict=True,
+        description="needs `logprobs: true`, as in the OpenAI API; at most /v1/models' max_top_logprobs",
     )
     # vLLM's extensions
     echo: bool = Field(default=False, strict=True, description="prepend the last assistant message to the answer")
@@ -123,7 +128,7 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_special_tokens: bool | None = Field(default=None, strict=True, description="default: true for a prompt")
     add_generation_prompt: bool = Field(default=True, strict=True)
     continue_final_message: bool = Field(default=False, strict=True)

@@ -46,7 +46,9 @@ def _list_positions(span: list[int], n_tokens: int) -> np.ndarray:
             f"a span lists at most {n_tokens - 1} positions: each position of this record (1 to {n_tokens - 1}) once",
             "span",
         )
-    if not span or min(span) < 1 or max(span) >= n_tokens:
+    if not span:
+        raise ApiError(422, "invalid_span", 'a span lists at least one position (or use "all")', "span")
+    if min(span) < 1 or max(span) >= n_tokens:
         raise ApiError(422, "invalid_span", f"positions must lie in [1, {n_tokens - 1}]", "span")
     if len(set(span)) != len(span):
         repeated = next(t for t, count in Counter(span).items() if count > 1)
@@ -139,7 +141,7 @@ async def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> 
 
 async def analyse(family: Family, body: AnalysisRequest, services: Services, tenant: str) -> dict[str, Any]:
     try:
-        methods = select_methods(family, body.methods, analysis_inputs(family, body))
+        methods = select_methods(family, body.methods, analysis_inputs(family, body), bool(body.heads))
         params = resolve_params(methods, body.params)
     except AnalysisError as exc:
         raise ApiError(422, exc.code, str(exc), exc.param) from exc

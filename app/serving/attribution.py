@@ -76,7 +76,7 @@ async def _replacements(
     `replacement_model` (same tokenizer, else 422 `tokenizer_mismatch`)."""
     if body.replacement_model is None or body.replacement_model == card.name:
         return replacement_ids(context, stats["topk_ids"])
-    other = await services.catalog.card(body.replacement_model)
+    other = await services.catalog.card(body.replacement_model, "replacement_model")
     codecs = [await services.catalog.codec(c) for c in (card, other)]
     if not share_tokenizer(codecs):
         raise ApiError(

@@ -123,7 +123,7 @@ async def byte_record(
         mode=mode,  # type: ignore[arg-type]
         max_states=max_states,
     )
-    raise_for_outcome(await services.jobs.run(job))
+    raise_for_outcome(await services.jobs.run(job), {"context_length_exceeded": "text"})
     found = await _read(services, tenant, rid, data)
     if found is None:
         raise ApiError(503, "record_evicted", "the byte record was evicted as soon as it was written; retry")

@@ -109,26 +109,54 @@ def decisions(calibration: Calibration, sequence: dict[str, Any]) -> dict[str, d
     return out
 
 
+def _labelled(body: CalibrationRequest) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Each example's input (text, messages or record_id) and whether it is machine-written, from `examples` (label
+    1 machine) or the older `texts` (label "machine"); exactly one of them."""
+    if (body.examples is None) == (body.texts is None):
+        raise ApiError(
+            422, "missing_input", "give the labelled `examples` (or the older `texts`), exactly one of them", "examples"
+        )
+    if body.texts is not None:
+        return [{"text": t.text} for t in body.texts], np.array([t.label == "machine" for t in body.texts])
+    inputs = []
+    for i, example in enumerate(body.examples or []):
+        source = example.model_dump(include={"text", "messages", "record_id"}, exclude_none=True)
+        if len(source) != 1:
+            raise ApiError(
+                422, "missing_input", f"examples[{i}] needs exactly one of text, messages, record_id", f"examples.{i}"
+            )
+        inputs.append(source)
+    return inputs, np.array([e.label == 1 for e in body.examples or []])
+
+
 async def fit_calibration(
     services: Services, tenant: str, body: CalibrationRequest, creator: str | None = None
 ) -> Calibration:
-    """Score every labelled text, fit a threshold per detect method at the target FPR, and store the result."""
-    labels = np.array([t.label == "machine" for t in body.texts])
+    """Score every labelled example, fit a threshold per detect method at the target FPR, and store the result."""
+    inputs, labels = _labelled(body)
+    field = "examples" if body.examples is not None else "texts"
     if labels.sum() < 2 or (~labels).sum() < 2:
-        raise ApiError(422, "too_few_labels", "give at least two human and two machine texts", "texts")
+        raise ApiError(422, "too_few_labels", "give at least two human and two machine examples", field)
     limit, index = quotas.MAX_CALIBRATIONS_PER_TENANT, index_key(tenant)
     await quotas.check_room(services.redis, index, limit, "calibrations", lambda c: calibration_key(tenant, c))
     gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def scores(text: str) -> dict[str, float | None]:
+    async def scores(i: int, source: dict[str, Any]) -> dict[str, float | None]:
         async with gate:
             request = AnalysisRequest(
-                model=body.model, reference_model=body.reference_model, text=text, methods=body.methods
+                model=body.model, reference_model=body.reference_model, methods=body.methods, **source
             )
-            return (await analyse("detect", request, services, tenant))["sequence"]  # type: ignore[no-any-return]
+            try:
+                answer = await analyse("detect", request, services, tenant)
+            except ApiError as exc:  # about one example (its record, its length): say which
+                if exc.param not in (*source, None):
+                    raise
+                param = f"{field}.{i}" + (f".{exc.param}" if exc.param else "")
+                raise ApiError(exc.status, exc.code, f"{field}[{i}]: {exc.message}", param, exc.headers) from exc
+            return answer["sequence"]  # type: ignore[no-any-return]
 
-    with budget.adding_up():  # its texts' charges are one request's cost: past a minute's budget, a 422 at once
-        results = await asyncio.gather(*(scores(t.text) for t in body.texts))
+    with budget.adding_up():  # its examples' charges are one request's cost: past a minute's budget, a 422 at once
+        results = await asyncio.gather(*(scores(i, source) for i, source in enumerate(inputs)))
     fits = {}
     for name in results[0]:
         values = np.array([r[name] if r[name] is not None else np.nan for r in results], dtype=np.float64)
@@ -146,7 +174,7 @@ async def fit_calibration(
         target_fpr=body.target_fpr,
         created_at=time.time(),
         created_by=creator,
-        n_texts=len(body.texts),
+        n_texts=len(inputs),
         expires_at=deadline,
         methods=fits,
     )

@@ -21,7 +21,7 @@ from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
 from app.serving.inputs import chat_token_ids, check_length, stop_list, text_token_ids, top_k, truncate_at_stop
-from app.serving.jobs import generation_job, new_job_id, raise_for_outcome
+from app.serving.jobs import NO_ROOM, generation_job, new_job_id, raise_for_outcome
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
@@ -74,7 +74,7 @@ def prompt_token_lists(codec: TextCodec, body: CompletionRequest, max_positions:
         if isinstance(item, str):
             if not item:
                 raise ApiError(422, "empty_text", "the prompt is empty", param)
-            ids, text = text_token_ids(codec, item, max_positions, body.add_special_tokens), item
+            ids, text = text_token_ids(codec, item, max_positions, body.add_special_tokens, param), item
         else:
             ids = list(item)
             if any(t >= codec.card.vocab_size for t in ids):
@@ -82,7 +82,7 @@ def prompt_token_lists(codec: TextCodec, body: CompletionRequest, max_positions:
             text = codec.tokenizer.decode(ids, skip_special_tokens=False)  # as vLLM echoes a token prompt
         if not ids:
             raise ApiError(422, "empty_text", "the prompt has no tokens", param)
-        check_length(codec.card, len(ids), max_positions)
+        check_length(codec.card, len(ids), max_positions, param)
         out.append((ids, text))
     return out
 
@@ -106,8 +106,8 @@ def chat_ids(codec: TextCodec, body: ChatCompletionRequest, max_positions: int) 
         max_positions=max_positions,
     )
     if not ids:
-        raise ApiError(422, "empty_text", "the input has no tokens")
-    check_length(codec.card, len(ids), max_positions)
+        raise ApiError(422, "empty_text", "the input has no tokens", "messages")
+    check_length(codec.card, len(ids), max_positions, "messages")
     return ids
 
 
@@ -168,7 +168,7 @@ def check_request_cost(services: Services, prompts: list[list[int]], choices: in
 
 async def admitted(services: Services, tenant: str, card: ModelCard, ids: list[int], sampling: Sampling) -> None:
     """Check a choice's length against the model and charge its tokens to the tenant."""
-    check_length(card, len(ids) + sampling.max_tokens, services.settings.max_positions)
+    check_length(card, len(ids), services.settings.max_positions, "prompt", sampling.max_tokens)
     await charge(services.redis, tenant, "tokens", len(ids) + sampling.max_tokens, services.settings.rate_limit_tpm)
 
 
@@ -191,7 +191,7 @@ async def completion_job(
 
 
 async def finished_steps(services: Services, job: ContrastJob) -> tuple[JobOutcome, list[DecodeStep]]:
-    outcome = raise_for_outcome(await services.jobs.run(job))
+    outcome = raise_for_outcome(await services.jobs.run(job), NO_ROOM)
     raw = as_bytes(await services.redis.get(steps_key(job.job_id))) or b"[]"
     return outcome, [DecodeStep.model_validate(s) for s in json.loads(raw)]
 
@@ -225,9 +225,9 @@ async def generate(
 ) -> Generated:
     """One choice, run to its end; `score_only` (`max_tokens: 0`) scores the prompt (its record is the choice's).
 
-    A choice whose alternatives the record keeps is a plain generation, which the worker runs in its model's
-    continuous batch; its logprobs are read from its record (the model's own, as vLLM reports them). Wider
-    alternatives come from a decoding job's steps."""
+    A choice whose alternatives the record keeps (every choice: `top_k` holds each route to the captured top-k) is
+    a plain generation, which the worker runs in its model's continuous batch; its logprobs are read from its
+    record (the model's own, as vLLM reports them). Otherwise they come from a decoding job's steps."""
     if score_only:
         meta, scored, _ = await scored_record(services, tenant, codec.card, ids)
         return Generated(ids, [], [], "length", meta.record_id, scored)
@@ -255,7 +255,7 @@ async def generated_from_record(
     card = codec.card
     await admitted(services, tenant, card, ids, sampling)
     job = generation_job(tenant, card, ids, sampling)
-    outcome = raise_for_outcome(await services.jobs.run(job))
+    outcome = raise_for_outcome(await services.jobs.run(job), NO_ROOM)
     assert outcome.record_id is not None
     found = await services.store.read(tenant, outcome.record_id)
     if found is None:

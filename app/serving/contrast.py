@@ -115,12 +115,13 @@ def view_prefix(codec: TextCodec, view: ViewIn, prompt: str, max_positions: int)
     prompt = view.prompt or prompt
     body = prompt if view.context is None else f"{view.context}\n\n{prompt}"
     if view.template == "raw":
-        return text_token_ids(codec, body if view.system is None else f"{view.system}\n\n{body}", max_positions)
+        text = body if view.system is None else f"{view.system}\n\n{body}"
+        return text_token_ids(codec, text, max_positions, param="prompt")
     messages = ([{"role": "system", "content": view.system}] if view.system else []) + [
         {"role": "user", "content": body}
     ]
     try:
-        with refused_if_too_long(codec.card, max_positions):
+        with refused_if_too_long(codec.card, max_positions, "prompt"):
             limit = token_limit(codec.card, max_positions)
             return codec.encode_chat(messages, add_generation_prompt=True, max_tokens=limit)
     except LookupError as exc:
@@ -151,7 +152,7 @@ async def build_job(
         card = await services.catalog.card(view.model, _model_param(body.preset, view.model, i))
         codec = await services.catalog.codec(card)
         ids = await asyncio.to_thread(view_prefix, codec, view, body.prompt, settings.max_positions)
-        check_length(card, len(ids) + body.max_tokens, settings.max_positions)
+        check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
         codecs.append(codec)
         decode_views.append(
             DecodeView(

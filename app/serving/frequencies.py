@@ -43,9 +43,10 @@ def key_of(tenant: str) -> Callable[[str], str]:
     return lambda entry: table_key(tenant, *entry.split(":", 1))
 
 
-def not_found(name: str, model: str | None = None) -> ApiError:
+def not_found(name: str, model: str | None = None, param: str = "frequency_table") -> ApiError:
+    """404 for a table the tenant does not have; `param` is the field that named it (`name` in a path)."""
     where = f" for {model!r}" if model else ""
-    return ApiError(404, "frequency_table_not_found", f"no frequency table {name!r}{where}", "frequency_table")
+    return ApiError(404, "frequency_table_not_found", f"no frequency table {name!r}{where}", param)
 
 
 def count_tokens(codec: TextCodec, texts: list[str]) -> np.ndarray:

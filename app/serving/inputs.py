@@ -23,7 +23,7 @@ def chat_token_ids(
     """`codec.encode_chat(messages, *args)`, a template that is missing or refuses the messages a 422, and a chat
     that renders longer than `max_positions` tokens could cover refused before it is tokenized."""
     try:
-        with refused_if_too_long(codec.card, max_positions):
+        with refused_if_too_long(codec.card, max_positions, "messages"):
             return codec.encode_chat(messages, *args, max_tokens=token_limit(codec.card, max_positions))
     except LookupError as exc:
         raise ApiError(422, "no_chat_template", str(exc), "messages") from exc
@@ -34,10 +34,11 @@ def chat_token_ids(
 
 
 def text_token_ids(
-    codec: TextCodec, text: str, max_positions: int | None, add_special_tokens: bool = True
+    codec: TextCodec, text: str, max_positions: int | None, add_special_tokens: bool = True, param: str = "text"
 ) -> list[int]:
-    """`codec.encode(text)`, a text longer than `max_positions` tokens could cover refused before tokenizing."""
-    with refused_if_too_long(codec.card, max_positions):
+    """`codec.encode(text)`, a text longer than `max_positions` tokens could cover refused before tokenizing;
+    `param` names the text in the request."""
+    with refused_if_too_long(codec.card, max_positions, param):
         return codec.encode(text, add_special_tokens, max_tokens=token_limit(codec.card, max_positions))
 
 
@@ -47,20 +48,23 @@ def token_ids(
     messages: list[ChatMessage] | None,
     add_generation_prompt: bool,
     max_positions: int,
+    text_param: str = "text",
 ) -> list[int]:
-    """Token ids for a text or a chat, with the errors users can act on (blocks: see `input_ids`)."""
+    """Token ids for a text or a chat, with the errors users can act on (blocks: see `input_ids`); `text_param` is
+    what the request calls its text (`prompt` on /v1/generate)."""
     if (text is None) == (messages is None):
-        raise ApiError(422, "missing_input", "give exactly one of `text` (or `prompt`) and `messages`")
+        raise ApiError(422, "missing_input", f"give exactly one of `{text_param}` and `messages`", text_param)
+    param = text_param if text is not None else "messages"
     if text is not None:
         if not text:
-            raise ApiError(422, "empty_text", "the text is empty", "text")
-        ids = text_token_ids(codec, text, max_positions)
+            raise ApiError(422, "empty_text", f"the {text_param} is empty", text_param)
+        ids = text_token_ids(codec, text, max_positions, param=text_param)
     else:
         dumped = [m.model_dump() for m in messages or []]
         ids = chat_token_ids(codec, dumped, add_generation_prompt, max_positions=max_positions)
-    check_length(codec.card, len(ids), max_positions)
+    check_length(codec.card, len(ids), max_positions, param)
     if not ids:
-        raise ApiError(422, "empty_text", "the input has no tokens")
+        raise ApiError(422, "empty_text", "the input has no tokens", param)
     return ids
 
 
@@ -70,24 +74,39 @@ async def input_ids(
     messages: list[ChatMessage] | None,
     add_generation_prompt: bool,
     max_positions: int,
+    text_param: str = "text",
 ) -> list[int]:
     """`token_ids` in a worker thread: tokenizing a long text takes a while, and the event loop serves on."""
-    return await asyncio.to_thread(token_ids, codec, text, messages, add_generation_prompt, max_positions)
+    return await asyncio.to_thread(token_ids, codec, text, messages, add_generation_prompt, max_positions, text_param)
 
 
 def token_limit(card: ModelCard, max_positions: int | None) -> int | None:
     return None if max_positions is None else min(card.context_length, max_positions)
 
 
-def check_length(card: ModelCard, n: int, max_positions: int) -> None:
+def check_length(card: ModelCard, n: int, max_positions: int, param: str, new_tokens: int = 0) -> None:
+    """422 `context_length_exceeded` when an input of `n` tokens (named `param`), plus the `new_tokens` a
+    generation may add, exceeds the model's context or the service's limit; `param` is `max_tokens` when the
+    input fits and only the tokens to generate do not."""
     limit = min(card.context_length, max_positions)
     if n > limit:
-        raise ApiError(422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}")
+        raise ApiError(
+            422, "context_length_exceeded", f"{n} tokens exceed the limit of {limit} for {card.name!r}", param
+        )
+    if n + new_tokens > limit:
+        raise ApiError(
+            422,
+            "context_length_exceeded",
+            f"{n} tokens and max_tokens {new_tokens} exceed the limit of {limit} for {card.name!r}; "
+            f"max_tokens may be at most {limit - n}",
+            "max_tokens",
+        )
 
 
 @contextlib.contextmanager
-def refused_if_too_long(card: ModelCard, max_positions: int | None) -> Iterator[None]:
-    """A TextTooLong as the 422 `context_length_exceeded` that tokenizing it would have given."""
+def refused_if_too_long(card: ModelCard, max_positions: int | None, param: str | None = None) -> Iterator[None]:
+    """A TextTooLong as the 422 `context_length_exceeded` that tokenizing it would have given (`param`: the text's
+    field)."""
     try:
         yield
     except TextTooLong as exc:
@@ -96,6 +115,7 @@ def refused_if_too_long(card: ModelCard, max_positions: int | None) -> Iterator[
             "context_length_exceeded",
             f"{exc.chars} characters exceed the limit of {token_limit(card, max_positions)} tokens for {card.name!r} "
             f"(at most {exc.max_chars} characters can fit)",
+            param,
         ) from None
 
 

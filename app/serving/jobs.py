@@ -300,15 +300,24 @@ def _cancelled(outcome: JobOutcome) -> bool:
     return not outcome.ok and outcome.error is not None and outcome.error.code == "cancelled"
 
 
-def raise_for_outcome(outcome: JobOutcome) -> JobOutcome:
+# The request field a worker's refusal is about, by its code (a route may say otherwise for its own fields).
+OUTCOME_PARAMS = {"cover_set_too_large": "max_states"}
+NO_ROOM = {"context_length_exceeded": "max_tokens"}  # a generation's refusal: no room left to generate
+
+
+def raise_for_outcome(outcome: JobOutcome, params: dict[str, str] | None = None) -> JobOutcome:
+    """The outcome if it succeeded, else its error as an ApiError whose `param` names the field it is about
+    (`params`, then OUTCOME_PARAMS, by the error's code)."""
     if not outcome.ok:
         error = outcome.error
         if error is not None and error.code == STORAGE_FULL:  # the worker could not keep what it computed
             raise storage_full(error.message)
         status = error.status if error else 500
+        code = error.code if error else "job_failed"
         raise ApiError(
             424 if status >= 500 else status,
-            error.code if error else "job_failed",
+            code,
             error.message if error else "the job failed",
+            {**OUTCOME_PARAMS, **(params or {})}.get(code) if status < 500 else None,
         )
     return outcome

@@ -140,7 +140,7 @@ async def model_pair(
     limit = services.settings.max_positions
     if given is not None:
         ids = given.meta.token_ids
-        check_length(codec_q.card, len(ids), limit)
+        check_length(codec_q.card, len(ids), limit, "reference_model")
         p, q = given, await _scored(services, tenant, reference_model, ids, retain)
     else:
         ids = await input_ids(codec_p, text, messages, False, limit)
@@ -148,7 +148,7 @@ async def model_pair(
             raise ApiError(
                 422, "tokenizer_mismatch", "the two models' chat templates give different tokens", "messages"
             )
-        check_length(codec_q.card, len(ids), limit)
+        check_length(codec_q.card, len(ids), limit, "reference_model")
         p, q = await asyncio.gather(
             _scored(services, tenant, model, ids, retain), _scored(services, tenant, reference_model, ids, retain)
         )
@@ -192,9 +192,9 @@ async def context_pair(
         codec = await services.catalog.codec(await services.catalog.card(model))
         alone = await input_ids(codec, text, None, False, limit)
     bos = 1 if codec.card.add_bos and alone[:1] == [codec.card.bos_token_id] else 0
-    context_ids = await asyncio.to_thread(text_token_ids, codec, context, limit)
+    context_ids = await asyncio.to_thread(text_token_ids, codec, context, limit, True, "context")
     with_context = context_ids + alone[bos:]
-    check_length(codec.card, len(with_context), limit)
+    check_length(codec.card, len(with_context), limit, "context")
     name = codec.card.name
     if record_id is not None:
         p = await _scored(services, tenant, name, with_context, retain)

@@ -8,7 +8,7 @@ from app.platform import metrics
 from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.schemas.tokens import ChatMessage
-from app.serving.inputs import input_ids
+from app.serving.inputs import check_length, input_ids
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.services import Services
 from app.serving.text import TextCodec
@@ -69,6 +69,25 @@ async def upgraded(
         )
     await charge(services.redis, tenant, "tokens", len(meta.token_ids), services.settings.rate_limit_tpm)
     return await _score(services, tenant, card, meta.record_id, meta.token_ids, "full", meta.n_prompt)
+
+
+async def with_last_state(services: Services, tenant: str, meta: RecordMeta) -> RecordMeta:
+    """A record whose hidden states include the last token's own (the state that predicts what follows it, which a
+    record does not keep: its states are those that predicted tokens 1..T-1): the record of the same tokens and one
+    more (the model's end-of-text token), scored with full rows if not cached. A causal model's states of the first T
+    tokens do not depend on what follows them, so its first T rows are the record's states and the last one."""
+    card = await services.catalog.card(meta.model)
+    if card.fingerprint != meta.fingerprint:
+        raise ApiError(
+            409,
+            "model_changed",
+            f"{meta.model!r} was reloaded with other weights since record {meta.record_id} was made; score it anew",
+            "record_id",
+        )
+    ids = [*meta.token_ids, card.eos_token_ids[0] if card.eos_token_ids else 0]
+    check_length(card, len(ids), services.settings.max_positions, "stop")
+    longer, _, _ = await scored_record(services, tenant, card, ids, "full")
+    return longer
 
 
 async def _score(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from app.client import Client
 from app.serving import corpus
 from tests.conftest import MODEL
 
@@ -87,3 +88,38 @@ def test_calibration_needs_both_labels(alpha: httpx.Client) -> None:
     texts = [{"text": f"Text number {i}.", "label": "human"} for i in range(4)]
     response = alpha.post("/v1/calibrations", json={"model": MODEL, "texts": texts})
     assert response.status_code == 422 and response.json()["error"]["code"] == "too_few_labels"
+
+
+def test_calibrations_take_labelled_examples_as_heads_do(alpha: httpx.Client, labelled: list[dict[str, str]]) -> None:
+    """One shape for labelled examples (#30 item 18): {text | messages | record_id, label 0 | 1}, 1 machine-written,
+    as POST /v1/heads takes them; the older texts labelled human/machine fit the same thresholds."""
+    methods = ["log_likelihood", "log_rank"]
+    old = alpha.post("/v1/calibrations", json={"model": MODEL, "texts": labelled, "methods": methods})
+    assert old.status_code == 200, old.text
+    examples: list[dict[str, object]] = [{"text": t["text"], "label": int(t["label"] == "machine")} for t in labelled]
+    first = alpha.post("/v1/score", json={"model": MODEL, "text": labelled[0]["text"]}).json()
+    examples[0] = {"record_id": first["record_id"], "label": 0}  # a record stands in for its text
+    new = alpha.post("/v1/calibrations", json={"model": MODEL, "examples": examples, "methods": methods})
+    assert new.status_code == 200, new.text
+    for name in methods:
+        fitted, expected = new.json()["methods"][name], old.json()["methods"][name]
+        assert fitted == pytest.approx(expected, rel=1e-9)
+    with Client(str(alpha.base_url), api_key="key-alpha") as lp:  # the client sends either shape
+        assert lp.calibrate(MODEL, examples, methods=methods).methods.keys() == set(methods)
+
+    def refused(body: dict[str, object], code: str, param: str) -> None:
+        response = alpha.post("/v1/calibrations", json={"model": MODEL, **body})
+        assert response.status_code == 422, response.text
+        assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (code, param)
+
+    for label in ("machine", True, 1.0, 2):  # the code and the labels heads use
+        refused({"examples": [{**e, "label": label} for e in examples]}, "invalid_label", "examples.0.label")
+    refused({"examples": examples, "texts": labelled}, "missing_input", "examples")
+    refused({}, "missing_input", "examples")
+    refused({"examples": [{"label": 1}, *examples[1:]]}, "missing_input", "examples.0")
+    refused({"examples": [{**e, "label": 0} for e in examples]}, "too_few_labels", "examples")
+    unknown = {"model": MODEL, "examples": [{"record_id": "0" * 32, "label": 0}, *examples[1:]]}
+    missing = alpha.post("/v1/calibrations", json=unknown)
+    assert missing.status_code == 404, missing.text
+    error = missing.json()["error"]
+    assert (error["code"], error["param"]) == ("record_not_found", "examples.0.record_id")

@@ -153,7 +153,8 @@ def test_cli_scores_a_jsonl_file_of_100_texts(service: str, tmp_path: Path) -> N
     assert done.returncode == 1, done.stderr  # some lines failed; every line still has its answer
     assert "Traceback" not in done.stderr
     answers = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [a["line"] for a in answers] == list(range(100))
+    # `line` is the file's own line number (#30 item 21): from 1, the blank line counted
+    assert [a["line"] for a in answers] == [*range(1, 100), 101]
     for i, (text, answer) in enumerate(zip(texts, answers, strict=False)):
         assert "".join(t["text"] for t in answer["tokens"]) == text and answer["model"] == MODEL
         assert answer["custom_id"] == f"s{i}"
@@ -226,7 +227,7 @@ def test_cli_batch_takes_score_lines_and_answers_every_line_in_order(service: st
     done = cli(service, "batch", str(source), "-o", str(output), "--poll", "0.2", "--analysis", "uncertainty")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     lines = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [line["line"] for line in lines] == list(range(7)) and [line["index"] for line in lines] == list(range(7))
+    assert [line["line"] for line in lines] == list(range(1, 8)) and [line["index"] for line in lines] == list(range(7))
     codes = [line["error"]["code"] if line["error"] else None for line in lines]
     assert codes == [None, None, "invalid_json", "unsupported_field", "model_not_found", "invalid_request", None]
     assert [lines[i]["custom_id"] for i in (0, 1, 4, 6)] == ["plain", "named", "ghost", "chat"]

@@ -1,6 +1,6 @@
 """One policy for how much of a distribution leaves the service (#13 item 17): with export off, at most 5
 alternatives per token on every route that gives alternatives, the OpenAI routes included, and no raw rows;
-with export on, each route's own limit (20 from records and decoding steps, 100 on the OpenAI routes)."""
+with export on, one limit on every route (#30 item 14): 20, what records capture and `/v1/models` reports."""
 
 from __future__ import annotations
 
@@ -119,10 +119,26 @@ def test_batch_lines_carry_values_not_alternatives(closed: httpx.Client) -> None
     assert "top_logprobs" not in json.dumps(line)
 
 
-def test_with_export_each_route_keeps_its_own_limit(alpha: httpx.Client) -> None:
-    assert {m["max_top_logprobs"] for m in alpha.get("/v1/models").json()["data"]} == {20}
-    body = {"model": MODEL, "text": "Export is on here.", "top_logprobs": 21}
-    assert "deployment" not in refused(alpha.post("/v1/score", json=body), "top_logprobs", 20)
-    chat = {"model": MODEL, "messages": CHAT, "max_tokens": 2, "temperature": 0, "logprobs": True, "top_logprobs": 40}
-    content = alpha.post("/v1/chat/completions", json=chat).json()["choices"][0]["logprobs"]["content"]
-    assert {len(t["top_logprobs"]) for t in content} == {40}
+def test_with_export_every_route_keeps_the_one_reported_limit(alpha: httpx.Client) -> None:
+    (limit,) = {m["max_top_logprobs"] for m in alpha.get("/v1/models").json()["data"]}
+    assert limit == 20
+    over = limit + 1
+    body = {"model": MODEL, "text": "Export is on here.", "top_logprobs": over}
+    assert "deployment" not in refused(alpha.post("/v1/score", json=body), "top_logprobs", limit)
+    generate = {"model": MODEL, "prompt": "Colours:", "max_tokens": 2, "temperature": 0}
+    refused(alpha.post("/v1/generate", json={**generate, "top_logprobs": over}), "top_logprobs", limit)
+    chat = {"model": MODEL, "messages": CHAT, "max_tokens": 2, "temperature": 0, "logprobs": True}
+    for k in (over, 50, 100):
+        refused(alpha.post("/v1/chat/completions", json={**chat, "top_logprobs": k}), "top_logprobs", limit)
+        completion = {"model": MODEL, "prompt": "Colours:", "max_tokens": 2, "temperature": 0, "logprobs": k}
+        refused(alpha.post("/v1/completions", json=completion), "logprobs", limit)
+        prompt = {"model": MODEL, "prompt": "Colours:", "max_tokens": 1, "prompt_logprobs": k}
+        refused(alpha.post("/v1/completions", json=prompt), "prompt_logprobs", limit)
+    decode = {"prompt": "Colours:", "preset": PRESET, "max_tokens": 2, "temperature": 0, "top_logprobs": over}
+    refused(alpha.post("/v1/decode/contrastive", json=decode), "top_logprobs", limit)
+    content = alpha.post("/v1/chat/completions", json={**chat, "top_logprobs": limit}).json()
+    assert {len(t["top_logprobs"]) for t in content["choices"][0]["logprobs"]["content"]} == {limit}
+    completion = {"model": MODEL, "prompt": "Colours:", "max_tokens": 2, "temperature": 0, "logprobs": limit}
+    tops = alpha.post("/v1/completions", json=completion).json()["choices"][0]["logprobs"]["top_logprobs"]
+    # the top k and, as the OpenAI API adds it, the chosen token (a dict by token text: one text counts once)
+    assert tops and max(len(top) for top in tops) in (limit, limit + 1)

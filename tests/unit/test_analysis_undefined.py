@@ -148,10 +148,16 @@ def test_ranks_are_integers_and_integer_parameters_stay_integers() -> None:
     assert ranks == [1 + int(np.sum(row > row[t])) for row, t in zip(logits, range(6), strict=True)]
     assert all(type(v) is float for v in finite_values_or_none(result.tokens["logprob"]))  # type: ignore[attr-defined]
     methods = select_methods("uncertainty", ["entropy_trend"])
-    resolved = resolve_params(methods, {"entropy_trend": {"block_size": 4.0}})["entropy_trend"]["block_size"]
+    resolved = resolve_params(methods, {"entropy_trend": {"block_size": 4}})["entropy_trend"]["block_size"]
     assert resolved == 4 and type(resolved) is int
-    with pytest.raises(AnalysisError, match="must be an integer"):
-        resolve_params(methods, {"entropy_trend": {"block_size": 4.5}})
+    for strayed in (4.5, 4.0, "4", True):  # as strict as the top level (#30 item 15)
+        with pytest.raises(AnalysisError, match="must be an integer") as err:
+            resolve_params(methods, {"entropy_trend": {"block_size": strayed}})
+        assert err.value.param == "params.entropy_trend.block_size"
+    for strayed in ("0.2", True, None):
+        with pytest.raises(AnalysisError, match="must be a number") as err:
+            resolve_params(select_methods("membership", ["min_k"]), {"min_k": {"k": strayed}})
+        assert err.value.param == "params.min_k.k"
 
 
 def test_every_method_names_its_paper_in_one_paragraph() -> None:

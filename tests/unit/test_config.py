@@ -86,7 +86,7 @@ def test_serve_on_another_address_needs_keys_or_an_explicit_opt_in(monkeypatch: 
 
 
 def test_one_export_policy_for_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert gateway_settings(monkeypatch).top_alternatives() == 100
+    assert gateway_settings(monkeypatch).top_alternatives() == 20
     assert gateway_settings(monkeypatch, LOGPROBE_ALLOW_EXPORT="false").top_alternatives() == 5
     monkeypatch.setenv("LOGPROBE_MAX_TOP_LOGPROBS_OUT", "2")
     assert gateway_settings(monkeypatch).top_alternatives() == 2
