@@ -210,7 +210,7 @@ def test_models_health_and_readiness(alpha: httpx.Client) -> None:
     assert smol["storage"] == "hidden" and smol["hidden_dtype"] == "float32"
     assert smol["rebuild_max_abs_error"] <= 1e-3
     assert (smol["vocab_size"], smol["hidden_size"]) == (49152, 576)
-    assert alpha.get("/readyz").json() == {"ready": True, "redis": True, "workers": {MODEL: 1}}
+    assert alpha.get("/readyz").json() == {"ready": True, "redis": True, "storage_full": False, "workers": {MODEL: 1}}
     assert alpha.get("/healthz").json() == {"status": "ok"}
     assert alpha.get("/v1/models", headers={"X-Request-Id": "abc"}).headers["X-Request-Id"] == "abc"
 
