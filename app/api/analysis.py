@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends, Response
 from app.analysis import REGISTRY
 from app.api.answers import json_answer
 from app.api.deps import ServicesDep, TenantDep, current_tenant
-from app.schemas.analysis import (
+from app.serving.analyses import analyse
+from app.serving.calibrations import detect_decisions
+from logprobe.schemas.analysis import (
     AnalysisRequest,
     AnalysisResponse,
     MethodInfo,
     ParamInfo,
 )
-from app.serving.analyses import analyse
-from app.serving.calibrations import detect_decisions
 
 router = APIRouter(tags=["analysis"])
 

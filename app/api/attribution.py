@@ -7,8 +7,8 @@ from fastapi import APIRouter, Response
 
 from app.api.answers import json_answer
 from app.api.deps import ServicesDep, TenantDep
-from app.schemas.attribution import AttributionRequest, AttributionResponse
 from app.serving.attribution import attribute
+from logprobe.schemas.attribution import AttributionRequest, AttributionResponse
 
 router = APIRouter(tags=["analysis"])
 

@@ -13,7 +13,7 @@ from app.api.deps import ListLimit, ServicesDep, TenantDep
 from app.batches.store import batch_status, cancel_batch, delete_batch, list_batches, result_lines
 from app.batches.submit import submit_batch
 from app.platform.errors import ApiError
-from app.schemas.batches import Batch, BatchList, BatchRequest
+from logprobe.schemas.batches import Batch, BatchList, BatchRequest
 
 router = APIRouter(tags=["batches"])
 BatchId = Annotated[str, Path(pattern=r"^batch_[0-9a-f]{24}$")]

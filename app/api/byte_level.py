@@ -12,8 +12,8 @@ import math
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep, TenantDep
-from app.schemas.bytes import BytesRequest, BytesResponse
 from app.serving.bytes import byte_chars, byte_record
+from logprobe.schemas.bytes import BytesRequest, BytesResponse
 
 router = APIRouter(tags=["scoring"])
 

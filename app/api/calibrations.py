@@ -7,8 +7,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import CreatorDep, ListLimit, ServicesDep, TenantDep
-from app.schemas.calibrations import Calibration, CalibrationList, CalibrationRequest
 from app.serving.calibrations import delete_calibration, fit_calibration, get_calibration, list_calibrations
+from logprobe.schemas.calibrations import Calibration, CalibrationList, CalibrationRequest
 
 router = APIRouter(tags=["calibrations"])
 

@@ -14,11 +14,11 @@ from fastapi.sse import format_sse_event
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError
-from app.schemas.decode import DecodeRequest, DecodeResponse, ViewIn
 from app.serving.contrast import build_job, step_out, summary
 from app.serving.jobs import NO_ROOM, raise_for_outcome
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.decode import DecodeRequest, DecodeResponse, ViewIn
 from workers.contract.jobs import ContrastJob, DecodeStep
 from workers.contract.keys import steps_key
 from workers.contract.names import as_bytes

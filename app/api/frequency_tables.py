@@ -9,10 +9,10 @@ from fastapi import APIRouter, Path, Query, Response
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError
-from app.schemas.analysis import DEFAULT_TABLE, FrequencyTableRequest
-from app.schemas.tables import FrequencyTable, FrequencyTableList, StoredFrequencyTable
 from app.serving.frequencies import not_found
 from app.serving.services import Services
+from logprobe.schemas.analysis import DEFAULT_TABLE, FrequencyTableRequest
+from logprobe.schemas.tables import FrequencyTable, FrequencyTableList, StoredFrequencyTable
 
 router = APIRouter(tags=["analysis"])
 Name = Annotated[str, Path(max_length=64)]

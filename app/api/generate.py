@@ -6,10 +6,10 @@ from fastapi import APIRouter
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.limits import charge
-from app.schemas.generate import GenerateRequest, GenerateResponse
 from app.serving.inputs import check_length, input_ids, sampling_of, top_k, truncate_at_stop
 from app.serving.jobs import NO_ROOM, generation_job, raise_for_outcome
 from app.serving.tokens import token_rows
+from logprobe.schemas.generate import GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generation"])
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import CreatorDep, ListLimit, ServicesDep, TenantDep
-from app.schemas.heads import Head, HeadList, HeadRequest
 from app.serving.heads import create_head, delete_head, get_head, list_heads
+from logprobe.schemas.heads import Head, HeadList, HeadRequest
 
 router = APIRouter(tags=["heads"])
 

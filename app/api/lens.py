@@ -7,8 +7,8 @@ from fastapi import APIRouter, Response
 
 from app.api.answers import json_answer
 from app.api.deps import ServicesDep, TenantDep
-from app.schemas.lens import LensRequest, LensResponse
 from app.serving.lens import lens
+from logprobe.schemas.lens import LensRequest, LensResponse
 
 router = APIRouter(tags=["analysis"])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import ServicesDep, current_tenant
-from app.schemas.models import ModelInfo, ModelList
 from app.serving.inputs import top_limit
+from logprobe.schemas.models import ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
 

@@ -29,7 +29,6 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError, error_type
-from app.schemas.openai import ChatCompletionRequest, CompletionRequest
 from app.serving.completions import (
     Detokenizer,
     Generated,
@@ -58,6 +57,7 @@ from app.serving.jobs import new_job_id
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.openai import ChatCompletionRequest, CompletionRequest
 from workers.contract.jobs import DecodeStep, Sampling
 
 router = APIRouter(tags=["openai-compatible"])

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError
-from app.schemas.score import RecordResponse
 from app.serving.inputs import top_k
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import upgraded, with_last_state
 from app.serving.services import Services
 from app.serving.store import require_rows
 from app.serving.tokens import token_rows
+from logprobe.schemas.score import RecordResponse
 from workers.contract.head_features import PAWN_FEATURES, los_features, pawn_features
 from workers.contract.jobs import RowsJob
 from workers.contract.records import RecordMeta, slice_hidden

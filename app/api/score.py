@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep, TenantDep
-from app.schemas.score import ScoreRequest, ScoreResponse
 from app.serving.inputs import input_ids, top_k
 from app.serving.scoring import scored_record
 from app.serving.tokens import token_rows
+from logprobe.schemas.score import ScoreRequest, ScoreResponse
 
 router = APIRouter(tags=["scoring"])
 

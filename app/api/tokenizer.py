@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Query
 
 from app.api.deps import ServicesDep, current_tenant
 from app.platform.errors import ApiError
-from app.schemas.openai import DetokenizeRequest, TokenizeRequest
 from app.serving.chat_template import ChatTemplateError
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.openai import DetokenizeRequest, TokenizeRequest
 from workers.contract.cards import ModelCard
 
 router = APIRouter(tags=["vllm-compatible"])

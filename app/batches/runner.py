@@ -22,12 +22,12 @@ from redis.asyncio import Redis
 from app.batches.store import ACTIVE, batch_key, drop_finished, finish_batch, forget_batch, start_batch, write_line
 from app.platform.errors import ApiError
 from app.platform.leases import LeasedWork
-from app.schemas.analysis import AnalysisRequest
 from app.serving import quotas
 from app.serving.analyses import analyse
 from app.serving.jobs import BULK
 from app.serving.scoring import record_for
 from app.serving.services import Services
+from logprobe.schemas.analysis import AnalysisRequest
 from workers.contract.names import as_bytes
 
 log = logging.getLogger("app.batches.runner")

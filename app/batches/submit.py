@@ -5,11 +5,11 @@ from __future__ import annotations
 from app.analysis.run import AnalysisError, resolve_params, select_methods
 from app.batches.store import create_batch
 from app.platform.errors import ApiError
-from app.schemas.analysis import AnalysisRequest
-from app.schemas.batches import BatchRequest
 from app.serving.analyses import analysis_inputs
 from app.serving.head_inference import check_heads
 from app.serving.services import Services
+from logprobe.schemas.analysis import AnalysisRequest
+from logprobe.schemas.batches import BatchRequest
 
 
 async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> str:

@@ -202,7 +202,7 @@ def _one_line_errors(url: str) -> Iterator[None]:
     """An unreachable service or an unreadable file: one line on stderr and exit code 2, no traceback."""
     import httpx
 
-    from app.client import LogprobeError
+    from logprobe.client import LogprobeError
 
     try:
         yield
@@ -229,7 +229,7 @@ def _run_jsonl(
     from rich.console import Console
     from rich.progress import Progress
 
-    from app.client import Client, LogprobeError
+    from logprobe.client import Client, LogprobeError
 
     failed = False
     with _one_line_errors(url), contextlib.ExitStack() as stack:
@@ -339,7 +339,7 @@ def batch(
     from rich.console import Console
     from rich.progress import Progress
 
-    from app.client import Client, LogprobeError
+    from logprobe.client import Client, LogprobeError
 
     with _one_line_errors(url), contextlib.ExitStack() as stack:
         lines = _read_jsonl(source)
@@ -387,7 +387,7 @@ def _batch_input(line: Line) -> dict[str, Any]:
     """A JSONL line as one input of a batch (with its `model`, if it names one), or the LineError it is."""
     from pydantic import ValidationError
 
-    from app.schemas.batches import BatchInput
+    from logprobe.schemas.batches import BatchInput
 
     if isinstance(line, LineError):
         raise line

@@ -24,7 +24,6 @@ from app.analysis.run import (
     select_methods,
 )
 from app.platform.errors import ApiError
-from app.schemas.analysis import AnalysisRequest, SpanName, SpanRange
 from app.serving.bytes import byte_chars
 from app.serving.cross import cross_statistics
 from app.serving.head_inference import apply_heads
@@ -32,6 +31,7 @@ from app.serving.pairs import Pair, chat_reply, context_pair, model_pair
 from app.serving.scoring import record_for
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.analysis import AnalysisRequest, SpanName, SpanRange
 from workers.contract.records import RecordMeta
 
 PAIRED_FAMILIES = ("compare", "detect")

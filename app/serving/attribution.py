@@ -10,11 +10,11 @@ import numpy as np
 from app.platform.errors import ApiError
 from app.platform.limits import charge, charge_after
 from app.platform.settings import Settings
-from app.schemas.attribution import AttributionRequest
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import share_tokenizer
+from logprobe.schemas.attribution import AttributionRequest
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import AttributionJob, AttributionResult, ReagentParams, occlusion_passes, reagent_min_passes
 from workers.contract.keys import attribution_key

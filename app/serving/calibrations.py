@@ -13,11 +13,11 @@ import numpy as np
 from app.analysis.calibration import fit_threshold
 from app.platform import budget
 from app.platform.errors import ApiError
-from app.schemas.analysis import AnalysisRequest
-from app.schemas.calibrations import Calibration, CalibrationRequest, MethodFit
 from app.serving import quotas
 from app.serving.analyses import analyse
 from app.serving.services import Services
+from logprobe.schemas.analysis import AnalysisRequest
+from logprobe.schemas.calibrations import Calibration, CalibrationRequest, MethodFit
 from workers.contract.keys import tenant_tag
 from workers.contract.names import as_bytes
 

@@ -19,12 +19,12 @@ import numpy as np
 from app.platform.budget import check_fits
 from app.platform.errors import ApiError
 from app.platform.limits import charge
-from app.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
 from app.serving.inputs import chat_token_ids, check_length, stop_list, text_token_ids, top_k, truncate_at_stop
 from app.serving.jobs import NO_ROOM, generation_job, new_job_id, raise_for_outcome
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.openai import MAX_PROMPTS, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, OpenAICommon
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import ContrastJob, DecodeStep, DecodeView, JobOutcome, Sampling
 from workers.contract.keys import steps_key

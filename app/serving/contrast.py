@@ -9,7 +9,6 @@ from typing import Any
 
 from app.platform.errors import ApiError
 from app.platform.limits import charge
-from app.schemas.decode import DecodeRequest, Preset, ViewIn
 from app.serving.byte_steps import SYMBOLS, byte_step_out, byte_text, decode_level
 from app.serving.inputs import (
     check_length,
@@ -23,6 +22,7 @@ from app.serving.inputs import (
 from app.serving.jobs import new_job_id
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.decode import DecodeRequest, Preset, ViewIn
 from workers.contract.jobs import ContrastJob, DecodeStep, DecodeView, JobOutcome, Plausibility, Selective
 from workers.contract.keys import group_name
 

@@ -16,7 +16,6 @@ from typing import Any
 from app.analysis import REGISTRY
 from app.platform.errors import ApiError
 from app.platform.limits import charge
-from app.schemas.heads import Head, HeadExampleIn, HeadRequest
 from app.serving import quotas
 from app.serving.analyses import span_positions
 from app.serving.inputs import token_ids
@@ -25,6 +24,7 @@ from app.serving.pairs import chat_reply
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.heads import Head, HeadExampleIn, HeadRequest
 from workers.contract.cards import ModelCard
 from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadState, head_params, head_training_bytes
 from workers.contract.jobs import HeadExample, HeadJob

@@ -9,10 +9,10 @@ from typing import Any
 
 from app.platform.errors import ApiError
 from app.platform.settings import Settings
-from app.schemas.generate import SamplingRequest
-from app.schemas.tokens import ChatMessage
 from app.serving.chat_template import ChatTemplateError
 from app.serving.text import TextCodec, TextTooLong
+from logprobe.schemas.generate import SamplingRequest
+from logprobe.schemas.tokens import ChatMessage
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import Sampling
 

@@ -9,10 +9,10 @@ import numpy as np
 
 from app.platform.errors import ApiError
 from app.platform.limits import charge
-from app.schemas.lens import LensRequest
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import record_for
 from app.serving.services import Services
+from logprobe.schemas.lens import LensRequest
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import LensJob, LensResult
 from workers.contract.keys import lens_key

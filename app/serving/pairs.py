@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 
 from app.platform.errors import ApiError
-from app.schemas.tokens import ChatMessage
 from app.serving.bytes import byte_record
 from app.serving.chat_template import ChatTemplateError
 from app.serving.inputs import check_length, input_ids, text_token_ids
 from app.serving.scoring import record_for, scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec, share_tokenizer
+from logprobe.schemas.tokens import ChatMessage
 from workers.bytelevel.stats import byte_cross
 from workers.contract.names import Retain
 from workers.contract.records import RecordMeta

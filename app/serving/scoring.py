@@ -7,11 +7,11 @@ import numpy as np
 from app.platform import metrics
 from app.platform.errors import ApiError
 from app.platform.limits import charge
-from app.schemas.tokens import ChatMessage
 from app.serving.inputs import check_length, input_ids
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.services import Services
 from app.serving.text import TextCodec
+from logprobe.schemas.tokens import ChatMessage
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import ScoreJob
 from workers.contract.names import Retain, record_id

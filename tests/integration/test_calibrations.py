@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.client import Client
 from app.serving import corpus
+from logprobe.client import Client
 from tests.conftest import MODEL
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.client import AsyncClient, Client, LogprobeError
 from app.launcher.local_service import ROOT
+from logprobe.client import AsyncClient, Client, LogprobeError
 from tests.conftest import MODEL
 
 

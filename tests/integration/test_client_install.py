@@ -1,5 +1,6 @@
-"""The Python client from a plain `pip install` of the package (no gateway extras), in a fresh venv, against the
-live service: it scores, exports rows and analyses with httpx, pydantic and numpy alone."""
+"""The Python client from a client-only install (`pip install ./client`, the `logprobe-client` distribution), in a
+fresh venv, against the live service: `from logprobe import Client` scores, exports rows and analyses with httpx,
+pydantic and numpy alone, and site-packages holds no `app` or `workers` package."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from tests.conftest import MODEL
 pytestmark = pytest.mark.slow
 
 SCRIPT = """
-import importlib.util, json, sys
-from app.client import Client
+import importlib.util, json, site, sys
+from pathlib import Path
+from logprobe import Client
 absent = [m for m in ("fastapi", "starlette", "redis", "safetensors", "tokenizers", "torch", "uvicorn")
           if importlib.util.find_spec(m) is not None]
 with Client(sys.argv[1], api_key="key-alpha") as lp:
@@ -28,24 +30,22 @@ with Client(sys.argv[1], api_key="key-alpha") as lp:
     rows = lp.logprobs(scored.record_id, start=1, stop=4)
     answer = lp.analyze("uncertainty", record_id=scored.record_id, methods=["perplexity"])
 loaded = sorted(m for m in ("fastapi", "starlette", "redis", "safetensors") if m in sys.modules)
-print(json.dumps({"installed": absent, "loaded": loaded, "record_id": scored.record_id,
+names = ("app", "workers", "logprobe")
+ours = sorted(p.name for d in site.getsitepackages() for p in Path(d).iterdir() if p.name in names)
+print(json.dumps({"installed": absent, "loaded": loaded, "ours": ours, "record_id": scored.record_id,
                   "logprob": [t.logprob for t in scored.tokens], "shape": list(rows.shape), "dtype": str(rows.dtype),
                   "rows": rows.tolist(), "perplexity": answer.sequence["perplexity"]}))
 """
 
 
-def _copy_project(dest: Path) -> Path:
-    """The project's own files only, so the build writes nothing into the checkout."""
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, dest / name)
-    for package in ("app", "workers"):
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+def _copy_client(dest: Path) -> Path:
+    """The client's distribution only (client/), so the build writes nothing into the checkout."""
+    shutil.copytree(ROOT / "client", dest, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
     return dest
 
 
-def test_a_plain_install_gives_a_working_client(tmp_path: Path, service: str, alpha: httpx.Client) -> None:
-    (tmp_path / "src").mkdir()
-    project = _copy_project(tmp_path / "src")
+def test_a_client_only_install_gives_a_working_client(tmp_path: Path, service: str, alpha: httpx.Client) -> None:
+    project = _copy_client(tmp_path / "client")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
@@ -60,6 +60,7 @@ def test_a_plain_install_gives_a_working_client(tmp_path: Path, service: str, al
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["installed"] == [] and got["loaded"] == []  # none of the gateway's packages came along
+    assert got["ours"] == ["logprobe"]  # the client alone: no `app`, no `workers` in site-packages
     # The same numbers as the gateway's own answers to the same record.
     expected = alpha.get(f"/v1/records/{got['record_id']}").json()
     assert got["logprob"] == [t["logprob"] for t in expected["tokens"]]

@@ -190,7 +190,7 @@ def test_compose_ships_per_key_rate_limits(monkeypatch: pytest.MonkeyPatch) -> N
     one machine): the largest completion one request can ask for (256 prompts x best_of 16 x (1 + 1,024) tokens)
     is more than a minute's tokens, so it is refused as such; one full-length request fits."""
     from app.platform.settings import Settings
-    from app.schemas.openai import MAX_PROMPTS
+    from logprobe.schemas.openai import MAX_PROMPTS
 
     gateway = SERVICES["gateway"]["environment"]
     for name in ("LOGPROBE_RATE_LIMIT_RPM", "LOGPROBE_RATE_LIMIT_TPM"):

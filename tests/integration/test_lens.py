@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.client import Client
+from logprobe.client import Client
 from tests.conftest import MODEL
 
 pytestmark = pytest.mark.slow

@@ -20,9 +20,9 @@ from app.analysis.run import (
     select_methods,
 )
 from app.platform.errors import ApiError
-from app.schemas.analysis import SpanRange
 from app.serving.analyses import span_positions
 from app.serving.cross import check_positions
+from logprobe.schemas.analysis import SpanRange
 from workers.capture import row_statistics
 from workers.contract.names import MAX_JOB_POSITIONS
 from workers.contract.records import RecordMeta

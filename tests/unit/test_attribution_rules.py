@@ -10,8 +10,8 @@ import pytest
 import scipy.special
 import torch
 
-from app.schemas.decode import Preset
 from app.serving.contrast import uscd_rule
+from logprobe.schemas.decode import Preset
 from workers.attribution import occlusion, reagent
 from workers.contract.jobs import ReagentParams, Selective
 from workers.decoding import selective

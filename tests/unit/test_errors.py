@@ -20,11 +20,11 @@ from app.platform.bodies import body_problem
 from app.platform.errors import error_type, install_error_handlers
 from app.platform.observe import Observe
 from app.platform.validation import Problem, not_found, problems
-from app.schemas.analysis import AnalysisRequest
-from app.schemas.decode import DecodeRequest
-from app.schemas.generate import GenerateRequest
-from app.schemas.openai import ChatCompletionRequest, CompletionRequest
-from app.schemas.score import ScoreRequest
+from logprobe.schemas.analysis import AnalysisRequest
+from logprobe.schemas.decode import DecodeRequest
+from logprobe.schemas.generate import GenerateRequest
+from logprobe.schemas.openai import ChatCompletionRequest, CompletionRequest
+from logprobe.schemas.score import ScoreRequest
 
 
 def problems_of(model: type[BaseModel], body: dict[str, Any]) -> list[Problem]:

@@ -14,30 +14,31 @@ ROOT = Path(__file__).resolve().parents[2]
 BYTE_CONTRACT = ("workers.bytelevel.records", "workers.bytelevel.stats")
 # What each part of the tree may import, besides itself (third-party packages are another test's business).
 ALLOWED: dict[str, set[str]] = {
-    "app.schemas": set(),
-    "app.client": {"app.schemas"},
+    "logprobe": {"logprobe.client"},
+    "logprobe.schemas": set(),
+    "logprobe.client": {"logprobe.schemas"},
     "app.platform": {"workers.config", "workers.contract", "workers.redis_client"},
-    "app.analysis": {"app.schemas", "workers.contract"},
+    "app.analysis": {"logprobe.schemas", "workers.contract"},
     "app.serving": {
         "app.analysis",
-        "app.schemas",
+        "logprobe.schemas",
         "app.platform",
         "workers.config",
         "workers.contract",
         *BYTE_CONTRACT,
         "workers.redis_client",
     },
-    "app.batches": {"app.serving", "app.analysis", "app.schemas", "app.platform", "workers.contract"},
+    "app.batches": {"app.serving", "app.analysis", "logprobe.schemas", "app.platform", "workers.contract"},
     "app.api": {
         "app.batches",
         "app.serving",
         "app.analysis",
-        "app.schemas",
+        "logprobe.schemas",
         "app.platform",
         "workers.contract",
         "workers.redis_client",
     },
-    "app.launcher": {"app", "workers"},
+    "app.launcher": {"app", "workers", "logprobe"},
     "workers": {"workers"},
 }
 # Third-party packages that the client and the schemas must never import (a plain install lacks them).
@@ -64,8 +65,9 @@ def imports(path: Path) -> list[tuple[int, str]]:
 
 def modules() -> dict[str, Path]:
     found = {}
-    for path in sorted([*(ROOT / "app").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]):
-        parts = path.relative_to(ROOT).with_suffix("").parts
+    client = ROOT / "client"  # the client's own distribution: client/logprobe
+    for path in sorted([*(ROOT / "app").rglob("*.py"), *(ROOT / "workers").rglob("*.py"), *client.rglob("*.py")]):
+        parts = path.relative_to(client if path.is_relative_to(client) else ROOT).with_suffix("").parts
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
@@ -83,7 +85,7 @@ def test_imports_run_one_way() -> None:
         if name == "app":
             continue
         for line, target in imports(path):
-            if target.split(".")[0] in ("app", "workers") and not allowed(name, target):
+            if target.split(".")[0] in ("app", "workers", "logprobe") and not allowed(name, target):
                 offenders.append(f"{path.relative_to(ROOT)}:{line} {part_of(name)} imports {target}")
     assert offenders == []
 
@@ -91,7 +93,7 @@ def test_imports_run_one_way() -> None:
 def test_client_and_schemas_need_nothing_of_the_gateway() -> None:
     offenders = []
     for name, path in modules().items():
-        if name != "app" and part_of(name) in ("app.client", "app.schemas"):
+        if name != "app" and part_of(name) in ("logprobe.client", "logprobe.schemas"):
             offenders += [
                 f"{path.relative_to(ROOT)}:{line} {target}"
                 for line, target in imports(path)
@@ -108,7 +110,7 @@ def test_the_checker_sees_a_wrong_way_import(tmp_path: Path) -> None:
     assert (line, target) == (2, "app.api.analysis")
     assert not allowed("app.batches.runner", target)
     assert not allowed("workers.runner", "app.platform.settings")
-    assert not allowed("app.client", "app.serving.text")
+    assert not allowed("logprobe.client", "app.serving.text")
     assert allowed("app.api.score", "app.serving.inputs")
 
 

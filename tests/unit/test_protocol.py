@@ -105,8 +105,8 @@ def test_the_public_twins_of_contract_types_say_the_same() -> None:
     one side alone would let the gateway accept what a worker refuses, or the reverse."""
     from typing import get_args
 
-    from app.schemas.attribution import ReagentOptions
-    from app.schemas.score import Retain as PublicRetain
+    from logprobe.schemas.attribution import ReagentOptions
+    from logprobe.schemas.score import Retain as PublicRetain
     from workers.contract.jobs import ReagentParams
     from workers.contract.names import Retain
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from app.platform.errors import ApiError
-from app.schemas.tokens import ChatMessage
 from app.serving.inputs import input_ids, token_ids
 from app.serving.text import TextCodec
 from app.serving.text_bound import chars_per_token
+from logprobe.schemas.tokens import ChatMessage
 from tests.conftest import DATA_DIR, MODEL
 from workers.contract.cards import ModelCard
 

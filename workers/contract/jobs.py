@@ -168,7 +168,7 @@ class HeadJob(_JobBase):
 
 class ReagentParams(BaseModel):
     """ReAGent's search (Zhao & Shan 2024; defaults of the reference code as packaged in inseq); the gateway's
-    public twin is app.schemas.attribution.ReagentOptions."""
+    public twin is logprobe.schemas.attribution.ReagentOptions."""
 
     model_config = ConfigDict(extra="forbid")
     num_probes: int = Field(default=16, ge=1, le=256)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.schemas.tokens import ChatMessage, Text
+from logprobe.schemas.tokens import ChatMessage, Text
 
 MAX_EXAMPLES = 2000
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.tokens import ChatMessage
+from logprobe.schemas.tokens import ChatMessage
 
 MAX_TARGETS = 64
 

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.analysis import SpanName, SpanRange
-from app.schemas.tokens import ChatMessage
+from logprobe.schemas.analysis import SpanName, SpanRange
+from logprobe.schemas.tokens import ChatMessage
 
 HeadKind = Literal["pawn", "los", "probe"]
 HeadFamily = Literal["detect", "uncertainty", "membership"]

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.tokens import ChatMessage
+from logprobe.schemas.tokens import ChatMessage
 
 MAX_CHOICES = 16  # n and best_of per prompt
 MAX_PROMPTS = 256  # prompts in one /v1/completions request

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.schemas.analysis import FrequencyTableInfo
+from logprobe.schemas.analysis import FrequencyTableInfo
 
 
 class StoredFrequencyTable(FrequencyTableInfo):

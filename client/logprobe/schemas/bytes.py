@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.tokens import Text
+from logprobe.schemas.tokens import Text
 
 MAX_STATES_LIMIT = 32_768
 

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.score import Retain
-from app.schemas.tokens import ChatMessage
+from logprobe.schemas.score import Retain
+from logprobe.schemas.tokens import ChatMessage
 
 Family = Literal["uncertainty", "detect", "membership", "compare"]
 SpanName = Literal["all", "prompt", "completion", "last_turn"]

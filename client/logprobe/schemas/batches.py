@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.analysis import DEFAULT_TABLE, Family, SpanName, SpanRange
-from app.schemas.score import RETAIN, Retain
-from app.schemas.tokens import ChatMessage, Text
+from logprobe.schemas.analysis import DEFAULT_TABLE, Family, SpanName, SpanRange
+from logprobe.schemas.score import RETAIN, Retain
+from logprobe.schemas.tokens import ChatMessage, Text
 
 
 class BatchInput(BaseModel):

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.schemas.bytes import max_states_field
-from app.schemas.generate import SamplingRequest
-from app.schemas.tokens import Text, Usage
+from logprobe.schemas.bytes import max_states_field
+from logprobe.schemas.generate import SamplingRequest
+from logprobe.schemas.tokens import Text, Usage
 
 
 class ViewIn(BaseModel):

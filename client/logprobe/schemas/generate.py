@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.score import RETAIN, Retain
-from app.schemas.tokens import ChatMessage, TokenOut, Usage
+from logprobe.schemas.score import RETAIN, Retain
+from logprobe.schemas.tokens import ChatMessage, TokenOut, Usage
 
 
 class SamplingRequest(BaseModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.tokens import ChatMessage, TokenOut
+from logprobe.schemas.tokens import ChatMessage, TokenOut
 
 # as workers.contract.names.Retain (the client imports neither workers nor safetensors)
 Retain = Literal["full", "stats"]

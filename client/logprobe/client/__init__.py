@@ -1,13 +1,13 @@
 """Python client for logprobe, sync (`Client`) and async (`AsyncClient`), over httpx.
 
-It imports httpx, pydantic, numpy and `app.schemas` only, so a plain `pip install logprobe` (no gateway extras)
+It imports httpx, pydantic, numpy and `logprobe.schemas` only, so a plain `pip install logprobe` (no gateway extras)
 gives a working client. Answers come back as the service's own response models; full distributions as numpy arrays
 [positions, V]; batch results as a list of dicts (one per input); streams as iterators of `ServerEvent`s (decoding)
 or of OpenAI chunk dicts. The OpenAI-compatible endpoints answer plain dicts: for
 typed OpenAI objects, point the official `openai` package at the service. Errors raise `LogprobeError` with
 the service's status and machine-readable code.
 
-    from app.client import Client
+    from logprobe.client import Client
     with Client("http://127.0.0.1:8000", api_key=None) as lp:
         scored = lp.score("smollm2-135m-instruct", text="The capital of France is Paris.")
         rows = lp.logprobs(scored.record_id, start=1, stop=4)
@@ -26,18 +26,18 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, TypeAdapter
 
-from app.client.safetensors import load_array
-from app.schemas.analysis import AnalysisResponse, MethodInfo
-from app.schemas.attribution import AttributionResponse
-from app.schemas.batches import Batch, BatchList
-from app.schemas.bytes import BytesResponse
-from app.schemas.calibrations import Calibration, CalibrationList
-from app.schemas.decode import DecodeResponse
-from app.schemas.generate import GenerateResponse
-from app.schemas.heads import Head, HeadList
-from app.schemas.models import ModelList
-from app.schemas.score import RecordResponse, Retain, ScoreResponse
-from app.schemas.tables import FrequencyTable, FrequencyTableList, StoredFrequencyTable
+from logprobe.client.safetensors import load_array
+from logprobe.schemas.analysis import AnalysisResponse, MethodInfo
+from logprobe.schemas.attribution import AttributionResponse
+from logprobe.schemas.batches import Batch, BatchList
+from logprobe.schemas.bytes import BytesResponse
+from logprobe.schemas.calibrations import Calibration, CalibrationList
+from logprobe.schemas.decode import DecodeResponse
+from logprobe.schemas.generate import GenerateResponse
+from logprobe.schemas.heads import Head, HeadList
+from logprobe.schemas.models import ModelList
+from logprobe.schemas.score import RecordResponse, Retain, ScoreResponse
+from logprobe.schemas.tables import FrequencyTable, FrequencyTableList, StoredFrequencyTable
 
 Family = Literal["uncertainty", "detect", "membership", "compare"]
 T = TypeVar("T")

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.tokens import ChatMessage
+from logprobe.schemas.tokens import ChatMessage
 
 MAX_LENS_TOP = 20
 Layer = Annotated[int, Field(ge=0, strict=True)]
