@@ -7,6 +7,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError
@@ -97,13 +98,13 @@ async def get_logprobs(
         stop=stop,
     )
     raise_for_outcome(await services.jobs.run(job))
-    blob = await services.store.take_export(job.job_id)
-    if blob is None:
+    size = await services.store.export_size(job.job_id)
+    if size == 0:
         raise ApiError(504, "export_expired", "the exported rows expired before they were read; retry")
-    return Response(
-        blob,
+    return StreamingResponse(  # in pieces, as the client reads: the gateway never holds a whole export
+        services.store.export_chunks(job.job_id, size),
         media_type="application/octet-stream",
-        headers={"X-Logprobe-Start": str(start), "X-Logprobe-Stop": str(stop)},
+        headers={"X-Logprobe-Start": str(start), "X-Logprobe-Stop": str(stop), "Content-Length": str(size)},
     )
 
 

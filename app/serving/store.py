@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
+import anyio
 import numpy as np
 from redis.asyncio import Redis
 
@@ -13,6 +15,7 @@ from workers.contract.names import ProtocolError, as_bytes, valid_record_id
 from workers.contract.records import RecordMeta, decode_meta, decode_stats, hidden_float32
 
 log = logging.getLogger("app.serving.store")
+EXPORT_CHUNK = 1 << 20  # bytes of an export read from Redis and sent at a time
 
 
 class RecordStore:
@@ -71,12 +74,21 @@ class RecordStore:
             raise ApiError(500, "record_corrupt", "the stored record failed validation")
         return hidden
 
-    async def take_export(self, job_id: str) -> bytes | None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.get(export_key(job_id))
-        pipe.delete(export_key(job_id))
-        blob, _ = await pipe.execute()
-        return blob  # type: ignore[no-any-return]
+    async def export_size(self, job_id: str) -> int:
+        """The bytes a worker left for an export (0: none, or expired)."""
+        return int(await self.redis.strlen(export_key(job_id)))
+
+    async def export_chunks(self, job_id: str, size: int) -> AsyncIterator[bytes]:
+        """An export's bytes in EXPORT_CHUNK pieces, each read from Redis when the client has taken the one before:
+        the gateway holds one piece per export, however large it is and however slowly it is read. The export is
+        deleted after (also when its client leaves)."""
+        try:
+            for lo in range(0, size, EXPORT_CHUNK):
+                piece = await self.redis.getrange(export_key(job_id), lo, min(size, lo + EXPORT_CHUNK) - 1)
+                yield as_bytes(piece) or b""
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.redis.delete(export_key(job_id))
 
     @staticmethod
     def _meta(raw: bytes | None, record_id: str) -> RecordMeta:
