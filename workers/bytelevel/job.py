@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +23,7 @@ from workers.bytelevel.records import ByteRecordMeta, encode_byte_record
 from workers.bytelevel.vocab import ByteVocab, vocab_from_tokenizer
 from workers.contract.jobs import AnyJob, BytesJob, JobOutcome
 from workers.contract.keys import bytes_key
+from workers.contract.usage import count_record_bytes
 from workers.handlers.base import Context, Handler
 from workers.outcomes import JobFailed
 
@@ -101,10 +103,14 @@ def run_bytes_job(client: redis.Redis, backend: Any, job: BytesJob, ttl_s: int) 
         n_bytes=len(job.text.encode("utf-8")),
         states=result.states,
     )
+    fields = encode_byte_record(meta, result.logprob, result.logdist)
     pipe = client.pipeline(transaction=True)
-    pipe.hset(key, mapping=encode_byte_record(meta, result.logprob, result.logdist))  # type: ignore[arg-type]
+    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
     pipe.expire(key, ttl_s)
     pipe.execute()
+    usage = client.pipeline(transaction=False)  # a byte record counts against its tenant's quota as a record does
+    count_record_bytes(usage, job.tenant, sum(len(v) for v in fields.values()), time.time(), ttl_s)
+    usage.execute()
     return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
 
