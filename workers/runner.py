@@ -46,6 +46,7 @@ from workers.contract.keys import (
     alive_key,
     cancel_key,
     card_key,
+    full_notice,
     group_name,
     inflight_key,
     job_outcome_key,
@@ -62,7 +63,7 @@ from workers.lanes import CANCEL_CHECK_S, HeavyTurn, Stopped, Turns, stopped_err
 from workers.lifecycle import arm_children
 from workers.outcomes import REDIS_LOST, worker_error
 from workers.probe import PROBE_TEXT, verify_rebuild
-from workers.redis_client import REDIS_ERRORS, TRANSIENT, connect
+from workers.redis_client import REDIS_ERRORS, TRANSIENT, connect, storage_full
 
 log = logging.getLogger("workers")
 
@@ -579,10 +580,29 @@ class Worker:
             if job is not None and outcome is not None:
                 self.redis.publish(DONE_CHANNEL, job.job_id)
         except REDIS_ERRORS as exc:  # left pending: another delivery answers it after the timeout
-            log.warning("job entry %s on %s not settled (%s); left for another delivery", entry_id, stream, exc)
+            if job is not None and storage_full(exc):
+                self._settle_full(stream, entry_id, job)
+            else:
+                log.warning("job entry %s on %s not settled (%s); left for another delivery", entry_id, stream, exc)
         finally:
             with self.held_lock:
                 self.held.pop((stream, entry_id), None)
+
+    def _settle_full(self, stream: str, entry_id: bytes, job: AnyJob) -> None:
+        """Redis is full and refused the outcome: another delivery would find it full too. The entry is let go
+        (XACK, XDEL and DEL free memory, and a full Redis takes them) and the waiters are told on the done channel
+        that the job found the store full. Not a transaction: a full Redis refuses every command queued in one."""
+        pipe = self.redis.pipeline(transaction=False)
+        if isinstance(job, ScoreJob):
+            pipe.delete(inflight_key(job.tenant, job.record_id))
+        pipe.xack(stream, CONSUMER_GROUP, entry_id)
+        pipe.xdel(stream, entry_id)
+        try:
+            pipe.execute()
+            self.redis.publish(DONE_CHANNEL, full_notice(job.job_id))
+            log.warning("job %s settled without its outcome: Redis is full", job.job_id)
+        except REDIS_ERRORS as exc:
+            log.warning("job entry %s on %s not settled (%s); left for another delivery", entry_id, stream, exc)
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self.stopping.set()

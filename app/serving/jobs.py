@@ -40,6 +40,7 @@ from workers.contract.keys import (
     BULK_LANE,
     CONSUMER_GROUP,
     DONE_CHANNEL,
+    FULL_NOTICE,
     cancel_key,
     inflight_key,
     job_outcome_key,
@@ -102,6 +103,7 @@ class JobQueue:
         self.max_depth = max_depth
         self.share = FairShare(tenant_share)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._full: set[str] = set()  # jobs whose outcome a full Redis refused (settled without one)
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
         self._add_if_room = redis.register_script(ADD_IF_ROOM)
@@ -135,7 +137,11 @@ class JobQueue:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _wake(self, job_id: str) -> None:
+    def _wake(self, notice: str) -> None:
+        """Wake a job's waiters: its outcome is stored, or (a full notice) Redis was too full to store it."""
+        job_id = notice.removesuffix(FULL_NOTICE)
+        if job_id != notice and job_id in self._waiters:
+            self._full.add(job_id)
         for future in self._waiters.get(job_id, ()):
             if not future.done():
                 future.set_result(None)
@@ -245,6 +251,8 @@ class JobQueue:
                             outcome = JobOutcome.model_validate_json(raw)
                             metrics.TOKENS.labels("generated").inc(len(outcome.completion_ids or ()))
                             return outcome
+                        if job_id in self._full:
+                            raise storage_full("the store is full (Redis reached its memory limit): nothing was kept")
                         if outage and resubmit is not None:
                             log.warning("re-submitting job %s after a Redis outage", job_id)
                             self._groups.clear()
@@ -283,6 +291,7 @@ class JobQueue:
             waiting.remove(future)
             if not waiting:
                 self._waiters.pop(job_id, None)
+                self._full.discard(job_id)
 
     async def _cancel(self, job_id: str, job: AnyJob | None) -> None:
         """Mark the job cancelled (a worker that has not started it skips it, heavy work stops at its next slice)

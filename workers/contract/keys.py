@@ -17,6 +17,12 @@ CONSUMER_GROUP = "workers"
 JOBS_TAG = "{jobs}"
 
 DONE_CHANNEL = "lp:done"  # published outside transactions (a cluster pipeline refuses PUBLISH); every node relays it
+FULL_NOTICE = ":storage_full"  # a DONE_CHANNEL message `<job id>:storage_full`: its outcome could not be stored
+
+
+def full_notice(job_id: str) -> str:
+    """What a worker publishes when Redis, full, refused a job's outcome: the job is settled, its waiters answer 503."""
+    return job_id + FULL_NOTICE
 
 DEAD_LETTER_STREAM = "lp:dead"
 
