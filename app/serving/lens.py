@@ -10,7 +10,7 @@ import numpy as np
 from app.platform.errors import ApiError
 from app.platform.limits import charge
 from app.serving.jobs import new_job_id, raise_for_outcome
-from app.serving.scoring import record_for
+from app.serving.scoring import card_of, record_for
 from app.serving.services import Services
 from logprobe.schemas.lens import LensRequest
 from workers.contract.cards import ModelCard
@@ -57,14 +57,7 @@ async def lens(body: LensRequest, services: Services, tenant: str) -> dict[str, 
     meta, _, codec, cached = await record_for(
         services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
     )
-    card = await services.catalog.card(meta.model)
-    if card.fingerprint != meta.fingerprint:
-        raise ApiError(
-            409,
-            "model_changed",
-            f"{meta.model!r} was reloaded with other weights since the record was made",
-            "record_id",
-        )
+    card = await card_of(services, meta)
     layers = asked_layers(body, card)
     ids = meta.token_ids
     if len(ids) < 2:

@@ -52,13 +52,9 @@ async def scored_record(
     return *await _score(services, tenant, card, rid, ids, wanted), False
 
 
-async def upgraded(
-    services: Services, tenant: str, meta: RecordMeta, stats: dict[str, np.ndarray]
-) -> tuple[RecordMeta, dict[str, np.ndarray]]:
-    """The record with full rows: a stats record is re-scored by its model, which adds the rows (its statistics and
-    metadata stay as they were); a full one is returned as it is."""
-    if meta.retain == "full":
-        return meta, stats
+async def card_of(services: Services, meta: RecordMeta) -> ModelCard:
+    """The card of the model that made a record, as it is served now; 409 model_changed if it was reloaded with
+    other weights since (the record's rows then come from another model)."""
     card = await services.catalog.card(meta.model)
     if card.fingerprint != meta.fingerprint:
         raise ApiError(
@@ -67,6 +63,17 @@ async def upgraded(
             f"{meta.model!r} was reloaded with other weights since record {meta.record_id} was made; score it anew",
             "record_id",
         )
+    return card
+
+
+async def upgraded(
+    services: Services, tenant: str, meta: RecordMeta, stats: dict[str, np.ndarray]
+) -> tuple[RecordMeta, dict[str, np.ndarray]]:
+    """The record with full rows: a stats record is re-scored by its model, which adds the rows (its statistics and
+    metadata stay as they were); a full one is returned as it is."""
+    if meta.retain == "full":
+        return meta, stats
+    card = await card_of(services, meta)
     await charge(services.redis, tenant, "tokens", len(meta.token_ids), services.settings.rate_limit_tpm)
     return await _score(services, tenant, card, meta.record_id, meta.token_ids, "full", meta.n_prompt)
 
@@ -76,14 +83,7 @@ async def with_last_state(services: Services, tenant: str, meta: RecordMeta) -> 
     record does not keep: its states are those that predicted tokens 1..T-1): the record of the same tokens and one
     more (the model's end-of-text token), scored with full rows if not cached. A causal model's states of the first T
     tokens do not depend on what follows them, so its first T rows are the record's states and the last one."""
-    card = await services.catalog.card(meta.model)
-    if card.fingerprint != meta.fingerprint:
-        raise ApiError(
-            409,
-            "model_changed",
-            f"{meta.model!r} was reloaded with other weights since record {meta.record_id} was made; score it anew",
-            "record_id",
-        )
+    card = await card_of(services, meta)
     ids = [*meta.token_ids, card.eos_token_ids[0] if card.eos_token_ids else 0]
     check_length(card, len(ids), services.settings.max_positions, "stop")
     longer, _, _ = await scored_record(services, tenant, card, ids, "full")
