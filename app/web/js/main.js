@@ -1,8 +1,11 @@
 // The page: tabs, the API key, the model list, and each panel's start.
 import { $, api, setStatus } from "./api.js";
 import { clearResults, initAnalyse, loadChoices } from "./analyse.js";
+import { initRows } from "./rows.js";
 import { initCompare, loadReferences } from "./compare.js";
 import { initDecode, setModels } from "./decode.js";
+import { initBytes, setByteModels } from "./bytes.js";
+import { initLens } from "./lens.js";
 import { forgetMethods } from "./tokens.js";
 
 let models = [];
@@ -30,6 +33,7 @@ async function loadModels() {
 function modelChanged() {
   loadReferences(models);
   setModels(models);
+  setByteModels(models);
   loadChoices();
 }
 
@@ -48,8 +52,11 @@ function init() {
   $("model").addEventListener("change", () => { clearResults(); modelChanged(); });
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   initAnalyse();
+  initRows();
   initCompare();
   initDecode();
+  initLens();
+  initBytes();
   loadModels();
 }
 

@@ -61,13 +61,13 @@ export function alternatives(token) {
   return `<table>${rows}</table>`;
 }
 
-// Show `html(index)` beside the pointer while it is over a token of `box`.
-export function attachTooltip(box, html) {
+// Show `html(index, element)` beside the pointer while it is over a token of `box` (or another `selector`'s element).
+export function attachTooltip(box, html, selector = ".tok") {
   const tip = $("tooltip");
   box.addEventListener("mousemove", (event) => {
-    const target = event.target.closest(".tok");
+    const target = event.target.closest(selector);
     if (!target) { tip.style.display = "none"; return; }
-    tip.innerHTML = html(Number(target.dataset.index));
+    tip.innerHTML = html(Number(target.dataset.index), target);
     tip.style.display = "block";
     tip.style.left = Math.max(4, Math.min(event.clientX + 14, window.innerWidth - tip.offsetWidth - 8)) + "px";
     tip.style.top = Math.min(event.clientY + 16, window.innerHeight - tip.offsetHeight - 8) + "px";

@@ -1,0 +1,65 @@
+"""The Lens panel in headless Chromium against the live service: the layer × position heatmap holds
+/v1/analysis/lens's values for the metric the user picks, every layer and position once, and hovering a cell shows
+that layer's top tokens at that position."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+from playwright.sync_api import Page
+
+from tests.conftest import MODEL
+from tests.e2e.conftest import SLOW_MS, screenshot
+
+TEXT = "The capital of France is Paris, and the capital of Italy is Rome."
+
+
+def grid(page: Page) -> dict[tuple[int, int], float]:
+    cells = page.locator("#lens-grid td.cell").evaluate_all(
+        "els => els.map(e => [Number(e.dataset.layer), Number(e.dataset.index), Number(e.dataset.value)])"
+    )
+    shown = {(layer, position): value for layer, position, value in cells}
+    assert len(shown) == len(cells)  # each cell once
+    return shown
+
+
+def test_lens_heatmap_holds_the_apis_values(page: Page, alpha: httpx.Client) -> None:
+    page.fill("#topk", "4")
+    page.click("#tabs [data-tab=lens]")
+    page.fill("#lens-text", TEXT)
+    page.select_option("#lens-metric", "kl_to_final")
+    page.click("#lens-run")
+    page.wait_for_selector("#lens-grid td.cell", timeout=SLOW_MS)
+    answer = alpha.post("/v1/analysis/lens", json={"model": MODEL, "text": TEXT, "top_logprobs": 4}).json()
+    assert len(answer["layers"]) == answer["n_layers"] + 1
+    n = len(answer["positions"]) - 1
+    for metric in ("kl_to_final", "entropy", "rank", "logprob"):
+        page.select_option("#lens-metric", metric)
+        expected = {
+            (layer["layer"], p): layer["tokens"][p][metric] for layer in answer["layers"] for p in range(1, n + 1)
+        }
+        assert grid(page) == expected  # exactly the API's numbers, every layer × position
+    # rows run from the final layer down to the embeddings
+    rows = page.locator("#lens-grid tbody tr[data-layer]")
+    layers = rows.evaluate_all("rows => rows.map(r => Number(r.dataset.layer))")
+    assert layers == sorted((layer["layer"] for layer in answer["layers"]), reverse=True)
+    backgrounds = page.locator("#lens-grid td.cell").evaluate_all("els => els.map(e => e.style.background)")
+    assert all(b.startswith("rgb") for b in backgrounds) and len(set(backgrounds)) > 5
+    settled = page.locator("#lens-grid tr.settled td").all_inner_texts()
+    layers_settled = [p["settled_layer"] for p in answer["positions"][1:]]
+    assert settled == [str(s) if s is not None else "—" for s in layers_settled]
+
+    layer, position = answer["n_layers"] // 2, 6
+    page.locator(f"#lens-grid td.cell[data-layer='{layer}'][data-index='{position}']").hover()
+    tip = page.locator("#tooltip")
+    tip.wait_for(state="visible")
+    text = tip.inner_text()
+    assert f"layer {layer} · position {position}" in text
+    top = answer["layers"][layer]["tokens"][position]["top_logprobs"]
+    assert page.locator("#tooltip tr").count() == len(top) == 4
+    for alternative in top:  # that layer's top tokens at that position, with their probabilities
+        assert f"{100 * math.exp(alternative['logprob']):.2f}%" in text
+    cell_text = page.locator(f"#lens-grid td.cell[data-layer='{layer}'][data-index='{position}']").inner_text()
+    assert cell_text == top[0]["token"]
+    screenshot(page, "page-lens")
