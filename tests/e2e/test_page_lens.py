@@ -10,7 +10,7 @@ import httpx
 from playwright.sync_api import Page
 
 from tests.conftest import MODEL
-from tests.e2e.conftest import SLOW_MS, screenshot
+from tests.e2e.conftest import REFERENCE, SLOW_MS, screenshot
 
 TEXT = "The capital of France is Paris, and the capital of Italy is Rome."
 
@@ -63,3 +63,8 @@ def test_lens_heatmap_holds_the_apis_values(page: Page, alpha: httpx.Client) -> 
     cell_text = page.locator(f"#lens-grid td.cell[data-layer='{layer}'][data-index='{position}']").inner_text()
     assert cell_text == top[0]["token"]
     screenshot(page, "page-lens")
+    status = page.locator("#lens-status").inner_text()
+    assert status.startswith(f"{MODEL} · logit lens · {len(answer['layers'])} layers")
+
+    page.select_option("#model", REFERENCE)  # another model: the old model's heatmap goes
+    assert page.locator("#lens-grid td.cell").count() == 0

@@ -51,7 +51,7 @@ function summary(answers) {
     `<th>cover states</th><th>record</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
-function clearBytes() {
+export function clearBytes() {
   state.p = null; state.q = null;
   for (const id of ["bytes-p", "bytes-q", "bytes-summary", "bytes-legend"]) $(id).textContent = "";
   $("bytes-q-side").hidden = true;

@@ -56,15 +56,19 @@ function tooltip(position, cell) {
     `<div class="muted">top tokens at this layer</div><table>${rows}</table>`;
 }
 
-async function run() {
+export function clearLens() {
   state.answer = null;
   $("lens-grid").textContent = "";
   $("lens-legend").textContent = "";
+}
+
+async function run() {
+  clearLens();
   setStatus("lens-status", "reading every layer…");
   const answer = await api("/v1/analysis/lens", { model: $("model").value, text: $("lens-text").value, layers: "all", top_logprobs: topK() });
   state.answer = answer;
   render();
-  setStatus("lens-status", `${answer.lens} lens · ${answer.layers.length} layers × ${answer.positions.length - 1} positions · record ${answer.record_id}`);
+  setStatus("lens-status", `${answer.model} · ${answer.lens} lens · ${answer.layers.length} layers × ${answer.positions.length - 1} positions · record ${answer.record_id}`);
 }
 
 export function initLens() {

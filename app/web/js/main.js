@@ -4,8 +4,8 @@ import { clearResults, initAnalyse, loadChoices } from "./analyse.js";
 import { initRows } from "./rows.js";
 import { initCompare, loadReferences } from "./compare.js";
 import { initDecode, setModels } from "./decode.js";
-import { initBytes, setByteModels } from "./bytes.js";
-import { initLens } from "./lens.js";
+import { clearBytes, initBytes, setByteModels } from "./bytes.js";
+import { clearLens, initLens } from "./lens.js";
 import { forgetMethods } from "./tokens.js";
 
 let models = [];
@@ -49,7 +49,7 @@ function init() {
     forgetMethods();
     loadModels();
   });
-  $("model").addEventListener("change", () => { clearResults(); modelChanged(); });
+  $("model").addEventListener("change", () => { clearResults(); clearLens(); clearBytes(); modelChanged(); });
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   initAnalyse();
   initRows();
