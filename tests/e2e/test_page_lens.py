@@ -68,3 +68,17 @@ def test_lens_heatmap_holds_the_apis_values(page: Page, alpha: httpx.Client) -> 
 
     page.select_option("#model", REFERENCE)  # another model: the old model's heatmap goes
     assert page.locator("#lens-grid td.cell").count() == 0
+
+
+def test_changing_the_model_while_the_lens_reads_drops_it_without_an_error(page: Page) -> None:
+    """The request still running is dropped (the gateway cancels its job when the request goes): no heatmap of the
+    old model and no error, whether the answer came before the change or not."""
+    page.click("#tabs [data-tab=lens]")
+    page.fill("#lens-text", " ".join([TEXT] * 6))
+    page.click("#lens-run")
+    page.wait_for_function("() => document.querySelector('#lens-run').disabled")
+    page.select_option("#model", REFERENCE)
+    page.wait_for_function("() => !document.querySelector('#lens-run').disabled", timeout=SLOW_MS)
+    assert page.locator("#lens-grid td.cell").count() == 0
+    assert "error" not in (page.locator("#lens-status").get_attribute("class") or "")
+    assert page.script_errors == []  # type: ignore[attr-defined]

@@ -13,8 +13,9 @@ function failure(data, response) {
   return new Error(error ? `${error.code}: ${error.message}` : `${response.status} ${response.statusText}`);
 }
 
-export async function api(path, body) {
-  const init = body === undefined ? { headers: headers() } : { method: "POST", headers: headers(), body: JSON.stringify(body) };
+// `signal` (an AbortController's) drops the request: the gateway then cancels the job it started for it.
+export async function api(path, body, signal) {
+  const init = body === undefined ? { headers: headers(), signal } : { method: "POST", headers: headers(), body: JSON.stringify(body), signal };
   const response = await fetch(path, init);
   const data = await response.json().catch(() => null);
   if (!response.ok) throw failure(data, response);
@@ -67,6 +68,7 @@ export async function busy(panel, statusId, work) {
   try {
     await work();
   } catch (err) {
+    if (err.name === "AbortError") return;  // dropped on purpose (a cleared panel): nothing to report
     setStatus(statusId, String(err.message || err), true);
   } finally {
     for (const b of buttons) b.disabled = false;

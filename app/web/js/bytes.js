@@ -4,7 +4,7 @@
 import { $, api, busy, esc, setStatus, shown } from "./api.js";
 import { attachTooltip, formatValue, gradientLegend, heat } from "./tokens.js";
 
-const state = { p: null, q: null };
+const state = { p: null, q: null, request: null };
 
 // Chips for a byte answer: a character's first byte shows it, its continuation bytes a dot.
 function renderBytes(box, answer, colour) {
@@ -51,7 +51,10 @@ function summary(answers) {
     `<th>cover states</th><th>record</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
+// Clear the panel and drop requests still running (their worker jobs are cancelled when the requests go).
 export function clearBytes() {
+  if (state.request) { state.request.abort(); setStatus("bytes-status", "stopped: the model changed"); }
+  state.request = null;
   state.p = null; state.q = null;
   for (const id of ["bytes-p", "bytes-q", "bytes-summary", "bytes-legend"]) $(id).textContent = "";
   $("bytes-q-side").hidden = true;
@@ -62,7 +65,9 @@ async function run() {
   const text = $("bytes-text").value;
   const models = [$("model").value, $("bytes-reference").value].filter(Boolean);
   setStatus("bytes-status", "scoring byte by byte…");
-  const [p, q] = await Promise.all(models.map((model) => api("/v1/bytes", { model, text })));
+  const request = state.request = new AbortController();
+  const [p, q] = await Promise.all(models.map((model) => api("/v1/bytes", { model, text }, request.signal)));
+  state.request = null;
   state.p = p; state.q = q || null;
   gradientLegend("bytes-legend", "p = 1", "p ≤ 0.001");
   $("bytes-p-title").textContent = p.model;

@@ -12,7 +12,7 @@ const SCALES = {  // value -> 0 (green) .. 1 (red), and the legend's ends; `top`
   logprob: { map: (v) => -v / Math.log(1000), ends: () => ["p = 1", "p ≤ 0.001"] },
   kl_to_final: { map: (v, top) => v / top, ends: (top) => ["0 (the final layer's distribution)", `${top.toFixed(2)} nats`] },
 };
-const state = { answer: null };
+const state = { answer: null, request: null };
 
 function cellValue(token, metric) {
   return token ? token[metric] : null;
@@ -56,7 +56,10 @@ function tooltip(position, cell) {
     `<div class="muted">top tokens at this layer</div><table>${rows}</table>`;
 }
 
+// Clear the heatmap and drop a request still running (its worker job is cancelled when the request goes).
 export function clearLens() {
+  if (state.request) { state.request.abort(); setStatus("lens-status", "stopped: the model changed"); }
+  state.request = null;
   state.answer = null;
   $("lens-grid").textContent = "";
   $("lens-legend").textContent = "";
@@ -65,7 +68,10 @@ export function clearLens() {
 async function run() {
   clearLens();
   setStatus("lens-status", "reading every layer…");
-  const answer = await api("/v1/analysis/lens", { model: $("model").value, text: $("lens-text").value, layers: "all", top_logprobs: topK() });
+  const request = state.request = new AbortController();
+  const body = { model: $("model").value, text: $("lens-text").value, layers: "all", top_logprobs: topK() };
+  const answer = await api("/v1/analysis/lens", body, request.signal);
+  state.request = null;
   state.answer = answer;
   render();
   setStatus("lens-status", `${answer.model} · ${answer.lens} lens · ${answer.layers.length} layers × ${answer.positions.length - 1} positions · record ${answer.record_id}`);
