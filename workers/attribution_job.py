@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from workers.attribution import backend_scorer, occlusion, reagent
 from workers.contract.jobs import (
     AnyJob,
@@ -12,6 +14,7 @@ from workers.contract.jobs import (
     reagent_min_passes,
 )
 from workers.contract.keys import attribution_key
+from workers.contract.lifetimes import put_until
 from workers.engines import check_ids
 from workers.handlers.base import Context, Handler
 from workers.outcomes import JobFailed
@@ -38,7 +41,7 @@ def run_attribution_job(job: AnyJob, ctx: Context) -> JobOutcome:
         _check_budget(reagent_min_passes(job.positions, job.reagent), job.max_passes)
         targets = reagent(job.token_ids, job.positions, job.replacements, job.reagent, job.seed, job.max_passes, score)
     result = AttributionResult(targets=targets, passes=sum(t.passes for t in targets))
-    ctx.redis.set(attribution_key(job.job_id), result.model_dump_json(), ex=RESULT_TTL_S)
+    put_until(ctx.redis, attribution_key(job.job_id), result.model_dump_json(), time.time() + RESULT_TTL_S)
     return JobOutcome(job_id=job.job_id, ok=True)
 
 

@@ -7,11 +7,14 @@ layer), the direction tuned-lens trains and reports (Belrose et al. 2023)."""
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from workers.capture import Unembedding, chunk_rows_for, row_statistics
 from workers.contract.jobs import AnyJob, JobOutcome, LensJob, LensLayer, LensResult
 from workers.contract.keys import lens_key
+from workers.contract.lifetimes import put_until
 from workers.engines import check_ids
 from workers.handlers.base import Context, Handler
 from workers.lanes import checkpoint
@@ -76,7 +79,7 @@ def run_lens_job(job: AnyJob, ctx: Context) -> JobOutcome:
     for layer, reading in zip(job.layers, readings, strict=True):
         reading.layer = layer
     result = LensResult(layers=readings, final_top1=last.top1, n_layers=n_layers)
-    ctx.redis.set(lens_key(job.job_id), result.model_dump_json(), ex=RESULT_TTL_S)
+    put_until(ctx.redis, lens_key(job.job_id), result.model_dump_json(), time.time() + RESULT_TTL_S)
     return JobOutcome(job_id=job.job_id, ok=True)
 
 

@@ -22,6 +22,7 @@ from pydantic import Field
 from workers.backends import load_backend
 from workers.backends.base import Backend
 from workers.config import CommonSettings
+from workers.contract.heartbeats import beat, retire
 from workers.contract.jobs import (
     AnyJob,
     ContrastJob,
@@ -43,7 +44,6 @@ from workers.contract.keys import (
     SCORING_LANE,
     SECRET_KEY,
     STEPPED_LANE,
-    alive_key,
     cancel_key,
     card_key,
     full_notice,
@@ -51,10 +51,9 @@ from workers.contract.keys import (
     inflight_key,
     job_outcome_key,
     jobs_stream,
-    serving_key,
     tokenizer_key,
 )
-from workers.contract.lifetimes import keep_until
+from workers.contract.lifetimes import forget, keep_until
 from workers.contract.names import ProtocolError, as_bytes, new_secret
 from workers.handlers.base import Context
 from workers.handlers.registry import handler_for, run_job
@@ -160,9 +159,10 @@ class Worker:
             self.redis.set(card_key(name), card.model_dump_json())
             if not self.redis.exists(tokenizer_key(card.fingerprint)):
                 self.redis.set(tokenizer_key(card.fingerprint), backend.tokenizer_json())
+        pipe = self.redis.pipeline(transaction=False)
         for queue in self.queues:
-            self.redis.set(alive_key(queue, self.id), self.id, ex=ALIVE_TTL_S)
-            self.redis.set(serving_key(queue), self.id, ex=ALIVE_TTL_S)
+            beat(pipe, queue, self.id, time.time(), ALIVE_TTL_S)
+        pipe.execute()
         for stream in self.streams:
             try:
                 self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
@@ -189,7 +189,10 @@ class Worker:
 
     def _retire(self) -> None:
         with contextlib.suppress(redis.RedisError):
-            self.redis.delete(*(alive_key(queue, self.id) for queue in self.queues))
+            pipe = self.redis.pipeline(transaction=False)
+            for queue in self.queues:
+                retire(pipe, queue, self.id)
+            pipe.execute()
 
     # ------------------------------------------------------------ consuming
 
@@ -572,7 +575,7 @@ class Worker:
             pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json())  # no TTL: eviction never takes it
             keep_until(pipe, time.time() + OUTCOME_TTL_S, job_outcome_key(job.job_id))
             if isinstance(job, ScoreJob):
-                pipe.delete(inflight_key(job.tenant, job.record_id))
+                forget(pipe, inflight_key(job.tenant, job.record_id))
         pipe.xack(stream, CONSUMER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
         try:
@@ -594,7 +597,7 @@ class Worker:
         that the job found the store full. Not a transaction: a full Redis refuses every command queued in one."""
         pipe = self.redis.pipeline(transaction=False)
         if isinstance(job, ScoreJob):
-            pipe.delete(inflight_key(job.tenant, job.record_id))
+            forget(pipe, inflight_key(job.tenant, job.record_id))
         pipe.xack(stream, CONSUMER_GROUP, entry_id)
         pipe.xdel(stream, entry_id)
         try:

@@ -43,7 +43,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     except RedisError as exc:
         return JSONResponse({"ready": False, "redis": False, "error": str(exc)}, status_code=503)
     try:
-        await services.redis.set(PROBE_KEY, 1, ex=60)
+        await services.redis.set(PROBE_KEY, 1)  # no TTL: one tiny key, which eviction leaves alone
     except RedisError as exc:
         if not is_storage_full(exc):
             return JSONResponse({"ready": False, "redis": False, "error": str(exc)}, status_code=503)

@@ -115,7 +115,7 @@ class BatchRunner:
                 if await self._cancelled(tenant, batch_id):
                     return
                 line, failed = await self._run_one(tenant, spec, index, json.loads(inputs[index]))
-                if not await write_line(self.redis, tenant, batch_id, index, line, failed):
+                if not await write_line(self.redis, tenant, batch_id, index, line, failed, self.services.objects):
                     return  # cancelled or deleted while this input ran: its line is not kept
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, max(1, len(todo))))))

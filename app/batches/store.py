@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from app.platform.errors import ApiError
 from app.serving import quotas
+from app.serving.usage import ObjectQuota
 from workers.contract.keys import tenant_tag
 from workers.contract.lifetimes import announce, expiry_key, keep_until
 from workers.contract.names import as_bytes
@@ -35,14 +36,16 @@ local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'completed' or s == 'cancelled' then return 0 end
 """
 # KEYS: batch, results, failed, the batch's expiry set. ARGV: index, line, failed (1/0). The parts end with the batch.
+# Answers 1 + the length of the line it replaced (0: not written).
 _WRITE_LINE = (
     _RUNNING
     + """
+local replaced = redis.call('HSTRLEN', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[3], ARGV[1]) else redis.call('SREM', KEYS[3], ARGV[1]) end
 local deadline = redis.call('ZSCORE', KEYS[4], KEYS[1])
 if deadline then redis.call('ZADD', KEYS[4], deadline, KEYS[2], deadline, KEYS[3]) end
-return 1
+return 1 + replaced
 """
 )
 # KEYS: the parts (PARTS), the batch's expiry set. ARGV: status, now, ttl. (The indexes live in other
@@ -82,28 +85,45 @@ def not_found(batch_id: str) -> ApiError:
 
 
 async def create_batch(
-    redis: Redis, tenant: str, spec: dict[str, Any], inputs: list[dict[str, Any]], finished_ttl_s: int = 0
+    redis: Redis,
+    tenant: str,
+    spec: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    finished_ttl_s: int = 0,
+    objects: ObjectQuota | None = None,
 ) -> str:
-    """Store a new batch (429 `quota_exceeded` when the tenant has too many unfinished) and mark it active; a
-    runner picks it up within SWEEP_S."""
+    """Store a new batch (429 `quota_exceeded` when the tenant has too many unfinished, or when its spec and
+    inputs do not fit in the tenant's object bytes) and mark it active; a runner picks it up within SWEEP_S."""
     batch_id, now, ttl = new_batch_id(), int(time.time()), quotas.OBJECT_TTL_S
+    spec_json, items = json.dumps(spec), [json.dumps(item) for item in inputs]
+    input_bytes = sum(len(item.encode()) for item in items)
     pipe = redis.pipeline(transaction=True)
     pipe.hset(
         batch_key(tenant, batch_id),
-        mapping={"spec": json.dumps(spec), "status": "queued", "total": len(inputs), "created_at": now},
+        mapping={
+            "spec": spec_json,
+            "status": "queued",
+            "total": len(inputs),
+            "created_at": now,
+            "input_bytes": input_bytes,
+        },
     )
-    pipe.rpush(batch_key(tenant, batch_id, "inputs"), *(json.dumps(item) for item in inputs))
+    pipe.rpush(batch_key(tenant, batch_id, "inputs"), *items)
     keep_until(pipe, now + ttl, batch_key(tenant, batch_id), batch_key(tenant, batch_id, "inputs"))
     await pipe.execute()
     await announce(redis, batch_key(tenant, batch_id))
     limit = quotas.MAX_ACTIVE_BATCHES_PER_TENANT
     try:
+        await (objects or ObjectQuota(0)).record(
+            redis, tenant, batch_key(tenant, batch_id), len(spec_json.encode()) + input_bytes
+        )
         await quotas.claim(
             redis, unfinished_key(tenant), batch_id, {"created_at": now}, limit, "unfinished_batches",
             lambda b: batch_key(tenant, b), ttl,
         )  # fmt: skip
     except ApiError:
         await redis.delete(*(batch_key(tenant, batch_id, part) for part in PARTS))
+        await ObjectQuota.release(redis, tenant, batch_key(tenant, batch_id))
         raise
     await redis.sadd(ACTIVE, f"{tenant}\x1f{batch_id}")
     pipe = redis.pipeline(transaction=True)
@@ -192,12 +212,25 @@ async def start_batch(redis: Redis, tenant: str, batch_id: str) -> bool:
     return bool(await redis.register_script(_START)(keys=[batch_key(tenant, batch_id)]))
 
 
-async def write_line(redis: Redis, tenant: str, batch_id: str, index: int, line: dict[str, Any], failed: bool) -> bool:
-    """Keep an input's result line, unless the batch was cancelled or deleted meanwhile."""
+async def write_line(
+    redis: Redis, tenant: str, batch_id: str, index: int, line: dict[str, Any], failed: bool, objects: ObjectQuota
+) -> bool:
+    """Keep an input's result line, unless the batch was cancelled or deleted meanwhile. Its bytes count against
+    the tenant's object bytes: a line that does not fit is kept as the input's `quota_exceeded` error instead."""
     keys = [batch_key(tenant, batch_id, part) for part in ("", "results", "failed")]
     keys.append(expiry_key(keys[0]))
-    args = [str(index), json.dumps(line), "1" if failed else "0"]
-    return bool(await redis.register_script(_WRITE_LINE)(keys=keys, args=args))
+    text = json.dumps(line)
+    try:
+        await objects.record(redis, tenant, keys[0], len(text.encode()), "add")
+    except ApiError as exc:
+        error = {"code": exc.code, "message": exc.message, "param": exc.param}
+        text, failed = json.dumps({**line, "record_id": None, "results": None, "error": error}), True
+        await ObjectQuota.count(redis, tenant, keys[0], len(text.encode()), "add")
+    args = [str(index), text, "1" if failed else "0"]
+    written = int(await redis.register_script(_WRITE_LINE)(keys=keys, args=args))
+    # not kept (cancelled, deleted: the entry goes with the batch), or it replaced an earlier line
+    await ObjectQuota.count(redis, tenant, keys[0], -len(text.encode()) if not written else 1 - written, "add")
+    return bool(written)
 
 
 async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, ttl_s: int) -> bool:
@@ -209,14 +242,16 @@ async def finish_batch(redis: Redis, tenant: str, batch_id: str, status: str, tt
     if not await redis.register_script(_FINISH)(keys=keys, args=args):
         return False
     await announce(redis, keys[0])
-    await drop_inputs(redis, tenant, batch_id)
+    dropped = await drop_inputs(redis, tenant, batch_id)
+    await ObjectQuota.count(redis, tenant, keys[0], -dropped, "add")
     await drop_finished(redis, tenant, batch_id)
     return True
 
 
-async def drop_inputs(redis: Redis, tenant: str, batch_id: str) -> None:
+async def drop_inputs(redis: Redis, tenant: str, batch_id: str) -> int:
     """A finished batch's inputs go (no line is written any more): the custom ids of those that never ran move to
-    the `ids` part, for their `cancelled` lines."""
+    the `ids` part, for their `cancelled` lines. The bytes it freed (inputs less the ids kept)."""
+    input_bytes = int(as_bytes(await redis.hget(batch_key(tenant, batch_id), "input_bytes")) or b"0")
     inputs, results, ids = (batch_key(tenant, batch_id, part) for part in ("inputs", "results", "ids"))
     total, never_ran = await redis.llen(inputs), dict[FieldT, EncodableT]()
     for lo in range(0, total, CHUNK):
@@ -231,7 +266,9 @@ async def drop_inputs(redis: Redis, tenant: str, batch_id: str) -> None:
     if never_ran:
         pipe.hset(ids, mapping=never_ran)
     pipe.delete(inputs)
+    pipe.hset(batch_key(tenant, batch_id), "input_bytes", 0)
     await pipe.execute()
+    return input_bytes - sum(len(str(v).encode()) for v in never_ran.values())
 
 
 async def drop_finished(redis: Redis, tenant: str, batch_id: str) -> None:
@@ -261,6 +298,7 @@ async def cancel_batch(redis: Redis, tenant: str, batch_id: str, ttl_s: int) -> 
 async def delete_batch(redis: Redis, tenant: str, batch_id: str) -> None:
     """Stop the batch if it runs (no line is written after this) and remove it with its inputs and results."""
     removed = await redis.delete(*(batch_key(tenant, batch_id, part) for part in PARTS))
+    await ObjectQuota.release(redis, tenant, batch_key(tenant, batch_id))
     await forget_batch(redis, tenant, batch_id)
     if not removed:
         raise not_found(batch_id)

@@ -46,4 +46,4 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
         "retain": body.retain,
     }
     inputs = [item.model_dump(mode="json", exclude_none=True) for item in body.inputs]
-    return await create_batch(services.redis, tenant, spec, inputs, services.settings.record_ttl_s)
+    return await create_batch(services.redis, tenant, spec, inputs, services.settings.record_ttl_s, services.objects)

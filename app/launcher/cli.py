@@ -150,7 +150,7 @@ def worker_alive() -> None:
     import socket
 
     from workers.config import CommonSettings
-    from workers.contract.keys import alive_on_host
+    from workers.contract.heartbeats import alive_on_host
     from workers.redis_client import REDIS_ERRORS, connect
 
     settings = CommonSettings()
@@ -158,7 +158,7 @@ def worker_alive() -> None:
         raise typer.Exit(2)
     try:
         client = connect(settings.redis_url, settings.redis_cluster, socket_timeout=3, **settings.redis_auth())
-        alive = alive_on_host(client, socket.gethostname())
+        alive = alive_on_host(client, socket.gethostname(), time.time())
     except REDIS_ERRORS:
         alive = False
     raise typer.Exit(0 if alive else 1)

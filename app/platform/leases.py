@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import redis.exceptions
 from redis.asyncio import Redis
 
+from workers.contract.keys import JOBS_TAG
+from workers.contract.lifetimes import CLAIM_UNTIL, expiry_key, forget
 from workers.contract.names import as_bytes
 
 log = logging.getLogger("app.platform.leases")
@@ -36,6 +39,7 @@ class LeasedWork:
         self.owner = uuid.uuid4().hex
         self.running: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._claim = redis.register_script(CLAIM_UNTIL)
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.kind}-sweeper")
@@ -72,16 +76,19 @@ class LeasedWork:
             await asyncio.sleep(self.sweep_s)
 
     def _lease(self, name: str) -> str:
-        return f"lp:{self.kind}-lease:{name}"
+        return f"lp:{JOBS_TAG}:lease:{self.kind}:{name}"  # the job plane's slot, whose deadlines are always swept
 
     async def _take_lease(self, name: str) -> bool:
-        taken = await self.redis.set(self._lease(name), self.owner, nx=True, ex=LEASE_S)
-        return bool(taken) or (await self.redis.get(self._lease(name))) == self.owner.encode()
+        """Take or extend the lease unless another gateway holds it: a deadline, not a TTL, so that a flood of
+        records under volatile-lru cannot evict it and let a second gateway drive the same item."""
+        key = self._lease(name)
+        now = time.time()
+        return bool(await self._claim(keys=[key, expiry_key(key)], args=[self.owner, now + LEASE_S, now]))
 
     async def _renew(self, name: str) -> None:
         while True:
             await asyncio.sleep(LEASE_S / 3)
-            await self.redis.set(self._lease(name), self.owner, xx=True, ex=LEASE_S)
+            await self._take_lease(name)
 
     async def _run(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         renew = asyncio.create_task(self._renew(name))
@@ -94,4 +101,6 @@ class LeasedWork:
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
             with contextlib.suppress(redis.exceptions.RedisError):
-                await self.redis.delete(self._lease(name))
+                pipe = self.redis.pipeline(transaction=False)
+                forget(pipe, self._lease(name))
+                await pipe.execute()

@@ -47,6 +47,11 @@ class Settings(CommonSettings):
     # Bytes of records one key may have written within the record lifetime (counted by the workers per day; a record
     # evicted early still counts until its day ends): past it, new records are 429 quota_exceeded. 0: no quota.
     max_record_bytes_per_tenant: int = Field(default=2 << 30, ge=0)
+    # Bytes one key may keep in heads (state, training request, weights), calibrations, frequency tables and batches
+    # (spec, inputs, result lines), all kinds together: one budget, since they share one store. Enforced when an
+    # object is written (429 quota_exceeded, param object_bytes; a batch line past it becomes an error line),
+    # released when the object is deleted or expires. 0: no quota.
+    max_object_bytes_per_tenant: int = Field(default=1 << 30, ge=0)
     # How long a head may wait and train once submitted: past it the worker stops it and the head fails, saying so.
     max_head_training_s: float = Field(default=3600.0, gt=0)
     job_timeout_s: float = Field(default=300.0, gt=0)

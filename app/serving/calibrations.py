@@ -20,6 +20,7 @@ from logprobe.schemas.analysis import AnalysisRequest
 from logprobe.schemas.calibrations import Calibration, CalibrationRequest, MethodFit
 from workers.contract.keys import tenant_tag
 from workers.contract.names import as_bytes
+from workers.contract.usage import object_usage_key
 
 CONCURRENCY = 4  # texts scored and analysed at once while fitting
 
@@ -66,7 +67,8 @@ async def delete_calibration(services: Services, tenant: str, cid: str) -> None:
     pipe = services.redis.pipeline(transaction=True)
     pipe.delete(calibration_key(tenant, cid))
     pipe.hdel(index_key(tenant), cid)
-    removed, _ = await pipe.execute()
+    pipe.hdel(object_usage_key(tenant), calibration_key(tenant, cid))
+    removed, *_ = await pipe.execute()
     if not removed:
         raise not_found(cid)
 
@@ -139,6 +141,7 @@ async def fit_calibration(
         raise ApiError(422, "too_few_labels", "give at least two human and two machine examples", field)
     limit, index = quotas.MAX_CALIBRATIONS_PER_TENANT, index_key(tenant)
     await quotas.check_room(services.redis, index, limit, "calibrations", lambda c: calibration_key(tenant, c))
+    await services.objects.check(services.redis, tenant, 1)  # no room at all: refused before the scoring
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def scores(i: int, source: dict[str, Any]) -> dict[str, float | None]:
@@ -178,10 +181,11 @@ async def fit_calibration(
         expires_at=deadline,
         methods=fits,
     )
-    key = calibration_key(tenant, calibration.calibration_id)
-    await quotas.store_durable(services.redis, key, calibration.model_dump_json(), deadline)
+    key, stored = calibration_key(tenant, calibration.calibration_id), calibration.model_dump_json()
+    await quotas.store_durable(services.redis, key, stored, deadline)
     entry = {"model": calibration.model, "created_at": calibration.created_at}
     try:
+        await services.objects.record(services.redis, tenant, key, len(stored.encode()))
         await quotas.claim(
             services.redis,
             index,
@@ -193,5 +197,6 @@ async def fit_calibration(
         )
     except ApiError:
         await services.redis.delete(key)
+        await services.objects.release(services.redis, tenant, key)
         raise
     return calibration

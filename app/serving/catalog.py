@@ -11,7 +11,8 @@ from app.platform.errors import ApiError
 from app.serving.text import TextCodec
 from workers.config import ModelSpec
 from workers.contract.cards import ModelCard
-from workers.contract.keys import alive_pattern, card_key, tokenizer_key
+from workers.contract.heartbeats import live_ids
+from workers.contract.keys import alive_key, card_key, tokenizer_key
 from workers.contract.names import as_bytes
 
 CARD_TTL_S = 2.0
@@ -69,7 +70,7 @@ class ModelCatalog:
         return codec
 
     async def live_workers(self, name: str) -> int:
-        return len([k async for k in self.redis.scan_iter(match=alive_pattern(name), count=100)])
+        return len(await live_ids(self.redis, alive_key(name), time.time()))
 
     async def names(self) -> list[str]:
         prefix = card_key("")

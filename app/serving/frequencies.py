@@ -18,8 +18,10 @@ from safetensors.numpy import save as st_save
 from app.platform.errors import ApiError
 from app.serving import corpus, quotas
 from app.serving.text import TextCodec
+from app.serving.usage import ObjectQuota
 from workers.contract.keys import tenant_tag
 from workers.contract.names import as_bytes
+from workers.contract.usage import object_usage_key
 
 DEFAULT_TABLE = "default"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -64,8 +66,9 @@ def smoothed(counts: np.ndarray) -> np.ndarray:
 
 
 class FrequencyTables:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, objects: ObjectQuota | None = None) -> None:
         self.redis = redis
+        self.objects = objects or ObjectQuota(0)
         self._lock = asyncio.Lock()
 
     async def build(self, tenant: str, codec: TextCodec, name: str, texts: list[str]) -> dict[str, Any]:
@@ -94,11 +97,16 @@ class FrequencyTables:
             "expires_at": deadline,
         }
         key = table_key(tenant, codec.tokenizer_id, name)
-        await quotas.store_durable(self.redis, key, st_save({"counts": counts}), deadline)
+        blob = st_save({"counts": counts})
+        replaced = int(await self.redis.strlen(key))
+        await self.objects.check(self.redis, tenant, len(blob) - replaced)  # before the old one is replaced
+        await quotas.store_durable(self.redis, key, blob, deadline)
         try:
+            await self.objects.record(self.redis, tenant, key, len(blob))
             await quotas.claim(self.redis, index, entry, info, limit, "frequency_tables", key_of(tenant))
         except ApiError:
             await self.redis.delete(key)
+            await self.objects.release(self.redis, tenant, key)
             raise
         return info
 
@@ -120,6 +128,7 @@ class FrequencyTables:
             for table in found:
                 pipe.delete(table_key(tenant, table["tokenizer_id"], name))
                 pipe.hdel(index_key(tenant), entry_name(table["tokenizer_id"], name))
+                pipe.hdel(object_usage_key(tenant), table_key(tenant, table["tokenizer_id"], name))
             await pipe.execute()
         return len(found)
 

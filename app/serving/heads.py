@@ -32,6 +32,7 @@ from workers.contract.keys import head_index_key, head_key
 from workers.contract.lifetimes import announce, keep_until
 from workers.contract.names import Retain, as_bytes
 from workers.contract.records import RecordMeta
+from workers.contract.usage import RECOUNT_HASH, object_usage_key
 
 log = logging.getLogger("app.serving.heads")
 
@@ -83,7 +84,8 @@ async def delete_head(services: Services, tenant: str, head_id: str) -> None:
     pipe = services.redis.pipeline(transaction=True)
     pipe.delete(head_key(tenant, head_id))
     pipe.hdel(head_index_key(tenant), head_id)
-    removed, _ = await pipe.execute()
+    pipe.hdel(object_usage_key(tenant), head_key(tenant, head_id))
+    removed, *_ = await pipe.execute()
     if not removed:
         raise head_not_found(head_id)
 
@@ -215,17 +217,20 @@ async def create_head(services: Services, tenant: str, body: HeadRequest, creato
     key = head_key(tenant, state.head_id)
     pipe = services.redis.pipeline(transaction=True)
     # the request stays beside the state until the training job is submitted: another gateway resumes from it
-    pipe.hset(key, mapping={"state": state.model_dump_json(), "request": body.model_dump_json()})
+    fields = [state.model_dump_json(), body.model_dump_json()]
+    pipe.hset(key, mapping={"state": fields[0], "request": fields[1]})
     keep_until(pipe, state.expires_at or quotas.expires_at(), key)  # a deadline, never a TTL: eviction spares it
     await pipe.execute()
     await announce(services.redis, key)
     entry = {"name": state.name, "created_at": state.created_at}
     try:
+        await services.objects.record(services.redis, tenant, key, sum(len(v.encode()) for v in fields))
         await quotas.claim(
             services.redis, index, state.head_id, entry, MAX_HEADS_PER_TENANT, "heads", lambda h: head_key(tenant, h)
         )
     except ApiError:
         await services.redis.delete(key)
+        await services.objects.release(services.redis, tenant, key)
         raise
     await services.preparations.add(
         _preparation(tenant, state.head_id),
@@ -272,6 +277,8 @@ async def _prepared(services: Services, tenant: str, head_id: str) -> None:
     pipe.srem(PREPARING, _preparation(tenant, head_id))
     pipe.hdel(head_key(tenant, head_id), "request")
     await pipe.execute()
+    recount = services.redis.register_script(RECOUNT_HASH)  # its request no longer counts against its tenant
+    await recount(keys=[object_usage_key(tenant), head_key(tenant, head_id)])
 
 
 async def _prepare(

@@ -25,6 +25,7 @@ from app.platform.limits import parked
 from app.serving.fair_share import FairShare
 from app.serving.usage import RecordQuota
 from workers.contract.cards import ModelCard
+from workers.contract.heartbeats import live_ids
 from workers.contract.jobs import (
     AnyJob,
     ContrastJob,
@@ -48,6 +49,7 @@ from workers.contract.keys import (
     serving_key,
     steps_channel,
 )
+from workers.contract.lifetimes import CLAIM_UNTIL, READ_LIVE, expiry_key, forget, set_until
 from workers.contract.names import Retain, as_bytes
 from workers.redis_client import STORAGE_FULL, TRANSIENT
 
@@ -107,6 +109,8 @@ class JobQueue:
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
         self._add_if_room = redis.register_script(ADD_IF_ROOM)
+        self._claim_until = redis.register_script(CLAIM_UNTIL)
+        self._read_live = redis.register_script(READ_LIVE)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -179,18 +183,25 @@ class JobQueue:
             )
         return job.job_id
 
+    def _mark_deadline(self) -> float:
+        """When an inflight or cancel mark stops counting: a while after any wait for its job has ended."""
+        return time.time() + self.timeout_s + 60
+
     async def run(self, job: AnyJob) -> JobOutcome:
         """Submit and wait; for score jobs an identical job already in flight is joined instead."""
         if isinstance(job, ScoreJob):
             key = inflight_key(job.tenant, job.record_id)
-            claimed = await self.redis.set(key, job.job_id, nx=True, ex=int(self.timeout_s) + 60)
+            marks = [key, expiry_key(key)]  # no TTL: a flood of records cannot evict the mark (lifetimes.py)
+            claimed = await self._claim_until(keys=marks, args=[job.job_id, self._mark_deadline(), time.time()])
             if not claimed:
-                running = as_bytes(await self.redis.get(key))
+                running = as_bytes(await self._read_live(keys=marks, args=[time.time()]))
                 if running is not None:
                     outcome = await self.wait(running.decode())
                     if not _cancelled(outcome):
                         return outcome
-                    await self.redis.set(key, job.job_id, ex=int(self.timeout_s) + 60)  # its client left: run ours
+                pipe = self.redis.pipeline(transaction=True)  # its client left, or it lapsed: run ours
+                set_until(pipe, key, job.job_id, self._mark_deadline())
+                await pipe.execute()
         started = time.perf_counter()
         async with self._turn(job):
             await self.submit(job)
@@ -258,7 +269,9 @@ class JobQueue:
                             self._groups.clear()
                             await self.submit(resubmit)
                         outage = False
-                        if resubmit is not None and not await self.redis.exists(serving_key(resubmit.model)):
+                        if resubmit is not None and not await live_ids(
+                            self.redis, serving_key(resubmit.model), time.time()
+                        ):
                             unserved_since = unserved_since or loop.time()
                             if loop.time() - unserved_since > UNSERVED_S:
                                 await self._cancel(job_id, resubmit)  # a worker that comes back skips it
@@ -299,9 +312,9 @@ class JobQueue:
         it re-submits."""
         metrics.CANCELLED.inc()
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(cancel_key(job_id), 1, ex=int(self.timeout_s) + 60)
+        set_until(pipe, cancel_key(job_id), 1, self._mark_deadline())  # no TTL: eviction cannot lift it
         if isinstance(job, ScoreJob):
-            pipe.delete(inflight_key(job.tenant, job.record_id))
+            forget(pipe, inflight_key(job.tenant, job.record_id))
         await pipe.execute()
 
 

@@ -16,6 +16,7 @@ from logprobe.schemas.lens import LensRequest
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import LensJob, LensResult
 from workers.contract.keys import lens_key
+from workers.contract.lifetimes import forget
 from workers.contract.names import as_bytes
 
 
@@ -77,7 +78,9 @@ async def lens(body: LensRequest, services: Services, tenant: str) -> dict[str, 
     raw = as_bytes(await services.redis.get(lens_key(job.job_id)))
     if raw is None:
         raise ApiError(504, "lens_expired", "the lens's answer expired before it was read; retry")
-    await services.redis.delete(lens_key(job.job_id))
+    pipe = services.redis.pipeline(transaction=False)
+    forget(pipe, lens_key(job.job_id))
+    await pipe.execute()
     result = LensResult.model_validate_json(raw)
     pieces, texts = codec.pieces(), codec.token_texts(ids)
     settled = settled_layers(layers, [reading.top1 for reading in result.layers], result.final_top1)

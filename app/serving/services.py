@@ -13,7 +13,7 @@ from app.serving.catalog import ModelCatalog
 from app.serving.frequencies import FrequencyTables
 from app.serving.jobs import JobQueue
 from app.serving.store import RecordStore
-from app.serving.usage import RecordQuota
+from app.serving.usage import ObjectQuota, RecordQuota
 from workers.contract.keys import SECRET_KEY
 from workers.contract.names import as_bytes, new_secret
 from workers.redis_client import connect_async
@@ -28,6 +28,7 @@ class Services:
     store: RecordStore
     keys: KeyRing
     frequencies: FrequencyTables
+    objects: ObjectQuota
     preparations: LeasedWork = field(init=False)  # heads being prepared (set by the app's lifespan)
     _secret: bytes | None = field(default=None, repr=False)
 
@@ -51,7 +52,8 @@ class Services:
             ),
             store=RecordStore(redis),
             keys=KeyRing(settings.api_keys),
-            frequencies=FrequencyTables(redis),
+            frequencies=FrequencyTables(redis, ObjectQuota(settings.max_object_bytes_per_tenant)),
+            objects=ObjectQuota(settings.max_object_bytes_per_tenant),
         )
 
     async def secret(self) -> bytes:

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from app.platform.errors import ApiError
 from workers.contract.keys import export_key, record_key
+from workers.contract.lifetimes import forget
 from workers.contract.names import ProtocolError, as_bytes, valid_record_id
 from workers.contract.records import RecordMeta, decode_meta, decode_stats, hidden_float32
 
@@ -88,7 +89,9 @@ class RecordStore:
                 yield as_bytes(piece) or b""
         finally:
             with anyio.CancelScope(shield=True):
-                await self.redis.delete(export_key(job_id))
+                pipe = self.redis.pipeline(transaction=False)
+                forget(pipe, export_key(job_id))
+                await pipe.execute()
 
     @staticmethod
     def _meta(raw: bytes | None, record_id: str) -> RecordMeta:

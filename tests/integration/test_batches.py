@@ -18,6 +18,7 @@ from app.batches.store import batch_key, create_batch
 from app.launcher.local_service import ROOT
 from tests.conftest import MODEL
 from workers.contract.keys import BULK_LANE, jobs_stream
+from workers.contract.lifetimes import CLAIM_UNTIL, expiry_key
 
 TEXTS = [
     "The committee met in Geneva to discuss the railway.",
@@ -224,7 +225,8 @@ async def test_a_batch_whose_gateway_died_is_resumed_without_redoing_inputs(
         inputs = [{"text": f"{t} {salt}"} for t in TEXTS]
         batch_id = await create_batch(client, "alpha", spec, inputs)
         name = f"alpha\x1f{batch_id}"
-        await client.set(f"lp:batch-lease:{name}", "a-dead-gateway", ex=3)
+        lease = f"lp:{{jobs}}:lease:batch:{name}"  # app.platform.leases: a deadline, not a TTL
+        await client.eval(CLAIM_UNTIL, 2, lease, expiry_key(lease), "a-dead-gateway", time.time() + 3, time.time())
         marker = {"index": 0, "custom_id": None, "record_id": "from-before", "results": {}, "error": None}
         await client.hset(batch_key("alpha", batch_id, "results"), "0", json.dumps(marker))
         await client.hset(batch_key("alpha", batch_id), "status", "in_progress")

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 
 from app.launcher.local_service import ROOT
 from workers.config import CommonSettings, ModelSpec
-from workers.contract.keys import alive_key, alive_on_host
+from workers.contract.heartbeats import alive_on_host, beat
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -230,10 +231,14 @@ def test_compose_commands_exist_in_the_cli(name: str) -> None:
 
 
 def test_worker_health_check_sees_this_hosts_worker(redis_url: str, redis_client: redis.Redis) -> None:
-    assert alive_on_host(redis_client, socket.gethostname())  # the shared service's worker runs here
-    assert not alive_on_host(redis_client, "container-7f3a")
-    redis_client.set(alive_key("some-model", "container-7f3a-12-abcdef"), "x", ex=5)
-    assert alive_on_host(redis_client, "container-7f3a")
+    now = time.time()
+    assert alive_on_host(redis_client, socket.gethostname(), now)  # the shared service's worker runs here
+    assert not alive_on_host(redis_client, "container-7f3a", now)
+    pipe = redis_client.pipeline(transaction=False)
+    beat(pipe, "some-model", "container-7f3a-12-abcdef", now, 5)
+    pipe.execute()
+    assert alive_on_host(redis_client, "container-7f3a", now)
+    assert not alive_on_host(redis_client, "container-7f3a", now + 6)  # its heartbeat ended
     cli = [sys.executable, "-m", "app.launcher.cli", "worker-alive"]
     assert subprocess.run(cli, env={"REDIS_URL": redis_url, "PATH": ""}, cwd=ROOT, check=False).returncode == 0
     gone = subprocess.run(cli, env={"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": ""}, cwd=ROOT, check=False)

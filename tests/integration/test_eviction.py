@@ -77,8 +77,10 @@ def squeeze(redis_client: redis.Redis) -> Iterator[Callable[[], None]]:
     """Makes the session's Redis run as compose runs it (`volatile-lru`), with room for only a few more records;
     its settings are given back after the test."""
     before = {k: v for k, v in redis_client.config_get("maxmemory*").items() if k in ("maxmemory", "maxmemory-policy")}
+    before["notify-keyspace-events"] = redis_client.config_get("notify-keyspace-events")["notify-keyspace-events"]
 
     def limit() -> None:
+        redis_client.config_set("notify-keyspace-events", "Ee")  # each evicted key is published (EVICTED)
         redis_client.config_set("maxmemory-policy", "volatile-lru")
         redis_client.config_set("maxmemory", int(redis_client.info("memory")["used_memory"]) + 3 * 1024 * 1024)
 
@@ -87,6 +89,11 @@ def squeeze(redis_client: redis.Redis) -> Iterator[Callable[[], None]]:
     finally:
         redis_client.config_set("maxmemory", before["maxmemory"])
         redis_client.config_set("maxmemory-policy", before["maxmemory-policy"])
+        redis_client.config_set("notify-keyspace-events", before["notify-keyspace-events"])
+
+
+EVICTED = "__keyevent@0__:evicted"
+RECORD_CACHES = ("lp:rec:", "lp:bytes:", "lp:cross:")  # what carries a TTL: records and what is derived from them
 
 
 def test_another_tenants_flood_of_records_evicts_records_only(
@@ -108,11 +115,24 @@ def test_another_tenants_flood_of_records_evicts_records_only(
     batch = wait_for(alpha, f"/v1/batches/{batch['id']}", lambda b: b["status"] == "completed")
 
     squeeze()
+    evictions = redis_client.pubsub()
+    evictions.subscribe(EVICTED)
+    assert (evictions.get_message(timeout=60) or {}).get("type") == "subscribe"  # listening before the flood
     evicted = int(redis_client.info("stats")["evicted_keys"])
     for i in range(10):  # ~240 tokens each, ~2.5 KB per position: twice the room left
         flood = beta.post("/v1/score", json={"model": MODEL, "text": f"{salt} {i} " + PASSAGE * 3})
         assert flood.status_code == 200, flood.text
     assert int(redis_client.info("stats")["evicted_keys"]) > evicted + 3
+    names = []
+    while (message := evictions.get_message(timeout=1.0)) is not None:  # each eviction was published at once
+        names.append(message["data"].decode())
+    evictions.close()
+    assert len(names) > 3 and all(name.startswith(RECORD_CACHES) for name in names), names
+    # Nothing but records can be evicted at all: no other key of the service carries a TTL (leases, inflight and
+    # cancel marks, job results, worker heartbeats did, #30 item 7).
+    evictable = [k.decode() for k in redis_client.scan_iter(match="lp:*", count=1000) if redis_client.ttl(k) >= 0]
+    assert [k for k in evictable if not k.startswith(RECORD_CACHES)] == []
+    assert beta.get("/readyz").json()["workers"] == {MODEL: 1}  # the worker's heartbeat is there
 
     assert alpha.get(f"/v1/heads/{head['id']}").json()["status"] == "succeeded"
     used = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": "Hello.", "heads": [head["id"]]})

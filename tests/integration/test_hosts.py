@@ -26,6 +26,7 @@ from app.launcher.cluster import RedisNode
 from app.launcher.local_service import LocalService
 from bench.texts import text_of_tokens
 from tests.conftest import ARTIFACTS, DATA_DIR, KEYS, MODEL
+from workers.contract.heartbeats import live_ids
 from workers.contract.jobs import decode_job
 from workers.contract.keys import CONSUMER_GROUP, alive_key, job_outcome_key, jobs_stream
 
@@ -171,12 +172,12 @@ def test_workers_on_two_hosts_survive_a_cut_link(two_hosts: LocalService, networ
     pids = [str(worker.pid) for worker in two_hosts.workers]  # `ip netns exec` execs: the worker keeps this pid
 
     def consumers() -> dict[str, str]:  # worker pid -> its id, the consumer name (host-pid-suffix)
-        names = [key.decode().rsplit(":", 1)[-1] for key in client.scan_iter(match=alive_key(MODEL, "*"))]
+        names = [name.decode() for name in live_ids(client, alive_key(MODEL), time.time())]
         return {name.split("-")[-2]: name for name in names}
 
     wait_for(lambda: set(pids) <= set(consumers()), "both workers announced", 300)
     cut, other = consumers()[pids[0]], consumers()[pids[1]]
-    assert client.exists(alive_key(MODEL, cut)) and client.exists(alive_key(MODEL, other))
+    assert {cut, other} <= set(consumers().values())
 
     # long texts: scoring one takes seconds, so the link is cut while its worker runs it
     salt = uuid.uuid4().hex[:8]
@@ -209,9 +210,9 @@ def test_workers_on_two_hosts_survive_a_cut_link(two_hosts: LocalService, networ
     assert "not settled" in lines or "redis unavailable" in lines  # the cut worker lost its connection mid-job
 
     # the link comes back: the cut worker announces itself again, and runs jobs again
-    wait_for(lambda: not client.exists(alive_key(MODEL, cut)), "the cut worker's heartbeat to lapse", 60)
+    wait_for(lambda: cut not in consumers().values(), "the cut worker's heartbeat to lapse", 60)
     network.set_link(0, "up")
-    wait_for(lambda: bool(client.exists(alive_key(MODEL, cut))), "the cut worker's heartbeat", 120)
+    wait_for(lambda: cut in consumers().values(), "the cut worker's heartbeat", 120)
     rejoined = log.stat().st_size
     for round_ in range(5):  # concurrent requests, one job per worker at a time: both take some
         batch = [text_of_tokens(300, lambda t: t.split(), salt=f"rejoin {salt} {round_} {i}.") for i in range(4)]

@@ -16,7 +16,9 @@ import redis.asyncio as aioredis
 from app.platform.expiry import sweep
 from app.platform.limits import charge
 from tests.conftest import MODEL
-from workers.contract.lifetimes import EXPIRY_SETS, announce, expiry_key, keep_until
+from workers.contract.heartbeats import live_ids
+from workers.contract.keys import alive_key, attribution_key, serving_key
+from workers.contract.lifetimes import CLAIM_UNTIL, EXPIRY_SETS, READ_LIVE, announce, expiry_key, keep_until
 
 
 @pytest.fixture
@@ -86,3 +88,35 @@ def test_the_gateways_sweep_ends_a_table_whose_lifetime_is_over(alpha: httpx.Cli
         time.sleep(1)
     assert not redis_client.exists(key)
     assert name not in {t["name"] for t in alpha.get("/v1/frequency-tables").json()["data"]}
+
+
+async def test_a_mark_with_a_deadline_is_held_by_one_owner_until_it_passes(client: aioredis.Redis) -> None:
+    """Leases and inflight marks (CLAIM_UNTIL, READ_LIVE): no TTL; another owner is refused until the deadline,
+    then takes it; the holder extends it; the sweep deletes what lapsed."""
+    key = f"lp:{{jobs}}:lease:test:{uuid.uuid4().hex[:8]}"
+    marks = [key, expiry_key(key)]
+    claim, read = client.register_script(CLAIM_UNTIL), client.register_script(READ_LIVE)
+    assert await claim(keys=marks, args=["a", 1100.0, 1000.0]) == 1
+    assert await client.ttl(key) == -1
+    assert await claim(keys=marks, args=["b", 1200.0, 1050.0]) == 0  # a holds it
+    assert await read(keys=marks, args=[1050.0]) == b"a"
+    assert await claim(keys=marks, args=["a", 1300.0, 1099.0]) == 1  # a extends it
+    assert await claim(keys=marks, args=["b", 1400.0, 1200.0]) == 0
+    assert await read(keys=marks, args=[1300.0]) is None  # lapsed: reads as absent
+    assert await claim(keys=marks, args=["b", 1400.0, 1300.0]) == 1  # and another takes it
+    assert await read(keys=marks, args=[1350.0]) == b"b"
+    await sweep(client, now=1500.0)
+    assert not await client.exists(key) and await client.zscore(expiry_key(key), key) is None
+
+
+def test_short_lived_state_carries_deadlines_not_ttls(alpha: httpx.Client, redis_client: redis.Redis) -> None:
+    """A worker's heartbeat and an attribution's answer: durable keys (#30 item 7)."""
+    assert redis_client.ttl(alive_key(MODEL)) == -1 and live_ids(redis_client, alive_key(MODEL), time.time())
+    assert redis_client.ttl(serving_key(MODEL)) == -1
+    text = f"A lamp, a ladder and a long afternoon ({uuid.uuid4().hex[:8]})."
+    before = set(redis_client.scan_iter(match=attribution_key("*"), count=1000))
+    body = {"model": MODEL, "text": text, "positions": [3], "method": "occlusion"}
+    attributed = alpha.post("/v1/analysis/attribution", json=body)
+    assert attributed.status_code == 200, attributed.text
+    (new,) = set(redis_client.scan_iter(match=attribution_key("*"), count=1000)) - before
+    assert_durable(redis_client, new.decode())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from workers.contract.names import ProtocolError, valid_record_id, valid_tenant
 
@@ -23,6 +22,7 @@ FULL_NOTICE = ":storage_full"  # a DONE_CHANNEL message `<job id>:storage_full`:
 def full_notice(job_id: str) -> str:
     """What a worker publishes when Redis, full, refused a job's outcome: the job is settled, its waiters answer 503."""
     return job_id + FULL_NOTICE
+
 
 DEAD_LETTER_STREAM = "lp:dead"
 
@@ -91,32 +91,26 @@ def tokenizer_key(fingerprint: str) -> str:
     return f"lp:tokenizer:{fingerprint}"
 
 
-def alive_key(model: str, worker_id: str) -> str:
-    return f"lp:alive:{model}:{worker_id}"
+def alive_key(queue: str) -> str:
+    """The live workers of a queue (a model or a group of models): a sorted set of worker ids, each scored by the
+    end of its last heartbeat (workers/contract/heartbeats.py). No TTL: eviction cannot make a queue look empty."""
+    return f"lp:{JOBS_TAG}:alive:{queue}"
 
 
 def serving_key(queue: str) -> str:
-    """Refreshed by every live worker of the queue (a model or a group of models) on each heartbeat, expiring soon
-    after the last one stops: one key a waiter reads to learn that no worker is left to answer."""
-    return f"lp:serving:{queue}"
-
-
-def alive_pattern(model: str) -> str:
-    return f"lp:alive:{model}:*"
-
-
-def alive_on_host(client: Any, host: str) -> bool:
-    """Whether a worker of `host` (a container's hostname) has announced a model within its alive TTL."""
-    return next(iter(client.scan_iter(match=alive_key("*", f"{host}-*"), count=1000)), None) is not None
+    """Like alive_key, but a retiring worker stays in it until its last heartbeat ends: one key a waiter reads to
+    learn that no worker is left to answer."""
+    return f"lp:{JOBS_TAG}:serving:{queue}"
 
 
 def export_key(job_id: str) -> str:
-    return f"lp:export:{job_id}"
+    """A rows job's answer, streamed to its client and deleted; a deadline, no TTL (workers/contract/lifetimes.py)."""
+    return f"lp:{JOBS_TAG}:export:{job_id}"
 
 
 def steps_key(job_id: str) -> str:
     """Where a contrastive job leaves its per-step details (JSON list)."""
-    return f"lp:steps:{job_id}"
+    return f"lp:{JOBS_TAG}:steps:{job_id}"
 
 
 def steps_channel(job_id: str) -> str:
@@ -125,12 +119,12 @@ def steps_channel(job_id: str) -> str:
 
 
 def attribution_key(job_id: str) -> str:
-    return f"lp:attribution:{job_id}"
+    return f"lp:{JOBS_TAG}:attribution:{job_id}"
 
 
 def lens_key(job_id: str) -> str:
     """A lens job's answer (LensResult JSON), read once by the gateway that asked."""
-    return f"lp:lens:{job_id}"
+    return f"lp:{JOBS_TAG}:lens:{job_id}"
 
 
 def bytes_key(tenant: str, record_id: str) -> str:

@@ -47,3 +47,48 @@ def keep_until(pipe: Any, deadline: float, *keys: str) -> None:
 def announce(client: Any, *keys: str) -> Any:
     """List the expiry sets of `keys` for the sweep (idempotent; an awaitable on an asyncio client or pipeline)."""
     return client.sadd(EXPIRY_SETS, *{expiry_key(key) for key in keys})
+
+
+# Short-lived state (leases, inflight marks, cancel marks, job results) is durable too: under volatile-lru another
+# tenant's records could otherwise evict it. Where its end matters at once (a lease lapses, a mark stops counting)
+# readers compare its deadline with now; the sweep deletes it later.
+
+# KEYS: a key, its expiry set. ARGV: value, deadline, now. Sets the key to `value` until `deadline`, unless it holds
+# another value whose deadline is still ahead; answers 1 when it set it.
+CLAIM_UNTIL = """
+local held = redis.call('GET', KEYS[1])
+local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
+if held and held ~= ARGV[1] and (not due or tonumber(due) > tonumber(ARGV[3])) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
+return 1
+"""
+
+# KEYS: a key, its expiry set. ARGV: now. The key's value while its deadline is ahead (or it has none), else nil.
+READ_LIVE = """
+local due = redis.call('ZSCORE', KEYS[2], KEYS[1])
+if due and tonumber(due) <= tonumber(ARGV[1]) then return false end
+return redis.call('GET', KEYS[1])
+"""
+
+
+def set_until(pipe: Any, key: str, value: bytes | str | int, deadline: float) -> None:
+    """Queue on `pipe` a SET of `key` with no TTL, and its deadline (the key's slot must be swept: announce it, or
+    use the job plane's slot, which is always swept)."""
+    pipe.set(key, value)
+    keep_until(pipe, deadline, key)
+
+
+def forget(pipe: Any, *keys: str) -> None:
+    """Queue the deletion of durable `keys` (one slot) with their deadlines; allowed when Redis is full (DEL, ZREM
+    free memory), in a plain pipeline."""
+    pipe.delete(*keys)
+    pipe.zrem(expiry_key(keys[0]), *keys)
+
+
+def put_until(client: Any, key: str, value: bytes | str, deadline: float) -> Any:
+    """SET `key` to `value` with no TTL and its deadline, in one transaction (the key's slot must be swept: the job
+    plane's always is); an awaitable on an asyncio client."""
+    pipe = client.pipeline(transaction=True)
+    set_until(pipe, key, value, deadline)
+    return pipe.execute()

@@ -3,6 +3,7 @@ run alone here only when their views' engines cannot batch streams; byte-level o
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -12,6 +13,7 @@ from workers.bytelevel.decoding import decode_bytes
 from workers.bytelevel.job import byte_level_failures, encoder
 from workers.contract.jobs import AnyJob, ContrastJob, DecodeStep, JobOutcome, Sampling
 from workers.contract.keys import steps_channel, steps_key
+from workers.contract.lifetimes import put_until
 from workers.decoding import Decoded, View, decode
 from workers.engines import check_ids, completion_budget
 from workers.handlers.base import Context, Handler
@@ -57,7 +59,7 @@ def contrast_options(job: ContrastJob, client: redis.Redis, views: list[View] | 
 def keep_steps(client: redis.Redis, job_id: str, steps: list[DecodeStep]) -> None:
     """A contrastive job's steps, where the gateway reads them (JSON list)."""
     listed = "[" + ",".join(step.model_dump_json() for step in steps) + "]"
-    client.set(steps_key(job_id), listed, ex=STEPS_TTL_S)
+    put_until(client, steps_key(job_id), listed, time.time() + STEPS_TTL_S)
 
 
 def contrast_done(job: ContrastJob, views: list[View], decoded: Decoded, ctx: Context) -> JobOutcome:

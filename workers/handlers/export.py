@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from workers.capture import chunk_rows_for, cross_statistics
 from workers.contract.jobs import AnyJob, CrossJob, JobOutcome, RowsJob
 from workers.contract.keys import cross_key, export_key
+from workers.contract.lifetimes import put_until
 from workers.contract.names import MAX_BLOB_BYTES
 from workers.contract.records import CROSS_ARRAYS, encode_arrays
 from workers.handlers.base import Context, Handler
@@ -27,7 +30,7 @@ def export_rows(job: AnyJob, ctx: Context) -> JobOutcome:
     if (job.stop - job.start) * 4 * record.meta.vocab_size > MAX_BLOB_BYTES:
         raise JobFailed("export_too_large", "too many positions for one export; page with start/stop")
     out = record.logprobs(np.arange(job.start - 1, job.stop - 1))
-    ctx.redis.set(export_key(job.job_id), encode_arrays({"logprobs": out}), ex=EXPORT_TTL_S)
+    put_until(ctx.redis, export_key(job.job_id), encode_arrays({"logprobs": out}), time.time() + EXPORT_TTL_S)
     return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
 

@@ -14,6 +14,7 @@ from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadState, h
 from workers.contract.jobs import AnyJob, HeadJob, JobError, JobOutcome
 from workers.contract.keys import head_key
 from workers.contract.names import as_bytes
+from workers.contract.usage import RECOUNT_HASH, object_usage_key
 from workers.handlers.base import Context, Handler
 from workers.heads.data import HeadInputError, read_examples
 from workers.heads.train import train_head
@@ -28,6 +29,8 @@ class HeadWriter:
     def __init__(self, client: redis.Redis, job: HeadJob) -> None:
         self.key = head_key(job.tenant, job.head_id)
         self.script = client.register_script(HEAD_WRITE_IF_EXISTS)
+        self.recount = client.register_script(RECOUNT_HASH)
+        self.usage = object_usage_key(job.tenant)
         raw = as_bytes(client.hget(self.key, "state"))
         self.state = HeadState.model_validate_json(raw) if raw else None
 
@@ -38,7 +41,10 @@ class HeadWriter:
         args: list[str | bytes] = ["state", self.state.model_dump_json()]
         if weights is not None:
             args = ["weights", weights, *args]  # one script: the weights never stand without their final state
-        return bool(self.script(keys=[self.key], args=args))
+        written = bool(self.script(keys=[self.key], args=args))
+        if written and (weights is not None or "status" in changes):  # its bytes count against its tenant's quota
+            self.recount(keys=[self.usage, self.key])
+        return written
 
 
 def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
