@@ -49,6 +49,9 @@ class ScoreJob(_JobBase):
     token_ids: list[int] = Field(min_length=1)
     n_prompt: int | None = None
     retain: Retain = "full"
+    # hidden_states indices whose states the record keeps beside the final ones (records.layer_field), from the
+    # same forward; the final layer's are the record's `hidden`
+    layers: list[int] = Field(default_factory=list, max_length=1024)
 
 
 class GenerateJob(_JobBase):
@@ -255,9 +258,7 @@ class LensResult(BaseModel):
     n_layers: int  # the model's decoder layers: hidden_states has n_layers + 1 entries
 
 
-AnyJob = (
-    ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
-)
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
 
 
 def job_lane(job: AnyJob) -> str:
