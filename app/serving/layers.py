@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 from app.platform.errors import ApiError
+from app.serving.scoring import card_of, scored_record
 from app.serving.services import Services
 from workers.contract.cards import ModelCard
+from workers.contract.heads import probe_layers
 from workers.contract.keys import record_key
-from workers.contract.names import Retain, as_bytes
-from workers.contract.records import RecordMeta, layer_field
+from workers.contract.names import ProtocolError, Retain, as_bytes
+from workers.contract.records import RecordMeta, hidden_float32, layer_field
 
 ITEMSIZES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -75,3 +79,41 @@ async def layer_blob(services: Services, tenant: str, meta: RecordMeta, layer: i
     if blob is None:
         raise ApiError(404, "record_not_found", f"record {meta.record_id!r} not found", "record_id")
     return blob
+
+
+def head_layers(kind: str, params: dict[str, float | int | str], card: ModelCard) -> list[int] | None:
+    """The layers a head's records must keep: a probe on a layer (params.layer) that layer's, every one for "best";
+    None for a head on the final states. 501 where the model's backend keeps no layers, 422 past its last."""
+    layer = params.get("layer", "final")
+    if kind != "probe" or layer == "final":
+        return None
+    if card.layers is None or card.storage != "hidden":
+        raise ApiError(
+            501,
+            "layers_unsupported",
+            f"{card.name!r} runs on {card.backend}, which does not keep its layers' states: probe the final layer",
+            "params",
+        )
+    if layer != "best" and int(layer) > card.layers:
+        message = f"layer lies in [0, {card.layers}] ({card.name!r} has {card.layers} layers)"
+        raise ApiError(422, "invalid_params", message, "params")
+    return probe_layers(layer, card.layers)
+
+
+async def layer_states(services: Services, tenant: str, meta: RecordMeta, layer: int) -> np.ndarray:
+    """Layer `layer`'s states of a record as float32 [positions, D]: its own kept ones, else those of the same tokens
+    scored with that layer (one forward, kept as a record of its own), as a probe on that layer reads them."""
+    card = await card_of(services, meta)
+    if layer == card.layers:
+        return await services.store.hidden(tenant, meta)
+    source = meta
+    if layer not in meta.layers:
+        layers = scoring_layers([layer], card, len(meta.token_ids), "full", services.settings.max_layer_bytes)
+        source, _, _ = await scored_record(services, tenant, card, meta.token_ids, "full", layers=layers)
+    try:
+        states = hidden_float32(await layer_blob(services, tenant, source, layer))
+    except ProtocolError as exc:
+        raise ApiError(500, "record_corrupt", "the stored record failed validation") from exc
+    if states.shape != (len(meta.token_ids) - 1, meta.hidden_size) or not np.isfinite(states).all():
+        raise ApiError(500, "record_corrupt", "the stored record failed validation")
+    return states

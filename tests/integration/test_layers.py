@@ -132,3 +132,69 @@ def test_kept_layers_count_against_the_record_bytes(alpha: httpx.Client, redis_c
     assert len(fields[b"layer:1"]) > positions * 576 * 4
     assert counted() - before == sum(len(v) for v in fields.values())
     assert redis_client.ttl(f"lp:rec:alpha:{scored['record_id']}") > 0  # they expire with the record
+
+
+WEATHER = ["It rained all morning", "The wind came from the north", "Snow fell on the hills", "A warm sun rose"]
+WEATHER += ["Fog covered the valley", "Thunder rolled over the town"]
+NUMBERS = ["Seven plus five is twelve", "She counted to forty", "Three times nine is", "The total was 1,204"]
+NUMBERS += ["Divide eighty by four", "Nineteen is a prime number"]
+
+
+def wait_head(client: httpx.Client, head_id: str) -> dict[str, Any]:
+    for _ in range(1200):
+        head = client.get(f"/v1/heads/{head_id}").json()
+        if head["status"] in ("succeeded", "failed"):
+            return dict(head)
+        time.sleep(0.25)
+    raise TimeoutError(head_id)
+
+
+def test_probes_on_a_layer_and_on_the_best_layer(alpha: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:6]
+    examples = [{"text": f"{t} ({tag})", "label": 0} for t in WEATHER] + [
+        {"text": f"{t} ({tag})", "label": 1} for t in NUMBERS
+    ]
+    body = {"name": "topic_probe", "kind": "probe", "model": MODEL, "family": "detect", "examples": examples}
+    created = alpha.post("/v1/heads", json={**body, "params": {"layer": 12}})
+    assert created.status_code == 202, created.text
+    on_twelve = wait_head(alpha, created.json()["id"])
+    assert on_twelve["status"] == "succeeded", on_twelve
+    assert on_twelve["metrics"]["layer"] == 12 and on_twelve["metrics"]["layer_auroc"] is None
+    # its texts were scored keeping layer 12
+    again = alpha.post("/v1/score", json={"model": MODEL, "text": examples[0]["text"], "layers": [12]}).json()
+    assert again["cached"] is True
+
+    # "best" over records that keep every layer: the chosen one is the one with the highest CV AUROC
+    records = []
+    for example in examples:
+        scored = alpha.post("/v1/score", json={"model": MODEL, "text": example["text"], "layers": "all"}).json()
+        records.append({"record_id": scored["record_id"], "label": example["label"]})
+    best_body = {**body, "name": "best_probe", "examples": records, "params": {"layer": "best"}}
+    created = alpha.post("/v1/heads", json=best_body)
+    best = wait_head(alpha, created.json()["id"])
+    assert best["status"] == "succeeded", best
+    per_layer = {int(k): v for k, v in best["metrics"]["layer_auroc"].items()}
+    assert sorted(per_layer) == list(range(31))
+    assert best["metrics"]["layer"] == max(per_layer, key=lambda k: (per_layer[k], -k))
+    assert best["metrics"]["auroc"] == per_layer[best["metrics"]["layer"]]
+
+    # applied to a new text: the layer's states of its record, or of a record scored with that layer, alike
+    text = f"Twenty minus six is fourteen ({tag})"
+    heads = [on_twelve["id"], best["id"]]
+    fresh = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": text, "heads": heads[:1]})
+    assert fresh.status_code == 200, fresh.text
+    kept = alpha.post("/v1/score", json={"model": MODEL, "text": text, "layers": "all"}).json()
+    by_record = alpha.post("/v1/analysis/detect", json={"record_id": kept["record_id"], "heads": heads}).json()
+    score = fresh.json()["sequence"]["topic_probe"]
+    assert 0.0 <= score <= 1.0 and by_record["sequence"]["topic_probe"] == pytest.approx(score, abs=1e-9)
+    assert 0.0 <= by_record["sequence"]["best_probe"] <= 1.0
+
+    refused = alpha.post("/v1/heads", json={**body, "params": {"layer": 99}})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_params"
+    plain = [
+        {"record_id": alpha.post("/v1/score", json={"model": MODEL, "text": e["text"]}).json()["record_id"], **e}
+        for e in examples
+    ]
+    plain = [{"record_id": e["record_id"], "label": e["label"]} for e in plain]
+    missing = alpha.post("/v1/heads", json={**body, "examples": plain, "params": {"layer": 3}})
+    assert missing.status_code == 409 and missing.json()["error"]["code"] == "layer_not_stored"
