@@ -198,3 +198,11 @@ def test_probes_on_a_layer_and_on_the_best_layer(alpha: httpx.Client) -> None:
     plain = [{"record_id": e["record_id"], "label": e["label"]} for e in plain]
     missing = alpha.post("/v1/heads", json={**body, "examples": plain, "params": {"layer": 3}})
     assert missing.status_code == 409 and missing.json()["error"]["code"] == "layer_not_stored"
+
+
+def test_the_python_client_asks_for_layers(service: str) -> None:
+    from logprobe.client import Client
+
+    with Client(service, api_key="key-alpha") as lp:
+        scored = lp.score(MODEL, text=f"Client layers ({uuid.uuid4().hex[:6]}).", layers=[4, 2])
+        assert scored.layers == [2, 4] and lp.record(scored.record_id).layers == [2, 4]
