@@ -80,12 +80,12 @@ def speed(client: httpx.Client, folder: Any, texts: int, tokens: int, r: redis.R
     }
 
 
-def probes(client: httpx.Client, questions: int, seed: int) -> dict[str, Any]:
+def probes(client: httpx.Client, questions: int, seed: int, best: bool) -> dict[str, Any]:
     q_train, q_test = question_set(questions, seed)
     examples = [{"messages": r["messages"], "label": r["label"]} for r in q_train]
     middle = 15  # SmolLM2-135M: 30 layers
     heads = {}
-    for name, layer in (("final", "final"), ("middle", middle), ("best", "best")):
+    for name, layer in (("final", "final"), ("middle", middle), ("best", "best"))[: 3 if best else 2]:
         body = {"name": f"probe_{name}", "kind": "probe", "model": MODEL, "family": "uncertainty"}
         body |= {"span": "completion", "examples": examples, "seed": 0, "params": {"layer": layer}}
         started = time.perf_counter()
@@ -110,7 +110,7 @@ def probes(client: httpx.Client, questions: int, seed: int) -> dict[str, Any]:
     # each probe's own interval: its AUROC minus a constant score's (0.5), resampled over questions
     constant = np.zeros(len(labels))
     own = bootstrap_differences(arrays, constant, labels, groups)
-    others = {"middle": arrays["middle"], "best": arrays["best"]}
+    others = {name: arrays[name] for name in ("middle", "best") if name in arrays}
     paired = bootstrap_differences(others, arrays["final"], labels, groups)
     out: dict[str, Any] = {"n_train": len(q_train), "n_test": len(q_test)}
     for name, values in arrays.items():
@@ -122,7 +122,7 @@ def probes(client: httpx.Client, questions: int, seed: int) -> dict[str, Any]:
             "ci95": (0.5 + low, 0.5 + high),
         }
     out["minus_final_ci95"] = paired
-    out["best_layer_auroc"] = heads["best"]["metrics"]["layer_auroc"]
+    out["best_layer_auroc"] = heads["best"]["metrics"]["layer_auroc"] if best else {}
     return out
 
 
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--questions", type=int, default=len(CAPITALS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", default="", help="comma-separated: speed,probes")
+    parser.add_argument("--skip", default="", help="comma-separated: speed,probes,best (the probe on layer best)")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     folder, _ = safetensors_dir(PACKAGED_MODELS[MODEL], CommonSettings().data_dir)
@@ -152,10 +152,10 @@ def main() -> None:
                 f"(raw float32 {s['raw_bytes_per_position_per_layer']}), over {s['tokens']} tokens"
             )
         if "probes" not in skip:
-            p = probes(client, args.questions, args.seed)
+            p = probes(client, args.questions, args.seed, "best" not in skip)
             print(f"\ncorrectness set: {p['n_train']} train / {p['n_test']} test chats")
             print("| probe | layer | CV AUROC | test AUROC (95% interval) |\n|---|---:|---:|---|")
-            for name in ("final", "middle", "best"):
+            for name in [k for k in ("final", "middle", "best") if k in p]:
                 q = p[name]
                 print(
                     f"| {name} | {q['layer'] if q['layer'] is not None else 30} | {q['cv_auroc']:.3f} | "

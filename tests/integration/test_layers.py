@@ -206,3 +206,19 @@ def test_the_python_client_asks_for_layers(service: str) -> None:
     with Client(service, api_key="key-alpha") as lp:
         scored = lp.score(MODEL, text=f"Client layers ({uuid.uuid4().hex[:6]}).", layers=[4, 2])
         assert scored.layers == [2, 4] and lp.record(scored.record_id).layers == [2, 4]
+
+
+def test_the_lens_reads_the_layers_a_record_kept(scored: dict[str, Any], alpha: httpx.Client) -> None:
+    body = {"layers": [0, 9, 20, 30], "top_logprobs": 2}
+    kept = alpha.post("/v1/analysis/lens", json={"record_id": scored["record_id"], **body})
+    forward = alpha.post("/v1/analysis/lens", json={"model": MODEL, "text": scored["text"], **body})
+    assert kept.status_code == forward.status_code == 200, kept.text + forward.text
+    assert kept.json()["record_id"] == scored["record_id"] != forward.json()["record_id"]
+    for read, ran in zip(kept.json()["layers"], forward.json()["layers"], strict=True):
+        assert read["layer"] == ran["layer"]
+        for a, b in zip(read["tokens"][1:], ran["tokens"][1:], strict=True):
+            assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-5)
+            assert a["kl_to_final"] == pytest.approx(b["kl_to_final"], abs=1e-5)
+    assert [p["settled_layer"] for p in kept.json()["positions"]] == [
+        p["settled_layer"] for p in forward.json()["positions"]
+    ]

@@ -203,6 +203,13 @@ class HFBackend(StreamSteps):
         return joined[-1], joined[:-1]
 
     @torch.inference_mode()
+    def through_final_norm(self, states: torch.Tensor) -> torch.Tensor:
+        """Raw states of a layer below the last read as `layer_states` reads them: through the final norm."""
+        norm = final_norm(self.decoder)
+        assert norm is not None
+        return norm(states.to(self.model.dtype))  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         logits = self.model(input_ids=torch.tensor([token_ids])).logits[0]
         return torch.log_softmax(logits.float(), dim=-1)

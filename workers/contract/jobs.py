@@ -237,6 +237,8 @@ class LensJob(_JobBase):
     token_ids: list[int] = Field(min_length=2, max_length=MAX_JOB_POSITIONS)
     layers: list[int] = Field(min_length=1, max_length=1024)  # transformers' hidden_states indices: 0 = embeddings
     top_k: int = Field(default=0, ge=0, le=20)
+    # a record of these tokens that kept every asked layer (scored with `layers`): read, no forward
+    record_id: RecordId | None = None
 
 
 class LensLayer(BaseModel):
