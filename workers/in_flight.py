@@ -121,7 +121,7 @@ class InFlight:
     def _admit_score(self, job: ScoreJob) -> bool:
         """Whether the job joined the pooling engine's batch (else it is scored at once, with the others)."""
         pool = self._scoring_pool(job.model)
-        if pool is None:
+        if pool is None or job.layers:  # layers: scored alone, which refuses them where the backend keeps none
             return False
         backend = self.ctx.engines.backend_for(job.model, job.fingerprint)
         check_ids(job.token_ids, backend)

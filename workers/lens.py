@@ -10,11 +10,15 @@ from __future__ import annotations
 import time
 
 import torch
+from safetensors.torch import load as st_load_torch
 
+from workers.backends.base import Backend
 from workers.capture import Unembedding, chunk_rows_for, row_statistics
 from workers.contract.jobs import AnyJob, JobOutcome, LensJob, LensLayer, LensResult
-from workers.contract.keys import lens_key
+from workers.contract.keys import lens_key, record_key
 from workers.contract.lifetimes import put_until
+from workers.contract.names import as_bytes
+from workers.contract.records import decode_meta, layer_field
 from workers.engines import check_ids
 from workers.handlers.base import Context, Handler
 from workers.lanes import checkpoint
@@ -73,7 +77,11 @@ def run_lens_job(job: AnyJob, ctx: Context) -> JobOutcome:
     if not all(0 <= layer <= n_layers for layer in job.layers):
         raise JobFailed("invalid_layers", f"layers lie in [0, {n_layers}] ({job.model!r} has {n_layers} layers)")
     checkpoint()
-    *states, final = layer_states(job.token_ids, [*job.layers, n_layers])
+    asked = [*job.layers, n_layers]
+    if job.record_id is not None:  # the record kept these layers: no forward
+        *states, final = kept_states(ctx, job, backend, asked)
+    else:
+        *states, final = layer_states(job.token_ids, asked)
     checkpoint()  # a slice: the forward
     *readings, last = layer_readings([*states, final], final, job.token_ids, backend.head, job.top_k)
     for layer, reading in zip(job.layers, readings, strict=True):
@@ -81,6 +89,23 @@ def run_lens_job(job: AnyJob, ctx: Context) -> JobOutcome:
     result = LensResult(layers=readings, final_top1=last.top1, n_layers=n_layers)
     put_until(ctx.redis, lens_key(job.job_id), result.model_dump_json(), time.time() + RESULT_TTL_S)
     return JobOutcome(job_id=job.job_id, ok=True)
+
+
+def kept_states(ctx: Context, job: LensJob, backend: Backend, layers: list[int]) -> list[torch.Tensor]:
+    """The states of `layers` that the job's record kept, rows of every token but the last, as `layer_states` gives
+    them (below the last layer through the final norm); JobFailed if the record lost them or is of other tokens."""
+    assert job.record_id is not None
+    key = record_key(job.tenant, job.record_id)
+    n_layers = backend.card.layers
+    through_norm = getattr(backend, "through_final_norm", None)
+    raw_meta, *blobs = ctx.redis.hmget(key, ["meta", *(layer_field(layer, n_layers or 0) for layer in layers)])
+    meta = None if raw_meta is None else decode_meta(as_bytes(raw_meta) or b"")
+    if meta is None or meta.token_ids != job.token_ids or meta.fingerprint != backend.card.fingerprint:
+        raise JobFailed("record_not_found", "the record that kept the layers is gone; ask again", 404)
+    if through_norm is None or any(blob is None for blob in blobs):
+        raise JobFailed("layer_not_stored", f"record {job.record_id} no longer keeps layers {layers}", 409)
+    states = [st_load_torch(as_bytes(blob) or b"")["hidden"] for blob in blobs]
+    return [s if layer == n_layers else through_norm(s) for layer, s in zip(layers, states, strict=True)]
 
 
 LENS = Handler("lens", run_lens_job)

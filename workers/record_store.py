@@ -17,7 +17,14 @@ from workers.capture import Unembedding, capture_statistics, logits_statistics, 
 from workers.contract.cards import ModelCard
 from workers.contract.keys import record_key
 from workers.contract.names import CAPTURE_TOPK, ProtocolError, Retain, as_bytes, record_id
-from workers.contract.records import RECORD_CORE_FIELDS, RecordMeta, decode_meta, encode_arrays, rows_field
+from workers.contract.records import (
+    RECORD_CORE_FIELDS,
+    RecordMeta,
+    decode_meta,
+    encode_arrays,
+    layer_field,
+    rows_field,
+)
 from workers.contract.usage import count_record_bytes
 from workers.decoding import Decoded
 from workers.outcomes import JobFailed
@@ -32,10 +39,20 @@ class RecordWriter:
         self.secret = secret
         self.record_ttl_s = record_ttl_s
 
-    def complete(self, tenant: str, rid: str, retain: Retain = "stats", storage: str = "hidden") -> bool:
-        """Whether the whole record is stored, with its full rows if `retain` is "full" (an incomplete hash is
-        scored again and overwritten; a stats record asked for in full is upgraded)."""
+    def complete(
+        self,
+        tenant: str,
+        rid: str,
+        retain: Retain = "stats",
+        storage: str = "hidden",
+        layers: tuple[list[int], int | None] = ([], None),
+    ) -> bool:
+        """Whether the whole record is stored, with its full rows if `retain` is "full" and the states of `layers`
+        (the asked hidden_states indices, and the model's final one) (an incomplete hash is scored again and
+        overwritten; a stats record asked for in full is upgraded)."""
         fields = RECORD_CORE_FIELDS + ((rows_field(storage),) if retain == "full" else ())
+        asked, final_layer = layers
+        fields += tuple(layer_field(layer, final_layer) for layer in asked if final_layer is not None)
         pipe = self.redis.pipeline(transaction=False)
         for field in fields:
             pipe.hexists(record_key(tenant, rid), field)
@@ -54,13 +71,17 @@ class RecordWriter:
         finish_reason: str | None = None,
         hidden: torch.Tensor | None = None,
         stats: dict[str, np.ndarray] | None = None,
+        layers: list[int] | None = None,
     ) -> None:
         """Capture the statistics of `token_ids` and store the record; `hidden`, when given, holds the hidden states
         of (at least) all their tokens but the last, the rows the record keeps, and `stats`, when given, their
-        statistics already captured. With retain "stats" neither the hidden states nor the rows are sent to Redis."""
+        statistics already captured. With retain "stats" neither the hidden states nor the rows are sent to Redis.
+        `layers` (hidden_states indices): their states are kept too, from the same forward (`layer_payload`)."""
         card = backend.card
         ids = torch.tensor(token_ids)
         payload: dict[str, bytes] = {}
+        if layers:
+            hidden, payload = layer_payload(backend, token_ids, layers)
         if card.storage == "hidden":
             hidden = (backend.hidden_states(token_ids) if hidden is None else hidden)[: len(token_ids) - 1]
             if hidden.shape[0] != len(token_ids) - 1:
@@ -98,6 +119,8 @@ class RecordWriter:
             vocab_size=card.vocab_size,
             hidden_size=card.hidden_size,
             retain=retain,
+            layers=layers or [],
+            n_layers=card.layers if layers else None,
         )
         self._write_record(tenant, key, {"meta": meta.model_dump_json(), "stats": encode_arrays(stats), **payload})
 
@@ -175,6 +198,29 @@ class RecordWriter:
         if meta.fingerprint != backend.card.fingerprint:
             raise JobFailed("record_model_mismatch", "the record was made by other weights", 409)
         return StoredRecord(meta, hidden=_stored_hidden(hidden_blob, n, meta), head=backend.head)
+
+
+def layer_payload(backend: Backend, token_ids: list[int], layers: list[int]) -> tuple[torch.Tensor, dict[str, bytes]]:
+    """One forward's final hidden states [T, d] and the record fields of `layers`' states (rows of all tokens but the
+    last, as `hidden`: safetensors in the model's dtype; the final layer's are `hidden` itself). 501 for a backend
+    that does not expose its layers."""
+    card = backend.card
+    states_with_layers = getattr(backend, "states_with_layers", None)
+    if card.layers is None or states_with_layers is None or card.storage != "hidden":
+        raise JobFailed(
+            "layers_unsupported", f"{card.name!r}'s backend ({card.backend}) does not keep its layers' states", 501
+        )
+    if not all(0 <= layer <= card.layers for layer in layers):
+        raise JobFailed("invalid_layers", f"layers lie in [0, {card.layers}] ({card.name!r} has {card.layers} layers)")
+    dtype = STORAGE_DTYPES[card.hidden_dtype]
+    final, states = states_with_layers(token_ids, layers)
+    rows = len(token_ids) - 1
+    payload = {
+        layer_field(layer, card.layers): st_save_torch({"hidden": state[:rows].to(dtype).contiguous()})
+        for layer, state in zip(layers, states, strict=True)
+        if layer != card.layers
+    }
+    return final, payload
 
 
 class StoredRecord:

@@ -13,6 +13,7 @@ from app.api.deps import ServicesDep, TenantDep
 from app.platform.errors import ApiError
 from app.serving.inputs import top_k
 from app.serving.jobs import new_job_id, raise_for_outcome
+from app.serving.layers import layer_blob
 from app.serving.scoring import upgraded, with_last_state
 from app.serving.services import Services
 from app.serving.store import require_rows
@@ -50,6 +51,7 @@ async def get_record(
                 "retain",
                 "hidden_dtype",
                 "vocab_size",
+                "layers",
             }
         ),
         "n_tokens": len(meta.token_ids),
@@ -165,27 +167,38 @@ async def get_hidden(
         ),
     ] = None,
     upgrade: Annotated[bool, Query(description=UPGRADE)] = False,
+    layer: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="a layer the record kept (scored with `layers`): transformers' hidden_states[layer], 0 = the "
+            "embeddings, the model's layer count = the final states; default: the final states. Positions up to T",
+        ),
+    ] = None,
 ) -> Response:
     """The stored final hidden states, as the worker computed them (log_softmax(W·h) is the distribution). Position
     t's state is token t - 1's, so positions 1..T cover every token's state; the last (position T), which a record
-    does not keep, comes from the record of the same tokens followed by the end-of-text token, scored if needed."""
+    does not keep, comes from the record of the same tokens followed by the end-of-text token, scored if needed.
+    With `layer`: that kept layer's states, positions 1..T - 1."""
     check_export(services.settings.allow_export)
     meta = await with_rows(services, tenant, record_id, upgrade)
     n_tokens = len(meta.token_ids)
-    stop = page(start, stop, n_tokens, n_tokens + 1)
+    stop = page(start, stop, n_tokens, n_tokens + 1 if layer is None else n_tokens)
     itemsize = {"float32": 4}.get(meta.hidden_dtype, 2)
     max_positions = max(1, services.settings.max_export_bytes // (itemsize * meta.hidden_size))
     if stop - start > max_positions:
         raise ApiError(
             422, "export_too_large", f"at most {max_positions} positions per request; page with start/stop", "stop"
         )
-    source = await with_last_state(services, tenant, meta) if stop > n_tokens else meta
-    blob = slice_hidden(await services.store.hidden_blob(tenant, source), start - 1, stop - 1)
-    return Response(
-        blob,
-        media_type="application/octet-stream",
-        headers={"X-Logprobe-Start": str(start), "X-Logprobe-Stop": str(stop), "X-Logprobe-Dtype": meta.hidden_dtype},
-    )
+    if layer is not None:
+        stored = await layer_blob(services, tenant, meta, layer)
+    else:
+        source = await with_last_state(services, tenant, meta) if stop > n_tokens else meta
+        stored = await services.store.hidden_blob(tenant, source)
+    headers = {"X-Logprobe-Start": str(start), "X-Logprobe-Stop": str(stop), "X-Logprobe-Dtype": meta.hidden_dtype}
+    if layer is not None:
+        headers["X-Logprobe-Layer"] = str(layer)
+    return Response(slice_hidden(stored, start - 1, stop - 1), media_type="application/octet-stream", headers=headers)
 
 
 @router.get("/v1/records/{record_id}/features")

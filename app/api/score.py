@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 from app.api.deps import ServicesDep, TenantDep
 from app.serving.inputs import input_ids, top_k
+from app.serving.layers import scoring_layers
 from app.serving.scoring import scored_record
 from app.serving.tokens import token_rows
-from logprobe.schemas.score import ScoreRequest, ScoreResponse
+from logprobe.schemas.score import Retain, ScoreRequest, ScoreResponse
 
 router = APIRouter(tags=["scoring"])
 
@@ -20,11 +21,14 @@ async def score(body: ScoreRequest, services: ServicesDep, tenant: TenantDep) ->
     card = await services.catalog.card(body.model)
     codec = await services.catalog.codec(card)
     ids = await input_ids(codec, body.text, body.messages, body.add_generation_prompt, settings.max_positions)
-    meta, stats, cached = await scored_record(services, tenant, card, ids, body.retain)
+    layers = scoring_layers(body.layers, card, len(ids), body.retain, settings.max_layer_bytes)
+    retain: Retain | None = "full" if layers else body.retain
+    meta, stats, cached = await scored_record(services, tenant, card, ids, retain, layers=layers)
     return {
         "record_id": meta.record_id,
         "model": card.name,
         "cached": cached,
         "n_tokens": len(ids),
+        "layers": meta.layers,
         "tokens": token_rows(meta, stats, codec, k),
     }

@@ -42,6 +42,8 @@ class Settings(CommonSettings):
     max_attribution_passes: int = Field(default=16384, ge=1)  # forward passes one attribution request may ask for
     max_attribution_tokens: int = Field(default=1 << 23, ge=1)  # and tokens read by them (passes x context tokens)
     max_export_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    # Bytes of intermediate layers' states one record may keep (scoring with `layers`); more is 422 layers_too_large.
+    max_layer_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # What one head's training may hold for its inputs (contract.heads.head_training_bytes); larger requests 422.
     max_head_training_bytes: int = Field(default=2 * 1024**3, ge=1024)
     # Bytes of records one key may have written within the record lifetime (counted by the workers per day; a record

@@ -13,6 +13,7 @@ from threadpoolctl import ThreadpoolController
 
 from app.analysis.heads import los_forward, pawn_forward, probe_forward, sigmoid
 from app.platform.errors import ApiError
+from app.serving.layers import layer_states
 from app.serving.services import Services
 from workers.contract.head_features import los_features, pawn_features
 from workers.contract.heads import HeadState
@@ -92,14 +93,17 @@ async def apply_heads(
     """Each head's score (the probability of label 1), per-position weights (pawn: the gate; los: attention) and
     decision at its cross-validated threshold, over the positions of the record."""
     answers = HeadAnswers()
-    hidden: np.ndarray | None = None
+    states: dict[int | None, np.ndarray] = {}  # by layer: None the final states, else a probe's layer (#32)
     for head_id in head_ids:
         state, w = await trained_head(services, tenant, head_id)
         _check_fit(head_id, state, family, meta.model, meta.fingerprint)
-        if state.kind != "los" and hidden is None:
-            hidden = await services.store.hidden(tenant, meta)
+        layer = state.metrics.layer if state.kind == "probe" and state.metrics is not None else None
+        if state.kind != "los" and layer not in states:
+            states[layer] = await (
+                services.store.hidden(tenant, meta) if layer is None else layer_states(services, tenant, meta, layer)
+            )
         with _BLAS.limit(limits=1, user_api="blas"):
-            _answer(answers, state, w, stats, hidden, positions)
+            _answer(answers, state, w, stats, states.get(layer), positions)
     return answers
 
 

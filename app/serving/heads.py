@@ -20,6 +20,7 @@ from app.serving import quotas
 from app.serving.analyses import span_positions
 from app.serving.inputs import token_ids
 from app.serving.jobs import client_gone, new_job_id
+from app.serving.layers import head_layers, scoring_layers
 from app.serving.pairs import chat_reply
 from app.serving.scoring import scored_record
 from app.serving.services import Services
@@ -144,11 +145,13 @@ def _check_request(body: HeadRequest, card: ModelCard) -> dict[str, float | int 
             f"a {body.kind} head reads hidden states; {card.name} keeps full rows instead (use kind 'los')",
             "kind",
         )
+    head_layers(body.kind, params, card)
     return params
 
 
 async def _given_records(services: Services, tenant: str, body: HeadRequest, card: ModelCard) -> dict[int, RecordMeta]:
     found = {}
+    layers = head_layers(body.kind, head_params(body.kind, body.params), card)
     for i, example in enumerate(body.examples):
         if example.record_id is None:
             continue
@@ -176,6 +179,14 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
                 "statistics only; score its text with retain 'full' (which upgrades it) or train a 'los' head",
                 f"examples.{i}.record_id",
             )
+        if layers is not None and not set(layers) <= set(meta.layers):
+            raise ApiError(
+                409,
+                "layer_not_stored",
+                f"examples[{i}]: a probe on layer {body.params.get('layer')!r} reads layers {layers}, and record "
+                f"{example.record_id!r} keeps layers {meta.layers}; score its text with those `layers`",
+                f"examples.{i}.record_id",
+            )
         found[i] = meta
     return found
 
@@ -192,6 +203,7 @@ async def create_head(services: Services, tenant: str, body: HeadRequest, creato
     codec = await services.catalog.codec(card)
     tokenized = await asyncio.to_thread(_tokenized, body, given, codec, services.settings.max_positions)
     _check_budget(body, card, params, given, tokenized, services.settings.max_head_training_bytes)
+    _check_layer_bytes(body, card, params, tokenized, services.settings.max_layer_bytes)
     # the texts its preparation scores count against the tenant's token budget now, before anything is accepted
     await charge(services.redis, tenant, "tokens", sum(map(len, tokenized.values())), services.settings.rate_limit_tpm)
     index = head_index_key(tenant)
@@ -344,6 +356,7 @@ async def _score_texts(
 ) -> list[RecordMeta]:
     gate = asyncio.Semaphore(SCORING_CONCURRENCY)
     todo = [i for i in range(len(body.examples)) if i not in given]
+    layers = head_layers(body.kind, head_params(body.kind, body.params), card)  # a probe on a layer: kept too
     done = 0
 
     async def score(i: int) -> tuple[int, RecordMeta]:
@@ -352,7 +365,9 @@ async def _score_texts(
             try:
                 # pawn and probe heads read hidden states: their texts are scored with full rows
                 retain: Retain | None = None if body.kind == "los" else "full"
-                meta, _, _ = await scored_record(services, tenant, card, tokenized[i], retain, charged=True)
+                meta, _, _ = await scored_record(
+                    services, tenant, card, tokenized[i], retain, charged=True, layers=layers
+                )
             except ApiError as exc:
                 raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
         done += 1
@@ -398,7 +413,8 @@ def _check_budget(
     positions = [
         min(cap, (len(given[i].token_ids) if i in given else len(tokenized[i])) - 1) for i in range(len(body.examples))
     ]
-    need = head_training_bytes(body.kind, positions, card.hidden_size, params)
+    layers = head_layers(body.kind, params, card)  # a probe on "best" holds every layer's states
+    need = head_training_bytes(body.kind, positions, card.hidden_size * len(layers or [0]), params)
     if need > limit:
         raise ApiError(
             422,
@@ -408,6 +424,22 @@ def _check_budget(
             "(max_head_training_bytes): use fewer or shorter examples, or a lower params.max_positions",
             "examples",
         )
+
+
+def _check_layer_bytes(
+    body: HeadRequest,
+    card: ModelCard,
+    params: dict[str, float | int | str],
+    tokenized: dict[int, list[int]],
+    limit: int,
+) -> None:
+    """422 layers_too_large before anything runs when a text's record could not keep the layers a probe reads."""
+    layers = head_layers(body.kind, params, card)
+    for i, ids in tokenized.items():
+        try:
+            scoring_layers(layers, card, len(ids), "full", limit)
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
 
 
 def _examples(body: HeadRequest, labels: list[int], metas: list[RecordMeta], codec: TextCodec) -> list[HeadExample]:

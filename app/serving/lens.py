@@ -18,6 +18,7 @@ from workers.contract.jobs import LensJob, LensResult
 from workers.contract.keys import lens_key
 from workers.contract.lifetimes import forget
 from workers.contract.names import as_bytes
+from workers.contract.records import RecordMeta
 
 
 def asked_layers(body: LensRequest, card: ModelCard) -> list[int]:
@@ -54,6 +55,12 @@ def settled_layers(layers: list[int], top1: list[list[int]], final_top1: list[in
     return out
 
 
+def kept_all(meta: RecordMeta, layers: list[int], card: ModelCard) -> bool:
+    """Whether the record kept every asked layer (scored with `layers`; the final one is its own states), so that the
+    worker reads them instead of running a forward."""
+    return meta.n_layers == card.layers and meta.retain == "full" and set(layers) - {card.layers} <= set(meta.layers)
+
+
 async def lens(body: LensRequest, services: Services, tenant: str) -> dict[str, Any]:
     meta, _, codec, cached = await record_for(
         services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
@@ -73,6 +80,7 @@ async def lens(body: LensRequest, services: Services, tenant: str) -> dict[str, 
         token_ids=ids,
         layers=layers,
         top_k=body.top_logprobs,
+        record_id=meta.record_id if kept_all(meta, layers, card) else None,
     )
     raise_for_outcome(await services.jobs.run(job))
     raw = as_bytes(await services.redis.get(lens_key(job.job_id)))

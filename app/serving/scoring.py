@@ -35,21 +35,25 @@ async def scored_record(
     ids: list[int],
     retain: Retain | None = None,
     charged: bool = False,
+    layers: list[int] | None = None,
 ) -> tuple[RecordMeta, dict[str, np.ndarray], bool]:
     """The record for these tokens, scored if needed, and whether it was cached. A whole record is read or none
     (one HMGET): one that Redis evicted or expired, or that lacks a part, is scored again. `retain` (default: the
     model's) says what a new record keeps; "full" re-scores a stored stats record so that it keeps full rows.
-    `charged`: the tokens were counted against the tenant's budget already (a head's examples, when it was asked)."""
+    `charged`: the tokens were counted against the tenant's budget already (a head's examples, when it was asked).
+    `layers` (checked by app.serving.layers.scoring_layers): hidden_states indices the record keeps too; a record
+    with layers is a record of its own (its id covers them)."""
     if not charged:
         await charge(services.redis, tenant, "tokens", len(ids), services.settings.rate_limit_tpm)
-    rid = record_id(await services.secret(), tenant, card.fingerprint, ids, SCORE_OPTIONS)
+    options = {**SCORE_OPTIONS, "layers": layers} if layers else SCORE_OPTIONS
+    rid = record_id(await services.secret(), tenant, card.fingerprint, ids, options)
     wanted = retain or card.retain
     found = await services.store.read(tenant, rid)
     hit = found is not None and keeps(found[0], wanted)
     metrics.CACHE.labels("hit" if hit else "miss").inc()
     if found is not None and hit:
         return *found, True
-    return *await _score(services, tenant, card, rid, ids, wanted), False
+    return *await _score(services, tenant, card, rid, ids, wanted, layers=layers or []), False
 
 
 async def card_of(services: Services, meta: RecordMeta) -> ModelCard:
@@ -98,6 +102,7 @@ async def _score(
     ids: list[int],
     retain: Retain,
     n_prompt: int | None = None,
+    layers: list[int] | None = None,
 ) -> tuple[RecordMeta, dict[str, np.ndarray]]:
     """Score the tokens into record `rid` through a worker, and read it back. A job in flight for the same record
     may be joined; if it kept less than `retain` asks for, the next try runs a job of its own."""
@@ -111,6 +116,7 @@ async def _score(
             token_ids=ids,
             n_prompt=n_prompt,
             retain=retain,
+            layers=layers or [],
         )
         raise_for_outcome(await services.jobs.run(job))
         metrics.TOKENS.labels("scored").inc(len(ids))

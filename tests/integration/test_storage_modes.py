@@ -86,3 +86,37 @@ def test_byte_level_is_refused_for_a_model_whose_logits_are_not_w_h(tiny_service
         served = client.post("/v1/bytes", json={"model": "tiny-llama", "text": "ab"})
         assert served.status_code == 200, served.text
         assert [row["byte"] for row in served.json()["bytes"]] == list(b"ab")
+
+
+@pytest.mark.parametrize(
+    ("name", "path_of", "dtype"),
+    [("tiny-gemma2", "tiny-gemma2", np.float32), ("tiny-llama-f16", "tiny-llama", np.float16)],
+)
+def test_kept_layers_are_transformers_hidden_states_in_the_stored_dtype(
+    tiny_service: str, tiny_models: dict[str, str], name: str, path_of: str, dtype: type
+) -> None:
+    """Layers on request (#32) on a Gemma-2 (sliding window, soft-capping) and in float16 storage: every kept layer
+    is transformers' own hidden_states[L], rounded to the stored dtype."""
+    with httpx.Client(base_url=tiny_service, timeout=120) as client:
+        body = client.post("/v1/score", json={"model": name, "text": TEXT, "layers": "all"}).json()
+        assert body["layers"] == [0, 1, 2]
+        ids = [t["id"] for t in body["tokens"]]
+        model = AutoModelForCausalLM.from_pretrained(tiny_models[path_of]).eval()
+        with torch.inference_mode():
+            reference = model.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        for layer in range(3):
+            got = st_load(client.get(f"/v1/records/{body['record_id']}/hidden", params={"layer": layer}).content)
+            states = got["hidden"]
+            assert states.dtype == dtype and states.shape == (len(ids) - 1, 64)
+            expected = reference[layer][0, :-1].double().numpy()
+            rounding = 0.0 if dtype == np.float32 else 2.0**-10  # float16: within an ulp of transformers' float32
+            np.testing.assert_allclose(states.astype(np.float64), expected, atol=1e-5, rtol=rounding)
+            assert rounding == 0.0 or not np.array_equal(states.astype(np.float32), expected.astype(np.float32))
+
+
+def test_layers_are_refused_for_a_model_kept_as_rows(tiny_service: str) -> None:
+    with httpx.Client(base_url=tiny_service, timeout=120) as client:
+        refused = client.post("/v1/score", json={"model": "tiny-falcon-h1", "text": TEXT, "layers": [1]})
+        assert refused.status_code == 501, refused.text
+        assert refused.json()["error"]["code"] == "layers_unsupported"
+        assert refused.json()["error"]["param"] == "layers"

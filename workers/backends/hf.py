@@ -184,6 +184,32 @@ class HFBackend(StreamSteps):
         return [states[layer][0] if layer == last else norm(states[layer][0]) for layer in layers]
 
     @torch.inference_mode()
+    def states_with_layers(self, token_ids: list[int], layers: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final hidden states [T, d] (as `hidden_states` gives them) and, from the same forward, the raw states
+        [T, d] of `layers` (transformers' hidden_states indices: 0 = the embeddings, the last = the final states);
+        long inputs go in chunks through the KV cache, as `_forward` does."""
+        ids = torch.tensor(token_ids)
+        cache = DynamicCache(config=self.model.config) if ids.shape[0] > PREFILL_CHUNK else None
+        chunks = []
+        for lo in range(0, ids.shape[0], PREFILL_CHUNK if cache is not None else ids.shape[0]):
+            out = self.decoder(
+                input_ids=ids[None, lo : lo + PREFILL_CHUNK] if cache is not None else ids[None],
+                past_key_values=cache,
+                use_cache=cache is not None,
+                output_hidden_states=True,
+            )
+            chunks.append([out.hidden_states[layer][0] for layer in layers] + [out.last_hidden_state[0]])
+        joined = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+        return joined[-1], joined[:-1]
+
+    @torch.inference_mode()
+    def through_final_norm(self, states: torch.Tensor) -> torch.Tensor:
+        """Raw states of a layer below the last read as `layer_states` reads them: through the final norm."""
+        norm = final_norm(self.decoder)
+        assert norm is not None
+        return norm(states.to(self.model.dtype))  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         logits = self.model(input_ids=torch.tensor([token_ids])).logits[0]
         return torch.log_softmax(logits.float(), dim=-1)

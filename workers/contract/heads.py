@@ -33,6 +33,10 @@ class HeadMetrics(BaseModel):
     tpr: float
     fpr: float
     confidence: str
+    # probe heads on a layer (params.layer): the hidden_states index the head reads, and with layer "best" each
+    # candidate layer's cross-validated AUROC (the chosen one is the highest; the figures above are its own)
+    layer: int | None = None
+    layer_auroc: dict[int, float] | None = None
 
 
 class HeadState(BaseModel):
@@ -94,7 +98,9 @@ HEAD_PARAMS: dict[str, dict[str, float | int | str]] = {
         "topk": 20,
         "max_positions": 1024,
     },
-    "probe": {"folds": 5, "val_fraction": 0.2, "pool": "mean", "max_positions": 1 << 20},
+    # layer: "final" (the record's final states), a hidden_states index, or "best" (every layer, the one with the
+    # highest cross-validated AUROC kept)
+    "probe": {"folds": 5, "val_fraction": 0.2, "pool": "mean", "max_positions": 1 << 20, "layer": "final"},
 }
 
 HEAD_PARAM_CHOICES = {"pool": ("mean", "last")}
@@ -123,7 +129,11 @@ def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, flo
     out = dict(defaults)
     for name, value in given.items():
         default = defaults[name]
-        if isinstance(default, str):
+        if name == "layer":
+            if value not in ("final", "best") and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError('layer is a hidden_states index (0 = the embeddings), "best" or "final"')
+            out[name] = value
+        elif isinstance(default, str):
             if value not in HEAD_PARAM_CHOICES[name]:
                 raise ValueError(f"{name} is one of {list(HEAD_PARAM_CHOICES[name])}")
         elif isinstance(value, str | bool) or not value > 0:
@@ -136,6 +146,14 @@ def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, flo
             raise ValueError(f"{name} is at most {HEAD_PARAM_MAX[name]}")
         out[name] = int(value) if isinstance(default, int) else value
     return out
+
+
+def probe_layers(layer: float | int | str, n_layers: int) -> list[int]:
+    """The hidden_states indices a probe with params.layer `layer` reads, of a model with `n_layers` layers: its one
+    layer ("final": the last), or every one for "best"."""
+    if layer == "best":
+        return list(range(n_layers + 1))
+    return [n_layers if layer == "final" else int(layer)]
 
 
 def head_training_bytes(kind: str, positions: list[int], hidden_size: int, params: dict[str, float | int | str]) -> int:

@@ -49,6 +49,9 @@ class ScoreJob(_JobBase):
     token_ids: list[int] = Field(min_length=1)
     n_prompt: int | None = None
     retain: Retain = "full"
+    # hidden_states indices whose states the record keeps beside the final ones (records.layer_field), from the
+    # same forward; the final layer's are the record's `hidden`
+    layers: list[int] = Field(default_factory=list, max_length=1024)
 
 
 class GenerateJob(_JobBase):
@@ -234,6 +237,8 @@ class LensJob(_JobBase):
     token_ids: list[int] = Field(min_length=2, max_length=MAX_JOB_POSITIONS)
     layers: list[int] = Field(min_length=1, max_length=1024)  # transformers' hidden_states indices: 0 = embeddings
     top_k: int = Field(default=0, ge=0, le=20)
+    # a record of these tokens that kept every asked layer (scored with `layers`): read, no forward
+    record_id: RecordId | None = None
 
 
 class LensLayer(BaseModel):
@@ -255,9 +260,7 @@ class LensResult(BaseModel):
     n_layers: int  # the model's decoder layers: hidden_states has n_layers + 1 entries
 
 
-AnyJob = (
-    ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
-)
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
 
 
 def job_lane(job: AnyJob) -> str:

@@ -60,12 +60,21 @@ class RecordMeta(BaseModel):
     vocab_size: int
     hidden_size: int
     retain: Retain = "full"  # "stats": no hidden states (nor rows) were kept
+    # transformers' hidden_states indices whose states the record keeps (scored with `layers`), each under
+    # layer_field(L) as `hidden` is kept; the final layer's states are `hidden` itself
+    layers: list[int] = Field(default_factory=list)
+    n_layers: int | None = None  # the model's decoder layers, when `layers` are kept: hidden_states[n_layers] is final
     created_at: float = Field(default_factory=time.time)
 
 
 def rows_field(storage: str) -> str:
     """The record field that holds what rebuilds full rows: the hidden states, or the rows themselves."""
     return "hidden" if storage == "hidden" else "rows"
+
+
+def layer_field(layer: int, final_layer: int) -> str:
+    """The record field that holds layer `layer`'s states (the final layer's are the record's `hidden`)."""
+    return "hidden" if layer == final_layer else f"layer:{layer}"
 
 
 # Per-position statistics: name -> (dtype, trailing shape symbol). "k" is the captured top-k.

@@ -27,7 +27,10 @@ def score_one(job: AnyJob, ctx: Context) -> JobOutcome:
     assert isinstance(job, ScoreJob)
     backend = ctx.engines.backend_for(job.model, job.fingerprint)
     check_ids(job.token_ids, backend)
-    if ctx.records.complete(job.tenant, job.record_id, job.retain, backend.card.storage):  # another delivery did it
+    kept = ctx.records.complete(
+        job.tenant, job.record_id, job.retain, backend.card.storage, (job.layers, backend.card.layers)
+    )
+    if kept:  # another delivery did it
         return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
     return score_stored(job, backend, ctx.records)
 
@@ -50,6 +53,7 @@ def score_stored(
         n_prompt=job.n_prompt,
         hidden=hidden,
         stats=stats,
+        layers=job.layers,
     )
     return JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
 
@@ -63,7 +67,9 @@ def score_together(jobs: list[ScoreJob], ctx: Context) -> list[JobOutcome]:
         try:
             backend = ctx.engines.backend_for(job.model, job.fingerprint)
             check_ids(job.token_ids, backend)
-            stored = ctx.records.complete(job.tenant, job.record_id, job.retain, backend.card.storage)
+            stored = ctx.records.complete(
+                job.tenant, job.record_id, job.retain, backend.card.storage, (job.layers, backend.card.layers)
+            )
         except JobFailed as failed:
             outcomes[i] = refused(job, failed)
             continue
@@ -72,7 +78,7 @@ def score_together(jobs: list[ScoreJob], ctx: Context) -> list[JobOutcome]:
             continue
         if stored:
             outcomes[i] = JobOutcome(job_id=job.job_id, ok=True, record_id=job.record_id)
-        elif backend.card.storage != "hidden":
+        elif backend.card.storage != "hidden" or job.layers:  # layers: a forward of their own
             outcomes[i] = alone(job, partial(answered, score_one, job, ctx))
         else:
             todo.setdefault(job.model, []).append(i)

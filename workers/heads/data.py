@@ -10,10 +10,11 @@ import numpy as np
 import redis
 
 from workers.contract.head_features import los_features, pawn_features
+from workers.contract.heads import probe_layers
 from workers.contract.jobs import HeadExample, HeadJob
 from workers.contract.keys import record_key
 from workers.contract.names import ProtocolError, as_bytes
-from workers.contract.records import RecordMeta, decode_meta, decode_stats, hidden_float32
+from workers.contract.records import RecordMeta, decode_meta, decode_stats, hidden_float32, layer_field
 from workers.lanes import checkpoint
 
 
@@ -32,7 +33,7 @@ class Example:
     feats: np.ndarray  # [T, F] float32: PAWN's token features, or LOS's output signature
     hidden: np.ndarray | None = None  # pawn: [T + 1, D] float32, row i the state that predicted position t_i;
     # row T the state after the last position (zeros when the record ends there)
-    pooled: np.ndarray | None = None  # probe: [D] float32
+    pooled: np.ndarray | None = None  # probe: [D] float32, or [C, D] over the candidate layers of layer "best"
 
 
 def example_inputs(
@@ -44,7 +45,8 @@ def example_inputs(
     stop: int,
     params: dict[str, float | int | str],
 ) -> Example:
-    """One example's inputs for positions [start, stop) of a record (stats and hidden rows: row t-1 is t)."""
+    """One example's inputs for positions [start, stop) of a record (stats and hidden rows: row t-1 is t; a probe's
+    `hidden` may be [C, rows, D], the states of C layers, pooled each)."""
     max_positions = int(params.get("max_positions", 1 << 30))
     stop = min(stop, start + max_positions)
     positions = np.arange(start, stop)
@@ -53,7 +55,8 @@ def example_inputs(
         return Example(label, positions, los_features(stats, rows, int(params["topk"])))
     assert hidden is not None
     if kind == "probe":
-        pooled = hidden[rows].mean(axis=0) if params.get("pool", "mean") == "mean" else hidden[rows[-1]]
+        states = hidden[..., rows, :]
+        pooled = states.mean(axis=-2) if params.get("pool", "mean") == "mean" else states[..., -1, :]
         return Example(label, positions, np.zeros((0, 0), np.float32), pooled=pooled.astype(np.float32))
     ext = np.zeros((len(rows) + 1, hidden.shape[1]), dtype=np.float32)
     ext[: len(rows)] = hidden[rows]
@@ -90,14 +93,20 @@ def read_examples(client: redis.Redis, job: HeadJob, params: dict[str, float | i
 def _read_record(
     client: redis.Redis, job: HeadJob, record_id: str, needs_hidden: bool, params: dict[str, float | int | str]
 ) -> tuple[RecordMeta, dict[str, np.ndarray], np.ndarray | None]:
-    fields = ["meta", "stats", "hidden"] if needs_hidden else ["meta", "stats"]
-    raw = [as_bytes(v) for v in client.hmget(record_key(job.tenant, record_id), fields)]
+    key = record_key(job.tenant, record_id)
+    layered = job.head_kind == "probe" and params.get("layer", "final") != "final"
+    fields = ["meta", "stats", "hidden"] if needs_hidden and not layered else ["meta", "stats"]
+    raw = [as_bytes(v) for v in client.hmget(key, fields)]
     if raw[0] is None or raw[1] is None:
         raise HeadInputError("unknown_record", f"record {record_id} is gone (expired or evicted)")
     try:
         meta = decode_meta(raw[0])
         stats = decode_stats(raw[1], len(meta.token_ids) - 1, meta.topk)
-        hidden = hidden_float32(raw[2]) if needs_hidden and raw[2] is not None else None
+        hidden: np.ndarray | None
+        if layered:
+            hidden = _layer_states(client, key, meta, params["layer"])
+        else:
+            hidden = hidden_float32(raw[2]) if needs_hidden and raw[2] is not None else None
     except ProtocolError as exc:
         raise HeadInputError("record_corrupt", f"record {record_id}: {exc}") from exc
     if meta.fingerprint != job.fingerprint:
@@ -115,3 +124,22 @@ def _read_record(
     if job.head_kind == "los" and int(params["topk"]) > meta.topk:
         raise HeadInputError("invalid_params", f"topk is at most {meta.topk}, the captured alternatives")
     return meta, stats, hidden
+
+
+def _layer_states(client: redis.Redis, key: str, meta: RecordMeta, layer: float | int | str) -> np.ndarray:
+    """A probe's states of its layer(s) (params.layer an index or "best") from a record scored with them, float32
+    [C, positions, D] in probe_layers' order; HeadInputError layer_not_stored where the record lacks one."""
+    wanted = [] if meta.n_layers is None else probe_layers(layer, meta.n_layers)
+    if not wanted or not set(wanted) <= set(meta.layers):
+        raise HeadInputError(
+            "layer_not_stored",
+            f"a probe on layer {layer!r} reads that layer's states; record {meta.record_id} keeps layers {meta.layers}",
+        )
+    assert meta.n_layers is not None
+    blobs = client.hmget(key, [layer_field(one, meta.n_layers) for one in wanted])
+    if any(blob is None for blob in blobs):
+        raise HeadInputError("unknown_record", f"record {meta.record_id} is gone (expired or evicted)")
+    states = np.stack([hidden_float32(as_bytes(blob) or b"") for blob in blobs])
+    if states.shape[1:] != (len(meta.token_ids) - 1, meta.hidden_size) or not np.isfinite(states).all():
+        raise ProtocolError(f"layer states of shape {list(states.shape)}")
+    return states

@@ -10,14 +10,14 @@ from typing import Any
 import redis
 from safetensors.numpy import save as st_save
 
-from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadState, head_params
+from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadMetrics, HeadState, head_params
 from workers.contract.jobs import AnyJob, HeadJob, JobError, JobOutcome
 from workers.contract.keys import head_key
 from workers.contract.names import as_bytes
 from workers.contract.usage import RECOUNT_HASH, object_usage_key
 from workers.handlers.base import Context, Handler
 from workers.heads.data import HeadInputError, read_examples
-from workers.heads.train import train_head
+from workers.heads.train import Trained, train_head
 from workers.lanes import Stopped
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
             writer.update(stage=stage, progress=round(fraction, 4))
 
         trained = train_head(job.head_kind, examples, job.seed, params, job.target_fpr, progress)
+        metrics = with_layer(trained, params)
     except Stopped as stop:  # a deleted head stays deleted: its writes are no-ops
         if stop.reason == "stopping":
             writer.update(status="queued", stage="waiting for a worker (the last one stopped)", progress=0.0)
@@ -87,7 +88,7 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
         stage="",
         progress=1.0,
         params=params,
-        metrics=trained.metrics,
+        metrics=metrics,
         training_time_s=round(time.perf_counter() - started, 3),  # reading the records included
         n_parameters=trained.n_parameters,
         finished_at=time.time(),
@@ -95,6 +96,24 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
     if not stored:
         return _failed(job, "head_not_found", "the head was deleted during training")
     return JobOutcome(job_id=job.job_id, ok=True)
+
+
+def with_layer(trained: Trained, params: dict[str, float | int | str]) -> HeadMetrics:
+    """The metrics, saying which layer a probe on a layer reads (with "best", the candidates 0..C-1 and their AUROCs;
+    the chosen one's figures come from the same cross-validation that chose it, so they lean optimistic)."""
+    metrics, layer = trained.metrics, params.get("layer", "final")
+    if layer == "final":
+        return metrics
+    if trained.layer_aurocs is None or trained.layer_choice is None:
+        return metrics.model_copy(update={"layer": int(layer)})
+    return metrics.model_copy(
+        update={
+            "layer": trained.layer_choice,
+            "layer_auroc": dict(enumerate(trained.layer_aurocs)),
+            "confidence": f"{metrics.confidence}; layer {trained.layer_choice} was chosen as the best of "
+            f"{len(trained.layer_aurocs)} by this cross-validation, so its figures lean optimistic",
+        }
+    )
 
 
 def _out_of_time(job: HeadJob) -> tuple[str, str]:

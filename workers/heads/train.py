@@ -36,6 +36,9 @@ class Trained:
     n_parameters: int
     training_time_s: float
     oof_scores: np.ndarray
+    # a probe over C candidate layers (layer "best"): the index of the chosen one, and each one's CV AUROC
+    layer_choice: int | None = None
+    layer_aurocs: list[float] | None = None
 
 
 # ---------------------------------------------------------------- metrics
@@ -133,7 +136,9 @@ class Inputs:
         self.labels = torch.tensor([e.label for e in examples], dtype=torch.float32)
         self.lengths = np.array([len(e.positions) for e in examples])
         if kind == "probe":
-            self.pooled = torch.from_numpy(np.stack([e.pooled for e in examples if e.pooled is not None]))
+            pooled = np.stack([e.pooled for e in examples if e.pooled is not None])  # [N, D] or [N, C, D]
+            self.layer_pooled = torch.from_numpy(pooled if pooled.ndim == 3 else pooled[:, None]).transpose(0, 1)
+            self.pooled = self.layer_pooled[0]  # [N, D]: the candidate layer being trained on
             return
         n, t_max, f = len(examples), int(self.lengths.max()), examples[0].feats.shape[1]
         self.feats = torch.zeros(n, t_max, f)
@@ -217,7 +222,7 @@ def _build(kind: str, examples: list[Example], params: dict[str, Any]) -> nn.Mod
     if kind == "probe":
         pooled = examples[0].pooled
         assert pooled is not None
-        return Probe(len(pooled))
+        return Probe(pooled.shape[-1])
     f = examples[0].feats.shape[1]
     if kind == "los":
         model: nn.Module = Los(f, int(params["width"]))
@@ -436,20 +441,38 @@ def _train_head(
         raise ValueError("cross-validation needs at least two examples of each class")
     folds = stratified_folds(labels, k, np.random.default_rng(seed))
     inputs = Inputs(kind, examples)
-    oof = np.zeros(len(examples))
-    everything = np.arange(len(examples))
-    for f in range(k):
-        report(f"cross-validation fold {f + 1}/{k}", f / (k + 1))
-        test = np.flatnonzero(folds == f)
-        model = _train_once(kind, examples, inputs, np.flatnonzero(folds != f), params, seed + 1 + f)
-        oof[test] = _probabilities(model, inputs, test)
-    report("training the head on all examples", k / (k + 1))
-    model = _train_once(kind, examples, inputs, everything, params, seed)
+    candidates = inputs.layer_pooled.shape[0] if kind == "probe" else 1
+    runs = []  # per candidate layer: out-of-fold scores and their metrics, on the same folds
+    for c in range(candidates):
+        if kind == "probe":
+            inputs.pooled = inputs.layer_pooled[c]
+        oof = np.zeros(len(examples))
+        for f in range(k):
+            done = (c * k + f) / (candidates * k + 1)
+            of_layer = f", layer {c + 1}/{candidates}" if candidates > 1 else ""
+            report(f"cross-validation fold {f + 1}/{k}{of_layer}", done)
+            test = np.flatnonzero(folds == f)
+            model = _train_once(kind, examples, inputs, np.flatnonzero(folds != f), params, seed + 1 + f)
+            oof[test] = _probabilities(model, inputs, test)
+        runs.append((oof, cv_metrics(oof, labels, folds, target_fpr)))
+    chosen = best_candidate([metrics.auroc for _, metrics in runs])
+    oof, metrics = runs[chosen]
+    if kind == "probe":
+        inputs.pooled = inputs.layer_pooled[chosen]
+    report("training the head on all examples", candidates * k / (candidates * k + 1))
+    model = _train_once(kind, examples, inputs, np.arange(len(examples)), params, seed)
     weights = {name: t.detach().to(torch.float32).contiguous().numpy() for name, t in model.state_dict().items()}
     return Trained(
         weights=weights,
-        metrics=cv_metrics(oof, labels, folds, target_fpr),
+        metrics=metrics,
         n_parameters=n_parameters(model),
         training_time_s=time.perf_counter() - started,
         oof_scores=oof,
+        layer_choice=chosen if candidates > 1 else None,
+        layer_aurocs=[m.auroc for _, m in runs] if candidates > 1 else None,
     )
+
+
+def best_candidate(aurocs: list[float]) -> int:
+    """The candidate with the highest cross-validated AUROC (the first of equals)."""
+    return int(np.argmax(aurocs))

@@ -149,8 +149,10 @@ class Calls:
         messages: list[dict[str, Any]] | None,
         top: int | None,
         retain: Retain | None = None,
+        layers: list[int] | Literal["all"] | None = None,
     ) -> Call[ScoreResponse]:
-        body = _clean({"model": model, "text": text, "messages": messages, "top_logprobs": top, "retain": retain})
+        body = {"model": model, "text": text, "messages": messages, "top_logprobs": top, "retain": retain}
+        body = _clean({**body, "layers": layers})
         return Call("POST", "/v1/score", _model(ScoreResponse), body)
 
     @staticmethod
@@ -322,8 +324,10 @@ class Client:
         messages: list[dict[str, Any]] | None = None,
         top_logprobs: int | None = None,
         retain: Retain | None = None,
+        layers: list[int] | Literal["all"] | None = None,
     ) -> ScoreResponse:
-        return self.send(Calls.score(model, text, messages, top_logprobs, retain))
+        """`layers`: hidden_states indices (or "all") whose states the record keeps too (export: /hidden?layer=)."""
+        return self.send(Calls.score(model, text, messages, top_logprobs, retain, layers))
 
     def generate(
         self, model: str, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **sampling: Any
@@ -512,8 +516,10 @@ class AsyncClient:
         messages: list[dict[str, Any]] | None = None,
         top_logprobs: int | None = None,
         retain: Retain | None = None,
+        layers: list[int] | Literal["all"] | None = None,
     ) -> ScoreResponse:
-        return await self.send(Calls.score(model, text, messages, top_logprobs, retain))
+        """`layers`: hidden_states indices (or "all") whose states the record keeps too (export: /hidden?layer=)."""
+        return await self.send(Calls.score(model, text, messages, top_logprobs, retain, layers))
 
     async def generate(
         self, model: str, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **sampling: Any

@@ -57,6 +57,12 @@ class HeadMetricsOut(BaseModel):
     tpr: float = Field(description="out of fold, at the threshold")
     fpr: float
     confidence: str = Field(description="how far the figures can be trusted, in words")
+    layer: int | None = Field(
+        default=None, description="a probe on a layer (params.layer): the hidden_states index it reads (the chosen one)"
+    )
+    layer_auroc: dict[int, float] | None = Field(
+        default=None, description='params.layer "best": the cross-validated AUROC of each layer (the best was chosen)'
+    )
 
 
 class Head(BaseModel):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from logprobe.schemas.tokens import ChatMessage, TokenOut
+
+Layer = Annotated[int, Field(ge=0, strict=True)]
 
 # as workers.contract.names.Retain (the client imports neither workers nor safetensors)
 Retain = Literal["full", "stats"]
@@ -29,6 +31,12 @@ class ScoreRequest(BaseModel):
         default=None, ge=0, strict=True, description="alternatives per token (default 5, max 20; 5 without export)"
     )
     retain: Retain | None = Field(default=None, description=RETAIN)
+    layers: list[Layer] | Literal["all"] | None = Field(
+        default=None,
+        description="intermediate layers whose hidden states the record keeps too, from the same forward "
+        "(transformers' hidden_states indices: 0 = the embeddings, the model's layer count = the final states); "
+        "export them with GET /v1/records/{id}/hidden?layer=L. Implies retain 'full'",
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -36,6 +44,7 @@ class ScoreResponse(BaseModel):
     model: str
     cached: bool
     n_tokens: int
+    layers: list[int] = Field(default_factory=list, description="the layers whose hidden states the record keeps")
     tokens: list[TokenOut]
 
 
@@ -51,4 +60,5 @@ class RecordResponse(BaseModel):
     retain: Retain = Field(description="what the record keeps: 'full' (statistics and full rows) or 'stats'")
     hidden_dtype: str
     vocab_size: int
+    layers: list[int] = Field(default_factory=list, description="the layers whose hidden states the record keeps")
     tokens: list[TokenOut]
