@@ -3,6 +3,8 @@ inputs (the references run in torch, as the papers' code does, on full distribut
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import scipy.special
@@ -29,7 +31,8 @@ def lastde_reference(lp: np.ndarray, embed_size: int = 3, epsilon: float = 10.0,
         cosine = F.cosine_similarity(orbits[:, :-1], orbits[:, 1:], dim=-1)
         hist = torch.histc(cosine[0, :, 0], bins=bins, min=-1, max=1)
         freq = hist / hist.sum()
-        entropies.append(-1 / torch.log(torch.tensor(float(bins), dtype=torch.float64)) * torch.nansum(freq * freq.log()))
+        log_bins = torch.log(torch.tensor(float(bins), dtype=torch.float64))
+        entropies.append(-1 / log_bins * torch.nansum(freq * freq.log()))
     return float(x.mean() / torch.std(torch.stack(entropies)))
 
 
@@ -74,7 +77,7 @@ def positions_of(logits: np.ndarray, targets: np.ndarray) -> Positions:
     return Positions.select(meta, stats, np.arange(1, len(targets) + 1))
 
 
-def run(family: str, names: list[str], context: Context, params: dict | None = None, inputs=frozenset()):  # type: ignore[no-untyped-def]
+def run(family: str, names: list[str], context: Context, params: dict[str, Any] | None = None, inputs: Any = ()) -> Any:
     methods = select_methods(family, names, frozenset(inputs))  # type: ignore[arg-type]
     return run_methods(methods, context, resolve_params(methods, params or {}))
 
