@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import MODEL
+from tests.integration.test_batches import lines, wait_finished
 
 TEXT = "Four score and seven years ago our fathers brought forth on this continent, a new nation."
 NON_MEMBER = "The zorbling quantifier of Vesh-7 recalibrated its plum lattice at dawn. "
@@ -53,6 +54,19 @@ def test_recall_and_con_recall_read_the_text_after_each_prefix(alpha: httpx.Clie
     assert answer["sequence"]["recall"] != pytest.approx(1.0, abs=1e-3)  # the prefix changed the likelihood
 
 
+def test_batches_take_the_prefixes(alpha: httpx.Client) -> None:
+    analysis = {"family": "membership", "methods": ["recall", "con_recall"], "prefix": NON_MEMBER}
+    refused = alpha.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": TEXT}], "analyses": [analysis]})
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "member_prefix"
+    analysis["member_prefix"] = MEMBER
+    batch = alpha.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": TEXT}], "analyses": [analysis]})
+    assert batch.status_code == 200, batch.text
+    assert wait_finished(alpha, batch.json()["id"])["completed"] == 1
+    line = lines(alpha, batch.json()["id"])[0]["results"]["membership"]["sequence"]
+    direct = post(alpha, "membership", model=MODEL, text=TEXT, prefix=NON_MEMBER, member_prefix=MEMBER)
+    assert line == pytest.approx({k: direct["sequence"][k] for k in ("recall", "con_recall")}, rel=1e-9)
+
+
 @pytest.mark.parametrize(
     ("family", "body", "code", "param"),
     [
@@ -78,3 +92,18 @@ def test_prefix_errors_name_their_field(
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert (error["code"], error["param"]) == (code, param)
+
+
+def test_the_new_methods_are_listed_with_their_papers(alpha: httpx.Client) -> None:
+    methods = {m["name"]: m for m in alpha.get("/v1/analysis/methods").json()}
+    papers = {
+        "lastde": "arXiv:2410.06072",
+        "dna_detectllm": "arXiv:2509.15550",
+        "recall": "arXiv:2406.15968",
+        "con_recall": "arXiv:2409.03363",
+    }
+    for name, arxiv in papers.items():
+        assert arxiv in methods[name]["paper"], name
+    assert methods["recall"]["requires"] == ["prefix"]
+    assert methods["con_recall"]["requires"] == ["prefix", "member_prefix"]
+    assert [p["name"] for p in methods["lastde"]["params"]] == ["embed_size", "epsilon", "tau_prime"]
