@@ -13,7 +13,7 @@ about Python modules, cut to their first WORDS words; the two still differ in st
 read. ReCaLL's non-member prefix and Con-ReCall's member prefix are PREFIX_SHOTS docstrings of each class held out
 of the test set.
 
-Usage: python -m bench.quality [--n 36] [--rebuild]
+Usage: python -m bench.quality [--n 16] [--rebuild]
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def membership(client: httpx.Client, n: int, rebuild: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", choices=["membership"], default="membership")
-    parser.add_argument("--n", type=int, default=36, help="test texts per class")
+    parser.add_argument("--n", type=int, default=16, help="test texts per class")
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
     env = {"LOGPROBE_MODELS": TARGET, "LOGPROBE_WORKER_THREADS": "2"}
