@@ -78,12 +78,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30)
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
-    env = {"LOGPROBE_MODELS": ",".join(WRITERS), "LOGPROBE_WORKER_THREADS": "2"}
+    build = args.rebuild or not DEV_SET.exists()
+    models = WRITERS if build else (SCORER,)  # the writers are needed only to build the set
+    env = {"LOGPROBE_MODELS": ",".join(models), "LOGPROBE_WORKER_THREADS": "2"}
     with LocalService(env=env) as service, httpx.Client(base_url=service.base_url, timeout=600) as client:
         rows = (
-            build_dev_set(client, args.n)
-            if args.rebuild or not DEV_SET.exists()
-            else [json.loads(line) for line in DEV_SET.read_text().splitlines()]
+            build_dev_set(client, args.n) if build else [json.loads(line) for line in DEV_SET.read_text().splitlines()]
         )
         scores: dict[str, list[dict[str, float | None]]] = {}
         for row in rows:

@@ -140,6 +140,7 @@ class Context:
     reference: Positions | None = None
     cross: dict[str, np.ndarray] | None = None
     turns: list[tuple[int, int]] | None = None  # [start, stop) indexes into the positions, one per chat turn
+    prefixed: dict[str, Positions] | None = None  # "prefix", "member_prefix": the text scored after that prefix
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,17 @@
 
 Log-likelihood, log-rank and entropy are the zero-shot baselines of DetectGPT (Mitchell et al. 2023);
 LRR is DetectLLM's log-likelihood/log-rank ratio (Su et al. 2023); GLTR buckets ranks (Gehrmann et al. 2019);
-Fast-DetectGPT's analytic sampling discrepancy (Bao et al. 2024) with the scorer as its own reference.
+Fast-DetectGPT's analytic sampling discrepancy (Bao et al. 2024) with the scorer as its own reference; Lastde's
+multiscale diversity entropy of the log-probability series (Xu et al. 2025); DNA-DetectLLM's repair effort toward
+the most probable sequence (Zhu et al. 2025).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from app.analysis.base import Context, method, variance_is_zero
+from app.analysis.base import Context, Param, method, variance_is_zero
+from app.analysis.diversity_entropy import multiscale_diversity_entropy, shortest_series
 from app.analysis.uncertainty import DETECTGPT, GLTR
 
 MACHINE = "more likely machine-written"
@@ -23,6 +26,14 @@ DETECTLLM = (
 FAST_DETECTGPT = (
     "Fast-DetectGPT: Efficient Zero-Shot Detection of Machine-Generated Text via Conditional Probability "
     "Curvature (Bao et al. 2024), arXiv:2310.05130"
+)
+LASTDE = (
+    "Training-free LLM-generated Text Detection by Mining Token Probability Sequences (Xu et al. 2025, ICLR), "
+    "arXiv:2410.06072"
+)
+DNA_DETECTLLM = (
+    "DNA-DetectLLM: Unveiling AI-Generated Text via a DNA-Inspired Mutation-Repair Paradigm (Zhu et al. 2025, "
+    "NeurIPS), arXiv:2509.15550"
 )
 BINOCULARS = (
     "Spotting LLMs With Binoculars: Zero-Shot Detection of Machine-Generated Text (Hans et al. 2024), arXiv:2401.12070"
@@ -118,3 +129,60 @@ def binoculars(ctx: Context) -> float:
     if cross_entropy < XENT_ATOL:
         return float("nan")
     return float(-np.mean(ctx.data.logprob) / cross_entropy)
+
+
+LASTDE_PARAMS = (
+    Param("embed_size", 3, "orbit length s: consecutive values compared as one vector", 2, 64, "int"),
+    Param("epsilon", 10.0, "intervals of [-1, 1] per position: epsilon * n bins for a span of n positions", 0.01, 1e3),
+    Param("tau_prime", 5, "scales tau = 1..tau_prime of the moving average", 2, 64, "int"),
+)
+
+
+@method(
+    "lastde",
+    ("detect",),
+    "sequence",
+    MACHINE,
+    ("logprob",),
+    paper=LASTDE,
+    params=LASTDE_PARAMS,
+    undefined="the span is shorter than tau_prime + embed_size positions, or the multiscale diversity entropy "
+    "is 0 (every scale's cosine similarities fall in the same intervals)",
+)
+def lastde(ctx: Context) -> float:
+    """Lastde: mean log p(x_t) over the multiscale diversity entropy (MDE) of the series log p(x_t): the sample
+    std over scales tau = 1..tau_prime of the diversity entropy of the tau-wide moving average, whose orbits of
+    embed_size values are compared by neighbouring cosine similarity binned into int(epsilon * n) intervals of
+    [-1, 1]. Defaults are the reference code's for open-source scorers (s = 3, epsilon = 10, tau' = 5). Lastde++
+    (the same score normalised by token series sampled from the scorer) needs full rows and is not offered."""
+    series = ctx.data.logprob
+    p = ctx.params
+    embed, tau_max = int(p["embed_size"]), int(p["tau_prime"])
+    bins = int(p["epsilon"] * series.size)
+    if series.size < shortest_series(embed, tau_max) or bins < 1:
+        return float("nan")
+    mde = multiscale_diversity_entropy(series, embed, bins, tau_max)
+    return float(np.mean(series) / mde) if mde > 0 else float("nan")
+
+
+@method(
+    "dna_detectllm",
+    ("detect",),
+    "sequence",
+    "more likely human-written (machine text scores low)",
+    ("logprob", "topk_logprobs", "entropy"),
+    paper=DNA_DETECTLLM,
+    undefined="the cross-entropy (the denominator) is 0: the observer puts all its mass on the performer's "
+    "most likely token at every position",
+)
+def dna_detectllm(ctx: Context) -> float:
+    """DNA-DetectLLM's score (its reference code's compute_score): (mean_t -log p(x_t) + mean_t -log max_v p(v))
+    over 2 X-PPL, with X-PPL = mean_t -sum_v q(v) log p(v): the text's loss plus the loss of the fully repaired
+    (argmax) sequence, relative to the cross-perplexity. p is the performer (`model`), q the observer
+    (`reference_model`); without one the scorer observes itself (X-PPL = mean entropy)."""
+    d = ctx.data
+    cross_entropy = float(-np.mean(d.logp_mean if ctx.cross is None else ctx.cross["q_logp_mean"]))
+    if cross_entropy < XENT_ATOL:
+        return float("nan")
+    repaired = -np.mean(d.top_logprobs[:, 0])
+    return float((-np.mean(d.logprob) + repaired) / (2.0 * cross_entropy))

@@ -2,7 +2,8 @@
 
 Min-K% Prob (Shi et al. 2024, "Detecting Pretraining Data from Large Language Models"), Min-K%++ (Zhang et al.
 2024) and DC-PDD ("Pretraining Data Detection for Large Language Models: A Divergence-based Calibration
-Method", Zhang et al. 2024). All three point the same way: higher means more likely a member.
+Method", Zhang et al. 2024); ReCaLL (Xie et al. 2024) and Con-ReCall (Wang et al. 2024), which score the text
+again after a prefix of non-member (and member) text. All point the same way: higher means more likely a member.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ DC_PDD = (
     "Pretraining Data Detection for Large Language Models: A Divergence-based Calibration Method "
     "(Zhang et al. 2024), arXiv:2409.14781"
 )
+RECALL = "ReCaLL: Membership Inference via Relative Conditional Log-Likelihoods (Xie et al. 2024), arXiv:2406.15968"
+CON_RECALL = (
+    "Con-ReCall: Detecting Pre-training Data in LLMs via Contrastive Decoding (Wang et al. 2024), arXiv:2409.03363"
+)
+NO_LIKELIHOOD = "the mean log-likelihood of the text on its own (the denominator) is 0"
 FLAT = (
     "sigma_t is 0 (within rounding): log p is the same for every token the distribution gives mass to "
     "(a point mass, or flat over its support)"
@@ -90,3 +96,46 @@ def dc_pdd(ctx: Context) -> float:
     first.sort()
     calibrated = np.exp(d.logprob[first]) * -np.log(ctx.frequencies[d.token_ids[first]])
     return float(np.mean(np.minimum(calibrated, ctx.params["a"])))
+
+
+def _prefixed_mean(ctx: Context, name: str) -> float:
+    assert ctx.prefixed is not None
+    return float(np.mean(ctx.prefixed[name].logprob))
+
+
+@method(
+    "recall",
+    ("membership",),
+    "sequence",
+    MEMBER,
+    ("logprob",),
+    paper=RECALL,
+    requires=("prefix",),
+    undefined=NO_LIKELIHOOD,
+)
+def recall(ctx: Context) -> float:
+    """ReCaLL: LL(x | P) / LL(x), the mean log p(x_t) with the non-member `prefix` P before the text over the
+    mean without it, over the same positions (the reference code's conditional mean also counts the text's first
+    token, predicted from P alone; a span has no position for it)."""
+    alone = float(np.mean(ctx.data.logprob))
+    return _prefixed_mean(ctx, "prefix") / alone if alone < 0 else float("nan")
+
+
+@method(
+    "con_recall",
+    ("membership",),
+    "sequence",
+    MEMBER,
+    ("logprob",),
+    paper=CON_RECALL,
+    params=(Param("gamma", 0.5, "weight of the member-prefix log-likelihood (the paper sweeps 0.1-1.0)", 0.0, 10.0),),
+    requires=("prefix", "member_prefix"),
+    undefined=NO_LIKELIHOOD,
+)
+def con_recall(ctx: Context) -> float:
+    """Con-ReCall: (LL(x | P_non) - gamma LL(x | P_mem)) / LL(x), with the non-member `prefix` P_non and the
+    `member_prefix` P_mem, over the same positions as ReCaLL."""
+    alone = float(np.mean(ctx.data.logprob))
+    if alone >= 0:
+        return float("nan")
+    return (_prefixed_mean(ctx, "prefix") - ctx.params["gamma"] * _prefixed_mean(ctx, "member_prefix")) / alone

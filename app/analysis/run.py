@@ -40,6 +40,11 @@ def missing_inputs(method: Method, family: Family, inputs: frozenset[str]) -> An
     if not missing:
         return None
     name = f"`{method.name}`"
+    for prefix in ("prefix", "member_prefix"):
+        if prefix in missing:
+            kind = "non-member" if prefix == "prefix" else "member"
+            message = f"{name} scores the text again after {kind} text: give a `{prefix}`"
+            return AnalysisError("prefix_required", message, prefix)
     if missing & {"cross", "reference"}:
         if "turns" in method.requires and GAVE_MESSAGES not in inputs:
             message = f"{name} compares two models turn by turn over a chat: give a `reference_model` and `messages`"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from app.analysis.base import Context, Family, Positions
+from app.analysis.base import Context, Family, Method, Positions
 from app.analysis.run import (
     ALWAYS_AVAILABLE,
     GAVE_CONTEXT,
@@ -35,6 +35,7 @@ from logprobe.schemas.analysis import AnalysisRequest, SpanName, SpanRange
 from workers.contract.records import RecordMeta
 
 PAIRED_FAMILIES = ("compare", "detect")
+PREFIXES = ("prefix", "member_prefix")  # membership: the text scored again after each (ReCaLL, Con-ReCall)
 
 
 def _list_positions(span: list[int], n_tokens: int) -> np.ndarray:
@@ -107,6 +108,14 @@ def analysis_inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
             raise ApiError(422, "invalid_request", f"{family} takes no `reference_model`", "reference_model")
         if body.context is not None:
             raise ApiError(422, "invalid_request", "give a `reference_model` or a `context`, not both", "context")
+    for field in PREFIXES:
+        if getattr(body, field) is not None:
+            if family != "membership":
+                raise ApiError(422, "invalid_request", f"{family} takes no `{field}`", field)
+            if body.messages is not None:
+                message = f"a `{field}` goes before a `text` or a record, not `messages`"
+                raise ApiError(422, "invalid_request", message, field)
+            inputs.add(field)
     if body.reference_model is not None or body.context is not None:
         inputs |= {"cross", "reference"}
         if body.messages is not None and body.reference_model is not None:
@@ -131,6 +140,19 @@ async def _pair(body: AnalysisRequest, services: Services, tenant: str) -> Pair 
     return None
 
 
+async def _prefixed(body: AnalysisRequest, services: Services, tenant: str, methods: list[Method]) -> dict[str, Pair]:
+    """The text after each prefix that a chosen method reads (p) and on its own (q), one prefix after the other:
+    the second finds the text's own record cached."""
+    wanted = [f for f in PREFIXES if any(f in m.requires for m in methods)]
+    pairs = {}
+    for field in wanted:
+        prefix = getattr(body, field)
+        pairs[field] = await context_pair(
+            services, tenant, body.model, prefix, body.text, body.record_id, body.retain, field=field
+        )
+    return pairs
+
+
 async def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> tuple[int, int] | None:
     """The last assistant turn's reply, when the span needs it (the chat is tokenized again: in a thread)."""
     named = body.span == "last_turn" or (body.span in ("prompt", "completion") and shown.n_prompt is None)
@@ -148,7 +170,20 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
     pair = await _pair(body, services, tenant)
     if body.heads and pair is not None and pair.byte_cross is not None:
         raise ApiError(422, "invalid_request", "heads read token records: not with a byte-level pair", "heads")
-    if pair is None:
+    prefixed = await _prefixed(body, services, tenant, methods) if pair is None else {}
+    if prefixed:
+        sides = list(prefixed.values())
+        meta, stats, codec = sides[0].q.meta, sides[0].q.stats, sides[0].codec
+        cached = all(side.p.cached and side.q.cached for side in sides)
+        positions = span_positions(body.span, meta)
+        prefixed_positions = {
+            field: Positions.select(side.p.meta, side.p.stats, side.p_positions(positions))
+            for field, side in prefixed.items()
+        }
+        shown = meta
+        context = Context(Positions.select(meta, stats, positions), {}, prefixed=prefixed_positions)
+        head_input = (meta, stats, positions)
+    elif pair is None:
         meta, stats, codec, cached = await record_for(
             services,
             tenant,

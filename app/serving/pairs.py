@@ -175,26 +175,28 @@ async def context_pair(
     text: str | None,
     record_id: str | None = None,
     retain: Retain | None = None,
+    field: str = "context",
 ) -> Pair:
-    """The text's (or a stored record's) tokens under one model, after the context (p) and on their own (q)."""
+    """The text's (or a stored record's) tokens under one model, after the context (p) and on their own (q).
+    `field`: the request field that holds the context (membership's `prefix` and `member_prefix` are contexts)."""
     if not context:
-        raise ApiError(422, "empty_text", "the context is empty", "context")
+        raise ApiError(422, "empty_text", f"the {field} is empty", field)
     limit = services.settings.max_positions
     if record_id is not None:
         q = await _given(services, tenant, model, record_id, retain, text=text, messages=None)
         codec = await services.catalog.codec(await services.catalog.card(q.meta.model))
         alone = q.meta.token_ids
     elif text is None:
-        raise ApiError(422, "missing_input", "a `context` comparison needs a `text` or a `record_id`", "text")
+        raise ApiError(422, "missing_input", f"a `{field}` needs a `text` or a `record_id`", "text")
     elif model is None:
         raise ApiError(422, "missing_input", "a paired analysis needs a `model` (or a `record_id`)", "model")
     else:
         codec = await services.catalog.codec(await services.catalog.card(model))
         alone = await input_ids(codec, text, None, False, limit)
     bos = 1 if codec.card.add_bos and alone[:1] == [codec.card.bos_token_id] else 0
-    context_ids = await asyncio.to_thread(text_token_ids, codec, context, limit, True, "context")
+    context_ids = await asyncio.to_thread(text_token_ids, codec, context, limit, True, field)
     with_context = context_ids + alone[bos:]
-    check_length(codec.card, len(with_context), limit, "context")
+    check_length(codec.card, len(with_context), limit, field)
     name = codec.card.name
     if record_id is not None:
         p = await _scored(services, tenant, name, with_context, retain)

@@ -66,13 +66,15 @@ def test_two_models_compare_and_detect(pair_service: httpx.Client, tiny_models: 
         model=MODEL,
         reference_model="tiny-llama",
         text=TEXT,
-        methods=["fast_detectgpt", "binoculars"],
+        methods=["fast_detectgpt", "binoculars", "dna_detectllm"],
     )
     lp_x = logp[np.arange(len(ids) - 1), ids[1:]]
     mu = (q * logp).sum(axis=1)
     var = (q * logp**2).sum(axis=1) - mu**2
     assert detect["sequence"]["fast_detectgpt"] == pytest.approx((lp_x.sum() - mu.sum()) / np.sqrt(var.sum()), rel=TOL)
     assert detect["sequence"]["binoculars"] == pytest.approx(-lp_x.mean() / -mu.mean(), rel=TOL)
+    dna = (-lp_x.mean() - logp.max(axis=1).mean()) / (2 * -mu.mean())  # DNA-DetectLLM, observer = reference_model
+    assert detect["sequence"]["dna_detectllm"] == pytest.approx(dna, rel=TOL)
 
 
 def test_context_confidence_gain(pair_service: httpx.Client) -> None:

@@ -11,6 +11,7 @@ import torch
 from app.analysis import REGISTRY
 from app.analysis.base import Context, Positions
 from app.analysis.run import resolve_params, run_methods, select_methods
+from tests.unit.test_zeroshot_methods import lastde_reference
 from workers.capture import cross_statistics, row_statistics
 from workers.contract.records import RecordMeta
 
@@ -90,6 +91,8 @@ def reference(logp: np.ndarray, token_ids: np.ndarray, positions: np.ndarray, fr
         "gltr.top1000": np.mean((rank > 100) & (rank <= 1000)),
         "gltr.rest": np.mean(rank > 1000),
         "fast_detectgpt": (lp.sum() - mu.sum()) / np.sqrt(var.sum()),
+        "lastde": lastde_reference(lp),
+        "dna_detectllm": (-lp.mean() - rows.max(axis=1).mean()) / (2 * ent.mean()),
         "min_k": np.sort(lp)[:k].mean(),
         "min_k_zscore": (lp - mu) / np.sqrt(var),
         "min_k_plus_plus": np.sort((lp - mu) / np.sqrt(var))[:k].mean(),
@@ -142,6 +145,7 @@ def pair_reference(
         "drift.mean": np.mean([kl_pq[a:b].mean() for a, b in turns]),
         "fast_detectgpt": (lp_x.sum() - mu.sum()) / np.sqrt(var.sum()),
         "binoculars": -lp_x.mean() / -mu.mean(),
+        "dna_detectllm": (-lp_x.mean() - logp.max(axis=1).mean()) / (2 * -mu.mean()),
     }
 
 
@@ -168,7 +172,7 @@ def test_two_distribution_methods_match_float64_references(seed: int, scale_q: f
     )
     inputs = frozenset({"cross", "reference", "turns", "frequencies"})
     ref = pair_reference(logp[rows], logq[rows], np.asarray(meta.token_ids)[positions], turns)
-    for family, names in (("compare", None), ("detect", ["fast_detectgpt", "binoculars"])):
+    for family, names in (("compare", None), ("detect", ["fast_detectgpt", "binoculars", "dna_detectllm"])):
         methods = select_methods(family, names, inputs)  # type: ignore[arg-type]
         result = run_methods(methods, context, resolve_params(methods, {}))
         for name, values in result.tokens.items():
@@ -185,7 +189,8 @@ def test_every_method_is_covered_and_documented() -> None:
     x = np.asarray(meta.token_ids)
     names = set(reference(logp, x, np.arange(1, 40), np.full(V, 1 / V)))
     names |= set(pair_reference(logp, logp, x[1:], [(0, 1)]))
-    assert set(REGISTRY.methods) <= {name.split(".")[0] for name in names} | {"entropy_trend"}
+    prefixed = {"recall", "con_recall"}  # tests/unit/test_zeroshot_methods.py
+    assert set(REGISTRY.methods) <= {name.split(".")[0] for name in names} | {"entropy_trend"} | prefixed
 
 
 def test_parameters_are_checked() -> None:

@@ -45,6 +45,14 @@ class AnalysisRequest(BaseModel):
     context: str | None = Field(
         default=None, description="compare: the model with this context before the text (or the record's tokens)"
     )
+    prefix: str | None = Field(
+        default=None,
+        description="membership: text known NOT to be in the training data, put before the text (ReCaLL, "
+        "Con-ReCall); the text's positions are scored after it too",
+    )
+    member_prefix: str | None = Field(
+        default=None, description="membership: text known to be in the training data, put before the text (Con-ReCall)"
+    )
     calibration_id: str | None = Field(
         default=None, description="detect: the calibration whose thresholds give `decisions`"
     )

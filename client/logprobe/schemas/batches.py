@@ -35,6 +35,8 @@ class BatchAnalysis(BaseModel):
     frequency_table: str = DEFAULT_TABLE
     reference_model: str | None = None
     context: str | None = None
+    prefix: str | None = None
+    member_prefix: str | None = None
     heads: list[str] | None = Field(default=None, max_length=8, description="trained heads to run on every input")
 
 
