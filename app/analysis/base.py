@@ -12,14 +12,17 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from workers.contract.records import RecordMeta
 
+if TYPE_CHECKING:
+    from app.analysis.consistency import SampleSet
+
 Level = Literal["token", "sequence"]
-Family = Literal["uncertainty", "detect", "membership", "compare"]
+Family = Literal["uncertainty", "detect", "membership", "compare", "consistency"]
 ParamKind = Literal["int", "float"]
 Value = np.ndarray | float | dict[str, float] | dict[str, float | list[float]]
 
@@ -140,6 +143,7 @@ class Context:
     reference: Positions | None = None
     cross: dict[str, np.ndarray] | None = None
     turns: list[tuple[int, int]] | None = None  # [start, stop) indexes into the positions, one per chat turn
+    samples: SampleSet | None = None  # consistency: the SampleSet (app.analysis.consistency) of n sampled answers
 
 
 @dataclass(frozen=True)
