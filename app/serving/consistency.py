@@ -94,12 +94,16 @@ async def given(
     return answer_of(meta, stats, len(ids), text, "given")
 
 
+SAMPLE_LOST = frozenset({"record_not_found", "record_evicted"})  # its record went before it was read
+
+
 async def sample_or_error(draw: Awaitable[Answer]) -> Answer | ApiError:
-    """A sample, or the error of a generation that failed in its worker (424): it fails alone."""
+    """A sample, or the error of a generation that failed in its worker (424) or whose record Redis dropped before
+    it was read: it fails alone. Anything else (a refused request, the budget) ends the request."""
     try:
         return await draw
     except ApiError as exc:
-        if exc.status != 424:
+        if exc.status != 424 and exc.code not in SAMPLE_LOST:
             raise
         return exc
 

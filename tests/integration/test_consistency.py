@@ -17,6 +17,8 @@ import torch
 from app.analysis.consistency import SampleSet
 from app.analysis.similarity import rouge_l_matrix
 from app.serving.consistency import JUDGE, P_TRUE
+from logprobe.client import Client
+from logprobe.schemas.consistency import ConsistencyResponse
 from tests.conftest import MODEL
 from tests.unit.test_consistency_methods import theirs
 
@@ -177,3 +179,13 @@ def test_methods_are_listed_with_their_papers(alpha: httpx.Client) -> None:
         "p_true",
     }
     assert "2302.09664" in listed["semantic_entropy"]["paper"] and "2207.05221" in listed["p_true"]["paper"]
+
+
+def test_the_python_client_asks_for_it(service: str) -> None:
+    with Client(service, api_key="key-alpha") as client:
+        got = client.consistency(
+            MODEL, messages=QUESTION, n=2, max_tokens=4, seed=3, temperature=0.7, methods=["lexical_similarity"]
+        )
+    assert isinstance(got, ConsistencyResponse) and [s.seed for s in got.samples] == [3, 4]
+    texts = [s.text or "" for s in got.samples]
+    assert got.sequence["lexical_similarity"] == pytest.approx(-rouge_l_matrix(texts)[0, 1], abs=1e-12)

@@ -1,0 +1,49 @@
+"""A sample of /v1/analysis/consistency fails alone: the error of its generation job (424) or of its lost record
+becomes that sample's `error`; an error that concerns the whole request (a 422, the tenant's budget) is raised."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.platform.errors import ApiError
+from app.serving.consistency import Answer, sample_or_error, sample_row
+
+
+async def failing(error: ApiError) -> Answer:
+    raise error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiError(424, "worker_error", "the batch step failed"),
+        ApiError(424, "invalid_token_ids", "bad ids"),
+        ApiError(404, "record_not_found", "record 'x' not found", "record_id"),
+    ],
+)
+def test_a_failed_generation_is_that_samples_error(error: ApiError) -> None:
+    got = asyncio.run(sample_or_error(failing(error)))
+    assert got is error
+    row = sample_row(3, 14, got)
+    assert row == {
+        "index": 3,
+        "seed": 14,
+        "record_id": None,
+        "text": None,
+        "finish_reason": None,
+        "log_likelihood": None,
+        "n_tokens": None,
+        "error": {"code": error.code, "message": error.message},
+    }
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ApiError(429, "rate_limited", "slow down"), ApiError(422, "context_length_exceeded", "too long", "prompt")],
+)
+def test_an_error_of_the_whole_request_is_raised(error: ApiError) -> None:
+    with pytest.raises(ApiError) as raised:
+        asyncio.run(sample_or_error(failing(error)))
+    assert raised.value is error
