@@ -12,14 +12,12 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from app.analysis.samples import SampleSet
 from workers.contract.records import RecordMeta
-
-if TYPE_CHECKING:
-    from app.analysis.consistency import SampleSet
 
 Level = Literal["token", "sequence"]
 Family = Literal["uncertainty", "detect", "membership", "compare", "consistency"]

@@ -11,11 +11,11 @@ rule of Kuhn et al. for a two-way judge). Higher values mean more uncertain, as 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from app.analysis.base import Context, method
+from app.analysis.samples import SampleSet
 
 SAME_MEANING = 0.5  # S[i, j] above this both ways: i and j are in one semantic set
 ECCENTRICITY_THRESHOLD = 0.9  # LM-Polygraph's `thres`: eigenvectors of the Laplacian below this eigenvalue count
@@ -29,20 +29,6 @@ COCOA = (
     "Vashurin et al. 2025, Uncertainty Quantification for LLMs through Minimum Bayes Risk: Bridging Confidence and "
     "Consistency (arXiv 2502.04964)"
 )
-
-
-@dataclass(frozen=True)
-class SampleSet:
-    """What consistency methods see: n samples and the answer being judged."""
-
-    texts: list[str]
-    log_likelihoods: np.ndarray  # [n]: each sample's sum of token logprobs
-    similarity: np.ndarray  # [n, n]: S[i, j] in [0, 1], 1 on the diagonal for a non-empty text
-    lexical: np.ndarray  # [n, n]: ROUGE-L F between samples (lexical_similarity's own measure)
-    answer_similarity: np.ndarray  # [n]: similarity of the judged answer to each sample
-    answer_logprobs: np.ndarray  # [T]: the judged answer's token logprobs
-    answer_entropies: np.ndarray  # [T]: the entropy of each of its positions
-    p_true_logprob: float  # log P("True") after LM-Polygraph's P(True) prompt (NaN: not measured)
 
 
 def samples_of(ctx: Context) -> SampleSet:

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.analysis import Context
-from app.analysis.consistency import SampleSet
 from app.analysis.run import AnalysisError, resolve_params, run_methods, select_methods
+from app.analysis.samples import SampleSet
 from app.analysis.similarity import cosine_matrix, rouge_l_matrix
 from app.platform.budget import check_fits
 from app.platform.errors import ApiError

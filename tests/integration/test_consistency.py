@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.analysis.consistency import SampleSet
+from app.analysis.samples import SampleSet
 from app.analysis.similarity import rouge_l_matrix
 from app.serving.consistency import JUDGE, P_TRUE
 from logprobe.client import Client

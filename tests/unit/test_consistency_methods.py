@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from app.analysis import REGISTRY, Context
-from app.analysis.consistency import SampleSet
 from app.analysis.run import resolve_params, run_methods, select_methods
+from app.analysis.samples import SampleSet
 from app.analysis.similarity import cosine_matrix, rouge_l, rouge_l_matrix
 
 TOL = 1e-6
