@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from app.analysis.similarity import cosine_matrix, rouge_l_matrix
 from app.platform.budget import check_fits
 from app.platform.errors import ApiError
 from app.platform.limits import charge
-from app.serving.completions import gather_all, seed_of
+from app.serving.completions import seed_of
 from app.serving.inputs import check_length, input_ids
 from app.serving.jobs import NO_ROOM, generation_job, raise_for_outcome
 from app.serving.scoring import scored_record
@@ -108,15 +108,41 @@ async def sample_or_error(draw: Awaitable[Answer]) -> Answer | ApiError:
         return exc
 
 
+async def settled(coroutines: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently and wait until every one has ended, then raise the first error. Nothing is cancelled
+    from outside: each job's waiter notices a client that left and cancels its own job in the worker, which a task
+    cancelled meanwhile would not."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, NotStarted):
+            raise result
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+class NotStarted(Exception):
+    """A call skipped because another had failed."""
+
+
 async def bounded(calls: list[Callable[[], Awaitable[T]]], at_once: int) -> list[T]:
-    """Run the calls, at most `at_once` in flight; the first error cancels the rest."""
+    """Run the calls, at most `at_once` in flight; after an error none starts, those in flight end (`settled`)."""
     gate = asyncio.Semaphore(at_once)
+    failed = False
 
     async def one(call: Callable[[], Awaitable[T]]) -> T:
+        nonlocal failed
         async with gate:
-            return await call()
+            if failed:
+                raise NotStarted
+            try:
+                return await call()
+            except Exception:
+                failed = True
+                raise
 
-    return await gather_all(one(call) for call in calls)
+    return await settled(one(call) for call in calls)
 
 
 def single_token(codec: TextCodec, text: str) -> int | None:
@@ -137,7 +163,7 @@ async def entailment(services: Services, tenant: str, codec: TextCodec, premise:
     if yes is None or no is None:
         return math.nan
     ids = codec.encode(JUDGE.format(premise=premise, hypothesis=hypothesis))
-    lp_yes, lp_no = await gather_all(next_logprob(services, tenant, codec.card, ids, t) for t in (yes, no))
+    lp_yes, lp_no = await settled(next_logprob(services, tenant, codec.card, ids, t) for t in (yes, no))
     return 1 / (1 + math.exp(lp_no - lp_yes))
 
 
@@ -232,7 +258,7 @@ async def consistency(body: ConsistencyRequest, services: Services, tenant: str)
         )
     )
     draws = [sample_or_error(generated(services, tenant, codec, ids, sampling(i), retain)) for i in range(body.n)]
-    answer, *drawn = await gather_all([judged, *draws])
+    answer, *drawn = await settled([judged, *draws])
     assert isinstance(answer, Answer)
     good = [d for d in drawn if isinstance(d, Answer)]
     if len(good) < 2:

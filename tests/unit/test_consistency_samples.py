@@ -4,11 +4,12 @@ becomes that sample's `error`; an error that concerns the whole request (a 422, 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from app.platform.errors import ApiError
-from app.serving.consistency import Answer, sample_or_error, sample_row
+from app.serving.consistency import Answer, bounded, sample_or_error, sample_row, settled
 
 
 async def failing(error: ApiError) -> Answer:
@@ -47,3 +48,41 @@ def test_an_error_of_the_whole_request_is_raised(error: ApiError) -> None:
     with pytest.raises(ApiError) as raised:
         asyncio.run(sample_or_error(failing(error)))
     assert raised.value is error
+
+
+def test_settled_lets_every_call_end_before_raising_the_first_error() -> None:
+    ended: list[str] = []
+
+    async def slow_ok() -> str:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        ended.append("ok")
+        return "ok"
+
+    async def fails() -> str:
+        raise ApiError(429, "rate_limited", "slow down")
+
+    with pytest.raises(ApiError, match="slow down"):
+        asyncio.run(settled([fails(), slow_ok()]))
+    assert ended == ["ok"]  # not cancelled: its job's waiter would have cancelled its own job on a client that left
+    assert asyncio.run(settled([slow_ok(), slow_ok()])) == ["ok", "ok"]
+
+
+def test_bounded_starts_nothing_after_an_error_and_raises_that_error() -> None:
+    started: list[int] = []
+
+    def call(i: int) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            started.append(i)
+            await asyncio.sleep(0)
+            if i == 1:
+                raise ApiError(424, "worker_error", "failed")
+            return i
+
+        return run
+
+    with pytest.raises(ApiError, match="failed"):
+        asyncio.run(bounded([call(i) for i in range(6)], 2))
+    assert started == [0, 1]
+    started.clear()
+    assert asyncio.run(bounded([call(i) for i in (0, 2, 3, 4)], 2)) == [0, 2, 3, 4]
