@@ -183,7 +183,10 @@ async def hidden_matrix(services: Services, tenant: str, answers: list[Answer]) 
     """Cosine (clipped at 0) of each answer's mean final hidden state over the rows that predicted its tokens."""
     means = []
     for a in answers:
-        states = await services.store.hidden(tenant, a.meta)
+        try:
+            states = await services.store.hidden(tenant, a.meta)
+        except ApiError as exc:  # e.g. a model whose records keep rows, not states
+            raise ApiError(exc.status, exc.code, f"similarity 'hidden': {exc.message}", "similarity") from exc
         means.append(states[a.rows].astype(np.float64).mean(axis=0))
     return cosine_matrix(np.stack(means))
 
