@@ -158,10 +158,9 @@ async def next_logprob(services: Services, tenant: str, card: ModelCard, ids: li
 
 async def entailment(services: Services, tenant: str, codec: TextCodec, premise: str, hypothesis: str) -> float:
     """P(Yes) / (P(Yes) + P(No)) after the judge prompt: the model's own judgement that the premise entails the
-    hypothesis. A tokenizer without one-token ' Yes' and ' No' judges nothing (NaN)."""
+    hypothesis (the request was refused up front if ' Yes' or ' No' is not one token)."""
     yes, no = single_token(codec, YES), single_token(codec, NO)
-    if yes is None or no is None:
-        return math.nan
+    assert yes is not None and no is not None
     ids = codec.encode(JUDGE.format(premise=premise, hypothesis=hypothesis))
     lp_yes, lp_no = await settled(next_logprob(services, tenant, codec.card, ids, t) for t in (yes, no))
     return 1 / (1 + math.exp(lp_no - lp_yes))
@@ -246,6 +245,13 @@ async def consistency(body: ConsistencyRequest, services: Services, tenant: str)
     ids = await input_ids(codec, body.prompt, body.messages, True, settings.max_positions, "prompt")
     check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
     check_budget(services, body, len(ids))
+    if body.similarity == "entailment" and None in (single_token(codec, YES), single_token(codec, NO)):
+        raise ApiError(
+            422,
+            "similarity_unsupported",
+            f"{card.name!r}'s tokenizer has no one-token ' Yes' and ' No' to judge entailment by",
+            "similarity",
+        )
     retain: Retain | None = "full" if body.similarity == "hidden" else None  # hidden states are kept in full records
 
     def sampling(i: int) -> Sampling:
@@ -268,13 +274,6 @@ async def consistency(body: ConsistencyRequest, services: Services, tenant: str)
         first = next(d for d in drawn if isinstance(d, ApiError))
         raise ApiError(424, first.code, f"fewer than 2 of {body.n} samples succeeded: {first.message}")
     matrix = await similarities(services, tenant, codec, body.similarity, [answer, *good])
-    if not np.isfinite(matrix).all():
-        raise ApiError(
-            422,
-            "similarity_unsupported",
-            f"{card.name!r}'s tokenizer has no one-token ' Yes' and ' No' to judge entailment by",
-            "similarity",
-        )
     true_lp = math.nan
     if any(m.name == "p_true" for m in methods):
         true_lp = await p_true_logprob(services, tenant, codec, body, answer.text)
