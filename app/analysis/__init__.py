@@ -3,7 +3,17 @@
 Pure numpy over the statistics a record keeps (`workers.contract.records.RecordMeta` and its arrays): one module per
 family, one registry (`base`), the runner (`run`), calibration thresholds. Imports nothing else from `app`."""
 
-from app.analysis import comparison, detection, membership, uncertainty
+from app.analysis import comparison, consistency, detection, membership, uncertainty
 from app.analysis.base import REGISTRY, Context, Method, Positions
 
-__all__ = ["REGISTRY", "Context", "Method", "Positions", "comparison", "detection", "membership", "uncertainty"]
+__all__ = [
+    "REGISTRY",
+    "Context",
+    "Method",
+    "Positions",
+    "comparison",
+    "consistency",
+    "detection",
+    "membership",
+    "uncertainty",
+]

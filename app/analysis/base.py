@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from app.analysis.samples import SampleSet
 from workers.contract.records import RecordMeta
 
 Level = Literal["token", "sequence"]
-Family = Literal["uncertainty", "detect", "membership", "compare"]
+Family = Literal["uncertainty", "detect", "membership", "compare", "consistency"]
 ParamKind = Literal["int", "float"]
 Value = np.ndarray | float | dict[str, float] | dict[str, float | list[float]]
 
@@ -141,6 +142,7 @@ class Context:
     cross: dict[str, np.ndarray] | None = None
     turns: list[tuple[int, int]] | None = None  # [start, stop) indexes into the positions, one per chat turn
     prefixed: dict[str, Positions] | None = None  # "prefix", "member_prefix": the text scored after that prefix
+    samples: SampleSet | None = None  # consistency: the SampleSet (app.analysis.consistency) of n sampled answers
 
 
 @dataclass(frozen=True)

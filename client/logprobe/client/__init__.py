@@ -32,6 +32,7 @@ from logprobe.schemas.attribution import AttributionResponse
 from logprobe.schemas.batches import Batch, BatchList
 from logprobe.schemas.bytes import BytesResponse
 from logprobe.schemas.calibrations import Calibration, CalibrationList
+from logprobe.schemas.consistency import ConsistencyResponse
 from logprobe.schemas.decode import DecodeResponse
 from logprobe.schemas.generate import GenerateResponse
 from logprobe.schemas.heads import Head, HeadList
@@ -233,6 +234,11 @@ class Calls:
         return Call("POST", "/v1/analysis/attribution", _model(AttributionResponse), body)
 
     @staticmethod
+    def consistency(model: str, body: dict[str, Any]) -> Call[ConsistencyResponse]:
+        body = _clean({"model": model, **body})
+        return Call("POST", "/v1/analysis/consistency", _model(ConsistencyResponse), body)
+
+    @staticmethod
     def train_head(
         name: str, kind: str, model: str, family: str, examples: list[dict[str, Any]], **options: Any
     ) -> Call[Head]:
@@ -384,6 +390,10 @@ class Client:
     def attribution(self, positions: list[int], **body: Any) -> AttributionResponse:
         """POST /v1/analysis/attribution: importances of the context tokens for each target position."""
         return self.send(Calls.attribution(positions, body))
+
+    def consistency(self, model: str, **body: Any) -> ConsistencyResponse:
+        """POST /v1/analysis/consistency: n sampled answers, their similarities and the consistency methods."""
+        return self.send(Calls.consistency(model, body))
 
     def train_head(
         self, name: str, kind: str, model: str, family: str, examples: list[dict[str, Any]], **options: Any
@@ -569,6 +579,9 @@ class AsyncClient:
 
     async def attribution(self, positions: list[int], **body: Any) -> AttributionResponse:
         return await self.send(Calls.attribution(positions, body))
+
+    async def consistency(self, model: str, **body: Any) -> ConsistencyResponse:
+        return await self.send(Calls.consistency(model, body))
 
     async def train_head(
         self, name: str, kind: str, model: str, family: str, examples: list[dict[str, Any]], **options: Any
