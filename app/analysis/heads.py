@@ -84,3 +84,8 @@ def probe_forward(w: dict[str, np.ndarray], pooled: np.ndarray) -> float:
     """pooled [D]: the mean (or last) hidden state of the span."""
     x = (pooled.astype(np.float64) - w["mean"]) / w["std"]
     return float(_linear(w, "lin", x)[0])
+
+
+def stack_forward(w: dict[str, np.ndarray], values: np.ndarray) -> float:
+    """values [F]: a stack head's feature values, NaN where undefined (read as `fill`, the training mean)."""
+    return probe_forward(w, np.where(np.isnan(values), w["fill"], values))

@@ -33,11 +33,25 @@ async def _add(redis: Redis, tenant: str, what: str, amount: int, now: float) ->
     return int(used)
 
 
+_prepaid: ContextVar[bool] = ContextVar("prepaid", default=False)
+
+
+@contextlib.contextmanager
+def prepaid() -> Iterator[None]:
+    """Work whose whole cost was charged when it was asked for (a head's preparation): the charges made inside
+    count nothing again."""
+    token = _prepaid.set(True)
+    try:
+        yield
+    finally:
+        _prepaid.reset(token)
+
+
 async def charge(redis: Redis, tenant: str, what: str, amount: int, limit: int) -> None:
     """Count `amount` against this minute's budget; over `limit`, a 429 that says when the window resets. A request
     that alone needs more than a whole minute's budget is a 422 `request_exceeds_budget` (no retry could pass) and
-    is not counted (app/platform/budget.py)."""
-    if limit <= 0 or amount <= 0:
+    is not counted (app/platform/budget.py). Inside `prepaid()` nothing is counted."""
+    if limit <= 0 or amount <= 0 or _prepaid.get():
         return
     budget.fits_with_what_it_spent(what, amount, limit)
     now = time.time()

@@ -26,12 +26,14 @@ from app.analysis.run import (
 from app.platform.errors import ApiError
 from app.serving.bytes import byte_chars
 from app.serving.cross import cross_statistics
-from app.serving.head_inference import apply_heads
+from app.serving.head_inference import StackInputs, apply_heads
 from app.serving.pairs import Pair, chat_reply, context_pair, model_pair
 from app.serving.scoring import record_for
 from app.serving.services import Services
+from app.serving.stack import feature_values
 from app.serving.text import TextCodec
 from logprobe.schemas.analysis import AnalysisRequest, SpanName, SpanRange
+from workers.contract.heads import HeadState
 from workers.contract.records import RecordMeta
 
 PAIRED_FAMILIES = ("compare", "detect")
@@ -222,7 +224,9 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
     result = run_methods(methods, context, params)
     heads = None
     if body.heads:
-        heads = await apply_heads(services, tenant, family, body.heads, *head_input)
+        heads = await apply_heads(
+            services, tenant, family, body.heads, *head_input, _stack_inputs(body, services, tenant)
+        )
         result.sequence.update(heads.sequence)
         result.tokens.update(heads.tokens)
     return {
@@ -245,6 +249,19 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
         "decisions": heads.decisions if heads is not None and heads.decisions else None,
         "undefined": result.undefined,
     }
+
+
+def _stack_inputs(body: AnalysisRequest, services: Services, tenant: str) -> StackInputs:
+    """A stack head's feature values for the request's text (or record), each from its own analysis."""
+
+    async def values(state: HeadState) -> np.ndarray:
+        assert state.features is not None
+        found, _ = await feature_values(
+            analyse, services, tenant, state.features, state.model, body.span, body.text, body.messages, body.record_id
+        )
+        return found
+
+    return values
 
 
 def token_values(

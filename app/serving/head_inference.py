@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from threadpoolctl import ThreadpoolController
 
-from app.analysis.heads import los_forward, pawn_forward, probe_forward, sigmoid
+from app.analysis.heads import los_forward, pawn_forward, probe_forward, sigmoid, stack_forward
 from app.platform.errors import ApiError
 from app.serving.layers import layer_states
 from app.serving.services import Services
@@ -32,6 +33,8 @@ class HeadAnswers:
     tokens: dict[str, np.ndarray] = field(default_factory=dict)
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+
+StackInputs = Callable[[HeadState], Awaitable[np.ndarray]]  # a stack head's feature values for the analysed text
 
 _weights: OrderedDict[tuple[str, bytes], dict[str, np.ndarray]] = OrderedDict()
 
@@ -89,14 +92,22 @@ async def apply_heads(
     meta: RecordMeta,
     stats: dict[str, np.ndarray],
     positions: np.ndarray,
+    stack_inputs: StackInputs | None = None,
 ) -> HeadAnswers:
     """Each head's score (the probability of label 1), per-position weights (pawn: the gate; los: attention) and
-    decision at its cross-validated threshold, over the positions of the record."""
+    decision at its cross-validated threshold, over the positions of the record. A stack head reads the values of
+    its features (`stack_inputs`) instead of the record."""
     answers = HeadAnswers()
     states: dict[int | None, np.ndarray] = {}  # by layer: None the final states, else a probe's layer (#32)
     for head_id in head_ids:
         state, w = await trained_head(services, tenant, head_id)
         _check_fit(head_id, state, family, meta.model, meta.fingerprint)
+        if state.kind == "stack":
+            if stack_inputs is None:
+                raise ApiError(422, "invalid_request", f"head {head_id!r} is a stack head: not here", "heads")
+            await _check_feature_models(services, head_id, state)
+            _add(answers, state, sigmoid(stack_forward(w, await stack_inputs(state))))
+            continue
         layer = state.metrics.layer if state.kind == "probe" and state.metrics is not None else None
         if state.kind != "los" and layer not in states:
             states[layer] = await (
@@ -105,6 +116,20 @@ async def apply_heads(
         with _BLAS.limit(limits=1, user_api="blas"):
             _answer(answers, state, w, stats, states.get(layer), positions)
     return answers
+
+
+async def _check_feature_models(services: Services, head_id: str, state: HeadState) -> None:
+    """A stack head's other models are served as they were when it was trained (their values mean the same)."""
+    for name, fingerprint in (state.feature_fingerprints or {}).items():
+        card = await services.catalog.card(name, "heads")
+        if card.fingerprint != fingerprint:
+            raise ApiError(
+                422,
+                "head_model_mismatch",
+                f"stack head {head_id!r} read {name!r} as it was served when the head was trained; it has been "
+                "reloaded with other weights since",
+                "heads",
+            )
 
 
 def _answer(
@@ -117,8 +142,6 @@ def _answer(
 ) -> None:
     """One head's score, weights and decision, added to `answers`."""
     rows = positions - 1
-    if state.name in answers.sequence:
-        raise ApiError(422, "duplicate_head_name", f"two heads named {state.name!r} in one request", "heads")
     weights: np.ndarray | None = None
     if state.kind == "los":
         logit, weights = los_forward(w, los_features(stats, rows, int(state.params["topk"])))
@@ -136,7 +159,13 @@ def _answer(
             following = np.where(rows + 1 < len(hidden), np.searchsorted(needed, rows + 1), -1)
             feats = pawn_features(stats, rows)
             logit, weights = pawn_forward(w, feats, source, current, following, positions)
-    score = sigmoid(logit)
+    _add(answers, state, sigmoid(logit), weights)
+
+
+def _add(answers: HeadAnswers, state: HeadState, score: float, weights: np.ndarray | None = None) -> None:
+    """A head's score, its per-position weights if it has them, and its decision."""
+    if state.name in answers.sequence:
+        raise ApiError(422, "duplicate_head_name", f"two heads named {state.name!r} in one request", "heads")
     answers.sequence[state.name] = score
     if weights is not None:
         answers.tokens[state.name] = weights

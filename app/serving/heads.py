@@ -13,11 +13,13 @@ import secrets
 import time
 from typing import Any
 
+import numpy as np
+
 from app.analysis import REGISTRY
 from app.platform.errors import ApiError
-from app.platform.limits import charge
-from app.serving import quotas
-from app.serving.analyses import span_positions
+from app.platform.limits import charge, prepaid
+from app.serving import quotas, stack
+from app.serving.analyses import analyse, span_positions
 from app.serving.inputs import token_ids
 from app.serving.jobs import client_gone, new_job_id
 from app.serving.layers import head_layers, scoring_layers
@@ -54,7 +56,10 @@ def head_not_found(head_id: str) -> ApiError:
 
 def to_response(state: HeadState) -> Head:
     return Head.model_validate(
-        {**state.model_dump(exclude={"head_id", "fingerprint", "hidden_size"}), "id": state.head_id}
+        {
+            **state.model_dump(exclude={"head_id", "fingerprint", "hidden_size", "feature_fingerprints"}),
+            "id": state.head_id,
+        }
     )
 
 
@@ -138,7 +143,9 @@ def _check_request(body: HeadRequest, card: ModelCard) -> dict[str, float | int 
         params = head_params(body.kind, body.params)
     except ValueError as exc:
         raise ApiError(422, "invalid_params", str(exc), "params") from exc
-    if body.kind != "los" and card.storage != "hidden":
+    if body.kind != "stack" and body.features is not None:
+        raise ApiError(422, "invalid_request", "only stack heads take `features`", "features")
+    if body.kind not in ("los", "stack") and card.storage != "hidden":
         raise ApiError(
             422,
             "hidden_states_not_stored",
@@ -171,7 +178,7 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
                 f"{card.name!r} (as it is served now); one head reads one model's records",
                 f"examples.{i}.record_id",
             )
-        if body.kind != "los" and meta.retain != "full":
+        if body.kind not in ("los", "stack") and meta.retain != "full":
             raise ApiError(
                 409,
                 "rows_not_retained",
@@ -204,11 +211,17 @@ async def create_head(services: Services, tenant: str, body: HeadRequest, creato
     tokenized = await asyncio.to_thread(_tokenized, body, given, codec, services.settings.max_positions)
     _check_budget(body, card, params, given, tokenized, services.settings.max_head_training_bytes)
     _check_layer_bytes(body, card, params, tokenized, services.settings.max_layer_bytes)
+    features = stack.check_features(body.features, card.name) if body.kind == "stack" else None
+    others = await stack.fingerprints(services, features) if features is not None else None
     # the texts its preparation scores count against the tenant's token budget now, before anything is accepted
-    await charge(services.redis, tenant, "tokens", sum(map(len, tokenized.values())), services.settings.rate_limit_tpm)
+    # (a stack head's texts once per model its features read; its records' texts too: they are analysed again)
+    tokens = sum(map(len, tokenized.values()))
+    if features is not None:
+        tokens = (tokens + sum(len(m.token_ids) for m in given.values())) * (1 + stack.other_models(features))
+    await charge(services.redis, tenant, "tokens", tokens, services.settings.rate_limit_tpm)
     index = head_index_key(tenant)
     await quotas.check_room(services.redis, index, MAX_HEADS_PER_TENANT, "heads", lambda h: head_key(tenant, h))
-    to_score = len(body.examples) - len(given)
+    to_score = len(body.examples) if features is not None else len(body.examples) - len(given)
     state = HeadState(
         head_id=new_head_id(),
         name=body.name,
@@ -225,6 +238,8 @@ async def create_head(services: Services, tenant: str, body: HeadRequest, creato
         examples={"0": labels.count(0), "1": labels.count(1)},
         expires_at=quotas.expires_at(),
         created_by=creator,
+        features=features,
+        feature_fingerprints=others,
     )
     key = head_key(tenant, state.head_id)
     pipe = services.redis.pipeline(transaction=True)
@@ -306,9 +321,13 @@ async def _prepare(
     """Score the texts, resolve each example's span, submit the training job; a failure fails the head."""
     client_gone.set(None)  # the request that started this has been answered; its client leaving cancels nothing
     try:
-        codec = await services.catalog.codec(card)
-        metas = await _score_texts(services, tenant, state, body, given, tokenized, card)
-        examples = await asyncio.to_thread(_examples, body, labels, metas, codec)  # chats are tokenized again
+        if state.features is not None:
+            with prepaid():  # charged when the head was asked for
+                examples = await _stack_examples(services, tenant, state, body, labels)
+        else:
+            codec = await services.catalog.codec(card)
+            metas = await _score_texts(services, tenant, state, body, given, tokenized, card)
+            examples = await asyncio.to_thread(_examples, body, labels, metas, codec)  # chats are tokenized again
         job = HeadJob(
             job_id=new_job_id(),
             tenant=tenant,
@@ -380,6 +399,41 @@ async def _score_texts(
     return [given[i] if i in given else scored[i] for i in range(len(body.examples))]
 
 
+async def _stack_examples(
+    services: Services, tenant: str, state: HeadState, body: HeadRequest, labels: list[int]
+) -> list[HeadExample]:
+    """Each example's feature values, from the analyses its features name (a few texts at a time)."""
+    assert state.features is not None
+    gate = asyncio.Semaphore(SCORING_CONCURRENCY)
+    done = 0
+
+    async def one(i: int, example: HeadExampleIn) -> HeadExample:
+        nonlocal done
+        async with gate:
+            try:
+                values, record = await stack.feature_values(
+                    analyse,
+                    services,
+                    tenant,
+                    state.features or [],
+                    state.model,
+                    body.span,
+                    example.text,
+                    example.messages,
+                    example.record_id,
+                )
+            except ApiError as exc:
+                raise ApiError(exc.status, exc.code, f"examples[{i}]: {exc.message}", f"examples.{i}") from exc
+        done += 1
+        if done % 8 == 0 or done == len(body.examples):
+            update = {"progress": round(done / len(body.examples), 4), "stage": f"analysed {done} texts"}
+            await _write_state(services, tenant, state.model_copy(update=update))
+        features = [None if np.isnan(v) else float(v) for v in values]
+        return HeadExample(record_id=record, label=labels[i], start=1, stop=2, features=features)  # type: ignore[arg-type]
+
+    return list(await asyncio.gather(*(one(i, e) for i, e in enumerate(body.examples))))
+
+
 def _distinct(examples: list[HeadExampleIn]) -> list[HeadExampleIn]:
     """The examples with exact repeats (same input and label) dropped, in their first order."""
     return list({json.dumps(e.model_dump(mode="json"), sort_keys=True): e for e in examples}.values())
@@ -409,7 +463,7 @@ def _check_budget(
     limit: int,
 ) -> None:
     """422 before anything runs when the training would hold more than `limit` bytes of inputs."""
-    cap = int(params["max_positions"])
+    cap = int(params.get("max_positions", 1 << 30))  # a stack reads one value per feature, not positions
     positions = [
         min(cap, (len(given[i].token_ids) if i in given else len(tokenized[i])) - 1) for i in range(len(body.examples))
     ]

@@ -1,7 +1,8 @@
 """Heads end to end on a real worker: human plot summaries that ship in a package against SmolLM2's own
 continuations of their openings, a PAWN head trained from texts (scored first), LOS and probe heads from the
 records, used in detect and in a batch; tenants never see each other's heads; each bad input has its own code.
-A tiny random Llama sharing SmolLM2's tokenizer makes records of another model (head_model_mismatch, mixed_models)."""
+A tiny random Llama sharing SmolLM2's tokenizer makes records of another model (head_model_mismatch, mixed_models).
+A stack head combines the two models' log-likelihoods on a set built so that it beats each of them."""
 
 from __future__ import annotations
 
@@ -13,27 +14,33 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
 from safetensors.numpy import load as st_load
 
+from app.analysis.heads import sigmoid, stack_forward
 from app.launcher.local_service import LocalService
 from app.serving import corpus
 from tests.conftest import ARTIFACTS, MODEL, service_env
+from workers.contract.keys import head_key
 
 N_PER_CLASS = 6
+# A stack of the two served models' log-likelihoods.
+STACK = [{"method": "log_likelihood"}, {"method": "log_likelihood", "model": "tiny-llama"}]
 
 
 @pytest.fixture(scope="module")
-def heads_service(tiny_models: dict[str, str]) -> Iterator[str]:
+def heads_service(tiny_models: dict[str, str]) -> Iterator[LocalService]:
     models = [MODEL, {"name": "tiny-llama", "source": "hf", "path": tiny_models["tiny-llama"]}]
     with LocalService(env=service_env(models), log_dir=ARTIFACTS / "heads") as service:
-        yield service.base_url
+        yield service
 
 
 @pytest.fixture(scope="module")
-def clients(heads_service: str) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+def clients(heads_service: LocalService) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    url = heads_service.base_url
     with (
-        httpx.Client(base_url=heads_service, headers={"Authorization": "Bearer key-alpha"}, timeout=300) as a,
-        httpx.Client(base_url=heads_service, headers={"Authorization": "Bearer key-beta"}, timeout=300) as b,
+        httpx.Client(base_url=url, headers={"Authorization": "Bearer key-alpha"}, timeout=300) as a,
+        httpx.Client(base_url=url, headers={"Authorization": "Bearer key-beta"}, timeout=300) as b,
     ):
         yield a, b
 
@@ -51,6 +58,22 @@ def labelled(clients: tuple[httpx.Client, httpx.Client]) -> list[dict[str, Any]]
             "/v1/generate", json={"model": MODEL, "prompt": opening, "temperature": 0, "max_tokens": 40}
         ).json()
         examples.append({"text": opening + body["text"], "label": 1})
+    return examples
+
+
+@pytest.fixture(scope="module")
+def stack_labelled(clients: tuple[httpx.Client, httpx.Client], labelled: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Built so that each of two features misses half of the machine texts: label 1 are SmolLM2's continuations
+    (`labelled`: SmolLM2's own log-likelihood is high, the random model's as for human text) and the tiny random
+    Llama's greedy continuations (the random model's log-likelihood is high, SmolLM2's low); label 0 are twice as
+    many human summaries."""
+    alpha, _ = clients
+    plots = corpus.plots()[N_PER_CLASS : 3 * N_PER_CLASS]
+    examples = [*labelled, *({"text": " ".join(p.split()[:45]), "label": 0} for p in plots[N_PER_CLASS:])]
+    for plot in plots[:N_PER_CLASS]:
+        opening = " ".join(plot.split()[:12])
+        body = {"model": "tiny-llama", "prompt": opening, "temperature": 0, "max_tokens": 40}
+        examples.append({"text": opening + alpha.post("/v1/generate", json=body).json()["text"], "label": 1})
     return examples
 
 
@@ -230,3 +253,67 @@ def test_each_bad_input_has_its_own_code(
     )
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "head_not_ready"
     assert alpha.delete(f"/v1/heads/{response.json()['id']}").status_code in (200, 204)
+
+
+def test_a_stack_of_two_models_beats_each_of_its_features(
+    heads_service: LocalService, clients: tuple[httpx.Client, httpx.Client], stack_labelled: list[dict[str, Any]]
+) -> None:
+    alpha, _ = clients
+    response = alpha.post(
+        "/v1/heads",
+        json={"name": "two_models", "kind": "stack", "model": MODEL, "examples": stack_labelled, "features": STACK},
+    )
+    assert response.status_code == 202, response.text
+    head = wait_head(alpha, response.json()["id"])
+    assert head["status"] == "succeeded", head
+    assert head["kind"] == "stack" and head["features"][1]["model"] == "tiny-llama"
+    metrics = head["metrics"]
+    alone = metrics["feature_auroc"]
+    assert set(alone) == {"log_likelihood", "log_likelihood@tiny-llama"}
+    assert metrics["auroc"] >= 0.95 and all(metrics["auroc"] > a + 0.1 for a in alone.values()), metrics
+    assert "scoring" in head["seen"] or head["progress"] == 1.0
+
+    # In detect: the head's score is its forward over the two methods' own values for the text.
+    text = stack_labelled[-1]["text"]  # written by the tiny model
+    detect = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": text, "heads": [head["id"]]}).json()
+    tiny = alpha.post("/v1/analysis/detect", json={"model": "tiny-llama", "text": text}).json()
+    values = np.array([detect["sequence"]["log_likelihood"], tiny["sequence"]["log_likelihood"]])
+    with redis.Redis.from_url(heads_service.redis_url) as client:  # the stored weights, as the gateway reads them
+        weights = st_load(client.hget(head_key("alpha", head["id"]), "weights"))
+    expected = sigmoid(stack_forward({k: v.astype(np.float64) for k, v in weights.items()}, values))
+    assert detect["sequence"]["two_models"] == pytest.approx(expected, rel=1e-9)
+    assert detect["decisions"]["two_models"]["positive"] == (expected > metrics["threshold"])
+    assert detect["tokens"] == []  # one value per text: no per-token weights
+
+    # In a batch: the same score.
+    batch = alpha.post(
+        "/v1/batches",
+        json={"model": MODEL, "inputs": [{"text": text}], "analyses": [{"family": "detect", "heads": [head["id"]]}]},
+    ).json()
+    deadline = time.monotonic() + 120
+    while alpha.get(f"/v1/batches/{batch['id']}").json()["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    line = json.loads(alpha.get(f"/v1/batches/{batch['id']}/results").text.splitlines()[0])
+    assert line["results"]["detect"]["sequence"]["two_models"] == pytest.approx(expected, rel=1e-9)
+
+    # A record alone cannot feed the tiny model's feature: the text is needed.
+    refused = alpha.post("/v1/analysis/detect", json={"record_id": detect["record_id"], "heads": [head["id"]]})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "stack_needs_text"
+
+
+def test_bad_stack_requests_have_their_own_codes(
+    clients: tuple[httpx.Client, httpx.Client], labelled: list[dict[str, Any]]
+) -> None:
+    alpha, _ = clients
+    base = {"name": "s", "kind": "stack", "model": MODEL, "examples": labelled}
+    cases = [
+        ({**base}, "invalid_features", "features"),
+        ({**base, "features": [{"method": "entropy"}]}, "invalid_features", "features.0.method"),
+        ({**base, "features": [{"method": "log_likelihood", "model": "nope"}]}, "model_not_found", "features.0.model"),
+        ({**base, "kind": "los", "features": STACK}, "invalid_request", "features"),
+    ]
+    for body, code, param in cases:
+        response = alpha.post("/v1/heads", json=body)
+        error = response.json()["error"]
+        assert response.status_code in (404, 422) and (error["code"], error["param"]) == (code, param), body

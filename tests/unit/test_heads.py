@@ -235,10 +235,11 @@ def test_params_are_checked() -> None:
         ("los", {"nope": 1}),
         ("pawn", {"folds": 1}),
         ("los", {"topk": 21}),
+        ("stack", {"pool": "mean"}),  # a stack reads feature values, not states
     ]:
         with pytest.raises(ValueError):
             head_params(kind, bad)
-    assert set(HEAD_PARAMS) == {"pawn", "los", "probe"}
+    assert set(HEAD_PARAMS) == {"pawn", "los", "probe", "stack"}
     assert auroc(np.array([1.0, 2.0]), np.array([0.0, 2.0])) == 0.625
 
 

@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 from workers.contract.head_features import PAWN_FEATURES
 from workers.contract.names import CAPTURE_TOPK
 
-HEAD_KINDS = ("pawn", "los", "probe")
+HEAD_KINDS = ("pawn", "los", "probe", "stack")
 
 HEAD_ID_PATTERN = r"^head_[0-9a-f]{24}$"
+MAX_STACK_INPUTS = 32  # a stack head's features (logprobe.schemas.heads.MAX_STACK_FEATURES)
 
 
 class HeadError(BaseModel):
@@ -37,12 +38,13 @@ class HeadMetrics(BaseModel):
     # candidate layer's cross-validated AUROC (the chosen one is the highest; the figures above are its own)
     layer: int | None = None
     layer_auroc: dict[int, float] | None = None
+    feature_auroc: dict[str, float] | None = None  # stack: each feature alone, cross-validated on the same folds
 
 
 class HeadState(BaseModel):
     head_id: str
     name: str
-    kind: Literal["pawn", "los", "probe"]
+    kind: Literal["pawn", "los", "probe", "stack"]
     family: str
     model: str
     fingerprint: str
@@ -62,6 +64,8 @@ class HeadState(BaseModel):
     created_by: str | None = None  # "key <8 hex of its sha256>" or "anonymous" (app/platform/auth.py)
     finished_at: float | None = None
     expires_at: int | None = None
+    features: list[dict[str, Any]] | None = None  # stack: the request's features (logprobe.schemas.heads.StackFeature)
+    feature_fingerprints: dict[str, str] | None = None  # stack: each feature model's fingerprint when it was trained
 
 
 # Writes a head's hash only while it exists (a head deleted during training stays deleted).
@@ -101,6 +105,7 @@ HEAD_PARAMS: dict[str, dict[str, float | int | str]] = {
     # layer: "final" (the record's final states), a hidden_states index, or "best" (every layer, the one with the
     # highest cross-validated AUROC kept)
     "probe": {"folds": 5, "val_fraction": 0.2, "pool": "mean", "max_positions": 1 << 20, "layer": "final"},
+    "stack": {"folds": 5, "val_fraction": 0.2},
 }
 
 HEAD_PARAM_CHOICES = {"pool": ("mean", "last")}
@@ -118,6 +123,18 @@ HEAD_PARAM_MAX = {
     "topk": CAPTURE_TOPK,
     "max_positions": 1 << 20,
 }
+
+
+def feature_labels(features: list[dict[str, Any]]) -> list[str]:
+    """A stack head's features named for people: the sequence key read, `@model` when it is not the head's,
+    `/reference_model` for a pair; a repeated label gets `#i`, its index."""
+    labels = []
+    for i, f in enumerate(features):
+        label = f.get("value") or f["method"]
+        label += f"@{f['model']}" if f.get("model") else ""
+        label += f"/{f['reference_model']}" if f.get("reference_model") else ""
+        labels.append(label if label not in labels else f"{label}#{i}")
+    return labels
 
 
 def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, float | int | str]:
@@ -162,6 +179,8 @@ def head_training_bytes(kind: str, positions: list[int], hidden_size: int, param
     pooled state per example beside one record's states at a time. `positions`: per distinct example, its span's
     length capped at `max_positions`. The gateway refuses a head above its budget before accepting it."""
     n, longest = len(positions), max(positions, default=0)
+    if kind == "stack":  # one value per feature and example (the features are counted, not the positions)
+        return 8 * n * MAX_STACK_INPUTS
     if kind == "probe":
         return 4 * hidden_size * (n + longest)
     features = len(PAWN_FEATURES) if kind == "pawn" else int(params["topk"]) + 1

@@ -155,6 +155,7 @@ class HeadExample(BaseModel):
     label: Literal[0, 1]
     start: int = Field(ge=1)
     stop: int = Field(ge=2)
+    features: list[float | None] | None = None  # stack: the example's feature values (None: undefined)
 
 
 class HeadJob(_JobBase):
@@ -162,7 +163,7 @@ class HeadJob(_JobBase):
 
     kind: Literal["train_head"] = "train_head"
     head_id: Annotated[str, Field(pattern=HEAD_ID_PATTERN)]
-    head_kind: Literal["pawn", "los", "probe"]
+    head_kind: Literal["pawn", "los", "probe", "stack"]
     examples: list[HeadExample] = Field(min_length=2, max_length=100_000)
     seed: int
     params: dict[str, float | int | str] = Field(default_factory=dict)

@@ -33,7 +33,8 @@ class Example:
     feats: np.ndarray  # [T, F] float32: PAWN's token features, or LOS's output signature
     hidden: np.ndarray | None = None  # pawn: [T + 1, D] float32, row i the state that predicted position t_i;
     # row T the state after the last position (zeros when the record ends there)
-    pooled: np.ndarray | None = None  # probe: [D] float32, or [C, D] over the candidate layers of layer "best"
+    pooled: np.ndarray | None = None  # probe: [D] float32, or [C, D] over the candidate layers of layer "best";
+    # stack: [F] float32 feature values (NaN: undefined)
 
 
 def example_inputs(
@@ -65,6 +66,14 @@ def example_inputs(
     return Example(label, positions, pawn_features(stats, rows), hidden=ext)
 
 
+def stack_example(example: HeadExample) -> Example:
+    """A stack head's example: its feature values, NaN where a value was undefined."""
+    if example.features is None:
+        raise HeadInputError("invalid_features", "a stack head's examples carry their feature values")
+    values = np.array([np.nan if v is None else v for v in example.features], dtype=np.float32)
+    return Example(example.label, np.zeros(0, np.int64), np.zeros((0, 0), np.float32), pooled=values)
+
+
 def unique_examples(job: HeadJob) -> list[HeadExample]:
     """The job's examples with exact duplicates (same record, span and label) dropped: each is trained once."""
     return list({(e.record_id, e.start, e.stop, e.label): e for e in job.examples}.values())
@@ -75,6 +84,8 @@ def read_examples(client: redis.Redis, job: HeadJob, params: dict[str, float | i
     it; only the examples' own rows are kept (a record's hidden states are dropped once its examples are built)."""
     needs_hidden = job.head_kind in ("pawn", "probe")
     examples = unique_examples(job)
+    if job.head_kind == "stack":  # the gateway computed the features: no record is read
+        return [stack_example(e) for e in examples]
     by_record: dict[str, list[int]] = {}
     for i, example in enumerate(examples):
         by_record.setdefault(example.record_id, []).append(i)

@@ -10,7 +10,14 @@ from typing import Any
 import redis
 from safetensors.numpy import save as st_save
 
-from workers.contract.heads import HEAD_WRITE_IF_EXISTS, HeadError, HeadMetrics, HeadState, head_params
+from workers.contract.heads import (
+    HEAD_WRITE_IF_EXISTS,
+    HeadError,
+    HeadMetrics,
+    HeadState,
+    feature_labels,
+    head_params,
+)
 from workers.contract.jobs import AnyJob, HeadJob, JobError, JobOutcome
 from workers.contract.keys import head_key
 from workers.contract.names import as_bytes
@@ -82,6 +89,10 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
             status="failed", stage="", error=HeadError(code="training_failed", message=message), finished_at=time.time()
         )
         return _failed(job, "training_failed", message, 500)
+    metrics = trained.metrics
+    if trained.feature_auroc is not None and writer.state is not None and writer.state.features is not None:
+        alone = dict(zip(feature_labels(writer.state.features), trained.feature_auroc, strict=True))
+        metrics = metrics.model_copy(update={"feature_auroc": alone})
     stored = writer.update(
         weights=st_save(trained.weights),
         status="succeeded",

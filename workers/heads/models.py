@@ -13,6 +13,8 @@ token statistic, the zero-shot baselines' shape, is then one weight away).
   position-wise MLP ->
   attention and mean pooling over positions -> logit.
 - probe: a logistic probe on the mean (or last) hidden state of the span, standardised.
+- stack: the same logistic model over analysis methods' sequence values, an undefined value read as `fill` (the
+  feature's mean over the training examples).
 """
 
 from __future__ import annotations
@@ -145,6 +147,19 @@ class Probe(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         logit: torch.Tensor = self.lin((pooled - self.mean) / self.std).squeeze(-1)
         return logit
+
+
+class Stack(Probe):
+    """A probe over a stack head's features; `fill` stands in for an undefined (NaN) value."""
+
+    fill: torch.Tensor
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__(n_features)
+        self.register_buffer("fill", torch.zeros(n_features))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.where(torch.isnan(pooled), self.fill, pooled))
 
 
 def n_parameters(model: nn.Module) -> int:

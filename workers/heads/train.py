@@ -5,6 +5,7 @@ projection are fitted on each run's own training examples only, so nothing leaks
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from torch import nn
 
 from workers.contract.heads import HeadMetrics
 from workers.heads.data import Example
-from workers.heads.models import Los, Pawn, Probe, los_inputs, n_parameters, weighted_criterion
+from workers.heads.models import Los, Pawn, Probe, Stack, los_inputs, n_parameters, weighted_criterion
 from workers.lanes import checkpoint
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # tried on the validation split
@@ -39,6 +40,7 @@ class Trained:
     # a probe over C candidate layers (layer "best"): the index of the chosen one, and each one's CV AUROC
     layer_choice: int | None = None
     layer_aurocs: list[float] | None = None
+    feature_auroc: list[float] | None = None  # stack: each feature alone, cross-validated on the same folds
 
 
 # ---------------------------------------------------------------- metrics
@@ -140,6 +142,9 @@ class Inputs:
             self.layer_pooled = torch.from_numpy(pooled if pooled.ndim == 3 else pooled[:, None]).transpose(0, 1)
             self.pooled = self.layer_pooled[0]  # [N, D]: the candidate layer being trained on
             return
+        if kind == "stack":
+            self.pooled = torch.from_numpy(np.stack([e.pooled for e in examples if e.pooled is not None]))
+            return
         n, t_max, f = len(examples), int(self.lengths.max()), examples[0].feats.shape[1]
         self.feats = torch.zeros(n, t_max, f)
         self.positions = torch.zeros(n, t_max, dtype=torch.int64)
@@ -186,6 +191,11 @@ def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fit_normalisers(model: nn.Module, inputs: Inputs, idx: np.ndarray, params: dict[str, Any], seed: int) -> None:
+    if isinstance(model, Stack):  # an undefined value reads as the feature's mean over the training examples
+        x = inputs.pooled[idx]
+        model.fill = torch.nan_to_num(torch.nanmean(x, dim=0), nan=0.0)
+        model.mean, model.std = _standardiser(torch.where(torch.isnan(x), model.fill, x))
+        return
     if isinstance(model, Probe):
         model.mean, model.std = _standardiser(inputs.pooled[idx])
         return
@@ -219,6 +229,8 @@ def _principal_directions(hidden: list[np.ndarray], r: int, seed: int) -> tuple[
 
 
 def _build(kind: str, examples: list[Example], params: dict[str, Any]) -> nn.Module:
+    if kind == "stack":
+        return Stack(examples[0].pooled.shape[0])  # type: ignore[union-attr]
     if kind == "probe":
         pooled = examples[0].pooled
         assert pooled is not None
@@ -461,6 +473,7 @@ def _train_head(
         inputs.pooled = inputs.layer_pooled[chosen]
     report("training the head on all examples", candidates * k / (candidates * k + 1))
     model = _train_once(kind, examples, inputs, np.arange(len(examples)), params, seed)
+    alone = _each_feature_alone(examples, labels, folds, params, seed, target_fpr) if kind == "stack" else None
     weights = {name: t.detach().to(torch.float32).contiguous().numpy() for name, t in model.state_dict().items()}
     return Trained(
         weights=weights,
@@ -470,9 +483,28 @@ def _train_head(
         oof_scores=oof,
         layer_choice=chosen if candidates > 1 else None,
         layer_aurocs=[m.auroc for _, m in runs] if candidates > 1 else None,
+        feature_auroc=alone,
     )
 
 
 def best_candidate(aurocs: list[float]) -> int:
     """The candidate with the highest cross-validated AUROC (the first of equals)."""
     return int(np.argmax(aurocs))
+
+
+def _each_feature_alone(
+    examples: list[Example], labels: np.ndarray, folds: np.ndarray, params: dict[str, Any], seed: int, target_fpr: float
+) -> list[float]:
+    """A stack's baselines: for each feature, a one-feature stack cross-validated on the same folds (its AUROC,
+    the mean over folds, as the head's own)."""
+    out = []
+    for j in range(len(examples[0].pooled)):  # type: ignore[arg-type]
+        alone = [dataclasses.replace(e, pooled=e.pooled[j : j + 1]) for e in examples]  # type: ignore[index]
+        inputs = Inputs("stack", alone)
+        oof = np.zeros(len(alone))
+        for f in range(int(folds.max()) + 1):
+            test = np.flatnonzero(folds == f)
+            model = _train_once("stack", alone, inputs, np.flatnonzero(folds != f), params, seed + 1 + f)
+            oof[test] = _probabilities(model, inputs, test)
+        out.append(cv_metrics(oof, labels, folds, target_fpr).auroc)
+    return out

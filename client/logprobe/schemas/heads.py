@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from logprobe.schemas.analysis import SpanName, SpanRange
 from logprobe.schemas.tokens import ChatMessage
 
-HeadKind = Literal["pawn", "los", "probe"]
+HeadKind = Literal["pawn", "los", "probe", "stack"]
 HeadFamily = Literal["detect", "uncertainty", "membership"]
 HEAD_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+MAX_STACK_FEATURES = 32
 
 
 class HeadExampleIn(BaseModel):
@@ -25,12 +26,36 @@ class HeadExampleIn(BaseModel):
     )
 
 
+class StackFeature(BaseModel):
+    """One input of a `stack` head: a sequence value of an analysis method, from any served model."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field(description="a sequence-level method of GET /v1/analysis/methods")
+    family: Literal["uncertainty", "detect", "membership", "compare"] | None = Field(
+        default=None, description="the family to run it in (default: the method's first family)"
+    )
+    model: str | None = Field(default=None, description="the model that scores the text (default: the head's model)")
+    reference_model: str | None = Field(
+        default=None,
+        description="for paired methods: the second model (observer, reference or base; another tokenizer compares "
+        "byte by byte)",
+    )
+    value: str | None = Field(
+        default=None,
+        description="the key of `sequence` to read (default: the method's name; e.g. gltr.top10 for a method with "
+        "several values)",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's parameters, as in analyses")
+
+
 class HeadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=HEAD_NAME_PATTERN, description="the key of the head's score in `sequence`")
     kind: HeadKind = Field(
         description="pawn: PAWN (token features weighted by a gate over hidden states); los: LOS-Net style network "
-        "over each position's sorted top-k probabilities; probe: logistic probe on the mean or last hidden state"
+        "over each position's sorted top-k probabilities; probe: logistic probe on the mean or last hidden state; "
+        "stack: a calibrated logistic combination of analysis methods' sequence values (`features`), from one or "
+        "more served models"
     )
     model: str
     family: HeadFamily = "detect"
@@ -39,6 +64,12 @@ class HeadRequest(BaseModel):
     seed: int = 0
     params: dict[str, float | int | str] = Field(default_factory=dict, description="per kind; see the README")
     target_fpr: float = Field(default=0.05, gt=0.0, lt=1.0, description="for the decision threshold")
+    features: list[StackFeature] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_STACK_FEATURES,
+        description="stack heads only: the methods whose sequence values the head combines",
+    )
 
 
 class HeadErrorOut(BaseModel):
@@ -62,6 +93,11 @@ class HeadMetricsOut(BaseModel):
     )
     layer_auroc: dict[int, float] | None = Field(
         default=None, description='params.layer "best": the cross-validated AUROC of each layer (the best was chosen)'
+    )
+    feature_auroc: dict[str, float] | None = Field(
+        default=None,
+        description="stack: each feature alone (a one-feature logistic model), cross-validated on the same folds; "
+        "keyed by the feature's label",
     )
 
 
@@ -89,6 +125,7 @@ class Head(BaseModel):
     )
     finished_at: float | None = None
     expires_at: int | None = None
+    features: list[StackFeature] | None = Field(default=None, description="stack: the combined methods, in order")
 
 
 class HeadList(BaseModel):
