@@ -99,6 +99,8 @@ class DecodeView(BaseModel):
     prefix_ids: list[int] = Field(min_length=1)
     weight: float
     temperature: float = Field(default=1.0, gt=0.0)
+    # DoLa (workers/dola.py): this view's logits contrast its final layer with the premature layer picked among these
+    dola_layers: Literal["low", "high"] | list[int] | None = None
 
 
 class Plausibility(BaseModel):
@@ -255,9 +257,7 @@ class LensResult(BaseModel):
     n_layers: int  # the model's decoder layers: hidden_states has n_layers + 1 entries
 
 
-AnyJob = (
-    ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
-)
+AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
 
 
 def job_lane(job: AnyJob) -> str:
