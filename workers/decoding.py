@@ -9,7 +9,8 @@ optionally restricted to the tokens a chosen view finds plausible (p >= alpha * 
 weight 1 this is ordinary sampling. The presets are Emulated Disalignment (Zhou et al. 2024,
 "Emulated Disalignment: Safety Alignment for Large Language Models May Backfire!"), contrastive decoding
 (Li et al. 2023), context-aware decoding (Shi et al. 2024), proxy-tuning (Liu et al. 2024) and prompt
-contrast (USCD's lame prompt, Wang et al. 2024); the gateway expands them into views.
+contrast (USCD's lame prompt, Wang et al. 2024); the gateway expands them into views. DoLa (Chuang et al. 2024)
+is one view whose backend's logits are already the contrast of its layers (workers/dola.py).
 
 Selective contrast (USCD, Wang et al. 2024, "USCD: Improving Code Generation of LLMs by Uncertainty-Aware
 Selective Contrastive Decoding"; reference code alphadl/CodeGen-USCD, `EnsembleLogitsProcessor`): at a step

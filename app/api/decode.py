@@ -1,6 +1,7 @@
 """POST /v1/decode/contrastive: sampling from a weighted combination of several views' next-token
 distributions (Emulated Disalignment, contrastive decoding, context-aware decoding, proxy-tuning, prompt
-contrast), with per-step details; `stream: true` sends the steps as server-sent events."""
+contrast, USCD, DoLa's contrast of a model's layers), with per-step details; `stream: true` sends the steps
+as server-sent events."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Contrastive decoding requests as worker jobs: presets expanded to views (ED, CD, CAD, proxy-tuning, prompt
-contrast, USCD's selective contrast), each view's prefix tokenized, and the steps and summary of the answer."""
+contrast, USCD's selective contrast, DoLa's contrast of layers), each view's prefix tokenized, and the steps and
+summary of the answer."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import Any, Literal
 
 from app.platform.errors import ApiError
 from app.platform.limits import charge
@@ -23,6 +24,7 @@ from app.serving.jobs import new_job_id
 from app.serving.services import Services
 from app.serving.text import TextCodec
 from logprobe.schemas.decode import DecodeRequest, Preset, ViewIn
+from workers.contract.cards import ModelCard
 from workers.contract.jobs import ContrastJob, DecodeStep, DecodeView, JobOutcome, Plausibility, Selective
 from workers.contract.keys import group_name
 
@@ -84,6 +86,9 @@ def _preset_views(preset: Preset) -> tuple[list[dict[str, Any]], Plausibility | 
             {"model": model, "template": preset.template, "system": system, "weight": 1.0},
             {"model": model, "template": preset.template, "system": system, "prompt": lame, "weight": -a},
         ], None
+    if name == "dola":  # the model's final layer against a premature one, picked per step (workers/dola.py)
+        model = _need(preset.model, name, "model")
+        return [{"model": model, "template": preset.template, "system": system, "weight": 1.0}], None
     a = 0.5 if preset.alpha is None else preset.alpha  # prompt contrast: the chat prompt against the bare one
     model = _need(preset.model, name, "model")
     return [
@@ -108,6 +113,26 @@ def uscd_rule(preset: Preset, vocab_size: int) -> Selective:
         collision = USCD_STD**2 * (USCD_VOCAB - 1) + 1 / USCD_VOCAB
         threshold = math.sqrt((collision - 1 / vocab_size) / (vocab_size - 1))
     return Selective(measure=preset.uncertainty, threshold=threshold, min_ratio=preset.min_ratio)
+
+
+def dola_layers(preset: Preset, card: ModelCard) -> Literal["low", "high"] | list[int]:
+    """DoLa's candidate layers, checked against the model: distinct, below its layer count (its final layer)."""
+    if card.layers is None:
+        raise ApiError(
+            422,
+            "layers_unsupported",
+            f"{card.name!r} runs on {card.backend}, which does not expose its layers",
+            "preset.model",
+        )
+    layers = preset.layers
+    if isinstance(layers, list) and (not layers or len(set(layers)) != len(layers) or max(layers) >= card.layers):
+        raise ApiError(
+            422,
+            "invalid_layers",
+            f"layers are distinct and lie in [0, {card.layers - 1}] ({card.name!r} has {card.layers} layers)",
+            "preset.layers",
+        )
+    return layers
 
 
 def view_prefix(codec: TextCodec, view: ViewIn, prompt: str, max_positions: int) -> list[int]:
@@ -163,6 +188,8 @@ async def build_job(
                 temperature=view.temperature,
             )
         )
+    if body.preset is not None and body.preset.name == "dola":
+        decode_views[0].dola_layers = dola_layers(body.preset, codecs[0].card)
     level = decode_level(body.level, codecs)
     group = group_name(v.model for v in decode_views)
     if not await services.catalog.live_workers(group):

@@ -1,6 +1,6 @@
-"""A stream whose client leaves stops its job on the worker (issue #30 item 22, #29): a chat completion or a
-contrastive decoding cut after three events leaves the running batch between two steps, answered `cancelled`,
-long before the tokens it asked for. Real sockets, the real gateway and worker, the packaged model."""
+"""A stream whose client leaves stops its job on the worker (issue #30 item 22, #29): a chat completion, a
+contrastive decoding or a DoLa one cut after three events leaves the running batch between two steps, answered
+`cancelled`, long before the tokens it asked for. Real sockets, the real gateway and worker, the packaged model."""
 
 from __future__ import annotations
 
@@ -65,8 +65,9 @@ def outcome_of(r: redis.Redis, job_id: str) -> JobOutcome:
             {"messages": [{"role": "user", "content": "Tell me a long story."}], "logit_bias": NO_END},
         ),
         ("/v1/decode/contrastive", {"prompt": "Tell me a long story.", "preset": {"name": "prompt_contrast"}}),
+        ("/v1/decode/contrastive", {"prompt": "Tell me a long story.", "preset": {"name": "dola", "layers": "low"}}),
     ],
-    ids=["chat", "contrastive"],
+    ids=["chat", "contrastive", "dola"],
 )
 def test_a_stream_cut_by_its_client_stops_its_job(
     service: str, redis_client: redis.Redis, path: str, body: dict[str, Any]

@@ -102,6 +102,8 @@ class DecodeView(BaseModel):
     prefix_ids: list[int] = Field(min_length=1)
     weight: float
     temperature: float = Field(default=1.0, gt=0.0)
+    # DoLa (workers/dola.py): this view's logits contrast its final layer with the premature layer picked among these
+    dola_layers: Literal["low", "high"] | list[int] | None = None
 
 
 class Plausibility(BaseModel):

@@ -15,6 +15,7 @@ from workers.contract.jobs import AnyJob, ContrastJob, DecodeStep, JobOutcome, S
 from workers.contract.keys import steps_channel, steps_key
 from workers.contract.lifetimes import put_until
 from workers.decoding import Decoded, View, decode
+from workers.dola import LayerStreams, dola_streams
 from workers.engines import check_ids, completion_budget
 from workers.handlers.base import Context, Handler
 from workers.handlers.generate import completed
@@ -30,6 +31,11 @@ def contrast_views(job: ContrastJob, ctx: Context) -> tuple[list[View], Sampling
     for spec in job.views:
         backend = ctx.engines.backend_for(spec.model, spec.fingerprint)
         check_ids(spec.prefix_ids, backend)
+        if spec.dola_layers is not None:
+            try:
+                backend = dola_streams(backend, spec.dola_layers)
+            except ValueError as exc:
+                raise JobFailed("layers_unsupported", str(exc)) from exc
         views.append(View(backend, spec.prefix_ids, spec.weight, spec.temperature))
     if len({view.backend.card.vocab_size for view in views}) != 1:
         raise JobFailed("tokenizer_mismatch", "the views' models do not share a vocabulary")
@@ -65,7 +71,8 @@ def keep_steps(client: redis.Redis, job_id: str, steps: list[DecodeStep]) -> Non
 def contrast_done(job: ContrastJob, views: list[View], decoded: Decoded, ctx: Context) -> JobOutcome:
     """A finished decoding: its record stored under the record view's model, its steps kept; the outcome."""
     shown = views[job.record_view]
-    rid = ctx.records.store_completion(job.tenant, shown.backend, shown.prefix_ids, decoded, job.retain)
+    backend = shown.backend.inner if isinstance(shown.backend, LayerStreams) else shown.backend
+    rid = ctx.records.store_completion(job.tenant, backend, shown.prefix_ids, decoded, job.retain)
     keep_steps(ctx.redis, job.job_id, decoded.steps)
     return completed(job, rid, decoded)
 

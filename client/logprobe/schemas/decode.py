@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -32,8 +32,8 @@ class ViewIn(BaseModel):
 
 class Preset(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: Literal["ed", "cd", "cad", "proxy", "prompt_contrast", "uscd"]
-    model: str | None = Field(default=None, description="cad, prompt_contrast, uscd")
+    name: Literal["ed", "cd", "cad", "proxy", "prompt_contrast", "uscd", "dola"]
+    model: str | None = Field(default=None, description="cad, prompt_contrast, uscd, dola")
     base: str | None = Field(default=None, description="ed (pre-trained model), proxy (large base)")
     aligned: str | None = Field(default=None, description="ed (its aligned version)")
     expert: str | None = Field(default=None, description="cd")
@@ -48,7 +48,15 @@ class Preset(BaseModel):
     lame_prompt: Text | None = Field(
         default=None, description="uscd: the request's prompt without its examples (the 'lame' prompt)"
     )
-    template: Literal["raw", "chat"] = Field(default="raw", description="uscd: how both prompts reach the model")
+    template: Literal["raw", "chat"] = Field(
+        default="raw", description="uscd: how both prompts reach the model; dola: how the prompt does"
+    )
+    layers: Literal["low", "high"] | list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+        default="high",
+        description="dola: the candidate premature layers, as transformers' `dola_layers`: every second layer of "
+        "the lower or upper half (past the embeddings, layer 0, when the head is tied to them), or their indices "
+        "(0 = the embeddings, below the model's layer count)",
+    )
     uncertainty: Literal["std", "top1", "entropy"] = Field(
         default="std",
         description="uscd: contrast where the standard view's probabilities have a standard deviation at most "
