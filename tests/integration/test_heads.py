@@ -91,6 +91,16 @@ def wait_head(client: httpx.Client, head_id: str, timeout_s: float = 300) -> dic
     raise TimeoutError(head_id)
 
 
+def batch_line(client: httpx.Client, text: str, analysis: dict[str, Any]) -> dict[str, Any]:
+    """The result line of a one-text batch running `analysis`, once the batch completed."""
+    batch = client.post("/v1/batches", json={"model": MODEL, "inputs": [{"text": text}], "analyses": [analysis]}).json()
+    deadline = time.monotonic() + 120
+    while client.get(f"/v1/batches/{batch['id']}").json()["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    return json.loads(client.get(f"/v1/batches/{batch['id']}/results").text.splitlines()[0])  # type: ignore[no-any-return]
+
+
 def train(client: httpx.Client, **body: Any) -> dict[str, Any]:
     response = client.post("/v1/heads", json={"model": MODEL, "family": "detect", "seed": 1, **body})
     assert response.status_code == 202, response.text
@@ -142,19 +152,7 @@ def test_heads_train_on_texts_and_records_and_answer_in_detect_and_batches(
     assert plain["sequence"]["log_likelihood"] == detect["sequence"]["log_likelihood"]
 
     # The same head through a batch gives the same score.
-    batch = alpha.post(
-        "/v1/batches",
-        json={
-            "model": MODEL,
-            "inputs": [{"text": machine}],
-            "analyses": [{"family": "detect", "methods": ["log_likelihood"], "heads": [pawn["id"]]}],
-        },
-    ).json()
-    deadline = time.monotonic() + 120
-    while alpha.get(f"/v1/batches/{batch['id']}").json()["status"] != "completed":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
-    line = json.loads(alpha.get(f"/v1/batches/{batch['id']}/results").text.splitlines()[0])
+    line = batch_line(alpha, machine, {"family": "detect", "methods": ["log_likelihood"], "heads": [pawn["id"]]})
     assert line["results"]["detect"]["sequence"]["pawn_detector"] == pytest.approx(
         detect["sequence"]["pawn_detector"], rel=1e-12
     )
@@ -286,15 +284,7 @@ def test_a_stack_of_two_models_beats_each_of_its_features(
     assert detect["tokens"] == []  # one value per text: no per-token weights
 
     # In a batch: the same score.
-    batch = alpha.post(
-        "/v1/batches",
-        json={"model": MODEL, "inputs": [{"text": text}], "analyses": [{"family": "detect", "heads": [head["id"]]}]},
-    ).json()
-    deadline = time.monotonic() + 120
-    while alpha.get(f"/v1/batches/{batch['id']}").json()["status"] != "completed":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
-    line = json.loads(alpha.get(f"/v1/batches/{batch['id']}/results").text.splitlines()[0])
+    line = batch_line(alpha, text, {"family": "detect", "heads": [head["id"]]})
     assert line["results"]["detect"]["sequence"]["two_models"] == pytest.approx(expected, rel=1e-9)
 
     # A record alone cannot feed the tiny model's feature: the text is needed.
