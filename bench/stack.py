@@ -34,7 +34,7 @@ SCORER = "smollm2-135m-instruct"
 OTHER = "gemma-3-270m"
 DATA = Path(__file__).parent / "data"
 SETS = {"pure": DATA / "machine_text_pure.jsonl", "nucleus": DATA / "machine_text.jsonl"}
-METHODS = ("log_likelihood", "log_rank", "lrr", "fast_detectgpt")
+METHODS = ("log_likelihood", "log_rank", "lrr", "fast_detectgpt", "lastde", "dna_detectllm")
 FEATURES = [
     *({"method": m} for m in METHODS),
     {"method": "gltr", "value": "gltr.top10"},

@@ -89,7 +89,6 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
             status="failed", stage="", error=HeadError(code="training_failed", message=message), finished_at=time.time()
         )
         return _failed(job, "training_failed", message, 500)
-    metrics = trained.metrics
     if trained.feature_auroc is not None and writer.state is not None and writer.state.features is not None:
         alone = dict(zip(feature_labels(writer.state.features), trained.feature_auroc, strict=True))
         metrics = metrics.model_copy(update={"feature_auroc": alone})
