@@ -119,7 +119,7 @@ def dola_layers(preset: Preset, card: ModelCard) -> Literal["low", "high"] | lis
     """DoLa's candidate layers, checked against the model: distinct, below its layer count (its final layer)."""
     if card.layers is None:
         raise ApiError(
-            422,
+            501,
             "layers_unsupported",
             f"{card.name!r} runs on {card.backend}, which does not expose its layers",
             "preset.model",

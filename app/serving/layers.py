@@ -25,6 +25,19 @@ def kept_layers_bytes(card: ModelCard, layers: list[int], n_tokens: int) -> int:
     return extra * (n_tokens - 1) * card.hidden_size * ITEMSIZES.get(card.hidden_dtype, 4)
 
 
+def keeps_layers(card: ModelCard, param: str, hint: str = "") -> int:
+    """The model's layer count; 501 layers_unsupported where its backend keeps no layers' states (vLLM, models
+    kept as rows)."""
+    if card.layers is None or card.storage != "hidden":
+        raise ApiError(
+            501,
+            "layers_unsupported",
+            f"{card.name!r} runs on {card.backend}, which does not keep its layers' states{hint}",
+            param,
+        )
+    return card.layers
+
+
 def scoring_layers(
     asked: list[int] | Literal["all"] | None, card: ModelCard, n_tokens: int, retain: Retain | None, max_bytes: int
 ) -> list[int]:
@@ -33,19 +46,13 @@ def scoring_layers(
     layers_need_full with retain 'stats', layers_too_large past the deployment's bytes per record."""
     if asked is None or asked == []:
         return []
-    if card.layers is None or card.storage != "hidden":
-        raise ApiError(
-            501,
-            "layers_unsupported",
-            f"{card.name!r} runs on {card.backend}, which does not keep its layers' states",
-            "layers",
-        )
-    layers = list(range(card.layers + 1)) if asked == "all" else sorted(asked)
-    if len(set(layers)) != len(layers) or layers[-1] > card.layers:
+    n_layers = keeps_layers(card, "layers")
+    layers = list(range(n_layers + 1)) if asked == "all" else sorted(asked)
+    if len(set(layers)) != len(layers) or layers[-1] > n_layers:
         raise ApiError(
             422,
             "invalid_layers",
-            f"layers are distinct and lie in [0, {card.layers}] ({card.name!r} has {card.layers} layers)",
+            f"layers are distinct and lie in [0, {n_layers}] ({card.name!r} has {n_layers} layers)",
             "layers",
         )
     if retain == "stats":
@@ -87,17 +94,11 @@ def head_layers(kind: str, params: dict[str, float | int | str], card: ModelCard
     layer = params.get("layer", "final")
     if kind != "probe" or layer == "final":
         return None
-    if card.layers is None or card.storage != "hidden":
-        raise ApiError(
-            501,
-            "layers_unsupported",
-            f"{card.name!r} runs on {card.backend}, which does not keep its layers' states: probe the final layer",
-            "params",
-        )
-    if layer != "best" and int(layer) > card.layers:
-        message = f"layer lies in [0, {card.layers}] ({card.name!r} has {card.layers} layers)"
+    n_layers = keeps_layers(card, "params", ": probe the final layer")
+    if layer != "best" and int(layer) > n_layers:
+        message = f"layer lies in [0, {n_layers}] ({card.name!r} has {n_layers} layers)"
         raise ApiError(422, "invalid_params", message, "params")
-    return probe_layers(layer, card.layers)
+    return probe_layers(layer, n_layers)
 
 
 async def layer_states(services: Services, tenant: str, meta: RecordMeta, layer: int) -> np.ndarray:
