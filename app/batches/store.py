@@ -128,7 +128,7 @@ async def create_batch(
     await redis.sadd(ACTIVE, f"{tenant}\x1f{batch_id}")
     pipe = redis.pipeline(transaction=True)
     pipe.zremrangebyscore(index_key(tenant), "-inf", now - ttl - finished_ttl_s)  # surely expired
-    pipe.zadd(index_key(tenant), {batch_id: now})
+    pipe.zadd(index_key(tenant), {batch_id: time.time()})  # not `now`: batches of one second keep their order
     keep_until(pipe, now + ttl + finished_ttl_s, index_key(tenant))
     await pipe.execute()
     await announce(redis, index_key(tenant))
