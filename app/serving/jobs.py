@@ -205,7 +205,12 @@ class JobQueue:
         started = time.perf_counter()
         async with self._turn(job):
             await self.submit(job)
-            outcome = await self.wait(job.job_id, resubmit=job)
+            try:
+                outcome = await self.wait(job.job_id, resubmit=job)
+            except asyncio.CancelledError:  # its caller gave up (a sibling failed, the response was cut)
+                with anyio.CancelScope(shield=True), contextlib.suppress(*TRANSIENT):
+                    await self._cancel(job.job_id, job)  # the worker skips it, or stops it at its next slice
+                raise
         metrics.JOBS.labels(job.model, job.kind, str(outcome.ok).lower()).observe(time.perf_counter() - started)
         return outcome
 
