@@ -574,10 +574,7 @@ class Worker:
             outcome.worker = self.id
             pipe.set(job_outcome_key(job.job_id), outcome.model_dump_json())  # no TTL: eviction never takes it
             keep_until(pipe, time.time() + OUTCOME_TTL_S, job_outcome_key(job.job_id))
-            if isinstance(job, ScoreJob):
-                forget(pipe, inflight_key(job.tenant, job.record_id))
-        pipe.xack(stream, CONSUMER_GROUP, entry_id)
-        pipe.xdel(stream, entry_id)
+        _release(pipe, stream, entry_id, job if outcome is not None else None)
         try:
             pipe.execute()
             if job is not None and outcome is not None:
@@ -596,10 +593,7 @@ class Worker:
         (XACK, XDEL and DEL free memory, and a full Redis takes them) and the waiters are told on the done channel
         that the job found the store full. Not a transaction: a full Redis refuses every command queued in one."""
         pipe = self.redis.pipeline(transaction=False)
-        if isinstance(job, ScoreJob):
-            forget(pipe, inflight_key(job.tenant, job.record_id))
-        pipe.xack(stream, CONSUMER_GROUP, entry_id)
-        pipe.xdel(stream, entry_id)
+        _release(pipe, stream, entry_id, job)
         try:
             pipe.execute()
             self.redis.publish(DONE_CHANNEL, full_notice(job.job_id))
@@ -619,6 +613,14 @@ class Worker:
                     close()
                 except Exception:  # one engine failing to stop must not keep the others running
                     log.exception("closing %s failed", name)
+
+
+def _release(pipe: Any, stream: str, entry_id: bytes, job: AnyJob | None) -> None:
+    """Queue what lets a job go: its score's inflight mark (when answered), its entry's XACK and XDEL."""
+    if isinstance(job, ScoreJob):
+        forget(pipe, inflight_key(job.tenant, job.record_id))
+    pipe.xack(stream, CONSUMER_GROUP, entry_id)
+    pipe.xdel(stream, entry_id)
 
 
 def main(argv: list[str] | None = None) -> None:
