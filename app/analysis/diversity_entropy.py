@@ -20,26 +20,32 @@ def shortest_series(embed: int, tau_max: int) -> int:
     return tau_max + embed
 
 
-def diversity_entropy(series: np.ndarray, embed: int, bins: int) -> float:
-    """DE of one series: entropy of the binned cosine similarities of neighbouring orbits, over log(bins)."""
-    orbits = np.lib.stride_tricks.sliding_window_view(series, embed)
+def diversity_entropy(series: np.ndarray, embed: int, bins: int) -> np.ndarray:
+    """DE of each column of series [T, n] (or of a series [T]): the entropy of the binned cosine similarities of
+    neighbouring orbits, over log(bins)."""
+    orbits = np.lib.stride_tricks.sliding_window_view(series, embed, axis=0)  # [T - embed + 1, (n,) embed]
     a, b = orbits[:-1], orbits[1:]
-    norms = np.maximum(np.linalg.norm(a, axis=1), COSINE_EPS) * np.maximum(np.linalg.norm(b, axis=1), COSINE_EPS)
-    cosine = np.sum(a * b, axis=1) / norms
+    norms = np.maximum(np.linalg.norm(a, axis=-1), COSINE_EPS) * np.maximum(np.linalg.norm(b, axis=-1), COSINE_EPS)
+    cosine = np.sum(a * b, axis=-1) / norms  # [T - embed, (n)]
+    columns = cosine.reshape(cosine.shape[0], -1)
     # torch.histc's binning: floor((x - min) * bins / (max - min)), the top edge in the last bin
-    index = np.minimum(np.floor((cosine + 1.0) * bins / 2.0), bins - 1).astype(np.int64)
-    counts = np.bincount(index[(cosine >= -1.0) & (cosine <= 1.0)], minlength=bins)
-    freq = counts[counts > 0] / counts.sum()
-    return float(-np.sum(freq * np.log(freq)) / np.log(bins))
+    index = np.minimum(np.floor((columns + 1.0) * bins / 2.0), bins - 1).astype(np.int64)
+    inside = (columns >= -1.0) & (columns <= 1.0)
+    offset = index + bins * np.arange(columns.shape[1])[None, :]  # column j counts into bins [j * bins, (j+1) * bins)
+    counts = np.bincount(offset[inside], minlength=bins * columns.shape[1]).reshape(columns.shape[1], bins)
+    freq = counts / counts.sum(axis=1, keepdims=True)
+    terms = np.where(counts > 0, freq * np.log(np.where(counts > 0, freq, 1.0)), 0.0)
+    entropy = -np.sum(terms, axis=1) / np.log(bins)
+    return np.asarray(entropy.reshape(cosine.shape[1:]))
 
 
-def multiscale_diversity_entropy(series: np.ndarray, embed: int, bins: int, tau_max: int) -> float:
-    """Std (n - 1 in the denominator) over tau = 1..tau_max of the DE of the tau-wide moving average; NaN when the
-    series is shorter than `shortest_series`."""
-    if series.size < shortest_series(embed, tau_max):
-        return float("nan")
+def multiscale_diversity_entropy(series: np.ndarray, embed: int, bins: int, tau_max: int) -> np.ndarray:
+    """Std (n - 1 in the denominator) over tau = 1..tau_max of the DE of the tau-wide moving average, of each
+    column of series [T, n] (or of a series [T]); NaN when the series is shorter than `shortest_series`."""
+    if series.shape[0] < shortest_series(embed, tau_max) or tau_max < 2:
+        return np.full(series.shape[1:], np.nan)
     scales = [
-        diversity_entropy(np.lib.stride_tricks.sliding_window_view(series, tau).mean(axis=1), embed, bins)
+        diversity_entropy(np.lib.stride_tricks.sliding_window_view(series, tau, axis=0).mean(axis=-1), embed, bins)
         for tau in range(1, tau_max + 1)
     ]
-    return float(np.std(scales, ddof=1)) if tau_max > 1 else float("nan")
+    return np.asarray(np.std(scales, axis=0, ddof=1))
