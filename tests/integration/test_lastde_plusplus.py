@@ -64,3 +64,11 @@ def test_lastde_plusplus_is_refused_with_a_reference_model_and_bounded(alpha: ht
     assert too_many.json()["error"]["param"] == "params.lastde_plusplus.n_samples"
     default = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": TEXT}).json()
     assert "lastde_plusplus" not in default["methods"]  # named only: it costs the worker a pass over the rows
+
+
+def test_lastde_plusplus_is_listed_with_its_paper_and_parameters(alpha: httpx.Client) -> None:
+    listed = {m["name"]: m for m in alpha.get("/v1/analysis/methods").json()}["lastde_plusplus"]
+    assert "arXiv:2410.06072" in listed["paper"] and listed["families"] == ["detect"]
+    assert listed["requires"] == ["token_samples"]
+    defaults = {p["name"]: p["default"] for p in listed["params"]}
+    assert defaults == {"embed_size": 4, "epsilon": 8.0, "tau_prime": 15, "n_samples": 100, "seed": 0}

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from app.analysis.base import Context
 from app.analysis.run import AnalysisError, select_methods
+from app.platform.errors import ApiError
+from app.serving.stack import check_features
+from logprobe.schemas.heads import StackFeature
 from tests.unit.test_zeroshot_methods import case, positions_of, run
 from workers.token_samples import sample_logprobs
 
@@ -132,3 +135,16 @@ def test_lastde_plusplus_is_named_only_and_samples_the_scorer_itself() -> None:
     with pytest.raises(AnalysisError) as refused:
         select_methods("detect", ["lastde_plusplus"], frozenset({"frequencies", "cross", "reference"}))
     assert (refused.value.code, refused.value.param) == ("invalid_request", "reference_model")
+
+
+def test_lastde_plusplus_is_a_stack_feature_with_its_count_and_seed() -> None:
+    feature = StackFeature(method="lastde_plusplus", params={"n_samples": 20, "seed": 3})
+    (stored,) = check_features([feature], "m")
+    assert (stored["family"], stored["value"], stored["params"]) == ("detect", "lastde_plusplus", feature.params)
+    for bad, param in [
+        (StackFeature(method="lastde_plusplus", params={"n_samples": 1001}), "features.0.params"),
+        (StackFeature(method="lastde_plusplus", reference_model="other"), "features.0.reference_model"),
+    ]:
+        with pytest.raises(ApiError) as refused:
+            check_features([bad], "m")
+        assert (refused.value.status, refused.value.code, refused.value.param) == (422, "invalid_features", param)
