@@ -23,19 +23,27 @@ def shortest_series(embed: int, tau_max: int) -> int:
 def diversity_entropy(series: np.ndarray, embed: int, bins: int) -> np.ndarray:
     """DE of each column of series [T, n] (or of a series [T]): the entropy of the binned cosine similarities of
     neighbouring orbits, over log(bins)."""
-    orbits = np.lib.stride_tricks.sliding_window_view(series, embed, axis=0)  # [T - embed + 1, (n,) embed]
-    a, b = orbits[:-1], orbits[1:]
-    norms = np.maximum(np.linalg.norm(a, axis=-1), COSINE_EPS) * np.maximum(np.linalg.norm(b, axis=-1), COSINE_EPS)
-    cosine = np.sum(a * b, axis=-1) / norms  # [T - embed, (n)]
+    pairs = series.shape[0] - embed  # neighbouring orbits (x_i .. x_i+embed-1) and (x_i+1 .. x_i+embed)
+    dot = np.zeros((pairs, *series.shape[1:]))
+    square_a, square_b = np.zeros_like(dot), np.zeros_like(dot)
+    for k in range(embed):  # sums over the orbit's values in order, on contiguous slices
+        a, b = series[k : k + pairs], series[k + 1 : k + 1 + pairs]
+        dot += a * b
+        square_a += a * a
+        square_b += b * b
+    norms = np.maximum(np.sqrt(square_a), COSINE_EPS) * np.maximum(np.sqrt(square_b), COSINE_EPS)
+    cosine = dot / norms  # [T - embed, (n)]
     columns = cosine.reshape(cosine.shape[0], -1)
     # torch.histc's binning: floor((x - min) * bins / (max - min)), the top edge in the last bin
     index = np.minimum(np.floor((columns + 1.0) * bins / 2.0), bins - 1).astype(np.int64)
     inside = (columns >= -1.0) & (columns <= 1.0)
     offset = index + bins * np.arange(columns.shape[1])[None, :]  # column j counts into bins [j * bins, (j+1) * bins)
-    counts = np.bincount(offset[inside], minlength=bins * columns.shape[1]).reshape(columns.shape[1], bins)
-    freq = counts / counts.sum(axis=1, keepdims=True)
-    terms = np.where(counts > 0, freq * np.log(np.where(counts > 0, freq, 1.0)), 0.0)
-    entropy = -np.sum(terms, axis=1) / np.log(bins)
+    occupied, counts = np.unique(offset[inside], return_counts=True)  # only the bins that are hit: bins ~ 10 T
+    column, c = occupied // bins, counts.astype(np.float64)
+    total = np.bincount(column, weights=c, minlength=columns.shape[1])
+    c_log_c = np.bincount(column, weights=c * np.log(c), minlength=columns.shape[1])
+    # -sum_b f_b log f_b with f_b = c_b / N is log N - sum_b c_b log c_b / N
+    entropy = (np.log(total) - c_log_c / total) / np.log(bins)
     return np.asarray(entropy.reshape(cosine.shape[1:]))
 
 

@@ -38,6 +38,8 @@ from workers.contract.heads import HeadState
 from workers.contract.records import RecordMeta
 
 PAIRED_FAMILIES = ("compare", "detect")
+# token samples one analysis reads (positions x n_samples): about a second of the gateway's numpy for Lastde++
+MAX_SAMPLED_VALUES = 1 << 20
 PREFIXES = ("prefix", "member_prefix")  # membership: the text scored again after each (ReCaLL, Con-ReCall)
 
 
@@ -170,8 +172,17 @@ async def _token_samples(
     wanting = [m for m in methods if "token_samples" in m.requires]
     if not wanting:
         return None
-    chosen = params[wanting[0].name]
-    return await sampled_logprobs(services, tenant, meta, positions, int(chosen["n_samples"]), int(chosen["seed"]))
+    name, chosen = wanting[0].name, params[wanting[0].name]
+    n_samples = int(chosen["n_samples"])
+    if positions.size * n_samples > MAX_SAMPLED_VALUES:
+        raise ApiError(
+            422,
+            "samples_too_large",
+            f"{name} draws n_samples tokens at each of the span's {positions.size} positions: at most "
+            f"{MAX_SAMPLED_VALUES:,} in all (n_samples <= {MAX_SAMPLED_VALUES // positions.size} here)",
+            f"params.{name}.n_samples",
+        )
+    return await sampled_logprobs(services, tenant, meta, positions, n_samples, int(chosen["seed"]))
 
 
 async def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> tuple[int, int] | None:
@@ -244,7 +255,10 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
     if any("frequencies" in m.requires for m in methods):
         frequencies = await services.frequencies.probabilities(tenant, codec, body.frequency_table)
         context = dataclasses.replace(context, frequencies=frequencies)
-    result = run_methods(methods, context, params)
+    if context.token_samples is None:
+        result = run_methods(methods, context, params)
+    else:  # seconds of numpy over the samples: in a thread, not in the event loop
+        result = await asyncio.to_thread(run_methods, methods, context, params)
     heads = None
     if body.heads:
         heads = await apply_heads(

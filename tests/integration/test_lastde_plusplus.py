@@ -62,6 +62,12 @@ def test_lastde_plusplus_is_refused_with_a_reference_model_and_bounded(alpha: ht
     too_many = detect(alpha, 0, n_samples=1001)
     assert too_many.status_code == 422, too_many.text
     assert too_many.json()["error"]["param"] == "params.lastde_plusplus.n_samples"
+    body = {"model": MODEL, "text": TEXT * 40, "methods": ["lastde_plusplus"]}
+    body["params"] = {"lastde_plusplus": {"n_samples": 1000}}
+    too_large = alpha.post("/v1/analysis/detect", json=body)
+    assert too_large.status_code == 422, too_large.text
+    error = too_large.json()["error"]
+    assert (error["code"], error["param"]) == ("samples_too_large", "params.lastde_plusplus.n_samples")
     default = alpha.post("/v1/analysis/detect", json={"model": MODEL, "text": TEXT}).json()
     assert "lastde_plusplus" not in default["methods"]  # named only: it costs the worker a pass over the rows
 
