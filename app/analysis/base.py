@@ -143,6 +143,8 @@ class Context:
     turns: list[tuple[int, int]] | None = None  # [start, stop) indexes into the positions, one per chat turn
     prefixed: dict[str, Positions] | None = None  # "prefix", "member_prefix": the text scored after that prefix
     samples: SampleSet | None = None  # consistency: the SampleSet (app.analysis.consistency) of n sampled answers
+    # "token_samples": log p of tokens drawn independently at each position from p itself, [n positions, n samples]
+    token_samples: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,11 @@ import numpy as np
 from app.analysis.base import Context, Param, method, variance_is_zero
 from app.analysis.diversity_entropy import multiscale_diversity_entropy, shortest_series
 from app.analysis.uncertainty import DETECTGPT, GLTR
+from workers.contract.jobs import MAX_TOKEN_SAMPLES
 
 MACHINE = "more likely machine-written"
 GLTR_EDGES = (10, 100, 1000)
+SPREAD_RTOL = 1e-12  # a spread of the samples' Lastde below this fraction of their mean is rounding: none at all
 XENT_ATOL = 1e-6  # nats: a mean cross-entropy below this is 0 within the rounding of float32 log-probabilities
 
 DETECTLLM = (
@@ -153,16 +155,62 @@ def lastde(ctx: Context) -> float:
     """Lastde: mean log p(x_t) over the multiscale diversity entropy (MDE) of the series log p(x_t): the sample
     std over scales tau = 1..tau_prime of the diversity entropy of the tau-wide moving average, whose orbits of
     embed_size values are compared by neighbouring cosine similarity binned into int(epsilon * n) intervals of
-    [-1, 1]. Defaults are the reference code's for open-source scorers (s = 3, epsilon = 10, tau' = 5). Lastde++
-    (the same score normalised by token series sampled from the scorer) needs full rows and is not offered."""
+    [-1, 1]. Defaults are the reference code's for open-source scorers (s = 3, epsilon = 10, tau' = 5); Lastde++ is
+    `lastde_plusplus`."""
     series = ctx.data.logprob
     p = ctx.params
     embed, tau_max = int(p["embed_size"]), int(p["tau_prime"])
     bins = int(p["epsilon"] * series.size)
     if series.size < shortest_series(embed, tau_max) or bins < 1:
         return float("nan")
-    mde = multiscale_diversity_entropy(series, embed, bins, tau_max)
+    mde = float(multiscale_diversity_entropy(series, embed, bins, tau_max))
     return float(np.mean(series) / mde) if mde > 0 else float("nan")
+
+
+def lastde_columns(series: np.ndarray, params: dict[str, float]) -> np.ndarray:
+    """Lastde of each column of series [T, n]: mean over MDE, NaN where the MDE is 0 or the span too short."""
+    embed, tau_max = int(params["embed_size"]), int(params["tau_prime"])
+    bins = int(params["epsilon"] * series.shape[0])
+    if series.shape[0] < shortest_series(embed, tau_max) or bins < 1:
+        return np.full(series.shape[1], np.nan)
+    mde = multiscale_diversity_entropy(series, embed, bins, tau_max)
+    return np.where(mde > 0, np.mean(series, axis=0) / np.where(mde > 0, mde, 1.0), np.nan)
+
+
+LASTDE_PLUSPLUS_PARAMS = (
+    Param("embed_size", 4, "orbit length s: consecutive values compared as one vector", 2, 64, "int"),
+    Param("epsilon", 8.0, "intervals of [-1, 1] per position: epsilon * n bins for a span of n positions", 0.01, 1e3),
+    Param("tau_prime", 15, "scales tau = 1..tau_prime of the moving average", 2, 64, "int"),
+    Param("n_samples", 100, "sampled series: their Lastde gives the mean and spread", 2, MAX_TOKEN_SAMPLES, "int"),
+    Param("seed", 0, "the draws' seed: the same seed, the same samples and value", 0, 2**32 - 1, "int"),
+)
+
+
+@method(
+    "lastde_plusplus",
+    ("detect",),
+    "sequence",
+    MACHINE,
+    ("logprob",),
+    paper=LASTDE,
+    params=LASTDE_PLUSPLUS_PARAMS,
+    requires=("token_samples",),
+    undefined="the span is shorter than tau_prime + embed_size positions, the text's or a sample's multiscale "
+    "diversity entropy is 0, or the samples' Lastde does not vary",
+)
+def lastde_plusplus(ctx: Context) -> float:
+    """Lastde++: the text's Lastde standardised by Lastde over series sampled from the scorer itself, (Lastde(x) -
+    mean_j Lastde(x~_j)) / std_j Lastde(x~_j) (n - 1 in the std), each x~_j a token drawn independently at every
+    position from that position's distribution (Fast-DetectGPT's sampling) and scored by its log p. The worker that
+    rebuilds the rows draws them (seeded: `seed`, `n_samples`). Defaults are the reference code's
+    (lastde_doubleplus.py: s = 4, epsilon = 8, tau' = 15, 100 samples). Named only: it costs a pass over the rows."""
+    assert ctx.token_samples is not None
+    text = lastde_columns(ctx.data.logprob[:, None], ctx.params)[0]
+    sampled = lastde_columns(ctx.token_samples, ctx.params)
+    centre, spread = float(np.mean(sampled)), float(np.std(sampled, ddof=1))
+    if not (np.isfinite(text) and np.all(np.isfinite(sampled))) or spread <= SPREAD_RTOL * abs(centre):
+        return float("nan")
+    return float((text - centre) / spread)
 
 
 @method(

@@ -28,6 +28,8 @@ class AnalysisResult:
 
 
 ALWAYS_AVAILABLE = frozenset({"frequencies"})
+# Inputs that cost the worker a pass over full rows: methods that need them run only when named.
+NAMED_ONLY = frozenset({"token_samples"})
 # Markers of what a request gave, beside the inputs methods require; they only shape error messages.
 GAVE_CONTEXT = "gave:context"
 GAVE_MESSAGES = "gave:messages"
@@ -53,6 +55,9 @@ def missing_inputs(method: Method, family: Family, inputs: frozenset[str]) -> An
         else:
             message = f"{name} needs a second distribution: give a `reference_model` or a `context`"
         return AnalysisError("reference_required", message, "reference_model")
+    if "token_samples" in missing:
+        message = f"{name} samples from the scoring model itself: give no `reference_model` or `context`"
+        return AnalysisError("invalid_request", message, "reference_model")
     if "turns" in missing and GAVE_CONTEXT in inputs:
         message = f"{name} compares two models turn by turn over `messages`: give a `reference_model`, not a `context`"
         return AnalysisError("reference_required", message, "context")
@@ -77,7 +82,7 @@ def select_methods(
             "methods",
         )
     if names is None:
-        chosen = [m for m in family_methods.values() if set(m.requires) <= inputs]
+        chosen = [m for m in family_methods.values() if set(m.requires) <= inputs - NAMED_ONLY]
         if not chosen:
             raise AnalysisError(
                 "reference_required", f"{family} needs a `reference_model` or a `context`", "reference_model"

@@ -32,11 +32,14 @@ from app.serving.scoring import record_for
 from app.serving.services import Services
 from app.serving.stack import feature_values
 from app.serving.text import TextCodec
+from app.serving.token_samples import sampled_logprobs
 from logprobe.schemas.analysis import AnalysisRequest, SpanName, SpanRange
 from workers.contract.heads import HeadState
 from workers.contract.records import RecordMeta
 
 PAIRED_FAMILIES = ("compare", "detect")
+# token samples one analysis reads (positions x n_samples): about a second of the gateway's numpy for Lastde++
+MAX_SAMPLED_VALUES = 1 << 20
 PREFIXES = ("prefix", "member_prefix")  # membership: the text scored again after each (ReCaLL, Con-ReCall)
 
 
@@ -118,6 +121,8 @@ def analysis_inputs(family: Family, body: AnalysisRequest) -> frozenset[str]:
                 message = f"a `{field}` goes before a `text` or a record, not `messages`"
                 raise ApiError(422, "invalid_request", message, field)
             inputs.add(field)
+    if family == "detect" and body.reference_model is None and body.context is None:
+        inputs.add("token_samples")
     if body.reference_model is not None or body.context is not None:
         inputs |= {"cross", "reference"}
         if body.messages is not None and body.reference_model is not None:
@@ -153,6 +158,31 @@ async def _prefixed(body: AnalysisRequest, services: Services, tenant: str, meth
             services, tenant, body.model, prefix, body.text, body.record_id, body.retain, field=field
         )
     return pairs
+
+
+async def _token_samples(
+    services: Services,
+    tenant: str,
+    meta: RecordMeta,
+    positions: np.ndarray,
+    methods: list[Method],
+    params: dict[str, dict[str, float]],
+) -> np.ndarray | None:
+    """Tokens drawn at each position from the record's own rows, for the method that reads them (its count, seed)."""
+    wanting = [m for m in methods if "token_samples" in m.requires]
+    if not wanting:
+        return None
+    name, chosen = wanting[0].name, params[wanting[0].name]
+    n_samples = int(chosen["n_samples"])
+    if positions.size * n_samples > MAX_SAMPLED_VALUES:
+        raise ApiError(
+            422,
+            "samples_too_large",
+            f"{name} draws n_samples tokens at each of the span's {positions.size} positions: at most "
+            f"{MAX_SAMPLED_VALUES:,} in all (n_samples <= {MAX_SAMPLED_VALUES // positions.size} here)",
+            f"params.{name}.n_samples",
+        )
+    return await sampled_logprobs(services, tenant, meta, positions, n_samples, int(chosen["seed"]))
 
 
 async def _reply(body: AnalysisRequest, shown: RecordMeta, codec: TextCodec) -> tuple[int, int] | None:
@@ -196,7 +226,11 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
             retain=body.retain,
         )
         shown, positions = meta, span_positions(body.span, meta, await _reply(body, meta, codec))
-        context = Context(Positions.select(meta, stats, positions), {})
+        context = Context(
+            Positions.select(meta, stats, positions),
+            {},
+            token_samples=await _token_samples(services, tenant, meta, positions, methods, params),
+        )
         head_input = (meta, stats, positions)
     else:
         meta, codec, cached, shown = pair.p.meta, pair.codec, pair.p.cached and pair.q.cached, pair.shown
@@ -221,7 +255,10 @@ async def analyse(family: Family, body: AnalysisRequest, services: Services, ten
     if any("frequencies" in m.requires for m in methods):
         frequencies = await services.frequencies.probabilities(tenant, codec, body.frequency_table)
         context = dataclasses.replace(context, frequencies=frequencies)
-    result = run_methods(methods, context, params)
+    if context.token_samples is None:
+        result = run_methods(methods, context, params)
+    else:  # seconds of numpy over the samples: in a thread, not in the event loop
+        result = await asyncio.to_thread(run_methods, methods, context, params)
     heads = None
     if body.heads:
         heads = await apply_heads(

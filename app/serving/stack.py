@@ -47,6 +47,13 @@ def check_features(features: list[StackFeature] | None, head_model: str) -> list
             raise ApiError(
                 422, "invalid_features", f"{where}: {family} takes no reference_model", f"{where}.reference_model"
             )
+        if "token_samples" in m.requires and feature.reference_model is not None:
+            raise ApiError(
+                422,
+                "invalid_features",
+                f"{where}: {m.name} samples from the scoring model itself: no reference_model",
+                f"{where}.reference_model",
+            )
         if family == "compare" and feature.reference_model is None:
             raise ApiError(
                 422, "invalid_features", f"{where}: compare needs a reference_model", f"{where}.reference_model"

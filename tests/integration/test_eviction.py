@@ -93,7 +93,8 @@ def squeeze(redis_client: redis.Redis) -> Iterator[Callable[[], None]]:
 
 
 EVICTED = "__keyevent@0__:evicted"
-RECORD_CACHES = ("lp:rec:", "lp:bytes:", "lp:cross:")  # what carries a TTL: records and what is derived from them
+# what carries a TTL: records and what is derived from them
+RECORD_CACHES = ("lp:rec:", "lp:bytes:", "lp:cross:", "lp:samples:")
 
 
 def test_another_tenants_flood_of_records_evicts_records_only(

@@ -191,6 +191,33 @@ def test_contrastive_decodings_on_vllm_equal_transformers(client: httpx.Client, 
         assert len(done) == 4
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/score", {"model": MODEL, "text": TEXT, "layers": [1, 2]}, "layers"),
+        ("/v1/score", {"model": MODEL, "text": TEXT, "layers": "all"}, "layers"),
+        ("/v1/analysis/lens", {"model": MODEL, "text": TEXT, "layers": "all"}, "model"),
+        (
+            "/v1/decode/contrastive",
+            {"prompt": "The capital of France is", "preset": {"name": "dola", "model": MODEL}, "max_tokens": 4},
+            "preset.model",
+        ),
+    ],
+    ids=["score-layers", "score-all-layers", "lens", "dola"],
+)
+def test_layers_are_501_on_vllm(client: httpx.Client, path: str, body: dict[str, Any], param: str) -> None:
+    """vLLM's engine keeps no intermediate layers' states: kept layers, the lens and DoLa are refused with one
+    machine-readable code and the field that asked for them, and the worker goes on serving."""
+    refused = client.post(path, json=body)
+    assert refused.status_code == 501, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("layers_unsupported", param)
+    assert "vllm" in error["message"]
+    served = client.post("/v1/score", json={"model": MODEL, "text": TEXT})
+    assert served.status_code == 200, served.text
+    assert served.json()["layers"] in (None, [])
+
+
 # ---------------------------------------------------------------- engines stop with their worker (last: they stop it)
 
 

@@ -190,6 +190,7 @@ def test_every_method_is_covered_and_documented() -> None:
     names = set(reference(logp, x, np.arange(1, 40), np.full(V, 1 / V)))
     names |= set(pair_reference(logp, logp, x[1:], [(0, 1)]))
     prefixed = {"recall", "con_recall"}  # tests/unit/test_zeroshot_methods.py
+    prefixed |= {"lastde_plusplus"}  # over token samples: tests/unit/test_lastde_plusplus.py
     over_samples = {m.name for m in REGISTRY.family("consistency")}  # tests/unit/test_consistency_methods.py
     known = {name.split(".")[0] for name in names} | {"entropy_trend"} | prefixed
     assert set(REGISTRY.methods) - over_samples <= known

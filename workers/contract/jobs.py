@@ -93,6 +93,27 @@ def cross_id(p: CrossSide, q: CrossSide) -> str:
     return hashlib.sha256(body).hexdigest()[:32]
 
 
+MAX_TOKEN_SAMPLES = 1000  # tokens drawn per position by one job (Lastde++'s reference code draws 100)
+
+
+class TokenSamplesJob(_JobBase):
+    """Tokens drawn independently at each of a record's `positions` from its own distribution there (Fast-DetectGPT's
+    sampling, which Lastde++ normalises by), and their log-probabilities under it (workers/token_samples.py): a
+    float32 array [positions, n_samples] left under samples_key(tenant, samples_id)."""
+
+    kind: Literal["token_samples"] = "token_samples"
+    samples_id: str
+    record_id: RecordId
+    positions: list[int] = Field(min_length=1, max_length=MAX_JOB_POSITIONS)
+    n_samples: int = Field(ge=1, le=MAX_TOKEN_SAMPLES)
+    seed: int = Field(ge=0, lt=2**32)
+
+
+def samples_id(record_id: str, positions: list[int], n_samples: int, seed: int) -> str:
+    body = json.dumps([record_id, positions, n_samples, seed]).encode()
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
 class DecodeView(BaseModel):
     """One view of a contrastive decoding job: a model reading its own prefix, weighted in the combination."""
 
@@ -263,7 +284,18 @@ class LensResult(BaseModel):
     n_layers: int  # the model's decoder layers: hidden_states has n_layers + 1 entries
 
 
-AnyJob = ScoreJob | GenerateJob | RowsJob | CrossJob | ContrastJob | HeadJob | AttributionJob | BytesJob | LensJob
+AnyJob = (
+    ScoreJob
+    | GenerateJob
+    | RowsJob
+    | CrossJob
+    | TokenSamplesJob
+    | ContrastJob
+    | HeadJob
+    | AttributionJob
+    | BytesJob
+    | LensJob
+)
 
 
 def job_lane(job: AnyJob) -> str:

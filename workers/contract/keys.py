@@ -63,6 +63,11 @@ def cross_key(tenant: str, cross_id: str) -> str:
     return f"lp:cross:{tenant}:{cross_id}"
 
 
+def samples_key(tenant: str, samples_id: str) -> str:
+    """A token_samples job's answer: a cache derived from a record, with the records' TTL (as cross_key)."""
+    return f"lp:samples:{tenant}:{samples_id}"
+
+
 def job_outcome_key(job_id: str) -> str:
     return f"lp:{JOBS_TAG}:job:{job_id}"
 

@@ -12,9 +12,11 @@ from workers.handlers.generate import GENERATE
 from workers.handlers.score import SCORE
 from workers.heads.job import TRAIN_HEAD
 from workers.lens import LENS
+from workers.token_samples import TOKEN_SAMPLES
 
 HANDLERS: dict[str, Handler] = {
-    handler.kind: handler for handler in (SCORE, GENERATE, CONTRAST, ROWS, CROSS, TRAIN_HEAD, ATTRIBUTION, BYTES, LENS)
+    handler.kind: handler
+    for handler in (SCORE, GENERATE, CONTRAST, ROWS, CROSS, TOKEN_SAMPLES, TRAIN_HEAD, ATTRIBUTION, BYTES, LENS)
 }
 
 
