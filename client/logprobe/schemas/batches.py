@@ -61,7 +61,7 @@ class Batch(BaseModel):
     object: Literal["batch"] = "batch"
     status: Literal["queued", "in_progress", "completed", "cancelled"]
     model: str
-    analyses: list[str]
+    analyses: list[str] = Field(description="the families run on each input (`consistency` for a consistency batch)")
     total: int
     completed: int = Field(description="inputs with a result")
     failed: int = Field(description="inputs whose line carries an error")
