@@ -109,17 +109,36 @@ async def sample_or_error(draw: Awaitable[Answer]) -> Answer | ApiError:
         return exc
 
 
+@dataclass(frozen=True)
+class Raised:
+    """An error a coroutine raised (not one it returned, as `sample_or_error` returns a failed sample's)."""
+
+    error: BaseException
+
+
+async def caught(coroutine: Awaitable[T]) -> T | Raised:
+    try:
+        return await coroutine
+    except Exception as exc:
+        return Raised(exc)
+
+
 async def settled(coroutines: Iterable[Awaitable[T]]) -> list[T]:
-    """Run concurrently and wait until every one has ended, then raise the first error. Nothing is cancelled
-    from outside: each job's waiter notices a client that left and cancels its own job in the worker, which a task
-    cancelled meanwhile would not."""
-    results = await asyncio.gather(*coroutines, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, NotStarted):
-            raise result
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    """Run concurrently and wait until every one has ended, then raise the first error one raised (an error one
+    returns is its result). Nothing is cancelled from outside: each job's waiter notices a client that left and
+    cancels its own job in the worker, which a task cancelled meanwhile would not."""
+    results = await asyncio.gather(*(caught(c) for c in coroutines), return_exceptions=True)
+    # what `caught` let through (a cancellation) was raised too; an Exception among the results was returned
+    raised = [
+        r.error if isinstance(r, Raised) else r
+        for r in results
+        if isinstance(r, Raised) or (isinstance(r, BaseException) and not isinstance(r, Exception))
+    ]
+    for error in raised:
+        if not isinstance(error, NotStarted):
+            raise error
+    for error in raised:
+        raise error
     return results  # type: ignore[return-value]
 
 
