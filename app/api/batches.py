@@ -1,6 +1,6 @@
-"""POST /v1/batches: many texts and the analyses to run on each; GET /v1/batches lists the tenant's (newest first);
-GET /v1/batches/{id} for progress, GET /v1/batches/{id}/results for the JSONL lines (one per input, in input
-order), POST .../cancel, DELETE /v1/batches/{id} (stops it and removes it with its results)."""
+"""POST /v1/batches: many texts and the analyses to run on each (or consistency over each); GET /v1/batches lists
+the tenant's (newest first); GET /v1/batches/{id} for progress, GET /v1/batches/{id}/results for the JSONL lines (one
+per input, in input order), POST .../cancel, DELETE /v1/batches/{id} (stops it and removes it with its results)."""
 
 from __future__ import annotations
 

@@ -24,10 +24,12 @@ from app.platform.errors import ApiError
 from app.platform.leases import LeasedWork
 from app.serving import quotas
 from app.serving.analyses import analyse
+from app.serving.consistency import consistency
 from app.serving.jobs import BULK
 from app.serving.scoring import record_for
 from app.serving.services import Services
 from logprobe.schemas.analysis import AnalysisRequest
+from logprobe.schemas.consistency import ConsistencyRequest
 from workers.contract.names import as_bytes
 
 log = logging.getLogger("app.batches.runner")
@@ -149,7 +151,10 @@ class BatchRunner:
         return error_line(line, code, f"gave up after {self.max_attempts} tries: {message}", attempts=attempt), True
 
     async def _answer(self, tenant: str, spec: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
-        """The record and the analyses of one input."""
+        """The record and the analyses of one input (of a consistency batch: the judged answer's record and the
+        consistency answer)."""
+        if spec.get("consistency") is not None:
+            return await self._consistency(tenant, spec, item)
         source = {k: item[k] for k in ("text", "messages") if item.get(k) is not None}
         source["retain"] = spec.get("retain")  # batches made before `retain` existed: the model's default
         results: dict[str, Any] = {}
@@ -175,3 +180,10 @@ class BatchRunner:
                 answer.pop("tokens")
             results[analysis["family"]] = answer
         return {"record_id": record_id, "results": results}
+
+    async def _consistency(self, tenant: str, spec: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+        """/v1/analysis/consistency on one input: its text is the prompt."""
+        source = {"prompt": item.get("text"), "messages": item.get("messages"), "answer": item.get("answer")}
+        body = ConsistencyRequest.model_validate({"model": spec["model"], **source, **spec["consistency"]})
+        answer = await consistency(body, self.services, tenant)
+        return {"record_id": answer["answer"]["record_id"], "results": {"consistency": answer}}

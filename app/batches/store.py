@@ -170,7 +170,7 @@ def _status(
         "object": "batch",
         "status": values["status"],
         "model": spec["model"],
-        "analyses": [a["family"] for a in spec["analyses"]],
+        "analyses": [a["family"] for a in spec["analyses"]] + (["consistency"] if spec.get("consistency") else []),
         "total": total,
         "completed": done - failed,
         "failed": failed,

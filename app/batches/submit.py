@@ -6,10 +6,12 @@ from app.analysis.run import AnalysisError, resolve_params, select_methods
 from app.batches.store import create_batch
 from app.platform.errors import ApiError
 from app.serving.analyses import analysis_inputs
+from app.serving.consistency import checked_methods, checked_model
 from app.serving.head_inference import check_heads
 from app.serving.services import Services
 from logprobe.schemas.analysis import AnalysisRequest
 from logprobe.schemas.batches import BatchRequest
+from logprobe.schemas.consistency import ConsistencyOptions
 
 
 async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> str:
@@ -18,6 +20,13 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
     if len(body.inputs) > limit:
         raise ApiError(422, "batch_too_large", f"a batch holds at most {limit} inputs", "inputs")
     await services.catalog.card(body.model)  # unknown models fail now, not once per input
+    if body.consistency is not None:
+        await check_consistency(services, body, body.consistency)
+    else:
+        stray = next((i for i, item in enumerate(body.inputs) if item.answer is not None), None)
+        if stray is not None:
+            message = "`answer` is the answer a consistency batch judges; this batch has no `consistency`"
+            raise ApiError(422, "invalid_request", message, f"inputs.{stray}.answer")
     # Methods are checked on an input of the batch's kind: chat-only methods (drift) need every input a chat.
     chats = all(item.messages is not None for item in body.inputs)
     source = {"messages": [{"role": "user", "content": "x"}]} if chats else {"text": "x"}
@@ -45,5 +54,18 @@ async def submit_batch(services: Services, tenant: str, body: BatchRequest) -> s
         "include_tokens": body.include_tokens,
         "retain": body.retain,
     }
+    if body.consistency is not None:
+        spec["consistency"] = body.consistency.model_dump(mode="json")
     inputs = [item.model_dump(mode="json", exclude_none=True) for item in body.inputs]
     return await create_batch(services.redis, tenant, spec, inputs, services.settings.record_ttl_s, services.objects)
+
+
+async def check_consistency(services: Services, body: BatchRequest, options: ConsistencyOptions) -> None:
+    """A consistency batch: its options suit the model and name known methods; it runs nothing else, and its records
+    are kept as /v1/analysis/consistency keeps them (no `retain`)."""
+    for field in ("analyses", "retain", "include_tokens"):
+        if getattr(body, field):
+            message = f"a consistency batch runs /v1/analysis/consistency on each input; it takes no `{field}`"
+            raise ApiError(422, "invalid_request", message, field)
+    checked_methods(options, "consistency.")
+    await checked_model(services, body.model, options, "consistency.")

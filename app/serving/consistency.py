@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.analysis import Context
+from app.analysis.base import Method
 from app.analysis.run import AnalysisError, resolve_params, run_methods, select_methods
 from app.analysis.samples import SampleSet
 from app.analysis.similarity import cosine_matrix, rouge_l_matrix
@@ -29,7 +30,7 @@ from app.serving.jobs import NO_ROOM, generation_job, raise_for_outcome
 from app.serving.scoring import scored_record
 from app.serving.services import Services
 from app.serving.text import TextCodec
-from logprobe.schemas.consistency import ConsistencyRequest
+from logprobe.schemas.consistency import ConsistencyOptions, ConsistencyRequest
 from workers.contract.cards import ModelCard
 from workers.contract.jobs import Sampling
 from workers.contract.names import Retain
@@ -108,17 +109,36 @@ async def sample_or_error(draw: Awaitable[Answer]) -> Answer | ApiError:
         return exc
 
 
+@dataclass(frozen=True)
+class Raised:
+    """An error a coroutine raised (not one it returned, as `sample_or_error` returns a failed sample's)."""
+
+    error: BaseException
+
+
+async def caught(coroutine: Awaitable[T]) -> T | Raised:
+    try:
+        return await coroutine
+    except Exception as exc:
+        return Raised(exc)
+
+
 async def settled(coroutines: Iterable[Awaitable[T]]) -> list[T]:
-    """Run concurrently and wait until every one has ended, then raise the first error. Nothing is cancelled
-    from outside: each job's waiter notices a client that left and cancels its own job in the worker, which a task
-    cancelled meanwhile would not."""
-    results = await asyncio.gather(*coroutines, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, NotStarted):
-            raise result
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    """Run concurrently and wait until every one has ended, then raise the first error one raised (an error one
+    returns is its result). Nothing is cancelled from outside: each job's waiter notices a client that left and
+    cancels its own job in the worker, which a task cancelled meanwhile would not."""
+    results = await asyncio.gather(*(caught(c) for c in coroutines), return_exceptions=True)
+    # what `caught` let through (a cancellation) was raised too; an Exception among the results was returned
+    raised = [
+        r.error if isinstance(r, Raised) else r
+        for r in results
+        if isinstance(r, Raised) or (isinstance(r, BaseException) and not isinstance(r, Exception))
+    ]
+    for error in raised:
+        if not isinstance(error, NotStarted):
+            raise error
+    for error in raised:
+        raise error
     return results  # type: ignore[return-value]
 
 
@@ -230,28 +250,42 @@ def check_budget(services: Services, body: ConsistencyRequest, n_prompt: int) ->
     check_fits("tokens", tokens, services.settings.rate_limit_tpm)
 
 
-async def consistency(body: ConsistencyRequest, services: Services, tenant: str) -> dict[str, Any]:
+def checked_methods(options: ConsistencyOptions, where: str = "") -> tuple[list[Method], dict[str, dict[str, float]]]:
+    """The methods asked for and their parameters (422 naming `where` + the field for an unknown one)."""
     try:
-        methods = select_methods("consistency", body.methods)
-        params = resolve_params(methods, {})
+        methods = select_methods("consistency", options.methods)
+        return methods, resolve_params(methods, {})
     except AnalysisError as exc:
-        raise ApiError(422, exc.code, str(exc), exc.param) from exc
-    settings = services.settings
-    card = await services.catalog.card(body.model)
+        raise ApiError(422, exc.code, str(exc), f"{where}{exc.param}" if exc.param else None) from exc
+
+
+async def checked_model(
+    services: Services, model: str, options: ConsistencyOptions, where: str = ""
+) -> tuple[ModelCard, TextCodec]:
+    """The model's card and codec, once the options suit it (max_tokens within its limit, a tokenizer that can
+    judge entailment); 422 naming `where` + the field otherwise."""
+    card = await services.catalog.card(model)
     codec = await services.catalog.codec(card)
-    limit = min(settings.max_new_tokens, card.max_new_tokens)
-    if body.max_tokens > limit:
-        raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {limit}", "max_tokens")
-    ids = await input_ids(codec, body.prompt, body.messages, True, settings.max_positions, "prompt")
-    check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
-    check_budget(services, body, len(ids))
-    if body.similarity == "entailment" and None in (single_token(codec, YES), single_token(codec, NO)):
+    limit = min(services.settings.max_new_tokens, card.max_new_tokens)
+    if options.max_tokens > limit:
+        raise ApiError(422, "max_tokens_too_large", f"max_tokens is at most {limit}", f"{where}max_tokens")
+    if options.similarity == "entailment" and None in (single_token(codec, YES), single_token(codec, NO)):
         raise ApiError(
             422,
             "similarity_unsupported",
             f"{card.name!r}'s tokenizer has no one-token ' Yes' and ' No' to judge entailment by",
-            "similarity",
+            f"{where}similarity",
         )
+    return card, codec
+
+
+async def consistency(body: ConsistencyRequest, services: Services, tenant: str) -> dict[str, Any]:
+    methods, params = checked_methods(body)
+    settings = services.settings
+    card, codec = await checked_model(services, body.model, body)
+    ids = await input_ids(codec, body.prompt, body.messages, True, settings.max_positions, "prompt")
+    check_length(card, len(ids), settings.max_positions, "prompt", body.max_tokens)
+    check_budget(services, body, len(ids))
     retain: Retain | None = "full" if body.similarity == "hidden" else None  # hidden states are kept in full records
 
     def sampling(i: int) -> Sampling:

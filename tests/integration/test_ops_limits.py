@@ -34,6 +34,7 @@ KEYS = {
     "key-eta": "eta",
     "key-theta": "theta",
     "key-iota": "iota",
+    "key-kappa": "kappa",
 }
 TTL_S = 3600
 SHARE = 3  # a tenant's jobs in the queue at once; the worker runs at most SHARE sequences at once too
@@ -300,3 +301,30 @@ def test_a_heads_examples_are_charged_to_the_token_budget_before_it_is_accepted(
         assert eta.get("/v1/heads").json()["data"] == []
         few = eta.post("/v1/heads", json={"model": MODEL, "name": "small", "kind": "los", "examples": short})
         assert few.status_code == 202, few.text
+
+
+def test_each_input_of_a_consistency_batch_is_charged_as_the_endpoint_charges_it(limited: LocalService) -> None:
+    """A consistency batch's input whose samples alone need more than a minute's budget fails at once with the
+    endpoint's 422 (not retried); the input beside it answers."""
+    with client(limited, "key-kappa") as kappa:
+
+        def encode(text: str) -> list[int]:
+            return list(kappa.post("/tokenize", json={"model": MODEL, "prompt": text}).json()["tokens"])
+
+        too_big = text_of_tokens(TPM // 2, encode, salt=uuid.uuid4().hex[:8])  # (prompt + 4) x 3 answers > TPM
+        inputs = [{"text": f"Q: 2 + 2? ({uuid.uuid4().hex[:6]})\nA:", "custom_id": "fits"}, {"text": too_big}]
+        options = {"n": 2, "max_tokens": 4, "seed": 1, "methods": ["lexical_similarity"]}
+        batch = kappa.post("/v1/batches", json={"model": MODEL, "inputs": inputs, "consistency": options})
+        assert batch.status_code == 200, batch.text
+        status: dict[str, Any] = {}
+        for _ in range(600):
+            status = kappa.get(f"/v1/batches/{batch.json()['id']}").json()
+            if status["status"] == "completed":
+                break
+            time.sleep(0.2)
+        assert (status["status"], status["completed"], status["failed"]) == ("completed", 1, 1)
+        fits, big = map(json.loads, kappa.get(f"/v1/batches/{status['id']}/results").text.splitlines())
+        assert fits["error"] is None and len(fits["results"]["consistency"]["samples"]) == 2
+        assert big["error"]["code"] == "request_exceeds_budget" and "attempts" not in big["error"]
+        direct = kappa.post("/v1/analysis/consistency", json={"model": MODEL, "prompt": too_big, **options})
+        assert direct.status_code == 422 and direct.json()["error"]["code"] == "request_exceeds_budget"

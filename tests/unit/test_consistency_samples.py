@@ -86,3 +86,19 @@ def test_bounded_starts_nothing_after_an_error_and_raises_that_error() -> None:
     assert started == [0, 1]
     started.clear()
     assert asyncio.run(bounded([call(i) for i in (0, 2, 3, 4)], 2)) == [0, 2, 3, 4]
+
+
+def test_a_failed_sample_among_others_is_a_result_not_the_requests_error() -> None:
+    """`settled` over samples: the error `sample_or_error` returns is that sample's result (it used to be raised as
+    the request's, since gather cannot tell a returned exception from a raised one: end to end in
+    tests/integration/test_consistency_bad_sample.py)."""
+    error = ApiError(424, "worker_error", "RuntimeError")
+
+    async def sample(text: str) -> Answer:
+        return text  # type: ignore[return-value]  # stands in for an Answer: settled only passes it on
+
+    draws = [sample_or_error(sample("a")), sample_or_error(failing(error)), sample_or_error(sample("b"))]
+    assert asyncio.run(settled(draws)) == ["a", error, "b"]
+    with pytest.raises(ApiError) as raised:  # raised, not returned: the request's error
+        asyncio.run(settled([sample("a"), failing(error)]))
+    assert raised.value is error

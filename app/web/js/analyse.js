@@ -177,6 +177,15 @@ async function headSection(recordId) {
     `<td class="value">${Number(score).toPrecision(4)}${decision ? (decision.positive ? " · label 1" : " · label 0") : ""}</td></tr></table>`;
 }
 
+// Min-K%, Min-K%++, DC-PDD and the z-scores; ReCaLL after the non-member prefix, Con-ReCall with the member one too.
+function membershipRequest(recordId) {
+  const prefix = $("prefix").value, memberPrefix = $("member-prefix").value;
+  const body = { record_id: recordId, methods: [...MEMBERSHIP] };
+  if (prefix) { body.prefix = prefix; body.methods.push("recall"); }
+  if (prefix && memberPrefix) { body.member_prefix = memberPrefix; body.methods.push("con_recall"); }
+  return body;
+}
+
 async function analyse(recordId) {
   const n = state.tokens.length - 1;
   const blockSize = Math.max(2, Math.round(n / 8));
@@ -184,7 +193,7 @@ async function analyse(recordId) {
   const [u, d, m, heads] = await Promise.all([
     api("/v1/analysis/uncertainty", { record_id: recordId, methods: UNCERTAINTY, params: { entropy_trend: { block_size: blockSize } } }),
     api("/v1/analysis/detect", calibration ? { record_id: recordId, calibration_id: calibration } : { record_id: recordId }),
-    api("/v1/analysis/membership", { record_id: recordId, methods: MEMBERSHIP }),
+    api("/v1/analysis/membership", membershipRequest(recordId)),
     headSection(recordId),
   ]);
   if (!state.record || state.record.record_id !== recordId) return;  // a newer request replaced this one

@@ -6,6 +6,7 @@ import { initCompare, loadReferences } from "./compare.js";
 import { initDecode, setModels } from "./decode.js";
 import { clearBytes, initBytes, setByteModels } from "./bytes.js";
 import { clearLens, initLens } from "./lens.js";
+import { clearConsistency, initConsistency } from "./consistency.js";
 import { forgetMethods } from "./tokens.js";
 
 let models = [];
@@ -49,7 +50,7 @@ function init() {
     forgetMethods();
     loadModels();
   });
-  $("model").addEventListener("change", () => { clearResults(); clearLens(); clearBytes(); modelChanged(); });
+  $("model").addEventListener("change", () => { clearResults(); clearLens(); clearBytes(); clearConsistency(); modelChanged(); });
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   initAnalyse();
   initRows();
@@ -57,6 +58,7 @@ function init() {
   initDecode();
   initLens();
   initBytes();
+  initConsistency();
   loadModels();
 }
 

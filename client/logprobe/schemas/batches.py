@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from logprobe.schemas.analysis import DEFAULT_TABLE, Family, SpanName, SpanRange
+from logprobe.schemas.consistency import ANSWER, ConsistencyOptions
 from logprobe.schemas.score import RETAIN, Retain
 from logprobe.schemas.tokens import ChatMessage, Text
 
@@ -16,6 +17,7 @@ class BatchInput(BaseModel):
     text: Text | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     custom_id: str | None = Field(default=None, max_length=256, description="echoed in the input's result line")
+    answer: str | None = Field(default=None, min_length=1, description=f"consistency batches only: {ANSWER}")
 
     @model_validator(mode="after")
     def _one_source(self) -> BatchInput:
@@ -45,6 +47,11 @@ class BatchRequest(BaseModel):
     model: str
     inputs: list[BatchInput] = Field(min_length=1)
     analyses: list[BatchAnalysis] = Field(default_factory=list, max_length=8, description="none: scoring only")
+    consistency: ConsistencyOptions | None = Field(
+        default=None,
+        description="instead of `analyses`: /v1/analysis/consistency on every input, its `text` (the prompt) or "
+        "`messages`, with these options; each line's `results.consistency` is that endpoint's answer",
+    )
     include_tokens: bool = Field(default=False, description="per-token values in the result lines")
     retain: Retain | None = Field(default=None, description=RETAIN)
 
@@ -54,7 +61,7 @@ class Batch(BaseModel):
     object: Literal["batch"] = "batch"
     status: Literal["queued", "in_progress", "completed", "cancelled"]
     model: str
-    analyses: list[str]
+    analyses: list[str] = Field(description="the families run on each input (`consistency` for a consistency batch)")
     total: int
     completed: int = Field(description="inputs with a result")
     failed: int = Field(description="inputs whose line carries an error")

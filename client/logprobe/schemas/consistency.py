@@ -20,13 +20,11 @@ SIMILARITY = (
 )
 
 
-class ConsistencyRequest(BaseModel):
-    """Numbers are strict, as in /v1/generate."""
+class ConsistencyOptions(BaseModel):
+    """How the samples are drawn and judged: what /v1/analysis/consistency and a consistency batch share. Numbers are
+    strict, as in /v1/generate."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     n: int = Field(default=10, ge=2, le=MAX_SAMPLES, strict=True, description="samples, generated as one batch")
     temperature: float = Field(default=1.0, gt=0.0, le=10.0, strict=True)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, strict=True)
@@ -34,11 +32,18 @@ class ConsistencyRequest(BaseModel):
     seed: int | None = Field(
         default=None, ge=0, lt=2**63, strict=True, description="sample i is drawn with seed + i: seeded samples repeat"
     )
-    answer: str | None = Field(
-        default=None, min_length=1, description="the answer being judged (default: the greedy answer, generated)"
-    )
     methods: list[str] | None = Field(default=None, description="default: every consistency method")
     similarity: Similarity = Field(default="lexical", description=SIMILARITY)
+
+
+ANSWER = "the answer being judged (default: the greedy answer, generated)"
+
+
+class ConsistencyRequest(ConsistencyOptions):
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    answer: str | None = Field(default=None, min_length=1, description=ANSWER)
 
 
 class JudgedAnswer(BaseModel):
