@@ -105,33 +105,37 @@ def test_adam_has_tuned_lens_amsgrad_and_a_fifth_of_the_steps_of_warmup() -> Non
 
 
 def _synthetic(n: int, layers: int, seed: int, readout_w: torch.Tensor) -> LensData:
-    """Layer L's state is a fixed random linear distortion of the final state (stronger for early layers)."""
+    """Layer L's state is a fixed random linear distortion of the pre-norm final state (stronger for early layers);
+    the final states are that state through the norm."""
     gen = torch.Generator().manual_seed(seed)
-    final = torch.randn(n, D, generator=gen) * 2
+    pre = torch.randn(n, D, generator=gen) * 2
     maps = torch.Generator().manual_seed(99)
     states = []
     for layer in range(layers):
         distortion = torch.randn(D, D, generator=maps) * (0.6 / (layer + 1))
-        states.append(final @ (torch.eye(D) + distortion).T + 0.3 * torch.randn(D, generator=maps))
-    return LensData(torch.stack(states), final)
+        states.append(pre @ (torch.eye(D) + distortion).T + 0.3 * torch.randn(D, generator=maps))
+    return LensData(torch.stack(states), torch.nn.functional.layer_norm(pre, (D,)))
 
 
 def test_training_lowers_the_held_out_kl_at_every_layer() -> None:
     readout_w = torch.randn(V, D, generator=torch.Generator().manual_seed(3))
 
-    def readout(h: torch.Tensor) -> torch.Tensor:
+    def readout(h: torch.Tensor) -> torch.Tensor:  # a layer's: the final norm, then the unembedding
         return torch.nn.functional.layer_norm(h, (D,)) @ readout_w.T
 
+    def final_readout(h: torch.Tensor) -> torch.Tensor:  # the final states: normed already
+        return h @ readout_w.T
+
     train, held = _synthetic(400, 3, 0, readout_w), _synthetic(200, 3, 1, readout_w)
-    translators = train_translators(train, readout, steps=150, batch_positions=64, seed=0)
-    logit = layer_kl(None, held, readout, 64)
-    tuned = layer_kl(translators, held, readout, 64)
+    translators = train_translators(train, readout, final_readout, steps=150, batch_positions=64, seed=0)
+    logit = layer_kl(None, held, readout, final_readout, 64)
+    tuned = layer_kl(translators, held, readout, final_readout, 64)
     assert all(t < 0.5 * g for t, g in zip(tuned, logit, strict=True)), (tuned, logit)
-    again = train_translators(train, readout, steps=150, batch_positions=64, seed=0)  # seeded
+    again = train_translators(train, readout, final_readout, steps=150, batch_positions=64, seed=0)  # seeded
     torch.testing.assert_close(again.weight, translators.weight, rtol=0, atol=0)
     # the stored float16 translators read as the trained ones
     kept = from_stored(stored(translators))
-    np.testing.assert_allclose(layer_kl(kept, held, readout, 64), tuned, rtol=1e-2)
+    np.testing.assert_allclose(layer_kl(kept, held, readout, final_readout, 64), tuned, rtol=1e-2)
     assert stored(translators)["weight"].dtype == np.float16
 
 
@@ -141,3 +145,22 @@ def test_held_out_split_keeps_one_text_on_each_side() -> None:
         assert sorted(train + held) == list(range(n)) and train and held
     assert len(held_out_split(50, 0.2, 7)[1]) == 10
     assert held_out_split(10, 0.2, 7) == held_out_split(10, 0.2, 7)
+
+
+@pytest.mark.parametrize(("optimizer", "steps"), [("sgd", 7), ("adam", 10), ("adam", 23)])
+def test_the_schedule_is_transformers_linear_schedule_as_tuned_lens_calls_it(optimizer: str, steps: int) -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt, schedule = lens_optimizer([param], steps, optimizer, 1.0, 0.9, 1e-3)
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    warmup = steps // 5 if optimizer == "adam" else 0
+    reference = get_linear_schedule_with_warmup(plain, warmup, steps - warmup)  # as ingredients.py calls it
+    for _ in range(steps):
+        assert schedule.get_last_lr()[0] / opt.defaults["lr"] == pytest.approx(
+            reference.get_last_lr()[0], rel=1e-12, abs=1e-15
+        )
+        opt.step()
+        plain.step()
+        schedule.step()
+        reference.step()

@@ -94,6 +94,7 @@ def train_lens_head(
     translators = train_translators(
         train,
         readout,
+        backend.head.logits,  # the final states are the decoder's output: through its norm already
         steps,
         int(params["batch_positions"]),
         job.seed,
@@ -105,8 +106,8 @@ def train_lens_head(
     )
     weights = stored(translators)
     progress("measuring the held-out KL per layer", 0.85)
-    tuned = layer_kl(from_stored(weights), held, readout, EVAL_CHUNK)
-    logit = layer_kl(None, held, readout, EVAL_CHUNK)
+    tuned = layer_kl(from_stored(weights), held, readout, backend.head.logits, EVAL_CHUNK)
+    logit = layer_kl(None, held, readout, backend.head.logits, EVAL_CHUNK)
     metrics = LensMetrics(
         held_out_texts=len(held_idx),
         held_out_positions=held.n_positions,

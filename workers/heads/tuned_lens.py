@@ -21,7 +21,7 @@ from torch import nn
 
 from workers.lanes import checkpoint
 
-LensReadout = Callable[[torch.Tensor], torch.Tensor]  # raw states [n, d] -> logits [n, V] (final norm, unembedding)
+LensReadout = Callable[[torch.Tensor], torch.Tensor]  # states [n, d] -> logits [n, V]
 
 
 class Translators(nn.Module):
@@ -71,7 +71,9 @@ def lens_optimizer(
 
 @dataclass
 class LensData:
-    """Positions' states: raw layer states [L, n, d] (layers 0..L-1) and the final states [n, d], float32."""
+    """Positions' states: raw layer states [L, n, d] (layers 0..L-1) and the final states [n, d] (the decoder's
+    output, already through its final norm), float32; `final_readout` gives the final states' logits (the
+    unembedding alone) and `readout` a layer's (the final norm, then the unembedding)."""
 
     states: torch.Tensor
     final: torch.Tensor
@@ -81,13 +83,15 @@ class LensData:
         return int(self.final.shape[0])
 
 
-def layer_kl(translators: Translators | None, data: LensData, readout: LensReadout, chunk: int) -> list[float]:
+def layer_kl(
+    translators: Translators | None, data: LensData, readout: LensReadout, final_readout: LensReadout, chunk: int
+) -> list[float]:
     """Per layer the mean KL(final || lens) over the data's positions: the tuned lens, or the logit lens (None)."""
     n_layers, n = int(data.states.shape[0]), data.n_positions
     sums = [0.0] * n_layers
     with torch.no_grad():
         for lo in range(0, n, chunk):
-            final = readout(data.final[lo : lo + chunk])
+            final = final_readout(data.final[lo : lo + chunk])
             for layer in range(n_layers):
                 h = data.states[layer, lo : lo + chunk]
                 h = h if translators is None else translators(h, layer)
@@ -99,6 +103,7 @@ def layer_kl(translators: Translators | None, data: LensData, readout: LensReado
 def train_translators(
     data: LensData,
     readout: LensReadout,
+    final_readout: LensReadout,
     steps: int,
     batch_positions: int,
     seed: int,
@@ -119,7 +124,7 @@ def train_translators(
     for step in range(steps):
         rows = torch.randperm(data.n_positions, generator=gen)[:size]
         with torch.no_grad():
-            final = readout(data.final[rows])
+            final = final_readout(data.final[rows])
         for layer in range(n_layers):
             loss = lens_kl(final, readout(translators(data.states[layer, rows], layer)))
             loss.backward()  # type: ignore[no-untyped-call]
