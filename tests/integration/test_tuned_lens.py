@@ -104,9 +104,6 @@ def test_the_lens_analysis_reads_through_the_trained_translators(
     assert tuned.status_code == logit.status_code == 200, tuned.text
     t, g = tuned.json(), logit.json()
     assert t["lens"] == lens_head["id"] and g["lens"] == "logit" and t["record_id"] == g["record_id"]
-    print("DEBUG", lens_head["metrics"])
-    for tl, gl in zip(t["layers"], g["layers"], strict=True):
-        print("DEBUG", tl["layer"], tl["sequence"]["mean_kl_to_final"], gl["sequence"]["mean_kl_to_final"])
     for tl, gl in zip(t["layers"][:-1], g["layers"][:-1], strict=True):  # on text it never saw, too
         assert tl["sequence"]["mean_kl_to_final"] < gl["sequence"]["mean_kl_to_final"], tl["layer"]
     assert t["layers"][-1] == g["layers"][-1]  # the final layer has no translator
