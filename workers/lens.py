@@ -1,5 +1,7 @@
 """The logit lens (nostalgebraist 2020, "interpreting GPT: the logit lens"): each layer's residual stream read as a
-next-token distribution through the model's own final norm and unembedding, beside the final layer's.
+next-token distribution through the model's own final norm and unembedding, beside the final layer's. With a
+trained `lens` head (the tuned lens, Belrose et al. 2023) each layer below the last passes its affine translator
+first (workers/heads/tuned_lens.py).
 
 One forward keeps every asked layer's states; the rows are then read in chunks of positions, a slice of heavy work
 each (workers.lanes), with the final distribution of the chunk computed once for all layers. KL is KL(final ||
