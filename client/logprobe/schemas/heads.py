@@ -132,7 +132,7 @@ class Head(BaseModel):
     progress: float = Field(description="0 to 1")
     seed: int
     params: dict[str, float | int | str]
-    examples: dict[str, int] = Field(description="examples per label")
+    examples: dict[str, int] = Field(description='examples per label; a lens head: {"texts": n}')
     metrics: HeadMetricsOut | LensMetricsOut | None = None
     training_time_s: float | None = None
     n_parameters: int | None = None
