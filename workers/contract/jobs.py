@@ -147,6 +147,7 @@ class DecodeStep(BaseModel):
     contrasted: bool | None = None  # selective contrast (USCD): whether this step was contrasted
     logprob: float | None = None  # the chosen id's logprob under the combined distribution
     text: str | None = None  # byte level: the character this step's byte begins ("" for the others and the end)
+    premature_layer: int | None = None  # DoLa: the premature layer (hidden_states index) contrasted at this step
 
 
 class HeadExample(BaseModel):
