@@ -84,7 +84,7 @@ function lensName(id) {
 }
 
 // The switch: the logit lens, or one of the tenant's trained tuned lenses (`lens` heads) of the header's model.
-export async function loadLenses() {
+async function loadLenses() {
   const model = $("model").value;
   const heads = await api("/v1/heads").then((r) => r.data).catch(() => []);
   state.lenses = heads.filter((h) => h.kind === "lens" && h.status === "succeeded" && h.model === model);
@@ -97,7 +97,9 @@ export async function loadLenses() {
 }
 
 export function initLens() {
-  document.querySelector("#tabs [data-tab=lens]").addEventListener("click", loadLenses);  // one trained since
+  // the tenant's lenses of the header's model: when the tab opens (one trained since) and when the model changes
+  document.querySelector("#tabs [data-tab=lens]").addEventListener("click", loadLenses);
+  $("model").addEventListener("change", loadLenses);
   $("lens-run").addEventListener("click", () => busy("panel-lens", "lens-status", run));
   $("lens-metric").addEventListener("change", render);
   attachTooltip($("lens-grid"), tooltip, "td.cell");

@@ -5,7 +5,7 @@ import { initRows } from "./rows.js";
 import { initCompare, loadReferences } from "./compare.js";
 import { initDecode, setModels } from "./decode.js";
 import { clearBytes, initBytes, setByteModels } from "./bytes.js";
-import { clearLens, initLens, loadLenses } from "./lens.js";
+import { clearLens, initLens } from "./lens.js";
 import { forgetMethods } from "./tokens.js";
 
 let models = [];
@@ -35,7 +35,6 @@ function modelChanged() {
   setModels(models);
   setByteModels(models);
   loadChoices();
-  loadLenses();
 }
 
 // The API key lives in this tab's sessionStorage only: gone when the tab closes, never shared with other tabs or
