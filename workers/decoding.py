@@ -112,6 +112,16 @@ def top_finite(combined: torch.Tensor, topk: int) -> list[tuple[int, float]]:
     return [(i, v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if math.isfinite(v)]
 
 
+def premature_layer(views: list[View]) -> int | None:
+    """DoLa: the premature layer the first DoLa view contrasted at this step (its streams hold one decoding's row:
+    workers.handlers.contrast gives each job its own), else None."""
+    for view in views:
+        premature = getattr(view.backend, "premature", None)
+        if premature is not None and len(premature) == 1:
+            return int(premature[0])
+    return None
+
+
 def decode_step(
     token: int,
     combined: torch.Tensor,
@@ -227,7 +237,9 @@ class Contrast:
         # Plain sampling works on the raw logits as vLLM's sampler does (a repetition penalty depends on their sign).
         scores = logits[0].double() if self.plain else combined
         token = sample_next(scores, self.sampling, self.generator, views[0].prefix_ids, completion)
-        steps.append(decode_step(token, combined, view_logprobs, contrasted, self.topk))
+        premature = premature_layer(views)
+        extra = {} if premature is None else {"premature_layer": premature}
+        steps.append(decode_step(token, combined, view_logprobs, contrasted, self.topk, **extra))
         completion.append(token)
         if self.stops and self.detokenize is not None:
             if stop_hit(self.detokenize(completion), self.stops):

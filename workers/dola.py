@@ -76,6 +76,7 @@ class LayerStreams:
 
     def __init__(self, inner: Any, layers: list[int]) -> None:
         self.inner, self.layers = inner, layers
+        self.premature: list[int] = []  # per row of the latest scores: the premature layer DoLa contrasted
         self.lm_head = inner.model.get_output_embeddings()
         self.blocks = inner.decoder.layers
 
@@ -127,7 +128,9 @@ class LayerStreams:
     def next_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """DoLa's scores [B, V] from the stacked states [B, L + 1, d]."""
         final = self.inner.next_logits(hidden[:, -1])
-        return dola_contrast(final, self.lm_head(hidden[:, :-1]))[0]
+        scores, picked = dola_contrast(final, self.lm_head(hidden[:, :-1]))
+        self.premature = [self.layers[i] for i in picked.tolist()]
+        return scores
 
     def start(self, prefixes: list[list[int]]) -> tuple[Any, torch.Tensor]:
         streams, states = self.prefill(prefixes)

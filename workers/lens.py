@@ -1,5 +1,7 @@
 """The logit lens (nostalgebraist 2020, "interpreting GPT: the logit lens"): each layer's residual stream read as a
-next-token distribution through the model's own final norm and unembedding, beside the final layer's.
+next-token distribution through the model's own final norm and unembedding, beside the final layer's. With a
+trained `lens` head (the tuned lens, Belrose et al. 2023) each layer below the last passes its affine translator
+first (workers/heads/tuned_lens.py).
 
 One forward keeps every asked layer's states; the rows are then read in chunks of positions, a slice of heavy work
 each (workers.lanes), with the final distribution of the chunk computed once for all layers. KL is KL(final ||
@@ -10,17 +12,20 @@ from __future__ import annotations
 import time
 
 import torch
+from safetensors.numpy import load as st_load_numpy
 from safetensors.torch import load as st_load_torch
 
 from workers.backends.base import Backend
 from workers.capture import Unembedding, chunk_rows_for, row_statistics
+from workers.contract.heads import HeadState
 from workers.contract.jobs import AnyJob, JobOutcome, LensJob, LensLayer, LensResult
-from workers.contract.keys import lens_key, record_key
+from workers.contract.keys import head_key, lens_key, record_key
 from workers.contract.lifetimes import put_until
 from workers.contract.names import as_bytes
 from workers.contract.records import decode_meta, layer_field
 from workers.engines import check_ids
 from workers.handlers.base import Context, Handler
+from workers.heads.tuned_lens import Translators, from_stored
 from workers.lanes import checkpoint
 from workers.outcomes import JobFailed
 
@@ -78,10 +83,14 @@ def run_lens_job(job: AnyJob, ctx: Context) -> JobOutcome:
         raise JobFailed("invalid_layers", f"layers lie in [0, {n_layers}] ({job.model!r} has {n_layers} layers)")
     checkpoint()
     asked = [*job.layers, n_layers]
+    translators = None if job.lens_head is None else tuned_lens(ctx, job, backend)
     if job.record_id is not None:  # the record kept these layers: no forward
-        *states, final = kept_states(ctx, job, backend, asked)
-    else:
+        *states, final = kept_states(ctx, job, backend, asked, translators)
+    elif translators is None:
         *states, final = layer_states(job.token_ids, asked)
+    else:
+        _, raw = backend.states_with_layers(job.token_ids, asked)  # type: ignore[attr-defined]
+        *states, final = read_raw(backend, asked, raw, translators)
     checkpoint()  # a slice: the forward
     *readings, last = layer_readings([*states, final], final, job.token_ids, backend.head, job.top_k)
     for layer, reading in zip(job.layers, readings, strict=True):
@@ -91,9 +100,43 @@ def run_lens_job(job: AnyJob, ctx: Context) -> JobOutcome:
     return JobOutcome(job_id=job.job_id, ok=True)
 
 
-def kept_states(ctx: Context, job: LensJob, backend: Backend, layers: list[int]) -> list[torch.Tensor]:
+def read_raw(
+    backend: Backend, layers: list[int], raw: list[torch.Tensor], translators: Translators | None
+) -> list[torch.Tensor]:
+    """Raw states of `layers` as the unembedding reads them: below the last layer through the tuned lens's
+    translator (if any) and the final norm, the last as it is."""
+    n_layers = backend.card.layers
+    through_norm = getattr(backend, "through_final_norm", None)
+    assert through_norm is not None
+    out = []
+    with torch.no_grad():
+        for layer, states in zip(layers, raw, strict=True):
+            if layer != n_layers and translators is not None:
+                states = translators(states.float(), layer)
+            out.append(states if layer == n_layers else through_norm(states))
+    return out
+
+
+def tuned_lens(ctx: Context, job: LensJob, backend: Backend) -> Translators:
+    """The translators of the job's `lens` head; JobFailed head_not_found when it is gone (or is not a trained
+    tuned lens of this model)."""
+    assert job.lens_head is not None
+    raw_state, raw_weights = ctx.redis.hmget(head_key(job.tenant, job.lens_head), ["state", "weights"])
+    state = None if raw_state is None else HeadState.model_validate_json(as_bytes(raw_state) or b"")
+    if state is None or raw_weights is None or state.kind != "lens" or state.fingerprint != backend.card.fingerprint:
+        raise JobFailed("head_not_found", f"head {job.lens_head!r} is gone or is not a trained tuned lens", 404)
+    translators = from_stored(st_load_numpy(as_bytes(raw_weights) or b""))
+    if translators.weight.shape[:2] != (backend.card.layers, backend.card.hidden_size):
+        raise JobFailed("head_model_mismatch", f"head {job.lens_head!r} was trained on another model's layers", 422)
+    return translators
+
+
+def kept_states(
+    ctx: Context, job: LensJob, backend: Backend, layers: list[int], translators: Translators | None = None
+) -> list[torch.Tensor]:
     """The states of `layers` that the job's record kept, rows of every token but the last, as `layer_states` gives
-    them (below the last layer through the final norm); JobFailed if the record lost them or is of other tokens."""
+    them (below the last layer through the tuned lens's translators, if any, and the final norm); JobFailed if the
+    record lost them or is of other tokens."""
     assert job.record_id is not None
     key = record_key(job.tenant, job.record_id)
     n_layers = backend.card.layers
@@ -105,7 +148,7 @@ def kept_states(ctx: Context, job: LensJob, backend: Backend, layers: list[int])
     if through_norm is None or any(blob is None for blob in blobs):
         raise JobFailed("layer_not_stored", f"record {job.record_id} no longer keeps layers {layers}", 409)
     states = [st_load_torch(as_bytes(blob) or b"")["hidden"] for blob in blobs]
-    return [s if layer == n_layers else through_norm(s) for layer, s in zip(layers, states, strict=True)]
+    return read_raw(backend, layers, states, translators)
 
 
 LENS = Handler("lens", run_lens_job)

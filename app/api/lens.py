@@ -1,5 +1,5 @@
 """POST /v1/analysis/lens: every layer's next-token distribution, read through the model's own final norm and
-unembedding (the logit lens), computed by a worker from one forward."""
+unembedding (the logit lens) or a trained tuned lens, computed by a worker from one forward."""
 
 from __future__ import annotations
 

@@ -245,6 +245,7 @@ def step_out(step: DecodeStep, codec: TextCodec, level: str = "token") -> dict[s
         "views": [{"logprob": lp, "rank": r} for lp, r in zip(step.view_logprobs, step.view_ranks, strict=True)],
         "contrasted": step.contrasted,
         "logprob": step.logprob,
+        "premature_layer": step.premature_layer,
     }
 
 

@@ -17,7 +17,7 @@ from app.platform.errors import ApiError
 from app.serving.layers import layer_states
 from app.serving.services import Services
 from workers.contract.head_features import los_features, pawn_features
-from workers.contract.heads import HeadState
+from workers.contract.heads import HeadMetrics, HeadState
 from workers.contract.keys import head_key
 from workers.contract.names import as_bytes
 from workers.contract.records import RecordMeta
@@ -72,6 +72,9 @@ async def check_heads(services: Services, tenant: str, family: str, model: str, 
 
 
 def _check_fit(head_id: str, state: HeadState, family: str, model: str, fingerprint: str) -> None:
+    if state.kind == "lens":
+        message = f"head {head_id!r} is a tuned lens: read it with POST /v1/analysis/lens (lens: its id)"
+        raise ApiError(422, "head_kind_mismatch", message, "heads")
     if state.fingerprint != fingerprint:
         raise ApiError(
             422,
@@ -108,7 +111,8 @@ async def apply_heads(
             await _check_feature_models(services, head_id, state)
             _add(answers, state, sigmoid(stack_forward(w, await stack_inputs(state))))
             continue
-        layer = state.metrics.layer if state.kind == "probe" and state.metrics is not None else None
+        metrics = state.metrics if isinstance(state.metrics, HeadMetrics) else None  # (never a lens's: _check_fit)
+        layer = metrics.layer if state.kind == "probe" and metrics is not None else None
         if state.kind != "los" and layer not in states:
             states[layer] = await (
                 services.store.hidden(tenant, meta) if layer is None else layer_states(services, tenant, meta, layer)
@@ -169,7 +173,7 @@ def _add(answers: HeadAnswers, state: HeadState, score: float, weights: np.ndarr
     answers.sequence[state.name] = score
     if weights is not None:
         answers.tokens[state.name] = weights
-    if state.metrics is not None:
+    if isinstance(state.metrics, HeadMetrics):
         positive = score > state.metrics.threshold
         answers.decisions[state.name] = {
             "machine": positive,

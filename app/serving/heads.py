@@ -22,7 +22,7 @@ from app.serving import quotas, stack
 from app.serving.analyses import analyse, span_positions
 from app.serving.inputs import token_ids
 from app.serving.jobs import client_gone, new_job_id
-from app.serving.layers import head_layers, scoring_layers
+from app.serving.layers import head_layers, keeps_layers, scoring_layers
 from app.serving.pairs import chat_reply
 from app.serving.scoring import scored_record
 from app.serving.services import Services
@@ -41,6 +41,7 @@ log = logging.getLogger("app.serving.heads")
 
 MIN_EXAMPLES = 10
 MIN_PER_CLASS = 4
+MIN_LENS_TEXTS = 2
 MAX_HEADS_PER_TENANT = 100
 SCORING_CONCURRENCY = 4
 PREPARING = "lp:heads-preparing"  # heads being prepared ("<tenant>\x1f<head id>"): leased, resumed by any gateway
@@ -105,6 +106,23 @@ async def _write_state(services: Services, tenant: str, state: HeadState) -> boo
 # ---------------------------------------------------------------- checking a request
 
 
+def _texts(examples: list[HeadExampleIn]) -> list[int]:
+    """A tuned lens's examples: texts, no labels (read as 0 inside); at least MIN_LENS_TEXTS (one is held out)."""
+    for i, example in enumerate(examples):
+        if sum(getattr(example, k) is not None for k in ("text", "messages", "record_id")) != 1:
+            raise ApiError(
+                422, "missing_input", f"examples[{i}] needs exactly one of text, messages, record_id", f"examples.{i}"
+            )
+    if len(examples) < MIN_LENS_TEXTS:
+        raise ApiError(
+            422,
+            "too_few_examples",
+            f"a tuned lens needs at least {MIN_LENS_TEXTS} distinct texts (some are held out to measure it)",
+            "examples",
+        )
+    return [0] * len(examples)
+
+
 def _labels(examples: list[HeadExampleIn]) -> list[int]:
     labels = []
     for i, example in enumerate(examples):
@@ -153,6 +171,8 @@ def _check_request(body: HeadRequest, card: ModelCard) -> dict[str, float | int 
             "kind",
         )
     head_layers(body.kind, params, card)
+    if body.kind == "lens":
+        keeps_layers(card, "kind", ": a tuned lens reads every layer")
     return params
 
 
@@ -178,7 +198,7 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
                 f"{card.name!r} (as it is served now); one head reads one model's records",
                 f"examples.{i}.record_id",
             )
-        if body.kind not in ("los", "stack") and meta.retain != "full":
+        if body.kind not in ("los", "stack", "lens") and meta.retain != "full":
             raise ApiError(
                 409,
                 "rows_not_retained",
@@ -203,7 +223,7 @@ async def _given_records(services: Services, tenant: str, body: HeadRequest, car
 
 async def create_head(services: Services, tenant: str, body: HeadRequest, creator: str | None = None) -> Head:
     body = body.model_copy(update={"examples": _distinct(body.examples)})  # a repeated example is trained once
-    labels = _labels(body.examples)
+    labels = _texts(body.examples) if body.kind == "lens" else _labels(body.examples)
     card = await services.catalog.card(body.model)
     params = _check_request(body, card)
     given = await _given_records(services, tenant, body, card)
@@ -235,7 +255,7 @@ async def create_head(services: Services, tenant: str, body: HeadRequest, creato
         stage=f"scoring {to_score} texts" if to_score else "waiting for a worker",
         seed=body.seed,
         params=params,
-        examples={"0": labels.count(0), "1": labels.count(1)},
+        examples={"texts": len(labels)} if body.kind == "lens" else {"0": labels.count(0), "1": labels.count(1)},
         expires_at=quotas.expires_at(),
         created_by=creator,
         features=features,
@@ -295,7 +315,8 @@ async def resume_preparation(services: Services, name: str) -> None:
         await _fail(services, tenant, state, exc.code, exc.message)
         await _prepared(services, tenant, head_id)
         return
-    await _prepare(services, tenant, state, body, _labels(body.examples), given, tokenized, card)
+    labels = _texts(body.examples) if body.kind == "lens" else _labels(body.examples)
+    await _prepare(services, tenant, state, body, labels, given, tokenized, card)
 
 
 async def _prepared(services: Services, tenant: str, head_id: str) -> None:
@@ -383,7 +404,8 @@ async def _score_texts(
         async with gate:
             try:
                 # pawn and probe heads read hidden states: their texts are scored with full rows
-                retain: Retain | None = None if body.kind == "los" else "full"
+                # (a tuned lens reads only their tokens: its worker runs the forwards that give every layer)
+                retain: Retain | None = None if body.kind in ("los", "lens") else "full"
                 meta, _, _ = await scored_record(
                     services, tenant, card, tokenized[i], retain, charged=True, layers=layers
                 )
@@ -468,6 +490,8 @@ def _check_budget(
         min(cap, (len(given[i].token_ids) if i in given else len(tokenized[i])) - 1) for i in range(len(body.examples))
     ]
     layers = head_layers(body.kind, params, card)  # a probe on "best" holds every layer's states
+    if body.kind == "lens":  # a tuned lens: every layer's, the final one's included
+        layers = list(range((card.layers or 0) + 1))
     need = head_training_bytes(body.kind, positions, card.hidden_size * len(layers or [0]), params)
     if need > limit:
         raise ApiError(

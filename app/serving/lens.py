@@ -1,5 +1,6 @@
 """The logit lens over a record: a worker reads every asked layer through the model's final norm and unembedding
-(workers/lens.py); this side checks the request, charges it, and shapes the answer."""
+(workers/lens.py), or through a trained tuned lens's translators first (a `lens` head, Belrose et al. 2023); this
+side checks the request, charges it, and shapes the answer."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from app.platform.errors import ApiError
 from app.platform.limits import charge
+from app.serving.heads import load_head
 from app.serving.jobs import new_job_id, raise_for_outcome
 from app.serving.scoring import card_of, record_for
 from app.serving.services import Services
@@ -61,12 +63,35 @@ def kept_all(meta: RecordMeta, layers: list[int], card: ModelCard) -> bool:
     return meta.n_layers == card.layers and meta.retain == "full" and set(layers) - {card.layers} <= set(meta.layers)
 
 
+async def tuned_lens_head(services: Services, tenant: str, head_id: str, card: ModelCard) -> str:
+    """`lens` naming a head: a trained tuned lens of this tenant for the record's model (404 head_not_found as other
+    head lookups, 422 head_kind_mismatch / head_model_mismatch, 409 head_not_ready while it trains)."""
+    state = await load_head(services, tenant, head_id)
+    if state is None:
+        raise ApiError(
+            404, "head_not_found", f"head {head_id!r} not found (lens is 'logit' or a lens head's id)", "lens"
+        )
+    if state.kind != "lens":
+        raise ApiError(422, "head_kind_mismatch", f"head {head_id!r} is a {state.kind} head, not a tuned lens", "lens")
+    if state.model != card.name or state.fingerprint != card.fingerprint:
+        raise ApiError(
+            422,
+            "head_model_mismatch",
+            f"head {head_id!r} is a tuned lens of {state.model!r} (as it was served then), not of {card.name!r}",
+            "lens",
+        )
+    if state.status != "succeeded":
+        raise ApiError(409, "head_not_ready", f"head {head_id!r} is {state.status}, not trained", "lens")
+    return head_id
+
+
 async def lens(body: LensRequest, services: Services, tenant: str) -> dict[str, Any]:
     meta, _, codec, cached = await record_for(
         services, tenant, model=body.model, record_id=body.record_id, text=body.text, messages=body.messages
     )
     card = await card_of(services, meta)
     layers = asked_layers(body, card)
+    head = None if body.lens == "logit" else await tuned_lens_head(services, tenant, body.lens, card)
     ids = meta.token_ids
     if len(ids) < 2:
         raise ApiError(422, "too_few_tokens", "the lens reads predictions: the text needs at least two tokens", "text")
@@ -81,6 +106,7 @@ async def lens(body: LensRequest, services: Services, tenant: str) -> dict[str, 
         layers=layers,
         top_k=body.top_logprobs,
         record_id=meta.record_id if kept_all(meta, layers, card) else None,
+        lens_head=head,
     )
     raise_for_outcome(await services.jobs.run(job))
     raw = as_bytes(await services.redis.get(lens_key(job.job_id)))

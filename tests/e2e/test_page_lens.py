@@ -5,6 +5,7 @@ that layer's top tokens at that position."""
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 from playwright.sync_api import Page
@@ -82,3 +83,43 @@ def test_changing_the_model_while_the_lens_reads_drops_it_without_an_error(page:
     assert page.locator("#lens-grid td.cell").count() == 0
     assert "error" not in (page.locator("#lens-status").get_attribute("class") or "")
     assert page.script_errors == []  # type: ignore[attr-defined]
+
+
+def test_the_switch_reads_the_text_through_a_trained_tuned_lens(page: Page, alpha: httpx.Client) -> None:
+    """A tuned lens of the tiny model (a `lens` head, a few steps) in the switch: the heatmap holds the API's values
+    for `lens` = its id, which differ from the logit lens's below the last layer; the logit lens stays the default."""
+    texts = [{"text": f"{TEXT} Number {i}: the harbour was quiet that night."} for i in range(4)]
+    body = {"model": REFERENCE, "name": "page_lens", "kind": "lens", "examples": texts, "params": {"steps": 3}}
+    created = alpha.post("/v1/heads", json=body)
+    assert created.status_code == 202, created.text
+    head_id = created.json()["id"]
+    deadline = time.monotonic() + SLOW_MS / 1000
+    while (head := alpha.get(f"/v1/heads/{head_id}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert head["status"] == "succeeded", head
+
+    page.select_option("#model", REFERENCE)
+    page.click("#tabs [data-tab=lens]")
+    page.wait_for_selector(f"#lens-kind option[value='{head_id}']", state="attached", timeout=SLOW_MS)
+    assert page.locator("#lens-kind").input_value() == "logit"
+    page.select_option("#lens-kind", head_id)
+    page.fill("#lens-text", TEXT)
+    page.select_option("#lens-metric", "kl_to_final")
+    page.click("#lens-run")
+    page.wait_for_selector("#lens-grid td.cell", timeout=SLOW_MS)
+    asked = {"model": REFERENCE, "text": TEXT, "top_logprobs": int(page.input_value("#topk"))}
+    tuned = alpha.post("/v1/analysis/lens", json={**asked, "lens": head_id}).json()
+    logit = alpha.post("/v1/analysis/lens", json=asked).json()
+    n = len(tuned["positions"]) - 1
+    for metric in ("kl_to_final", "entropy"):
+        page.select_option("#lens-metric", metric)
+        expected = {
+            (layer["layer"], p): layer["tokens"][p][metric] for layer in tuned["layers"] for p in range(1, n + 1)
+        }
+        assert grid(page) == expected
+    below = [(layer["layer"], p) for layer in logit["layers"][:-1] for p in range(1, n + 1)]
+    other = {(layer["layer"], p): layer["tokens"][p]["entropy"] for layer in logit["layers"] for p in range(1, n + 1)}
+    assert any(grid(page)[key] != other[key] for key in below)  # not the logit lens's values
+    assert "tuned lens page_lens" in page.locator("#lens-status").inner_text()
+    assert alpha.delete(f"/v1/heads/{head_id}").status_code == 204

@@ -15,8 +15,10 @@ import pytest
 
 from app.launcher.local_service import LocalService
 from tests.conftest import ARTIFACTS, MODEL, service_env
+from workers.dola import candidate_layers
 
 GEMMA = "gemma-3-270m"
+N_LAYERS, TIED = {MODEL: 30, GEMMA: 18}, {MODEL: True, GEMMA: True}  # both tie their output head to the embeddings
 REFERENCE = json.loads((Path(__file__).parents[1] / "data" / "dola" / "reference.json").read_text())
 
 
@@ -60,8 +62,10 @@ def test_greedy_dola_equals_transformers(service: httpx.Client, run: dict[str, A
     steps, done = streamed(service, body)
     assert [step["id"] for step in steps] == run["completion"]
     assert done["usage"] == {"prompt_tokens": len(run["prompt_ids"]), "completion_tokens": len(run["completion"])}
+    candidates = candidate_layers(run["layers"], N_LAYERS[run["model"]], TIED[run["model"]])
     for step in steps:  # the chosen token is the contrast's best, and a plausible one under the final layer
         assert step["top_logprobs"][0]["id"] == step["id"] and step["logprob"] is not None
+        assert step["premature_layer"] in candidates  # the layer DoLa contrasted at this step
     record = service.get(f"/v1/records/{done['record_id']}").json()
     assert record["model"] == run["model"] and record["n_prompt"] == len(run["prompt_ids"])
     assert [token["id"] for token in record["tokens"]] == run["prompt_ids"] + run["completion"]

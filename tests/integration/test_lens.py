@@ -104,7 +104,7 @@ def test_each_position_says_where_its_final_top_token_settled(answer: dict[str, 
         ({"layers": [3, 3]}, 422, "invalid_layers", "layers"),
         ({"layers": [-1]}, 422, "invalid_request", "layers.0"),
         ({"top_logprobs": 21}, 422, "invalid_request", "top_logprobs"),
-        ({"lens": "tuned-nope"}, 422, "invalid_request", "lens"),
+        ({"lens": "tuned-nope"}, 404, "head_not_found", "lens"),
     ],
 )
 def test_bad_lens_requests_say_what_is_wrong(

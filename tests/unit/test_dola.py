@@ -83,14 +83,20 @@ def test_layer_streams_read_the_layers_transformers_reports(name: str, tiny_mode
     streams = dola_streams(backend, [0, 1])
     prefixes = [[1, 520, 33, 901, 7], [1, 88, 4000]]
     state, first = streams.start(prefixes)
+    first_picked = list(streams.premature)
     following = streams.step(state, [12, 77])
+    following_picked = list(streams.premature)
     head = backend.model.get_output_embeddings()
     for row, prefix in enumerate(prefixes):
-        for ids, got in ((prefix, first[row]), ([*prefix, [12, 77][row]], following[row])):
+        for ids, got, picked in (
+            (prefix, first[row], first_picked[row]),
+            ([*prefix, [12, 77][row]], following[row], following_picked[row]),
+        ):
             with torch.inference_mode():
                 out = backend.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
                 premature = torch.stack([head(out.hidden_states[layer][0, -1]) for layer in (0, 1)])
-                want, _ = dola_contrast(out.logits[:, -1], premature[None])
+                want, want_picked = dola_contrast(out.logits[:, -1], premature[None])
+            assert picked == [0, 1][int(want_picked[0])]  # the premature layer each step reports (#32)
             kept = torch.isfinite(want[0])
             assert torch.equal(torch.isfinite(got), kept)
             torch.testing.assert_close(got[kept], want[0][kept], atol=1e-4, rtol=0)

@@ -236,10 +236,15 @@ def test_params_are_checked() -> None:
         ("pawn", {"folds": 1}),
         ("los", {"topk": 21}),
         ("stack", {"pool": "mean"}),  # a stack reads feature values, not states
+        ("lens", {"optimizer": "lbfgs"}),
+        ("lens", {"momentum": 1.0}),
+        ("lens", {"steps": 2.5}),
+        ("lens", {"folds": 3}),  # a tuned lens holds texts out; it does not cross-validate
     ]:
         with pytest.raises(ValueError):
             head_params(kind, bad)
-    assert set(HEAD_PARAMS) == {"pawn", "los", "probe", "stack"}
+    assert set(HEAD_PARAMS) == {"pawn", "los", "probe", "stack", "lens"}
+    assert head_params("lens", {"optimizer": "adam", "steps": 3})["optimizer"] == "adam"
     assert auroc(np.array([1.0, 2.0]), np.array([0.0, 2.0])) == 0.625
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,14 @@ class HFBackend(StreamSteps):
         norm = final_norm(self.decoder)
         assert norm is not None
         return norm(states.to(self.model.dtype))  # type: ignore[no-any-return]
+
+    def lens_readout(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Raw states [n, d] of a layer below the last -> float32 logits through a frozen copy of the final norm and
+        the unembedding, differentiable in the states (a tuned lens trains through it, workers/heads/tuned_lens)."""
+        norm = final_norm(self.decoder)
+        assert norm is not None
+        frozen = copy.deepcopy(norm).requires_grad_(False)
+        return lambda states: self.head.logits(frozen(states.to(self.model.dtype)))
 
     @torch.inference_mode()
     def reference_logprobs(self, token_ids: list[int]) -> torch.Tensor:

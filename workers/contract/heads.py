@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from workers.contract.head_features import PAWN_FEATURES
 from workers.contract.names import CAPTURE_TOPK
 
-HEAD_KINDS = ("pawn", "los", "probe", "stack")
+HEAD_KINDS = ("pawn", "los", "probe", "stack", "lens")
 
 HEAD_ID_PATTERN = r"^head_[0-9a-f]{24}$"
 MAX_STACK_INPUTS = 32  # a stack head's features (logprobe.schemas.heads.MAX_STACK_FEATURES)
@@ -41,10 +41,26 @@ class HeadMetrics(BaseModel):
     feature_auroc: dict[str, float] | None = None  # stack: each feature alone, cross-validated on the same folds
 
 
+class LensMetrics(BaseModel):
+    """A tuned lens's: per layer (hidden_states index, the translators' own) the mean KL(final || lens) in nats over
+    the positions of the held-out texts, for the tuned lens (its stored float16 translators) and the logit lens."""
+
+    held_out_texts: int
+    held_out_positions: int
+    train_texts: int
+    train_positions: int
+    steps: int
+    kl_tuned: dict[int, float]
+    kl_logit: dict[int, float]
+    mean_kl_tuned: float
+    mean_kl_logit: float
+    layers_improved: int  # layers at which the tuned lens's held-out KL is below the logit lens's
+
+
 class HeadState(BaseModel):
     head_id: str
     name: str
-    kind: Literal["pawn", "los", "probe", "stack"]
+    kind: Literal["pawn", "los", "probe", "stack", "lens"]
     family: str
     model: str
     fingerprint: str
@@ -56,7 +72,7 @@ class HeadState(BaseModel):
     seed: int
     params: dict[str, float | int | str] = Field(default_factory=dict)
     examples: dict[str, int] = Field(default_factory=dict)  # per label ("0", "1")
-    metrics: HeadMetrics | None = None
+    metrics: HeadMetrics | LensMetrics | None = None
     training_time_s: float | None = None
     n_parameters: int | None = None
     error: HeadError | None = None
@@ -106,9 +122,20 @@ HEAD_PARAMS: dict[str, dict[str, float | int | str]] = {
     # highest cross-validated AUROC kept)
     "probe": {"folds": 5, "val_fraction": 0.2, "pool": "mean", "max_positions": 1 << 20, "layer": "final"},
     "stack": {"folds": 5, "val_fraction": 0.2},
+    # the tuned lens (workers/heads/tuned_lens.py): tuned-lens' optimiser, on mini-batches of positions
+    "lens": {
+        "steps": 100,
+        "batch_positions": 32,
+        "optimizer": "sgd",
+        "lr_scale": 1.0,
+        "momentum": 0.9,
+        "weight_decay": 1e-3,
+        "val_fraction": 0.2,
+        "max_positions": 512,
+    },
 }
 
-HEAD_PARAM_CHOICES = {"pool": ("mean", "last")}
+HEAD_PARAM_CHOICES = {"pool": ("mean", "last"), "optimizer": ("sgd", "adam")}
 
 HEAD_PARAM_MAX = {
     "folds": 20,
@@ -122,6 +149,9 @@ HEAD_PARAM_MAX = {
     "gate_width": 1024,
     "topk": CAPTURE_TOPK,
     "max_positions": 1 << 20,
+    "steps": 100_000,
+    "batch_positions": 4096,
+    "lr_scale": 100.0,
 }
 
 
@@ -157,7 +187,7 @@ def head_params(kind: str, given: dict[str, float | int | str]) -> dict[str, flo
             raise ValueError(f"{name} must be a positive number")
         elif isinstance(default, int) and (int(value) != value or (name == "folds" and value < 2)):
             raise ValueError(f"{name} must be an integer" + (" of at least 2" if name == "folds" else ""))
-        elif name in ("val_fraction", "dropout") and value >= 1:
+        elif name in ("val_fraction", "dropout", "momentum") and value >= 1:
             raise ValueError(f"{name} must lie in (0, 1)")
         elif value > HEAD_PARAM_MAX.get(name, value):
             raise ValueError(f"{name} is at most {HEAD_PARAM_MAX[name]}")
@@ -179,6 +209,8 @@ def head_training_bytes(kind: str, positions: list[int], hidden_size: int, param
     pooled state per example beside one record's states at a time. `positions`: per distinct example, its span's
     length capped at `max_positions`. The gateway refuses a head above its budget before accepting it."""
     n, longest = len(positions), max(positions, default=0)
+    if kind == "lens":  # every position's raw states of every layer (hidden_size: times the layers), float32
+        return 4 * hidden_size * sum(positions)
     if kind == "stack":  # one value per feature and example (the features are counted, not the positions)
         return 8 * n * MAX_STACK_INPUTS
     if kind == "probe":

@@ -168,6 +168,7 @@ class DecodeStep(BaseModel):
     contrasted: bool | None = None  # selective contrast (USCD): whether this step was contrasted
     logprob: float | None = None  # the chosen id's logprob under the combined distribution
     text: str | None = None  # byte level: the character this step's byte begins ("" for the others and the end)
+    premature_layer: int | None = None  # DoLa: the premature layer (hidden_states index) contrasted at this step
 
 
 class HeadExample(BaseModel):
@@ -186,7 +187,7 @@ class HeadJob(_JobBase):
 
     kind: Literal["train_head"] = "train_head"
     head_id: Annotated[str, Field(pattern=HEAD_ID_PATTERN)]
-    head_kind: Literal["pawn", "los", "probe", "stack"]
+    head_kind: Literal["pawn", "los", "probe", "stack", "lens"]
     examples: list[HeadExample] = Field(min_length=2, max_length=100_000)
     seed: int
     params: dict[str, float | int | str] = Field(default_factory=dict)
@@ -263,6 +264,8 @@ class LensJob(_JobBase):
     top_k: int = Field(default=0, ge=0, le=20)
     # a record of these tokens that kept every asked layer (scored with `layers`): read, no forward
     record_id: RecordId | None = None
+    # a trained `lens` head of the job's tenant: its translators read the layers below the last (the tuned lens)
+    lens_head: Annotated[str, Field(pattern=HEAD_ID_PATTERN)] | None = None
 
 
 class LensLayer(BaseModel):

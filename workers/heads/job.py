@@ -10,11 +10,13 @@ from typing import Any
 import redis
 from safetensors.numpy import save as st_save
 
+from workers.backends.base import Backend
 from workers.contract.heads import (
     HEAD_WRITE_IF_EXISTS,
     HeadError,
     HeadMetrics,
     HeadState,
+    LensMetrics,
     feature_labels,
     head_params,
 )
@@ -24,6 +26,7 @@ from workers.contract.names import as_bytes
 from workers.contract.usage import RECOUNT_HASH, object_usage_key
 from workers.handlers.base import Context, Handler
 from workers.heads.data import HeadInputError, read_examples
+from workers.heads.lens_head import train_lens_head
 from workers.heads.train import Trained, train_head
 from workers.lanes import Stopped
 
@@ -54,7 +57,8 @@ class HeadWriter:
         return written
 
 
-def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
+def run_head_job(client: redis.Redis, job: HeadJob, backend: Backend | None = None) -> JobOutcome:
+    """`backend`: the model, for a lens head (it reads every layer with its own forwards)."""
     started = time.perf_counter()
     writer = HeadWriter(client, job)
     if writer.state is None:
@@ -62,13 +66,24 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
     writer.update(status="training", stage="reading records", progress=0.0)
     try:
         params = head_params(job.head_kind, job.params)
-        examples = read_examples(client, job, params)
 
         def progress(stage: str, fraction: float) -> None:
             writer.update(stage=stage, progress=round(fraction, 4))
 
-        trained = train_head(job.head_kind, examples, job.seed, params, job.target_fpr, progress)
-        metrics = with_layer(trained, params)
+        metrics: HeadMetrics | LensMetrics
+        if job.head_kind == "lens":
+            assert backend is not None
+            lens = train_lens_head(client, job, backend, params, progress)
+            weights, metrics, n_params = lens.weights, lens.metrics, lens.n_parameters
+        else:
+            trained = train_head(
+                job.head_kind, read_examples(client, job, params), job.seed, params, job.target_fpr, progress
+            )
+            weights, metrics, n_params = (
+                trained.weights,
+                with_features(trained, params, writer.state),
+                trained.n_parameters,
+            )
     except Stopped as stop:  # a deleted head stays deleted: its writes are no-ops
         if stop.reason == "stopping":
             writer.update(status="queued", stage="waiting for a worker (the last one stopped)", progress=0.0)
@@ -89,23 +104,29 @@ def run_head_job(client: redis.Redis, job: HeadJob) -> JobOutcome:
             status="failed", stage="", error=HeadError(code="training_failed", message=message), finished_at=time.time()
         )
         return _failed(job, "training_failed", message, 500)
-    if trained.feature_auroc is not None and writer.state is not None and writer.state.features is not None:
-        alone = dict(zip(feature_labels(writer.state.features), trained.feature_auroc, strict=True))
-        metrics = metrics.model_copy(update={"feature_auroc": alone})
     stored = writer.update(
-        weights=st_save(trained.weights),
+        weights=st_save(weights),
         status="succeeded",
         stage="",
         progress=1.0,
         params=params,
         metrics=metrics,
         training_time_s=round(time.perf_counter() - started, 3),  # reading the records included
-        n_parameters=trained.n_parameters,
+        n_parameters=n_params,
         finished_at=time.time(),
     )
     if not stored:
         return _failed(job, "head_not_found", "the head was deleted during training")
     return JobOutcome(job_id=job.job_id, ok=True)
+
+
+def with_features(trained: Trained, params: dict[str, float | int | str], state: HeadState | None) -> HeadMetrics:
+    """The metrics with the layer a probe reads (`with_layer`) and a stack's features alone, keyed by their labels."""
+    metrics = with_layer(trained, params)
+    if trained.feature_auroc is not None and state is not None and state.features is not None:
+        alone = dict(zip(feature_labels(state.features), trained.feature_auroc, strict=True))
+        metrics = metrics.model_copy(update={"feature_auroc": alone})
+    return metrics
 
 
 def with_layer(trained: Trained, params: dict[str, float | int | str]) -> HeadMetrics:
@@ -147,6 +168,8 @@ def _failed(job: HeadJob, code: str, message: str, status: int = 422) -> JobOutc
 
 def train_head_job(job: AnyJob, ctx: Context) -> JobOutcome:
     assert isinstance(job, HeadJob)
+    if job.head_kind == "lens":  # a tuned lens reads every layer: the model runs
+        return run_head_job(ctx.redis, job, ctx.engines.backend_for(job.model, job.fingerprint))
     return run_head_job(ctx.redis, job)  # reads records only: no backend, no weights
 
 

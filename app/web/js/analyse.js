@@ -344,7 +344,7 @@ export async function loadChoices() {
     api("/v1/calibrations").then((r) => r.data).catch(() => []),
     ownMaker().catch(() => null),
   ]);
-  state.heads = heads.filter((h) => h.status === "succeeded" && h.model === model);
+  state.heads = heads.filter((h) => h.status === "succeeded" && h.model === model && h.kind !== "lens");  // lenses: the Lens tab
   const head = $("head").value;
   $("head").innerHTML = `<option value="">none</option>` + state.heads.map((h) => {
     const n = Object.values(h.examples || {}).reduce((a, b) => a + b, 0);

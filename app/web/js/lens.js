@@ -1,5 +1,5 @@
 // The Lens panel: POST /v1/analysis/lens read as a layer × position heatmap (the logit lens, nostalgebraist 2020:
-// every layer's state through the model's own final norm and unembedding), coloured by the entropy, the rank of
+// every layer's state through the model's own final norm and unembedding; or a trained tuned lens), coloured by the entropy, the rank of
 // the token that came, its log-probability or KL(final ‖ layer); hovering a cell shows that layer's top tokens
 // at that position. Each cell holds the API's value in data-value and shows the layer's top token.
 import { $, api, busy, esc, setStatus, shown } from "./api.js";
@@ -12,7 +12,7 @@ const SCALES = {  // value -> 0 (green) .. 1 (red), and the legend's ends; `top`
   logprob: { map: (v) => -v / Math.log(1000), ends: () => ["p = 1", "p ≤ 0.001"] },
   kl_to_final: { map: (v, top) => v / top, ends: (top) => ["0 (the final layer's distribution)", `${top.toFixed(2)} nats`] },
 };
-const state = { answer: null, request: null };
+const state = { answer: null, request: null, lenses: [] };
 
 function cellValue(token, metric) {
   return token ? token[metric] : null;
@@ -69,15 +69,37 @@ async function run() {
   clearLens();
   setStatus("lens-status", "reading every layer…");
   const request = state.request = new AbortController();
-  const body = { model: $("model").value, text: $("lens-text").value, layers: "all", top_logprobs: topK() };
+  const body = { model: $("model").value, text: $("lens-text").value, layers: "all", top_logprobs: topK(), lens: $("lens-kind").value };
   const answer = await api("/v1/analysis/lens", body, request.signal);
   state.request = null;
   state.answer = answer;
   render();
-  setStatus("lens-status", `${answer.model} · ${answer.lens} lens · ${answer.layers.length} layers × ${answer.positions.length - 1} positions · record ${answer.record_id}`);
+  const kind = answer.lens === "logit" ? "logit lens" : `tuned lens ${lensName(answer.lens)}`;
+  setStatus("lens-status", `${answer.model} · ${kind} · ${answer.layers.length} layers × ${answer.positions.length - 1} positions · record ${answer.record_id}`);
+}
+
+function lensName(id) {
+  const head = state.lenses.find((h) => h.id === id);
+  return head ? `${head.name} (${id})` : id;
+}
+
+// The switch: the logit lens, or one of the tenant's trained tuned lenses (`lens` heads) of the header's model.
+async function loadLenses() {
+  const model = $("model").value;
+  const heads = await api("/v1/heads").then((r) => r.data).catch(() => []);
+  state.lenses = heads.filter((h) => h.kind === "lens" && h.status === "succeeded" && h.model === model);
+  const chosen = $("lens-kind").value;
+  $("lens-kind").innerHTML = `<option value="logit">logit lens</option>` + state.lenses.map((h) => {
+    const kl = h.metrics ? ` · held-out mean KL ${h.metrics.mean_kl_tuned.toFixed(2)} vs ${h.metrics.mean_kl_logit.toFixed(2)}` : "";
+    return `<option value="${esc(h.id)}">tuned lens ${esc(h.name)} (${esc(h.id)}${kl})</option>`;
+  }).join("");
+  if (state.lenses.some((h) => h.id === chosen)) $("lens-kind").value = chosen;
 }
 
 export function initLens() {
+  // the tenant's lenses of the header's model: when the tab opens (one trained since) and when the model changes
+  document.querySelector("#tabs [data-tab=lens]").addEventListener("click", loadLenses);
+  $("model").addEventListener("change", loadLenses);
   $("lens-run").addEventListener("click", () => busy("panel-lens", "lens-status", run));
   $("lens-metric").addEventListener("change", render);
   attachTooltip($("lens-grid"), tooltip, "td.cell");

@@ -126,6 +126,9 @@ class StepOut(BaseModel):
     views: list[ViewScore]
     contrasted: bool | None = Field(default=None, description="uscd: whether this step was contrasted")
     logprob: float | None = Field(default=None, description="the chosen id's logprob under the combined distribution")
+    premature_layer: int | None = Field(
+        default=None, description="dola: the premature layer (hidden_states index) contrasted with the final one"
+    )
 
 
 class DecodeResponse(BaseModel):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from logprobe.schemas.analysis import SpanName, SpanRange
 from logprobe.schemas.tokens import ChatMessage
 
-HeadKind = Literal["pawn", "los", "probe", "stack"]
+HeadKind = Literal["pawn", "los", "probe", "stack", "lens"]
 HeadFamily = Literal["detect", "uncertainty", "membership"]
 HEAD_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 MAX_STACK_FEATURES = 32
@@ -21,8 +21,9 @@ class HeadExampleIn(BaseModel):
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     record_id: str | None = None
     label: Any = Field(
-        description="0 or 1; 1 is what the family's score points to: machine-written (detect), the model is wrong "
-        "(uncertainty), a member of the training data (membership)"
+        default=None,
+        description="0 or 1 (a `lens` head takes none); 1 is what the family's score points to: machine-written "
+        "(detect), the model is wrong (uncertainty), a member of the training data (membership)",
     )
 
 
@@ -55,7 +56,8 @@ class HeadRequest(BaseModel):
         description="pawn: PAWN (token features weighted by a gate over hidden states); los: LOS-Net style network "
         "over each position's sorted top-k probabilities; probe: logistic probe on the mean or last hidden state; "
         "stack: a calibrated logistic combination of analysis methods' sequence values (`features`), from one or "
-        "more served models"
+        "more served models; lens: a tuned lens (Belrose et al. 2023), one affine translator per layer trained on the "
+        "texts to minimise KL(final || lens), read with POST /v1/analysis/lens"
     )
     model: str
     family: HeadFamily = "detect"
@@ -101,6 +103,22 @@ class HeadMetricsOut(BaseModel):
     )
 
 
+class LensMetricsOut(BaseModel):
+    """A tuned lens's: per layer (hidden_states index) the mean KL(final || lens) in nats over the held-out texts'
+    positions, for the tuned lens (as stored) and the logit lens."""
+
+    held_out_texts: int
+    held_out_positions: int
+    train_texts: int
+    train_positions: int
+    steps: int
+    kl_tuned: dict[int, float]
+    kl_logit: dict[int, float]
+    mean_kl_tuned: float
+    mean_kl_logit: float
+    layers_improved: int = Field(description="layers at which the tuned lens's held-out KL is below the logit lens's")
+
+
 class Head(BaseModel):
     id: str
     object: Literal["head"] = "head"
@@ -114,8 +132,8 @@ class Head(BaseModel):
     progress: float = Field(description="0 to 1")
     seed: int
     params: dict[str, float | int | str]
-    examples: dict[str, int] = Field(description="examples per label")
-    metrics: HeadMetricsOut | None = None
+    examples: dict[str, int] = Field(description='examples per label; a lens head: {"texts": n}')
+    metrics: HeadMetricsOut | LensMetricsOut | None = None
     training_time_s: float | None = None
     n_parameters: int | None = None
     error: HeadErrorOut | None = None

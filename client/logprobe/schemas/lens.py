@@ -23,8 +23,10 @@ class LensRequest(BaseModel):
         description="transformers' hidden_states indices: 0 = the embeddings, the model's layer count = the final "
         "layer (the record's own rows)",
     )
-    lens: Literal["logit"] = Field(
-        default="logit", description="`logit`: the model's own final norm and unembedding read every layer"
+    lens: str = Field(
+        default="logit",
+        description="`logit`: the model's own final norm and unembedding read every layer; or the id of a trained "
+        "`lens` head (a tuned lens of the model): its translator reads each layer below the last first",
     )
     top_logprobs: int = Field(default=0, ge=0, le=MAX_LENS_TOP, strict=True)
 
