@@ -12,7 +12,7 @@ time.
 
 Usage: python -m bench.concurrency [--levels 1 4 16 64] [--tokens 100 1000] [--requests 16] [--generate 64]
        [--generate-levels 1 4 16 64]
-       [--dtype auto|bfloat16|float16|float32] [--skip-hf | --skip-vllm]
+       [--dtype auto|bfloat16|float16|float32] [--skip-hf | --skip-vllm] [--generation-capture engine|prefill]
 """
 
 from __future__ import annotations
@@ -118,7 +118,13 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     ids = {n: [encode(t) for t in ts] for n, ts in texts.items()}
     engine = {"max_model_len": 4096, "kv_cache_memory_bytes": KV_BYTES}
-    spec = {"name": MODEL, "backend": "vllm", "dtype": args.dtype, "engine": engine}
+    spec = {
+        "name": MODEL,
+        "backend": "vllm",
+        "dtype": args.dtype,
+        "engine": engine,
+        "generation_capture": args.generation_capture,
+    }
     port = free_port()
     (ROOT / "artifacts").mkdir(exist_ok=True)
     with (
@@ -260,6 +266,12 @@ def main() -> None:
         "--skip-vllm", action="store_true", help="no vLLM columns (no engines beside the transformers cells)"
     )
     parser.add_argument("--generate-levels", type=int, nargs="*", default=None, help="default: --levels")
+    parser.add_argument(
+        "--generation-capture",
+        choices=["engine", "prefill"],
+        default="engine",
+        help="where the vLLM backend's generation records come from (the model spec's generation_capture)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 
