@@ -462,8 +462,9 @@ class EngineGenerations(_EnginePool):
         except Exception:
             log.exception("the states of %d generations could not be taken; their records are prefilled", len(requests))
             return {}
-        if why:
+        if why:  # what it held is gone: from now on every record is prefilled (logged once)
             log.warning("the generate engine stopped capturing states (%s); records are prefilled", why)
+            self.capture = False
         return {request: None if packed is None else unpack(packed) for request, packed in taken.items()}
 
     def _finished(self, key: str, out: Any, sampling: Sampling, states: torch.Tensor | None) -> Finished:
@@ -486,6 +487,3 @@ class EngineGenerations(_EnginePool):
             self.samplings.pop(request, None)
         if self.capture:
             self.engine.collective_rpc("logprobe_capture_drop", args=(requests,))
-
-    def _result(self, key: str, out: Any) -> Finished:
-        return self._finished(key, out, self.samplings.pop(out.request_id), None)
