@@ -138,7 +138,7 @@ def test_generations_together_sample_what_each_samples_alone(vllm_fp32: Any, hf:
 
 def test_generations_joining_the_running_engine_sample_what_each_samples_alone(vllm_fp32: Any, hf: HFBackend) -> None:
     """The worker's pool: generations handed to the engine while others decode join its running batch, and
-    each samples what it samples alone."""
+    each samples what it samples alone (cut before its stop string: the pool hands back what a job keeps)."""
     prompts = [hf.encode(PROMPT), hf.encode("Once upon a time"), hf.encode("List three colours:")]
     samplings = [
         Sampling(max_tokens=24, temperature=0.0, top_p=1.0),
@@ -157,7 +157,12 @@ def test_generations_joining_the_running_engine_sample_what_each_samples_alone(v
             pool.join("2", prompts[2], samplings[2])
         got.update((f.key, (f.completion, f.finish_reason)) for f in pool.advance())
         steps += 1
-    assert [got[str(i)] for i in range(3)] == alone
+    kept = [
+        (c[: tokens_before_stop(c, hf.decode, s.stop)] if s.stop and reason == "stop" else c, reason)
+        for (c, reason), s in zip(alone, samplings, strict=True)
+    ]
+    assert [got[str(i)] for i in range(3)] == kept
+    assert kept[2][0] != alone[2][0]  # the stop string was hit and cut
     assert len(pool) == 0
 
 
