@@ -4,7 +4,7 @@ Scoring: `/v1/score` (full distributions kept) on the vLLM backend against vLLM'
 (`python -m vllm.entrypoints.openai.api_server`, same model, same machine) answering `prompt_logprobs=1`; and
 `/v1/score` on the transformers backend against a bare batched transformers forward over the same texts.
 Generation: `/v1/generate` (greedy, the whole record kept) on the vLLM backend against the same vLLM server
-generating with `logprobs=20`.
+generating with `logprobs=20`, and `/v1/chat/completions` with `logprobs` (top 20) on both.
 
 All servers are up for the whole run and measured in turns (one at a time), each request a new text (no cache
 hits); a level sends max(--requests, concurrency) requests: tokens scored (or generated) per second over its wall
@@ -12,7 +12,7 @@ time.
 
 Usage: python -m bench.concurrency [--levels 1 4 16 64] [--tokens 100 1000] [--requests 16] [--generate 64]
        [--generate-levels 1 4 16 64]
-       [--dtype auto|bfloat16|float16|float32] [--skip-hf | --skip-vllm]
+       [--dtype auto|bfloat16|float16|float32] [--skip-hf | --skip-vllm] [--generation-capture engine|prefill]
 """
 
 from __future__ import annotations
@@ -118,7 +118,13 @@ async def main_async(args: argparse.Namespace) -> None:
     ]
     ids = {n: [encode(t) for t in ts] for n, ts in texts.items()}
     engine = {"max_model_len": 4096, "kv_cache_memory_bytes": KV_BYTES}
-    spec = {"name": MODEL, "backend": "vllm", "dtype": args.dtype, "engine": engine}
+    spec = {
+        "name": MODEL,
+        "backend": "vllm",
+        "dtype": args.dtype,
+        "engine": engine,
+        "generation_capture": args.generation_capture,
+    }
     port = free_port()
     (ROOT / "artifacts").mkdir(exist_ok=True)
     with (
@@ -179,17 +185,30 @@ async def generation(
     client: httpx.AsyncClient, ours: str, theirs: str, prompts: list[str], sizes: list[int], args: Any
 ) -> None:
     """Greedy generation of up to --generate tokens after a ~100-token prompt: ours (the record kept) against vLLM's
-    server returning the top 20 logprobs of each generated token."""
-    print(f"{'new':>6s} {'conc':>5s} {'ours vLLM':>10s} {'vllm serve':>11s} {'ratio':>6s}   (generated tokens/s)")
+    server returning the top 20 logprobs of each generated token; then the same prompts as chat messages through
+    both servers' `/v1/chat/completions` with `logprobs` and `top_logprobs: 20`."""
+    print(
+        f"{'new':>6s} {'conc':>5s} {'ours vLLM':>10s} {'vllm serve':>11s} {'ratio':>6s}"
+        f" {'ours chat':>10s} {'serve chat':>11s} {'ratio':>6s}   (generated tokens/s)"
+    )
     for r, c in enumerate(args.generate_levels):
         batch = prompts[sum(sizes[:r]) : sum(sizes[: r + 1])]
         common = {"model": MODEL, "max_tokens": args.generate, "temperature": 0.0}
         ours_bodies = [{**common, "prompt": t} for t in batch]
         their_bodies = [{**common, "prompt": t, "logprobs": 20} for t in batch]
+        chats = [
+            {**common, "messages": [{"role": "user", "content": t}], "logprobs": True, "top_logprobs": 20}
+            for t in batch
+        ]
         ours_rate = await level(partial(generated, client, f"{ours}/v1/generate", ours_bodies), len(batch), c)
         theirs_rate = await level(partial(generated, client, f"{theirs}/v1/completions", their_bodies), len(batch), c)
-        ratio = ours_rate / theirs_rate
-        print(f"{args.generate:6d} {c:5d} {ours_rate:10.0f} {theirs_rate:11.0f} {ratio:5.2f}x", flush=True)
+        chat_rate = await level(partial(generated, client, f"{ours}/v1/chat/completions", chats), len(batch), c)
+        their_chat = await level(partial(generated, client, f"{theirs}/v1/chat/completions", chats), len(batch), c)
+        print(
+            f"{args.generate:6d} {c:5d} {ours_rate:10.0f} {theirs_rate:11.0f} {ours_rate / theirs_rate:5.2f}x"
+            f" {chat_rate:10.0f} {their_chat:11.0f} {chat_rate / their_chat:5.2f}x",
+            flush=True,
+        )
 
 
 async def generated(client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]], i: int) -> int:
@@ -247,6 +266,12 @@ def main() -> None:
         "--skip-vllm", action="store_true", help="no vLLM columns (no engines beside the transformers cells)"
     )
     parser.add_argument("--generate-levels", type=int, nargs="*", default=None, help="default: --levels")
+    parser.add_argument(
+        "--generation-capture",
+        choices=["engine", "prefill"],
+        default="engine",
+        help="where the vLLM backend's generation records come from (the model spec's generation_capture)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -35,6 +35,10 @@ class ModelSpec(BaseModel):
     # model's share of the GPU, split between its two engines (the shares of one GPU's models add up to < 1);
     # kv_cache_memory_bytes, the model's KV cache in bytes, split the same way (the default on the CPU: 1 GiB).
     engine: dict[str, Any] = Field(default_factory=dict)
+    # vLLM: where a generation's record comes from. "engine": the generate engine's own forward passes (no second
+    # prefill; that engine then runs without prefix caching); "prefill": prompt + completion read again by the
+    # pooling engine. "engine" falls back to "prefill" where this vLLM cannot hand its states over (logged).
+    generation_capture: Literal["engine", "prefill"] = "engine"
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> ModelSpec:

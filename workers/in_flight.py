@@ -3,9 +3,11 @@
 Generations join their model's running batch as they arrive and leave it when they end (`generations.py` for
 transformers, the generate engine's own scheduler for vLLM); so do token-level contrastive decodings (`contrasts.py`:
 one batch of streams per model across requests, on either backend). On an engine with its own scheduler (vLLM),
-scoring requests too join the pooling engine's running batch as they arrive, and the record of a finished generation
-is captured there; elsewhere scoring runs at once as batched forwards (`handlers.score.score_together`). Every job's
-record is stored as soon as its request finishes, and a job that fails, fails alone.
+scoring requests too join the pooling engine's running batch as they arrive; a finished generation's record comes
+from the states its decoding computed (vLLM's generate engine captures them, `backends/vllm_capture.py`), or where
+those are missing, from the pooling engine's batch; elsewhere scoring runs at once as batched forwards
+(`handlers.score.score_together`). Every job's record is stored as soon as its request finishes, and a job that
+fails, fails alone.
 """
 
 from __future__ import annotations
@@ -217,10 +219,12 @@ class InFlight:
         return done
 
     def _generated(self, finished: list[Finished], backend: Backend) -> Done:
-        """Generations that ended: their records are captured by the pooling engine's batch where there is one,
-        else in one batched forward here."""
+        """Generations that ended: those whose decoding kept its states (transformers' loop, vLLM's generate engine
+        when it captures them) are stored at once, their statistics through shared matmuls; the others' records are
+        captured by the pooling engine's batch where there is one, else in one batched forward here."""
         done: Done = []
         kept: list[tuple[GenerateJob, Decoded]] = []
+        computed: list[tuple[AnyJob, Decoded | None, torch.Tensor]] = []  # states from the decoding's own pass
         for f in finished:
             job = self.jobs[f.key]
             assert isinstance(job, GenerateJob)
@@ -229,9 +233,7 @@ class InFlight:
                 done.append((job, worker_error(job, f.error)))
             elif f.states is not None and backend.card.storage == "hidden":  # the decoding loop computed them
                 self._forget(f.key)
-                decoded = Decoded(f.completion, f.finish_reason, steps=[])
-                stored = partial(generation_stored, job, backend, decoded, self.ctx.records, f.states)
-                done.append((job, alone(job, stored)))
+                computed.append((job, Decoded(f.completion, f.finish_reason, steps=[]), f.states))
             else:
                 try:
                     kept.append((job, _kept(f.completion, f.finish_reason, self.samplings[f.key], backend)))
@@ -239,6 +241,8 @@ class InFlight:
                     log.exception("generation %s could not be cut at its stop string", job.job_id)
                     self._forget(f.key)
                     done.append((job, worker_error(job, exc)))
+        if computed:
+            done.extend(self._stored(computed, backend))
         scoring = self._scoring_pool(kept[0][0].model) if kept else None
         if scoring is not None and backend.card.storage == "hidden":
             for job, decoded in kept:
@@ -262,14 +266,18 @@ class InFlight:
         return done
 
     def _scored(self, states: list[tuple[str, torch.Tensor]], backend: Backend) -> Done:
-        """Sequences the pooling engine finished in one step, scorings and generations' records alike: their
-        statistics through shared unembedding matmuls, then each record stored alone."""
+        """Sequences the pooling engine finished in one step, scorings and generations' records alike."""
         if not states:  # a step that finished nothing (a chunk of a long prefill)
             return []
         finished: list[tuple[AnyJob, Decoded | None, torch.Tensor]] = []
         for key, hidden in states:
             decoded = self.capturing.get(key)
             finished.append((self._forget(key), decoded, hidden))
+        return self._stored(finished, backend)
+
+    def _stored(self, finished: list[tuple[AnyJob, Decoded | None, torch.Tensor]], backend: Backend) -> Done:
+        """Sequences whose hidden states are at hand: their statistics through shared unembedding matmuls, then
+        each record stored alone."""
         done: Done = []
         for (job, decoded, hidden), stats in zip(finished, _statistics(finished, backend), strict=True):
             if isinstance(job, GenerateJob) and decoded is not None:

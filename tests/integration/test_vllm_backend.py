@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import DATA_DIR, MODEL
 from workers.backends.hf import HFBackend
-from workers.capture import rebuild_rows
+from workers.backends.vllm_capture import unpack
+from workers.capture import capture_statistics, rebuild_rows
 from workers.config import ModelSpec
 from workers.contract.jobs import Sampling
 from workers.decoding import View, decode, tokens_before_stop
@@ -136,7 +138,7 @@ def test_generations_together_sample_what_each_samples_alone(vllm_fp32: Any, hf:
 
 def test_generations_joining_the_running_engine_sample_what_each_samples_alone(vllm_fp32: Any, hf: HFBackend) -> None:
     """The worker's pool: generations handed to the engine while others decode join its running batch, and
-    each samples what it samples alone."""
+    each samples what it samples alone (cut before its stop string: the pool hands back what a job keeps)."""
     prompts = [hf.encode(PROMPT), hf.encode("Once upon a time"), hf.encode("List three colours:")]
     samplings = [
         Sampling(max_tokens=24, temperature=0.0, top_p=1.0),
@@ -155,7 +157,12 @@ def test_generations_joining_the_running_engine_sample_what_each_samples_alone(v
             pool.join("2", prompts[2], samplings[2])
         got.update((f.key, (f.completion, f.finish_reason)) for f in pool.advance())
         steps += 1
-    assert [got[str(i)] for i in range(3)] == alone
+    kept = [
+        (c[: tokens_before_stop(c, hf.decode, s.stop)] if s.stop and reason == "stop" else c, reason)
+        for (c, reason), s in zip(alone, samplings, strict=True)
+    ]
+    assert [got[str(i)] for i in range(3)] == kept
+    assert kept[2][0] != alone[2][0]  # the stop string was hit and cut
     assert len(pool) == 0
 
 
@@ -180,6 +187,7 @@ def test_a_generation_that_leaves_the_running_engine_is_aborted(vllm_fp32: Any, 
         got.update((f.key, (f.completion, f.finish_reason)) for f in pool.advance())
     assert got == {"stays": alone}
     assert not pool.engine.llm_engine.has_unfinished_requests()
+    assert vllm_fp32.generator.collective_rpc("logprobe_capture_held") == [0]  # its states let go too
 
 
 def test_sequences_joining_the_running_pooling_engine_get_the_states_they_get_alone(vllm_fp32: Any) -> None:
@@ -199,6 +207,123 @@ def test_sequences_joining_the_running_pooling_engine_get_the_states_they_get_al
         assert got[str(i)].shape == states.shape
         rows, alone_rows = vllm_fp32.head.logprobs(got[str(i)]), vllm_fp32.head.logprobs(states)
         assert float((rows - alone_rows).abs().max()) <= 1e-5
+
+
+def _run_to_end(pool: Any, joining: list[tuple[str, list[int], Sampling]], later: int = 0) -> dict[str, Any]:
+    """Generations through the worker's pool, the last `later` joining while the first decode; by key."""
+    first = len(joining) - later
+    for key, prompt, sampling in joining[:first]:
+        pool.join(key, prompt, sampling)
+    got: dict[str, Any] = {}
+    steps = 0
+    while len(got) < len(joining):
+        if steps == 2:
+            for key, prompt, sampling in joining[first:]:
+                pool.join(key, prompt, sampling)
+        got.update((f.key, f) for f in pool.advance())
+        steps += 1
+    return got
+
+
+def own_pass_error(backend: Any) -> float:
+    """max |rows rebuilt from the states the generate engine's worker kept - the engine's own logprobs of the same
+    pass|, over the top 20 of every prompt position and every decoding step, for a greedy and a seeded request
+    decoded in one batch (vLLM computes those logprobs from the very logits its sampler reads)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from workers.backends.vllm import KEEP_PREFIX
+
+    assert backend.captures
+    engine = backend.generator.llm_engine
+    prompts = [backend.encode(PROMPT), backend.encode("Once upon a time")]
+    params = [
+        SamplingParams(max_tokens=12, temperature=0.0, logprobs=20, prompt_logprobs=20),
+        SamplingParams(max_tokens=9, temperature=1.0, top_p=0.9, seed=5, logprobs=20, prompt_logprobs=20),
+    ]
+    for i, (prompt, param) in enumerate(zip(prompts, params, strict=True)):
+        engine.add_request(f"{KEEP_PREFIX}own-{i}", TokensPrompt(prompt_token_ids=prompt), param)
+    outs: dict[str, Any] = {}
+    while engine.has_unfinished_requests():
+        outs.update((out.request_id, out) for out in engine.step() if out.finished)
+    why, taken = backend.generator.collective_rpc("logprobe_capture_take", args=(sorted(outs),))[0]
+    assert why == "" and backend.generator.collective_rpc("logprobe_capture_held") == [0]
+    worst = 0.0
+    for request, out in outs.items():
+        states = unpack(taken[request])
+        assert states.dtype == backend.dtype
+        assert states.shape == (len(out.prompt_token_ids) + len(out.outputs[0].token_ids) - 1, 576)
+        rows = backend.head.logprobs(states).numpy()
+        entries = [*out.prompt_logprobs[1:], *out.outputs[0].logprobs]  # state t predicts token t + 1
+        for row, entry in zip(rows, entries, strict=True):
+            worst = max(worst, *(abs(float(row[token]) - lp.logprob) for token, lp in entry.items()))
+    return worst
+
+
+def test_captured_states_rebuild_the_logprobs_the_engine_computed_in_the_same_pass(vllm_fp32: Any) -> None:
+    """In float32 within what the load-time probe allows between vLLM's GEMM and ours (rebuild_error: ~4e-5 on
+    this CPU); bit for bit in bfloat16 and float16 (test_every_dtype_rebuilds_the_engines_own_output_exactly)."""
+    assert own_pass_error(vllm_fp32) <= 1e-4
+
+
+def test_generation_records_from_the_generating_pass_equal_a_second_prefill(vllm_fp32: Any) -> None:
+    """The pool's finished generations carry the states of prompt + completion but its last token, as the engine
+    computed them (greedy, seeded, a stop string, two samples of one prompt, and some joining a running batch):
+    the completions are those sampled alone, and their rows equal those of a second prefill through the pooling
+    engine within the engine's own rounding (its decode and prefill kernels sum in different orders: 3e-5 here)."""
+    prompt, story = vllm_fp32.encode(PROMPT), vllm_fp32.encode("Once upon a time")
+    joining = [
+        ("greedy", prompt, Sampling(max_tokens=24, temperature=0.0, top_p=1.0)),
+        ("seeded", story, Sampling(max_tokens=12, temperature=1.0, top_p=0.9, seed=7)),
+        (
+            "stopped",
+            vllm_fp32.encode("List three colours:"),
+            Sampling(max_tokens=20, temperature=0.7, top_p=1.0, seed=3, stop=[","]),
+        ),
+        ("n0", story, Sampling(max_tokens=10, temperature=1.0, top_p=1.0, seed=21)),
+        ("n1", story, Sampling(max_tokens=10, temperature=1.0, top_p=1.0, seed=22)),
+    ]
+    eos = vllm_fp32.card.eos_token_ids
+    alone = {key: vllm_fp32.sample(p, s, eos) for key, p, s in joining}
+    got = _run_to_end(vllm_fp32.generations(), joining, later=3)
+    for key, prompt_ids, sampling in joining:
+        f = got[key]
+        completion, reason = alone[key]
+        if sampling.stop:
+            completion = completion[: tokens_before_stop(completion, vllm_fp32.decode, sampling.stop)]
+        assert (f.completion, f.finish_reason, f.error) == (completion, reason, None)
+        full = prompt_ids + f.completion
+        assert f.states is not None and f.states.shape == (len(full) - 1, 576)
+        prefilled = vllm_fp32.hidden_states(full)[: len(full) - 1]
+        ours = capture_statistics(f.states, torch.tensor(full), vllm_fp32.head, 20)
+        theirs = capture_statistics(prefilled, torch.tensor(full), vllm_fp32.head, 20)
+        for name in ("logprob", "entropy", "logp_m2", "logz", "topk_logprobs"):
+            assert np.abs(ours[name].astype(np.float64) - theirs[name]).max() <= 1e-4, name
+        assert np.array_equal(ours["rank"], theirs["rank"])
+        assert float((vllm_fp32.head.logprobs(f.states) - vllm_fp32.head.logprobs(prefilled)).abs().max()) <= 1e-4
+    assert got["stopped"].finish_reason == "stop" and got["n0"].completion != got["n1"].completion
+    assert vllm_fp32.generator.collective_rpc("logprobe_capture_held") == [0]
+
+
+def test_a_generation_whose_states_are_incomplete_finishes_without_them_alone(vllm_fp32: Any) -> None:
+    """States dropped while a request decodes (as a prefix-cache hit would leave positions uncomputed): that one
+    finishes with its engine completion and no states (its record is then prefilled), the other keeps its own."""
+    pool = vllm_fp32.generations()
+    prompt = vllm_fp32.encode(PROMPT)
+    pool.join("whole", prompt, GREEDY)
+    pool.join("gap", prompt, GREEDY)
+    got = {f.key: f for f in pool.advance()}
+    gap = next(request for request, key in pool.keys.items() if key == "gap")
+    vllm_fp32.generator.collective_rpc("logprobe_capture_drop", args=([gap],))
+    while len(pool):
+        got.update((f.key, f) for f in pool.advance())
+    assert got["gap"].completion == got["whole"].completion and got["gap"].error is None
+    assert got["gap"].states is None
+    assert (
+        got["whole"].states is not None
+        and got["whole"].states.shape[0] == len(prompt) + len(got["whole"].completion) - 1
+    )
+    assert vllm_fp32.generator.collective_rpc("logprobe_capture_held") == [0]
 
 
 def test_cpu_engines_get_a_fixed_kv_budget_not_a_share_of_free_memory(vllm_fp32: Any) -> None:
@@ -228,5 +353,7 @@ def test_every_dtype_rebuilds_the_engines_own_output_exactly(vllm_fp32: Any, dty
         ids = backend.encode(TEXT)
         assert backend.hidden_states(ids).dtype == backend.dtype
         assert rebuild_error(backend, ids, backend.card.hidden_dtype) == 0.0
+        if backend.dtype != torch.float32:
+            assert own_pass_error(backend) == 0.0
     finally:
         backend.close()

