@@ -59,6 +59,7 @@ def byte_step_out(step: DecodeStep) -> dict[str, Any]:
         "views": [{"logprob": lp, "rank": r} for lp, r in zip(step.view_logprobs, step.view_ranks, strict=True)],
         "contrasted": step.contrasted,
         "logprob": step.logprob,
+        "premature_layer": step.premature_layer,
     }
 
 
