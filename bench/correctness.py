@@ -212,7 +212,7 @@ def stack_feature(key: str) -> dict[str, str]:
 
 
 def line(name: str, result: tuple[float, float, float], note: str = "") -> str:
-    return f"| {name} | **{result[0]:.3f}** ({result[1]:.3f}–{result[2]:.3f}) | {note} |"
+    return f"| {name} | {result[0]:.3f} ({result[1]:.3f}–{result[2]:.3f}) | {note} |"
 
 
 def analyse(client: httpx.Client, rows: list[Row], cache: Cache, n: int) -> None:
