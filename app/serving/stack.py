@@ -13,8 +13,10 @@ import numpy as np
 from app.analysis import REGISTRY
 from app.analysis.base import ParamError
 from app.platform.errors import ApiError
+from app.serving.consistency import consistency
 from app.serving.services import Services
 from logprobe.schemas.analysis import AnalysisRequest, SpanName, SpanRange
+from logprobe.schemas.consistency import ConsistencyOptions, ConsistencyRequest
 from logprobe.schemas.heads import StackFeature
 from logprobe.schemas.tokens import ChatMessage
 
@@ -54,6 +56,21 @@ def check_features(features: list[StackFeature] | None, head_model: str) -> list
                 f"{where}: {m.name} samples from the scoring model itself: no reference_model",
                 f"{where}.reference_model",
             )
+        if feature.consistency is not None and family != "consistency":
+            raise ApiError(
+                422, "invalid_features", f"{where}: only consistency methods take `consistency`", f"{where}.consistency"
+            )
+        if family == "consistency" and feature.reference_model is not None:
+            raise ApiError(
+                422, "invalid_features", f"{where}: consistency takes no reference_model", f"{where}.reference_model"
+            )
+        if feature.consistency is not None and feature.consistency.methods is not None:
+            raise ApiError(
+                422,
+                "invalid_features",
+                f"{where}: the feature names its method; leave consistency.methods out",
+                f"{where}.consistency.methods",
+            )
         if family == "compare" and feature.reference_model is None:
             raise ApiError(
                 422, "invalid_features", f"{where}: compare needs a reference_model", f"{where}.reference_model"
@@ -68,7 +85,8 @@ def check_features(features: list[StackFeature] | None, head_model: str) -> list
                 422, "invalid_features", f"{where}: {m.name} gives {m.name} or {m.name}.<key>", f"{where}.value"
             )
         model = None if feature.model in (None, head_model) else feature.model
-        out.append({**feature.model_dump(), "family": family, "model": model, "value": value})
+        options = (feature.consistency or ConsistencyOptions()).model_dump() if family == "consistency" else None
+        out.append({**feature.model_dump(), "family": family, "model": model, "value": value, "consistency": options})
     return out
 
 
@@ -88,12 +106,20 @@ def other_models(features: list[dict[str, Any]]) -> int:
     return len({f[k] for f in features for k in ("model", "reference_model") if f[k] is not None})
 
 
-def _groups(features: list[dict[str, Any]]) -> list[tuple[tuple[str, str | None, str | None], dict[str, str]]]:
-    """Features that one analysis answers together: same family and models, and each method with one set of
-    parameters (a method asked twice with other parameters runs again). Each group: its key, method -> params id."""
-    groups: list[tuple[tuple[str, str | None, str | None], dict[str, str]]] = []
+Group = tuple[str, str | None, str | None, str]  # family, model, reference model, consistency options
+
+
+def _key(f: dict[str, Any]) -> Group:
+    return f["family"], f["model"], f["reference_model"], json.dumps(f.get("consistency"), sort_keys=True)
+
+
+def _groups(features: list[dict[str, Any]]) -> list[tuple[Group, dict[str, str]]]:
+    """Features that one analysis answers together: same family, models and sampling, and each method with one
+    set of parameters (a method asked twice with other parameters runs again). Each group: its key, method ->
+    params id."""
+    groups: list[tuple[Group, dict[str, str]]] = []
     for f in features:
-        key = (f["family"], f["model"], f["reference_model"])
+        key = _key(f)
         params = json.dumps(f["params"], sort_keys=True)
         group = next((g for k, g in groups if k == key and g.get(f["method"], params) == params), None)
         if group is None:
@@ -118,7 +144,12 @@ async def feature_values(
     model's record of it. A record alone serves the features of the head's own model; other models read the text."""
     values = np.full(len(features), np.nan)
     head_record: str | None = None
-    for (family, model, reference), methods in _groups(features):
+    for group, methods in _groups(features):
+        family, model, reference, _ = group
+        if family == "consistency":
+            answer = await _consistency(services, tenant, features, group, methods, head_model, messages)
+            _read(values, features, group, methods, answer["sequence"])
+            continue
         if model is not None and text is None and messages is None:
             raise ApiError(
                 422,
@@ -141,22 +172,54 @@ async def feature_values(
         answer = await run(family, body, services, tenant)
         if model is None:
             head_record = answer["record_id"]
-        for i, f in enumerate(features):
-            if (f["family"], f["model"], f["reference_model"]) != (family, model, reference):
-                continue
-            if methods.get(f["method"]) != json.dumps(f["params"], sort_keys=True):
-                continue
-            if f["value"] not in answer["sequence"]:
-                known = sorted(k for k in answer["sequence"] if k.split(".")[0] == f["method"])
-                raise ApiError(
-                    422, "invalid_features", f"features.{i}: {f['method']} gives {known}, not {f['value']!r}"
-                )
-            value = answer["sequence"][f["value"]]
-            values[i] = np.nan if value is None else float(value)
+        _read(values, features, group, methods, answer["sequence"])
     if head_record is None:  # every feature reads another model: the head's own record is made for the text
         answer = await run("uncertainty", _plain(head_model, span, text, messages, record_id), services, tenant)
         head_record = answer["record_id"]
     return values, head_record
+
+
+def _read(
+    values: np.ndarray, features: list[dict[str, Any]], group: Group, methods: dict[str, str], sequence: dict[str, Any]
+) -> None:
+    """Fill in the values of the group's features from its analysis's `sequence` (NaN where undefined)."""
+    for i, f in enumerate(features):
+        if _key(f) != group or methods.get(f["method"]) != json.dumps(f["params"], sort_keys=True):
+            continue
+        if f["value"] not in sequence:
+            known = sorted(k for k in sequence if k.split(".")[0] == f["method"])
+            raise ApiError(422, "invalid_features", f"features.{i}: {f['method']} gives {known}, not {f['value']!r}")
+        value = sequence[f["value"]]
+        values[i] = np.nan if value is None else float(value)
+
+
+async def _consistency(
+    services: Services,
+    tenant: str,
+    features: list[dict[str, Any]],
+    group: Group,
+    methods: dict[str, str],
+    head_model: str,
+    messages: list[ChatMessage] | None,
+) -> dict[str, Any]:
+    """The consistency analysis of the text's answer: `messages` are the prompt and, last, the assistant's answer
+    being judged (Kuhn et al. 2023 and the methods' papers: consistency judges an answer to a question)."""
+    if messages is None or len(messages) < 2 or messages[-1].role != "assistant":
+        raise ApiError(
+            422,
+            "stack_needs_messages",
+            "this stack head judges answers by consistency: give `messages` ending with the assistant's answer "
+            "(the prompt is what comes before it)",
+            "messages",
+        )
+    _, model, _, options = group
+    body = ConsistencyRequest(
+        **json.loads(options) | {"methods": list(methods)},
+        model=model or head_model,
+        messages=messages[:-1],
+        answer=messages[-1].content,
+    )
+    return await consistency(body, services, tenant)
 
 
 def _plain(

@@ -307,3 +307,49 @@ def test_bad_stack_requests_have_their_own_codes(
         response = alpha.post("/v1/heads", json=body)
         error = response.json()["error"]
         assert response.status_code in (404, 422) and (error["code"], error["param"]) == (code, param), body
+
+
+def test_a_stack_reads_consistency_of_the_answers_it_judges(
+    heads_service: LocalService, clients: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """Consistency methods as stack features (#31): each example's messages are a question and the answer judged;
+    the head's score in an analysis is its forward over the values /v1/analysis/consistency gives for the same
+    question, answer and seeded samples. The tiny model keeps the 2 samples per text cheap."""
+    alpha, _ = clients
+    options = {"n": 2, "max_tokens": 4, "seed": 7, "temperature": 1.0}
+    features = [{"method": "lexical_similarity", "consistency": options}, {"method": "perplexity"}]
+
+    def chat(i: int) -> list[dict[str, str]]:
+        return [
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": "assistant", "content": str(2 * i) if i % 2 else f"I think it is {i + 3}."},
+        ]
+
+    examples = [{"messages": chat(i), "label": i % 2} for i in range(10)]
+    body = {"name": "judged", "kind": "stack", "family": "uncertainty", "model": "tiny-llama", "examples": examples}
+    response = alpha.post("/v1/heads", json={**body, "features": features})
+    assert response.status_code == 202, response.text
+    head = wait_head(alpha, response.json()["id"])
+    assert head["status"] == "succeeded", head
+    assert head["features"][0]["family"] == "consistency" and head["features"][0]["consistency"]["n"] == 2
+
+    messages = chat(11)
+    judged = alpha.post(
+        "/v1/analysis/uncertainty",
+        json={"model": "tiny-llama", "messages": messages, "methods": ["perplexity"], "heads": [head["id"]]},
+    )
+    assert judged.status_code == 200, judged.text
+    alone = alpha.post(
+        "/v1/analysis/consistency",
+        json={"model": "tiny-llama", "messages": messages[:1], "answer": messages[1]["content"], **options},
+    ).json()
+    values = np.array([alone["sequence"]["lexical_similarity"], judged.json()["sequence"]["perplexity"]])
+    with redis.Redis.from_url(heads_service.redis_url) as client:
+        weights = st_load(client.hget(head_key("alpha", head["id"]), "weights"))
+    expected = sigmoid(stack_forward({k: v.astype(np.float64) for k, v in weights.items()}, values))
+    assert judged.json()["sequence"]["judged"] == pytest.approx(expected, rel=1e-9)
+
+    refused = alpha.post(
+        "/v1/analysis/uncertainty", json={"model": "tiny-llama", "text": "Four.", "heads": [head["id"]]}
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "stack_needs_messages"

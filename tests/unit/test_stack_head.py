@@ -11,6 +11,7 @@ import torch
 from app.analysis.heads import stack_forward
 from app.platform.errors import ApiError
 from app.serving.stack import check_features
+from logprobe.schemas.consistency import ConsistencyOptions
 from logprobe.schemas.heads import StackFeature
 from workers.contract.heads import feature_labels, head_params
 from workers.contract.jobs import HeadExample
@@ -92,6 +93,18 @@ def test_features_are_checked_and_labelled() -> None:
     assert feature_labels([features[0], features[0]]) == ["fast_detectgpt", "fast_detectgpt#1"]
 
 
+def test_consistency_features_keep_their_sampling() -> None:
+    features = check_features(
+        [
+            StackFeature(method="semantic_entropy", consistency=ConsistencyOptions(n=3, seed=1)),
+            StackFeature(method="p_true"),
+        ],
+        "smollm2",
+    )
+    assert [f["family"] for f in features] == ["consistency", "consistency"]
+    assert features[0]["consistency"]["n"] == 3 and features[1]["consistency"] == ConsistencyOptions().model_dump()
+
+
 @pytest.mark.parametrize(
     ("feature", "param"),
     [
@@ -102,6 +115,12 @@ def test_features_are_checked_and_labelled() -> None:
         (StackFeature(method="mean_confidence_gain"), "features.0.reference_model"),
         (StackFeature(method="min_k", params={"k": 2.0}), "features.0.params"),
         (StackFeature(method="gltr", value="top10"), "features.0.value"),
+        (StackFeature(method="min_k", consistency=ConsistencyOptions()), "features.0.consistency"),
+        (StackFeature(method="p_true", reference_model="x"), "features.0.reference_model"),
+        (
+            StackFeature(method="p_true", consistency=ConsistencyOptions(methods=["p_true"])),
+            "features.0.consistency.methods",
+        ),
     ],
 )
 def test_each_bad_feature_says_which_part_is_wrong(feature: StackFeature, param: str) -> None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from logprobe.schemas.analysis import SpanName, SpanRange
+from logprobe.schemas.consistency import ConsistencyOptions
 from logprobe.schemas.tokens import ChatMessage
 
 HeadKind = Literal["pawn", "los", "probe", "stack", "lens"]
@@ -32,7 +33,7 @@ class StackFeature(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: str = Field(description="a sequence-level method of GET /v1/analysis/methods")
-    family: Literal["uncertainty", "detect", "membership", "compare"] | None = Field(
+    family: Literal["uncertainty", "detect", "membership", "compare", "consistency"] | None = Field(
         default=None, description="the family to run it in (default: the method's first family)"
     )
     model: str | None = Field(default=None, description="the model that scores the text (default: the head's model)")
@@ -47,6 +48,12 @@ class StackFeature(BaseModel):
         "several values)",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="the method's parameters, as in analyses")
+    consistency: ConsistencyOptions | None = Field(
+        default=None,
+        description="consistency methods: how the samples are drawn and judged, as in POST /v1/analysis/consistency "
+        "(`methods` left out: the feature names its method). Each example's `messages` are the prompt and, last, the "
+        "assistant's answer being judged",
+    )
 
 
 class HeadRequest(BaseModel):
