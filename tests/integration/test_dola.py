@@ -1,7 +1,7 @@
 """The `dola` preset through the real service on both packaged models: greedy DoLa, streamed, equals
 transformers' own DoLa decoding (core `generate(dola_layers=...)` of transformers 4.55.4, recorded by
 tests/data/dola/make_reference.py) token for token, for the "low" and "high" candidate buckets and a list of
-layers; bad layers are refused with their param."""
+layers; bad layers are refused with their param. The same service checks the logit lens on Gemma."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from app.launcher.local_service import LocalService
-from tests.conftest import ARTIFACTS, MODEL, service_env
+from tests.conftest import ARTIFACTS, DATA_DIR, MODEL, service_env
 from workers.dola import candidate_layers
 
 GEMMA = "gemma-3-270m"
@@ -91,3 +92,32 @@ def test_bad_dola_presets(
     error = response.json()["error"]
     if code is not None:
         assert (error["code"], error["param"]) == (code, param)
+
+
+def test_the_logit_lens_on_gemma_equals_transformers(service: httpx.Client) -> None:
+    """The lens on the second packaged model (#32: both models; test_lens.py checks SmolLM2 the same way), here
+    because this service already serves Gemma: every layer's logprob of the token that came and its KL to the final
+    layer equal transformers' Gemma read through its final norm (the last layer as it is) in float64."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.integration.test_lens import reference
+    from workers.config import PACKAGED_MODELS
+    from workers.models import safetensors_dir
+
+    response = service.post("/v1/analysis/lens", json={"model": GEMMA, "text": "The Eiffel Tower is in Paris, France"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    folder, _ = safetensors_dir(PACKAGED_MODELS[GEMMA], DATA_DIR)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = [p["id"] for p in answer["positions"]]
+    rows = reference(model, ids)
+    n = N_LAYERS[GEMMA]
+    assert answer["n_layers"] == n and [layer["layer"] for layer in answer["layers"]] == list(range(n + 1))
+    final = rows[n][:-1]
+    for layer in answer["layers"]:
+        logp = rows[layer["layer"]][:-1]  # row i predicts token i + 1
+        got = layer["tokens"][1:]
+        came = logp[np.arange(len(ids) - 1), ids[1:]]  # near -1000 at the embeddings: float32 keeps ~1e-4 there
+        np.testing.assert_allclose([t["logprob"] for t in got], came, atol=1e-4, rtol=1e-6)
+        kl = (np.exp(final) * (final - logp)).sum(axis=1)
+        np.testing.assert_allclose([t["kl_to_final"] for t in got], kl, atol=1e-4, rtol=1e-4)
